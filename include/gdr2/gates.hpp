@@ -1,0 +1,150 @@
+// gdr2 — the gate policy.
+//
+// This header is the only code that knows whether the decay g, the erase gate b
+// and the write gate w are channel-wise vectors, per-head scalars, one tied β, or
+// absent. Engines see every gate as a full vector per token (g, b ∈ R^K, w ∈ R^V):
+// the policy loads ("broadcasts") the stored gates into that form and reduces the
+// full-vector gradients back to the stored shape (SPEC §1, "Reductions"):
+//
+//   model      decay g        erase b        write w
+//   GDR-2      vector [K]     vector [K]     vector [V]
+//   KDA        vector [K]     β (tied)       β (tied)
+//   GDN        scalar         β (tied)       β (tied)
+//   DeltaNet   none (g = 0)   β (tied)       β (tied)
+//
+// and for tied gates dβ = Σ_i db[i] + Σ_j dw[j]; for a scalar decay dg = Σ_i dg[i].
+//
+// Gate tensors may have either Hk (per key head) or Hv (per value head) heads;
+// value head hv reads gate head `gate_head(hv, H_gate, Hv)`.
+#pragma once
+
+#include "tensor.hpp"
+
+#include <cmath>
+
+namespace gdr2 {
+
+/// How the log-decay g is stored.
+enum class Decay {
+  channel,  ///< g: [B, T, H, K], one log-decay per key channel
+  scalar,   ///< g: [B, T, H] (seen as [B, T, H, 1]), one log-decay per head
+  none,     ///< no decay (g ≡ 0); g must not be given
+};
+
+/// How the erase gate b and the write gate w are stored.
+enum class Gates {
+  channel,  ///< b: [B, T, H, K] and w: [B, T, H, V]; `beta` must not be given
+  tied,     ///< one β: [B, T, H] (seen as [B, T, H, 1]) with b = β·1, w = β·1; b, w not given
+};
+
+/// Head of a gate tensor with `h_gate` heads that value head `hv` (of `hv_count`) reads.
+inline Index gate_head(Index hv, Index h_gate, Index hv_count) { return hv * h_gate / hv_count; }
+
+/// The gate policy: compile-time description of the decay and gate shapes, with the
+/// loaders and gradient reducers every engine uses. See the table at the top.
+template <Decay D, Gates W>
+struct GatePolicy {
+  static constexpr Decay decay = D;
+  static constexpr Gates gates = W;
+
+  /// Short model name for messages and benchmark labels.
+  static constexpr const char* name() {
+    if constexpr (W == Gates::channel) {
+      return D == Decay::channel ? "gdr2" : D == Decay::scalar ? "gdr2-scalar-decay" : "gdr2-no-decay";
+    } else {
+      return D == Decay::channel ? "kda" : D == Decay::scalar ? "gdn" : "deltanet";
+    }
+  }
+
+  // ---- shapes: what the problem validation asks of each gate tensor ------------
+  /// Feature width of g: K (channel), 1 (scalar) or 0 (must not be given).
+  static constexpr Index decay_width(Index K) { return D == Decay::channel ? K : D == Decay::scalar ? 1 : 0; }
+  /// Feature width of b: K, or 0 when b must not be given (tied gates).
+  static constexpr Index erase_width(Index K) { return W == Gates::channel ? K : 0; }
+  /// Feature width of w: V, or 0 when w must not be given (tied gates).
+  static constexpr Index write_width(Index V) { return W == Gates::channel ? V : 0; }
+  /// Feature width of β: 1 for tied gates, or 0 when β must not be given.
+  static constexpr Index beta_width() { return W == Gates::tied ? 1 : 0; }
+
+  // ---- loading: stored gates → full vectors for token (b, t), value head hv ----
+  /// Fill g[0..K) with the log-decay of token t (zeros when there is no decay).
+  template <class P, class Acc>
+  static void load_decay(const P& p, Index b, Index t, Index hv, Index Hv, Index K, Acc* g) {
+    if constexpr (D == Decay::none) {
+      for (Index i = 0; i < K; ++i) g[i] = Acc(0);
+    } else {
+      const auto* src = p.g.row(b, t, gate_head(hv, p.g.shape[2], Hv));
+      if constexpr (D == Decay::channel) {
+        for (Index i = 0; i < K; ++i) g[i] = convert<Acc>(src[i]);
+      } else {
+        const Acc s = convert<Acc>(src[0]);
+        for (Index i = 0; i < K; ++i) g[i] = s;
+      }
+    }
+  }
+
+  /// Fill eb[0..K) with the erase gate b and wv[0..V) with the write gate w.
+  template <class P, class Acc>
+  static void load_gates(const P& p, Index b, Index t, Index hv, Index Hv, Index K, Index V, Acc* eb, Acc* wv) {
+    if constexpr (W == Gates::channel) {
+      const auto* bs = p.b.row(b, t, gate_head(hv, p.b.shape[2], Hv));
+      const auto* ws = p.w.row(b, t, gate_head(hv, p.w.shape[2], Hv));
+      for (Index i = 0; i < K; ++i) eb[i] = convert<Acc>(bs[i]);
+      for (Index j = 0; j < V; ++j) wv[j] = convert<Acc>(ws[j]);
+    } else {
+      const Acc beta = convert<Acc>(p.beta.row(b, t, gate_head(hv, p.beta.shape[2], Hv))[0]);
+      for (Index i = 0; i < K; ++i) eb[i] = beta;
+      for (Index j = 0; j < V; ++j) wv[j] = beta;
+    }
+  }
+
+  // ---- gradients: full vectors → stored shape (added, so grouped heads sum) ----
+  /// Add the full-vector decay gradient dg[0..K) of token t into grads.dg.
+  template <class Grads, class Acc>
+  static void add_decay_grad(const Grads& gr, Index b, Index t, Index hv, Index Hv, Index K, const Acc* dg) {
+    if constexpr (D != Decay::none) {
+      if (!gr.dg.given()) return;
+      auto* dst = gr.dg.row(b, t, gate_head(hv, gr.dg.shape[2], Hv));
+      if constexpr (D == Decay::channel) {
+        for (Index i = 0; i < K; ++i) dst[i] += dg[i];
+      } else {
+        Acc s = 0;
+        for (Index i = 0; i < K; ++i) s += dg[i];
+        dst[0] += s;
+      }
+    }
+  }
+
+  /// Add the full-vector gate gradients db[0..K), dw[0..V) of token t into grads.
+  template <class Grads, class Acc>
+  static void add_gate_grads(const Grads& gr, Index b, Index t, Index hv, Index Hv, Index K, Index V, const Acc* db,
+                             const Acc* dw) {
+    if constexpr (W == Gates::channel) {
+      if (gr.db.given()) {
+        auto* dst = gr.db.row(b, t, gate_head(hv, gr.db.shape[2], Hv));
+        for (Index i = 0; i < K; ++i) dst[i] += db[i];
+      }
+      if (gr.dw.given()) {
+        auto* dst = gr.dw.row(b, t, gate_head(hv, gr.dw.shape[2], Hv));
+        for (Index j = 0; j < V; ++j) dst[j] += dw[j];
+      }
+    } else {
+      if (!gr.dbeta.given()) return;
+      Acc s = 0;
+      for (Index i = 0; i < K; ++i) s += db[i];
+      for (Index j = 0; j < V; ++j) s += dw[j];
+      gr.dbeta.row(b, t, gate_head(hv, gr.dbeta.shape[2], Hv))[0] += s;
+    }
+  }
+};
+
+/// Gated DeltaNet-2: channel-wise decay, erase gate and write gate.
+using GDR2 = GatePolicy<Decay::channel, Gates::channel>;
+/// Kimi Delta Attention: channel-wise decay, one β for erase and write.
+using KDA = GatePolicy<Decay::channel, Gates::tied>;
+/// Gated DeltaNet: scalar decay per head, one β.
+using GDN = GatePolicy<Decay::scalar, Gates::tied>;
+/// DeltaNet: no decay, one β.
+using DeltaNet = GatePolicy<Decay::none, Gates::tied>;
+
+}  // namespace gdr2

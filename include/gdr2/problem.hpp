@@ -1,0 +1,339 @@
+// gdr2 — the problem description and its validation.
+//
+// One Problem bundles views of every input; Outputs / Gradients bundle the
+// views an engine writes. `validate*` here is the only code that checks shapes,
+// strides, head counts, cu_seqlens and state slots; engines call it first and
+// touch no output when it fails. Conventions (SPEC §6):
+//
+//   q, k     [B, T, Hk, K]        token-major, unit stride on the feature axis
+//   v, o     [B, T, Hv, V]        Hv = G·Hk: value head h reads key head h / G
+//   g        [B, T, Hg, K] or [B, T, Hg, 1]   natural-log decay (policy decides)
+//   b        [B, T, Hg, K]        erase gate (channel-wise gates)
+//   w        [B, T, Hg, V]        write gate (channel-wise gates)
+//   beta     [B, T, Hg, 1]        tied gate (KDA / GDN / DeltaNet)
+//   states   [N, Hv, K, V]        (any strides: V-major storage is a stride choice)
+//
+// Hg, the head count of a gate tensor, may be Hk or Hv. Packed variable-length
+// batches use B = 1, T = ΣT_n and cu_seqlens (N+1 offsets): the state resets at
+// every boundary and N = number of sequences; otherwise N = B.
+#pragma once
+
+#include "gates.hpp"
+#include "parallel.hpp"
+#include "status.hpp"
+#include "tensor.hpp"
+
+#include <cmath>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace gdr2 {
+
+/// Packed-sequence offsets (cu_seqlens): N+1 non-decreasing int32 or int64 offsets.
+struct SeqOffsets {
+  const void* data = nullptr;
+  Index count = 0;  ///< number of offsets, N + 1
+  bool wide = false;  ///< int64 (true) or int32 (false)
+
+  SeqOffsets() = default;
+  SeqOffsets(const std::int32_t* p, Index n) : data(p), count(n), wide(false) {}
+  SeqOffsets(const std::int64_t* p, Index n) : data(p), count(n), wide(true) {}
+  bool given() const { return data != nullptr; }
+  Index operator[](Index i) const {
+    return wide ? Index(static_cast<const std::int64_t*>(data)[i]) : Index(static_cast<const std::int32_t*>(data)[i]);
+  }
+};
+
+/// Inputs of one call. T is the element type of q, k, v, b, w, beta; the decay and
+/// the states use the accumulation type (fp32, or fp64 for double inputs).
+template <class T>
+struct Problem {
+  using Acc = accum_t<T>;
+  View<const T> q, k, v;     ///< [B,T,Hk,K], [B,T,Hk,K], [B,T,Hv,V]
+  View<const Acc> g;         ///< log-decay, natural log, ≤ 0 for the chunk engines
+  View<const T> b, w, beta;  ///< erase gate, write gate (channel-wise) or β (tied)
+  View<const Acc> initial_state;  ///< [N or pool, Hv, K, V]; not given → zeros
+  SeqOffsets cu_seqlens;          ///< packed varlen offsets (B must be 1)
+  /// Optional [N] state slots: sequence n reads/writes state slot state_indices[n]
+  /// of the initial/final state views (a state pool); −1 skips the sequence.
+  const std::int32_t* state_indices = nullptr;
+  std::optional<double> scale;  ///< multiplies q; default 1/sqrt(K)
+};
+
+/// What a forward call writes. TO is the output element type (often T, or Acc).
+template <class TO, class Acc>
+struct Outputs {
+  View<TO> o;             ///< [B, T, Hv, V]
+  View<Acc> final_state;  ///< [N or pool, Hv, K, V], optional; may alias initial_state
+};
+
+/// Upstream gradients given to a backward call.
+template <class T>
+struct GradOutputs {
+  using Acc = accum_t<T>;
+  View<const T> d_o;               ///< dL/do, [B, T, Hv, V]
+  View<const Acc> d_final_state;   ///< dL/dS_T, optional, [N, Hv, K, V]
+};
+
+/// Gradients a backward call writes (overwrites), in the accumulation type, each
+/// with the shape of its input. A view that is not given is not computed.
+template <class Acc>
+struct Gradients {
+  View<Acc> dq, dk, dv;
+  View<Acc> dg;      ///< same shape as g (scalar decay: summed over K)
+  View<Acc> db, dw;  ///< channel-wise gates
+  View<Acc> dbeta;   ///< tied gates: Σ db + Σ dw
+  View<Acc> d_initial_state;
+};
+
+/// Engine options.
+struct Options {
+  int chunk_size = 64;  ///< chunk engines: 16, 32 or 64 tokens
+  /// Scan every input for NaN/Inf (and, for the chunk engines, positive log-decays)
+  /// before any work; costs one pass over the inputs.
+  bool check_finite = false;
+  const Executor* executor = nullptr;  ///< null → run on the calling thread
+};
+
+/// The validated geometry of a call.
+struct Dims {
+  Index B = 0, T = 0, Hk = 0, Hv = 0, K = 0, V = 0;
+  Index N = 0;      ///< number of sequences
+  Index group = 1;  ///< Hv / Hk
+  double scale = 1;
+  SeqOffsets cu_seqlens;
+  const std::int32_t* state_indices = nullptr;
+
+  /// Tokens [begin, end) of sequence n in batch row `batch`.
+  struct Span {
+    Index batch, begin, end;
+  };
+  Span seq(Index n) const {
+    if (cu_seqlens.given()) return {0, cu_seqlens[n], cu_seqlens[n + 1]};
+    return {n, 0, T};
+  }
+  /// State slot of sequence n, or −1 to skip it.
+  Index slot(Index n) const { return state_indices ? Index(state_indices[n]) : n; }
+  Index key_head(Index hv) const { return hv / group; }
+};
+
+namespace detail {
+
+inline std::string fmt_shape(Index a, Index b, Index c, Index d) { return shape_string({a, b, c, d}); }
+
+/// Shape and feature-stride check of one view.
+template <class X>
+Status check_view(const char* name, const View<X>& v, std::array<Index, 4> expected, const char* meaning,
+                  bool unit_feature_stride = true) {
+  if (v.shape != expected) {
+    return {Code::invalid_argument, std::string(name) + " has shape " + shape_string(v.shape) + ", expected " +
+                                        shape_string(expected) + " " + meaning};
+  }
+  if (unit_feature_stride && expected[3] > 1 && v.stride[3] != 1) {
+    return {Code::invalid_argument, std::string(name) + " must have unit stride on its feature axis (last), got stride " +
+                                        std::to_string(v.stride[3])};
+  }
+  return {};
+}
+
+/// Check a gate tensor whose width the policy fixes (0 = must not be given).
+template <class X>
+Status check_gate(const char* name, const View<X>& v, Index width, const Dims& d, const char* model) {
+  if (width == 0) {
+    if (v.given())
+      return {Code::invalid_argument, std::string(name) + " must not be given for the " + model + " gate policy"};
+    return {};
+  }
+  if (!v.given()) return {Code::invalid_argument, std::string(name) + " is required by the " + model + " gate policy"};
+  const Index h = v.shape[2];
+  if (h != d.Hk && h != d.Hv) {
+    return {Code::invalid_argument, std::string(name) + " has " + std::to_string(h) + " heads, expected Hk = " +
+                                        std::to_string(d.Hk) + " or Hv = " + std::to_string(d.Hv)};
+  }
+  return check_view(name, v, {d.B, d.T, h, width}, width == 1 ? "([B, T, H] per-head scalar)" : "([B, T, H, D])");
+}
+
+template <class X>
+Status check_state(const char* name, const View<X>& s, const Dims& d) {
+  if (!s.given()) return {};
+  const Index n = d.state_indices ? s.shape[0] : d.N;
+  if (d.state_indices && n < 1) return {Code::invalid_argument, std::string(name) + " state pool is empty"};
+  // States may have any strides (K-major or V-major storage).
+  return check_view(name, s, {n, d.Hv, d.K, d.V}, "([N, Hv, K, V], N = number of sequences or state-pool size)",
+                    /*unit_feature_stride=*/false);
+}
+
+template <class X>
+Status check_finite_view(const char* name, const View<X>& v, bool nonpositive = false) {
+  if (!v.given()) return {};
+  for (Index a = 0; a < v.shape[0]; ++a)
+    for (Index b = 0; b < v.shape[1]; ++b)
+      for (Index c = 0; c < v.shape[2]; ++c)
+        for (Index e = 0; e < v.shape[3]; ++e) {
+          const double x = convert<double>(v(a, b, c, e));
+          if (!std::isfinite(x)) {
+            return {Code::non_finite, std::string(name) + " has a non-finite value (" + std::to_string(x) + ") at " +
+                                          fmt_shape(a, b, c, e)};
+          }
+          if (nonpositive && x > 0) {
+            return {Code::invalid_argument, std::string(name) + " must be <= 0 (a log-decay) for the chunk engine; found " +
+                                                std::to_string(x) + " at " + fmt_shape(a, b, c, e)};
+          }
+        }
+  return {};
+}
+
+}  // namespace detail
+
+/// Validate a problem for gate policy `Policy` and fill `dims`. `chunked` adds the
+/// chunk engines' requirements (supported chunk size; g ≤ 0 when scanning).
+template <class Policy, class T>
+Status validate_problem(const Problem<T>& p, const Options& opt, bool chunked, Dims& dims) {
+  using detail::check_view;
+  const char* model = Policy::name();
+  Dims d;
+  if (!p.q.given() || !p.k.given() || !p.v.given())
+    return {Code::invalid_argument, "q, k and v are required"};
+  d.B = p.q.shape[0];
+  d.T = p.q.shape[1];
+  d.Hk = p.q.shape[2];
+  d.K = p.q.shape[3];
+  d.Hv = p.v.shape[2];
+  d.V = p.v.shape[3];
+  if (d.B < 1 || d.T < 0 || d.Hk < 1 || d.K < 1)
+    return {Code::invalid_argument, "q has shape " + shape_string(p.q.shape) + ", expected [B, T, Hk, K] with B, Hk, K >= 1"};
+  if (d.Hv < 1 || d.V < 1) return {Code::invalid_argument, "v has shape " + shape_string(p.v.shape) + ", expected Hv, V >= 1"};
+  GDR2_RETURN_IF_ERROR(check_view("q", p.q, {d.B, d.T, d.Hk, d.K}, "([B, T, Hk, K])"));
+  GDR2_RETURN_IF_ERROR(check_view("k", p.k, {d.B, d.T, d.Hk, d.K}, "([B, T, Hk, K], from q)"));
+  GDR2_RETURN_IF_ERROR(check_view("v", p.v, {d.B, d.T, d.Hv, d.V}, "([B, T, Hv, V], B and T from q)"));
+  if (d.Hv % d.Hk != 0) {
+    return {Code::invalid_argument, "value heads Hv = " + std::to_string(d.Hv) + " must be a multiple of key heads Hk = " +
+                                        std::to_string(d.Hk)};
+  }
+  d.group = d.Hv / d.Hk;
+
+  GDR2_RETURN_IF_ERROR(detail::check_gate("g", p.g, Policy::decay_width(d.K), d, model));
+  GDR2_RETURN_IF_ERROR(detail::check_gate("b", p.b, Policy::erase_width(d.K), d, model));
+  GDR2_RETURN_IF_ERROR(detail::check_gate("w", p.w, Policy::write_width(d.V), d, model));
+  GDR2_RETURN_IF_ERROR(detail::check_gate("beta", p.beta, Policy::beta_width(), d, model));
+
+  // Sequences.
+  if (p.cu_seqlens.given()) {
+    const auto& cu = p.cu_seqlens;
+    if (d.B != 1)
+      return {Code::invalid_argument, "packed varlen input (cu_seqlens given) expects B = 1, got B = " + std::to_string(d.B)};
+    if (cu.count < 2)
+      return {Code::invalid_argument, "cu_seqlens needs N+1 >= 2 offsets, got " + std::to_string(cu.count)};
+    if (cu[0] != 0) return {Code::invalid_argument, "cu_seqlens[0] must be 0, got " + std::to_string(cu[0])};
+    for (Index i = 1; i < cu.count; ++i) {
+      if (cu[i] < cu[i - 1]) {
+        return {Code::invalid_argument, "cu_seqlens must be non-decreasing: cu_seqlens[" + std::to_string(i) + "] = " +
+                                            std::to_string(cu[i]) + " < cu_seqlens[" + std::to_string(i - 1) +
+                                            "] = " + std::to_string(cu[i - 1])};
+      }
+    }
+    if (cu[cu.count - 1] != d.T) {
+      return {Code::invalid_argument, "cu_seqlens must end at the packed length T = " + std::to_string(d.T) + ", got " +
+                                          std::to_string(cu[cu.count - 1])};
+    }
+    d.N = cu.count - 1;
+    d.cu_seqlens = cu;
+  } else {
+    d.N = d.B;
+  }
+
+  // States and state slots.
+  if (p.state_indices) {
+    d.state_indices = p.state_indices;
+    if (!p.initial_state.given())
+      return {Code::invalid_argument, "state_indices given but no initial_state (the state pool) to index"};
+  }
+  GDR2_RETURN_IF_ERROR(detail::check_state("initial_state", p.initial_state, d));
+  if (p.state_indices) {
+    const Index pool = p.initial_state.shape[0];
+    std::vector<char> used(size_t(pool), 0);
+    for (Index n = 0; n < d.N; ++n) {
+      const Index s = p.state_indices[n];
+      if (s < -1 || s >= pool) {
+        return {Code::invalid_argument, "state_indices[" + std::to_string(n) + "] = " + std::to_string(s) +
+                                            " is outside [-1, " + std::to_string(pool) + ")"};
+      }
+      if (s >= 0 && used[size_t(s)]++) {
+        return {Code::invalid_argument, "state slot " + std::to_string(s) + " is used by two sequences"};
+      }
+    }
+  }
+
+  // Scale and options.
+  d.scale = p.scale ? *p.scale : 1.0 / std::sqrt(double(d.K));
+  if (!std::isfinite(d.scale)) return {Code::invalid_argument, "scale must be finite"};
+  if (chunked && opt.chunk_size != 16 && opt.chunk_size != 32 && opt.chunk_size != 64) {
+    return {Code::unsupported, "chunk_size " + std::to_string(opt.chunk_size) + " is not supported (16, 32 or 64)"};
+  }
+  if (opt.check_finite) {
+    GDR2_RETURN_IF_ERROR(detail::check_finite_view("q", p.q));
+    GDR2_RETURN_IF_ERROR(detail::check_finite_view("k", p.k));
+    GDR2_RETURN_IF_ERROR(detail::check_finite_view("v", p.v));
+    GDR2_RETURN_IF_ERROR(detail::check_finite_view("g", p.g, chunked));
+    GDR2_RETURN_IF_ERROR(detail::check_finite_view("b", p.b));
+    GDR2_RETURN_IF_ERROR(detail::check_finite_view("w", p.w));
+    GDR2_RETURN_IF_ERROR(detail::check_finite_view("beta", p.beta));
+    GDR2_RETURN_IF_ERROR(detail::check_finite_view("initial_state", p.initial_state));
+  }
+  dims = d;
+  return {};
+}
+
+/// Validate the outputs of a forward call against validated dims.
+template <class TO, class Acc>
+Status validate_outputs(const Outputs<TO, Acc>& out, const Dims& d) {
+  if (!out.o.given()) return {Code::invalid_argument, "output o is required"};
+  GDR2_RETURN_IF_ERROR(detail::check_view("o", out.o, {d.B, d.T, d.Hv, d.V}, "([B, T, Hv, V], like v)"));
+  GDR2_RETURN_IF_ERROR(detail::check_state("final_state", out.final_state, d));
+  if (d.state_indices && out.final_state.given() && !out.final_state.shape[0]) {
+    return {Code::invalid_argument, "final_state pool is empty"};
+  }
+  return {};
+}
+
+/// Validate upstream gradients and gradient outputs of a backward call.
+template <class Policy, class T>
+Status validate_gradients(const GradOutputs<T>& up, const Gradients<accum_t<T>>& gr, const Problem<T>& p,
+                          const Options& opt, const Dims& d) {
+  if (d.state_indices) return {Code::unsupported, "backward does not take state_indices (a state pool)"};
+  if (!up.d_o.given()) return {Code::invalid_argument, "d_o (dL/do) is required"};
+  GDR2_RETURN_IF_ERROR(detail::check_view("d_o", up.d_o, {d.B, d.T, d.Hv, d.V}, "([B, T, Hv, V], like o)"));
+  GDR2_RETURN_IF_ERROR(detail::check_state("d_final_state", up.d_final_state, d));
+  auto like = [](const char* name, const auto& grad, const auto& input) -> Status {
+    if (!grad.given()) return {};
+    if (!input.given()) return {Code::invalid_argument, std::string(name) + " is given but its input is not"};
+    return detail::check_view(name, grad, input.shape, "(the shape of its input)");
+  };
+  GDR2_RETURN_IF_ERROR(like("dq", gr.dq, p.q));
+  GDR2_RETURN_IF_ERROR(like("dk", gr.dk, p.k));
+  GDR2_RETURN_IF_ERROR(like("dv", gr.dv, p.v));
+  GDR2_RETURN_IF_ERROR(like("dg", gr.dg, p.g));
+  GDR2_RETURN_IF_ERROR(like("db", gr.db, p.b));
+  GDR2_RETURN_IF_ERROR(like("dw", gr.dw, p.w));
+  GDR2_RETURN_IF_ERROR(like("dbeta", gr.dbeta, p.beta));
+  if (gr.d_initial_state.given()) GDR2_RETURN_IF_ERROR(detail::check_state("d_initial_state", gr.d_initial_state, d));
+  if (opt.check_finite) {
+    GDR2_RETURN_IF_ERROR(detail::check_finite_view("d_o", up.d_o));
+    GDR2_RETURN_IF_ERROR(detail::check_finite_view("d_final_state", up.d_final_state));
+  }
+  (void)sizeof(Policy);
+  return {};
+}
+
+/// Set every element of a (possibly strided) view to zero.
+template <class X>
+void zero_view(const View<X>& v) {
+  if (!v.given()) return;
+  for (Index a = 0; a < v.shape[0]; ++a)
+    for (Index b = 0; b < v.shape[1]; ++b)
+      for (Index c = 0; c < v.shape[2]; ++c)
+        for (Index e = 0; e < v.shape[3]; ++e) v(a, b, c, e) = X(0);
+}
+
+}  // namespace gdr2

@@ -1,0 +1,222 @@
+// gdr2 — the fp64 reference, random problem generators and error metrics.
+//
+// For this library's tests and for kernel authors' own: build a RandomProblem,
+// run your kernel on its inputs, and compare with reference_forward (the fp64
+// recurrence of SPEC §1 evaluated on the same — possibly bf16-rounded — inputs)
+// through rel_error. expand_gates turns a KDA / GDN / DeltaNet problem into the
+// equivalent GDR-2 problem (b = w = β·1, scalar decay broadcast over K), which
+// is how the reductions are unit-tested.
+#pragma once
+
+#include "recurrent.hpp"
+
+#include <cmath>
+#include <random>
+
+namespace gdr2 {
+
+/// Shape and value ranges of a random problem.
+struct ProblemConfig {
+  Index B = 1, T = 37, Hk = 2, Hv = 4, K = 16, V = 12;
+  std::vector<Index> seqlens;  ///< non-empty → one packed varlen batch of these lengths
+  double g_min = -2.0, g_max = 0.0;  ///< log-decay ~ U[g_min, g_max]
+  double b_max = 1.0;                ///< erase gate (or β) ~ U[0, b_max]; 2 = negative eigenvalues
+  double w_min = 0.0, w_max = 1.0;   ///< write gate ~ U[w_min, w_max] (channel-wise gates)
+  bool initial_state = true;         ///< non-zero S_0 ~ N(0, 0.25)
+  bool gates_per_key_head = false;   ///< gate tensors with Hk heads instead of Hv
+  std::uint64_t seed = 1;
+};
+
+/// Owning random problem for gate policy `Policy` with inputs of type T. Inputs are
+/// drawn in fp64 and rounded to T (and the decay to its accumulation type); q and k
+/// are L2-normalised per token, as in the models.
+template <class Policy, class T>
+class RandomProblem {
+ public:
+  using Acc = accum_t<T>;
+  ProblemConfig cfg;
+  Index B, T_, N;
+  Tensor<T> q, k, v, b, w, beta;
+  Tensor<Acc> g, initial_state;
+  std::vector<std::int32_t> cu_seqlens;
+
+  explicit RandomProblem(const ProblemConfig& c) : cfg(c) {
+    std::mt19937_64 rng(c.seed);
+    std::normal_distribution<double> normal(0.0, 1.0);
+    auto uniform = [&](double lo, double hi) { return std::uniform_real_distribution<double>(lo, hi)(rng); };
+    if (!c.seqlens.empty()) {
+      B = 1;
+      cu_seqlens.push_back(0);
+      for (Index L : c.seqlens) cu_seqlens.push_back(std::int32_t(cu_seqlens.back() + L));
+      T_ = cu_seqlens.back();
+      N = Index(c.seqlens.size());
+    } else {
+      B = c.B;
+      T_ = c.T;
+      N = B;
+    }
+    const Index Hg = c.gates_per_key_head ? c.Hk : c.Hv;
+    auto unit_rows = [&](Tensor<T>& x, Index H, Index D) {
+      x = Tensor<T>(B, T_, H, D);
+      std::vector<double> row(static_cast<size_t>(D));
+      for (Index i = 0; i < B * T_ * H; ++i) {
+        double nrm = 0;
+        for (auto& e : row) {
+          e = normal(rng);
+          nrm += e * e;
+        }
+        nrm = std::sqrt(nrm);
+        for (Index d = 0; d < D; ++d) x[i * D + d] = convert<T>(row[size_t(d)] / nrm);
+      }
+    };
+    unit_rows(q, c.Hk, c.K);
+    unit_rows(k, c.Hk, c.K);
+    v = Tensor<T>(B, T_, c.Hv, c.V);
+    for (Index i = 0; i < v.size(); ++i) v[i] = convert<T>(normal(rng));
+    if (Policy::decay_width(c.K) > 0) {
+      g = Tensor<Acc>(B, T_, Hg, Policy::decay_width(c.K));
+      for (Index i = 0; i < g.size(); ++i) g[i] = Acc(uniform(c.g_min, c.g_max));
+    }
+    if (Policy::erase_width(c.K) > 0) {
+      b = Tensor<T>(B, T_, Hg, c.K);
+      w = Tensor<T>(B, T_, Hg, c.V);
+      for (Index i = 0; i < b.size(); ++i) b[i] = convert<T>(uniform(0.0, c.b_max));
+      for (Index i = 0; i < w.size(); ++i) w[i] = convert<T>(uniform(c.w_min, c.w_max));
+    } else {
+      beta = Tensor<T>(B, T_, Hg, 1);
+      for (Index i = 0; i < beta.size(); ++i) beta[i] = convert<T>(uniform(0.0, c.b_max));
+    }
+    if (c.initial_state) {
+      initial_state = Tensor<Acc>(N, c.Hv, c.K, c.V);
+      for (Index i = 0; i < initial_state.size(); ++i) initial_state[i] = Acc(0.5 * normal(rng));
+    }
+  }
+
+  /// Views of all inputs.
+  Problem<T> problem() const {
+    Problem<T> p;
+    p.q = q.view();
+    p.k = k.view();
+    p.v = v.view();
+    p.g = g.view();
+    p.b = b.view();
+    p.w = w.view();
+    p.beta = beta.view();
+    p.initial_state = initial_state.view();
+    if (!cu_seqlens.empty()) p.cu_seqlens = SeqOffsets(cu_seqlens.data(), Index(cu_seqlens.size()));
+    return p;
+  }
+  /// Freshly allocated (zeroed) output buffers of matching shapes.
+  Tensor<Acc> make_output() const { return Tensor<Acc>(B, T_, cfg.Hv, cfg.V); }
+  Tensor<Acc> make_state() const { return Tensor<Acc>(N, cfg.Hv, cfg.K, cfg.V); }
+};
+
+/// Owning copy of a problem's inputs converted to U (fp64 for the reference).
+template <class U>
+struct ProblemCopy {
+  Tensor<U> q, k, v, b, w, beta;
+  Tensor<accum_t<U>> g, initial_state;
+  Problem<U> p;
+
+  template <class T>
+  explicit ProblemCopy(const Problem<T>& src)
+      : q(to_tensor<U>(src.q)),
+        k(to_tensor<U>(src.k)),
+        v(to_tensor<U>(src.v)),
+        b(to_tensor<U>(src.b)),
+        w(to_tensor<U>(src.w)),
+        beta(to_tensor<U>(src.beta)),
+        g(to_tensor<accum_t<U>>(src.g)),
+        initial_state(to_tensor<accum_t<U>>(src.initial_state)) {
+    p.q = q.view();
+    p.k = k.view();
+    p.v = v.view();
+    p.b = b.view();
+    p.w = w.view();
+    p.beta = beta.view();
+    p.g = g.view();
+    p.initial_state = initial_state.view();
+    p.cu_seqlens = src.cu_seqlens;
+    p.state_indices = src.state_indices;
+    p.scale = src.scale;
+  }
+  ProblemCopy(const ProblemCopy&) = delete;
+  ProblemCopy& operator=(const ProblemCopy&) = delete;
+};
+
+/// Result of the fp64 reference forward.
+struct ReferenceForward {
+  Status status;
+  Tensor<double> o, final_state;
+};
+
+/// The fp64 recurrence (SPEC §1) on the given inputs, whatever their type.
+template <class Policy, class T>
+ReferenceForward reference_forward(const Problem<T>& p) {
+  ProblemCopy<double> c(p);
+  ReferenceForward r;
+  r.o = Tensor<double>(p.v.shape[0], p.v.shape[1], p.v.shape[2], p.v.shape[3]);
+  const Index n_state = p.state_indices ? p.initial_state.shape[0]
+                        : p.cu_seqlens.given() ? p.cu_seqlens.count - 1
+                                               : p.q.shape[0];
+  r.final_state = Tensor<double>(n_state, p.v.shape[2], p.q.shape[3], p.v.shape[3]);
+  if (p.state_indices && c.initial_state.size()) r.final_state = c.initial_state.template cast<double>();
+  r.status = recurrent_forward<Policy>(c.p, Outputs<double, double>{r.o.view(), r.final_state.view()});
+  return r;
+}
+
+/// GDR-2 inputs equivalent to a problem of another policy: the decay broadcast to
+/// [.., K] and tied β expanded to b = β·1 [.., K], w = β·1 [.., V].
+template <class Policy, class T>
+struct ExpandedGates {
+  using Acc = accum_t<T>;
+  Tensor<Acc> g;
+  Tensor<T> b, w;
+  Problem<T> p;
+
+  explicit ExpandedGates(const Problem<T>& src) : p(src) {
+    const Index B = src.q.shape[0], T_ = src.q.shape[1], K = src.q.shape[3], V = src.v.shape[3];
+    const Index Hv = src.v.shape[2];
+    g = Tensor<Acc>(B, T_, Hv, K);
+    b = Tensor<T>(B, T_, Hv, K);
+    w = Tensor<T>(B, T_, Hv, V);
+    std::vector<Acc> gk(static_cast<size_t>(K)), bk(static_cast<size_t>(K)), wv(static_cast<size_t>(V));
+    for (Index bb = 0; bb < B; ++bb)
+      for (Index t = 0; t < T_; ++t)
+        for (Index h = 0; h < Hv; ++h) {
+          Policy::load_decay(src, bb, t, h, Hv, K, gk.data());
+          Policy::load_gates(src, bb, t, h, Hv, K, V, bk.data(), wv.data());
+          for (Index i = 0; i < K; ++i) {
+            g.view()(bb, t, h, i) = gk[size_t(i)];
+            b.view()(bb, t, h, i) = convert<T>(bk[size_t(i)]);
+          }
+          for (Index j = 0; j < V; ++j) w.view()(bb, t, h, j) = convert<T>(wv[size_t(j)]);
+        }
+    p.g = g.view();
+    p.b = b.view();
+    p.w = w.view();
+    p.beta = View<const T>();
+  }
+  ExpandedGates(const ExpandedGates&) = delete;
+  ExpandedGates& operator=(const ExpandedGates&) = delete;
+};
+
+/// ‖a − b‖_F / ‖b‖_F over two views of equal shape (any element types); NaN if a
+/// NaN/Inf appears, +inf if shapes differ; ‖a‖_F when b is all zero.
+template <class A, class B>
+double rel_error(const View<A>& a, const View<B>& b) {
+  if (a.shape != b.shape) return INFINITY;
+  double num = 0, den = 0;
+  for (Index i0 = 0; i0 < a.shape[0]; ++i0)
+    for (Index i1 = 0; i1 < a.shape[1]; ++i1)
+      for (Index i2 = 0; i2 < a.shape[2]; ++i2)
+        for (Index i3 = 0; i3 < a.shape[3]; ++i3) {
+          const double x = convert<double>(a(i0, i1, i2, i3)), y = convert<double>(b(i0, i1, i2, i3));
+          if (!std::isfinite(x) || !std::isfinite(y)) return NAN;
+          num += (x - y) * (x - y);
+          den += y * y;
+        }
+  return den > 0 ? std::sqrt(num / den) : std::sqrt(num);
+}
+
+}  // namespace gdr2

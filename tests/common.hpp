@@ -1,0 +1,78 @@
+// Shared helpers of the gdr2 tests: engines by name, random shapes, tolerances.
+#pragma once
+
+#include <gdr2/gdr2.hpp>
+
+#include <catch2/catch.hpp>
+
+#include <random>
+#include <string>
+
+namespace gdr2::test {
+
+/// The CPU engines under test; every one is compared with the fp64 recurrence.
+enum class Engine { recurrent, chunk16, chunk32, chunk64 };
+inline const Engine kEngines[] = {Engine::recurrent, Engine::chunk16, Engine::chunk32, Engine::chunk64};
+
+inline const char* name(Engine e) {
+  switch (e) {
+    case Engine::recurrent: return "recurrent";
+    case Engine::chunk16: return "chunk16";
+    case Engine::chunk32: return "chunk32";
+    case Engine::chunk64: return "chunk64";
+  }
+  return "?";
+}
+
+inline int chunk_size(Engine e) { return e == Engine::chunk16 ? 16 : e == Engine::chunk32 ? 32 : 64; }
+
+template <class Policy, class T, class TO>
+Status run_forward(Engine e, const Problem<T>& p, const Outputs<TO, accum_t<T>>& out, Options opt = {}) {
+  if (e == Engine::recurrent) return recurrent_forward<Policy>(p, out, opt);
+  opt.chunk_size = chunk_size(e);
+  return chunk_forward<Policy>(p, out, opt);
+}
+
+/// Random configurations covering what must hold: T never a multiple of the chunk
+/// size, K ≠ V, non-zero S_0, grouped value heads, gates per key or value head,
+/// packed varlen with sequences shorter than a chunk (and one empty).
+inline std::vector<ProblemConfig> random_configs(std::uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  auto pick = [&](Index lo, Index hi) { return lo + Index(rng() % std::uint64_t(hi - lo + 1)); };
+  std::vector<ProblemConfig> out;
+  for (int i = 0; i < 3; ++i) {
+    ProblemConfig c;
+    c.seed = rng();
+    c.B = pick(1, 2);
+    do c.T = pick(2, 150);
+    while (c.T % 16 == 0);
+    c.Hk = pick(1, 2);
+    c.Hv = c.Hk * pick(1, 3);
+    c.K = pick(4, 24);
+    do c.V = pick(4, 24);
+    while (c.V == c.K);
+    c.b_max = 2.0;
+    c.g_min = -3.0;
+    c.gates_per_key_head = (i == 1);
+    out.push_back(c);
+  }
+  ProblemConfig v;  // packed varlen: short, empty, one-token and multi-chunk sequences
+  v.seed = rng();
+  v.seqlens = {5, 0, 1, Index(pick(65, 140)), 17, 64};
+  v.Hk = 2;
+  v.Hv = 4;
+  v.K = 12;
+  v.V = 20;
+  v.b_max = 2.0;
+  out.push_back(v);
+  return out;
+}
+
+inline std::string describe(const ProblemConfig& c) {
+  std::string s = "B=" + std::to_string(c.B) + " T=" + std::to_string(c.T) + " Hk=" + std::to_string(c.Hk) +
+                  " Hv=" + std::to_string(c.Hv) + " K=" + std::to_string(c.K) + " V=" + std::to_string(c.V);
+  if (!c.seqlens.empty()) s += " varlen(" + std::to_string(c.seqlens.size()) + " seqs)";
+  return s;
+}
+
+}  // namespace gdr2::test

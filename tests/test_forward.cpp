@@ -1,0 +1,193 @@
+// Every engine × gate policy × input dtype against the fp64 recurrence (SPEC §1).
+#include "common.hpp"
+
+using namespace gdr2;
+using namespace gdr2::test;
+
+namespace {
+
+// Tolerances (relative Frobenius error against fp64 on the same rounded inputs):
+//  - fp64 chunk vs recurrence: the WY form is an exact rewrite of the recurrence;
+//    what is left is a few hundred roundings of 1.1e-16 through the triangular
+//    solve, measured ~1e-15 → 1e-12 leaves three orders of margin for
+//    ill-conditioned draws (b up to 2).
+//  - fp32 accumulation (fp32, bf16, fp16 inputs, output kept in fp32): fp32
+//    rounding 6e-8 amplified by T·K-long sums, measured 1e-7 … 4e-7 → 1e-5.
+//  - output cast to bf16 / fp16: the cast alone is ≤ 2^-9 / 2^-12 per element;
+//    4e-3 / 1e-3 bound the Frobenius norm of that rounding.
+template <class T>
+constexpr double fp_tol() {
+  return std::is_same_v<T, double> ? 1e-12 : 1e-5;
+}
+
+template <class Policy, class T>
+void check_against_reference(const ProblemConfig& cfg) {
+  using Acc = accum_t<T>;
+  RandomProblem<Policy, T> rp(cfg);
+  const auto p = rp.problem();
+  const auto ref = reference_forward<Policy>(p);
+  REQUIRE(ref.status.ok());
+  for (Engine e : kEngines) {
+    INFO(Policy::name() << " " << dtype_name<T>() << " " << name(e) << " " << describe(cfg));
+    auto o = rp.make_output();
+    auto s = rp.make_state();
+    o.fill(Acc(NAN));  // poison: every element must be written
+    s.fill(Acc(NAN));
+    const Status st = run_forward<Policy>(e, p, Outputs<Acc, Acc>{o.view(), s.view()});
+    REQUIRE(st.ok());
+    const double eo = rel_error(o.view(), ref.o.view());
+    const double es = rel_error(s.view(), ref.final_state.view());
+    CAPTURE(eo, es);
+    CHECK(eo <= fp_tol<T>());
+    CHECK(es <= fp_tol<T>());
+  }
+}
+
+}  // namespace
+
+TEMPLATE_TEST_CASE("forward: every engine matches the fp64 recurrence", "[forward]", GDR2, KDA, GDN, DeltaNet) {
+  for (const auto& cfg : random_configs(0xC0FFEE ^ std::hash<std::string>{}(TestType::name()))) {
+    check_against_reference<TestType, double>(cfg);
+    check_against_reference<TestType, float>(cfg);
+    check_against_reference<TestType, Eigen::bfloat16>(cfg);
+    check_against_reference<TestType, Eigen::half>(cfg);
+  }
+}
+
+TEMPLATE_TEST_CASE("forward: 16-bit outputs are the rounded fp32 result", "[forward]", Eigen::bfloat16, Eigen::half) {
+  ProblemConfig cfg;
+  cfg.T = 77;
+  cfg.b_max = 2;
+  RandomProblem<GDR2, TestType> rp(cfg);
+  const auto ref = reference_forward<GDR2>(rp.problem());
+  Tensor<TestType> o(rp.B, rp.T_, cfg.Hv, cfg.V);
+  REQUIRE(chunk_forward<GDR2>(rp.problem(), Outputs<TestType, float>{o.view(), {}}).ok());
+  const double tol = std::is_same_v<TestType, Eigen::bfloat16> ? 4e-3 : 1e-3;
+  CHECK(rel_error(o.view(), ref.o.view()) <= tol);
+}
+
+TEST_CASE("forward: state in/out round trip equals one long sequence", "[forward]") {
+  // Running T1 tokens, then T2 tokens from the saved state, equals running T1+T2.
+  ProblemConfig cfg;
+  cfg.T = 90;
+  cfg.K = 20;
+  cfg.V = 14;
+  RandomProblem<GDR2, double> rp(cfg);
+  const auto ref = reference_forward<GDR2>(rp.problem());
+  auto split = [&](Index t0, Index len, View<const double> s_in, View<double> s_out, Tensor<double>& o) {
+    Problem<double> p = rp.problem();
+    for (auto* v : {&p.q, &p.k, &p.v, &p.b, &p.w}) {
+      v->data += t0 * v->stride[1];
+      v->shape[1] = len;
+    }
+    p.g.data += t0 * p.g.stride[1];
+    p.g.shape[1] = len;
+    p.initial_state = s_in;
+    o = Tensor<double>(1, len, cfg.Hv, cfg.V);
+    return chunk_forward<GDR2>(p, Outputs<double, double>{o.view(), s_out});
+  };
+  auto mid = rp.make_state();
+  auto fin = rp.make_state();
+  Tensor<double> o1, o2;
+  REQUIRE(split(0, 41, rp.initial_state.view(), mid.view(), o1).ok());
+  REQUIRE(split(41, 49, mid.view(), fin.view(), o2).ok());
+  CHECK(rel_error(fin.view(), ref.final_state.view()) <= 1e-12);
+  View<const double> ref_tail = ref.o.view();
+  ref_tail.data += 41 * ref_tail.stride[1];
+  ref_tail.shape[1] = 49;
+  CHECK(rel_error(o2.view(), ref_tail) <= 1e-12);
+}
+
+TEST_CASE("forward: V-major state layout and in-place state update", "[forward]") {
+  ProblemConfig cfg;
+  cfg.T = 50;
+  RandomProblem<KDA, float> rp(cfg);
+  const auto ref = reference_forward<KDA>(rp.problem());
+  // Copy S_0 into V-major storage and update it in place.
+  Tensor<float> pool(rp.N, cfg.Hv, cfg.V, cfg.K);
+  auto sv = pool.state_view(StateLayout::VK);
+  for (Index n = 0; n < rp.N; ++n)
+    for (Index h = 0; h < cfg.Hv; ++h)
+      for (Index i = 0; i < cfg.K; ++i)
+        for (Index j = 0; j < cfg.V; ++j) sv(n, h, i, j) = rp.initial_state.view()(n, h, i, j);
+  auto p = rp.problem();
+  p.initial_state = sv;
+  auto o = rp.make_output();
+  REQUIRE(chunk_forward<KDA>(p, Outputs<float, float>{o.view(), sv}).ok());
+  CHECK(rel_error(o.view(), ref.o.view()) <= 1e-5);
+  CHECK(rel_error(sv, ref.final_state.view()) <= 1e-5);
+}
+
+TEST_CASE("forward: decode steps with a state pool equal prefill", "[forward][decode]") {
+  // 3 requests in a pool of 5 slots (one slot skipped with -1), stepped token by token.
+  ProblemConfig cfg;
+  cfg.B = 3;
+  cfg.T = 9;
+  cfg.Hk = 1;
+  cfg.Hv = 2;
+  RandomProblem<GDN, float> rp(cfg);
+  const auto ref = reference_forward<GDN>(rp.problem());
+  Tensor<float> pool(5, cfg.Hv, cfg.K, cfg.V);
+  pool.fill(7.0f);
+  const std::int32_t slots[3] = {4, -1, 1};
+  for (Index n : {0, 2})
+    for (Index i = 0; i < cfg.Hv * cfg.K * cfg.V; ++i)
+      pool[slots[n] * cfg.Hv * cfg.K * cfg.V + i] = rp.initial_state[n * cfg.Hv * cfg.K * cfg.V + i];
+  Tensor<float> o_all(3, cfg.T, cfg.Hv, cfg.V);
+  for (Index t = 0; t < cfg.T; ++t) {
+    Problem<float> p = rp.problem();
+    for (auto* v : {&p.q, &p.k, &p.v, &p.beta}) {
+      v->data += t * v->stride[1];
+      v->shape[1] = 1;
+    }
+    p.g.data += t * p.g.stride[1];
+    p.g.shape[1] = 1;
+    View<float> o = o_all.view();
+    o.data += t * o.stride[1];
+    o.shape[1] = 1;
+    REQUIRE(decode_step<GDN>(p, pool.view(), slots, o).ok());
+  }
+  for (Index n : {0, 2}) {
+    INFO("request " << n);
+    View<const float> got = pool.view();
+    got.data += slots[n] * got.stride[0];
+    got.shape[0] = 1;
+    View<const double> want = ref.final_state.view();
+    want.data += n * want.stride[0];
+    want.shape[0] = 1;
+    CHECK(rel_error(got, want) <= 1e-5);
+    View<const float> og = o_all.view();
+    og.data += n * og.stride[0];
+    og.shape[0] = 1;
+    View<const double> ow = ref.o.view();
+    ow.data += n * ow.stride[0];
+    ow.shape[0] = 1;
+    CHECK(rel_error(og, ow) <= 1e-5);
+  }
+  // Untouched slots keep their contents.
+  for (Index s : {0, 2, 3}) CHECK(pool[s * cfg.Hv * cfg.K * cfg.V] == 7.0f);
+}
+
+TEST_CASE("forward: threads give the same result as serial", "[forward][parallel]") {
+  ProblemConfig cfg;
+  cfg.B = 2;
+  cfg.T = 100;
+  cfg.Hv = 4;
+  RandomProblem<GDR2, float> rp(cfg);
+  Eigen::ThreadPool pool(3);
+  ThreadPoolExecutor tp(pool);
+  FunctionExecutor fe(2, [](int n, const std::function<void(int)>& body) {
+    std::vector<std::thread> th;
+    for (int i = 0; i < n; ++i) th.emplace_back(body, i);
+    for (auto& t : th) t.join();
+  });
+  auto o0 = rp.make_output(), o1 = rp.make_output(), o2 = rp.make_output();
+  REQUIRE(chunk_forward<GDR2>(rp.problem(), Outputs<float, float>{o0.view(), {}}).ok());
+  Options opt;
+  opt.executor = &tp;
+  REQUIRE(chunk_forward<GDR2>(rp.problem(), Outputs<float, float>{o1.view(), {}}, opt).ok());
+  opt.executor = &fe;
+  REQUIRE(chunk_forward<GDR2>(rp.problem(), Outputs<float, float>{o2.view(), {}}, opt).ok());
+  CHECK(rel_error(o1.view(), o0.view()) == 0.0);
+  CHECK(rel_error(o2.view(), o0.view()) == 0.0);
+}
