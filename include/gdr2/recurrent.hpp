@@ -68,7 +68,20 @@ struct RecurrentScratch {
   RowMat<Acc> S;
   Vec<Acc> q, k, v, g, eb, wv, r, o;
   RecurrentScratch(Index K, Index V) : S(K, V), q(K), k(K), v(V), g(K), eb(K), wv(V), r(V), o(V) {}
+  std::size_t bytes() const { return sizeof(Acc) * std::size_t(S.size() + 5 * q.size() + 4 * v.size()); }
 };
+
+/// The per-slot scratch pool of a call: from the caller's Workspace when given,
+/// else from `local` (which lives for the call).
+template <class S, class... Dims>
+std::vector<S>& scratch_pool(const Options& opt, Workspace& local, Index count, Dims... dims) {
+  return (opt.workspace ? *opt.workspace : local).template pool<S>(count, dims...);
+}
+
+/// Number of slots (concurrent tasks) a call over `items` work items uses.
+inline int slot_count(const Executor& ex, Index items) {
+  return int(std::min<Index>(ex.concurrency(), std::max<Index>(1, items)));
+}
 
 /// One token of SPEC §1 on a row-major K×V state S (row stride ldS) in place, in two
 /// streaming passes over S:
@@ -130,10 +143,8 @@ Status recurrent_forward(const Problem<T>& p, const Outputs<TO, accum_t<T>>& out
   const detail::TokenReader<Policy, T> rd{p, d};
   const Acc scale = Acc(d.scale);
 
-  std::vector<detail::RecurrentScratch<Acc>> scratch;
-  const int slots = int(std::min<Index>(ex.concurrency(), std::max<Index>(1, d.N * d.Hv)));
-  scratch.reserve(size_t(slots));
-  for (int s = 0; s < slots; ++s) scratch.emplace_back(d.K, d.V);
+  Workspace local;
+  auto& scratch = detail::scratch_pool<detail::RecurrentScratch<Acc>>(opt, local, detail::slot_count(ex, d.N * d.Hv), d.K, d.V);
 
   const bool in_place = p.initial_state.given() && detail::rows_contiguous(out.final_state) &&
                         p.initial_state.data == out.final_state.data &&
