@@ -95,6 +95,10 @@ struct ChunkScratch {
   ChunkScratch(Index C, Index K, Index V)
       : Q(C, K), Kc(C, K), g(C, K), Bg(C, K), Vv(C, V), Wg(C, V), Bk(C, K), Qs(C, K), T(C, C), Aqk(C, C),
         YU(C, K + V), R(C, V), O(C, V), Kt(C, K), AF(C, K), BF(C, K), S(K, V), dc(C, K), p(K), gammaC(K) {}
+  std::size_t bytes() const {
+    const Index C = Q.rows(), K = Q.cols(), V = Vv.cols();
+    return sizeof(Acc) * std::size_t(17 * C * K + 5 * C * V + 2 * C * C + C * (K + V) + K * V + 2 * K);
+  }
 
   /// Load tokens [t0, t0+n) of (batch row b, value head hv) through the policy.
   template <class Policy, class T>
@@ -108,9 +112,12 @@ struct ChunkScratch {
   }
 };
 
-/// One chunk of SPEC §3 on ws.S in place (S_0 → S_C); chunk outputs into ws.O.
+/// Phase 1 of a chunk (SPEC §3): everything that does not depend on the incoming
+/// state. From the loaded chunk it leaves in ws
+///   YU = [Y U] = (I + T)⁻¹ [Ē Z]  (n×(K+V)),  Aqk (n×n, lower),
+///   AF = Qγ = scale·q ⊙ γ (n×K),  Kt = Ktail = exp(G_n − G_r) ⊙ k (n×K),  gammaC = γ_n (K).
 template <class Acc>
-void chunk_forward_step(ChunkScratch<Acc>& ws, Index n, Acc scale) {
+void chunk_factors(ChunkScratch<Acc>& ws, Index n, Acc scale) {
   const Index K = ws.Q.cols(), V = ws.Vv.cols();
   auto& dc = ws.dc;
   dc.build(ws.g, n);
@@ -119,23 +126,73 @@ void chunk_forward_step(ChunkScratch<Acc>& ws, Index n, Acc scale) {
   // T (strict) and Aqk (with diagonal): decay-weighted Grams against the keys.
   decayed_gram(ws.Bk, ws.Kc, dc, n, /*strict=*/true, ws.T, ws.AF, ws.BF, ws.p);
   decayed_gram(ws.Qs, ws.Kc, dc, n, /*strict=*/false, ws.Aqk, ws.AF, ws.BF, ws.p);
-  // [Y U] = (I + T)⁻¹ [Ē Z], Ē = γ ⊙ b ⊙ k, Z = w ⊙ v (one unit-lower solve).
+  // [Y U] = (I + T)⁻¹ [Ē Z], Ē = γ ⊙ b ⊙ k, Z = w ⊙ v: one unit-lower triangular solve.
   auto YU = ws.YU.topRows(n);
   YU.leftCols(K) = ws.Bk.topRows(n).cwiseProduct(dc.Gam.topRows(n));
   YU.rightCols(V) = ws.Wg.topRows(n).cwiseProduct(ws.Vv.topRows(n));
   ws.T.topLeftCorner(n, n).template triangularView<Eigen::UnitLower>().solveInPlace(YU);
-  // R = U − Y S_0 ; O = (Qs ⊙ γ) S_0 + Aqk R ; S_C = Diag(γ_C) S_0 + Ktailᵀ R.
-  auto R = ws.R.topRows(n);
-  R = YU.rightCols(V);
-  R.noalias() -= YU.leftCols(K) * ws.S;
   ws.AF.topRows(n) = ws.Qs.topRows(n).cwiseProduct(dc.Gam.topRows(n));
-  ws.O.topRows(n).noalias() = ws.AF.topRows(n) * ws.S;
-  ws.O.topRows(n).noalias() += ws.Aqk.topLeftCorner(n, n) * R;
   for (Index r = 0; r < n; ++r)
     ws.Kt.row(r) = ws.Kc.row(r).cwiseProduct((dc.G.row(n - 1) - dc.G.row(r)).array().exp().matrix());
   ws.gammaC = dc.Gam.row(n - 1).transpose();
-  ws.S.array().colwise() *= ws.gammaC.array();
-  ws.S.noalias() += ws.Kt.topRows(n).transpose() * R;
+}
+
+/// Phase 2 of a chunk on state columns [j0, j0+w) — the columns of S evolve
+/// independently, so the state pass can be split over value slices:
+///   R = U − Y S_0 ;  O = Qγ S_0 + Aqk R ;  S_C = Diag(γ_n) S_0 + Ktailᵀ R.
+/// S (K×V) is updated in place; O[:, j0:j0+w) gets the chunk outputs; R is scratch.
+template <class Acc>
+void chunk_state_pass(const RowMat<Acc>& YU, const RowMat<Acc>& Aqk, const RowMat<Acc>& Qg, const RowMat<Acc>& Kt,
+                      const Vec<Acc>& gammaC, Index n, Index j0, Index w, RowMat<Acc>& S, RowMat<Acc>& R,
+                      RowMat<Acc>& O) {
+  const Index K = S.rows();
+  auto S0 = S.middleCols(j0, w);
+  auto Rb = R.block(0, j0, n, w);
+  auto Ob = O.block(0, j0, n, w);
+  Rb = YU.block(0, K + j0, n, w);
+  Rb.noalias() -= YU.topLeftCorner(n, K) * S0;
+  Ob.noalias() = Qg.topRows(n) * S0;
+  Ob.noalias() += Aqk.topLeftCorner(n, n).template triangularView<Eigen::Lower>() * Rb;
+  S0.array().colwise() *= gammaC.array();
+  S0.noalias() += Kt.topRows(n).transpose() * Rb;
+}
+
+/// One whole chunk of SPEC §3 on ws.S in place (S_0 → S_C); chunk outputs into ws.O.
+template <class Acc>
+void chunk_forward_step(ChunkScratch<Acc>& ws, Index n, Acc scale) {
+  chunk_factors(ws, n, scale);
+  chunk_state_pass(ws.YU, ws.Aqk, ws.AF, ws.Kt, ws.gammaC, n, 0, ws.S.cols(), ws.S, ws.R, ws.O);
+}
+
+/// Phase-1 results of one chunk kept for the chunk-parallel schedule.
+template <class Acc>
+struct ChunkFactors {
+  RowMat<Acc> YU, Aqk, Qg, Kt;
+  Vec<Acc> gammaC;
+  ChunkFactors(Index C, Index K, Index V) : YU(C, K + V), Aqk(C, C), Qg(C, K), Kt(C, K), gammaC(K) {}
+  std::size_t bytes() const { return sizeof(Acc) * std::size_t(YU.size() + Aqk.size() + Qg.size() + Kt.size() + gammaC.size()); }
+  /// Take the phase-1 results out of a scratch (O(1) buffer swaps, no copies).
+  void take(ChunkScratch<Acc>& ws) {
+    YU.swap(ws.YU);
+    Aqk.swap(ws.Aqk);
+    Qg.swap(ws.AF);
+    Kt.swap(ws.Kt);
+    gammaC.swap(ws.gammaC);
+  }
+};
+
+/// One chunk of one (sequence, value head): where its tokens are and its factors.
+struct ChunkRef {
+  Index n, hv, t0, len;
+};
+
+/// Write rows [0, len) × columns [j0, j0+w) of O to o at tokens t0.. of (b, hv).
+template <class TO, class Acc>
+void write_rows(const View<TO>& o, Index b, Index t0, Index len, Index hv, const RowMat<Acc>& O, Index j0, Index w) {
+  for (Index r = 0; r < len; ++r) {
+    TO* dst = o.row(b, t0 + r, hv);
+    for (Index j = j0; j < j0 + w; ++j) dst[j] = convert<TO>(O(r, j));
+  }
 }
 
 }  // namespace detail
@@ -143,6 +200,13 @@ void chunk_forward_step(ChunkScratch<Acc>& ws, Index n, Acc scale) {
 /// Chunkwise WY forward (SPEC §3): same contract and outputs as recurrent_forward,
 /// O(T·C·(K+V) + T·K·V) work per head in dense products. Requires log-decays ≤ 0
 /// (checked when opt.check_finite is set); chunk size 16, 32 or 64.
+///
+/// Schedule: with at least 2 (sequence, head) pairs per executor slot, pairs run in
+/// parallel, each walking its chunks. With fewer (long sequences, few heads) the
+/// work is split finer: phase 1 (chunk_factors) runs in parallel over all chunks,
+/// then the state pass runs in parallel over (pair, value-column slice), which
+/// keeps every slot busy; this holds the phase-1 results of every chunk
+/// (≈ C·(3K+V+C) floats per chunk) in the workspace.
 template <class Policy, class T, class TO>
 Status chunk_forward(const Problem<T>& p, const Outputs<TO, accum_t<T>>& out, const Options& opt = {}) {
   using Acc = accum_t<T>;
@@ -153,29 +217,76 @@ Status chunk_forward(const Problem<T>& p, const Outputs<TO, accum_t<T>>& out, co
   const detail::TokenReader<Policy, T> rd{p, d};
   const Index C = opt.chunk_size;
   const Acc scale = Acc(d.scale);
+  const Index pairs = d.N * d.Hv;
+  Workspace local;
 
-  std::vector<detail::ChunkScratch<Acc>> scratch;
-  const int slots = int(std::min<Index>(ex.concurrency(), std::max<Index>(1, d.N * d.Hv)));
-  scratch.reserve(size_t(slots));
-  for (int s = 0; s < slots; ++s) scratch.emplace_back(C, d.K, d.V);
-
-  parallel_for(ex, d.N * d.Hv, [&](Index item, int slot) {
-    const Index n = item / d.Hv, hv = item % d.Hv;
-    const Index state_slot = d.slot(n);
-    if (state_slot < 0) return;
-    auto& ws = scratch[size_t(slot)];
-    const auto span = d.seq(n);
-    detail::load_state(p.initial_state, state_slot, hv, ws.S);
-    for (Index t0 = span.begin; t0 < span.end; t0 += C) {
-      const Index len = std::min(C, span.end - t0);
-      ws.load(rd, span.batch, t0, len, hv);
-      detail::chunk_forward_step(ws, len, scale);
-      for (Index r = 0; r < len; ++r) {
-        TO* o = out.o.row(span.batch, t0 + r, hv);
-        for (Index j = 0; j < d.V; ++j) o[j] = convert<TO>(ws.O(r, j));
+  if (ex.concurrency() == 1 || pairs >= 2 * Index(ex.concurrency())) {
+    auto& scratch = detail::scratch_pool<detail::ChunkScratch<Acc>>(opt, local, detail::slot_count(ex, pairs), C, d.K, d.V);
+    parallel_for(ex, pairs, [&](Index item, int slot) {
+      const Index n = item / d.Hv, hv = item % d.Hv;
+      const Index state_slot = d.slot(n);
+      if (state_slot < 0) return;
+      auto& ws = scratch[size_t(slot)];
+      const auto span = d.seq(n);
+      detail::load_state(p.initial_state, state_slot, hv, ws.S);
+      for (Index t0 = span.begin; t0 < span.end; t0 += C) {
+        const Index len = std::min(C, span.end - t0);
+        ws.load(rd, span.batch, t0, len, hv);
+        detail::chunk_forward_step(ws, len, scale);
+        detail::write_rows(out.o, span.batch, t0, len, hv, ws.O, 0, d.V);
       }
+      detail::store_state(out.final_state, state_slot, hv, ws.S);
+    });
+    return {};
+  }
+
+  // Chunk-parallel schedule. Phase 1 over every chunk of every live pair.
+  std::vector<detail::ChunkRef> chunks;
+  std::vector<Index> first_chunk(size_t(pairs + 1), 0);
+  for (Index item = 0; item < pairs; ++item) {
+    first_chunk[size_t(item)] = Index(chunks.size());
+    const Index n = item / d.Hv, hv = item % d.Hv;
+    if (d.slot(n) < 0) continue;
+    const auto span = d.seq(n);
+    for (Index t0 = span.begin; t0 < span.end; t0 += C) chunks.push_back({n, hv, t0, std::min(C, span.end - t0)});
+  }
+  first_chunk[size_t(pairs)] = Index(chunks.size());
+  const Index nchunks = Index(chunks.size());
+  auto& scratch = detail::scratch_pool<detail::ChunkScratch<Acc>>(opt, local, detail::slot_count(ex, std::max(nchunks, pairs)), C, d.K, d.V);
+  auto& factors = detail::scratch_pool<detail::ChunkFactors<Acc>>(opt, local, nchunks, C, d.K, d.V);
+  parallel_for(ex, nchunks, [&](Index c, int slot) {
+    const auto& ch = chunks[size_t(c)];
+    auto& ws = scratch[size_t(slot)];
+    ws.load(rd, d.seq(ch.n).batch, ch.t0, ch.len, ch.hv);
+    detail::chunk_factors(ws, ch.len, scale);
+    factors[size_t(c)].take(ws);
+  });
+  // Phase 2: the state pass, split over value-column slices of ≥ 16 columns.
+  const Index want = (2 * Index(ex.concurrency()) + pairs - 1) / pairs;
+  const Index slices = std::max<Index>(1, std::min<Index>(want, d.V / 16));
+  const Index width = (d.V + slices - 1) / slices;
+  parallel_for(ex, pairs * slices, [&](Index item, int slot) {
+    const Index pair = item / slices, j0 = (item % slices) * width, w = std::min(width, d.V - j0);
+    const Index n = pair / d.Hv, hv = pair % d.Hv;
+    const Index state_slot = d.slot(n);
+    if (state_slot < 0 || w <= 0) return;
+    auto& ws = scratch[size_t(slot)];
+    const Index b = d.seq(n).batch;
+    // Only this slice's columns: other slices of the same state may already be
+    // writing theirs when the state is updated in place.
+    for (Index i = 0; i < d.K; ++i)
+      for (Index j = j0; j < j0 + w; ++j)
+        ws.S(i, j) = p.initial_state.given() ? p.initial_state(state_slot, hv, i, j) : Acc(0);
+    for (Index c = first_chunk[size_t(pair)]; c < first_chunk[size_t(pair + 1)]; ++c) {
+      const auto& ch = chunks[size_t(c)];
+      const auto& f = factors[size_t(c)];
+      detail::chunk_state_pass(f.YU, f.Aqk, f.Qg, f.Kt, f.gammaC, ch.len, j0, w, ws.S, ws.R, ws.O);
+      detail::write_rows(out.o, b, ch.t0, ch.len, hv, ws.O, j0, w);
     }
-    detail::store_state(out.final_state, state_slot, hv, ws.S);
+    if (out.final_state.given()) {
+      for (Index i = 0; i < d.K; ++i)
+        for (Index j = j0; j < j0 + w; ++j) out.final_state(state_slot, hv, i, j) = ws.S(i, j);
+    }
   });
   return {};
 }

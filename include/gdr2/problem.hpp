@@ -22,6 +22,7 @@
 #include "parallel.hpp"
 #include "status.hpp"
 #include "tensor.hpp"
+#include "workspace.hpp"
 
 #include <cmath>
 #include <optional>
@@ -94,6 +95,8 @@ struct Options {
   /// before any work; costs one pass over the inputs.
   bool check_finite = false;
   const Executor* executor = nullptr;  ///< null → run on the calling thread
+  /// Caller-owned scratch reused across calls (null → allocated once per call).
+  Workspace* workspace = nullptr;
 };
 
 /// The validated geometry of a call.

@@ -68,18 +68,61 @@ struct RecurrentScratch {
   RowMat<Acc> S;
   Vec<Acc> q, k, v, g, eb, wv, r, o;
   RecurrentScratch(Index K, Index V) : S(K, V), q(K), k(K), v(V), g(K), eb(K), wv(V), r(V), o(V) {}
+  std::size_t bytes() const { return sizeof(Acc) * std::size_t(S.size() + 5 * q.size() + 4 * v.size()); }
 };
 
-/// One token of SPEC §1 on S in place; writes o = Sᵀ(scale·q) into ws.o.
-/// On entry ws.q, k, v, g, eb, wv hold the token; ws.r is overwritten.
+/// The per-slot scratch pool of a call: from the caller's Workspace when given,
+/// else from `local` (which lives for the call).
+template <class S, class... Dims>
+std::vector<S>& scratch_pool(const Options& opt, Workspace& local, Index count, Dims... dims) {
+  return (opt.workspace ? *opt.workspace : local).template pool<S>(count, dims...);
+}
+
+/// Number of slots (concurrent tasks) a call over `items` work items uses.
+inline int slot_count(const Executor& ex, Index items) {
+  return int(std::min<Index>(ex.concurrency(), std::max<Index>(1, items)));
+}
+
+/// One token of SPEC §1 on a row-major K×V state S (row stride ldS) in place, in two
+/// streaming passes over S:
+///   pass 1  r = Σ_i (b_i k_i exp g_i) S[i,:]            (= S̄ᵀ e, S untouched)
+///   pass 2  S[i,:] ← exp(g_i) S[i,:] + k_i δ,  o += scale·q_i S[i,:]   with δ = w ⊙ v − r
+/// On return g[0..K) holds exp(g) and r[0..V) holds δ; o[0..V) gets Sᵀ(scale·q).
+template <class Acc>
+void fused_recurrent_step(Acc* S, Index ldS, Index K, Index V, const Acc* q, const Acc* k, const Acc* v, Acc* g,
+                          const Acc* eb, const Acc* wv, Acc scale, Acc* r, Acc* o) {
+  using Arr = Eigen::Array<Acc, Eigen::Dynamic, 1>;
+  using ArrMap = Eigen::Map<Arr>;
+  using CArrMap = Eigen::Map<const Arr>;
+  ArrMap rr(r, V), oo(o, V);
+  rr.setZero();
+  for (Index i = 0; i < K; ++i) {
+    g[i] = std::exp(g[i]);
+    const Acc c = eb[i] * k[i] * g[i];
+    if (c != Acc(0)) rr += c * CArrMap(S + i * ldS, V);
+  }
+  rr = CArrMap(wv, V) * CArrMap(v, V) - rr;
+  oo.setZero();
+  for (Index i = 0; i < K; ++i) {
+    ArrMap row(S + i * ldS, V);
+    row = g[i] * row + k[i] * rr;
+    oo += (scale * q[i]) * row;
+  }
+}
+
+/// One token of SPEC §1 on ws.S in place; writes o = Sᵀ(scale·q) into ws.o.
+/// On entry ws.q, k, v, g, eb, wv hold the token; ws.g and ws.r are overwritten
+/// (with exp g and δ = w ⊙ v − r).
 template <class Acc>
 void recurrent_step(RecurrentScratch<Acc>& ws, Acc scale) {
-  auto& S = ws.S;
-  S.array().colwise() *= ws.g.array().exp();                 // S̄ = Diag(exp g) S
-  ws.r.noalias() = S.transpose() * ws.eb.cwiseProduct(ws.k);  // r = S̄ᵀ (b ⊙ k)
-  ws.r = ws.wv.cwiseProduct(ws.v) - ws.r;                    // δ = w ⊙ v − r
-  S.noalias() += ws.k * ws.r.transpose();                    // S = S̄ + k δᵀ
-  ws.o.noalias() = S.transpose() * (scale * ws.q);           // o = Sᵀ (scale q)
+  fused_recurrent_step(ws.S.data(), ws.S.cols(), ws.S.rows(), ws.S.cols(), ws.q.data(), ws.k.data(), ws.v.data(),
+                       ws.g.data(), ws.eb.data(), ws.wv.data(), scale, ws.r.data(), ws.o.data());
+}
+
+/// True when a state view can be updated in place as row-major K×V rows.
+template <class Acc>
+bool rows_contiguous(const View<Acc>& s) {
+  return s.given() && s.stride[3] == 1;
 }
 
 }  // namespace detail
@@ -100,27 +143,38 @@ Status recurrent_forward(const Problem<T>& p, const Outputs<TO, accum_t<T>>& out
   const detail::TokenReader<Policy, T> rd{p, d};
   const Acc scale = Acc(d.scale);
 
-  std::vector<detail::RecurrentScratch<Acc>> scratch;
-  const int slots = int(std::min<Index>(ex.concurrency(), std::max<Index>(1, d.N * d.Hv)));
-  scratch.reserve(size_t(slots));
-  for (int s = 0; s < slots; ++s) scratch.emplace_back(d.K, d.V);
+  Workspace local;
+  auto& scratch = detail::scratch_pool<detail::RecurrentScratch<Acc>>(opt, local, detail::slot_count(ex, d.N * d.Hv), d.K, d.V);
 
+  const bool in_place = p.initial_state.given() && detail::rows_contiguous(out.final_state) &&
+                        p.initial_state.data == out.final_state.data &&
+                        p.initial_state.stride == out.final_state.stride;
   parallel_for(ex, d.N * d.Hv, [&](Index item, int slot) {
     const Index n = item / d.Hv, hv = item % d.Hv;
     const Index state_slot = d.slot(n);
     if (state_slot < 0) return;
     auto& ws = scratch[size_t(slot)];
     const auto span = d.seq(n);
-    detail::load_state(p.initial_state, state_slot, hv, ws.S);
+    // Work directly on the caller's state when it is updated in place with unit-stride
+    // rows (the decode case); otherwise on a private copy.
+    Acc* S = ws.S.data();
+    Index ldS = d.V;
+    if (in_place) {
+      S = &out.final_state(state_slot, hv, 0, 0);
+      ldS = out.final_state.stride[2];
+    } else {
+      detail::load_state(p.initial_state, state_slot, hv, ws.S);
+    }
     for (Index t = span.begin; t < span.end; ++t) {
       rd.qk(span.batch, t, hv, ws.q.data(), ws.k.data());
       rd.v(span.batch, t, hv, ws.v.data());
       rd.gates(span.batch, t, hv, ws.g.data(), ws.eb.data(), ws.wv.data());
-      detail::recurrent_step(ws, scale);
+      detail::fused_recurrent_step(S, ldS, d.K, d.V, ws.q.data(), ws.k.data(), ws.v.data(), ws.g.data(),
+                                   ws.eb.data(), ws.wv.data(), scale, ws.r.data(), ws.o.data());
       TO* o = out.o.row(span.batch, t, hv);
       for (Index j = 0; j < d.V; ++j) o[j] = convert<TO>(ws.o[j]);
     }
-    detail::store_state(out.final_state, state_slot, hv, ws.S);
+    if (!in_place) detail::store_state(out.final_state, state_slot, hv, ws.S);
   });
   return {};
 }

@@ -1,0 +1,192 @@
+// gdr2 CPU benchmark suite (Google Benchmark).
+//
+// Case names say engine/direction/policy/dtype, e.g. `chunk/forward/kda/fp32`.
+// Every case reports two rate counters, `flops` and `bytes`, so that
+// `--benchmark_format=json` output reads as ratios to the ceilings measured in the
+// same binary: `ceiling/sgemm` (Eigen's own fp32 GEMM, one independent product per
+// thread) and `ceiling/memcpy` (bytes read + written per second, all threads).
+//
+// FLOPs are counted as in SPEC §3 (see flops.hpp: the WY chunk form; the recurrent
+// engine is charged its own 7·K·V per token and head); bytes are the fewest
+// possible: every input read once, every output written once.
+//
+// Threads: GDR2_BENCH_THREADS (default: all cores). Shapes: B=1, T=4096, H=16,
+// K=V=128 for prefill; decode with N = 1, 64, 256 sequences × H=16.
+#include "flops.hpp"
+
+#include <gdr2/gdr2.hpp>
+
+#include <benchmark/benchmark.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <thread>
+
+using namespace gdr2;
+using namespace gdr2::bench;
+
+namespace {
+
+int bench_threads() {
+  if (const char* s = std::getenv("GDR2_BENCH_THREADS")) return std::max(1, std::atoi(s));
+  return int(std::max(1u, std::thread::hardware_concurrency()));
+}
+
+/// One executor for the whole run, with `threads` tasks at most.
+struct Pool {
+  explicit Pool(int threads) : pool(threads > 1 ? threads - 1 : 1), ex(pool), n(threads) {}
+  const Executor& executor() const {
+    static const SerialExecutor serial;
+    return n > 1 ? static_cast<const Executor&>(ex) : serial;
+  }
+  Eigen::ThreadPool pool;
+  ThreadPoolExecutor ex;
+  int n;
+};
+
+Pool& pool_for(int threads) {
+  static std::unique_ptr<Pool> pools[64];
+  auto& p = pools[std::min(threads, 63)];
+  if (!p) p = std::make_unique<Pool>(threads);
+  return *p;
+}
+
+void set_rates(benchmark::State& st, double flops, double bytes) {
+  st.counters["flops"] = benchmark::Counter(flops * double(st.iterations()), benchmark::Counter::kIsRate);
+  st.counters["bytes"] = benchmark::Counter(bytes * double(st.iterations()), benchmark::Counter::kIsRate);
+}
+
+// ---------------------------------------------------------------- ceilings --
+void ceiling_sgemm(benchmark::State& st) {
+  const int threads = int(st.range(0));
+  const Index n = 512;
+  std::vector<Eigen::MatrixXf> A(threads, Eigen::MatrixXf::Random(n, n)), B(threads, Eigen::MatrixXf::Random(n, n)),
+      C(threads, Eigen::MatrixXf::Zero(n, n));
+  const Executor& ex = pool_for(threads).executor();
+  for (auto _ : st) {
+    parallel_for(ex, threads, [&](Index i, int) { C[size_t(i)].noalias() = A[size_t(i)] * B[size_t(i)]; });
+    benchmark::ClobberMemory();
+  }
+  set_rates(st, 2.0 * n * n * n * threads, 3.0 * n * n * 4 * threads);
+}
+
+void ceiling_memcpy(benchmark::State& st) {
+  const int threads = int(st.range(0));
+  const size_t bytes = size_t(256) << 20;  // well past the caches
+  std::vector<char> src(bytes, 1), dst(bytes, 0);
+  const Executor& ex = pool_for(threads).executor();
+  for (auto _ : st) {
+    parallel_for(ex, threads, [&](Index i, int) {
+      const size_t part = bytes / size_t(threads), off = size_t(i) * part;
+      std::memcpy(dst.data() + off, src.data() + off, part);
+    });
+    benchmark::ClobberMemory();
+  }
+  set_rates(st, 0, 2.0 * double(bytes));
+}
+
+// ----------------------------------------------------------------- forward --
+enum EngineId { kRecurrent = 0, kChunk = 1 };
+
+template <class Policy, class T>
+void forward(benchmark::State& st) {
+  const int engine = int(st.range(0)), threads = int(st.range(1));
+  ProblemConfig cfg;
+  cfg.B = 1;
+  cfg.T = 4096;
+  cfg.Hk = cfg.Hv = 16;
+  cfg.K = cfg.V = 128;
+  cfg.g_min = -1.0;
+  cfg.b_max = 2.0;
+  RandomProblem<Policy, T> rp(cfg);
+  const auto p = rp.problem();
+  Tensor<T> o(cfg.B, cfg.T, cfg.Hv, cfg.V);
+  auto s = rp.make_state();
+  Options opt;
+  opt.executor = &pool_for(threads).executor();
+  const Outputs<T, accum_t<T>> out{o.view(), s.view()};
+  for (auto _ : st) {
+    const Status r = engine == kChunk ? chunk_forward<Policy>(p, out, opt) : recurrent_forward<Policy>(p, out, opt);
+    if (!r.ok()) st.SkipWithError(r.to_string().c_str());
+    benchmark::ClobberMemory();
+  }
+  const Shape sh{cfg.B * cfg.T, cfg.Hk, cfg.Hv, cfg.K, cfg.V};
+  const double flops = engine == kChunk ? chunk_forward_flops(sh, 64) : recurrent_forward_flops(sh);
+  set_rates(st, flops, forward_bytes<Policy, T>(sh, cfg.B));
+}
+
+// ------------------------------------------------------------------ decode --
+template <class Policy>
+void decode(benchmark::State& st) {
+  const Index N = st.range(0);
+  const int threads = int(st.range(1));
+  ProblemConfig cfg;
+  cfg.B = N;
+  cfg.T = 1;
+  cfg.Hk = cfg.Hv = 16;
+  cfg.K = cfg.V = 128;
+  RandomProblem<Policy, float> rp(cfg);
+  // A pool twice as large as the batch, requests scattered over it.
+  Tensor<float> pool(2 * N, cfg.Hv, cfg.K, cfg.V);
+  for (Index i = 0; i < pool.size(); ++i) pool[i] = 0.01f * float(i % 97);
+  std::vector<std::int32_t> slots(static_cast<size_t>(N));
+  for (Index n = 0; n < N; ++n) slots[size_t(n)] = std::int32_t((2 * n + 1) % (2 * N));
+  Tensor<float> o(N, 1, cfg.Hv, cfg.V);
+  Options opt;
+  opt.executor = &pool_for(threads).executor();
+  for (auto _ : st) {
+    const Status r = decode_step<Policy>(rp.problem(), pool.view(), slots.data(), o.view(), opt);
+    if (!r.ok()) st.SkipWithError(r.to_string().c_str());
+    benchmark::ClobberMemory();
+  }
+  const Shape sh{N, cfg.Hk, cfg.Hv, cfg.K, cfg.V};
+  // Bytes: the state is read and written once per step (the figure the target uses).
+  set_rates(st, recurrent_forward_flops(sh), 2.0 * double(N * cfg.Hv * cfg.K * cfg.V) * 4);
+}
+
+void register_all() {
+  const int T = bench_threads();
+  benchmark::RegisterBenchmark("ceiling/sgemm", ceiling_sgemm)->Arg(T)->UseRealTime()->Unit(benchmark::kMillisecond);
+  benchmark::RegisterBenchmark("ceiling/memcpy", ceiling_memcpy)->Arg(T)->UseRealTime()->Unit(benchmark::kMillisecond);
+#define GDR2_FWD(POL, TY, tag)                                                                                   \
+  benchmark::RegisterBenchmark("chunk/forward/" #tag, forward<POL, TY>)->Args({kChunk, T})->UseRealTime()->Unit( \
+      benchmark::kMillisecond);                                                                                  \
+  benchmark::RegisterBenchmark("recurrent/forward/" #tag, forward<POL, TY>)                                      \
+      ->Args({kRecurrent, T})                                                                                    \
+      ->UseRealTime()                                                                                            \
+      ->Unit(benchmark::kMillisecond);
+  GDR2_FWD(GDR2, float, gdr2/fp32)
+  GDR2_FWD(KDA, float, kda/fp32)
+  GDR2_FWD(GDN, float, gdn/fp32)
+  GDR2_FWD(GDR2, Eigen::bfloat16, gdr2/bf16)
+  GDR2_FWD(KDA, Eigen::bfloat16, kda/bf16)
+  GDR2_FWD(GDN, Eigen::bfloat16, gdn/bf16)
+#undef GDR2_FWD
+  // Thread scaling of the chunk forward: 1 thread vs all.
+  benchmark::RegisterBenchmark("chunk/forward/kda/fp32/threads:1", forward<KDA, float>)
+      ->Args({kChunk, 1})
+      ->UseRealTime()
+      ->Unit(benchmark::kMillisecond);
+  for (Index N : {1, 64, 256}) {
+    benchmark::RegisterBenchmark(("decode/kda/fp32/N:" + std::to_string(N)).c_str(), decode<KDA>)
+        ->Args({N, T})
+        ->UseRealTime()
+        ->Unit(benchmark::kMicrosecond);
+    benchmark::RegisterBenchmark(("decode/gdr2/fp32/N:" + std::to_string(N)).c_str(), decode<GDR2>)
+        ->Args({N, T})
+        ->UseRealTime()
+        ->Unit(benchmark::kMicrosecond);
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  register_all();
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}
