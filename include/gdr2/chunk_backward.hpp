@@ -150,14 +150,14 @@ struct ChunkBackwardScratch {
   RowMat<Acc> dQs, dBk, dK, dG, dV, dW, dYU, dT, dAqk, dR, X, acc;
   RowMat<Acc> S, dS, dS0;  // chunk-start state, dL/dS at the chunk end (→ start), accumulator
   ChunkDecay<Acc> dc;
-  Vec<Acc> p;
+  Vec<Acc> p, diag;
   std::vector<RowMat<Acc>> starts;  // chunk-start states of one sequence (no-context path)
 
   ChunkBackwardScratch(Index C, Index K, Index V)
       : Q(C, K), Kc(C, K), g(C, K), Bg(C, K), Vv(C, V), Wg(C, V), dO(C, V), Bk(C, K), Qs(C, K), T(C, C),
         Aqk(C, C), YU(C, K + V), R(C, V), Kf(C, K), AF(C, K), BF(C, K), dQs(C, K), dBk(C, K), dK(C, K),
         dG(C, K), dV(C, V), dW(C, V), dYU(C, K + V), dT(C, C), dAqk(C, C), dR(C, V), X(C, K), acc(kSubBlock, K), S(K, V), dS(K, V),
-        dS0(K, V), dc(C, K), p(K) {}
+        dS0(K, V), dc(C, K), p(K), diag(C) {}
 
   /// Load tokens [t0, t0+n) of (batch row b, value head hv) through the policy.
   template <class Policy, class T>
@@ -235,15 +235,21 @@ void chunk_backward_step(ChunkBackwardScratch<Acc>& ws, Index n, Acc scale) {
   dAqk.noalias() = dO * R.transpose();
   dAqk.template triangularView<Eigen::StrictlyUpper>().setZero();
   dR.noalias() = ws.Aqk.topLeftCorner(n, n).transpose() * dO;
+  // The diagonal of Aqk carries no decay (exp(G_r − G_r) = 1): its + and − decay
+  // gradients cancel exactly, so it is kept out of dG (where the two sides would
+  // only cancel up to rounding, swamping the tiny dg of strongly decayed channels)
+  // and added to dq, dk in (7).
+  ws.diag.head(n) = dAqk.diagonal();
+  dAqk.diagonal().setZero();
 
   // (2) S_C = Diag(γ_C) S_0 + Ktailᵀ R, Ktail = K ⊙ Kf (Kf_r = exp(G_C − G_r) ≤ 1).
   ws.AF.topRows(n) = Kc.cwiseProduct(ws.Kf.topRows(n));  // Ktail
   dR.noalias() += ws.AF.topRows(n) * ws.dS;
   X.noalias() = R * ws.dS.transpose();  // dKtail
   dK = X.cwiseProduct(ws.Kf.topRows(n));
-  X = X.cwiseProduct(ws.AF.topRows(n));  // dKtail ⊙ Ktail: + to dG_C, − to dG_r
-  dG = -X;
-  dG.row(n - 1) += X.colwise().sum();
+  X = X.cwiseProduct(ws.AF.topRows(n));  // dKtail ⊙ Ktail: + to dG_C, − to dG_r (r = C: no decay, cancels)
+  dG.topRows(n - 1) = -X.topRows(n - 1);
+  dG.row(n - 1) = X.topRows(n - 1).colwise().sum();
   dG.row(n - 1) += (ws.dS.cwiseProduct(ws.S).rowwise().sum().transpose()).cwiseProduct(Gam.row(n - 1));
   ws.dS0 += Gam.row(n - 1).transpose().asDiagonal() * ws.dS;
 
@@ -272,7 +278,9 @@ void chunk_backward_step(ChunkBackwardScratch<Acc>& ws, Index n, Acc scale) {
   dG += Qs.cwiseProduct(dQs) + Bk.cwiseProduct(dBk) - Kc.cwiseProduct(X);
   for (Index r = n - 2; r >= 0; --r) dG.row(r) += dG.row(r + 1);
 
-  // (7) back to the inputs: Bk = b ⊙ k, Qs = scale·q.
+  // (7) back to the inputs: the diagonal of Aqk, then Bk = b ⊙ k, Qs = scale·q.
+  dQs += ws.diag.head(n).asDiagonal() * Kc;
+  dK += ws.diag.head(n).asDiagonal() * Qs;
   dK += dBk.cwiseProduct(ws.Bg.topRows(n));
   dBk = dBk.cwiseProduct(Kc);  // now db
   dQs *= scale;                // now dq
