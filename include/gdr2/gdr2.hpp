@@ -8,6 +8,7 @@
 //   gates.hpp      the gate policy: GDR2, KDA, GDN, DeltaNet
 //   problem.hpp    Problem / Outputs / Gradients / Options and their validation
 //   parallel.hpp   executors (serial, Eigen ThreadPool, caller's parallel-for)
+//   workspace.hpp  caller-owned scratch reused across calls
 //   recurrent.hpp  token-by-token engine: prefill and in-place decode
 //   chunk.hpp      chunkwise WY engine
 //   reference.hpp  fp64 reference, random problems, error metrics
@@ -25,3 +26,4 @@
 #include "reference.hpp"
 #include "status.hpp"
 #include "tensor.hpp"
+#include "workspace.hpp"
