@@ -158,7 +158,7 @@ TEST_CASE("npy: every dtype round-trips exactly, headers 1.0 and 2.0", "[npy]") 
   CHECK(dir.entries().size() == 6);  // one file per dtype, no temporaries left
 }
 
-TEST_CASE("npy: the writer produces NumPy's exact bytes; bfloat16 is '<u2'", "[npy]") {
+TEST_CASE("npy: the writer produces NumPy's exact bytes and writes bfloat16 as '<u2'", "[npy]") {
   // What np.save(f, np.arange(6, dtype=np.float32).reshape(2, 3)) writes.
   const float data[6] = {0, 1, 2, 3, 4, 5};
   std::vector<unsigned char> expect = make_file(1, "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }", {});

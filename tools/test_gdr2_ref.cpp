@@ -210,7 +210,7 @@ TEST_CASE("gdr2-ref: every policy and input dtype, both engines, fixed and varle
   check_policy<KDA, float>("kda", grouped, "", 1e-5);
 }
 
-TEST_CASE("gdr2-ref: --check compares a kernel's output; --tol sets the exit code", "[cli]") {
+TEST_CASE("gdr2-ref: --check compares a kernel's output and --tol sets the exit code", "[cli]") {
   TempDir dir;
   RandomProblem<GDR2, float> rp(small_config(true));
   write_problem(rp, dir.path.string());
