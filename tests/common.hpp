@@ -5,6 +5,7 @@
 
 #include <catch2/catch.hpp>
 
+#include <cstdlib>
 #include <random>
 #include <string>
 
@@ -32,6 +33,19 @@ Status run_forward(Engine e, const Problem<T>& p, const Outputs<TO, accum_t<T>>&
   opt.chunk_size = chunk_size(e);
   return chunk_forward<Policy>(p, out, opt);
 }
+
+/// Backward on engine `e`: the BPTT (checkpoint interval opt.chunk_size, left as
+/// given) or the chunk backward without a saved context at the engine's chunk size.
+template <class Policy, class T>
+Status run_backward(Engine e, const Problem<T>& p, const GradOutputs<T>& up, const Gradients<accum_t<T>>& gr,
+                    Options opt = {}) {
+  if (e == Engine::recurrent) return recurrent_backward<Policy>(p, up, gr, opt);
+  opt.chunk_size = chunk_size(e);
+  return chunk_backward<Policy>(p, up, gr, opt);
+}
+
+/// Print measured errors when GDR2_PRINT_ERRORS is set (for reports; tests never need it).
+inline bool print_errors() { return std::getenv("GDR2_PRINT_ERRORS") != nullptr; }
 
 /// Random configurations covering what must hold: T never a multiple of the chunk
 /// size, K ≠ V, non-zero S_0, grouped value heads, gates per key or value head,

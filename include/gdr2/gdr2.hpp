@@ -11,6 +11,9 @@
 //   workspace.hpp  caller-owned scratch reused across calls
 //   recurrent.hpp  token-by-token engine: prefill and in-place decode
 //   chunk.hpp      chunkwise WY engine
+//   recurrent_backward.hpp  BPTT with state checkpoints (SPEC §2)
+//   chunk_backward.hpp      gate-aware chunkwise backward (SPEC §4–5) and the
+//                           forward that saves its context
 //   reference.hpp  fp64 reference, random problems, error metrics
 #pragma once
 
@@ -19,10 +22,12 @@
 #define GDR2_VERSION_PATCH 0
 
 #include "chunk.hpp"
+#include "chunk_backward.hpp"
 #include "gates.hpp"
 #include "parallel.hpp"
 #include "problem.hpp"
 #include "recurrent.hpp"
+#include "recurrent_backward.hpp"
 #include "reference.hpp"
 #include "status.hpp"
 #include "tensor.hpp"

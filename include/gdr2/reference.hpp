@@ -5,10 +5,12 @@
 // recurrence of SPEC §1 evaluated on the same — possibly bf16-rounded — inputs)
 // through rel_error. expand_gates turns a KDA / GDN / DeltaNet problem into the
 // equivalent GDR-2 problem (b = w = β·1, scalar decay broadcast over K), which
-// is how the reductions are unit-tested.
+// is how the reductions are unit-tested. reference_backward is the fp64 BPTT
+// (SPEC §2) on the same inputs, the gradient every backward engine is tested against;
+// GradientBuffers and RandomUpstream allocate gradient outputs and draw dL/do, dL/dS_T.
 #pragma once
 
-#include "recurrent.hpp"
+#include "recurrent_backward.hpp"
 
 #include <cmath>
 #include <random>
@@ -200,6 +202,83 @@ struct ExpandedGates {
   ExpandedGates(const ExpandedGates&) = delete;
   ExpandedGates& operator=(const ExpandedGates&) = delete;
 };
+
+/// Owning gradient buffers with the shapes of a problem's inputs (only those the
+/// problem gives), plus dS_0 [N, Hv, K, V]; `views()` is what a backward call takes.
+template <class Acc>
+struct GradientBuffers {
+  Tensor<Acc> dq, dk, dv, dg, db, dw, dbeta, d_initial_state;
+
+  GradientBuffers() = default;
+  template <class T>
+  explicit GradientBuffers(const Problem<T>& p) {
+    auto like = [](const auto& in) {
+      return in.given() ? Tensor<Acc>(in.shape[0], in.shape[1], in.shape[2], in.shape[3]) : Tensor<Acc>();
+    };
+    dq = like(p.q);
+    dk = like(p.k);
+    dv = like(p.v);
+    dg = like(p.g);
+    db = like(p.b);
+    dw = like(p.w);
+    dbeta = like(p.beta);
+    const Index N = p.cu_seqlens.given() ? p.cu_seqlens.count - 1 : p.q.shape[0];
+    d_initial_state = Tensor<Acc>(N, p.v.shape[2], p.q.shape[3], p.v.shape[3]);
+  }
+  Gradients<Acc> views() {
+    return Gradients<Acc>{dq.view(), dk.view(), dv.view(), dg.view(), db.view(), dw.view(), dbeta.view(),
+                          d_initial_state.view()};
+  }
+  /// Every buffer, for loops over all gradients: {name, tensor}.
+  std::vector<std::pair<const char*, Tensor<Acc>*>> all() {
+    return {{"dq", &dq}, {"dk", &dk}, {"dv", &dv}, {"dg", &dg}, {"db", &db},
+            {"dw", &dw}, {"dbeta", &dbeta}, {"d_initial_state", &d_initial_state}};
+  }
+  void fill(Acc x) {
+    for (auto& [name, t] : all()) t->fill(x);
+  }
+};
+
+/// Random upstream gradients for a problem: dL/do ~ N(0, 1) in T, and dL/dS_T ~ N(0, 1)
+/// in the accumulation type (omitted when `with_final_state` is false).
+template <class T>
+struct RandomUpstream {
+  using Acc = accum_t<T>;
+  Tensor<T> d_o;
+  Tensor<Acc> d_final_state;
+
+  RandomUpstream(const Problem<T>& p, std::uint64_t seed, bool with_final_state = true) {
+    std::mt19937_64 rng(seed);
+    std::normal_distribution<double> normal(0.0, 1.0);
+    d_o = Tensor<T>(p.v.shape[0], p.v.shape[1], p.v.shape[2], p.v.shape[3]);
+    for (Index i = 0; i < d_o.size(); ++i) d_o[i] = convert<T>(normal(rng));
+    if (with_final_state) {
+      const Index N = p.cu_seqlens.given() ? p.cu_seqlens.count - 1 : p.q.shape[0];
+      d_final_state = Tensor<Acc>(N, p.v.shape[2], p.q.shape[3], p.v.shape[3]);
+      for (Index i = 0; i < d_final_state.size(); ++i) d_final_state[i] = Acc(normal(rng));
+    }
+  }
+  GradOutputs<T> grad_outputs() const { return GradOutputs<T>{d_o.view(), d_final_state.view()}; }
+};
+
+/// Result of the fp64 reference backward.
+struct ReferenceBackward {
+  Status status;
+  GradientBuffers<double> grads;
+};
+
+/// The fp64 BPTT (SPEC §2) on the given inputs and upstream gradients, whatever
+/// their type: every gradient of a given input, and dS_0.
+template <class Policy, class T>
+ReferenceBackward reference_backward(const Problem<T>& p, const GradOutputs<T>& up) {
+  ProblemCopy<double> c(p);
+  const Tensor<double> d_o = to_tensor<double>(up.d_o);
+  const Tensor<double> d_fin = to_tensor<double>(up.d_final_state);
+  ReferenceBackward r;
+  r.grads = GradientBuffers<double>(c.p);
+  r.status = recurrent_backward<Policy>(c.p, GradOutputs<double>{d_o.view(), d_fin.view()}, r.grads.views());
+  return r;
+}
 
 /// ‖a − b‖_F / ‖b‖_F over two views of equal shape (any element types); NaN if a
 /// NaN/Inf appears, +inf if shapes differ; ‖a‖_F when b is all zero.

@@ -1,0 +1,508 @@
+// gdr2 — the gate-aware backward of the chunkwise WY engine (SPEC §4, numerics §5).
+//
+// Chunks are processed from the end of a sequence to its start. For each chunk the
+// forward quantities of SPEC §3 (decays, the two decay-weighted Grams T and Aqk,
+// the WY solve [Y U] = (I+T)⁻¹[Ē Z], R = U − Y S_0) are recomputed from the inputs
+// and the state at the chunk start, and then differentiated. The state at every
+// chunk start comes either from a ChunkContext saved by `chunk_forward_save`, or
+// from a forward sweep over the sequence at the start of `chunk_backward`.
+//
+// Numerics. A literal transcription of SPEC §4 forms K̄ = K/γ, dK̄/γ and K/γ², which
+// overflow for strong decays. Here every decay-weighted term has the form
+//   Σ_d a_r[d] c_s[d] exp(G_r[d] − G_s[d]),  s ≤ r,
+// and its gradients are again such sums ("decayed applies"), evaluated with the
+// sub-block/anchor structure of `decayed_gram`: off-diagonal 16-token blocks as
+// plain GEMMs between factors exp(G_r − G_anchor), exp(G_anchor − G_anchor'),
+// exp(G_anchor' − G_s) that are each ≤ 1, diagonal blocks with running products of
+// per-token decays. The decay gradient of such a term adds a_r ⊙ (Σ_s …) to dG_r
+// and subtracts c_s ⊙ (Σ_r …) from dG_s, so with dQs, dBk the full gradients of
+// Qs = scale·q and Bk = b ⊙ k,
+//   dG = Qs ⊙ dQs + Bk ⊙ dBk − K ⊙ P − dKtail ⊙ Ktail  (+ the γ_C terms on the last row)
+// where P = Σ_{r≥s} (dT_rs Bk_r + dAqk_rs Qs_r) ⊙ exp(G_r − G_s) — every factor ≤ 1
+// in magnitude of its exponential, no 1/γ anywhere. dg is the reverse cumulative
+// sum of dG inside the chunk.
+//
+// The write gate and erase gate sit inside the products that accumulate dA: with
+// A = (I+T)⁻¹, dA = dU Zᵀ + dY Ēᵀ (Z = w ⊙ v, Ē = γ ⊙ b ⊙ k), and the gradient of
+// T is formed as dT = −strict_lower(dĒ Yᵀ + dZ Uᵀ) with [dĒ dZ] = Aᵀ[dY dU] — the
+// same thing without forming A.
+#pragma once
+
+#include "chunk.hpp"
+#include "recurrent_backward.hpp"
+
+#include <vector>
+
+namespace gdr2 {
+
+/// What `chunk_forward_save` keeps for `chunk_backward`: the state at the start of
+/// every chunk of every sequence and value head, in the accumulation type, plus the
+/// geometry it was saved for (checked by the backward).
+///
+/// Memory: Σ_n ⌈L_n / C⌉ · Hv · K · V · sizeof(Acc) bytes — for B = 1, T = 4096,
+/// Hv = 16, K = V = 128, C = 64 in fp32 that is 64 MiB, 1/C of keeping every token's
+/// state. Nothing else is kept: decays, Grams and the WY solve are recomputed per
+/// chunk in the backward (about one forward's worth of work). The first chunk's
+/// state is S_0 itself, so an in-place forward (final_state aliasing
+/// initial_state) is still differentiated correctly.
+template <class Acc>
+struct ChunkContext {
+  Index chunk_size = 0;
+  const char* policy = nullptr;     ///< Policy::name() of the forward
+  Dims dims;                        ///< geometry of the forward (checked by the backward)
+  std::vector<Index> seq_offsets;   ///< cu_seqlens of the forward (empty when not varlen)
+  std::vector<Index> first_chunk;   ///< [N+1]: sequence n owns chunks first_chunk[n] .. first_chunk[n+1]−1
+  std::vector<Acc> states;          ///< [chunks, Hv, K, V], chunk-start states
+
+  /// Bytes held by the saved states.
+  std::size_t bytes() const { return states.size() * sizeof(Acc); }
+  bool empty() const { return states.empty() && first_chunk.empty(); }
+  /// Pointer to the K×V (row-major) start state of chunk c of sequence n, value head hv.
+  Acc* state(Index n, Index c, Index hv) {
+    return states.data() + ((first_chunk[size_t(n)] + c) * dims.Hv + hv) * dims.K * dims.V;
+  }
+  const Acc* state(Index n, Index c, Index hv) const {
+    return states.data() + ((first_chunk[size_t(n)] + c) * dims.Hv + hv) * dims.K * dims.V;
+  }
+};
+
+namespace detail {
+
+/// out(r,:) += Σ_{s≤r} M(r,s) · X(s,:) ⊙ exp(G_r − G_s), for r, s ∈ [0, n); M is read
+/// on and below its diagonal. Same anchors as decayed_gram: for an off-diagonal
+/// block, exp(G_r − G_s) = Fin_r · exp(G_{i0−1} − G_{end(j)}) · Fout_s, each ≤ 1.
+/// XF, acc: scratch of ≥ n×K and ≥ kSubBlock×K.
+template <class Acc>
+void decayed_apply(const RowMat<Acc>& M, const RowMat<Acc>& X, const ChunkDecay<Acc>& dc, Index n,
+                   RowMat<Acc>& out, RowMat<Acc>& XF, RowMat<Acc>& acc, Vec<Acc>& p) {
+  XF.topRows(n) = X.topRows(n).cwiseProduct(dc.Fout.topRows(n));
+  for (Index i0 = 0; i0 < n; i0 += kSubBlock) {
+    const Index ni = std::min(kSubBlock, n - i0);
+    if (i0 > 0) {
+      auto a = acc.topRows(ni);
+      a.setZero();
+      for (Index j0 = 0; j0 < i0; j0 += kSubBlock) {
+        const Index jend = j0 + kSubBlock - 1;
+        if (jend == i0 - 1) {
+          a.noalias() += M.block(i0, j0, ni, kSubBlock) * XF.middleRows(j0, kSubBlock);
+        } else {
+          p = (dc.G.row(i0 - 1) - dc.G.row(jend)).transpose().array().exp();
+          a.noalias() += M.block(i0, j0, ni, kSubBlock) * (XF.middleRows(j0, kSubBlock) * p.asDiagonal());
+        }
+      }
+      out.middleRows(i0, ni) += a.cwiseProduct(dc.Fin.middleRows(i0, ni));
+    }
+    // Diagonal block: p = X_s ⊙ exp(G_r − G_s) by a running product over r.
+    for (Index s = i0; s < i0 + ni; ++s) {
+      p = X.row(s).transpose();
+      out.row(s) += M(s, s) * p.transpose();
+      for (Index r = s + 1; r < i0 + ni; ++r) {
+        p.array() *= dc.E.row(r).transpose().array();
+        out.row(r) += M(r, s) * p.transpose();
+      }
+    }
+  }
+}
+
+/// out(s,:) += Σ_{r≥s} M(r,s) · X(r,:) ⊙ exp(G_r − G_s), for r, s ∈ [0, n): the
+/// transposed decayed apply, with the same anchors. M is read on and below its diagonal.
+template <class Acc>
+void decayed_apply_t(const RowMat<Acc>& M, const RowMat<Acc>& X, const ChunkDecay<Acc>& dc, Index n,
+                     RowMat<Acc>& out, RowMat<Acc>& XF, RowMat<Acc>& acc, Vec<Acc>& p) {
+  XF.topRows(n) = X.topRows(n).cwiseProduct(dc.Fin.topRows(n));
+  for (Index j0 = 0; j0 < n; j0 += kSubBlock) {
+    const Index nj = std::min(kSubBlock, n - j0), jend = j0 + nj - 1;
+    if (j0 + nj < n) {
+      auto a = acc.topRows(nj);
+      a.setZero();
+      for (Index i0 = j0 + kSubBlock; i0 < n; i0 += kSubBlock) {
+        const Index ni = std::min(kSubBlock, n - i0);
+        if (i0 - 1 == jend) {
+          a.noalias() += M.block(i0, j0, ni, nj).transpose() * XF.middleRows(i0, ni);
+        } else {
+          p = (dc.G.row(i0 - 1) - dc.G.row(jend)).transpose().array().exp();
+          a.noalias() += (M.block(i0, j0, ni, nj).transpose() * XF.middleRows(i0, ni)) * p.asDiagonal();
+        }
+      }
+      out.middleRows(j0, nj) += a.cwiseProduct(dc.Fout.middleRows(j0, nj));
+    }
+    // Diagonal block: p = exp(G_r − G_s) by a running product over r.
+    for (Index s = j0; s <= jend; ++s) {
+      out.row(s) += M(s, s) * X.row(s);
+      p.setOnes();
+      for (Index r = s + 1; r <= jend; ++r) {
+        p.array() *= dc.E.row(r).transpose().array();
+        out.row(s) += M(r, s) * X.row(r).cwiseProduct(p.transpose());
+      }
+    }
+  }
+}
+
+/// Per-slot scratch of the chunk backward. Row counts are C (the chunk size); a
+/// chunk of n ≤ C tokens uses the first n rows.
+template <class Acc>
+struct ChunkBackwardScratch {
+  // chunk inputs, one token per row (Bg, Wg: erase / write gates) and dL/do
+  RowMat<Acc> Q, Kc, g, Bg, Vv, Wg, dO;
+  // recomputed forward quantities
+  RowMat<Acc> Bk, Qs, T, Aqk, YU, R, Kf, AF, BF;
+  // gradients
+  RowMat<Acc> dQs, dBk, dK, dG, dV, dW, dYU, dT, dAqk, dR, X, acc;
+  RowMat<Acc> S, dS, dS0;  // chunk-start state, dL/dS at the chunk end (→ start), accumulator
+  ChunkDecay<Acc> dc;
+  Vec<Acc> p, diag;
+  std::vector<RowMat<Acc>> starts;  // chunk-start states of one sequence (no-context path)
+
+  ChunkBackwardScratch(Index C, Index K, Index V)
+      : Q(C, K), Kc(C, K), g(C, K), Bg(C, K), Vv(C, V), Wg(C, V), dO(C, V), Bk(C, K), Qs(C, K), T(C, C),
+        Aqk(C, C), YU(C, K + V), R(C, V), Kf(C, K), AF(C, K), BF(C, K), dQs(C, K), dBk(C, K), dK(C, K),
+        dG(C, K), dV(C, V), dW(C, V), dYU(C, K + V), dT(C, C), dAqk(C, C), dR(C, V), X(C, K), acc(kSubBlock, K), S(K, V), dS(K, V),
+        dS0(K, V), dc(C, K), p(K), diag(C) {}
+
+  /// Load tokens [t0, t0+n) of (batch row b, value head hv) through the policy.
+  template <class Policy, class T>
+  void load(const TokenReader<Policy, T>& rd, Index b, Index t0, Index n, Index hv) {
+    for (Index r = 0; r < n; ++r) {
+      const Index t = t0 + r;
+      rd.qk(b, t, hv, Q.row(r).data(), Kc.row(r).data());
+      rd.v(b, t, hv, Vv.row(r).data());
+      rd.gates(b, t, hv, g.row(r).data(), Bg.row(r).data(), Wg.row(r).data());
+    }
+  }
+};
+
+/// Recompute the forward quantities of one chunk of n tokens from its inputs and
+/// its start state ws.S (SPEC §3): decays, Bk = b ⊙ k, Qs = scale·q, T, Aqk,
+/// [Y U] = (I+T)⁻¹[γ ⊙ Bk, w ⊙ v], R = U − Y S_0 and Kf_r = exp(G_C − G_r).
+template <class Acc>
+void chunk_recompute(ChunkBackwardScratch<Acc>& ws, Index n, Acc scale) {
+  const Index K = ws.Q.cols(), V = ws.Vv.cols();
+  auto& dc = ws.dc;
+  dc.build(ws.g, n);
+  ws.Bk.topRows(n) = ws.Bg.topRows(n).cwiseProduct(ws.Kc.topRows(n));
+  ws.Qs.topRows(n) = scale * ws.Q.topRows(n);
+  decayed_gram(ws.Bk, ws.Kc, dc, n, /*strict=*/true, ws.T, ws.AF, ws.BF, ws.p);
+  decayed_gram(ws.Qs, ws.Kc, dc, n, /*strict=*/false, ws.Aqk, ws.AF, ws.BF, ws.p);
+  auto YU = ws.YU.topRows(n);
+  YU.leftCols(K) = ws.Bk.topRows(n).cwiseProduct(dc.Gam.topRows(n));
+  YU.rightCols(V) = ws.Wg.topRows(n).cwiseProduct(ws.Vv.topRows(n));
+  ws.T.topLeftCorner(n, n).template triangularView<Eigen::UnitLower>().solveInPlace(YU);
+  auto R = ws.R.topRows(n);
+  R = YU.rightCols(V);
+  R.noalias() -= YU.leftCols(K) * ws.S;
+  for (Index r = 0; r < n; ++r) ws.Kf.row(r) = (dc.G.row(n - 1) - dc.G.row(r)).array().exp();
+}
+
+/// ws.S ← S_C = Diag(γ_C) S_0 + (K ⊙ Kf)ᵀ R, after chunk_recompute.
+template <class Acc>
+void chunk_advance_state(ChunkBackwardScratch<Acc>& ws, Index n) {
+  ws.AF.topRows(n) = ws.Kc.topRows(n).cwiseProduct(ws.Kf.topRows(n));
+  ws.S.array().colwise() *= ws.dc.Gam.row(n - 1).transpose().array();
+  ws.S.noalias() += ws.AF.topRows(n).transpose() * ws.R.topRows(n);
+}
+
+/// Backward of one chunk of n tokens (SPEC §4, regrouped as at the top of this
+/// file), after chunk_recompute. On entry ws.dO holds dL/do of the chunk and
+/// ws.dS = dL/dS_C; on exit ws.dS = dL/dS_0 and the chunk's full-vector gradients
+/// (before the policy reduces them) are, one token per row:
+///   dq in ws.dQs, dk in ws.dK, dv in ws.dV, dg in ws.dG, db in ws.dBk, dw in ws.dW.
+template <class Acc>
+void chunk_backward_step(ChunkBackwardScratch<Acc>& ws, Index n, Acc scale) {
+  const Index K = ws.Q.cols(), V = ws.Vv.cols();
+  const auto& dc = ws.dc;
+  const auto Gam = dc.Gam.topRows(n);
+  const auto Kc = ws.Kc.topRows(n);
+  const auto Qs = ws.Qs.topRows(n);
+  const auto Bk = ws.Bk.topRows(n);
+  const auto dO = ws.dO.topRows(n);
+  const auto R = ws.R.topRows(n);
+  const auto YU = ws.YU.topRows(n);
+  auto dQs = ws.dQs.topRows(n);
+  auto dBk = ws.dBk.topRows(n);
+  auto dK = ws.dK.topRows(n);
+  auto dG = ws.dG.topRows(n);
+  auto dR = ws.dR.topRows(n);
+  auto dYU = ws.dYU.topRows(n);
+  auto X = ws.X.topRows(n);
+  auto dT = ws.dT.topLeftCorner(n, n);
+  auto dAqk = ws.dAqk.topLeftCorner(n, n);
+
+  // (1) O = (Qs ⊙ γ) S_0 + Aqk R.
+  dQs.noalias() = dO * ws.S.transpose();
+  dQs = dQs.cwiseProduct(Gam);
+  ws.AF.topRows(n) = Qs.cwiseProduct(Gam);
+  ws.dS0.noalias() = ws.AF.topRows(n).transpose() * dO;
+  dAqk.noalias() = dO * R.transpose();
+  dAqk.template triangularView<Eigen::StrictlyUpper>().setZero();
+  dR.noalias() = ws.Aqk.topLeftCorner(n, n).transpose() * dO;
+  // The diagonal of Aqk carries no decay (exp(G_r − G_r) = 1): its + and − decay
+  // gradients cancel exactly, so it is kept out of dG (where the two sides would
+  // only cancel up to rounding, swamping the tiny dg of strongly decayed channels)
+  // and added to dq, dk in (7).
+  ws.diag.head(n) = dAqk.diagonal();
+  dAqk.diagonal().setZero();
+
+  // (2) S_C = Diag(γ_C) S_0 + Ktailᵀ R, Ktail = K ⊙ Kf (Kf_r = exp(G_C − G_r) ≤ 1).
+  ws.AF.topRows(n) = Kc.cwiseProduct(ws.Kf.topRows(n));  // Ktail
+  dR.noalias() += ws.AF.topRows(n) * ws.dS;
+  X.noalias() = R * ws.dS.transpose();  // dKtail
+  dK = X.cwiseProduct(ws.Kf.topRows(n));
+  X = X.cwiseProduct(ws.AF.topRows(n));  // dKtail ⊙ Ktail: + to dG_C, − to dG_r (r = C: no decay, cancels)
+  dG.topRows(n - 1) = -X.topRows(n - 1);
+  dG.row(n - 1) = X.topRows(n - 1).colwise().sum();
+  dG.row(n - 1) += (ws.dS.cwiseProduct(ws.S).rowwise().sum().transpose()).cwiseProduct(Gam.row(n - 1));
+  ws.dS0 += Gam.row(n - 1).transpose().asDiagonal() * ws.dS;
+
+  // (3) R = U − Y S_0.
+  dYU.leftCols(K).noalias() = -(dR * ws.S.transpose());
+  dYU.rightCols(V) = dR;
+  ws.dS0.noalias() -= YU.leftCols(K).transpose() * dR;
+
+  // (4) [Y U] = (I+T)⁻¹ [Ē Z]: [dĒ dZ] = (I+T)⁻ᵀ [dY dU], dT = −strict_lower([dĒ dZ] [Y U]ᵀ).
+  ws.T.topLeftCorner(n, n).transpose().template triangularView<Eigen::UnitUpper>().solveInPlace(dYU);
+  dT.noalias() = -(dYU * YU.transpose());
+  dT.template triangularView<Eigen::Upper>().setZero();
+  dBk = dYU.leftCols(K).cwiseProduct(Gam);  // Ē = γ ⊙ Bk
+  ws.dW.topRows(n) = dYU.rightCols(V).cwiseProduct(ws.Vv.topRows(n));  // Z = w ⊙ v
+  ws.dV.topRows(n) = dYU.rightCols(V).cwiseProduct(ws.Wg.topRows(n));
+
+  // (5) T = Σ_d Bk_r k_s e^{G_r−G_s} (s<r) and Aqk = Σ_d Qs_r k_s e^{G_r−G_s} (s≤r).
+  decayed_apply(ws.dT, ws.Kc, dc, n, ws.dBk, ws.AF, ws.acc, ws.p);
+  decayed_apply(ws.dAqk, ws.Kc, dc, n, ws.dQs, ws.AF, ws.acc, ws.p);
+  X.setZero();
+  decayed_apply_t(ws.dT, ws.Bk, dc, n, ws.X, ws.AF, ws.acc, ws.p);
+  decayed_apply_t(ws.dAqk, ws.Qs, dc, n, ws.X, ws.AF, ws.acc, ws.p);
+  dK += X;
+
+  // (6) decay gradient: every term above with its + / − side, then the reverse cumsum.
+  dG += Qs.cwiseProduct(dQs) + Bk.cwiseProduct(dBk) - Kc.cwiseProduct(X);
+  for (Index r = n - 2; r >= 0; --r) dG.row(r) += dG.row(r + 1);
+
+  // (7) back to the inputs: the diagonal of Aqk, then Bk = b ⊙ k, Qs = scale·q.
+  dQs += ws.diag.head(n).asDiagonal() * Kc;
+  dK += ws.diag.head(n).asDiagonal() * Qs;
+  dK += dBk.cwiseProduct(ws.Bg.topRows(n));
+  dBk = dBk.cwiseProduct(Kc);  // now db
+  dQs *= scale;                // now dq
+  ws.dS = ws.dS0;
+}
+
+/// Check that a saved context belongs to this problem and these options.
+template <class Policy, class Acc>
+Status check_context(const ChunkContext<Acc>& ctx, const Dims& d, const Options& opt) {
+  if (ctx.empty() || !ctx.policy)
+    return {Code::invalid_argument, "the chunk context is empty: fill it with chunk_forward_save first"};
+  if (std::string(ctx.policy) != Policy::name()) {
+    return {Code::invalid_argument, std::string("the chunk context was saved by the ") + ctx.policy +
+                                        " policy, not " + Policy::name()};
+  }
+  if (ctx.chunk_size != opt.chunk_size) {
+    return {Code::invalid_argument, "the chunk context was saved with chunk_size " + std::to_string(ctx.chunk_size) +
+                                        ", the backward was asked for " + std::to_string(opt.chunk_size)};
+  }
+  const Dims& c = ctx.dims;
+  if (c.B != d.B || c.T != d.T || c.Hk != d.Hk || c.Hv != d.Hv || c.K != d.K || c.V != d.V || c.N != d.N) {
+    return {Code::invalid_argument,
+            "the chunk context was saved for a different problem (B, T, Hk, Hv, K, V, N = " + std::to_string(c.B) +
+                ", " + std::to_string(c.T) + ", " + std::to_string(c.Hk) + ", " + std::to_string(c.Hv) + ", " +
+                std::to_string(c.K) + ", " + std::to_string(c.V) + ", " + std::to_string(c.N) + ")"};
+  }
+  const bool varlen = d.cu_seqlens.given();
+  if (varlen != !ctx.seq_offsets.empty())
+    return {Code::invalid_argument, "the chunk context was saved for a different problem (cu_seqlens)"};
+  if (varlen) {
+    for (Index i = 0; i <= d.N; ++i)
+      if (ctx.seq_offsets[size_t(i)] != d.cu_seqlens[i])
+        return {Code::invalid_argument, "the chunk context was saved for different cu_seqlens"};
+  }
+  return {};
+}
+
+/// Chunk-start state layout of a problem: first_chunk[n] for n ∈ [0, N].
+inline std::vector<Index> chunk_offsets(const Dims& d, Index C) {
+  std::vector<Index> first(size_t(d.N + 1), 0);
+  for (Index n = 0; n < d.N; ++n) {
+    const auto s = d.seq(n);
+    first[size_t(n + 1)] = first[size_t(n)] + (s.end - s.begin + C - 1) / C;
+  }
+  return first;
+}
+
+/// The shared body of both chunk_backward overloads. `starts` supplies the chunk-start
+/// states: starts.prepare(ws, n, hv) once per (sequence, value head), then
+/// starts.load(ws, n, c, hv) puts the start state of chunk c into ws.S, c = last … 0.
+template <class Policy, class T, class StartStates>
+void chunk_backward_run(const Problem<T>& p, const GradOutputs<T>& up, const Gradients<accum_t<T>>& gr,
+                        const Dims& d, const Options& opt, StartStates& starts,
+                        std::vector<ChunkBackwardScratch<accum_t<T>>>& scratch) {
+  using Acc = accum_t<T>;
+  const Executor& ex = opt.executor ? *opt.executor : default_executor();
+  const TokenReader<Policy, T> rd{p, d};
+  const Index C = opt.chunk_size;
+  const Acc scale = Acc(d.scale);
+  parallel_for(ex, backward_items(d), [&](Index item, int slot) {
+    const Index n = item / d.Hk, hk = item % d.Hk;
+    auto& ws = scratch[size_t(slot)];
+    const auto span = d.seq(n);
+    const Index chunks = (span.end - span.begin + C - 1) / C;
+    for (Index hv = hk * d.group; hv < (hk + 1) * d.group; ++hv) {
+      starts.prepare(ws, rd, n, hv);
+      load_final_grad(up.d_final_state, n, hv, ws.dS);
+      for (Index c = chunks - 1; c >= 0; --c) {
+        const Index t0 = span.begin + c * C, len = std::min(C, span.end - t0);
+        starts.load(ws, n, c, hv);
+        ws.load(rd, span.batch, t0, len, hv);
+        for (Index r = 0; r < len; ++r) read_row(up.d_o, span.batch, t0 + r, hv, d.V, ws.dO.row(r).data());
+        chunk_recompute(ws, len, scale);
+        chunk_backward_step(ws, len, scale);
+        for (Index r = 0; r < len; ++r) {
+          add_token_grads<Policy>(gr, d, span.batch, t0 + r, hv, ws.dQs.row(r).data(), ws.dK.row(r).data(),
+                                  ws.dV.row(r).data(), ws.dG.row(r).data(), ws.dBk.row(r).data(),
+                                  ws.dW.row(r).data());
+        }
+      }
+      store_state(gr.d_initial_state, n, hv, ws.dS);
+    }
+  });
+}
+
+/// Chunk-start states from a saved context.
+template <class Acc>
+struct ContextStarts {
+  const ChunkContext<Acc>& ctx;
+  template <class Reader>
+  void prepare(ChunkBackwardScratch<Acc>&, const Reader&, Index, Index) {}
+  void load(ChunkBackwardScratch<Acc>& ws, Index n, Index c, Index hv) {
+    ws.S = Eigen::Map<const RowMat<Acc>>(ctx.state(n, c, hv), ctx.dims.K, ctx.dims.V);
+  }
+};
+
+/// Chunk-start states from a forward sweep over the sequence (per work item).
+template <class Acc>
+struct SweepStarts {
+  const View<const Acc>& initial_state;
+  const Dims& d;
+  Index C;
+  Acc scale;
+  template <class Reader>
+  void prepare(ChunkBackwardScratch<Acc>& ws, const Reader& rd, Index n, Index hv) {
+    const auto span = d.seq(n);
+    const Index chunks = (span.end - span.begin + C - 1) / C;
+    while (Index(ws.starts.size()) < chunks) ws.starts.emplace_back(d.K, d.V);
+    load_state(initial_state, n, hv, ws.S);
+    for (Index c = 0; c < chunks; ++c) {
+      ws.starts[size_t(c)] = ws.S;
+      if (c + 1 == chunks) break;  // the last chunk's end state is not needed
+      ws.load(rd, span.batch, span.begin + c * C, C, hv);
+      chunk_recompute(ws, C, scale);
+      chunk_advance_state(ws, C);
+    }
+  }
+  void load(ChunkBackwardScratch<Acc>& ws, Index, Index c, Index) { ws.S = ws.starts[size_t(c)]; }
+};
+
+template <class Acc>
+std::vector<ChunkBackwardScratch<Acc>> make_backward_scratch(const Executor& ex, const Dims& d, Index C) {
+  std::vector<ChunkBackwardScratch<Acc>> scratch;
+  const int slots = int(std::min<Index>(ex.concurrency(), std::max<Index>(1, backward_items(d))));
+  scratch.reserve(size_t(slots));
+  for (int s = 0; s < slots; ++s) scratch.emplace_back(C, d.K, d.V);
+  return scratch;
+}
+
+}  // namespace detail
+
+/// Chunkwise forward that also saves what `chunk_backward` needs (the chunk-start
+/// states, see ChunkContext for the memory). Same inputs, outputs and checks as
+/// chunk_forward; `ctx` is overwritten (and left untouched on error). State pools
+/// (`state_indices`) are not supported.
+template <class Policy, class T, class TO>
+Status chunk_forward_save(const Problem<T>& p, const Outputs<TO, accum_t<T>>& out, ChunkContext<accum_t<T>>& ctx,
+                          const Options& opt = {}) {
+  using Acc = accum_t<T>;
+  Dims d;
+  GDR2_RETURN_IF_ERROR(validate_problem<Policy>(p, opt, /*chunked=*/true, d));
+  GDR2_RETURN_IF_ERROR(validate_outputs(out, d));
+  if (d.state_indices)
+    return {Code::unsupported, "chunk_forward_save does not take state_indices (a state pool): it is for training"};
+  const Executor& ex = opt.executor ? *opt.executor : default_executor();
+  const detail::TokenReader<Policy, T> rd{p, d};
+  const Index C = opt.chunk_size;
+  const Acc scale = Acc(d.scale);
+
+  ctx.chunk_size = C;
+  ctx.policy = Policy::name();
+  ctx.dims = d;
+  ctx.dims.cu_seqlens = SeqOffsets();  // the caller's buffer may not outlive the context
+  ctx.seq_offsets.clear();
+  if (d.cu_seqlens.given())
+    for (Index i = 0; i <= d.N; ++i) ctx.seq_offsets.push_back(d.cu_seqlens[i]);
+  ctx.first_chunk = detail::chunk_offsets(d, C);
+  ctx.states.assign(size_t(ctx.first_chunk.back() * d.Hv * d.K * d.V), Acc(0));
+
+  std::vector<detail::ChunkScratch<Acc>> scratch;
+  const int slots = int(std::min<Index>(ex.concurrency(), std::max<Index>(1, d.N * d.Hv)));
+  scratch.reserve(size_t(slots));
+  for (int s = 0; s < slots; ++s) scratch.emplace_back(C, d.K, d.V);
+
+  parallel_for(ex, d.N * d.Hv, [&](Index item, int slot) {
+    const Index n = item / d.Hv, hv = item % d.Hv;
+    auto& ws = scratch[size_t(slot)];
+    const auto span = d.seq(n);
+    detail::load_state(p.initial_state, n, hv, ws.S);
+    for (Index t0 = span.begin, c = 0; t0 < span.end; t0 += C, ++c) {
+      Eigen::Map<detail::RowMat<Acc>>(ctx.state(n, c, hv), d.K, d.V) = ws.S;
+      const Index len = std::min(C, span.end - t0);
+      ws.load(rd, span.batch, t0, len, hv);
+      detail::chunk_forward_step(ws, len, scale);
+      for (Index r = 0; r < len; ++r) {
+        TO* o = out.o.row(span.batch, t0 + r, hv);
+        for (Index j = 0; j < d.V; ++j) o[j] = convert<TO>(ws.O(r, j));
+      }
+    }
+    detail::store_state(out.final_state, n, hv, ws.S);
+  });
+  return {};
+}
+
+/// Gate-aware chunkwise backward (SPEC §4, safe for any log-decays ≤ 0) from a
+/// context saved by `chunk_forward_save` on the same inputs with the same options.
+/// Contract as recurrent_backward: dL/do (and optionally dL/dS_T) in `up`; every
+/// gradient view given in `gr` is overwritten in the accumulation type, reduced by
+/// the policy (dβ = Σdb + Σdw, scalar dg = Σdg, grouped heads summed), dS_0 too.
+/// A context saved for another geometry, policy or chunk size is refused.
+template <class Policy, class T>
+Status chunk_backward(const Problem<T>& p, const ChunkContext<accum_t<T>>& ctx, const GradOutputs<T>& up,
+                      const Gradients<accum_t<T>>& gr, const Options& opt = {}) {
+  using Acc = accum_t<T>;
+  Dims d;
+  GDR2_RETURN_IF_ERROR(validate_problem<Policy>(p, opt, /*chunked=*/true, d));
+  GDR2_RETURN_IF_ERROR(validate_gradients<Policy>(up, gr, p, opt, d));
+  GDR2_RETURN_IF_ERROR(detail::check_context<Policy>(ctx, d, opt));
+  detail::zero_gradients(gr);
+  const Executor& ex = opt.executor ? *opt.executor : default_executor();
+  auto scratch = detail::make_backward_scratch<Acc>(ex, d, opt.chunk_size);
+  detail::ContextStarts<Acc> starts{ctx};
+  detail::chunk_backward_run<Policy>(p, up, gr, d, opt, starts, scratch);
+  return {};
+}
+
+/// Gate-aware chunkwise backward without a saved context: a forward sweep per
+/// (sequence, value head) first recomputes the chunk-start states (holding
+/// ⌈L/C⌉ states of K×V per work item in flight), then the backward runs as above.
+template <class Policy, class T>
+Status chunk_backward(const Problem<T>& p, const GradOutputs<T>& up, const Gradients<accum_t<T>>& gr,
+                      const Options& opt = {}) {
+  using Acc = accum_t<T>;
+  Dims d;
+  GDR2_RETURN_IF_ERROR(validate_problem<Policy>(p, opt, /*chunked=*/true, d));
+  GDR2_RETURN_IF_ERROR(validate_gradients<Policy>(up, gr, p, opt, d));
+  detail::zero_gradients(gr);
+  const Executor& ex = opt.executor ? *opt.executor : default_executor();
+  auto scratch = detail::make_backward_scratch<Acc>(ex, d, opt.chunk_size);
+  detail::SweepStarts<Acc> starts{p.initial_state, d, opt.chunk_size, Acc(d.scale)};
+  detail::chunk_backward_run<Policy>(p, up, gr, d, opt, starts, scratch);
+  return {};
+}
+
+}  // namespace gdr2
