@@ -16,3 +16,7 @@ if [ ${#need[@]} -gt 0 ]; then
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}"
 fi
+# numpy for the Python-client test of gdr2-ref (tools/check_with_numpy.py); optional.
+if command -v python3 >/dev/null && ! python3 -c "import numpy" 2>/dev/null; then
+  python3 -m pip install -q numpy || echo "gdr2: numpy not installed; the gdr2_ref_numpy test will be skipped"
+fi

@@ -134,7 +134,7 @@ TEST_CASE("validation: positive log-decay is refused by the chunk engine when ch
   c.rp.g[5] = 0.5f;
   const Status st = chunk_forward<GDR2>(c.p, Outputs<float, float>{c.o.view(), c.s.view()}, c.opt);
   CHECK(st.code() == Code::invalid_argument);
-  CHECK(st.message().find("must be <= 0") != std::string::npos);
+  CHECK(st.message().find("log-decay <= 0") != std::string::npos);
   // The recurrence itself is defined for any g.
   CHECK(recurrent_forward<GDR2>(c.p, Outputs<float, float>{c.o.view(), c.s.view()}, c.opt).ok());
 }
@@ -150,4 +150,11 @@ TEST_CASE("validation: the throwing wrapper", "[validation]") {
   c.p.k.shape[3] += 1;
   CHECK_THROWS_AS(check(chunk_forward<GDR2>(c.p, Outputs<float, float>{c.o.view(), {}})), Error);
   CHECK_NOTHROW(check(Status()));
+}
+
+TEST_CASE("validation: erase gates outside [0, 2] are refused when checking", "[validation]") {
+  Case c;
+  c.opt.check_finite = true;
+  c.rp.b[9] = 2.5f;
+  c.expect(Code::invalid_argument, "erase gates outside [0, 2]");
 }

@@ -11,6 +11,8 @@
 
 #include "recurrent.hpp"
 
+#include <array>
+
 namespace gdr2 {
 namespace detail {
 
@@ -52,52 +54,79 @@ struct ChunkDecay {
   }
 };
 
-/// out(r, s) = Σ_d A(r,d)·B(s,d)·exp(G_r[d] − G_s[d]) for s ≤ r (s < r when `strict`),
-/// zero above the diagonal; rows/cols [0, n). `tmp` is scratch of ≥ kSubBlock×K.
+/// One decay-weighted Gram to build: out(r, s) = Σ_d A(r,d)·B(s,d)·exp(G_r[d] − G_s[d])
+/// for s ≤ r (s < r when `strict`), zero above the diagonal.
 template <class Acc>
-void decayed_gram(const RowMat<Acc>& A, const RowMat<Acc>& B, const ChunkDecay<Acc>& dc, Index n, bool strict,
-                  RowMat<Acc>& out, RowMat<Acc>& AF, RowMat<Acc>& BF, Vec<Acc>& p) {
-  out.topLeftCorner(n, n).setZero();
-  AF.topRows(n) = A.topRows(n).cwiseProduct(dc.Fin.topRows(n));
-  BF.topRows(n) = B.topRows(n).cwiseProduct(dc.Fout.topRows(n));
+struct GramTerm {
+  const RowMat<Acc>* A;
+  RowMat<Acc>* out;
+  bool strict;
+  RowMat<Acc>* AF;  ///< scratch (≥ n×K): A ⊙ Fin
+};
+
+/// Build several decay-weighted Grams against the same right factor B (rows/cols
+/// [0, n)), sharing every decay factor. Off-diagonal sub-blocks: for row block i,
+/// all column blocks j < i at once as one GEMM (A ⊙ Fin)_i · (B ⊙ Fout ⊙ D_ij)ᵀ with
+/// D_ij = exp(G_{i0−1} − G_{end(j)}) ≤ 1 (anchor between the blocks). Diagonal
+/// sub-blocks: running products of exp(g) from each column s down. `BF` is scratch
+/// of ≥ n×K, `p` of K.
+template <class Acc, std::size_t M>
+void decayed_grams(const std::array<GramTerm<Acc>, M>& terms, const RowMat<Acc>& B, const ChunkDecay<Acc>& dc,
+                   Index n, RowMat<Acc>& BF, Vec<Acc>& p) {
+  for (const auto& t : terms) {
+    t.out->topLeftCorner(n, n).setZero();
+    t.AF->topRows(n) = t.A->topRows(n).cwiseProduct(dc.Fin.topRows(n));
+  }
   for (Index i0 = 0; i0 < n; i0 += kSubBlock) {
     const Index ni = std::min(kSubBlock, n - i0);
-    // Off-diagonal blocks j < i: anchor between them, D = exp(G_{i0−1} − G_{end(j)}) ≤ 1.
-    for (Index j0 = 0; j0 < i0; j0 += kSubBlock) {
-      const Index jend = j0 + kSubBlock - 1;
-      if (jend == i0 - 1) {
-        out.block(i0, j0, ni, kSubBlock).noalias() = AF.middleRows(i0, ni) * BF.middleRows(j0, kSubBlock).transpose();
-      } else {
-        p = (dc.G.row(i0 - 1) - dc.G.row(jend)).transpose().array().exp();
-        out.block(i0, j0, ni, kSubBlock).noalias() =
-            AF.middleRows(i0, ni) * (BF.middleRows(j0, kSubBlock) * p.asDiagonal()).transpose();
+    if (i0 > 0) {
+      // BF rows [0, i0) = B ⊙ Fout, each earlier block j scaled by D_ij.
+      for (Index j0 = 0; j0 < i0; j0 += kSubBlock) {
+        const Index jend = j0 + kSubBlock - 1;
+        auto blk = BF.middleRows(j0, kSubBlock);
+        blk = B.middleRows(j0, kSubBlock).cwiseProduct(dc.Fout.middleRows(j0, kSubBlock));
+        if (jend != i0 - 1) {
+          p = (dc.G.row(i0 - 1) - dc.G.row(jend)).transpose().array().exp();
+          blk.array().rowwise() *= p.transpose().array();
+        }
       }
+      for (const auto& t : terms)
+        t.out->block(i0, 0, ni, i0).noalias() = t.AF->middleRows(i0, ni) * BF.topRows(i0).transpose();
     }
-    // Diagonal block: running product of per-token decays from column s down.
     for (Index s = i0; s < i0 + ni; ++s) {
       p = B.row(s).transpose();
-      if (!strict) out(s, s) = A.row(s).dot(p);
+      for (const auto& t : terms)
+        if (!t.strict) (*t.out)(s, s) = t.A->row(s).dot(p);
       for (Index r = s + 1; r < i0 + ni; ++r) {
         p.array() *= dc.E.row(r).transpose().array();
-        out(r, s) = A.row(r).dot(p);
+        for (const auto& t : terms) (*t.out)(r, s) = t.A->row(r).dot(p);
       }
     }
   }
+}
+
+/// out(r, s) = Σ_d A(r,d)·B(s,d)·exp(G_r[d] − G_s[d]) for s ≤ r (s < r when `strict`),
+/// zero above the diagonal; rows/cols [0, n). AF, BF: scratch ≥ n×K; p: K.
+template <class Acc>
+void decayed_gram(const RowMat<Acc>& A, const RowMat<Acc>& B, const ChunkDecay<Acc>& dc, Index n, bool strict,
+                  RowMat<Acc>& out, RowMat<Acc>& AF, RowMat<Acc>& BF, Vec<Acc>& p) {
+  decayed_grams<Acc, 1>({GramTerm<Acc>{&A, &out, strict, &AF}}, B, dc, n, BF, p);
 }
 
 /// Per-slot scratch of the chunk forward.
 template <class Acc>
 struct ChunkScratch {
   RowMat<Acc> Q, Kc, g, Bg, Vv, Wg;  // raw chunk inputs (Bg, Wg: erase / write gates)
-  RowMat<Acc> Bk, Qs, T, Aqk, YU, R, O, Kt, AF, BF, S;
+  RowMat<Acc> Bk, Qs, T, Aqk, EZ, YU, R, O, Kt, AF, AF2, BF, S;
+  Eigen::Matrix<Acc, Eigen::Dynamic, Eigen::Dynamic> A;  // (I + T)⁻¹, unit lower (column-major)
   ChunkDecay<Acc> dc;
   Vec<Acc> p, gammaC;
   ChunkScratch(Index C, Index K, Index V)
       : Q(C, K), Kc(C, K), g(C, K), Bg(C, K), Vv(C, V), Wg(C, V), Bk(C, K), Qs(C, K), T(C, C), Aqk(C, C),
-        YU(C, K + V), R(C, V), O(C, V), Kt(C, K), AF(C, K), BF(C, K), S(K, V), dc(C, K), p(K), gammaC(K) {}
+        EZ(C, K + V), YU(C, K + V), R(C, V), O(C, V), Kt(C, K), AF(C, K), AF2(C, K), BF(C, K), S(K, V), A(C, C), dc(C, K), p(K), gammaC(K) {}
   std::size_t bytes() const {
     const Index C = Q.rows(), K = Q.cols(), V = Vv.cols();
-    return sizeof(Acc) * std::size_t(17 * C * K + 5 * C * V + 2 * C * C + C * (K + V) + K * V + 2 * K);
+    return sizeof(Acc) * std::size_t(18 * C * K + 5 * C * V + 3 * C * C + 2 * C * (K + V) + K * V + 2 * K);
   }
 
   /// Load tokens [t0, t0+n) of (batch row b, value head hv) through the policy.
@@ -114,7 +143,7 @@ struct ChunkScratch {
 
 /// Phase 1 of a chunk (SPEC §3): everything that does not depend on the incoming
 /// state. From the loaded chunk it leaves in ws
-///   YU = [Y U] = (I + T)⁻¹ [Ē Z]  (n×(K+V)),  Aqk (n×n, lower),
+///   A = (I + T)⁻¹ (n×n),  YU = [Y U] = A [Ē Z]  (n×(K+V)),  Aqk (n×n, lower),
 ///   AF = Qγ = scale·q ⊙ γ (n×K),  Kt = Ktail = exp(G_n − G_r) ⊙ k (n×K),  gammaC = γ_n (K).
 template <class Acc>
 void chunk_factors(ChunkScratch<Acc>& ws, Index n, Acc scale) {
@@ -124,16 +153,27 @@ void chunk_factors(ChunkScratch<Acc>& ws, Index n, Acc scale) {
   ws.Bk.topRows(n) = ws.Bg.topRows(n).cwiseProduct(ws.Kc.topRows(n));
   ws.Qs.topRows(n) = scale * ws.Q.topRows(n);
   // T (strict) and Aqk (with diagonal): decay-weighted Grams against the keys.
-  decayed_gram(ws.Bk, ws.Kc, dc, n, /*strict=*/true, ws.T, ws.AF, ws.BF, ws.p);
-  decayed_gram(ws.Qs, ws.Kc, dc, n, /*strict=*/false, ws.Aqk, ws.AF, ws.BF, ws.p);
-  // [Y U] = (I + T)⁻¹ [Ē Z], Ē = γ ⊙ b ⊙ k, Z = w ⊙ v: one unit-lower triangular solve.
-  auto YU = ws.YU.topRows(n);
-  YU.leftCols(K) = ws.Bk.topRows(n).cwiseProduct(dc.Gam.topRows(n));
-  YU.rightCols(V) = ws.Wg.topRows(n).cwiseProduct(ws.Vv.topRows(n));
-  ws.T.topLeftCorner(n, n).template triangularView<Eigen::UnitLower>().solveInPlace(YU);
+  decayed_grams<Acc, 2>({GramTerm<Acc>{&ws.Bk, &ws.T, /*strict=*/true, &ws.AF},
+                         GramTerm<Acc>{&ws.Qs, &ws.Aqk, /*strict=*/false, &ws.AF2}},
+                        ws.Kc, dc, n, ws.BF, ws.p);
+  // A = (I + T)⁻¹ by forward substitution on the identity (fp32 or better, SPEC §5),
+  // then [Y U] = A [Ē Z] with Ē = γ ⊙ b ⊙ k, Z = w ⊙ v as one triangular product
+  // (cheaper than substituting the n×(K+V) right-hand side directly).
+  auto A = ws.A.topLeftCorner(n, n);
+  A.setIdentity();
+  ws.T.topLeftCorner(n, n).template triangularView<Eigen::UnitLower>().solveInPlace(A);
+  auto EZ = ws.EZ.topRows(n);
+  EZ.leftCols(K) = ws.Bk.topRows(n).cwiseProduct(dc.Gam.topRows(n));
+  EZ.rightCols(V) = ws.Wg.topRows(n).cwiseProduct(ws.Vv.topRows(n));
+  ws.YU.topRows(n).noalias() = A.template triangularView<Eigen::UnitLower>() * EZ;
   ws.AF.topRows(n) = ws.Qs.topRows(n).cwiseProduct(dc.Gam.topRows(n));
-  for (Index r = 0; r < n; ++r)
-    ws.Kt.row(r) = ws.Kc.row(r).cwiseProduct((dc.G.row(n - 1) - dc.G.row(r)).array().exp().matrix());
+  // Ktail_r = k_r ⊙ exp(G_{n−1} − G_r) = k_r ⊙ Fout_r ⊙ exp(G_{n−1} − G_{end(r)}).
+  for (Index b0 = 0; b0 < n; b0 += kSubBlock) {
+    const Index b1 = std::min(n, b0 + kSubBlock);
+    ws.p = (dc.G.row(n - 1) - dc.G.row(b1 - 1)).transpose().array().exp();
+    ws.Kt.middleRows(b0, b1 - b0) = ws.Kc.middleRows(b0, b1 - b0).cwiseProduct(dc.Fout.middleRows(b0, b1 - b0));
+    ws.Kt.middleRows(b0, b1 - b0).array().rowwise() *= ws.p.transpose().array();
+  }
   ws.gammaC = dc.Gam.row(n - 1).transpose();
 }
 

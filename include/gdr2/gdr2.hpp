@@ -8,6 +8,7 @@
 //   gates.hpp      the gate policy: GDR2, KDA, GDN, DeltaNet
 //   problem.hpp    Problem / Outputs / Gradients / Options and their validation
 //   parallel.hpp   executors (serial, Eigen ThreadPool, caller's parallel-for)
+//   workspace.hpp  caller-owned scratch reused across calls
 //   recurrent.hpp  token-by-token engine: prefill and in-place decode
 //   chunk.hpp      chunkwise WY engine
 //   recurrent_backward.hpp  BPTT with state checkpoints (SPEC §2)
@@ -30,3 +31,4 @@
 #include "reference.hpp"
 #include "status.hpp"
 #include "tensor.hpp"
+#include "workspace.hpp"

@@ -107,8 +107,8 @@ struct Gradients {
 /// Engine options.
 struct Options {
   int chunk_size = 64;  ///< chunk engines: 16, 32 or 64 tokens
-  /// Scan every input for NaN/Inf (and, for the chunk engines, positive log-decays)
-  /// before any work; costs one pass over the inputs.
+  /// Scan every input before any work for NaN/Inf, erase gates (b or β) outside
+  /// [0, 2] and, for the chunk engines, positive log-decays; one pass over the inputs.
   bool check_finite = false;
   const Executor* executor = nullptr;  ///< null → run on the calling thread
   /// Caller-owned scratch reused across calls (null → allocated once per call).
@@ -183,8 +183,11 @@ Status check_state(const char* name, const View<X>& s, const Dims& d) {
                     /*unit_feature_stride=*/false);
 }
 
+/// Scan a view for NaN/Inf; optionally also for values above `upper` (e.g. a
+/// log-decay > 0, an erase gate > 2) or below `lower`.
 template <class X>
-Status check_finite_view(const char* name, const View<X>& v, bool nonpositive = false) {
+Status check_finite_view(const char* name, const View<X>& v, double lower = -INFINITY, double upper = INFINITY,
+                         const char* range_reason = "") {
   if (!v.given()) return {};
   for (Index a = 0; a < v.shape[0]; ++a)
     for (Index b = 0; b < v.shape[1]; ++b)
@@ -195,8 +198,9 @@ Status check_finite_view(const char* name, const View<X>& v, bool nonpositive = 
             return {Code::non_finite, std::string(name) + " has a non-finite value (" + std::to_string(x) + ") at " +
                                           fmt_shape(a, b, c, e)};
           }
-          if (nonpositive && x > 0) {
-            return {Code::invalid_argument, std::string(name) + " must be <= 0 (a log-decay) for the chunk engine; found " +
+          if (x < lower || x > upper) {
+            return {Code::invalid_argument, std::string(name) + " must be in [" + std::to_string(lower) + ", " +
+                                                std::to_string(upper) + "] " + range_reason + "; found " +
                                                 std::to_string(x) + " at " + fmt_shape(a, b, c, e)};
           }
         }
@@ -311,10 +315,14 @@ Status validate_problem(const Problem<T>& p, const Options& opt, bool chunked, D
     GDR2_RETURN_IF_ERROR(detail::check_finite_view("q", p.q));
     GDR2_RETURN_IF_ERROR(detail::check_finite_view("k", p.k));
     GDR2_RETURN_IF_ERROR(detail::check_finite_view("v", p.v));
-    GDR2_RETURN_IF_ERROR(detail::check_finite_view("g", p.g, chunked));
-    GDR2_RETURN_IF_ERROR(detail::check_finite_view("b", p.b));
+    GDR2_RETURN_IF_ERROR(detail::check_finite_view("g", p.g, -INFINITY, chunked ? 0.0 : INFINITY,
+                                                   "(a log-decay <= 0 for the chunk engine)"));
+    // An erase gate outside [0, 2] gives the transition an eigenvalue beyond ±1 and
+    // the state grows without bound.
+    const char* erase_reason = "(erase gates outside [0, 2] make the state diverge)";
+    GDR2_RETURN_IF_ERROR(detail::check_finite_view("b", p.b, 0.0, 2.0, erase_reason));
     GDR2_RETURN_IF_ERROR(detail::check_finite_view("w", p.w));
-    GDR2_RETURN_IF_ERROR(detail::check_finite_view("beta", p.beta));
+    GDR2_RETURN_IF_ERROR(detail::check_finite_view("beta", p.beta, 0.0, 2.0, erase_reason));
     GDR2_RETURN_IF_ERROR(detail::check_finite_view("initial_state", p.initial_state));
     GDR2_RETURN_IF_ERROR(detail::check_finite_view("gate_x", p.gate_x));
     GDR2_RETURN_IF_ERROR(detail::check_finite_view("A_log", p.A_log));

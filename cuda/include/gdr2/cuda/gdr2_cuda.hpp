@@ -1,0 +1,92 @@
+// gdr2 CUDA backend (Hopper, sm_90a): the chunkwise forward and the decode step on
+// the GPU, for the gate policies GDR2, KDA and GDN (gdr2/gates.hpp).
+//
+// The same Problem / Outputs description as the CPU engines, with DEVICE pointers in
+// every View (q, k, v, g, b, w, beta, states, o). Two fields of a Problem are read on
+// the host for validation and scheduling and must therefore be HOST copies:
+// `cu_seqlens` (packed varlen offsets) and `state_indices`; the kernels read the
+// DEVICE copies passed in `DeviceSequences` (same dtype and count). Keeping both lets
+// a call validate its arguments without touching device memory.
+//
+// Contract of every entry point (in the spirit of CUTLASS device APIs):
+//   - the caller owns the memory and the stream; nothing is allocated and nothing is
+//     synchronised inside a call (all work is enqueued on `stream`), so calls can be
+//     captured into a CUDA graph;
+//   - chunk_forward_workspace_size says how many workspace bytes chunk_forward needs;
+//   - a call returns a failed Status (invalid_argument / unsupported) without
+//     enqueuing anything when the arguments are wrong, and Code::device_error when a
+//     CUDA call fails (the message names the CUDA error).
+//
+// Supported: 16-bit inputs (Eigen::bfloat16 or Eigen::half; o in the same type), fp32
+// g and states, K = V ∈ {64, 128}, Hv = G·Hk, gate tensors per key or per value head,
+// fixed-length batches or packed varlen, optional initial / final state (any strides,
+// final may alias initial), state pools through state_indices (−1 skips a sequence).
+// 16-bit activations need 16-byte aligned rows (token and head strides multiples of 8
+// elements); channel-wise g needs token and head strides that are multiples of 4.
+// Numerics: all decay exponents are ≤ 0 (SPEC §5; g must be ≤ 0); fp32 accumulation,
+// fp32 triangular solve and fp32 state; tensor-core operands are fp16 (intermediate
+// values must stay inside the fp16 range, |x| < 65504).
+#pragma once
+
+#include <gdr2/gates.hpp>
+#include <gdr2/problem.hpp>
+#include <gdr2/status.hpp>
+
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+#include <cstdint>
+
+namespace gdr2 {
+namespace cuda {
+
+/// Device copies of the host-side sequence fields of a Problem.
+struct DeviceSequences {
+  /// Device copy of Problem::cu_seqlens: the same N+1 offsets, same dtype (int32 or int64).
+  const void* cu_seqlens = nullptr;
+  /// Device copy of Problem::state_indices: [N] int32 state slots (−1 = skip).
+  const std::int32_t* state_indices = nullptr;
+};
+
+/// Which kernels the chunk forward uses.
+enum class ForwardPath {
+  automatic,  ///< fused when there are enough (sequence, head) pairs to fill the GPU, else split
+  fused,      ///< one block per (sequence, value head) walks its chunks; no workspace
+  split,      ///< chunk-parallel preparation into the workspace, then a state pass split over V
+};
+
+/// Options of the CUDA chunk forward.
+struct ChunkOptions {
+  ForwardPath path = ForwardPath::automatic;
+  /// Split path: value columns per state-pass block (16, 32, 64 or 128 with K = V = 128;
+  /// at most V). 0 = automatic (the widest slice that still gives one block per SM).
+  int value_slice = 0;
+};
+
+/// Workspace bytes `chunk_forward` needs for this problem and options (0 for the fused
+/// path). Reads only host memory (shapes, the host copy of cu_seqlens).
+template <class Policy, class T>
+Status chunk_forward_workspace_size(const Problem<T>& p, std::size_t& bytes, const ChunkOptions& opt = {});
+
+/// Chunkwise forward (SPEC §3) on `stream`: o [B, T, Hv, V] (type T) and, when given,
+/// the final state [N or pool, Hv, K, V] (fp32). `workspace` is device memory of at
+/// least chunk_forward_workspace_size bytes, 256-byte aligned (may be null when 0).
+template <class Policy, class T>
+Status chunk_forward(const Problem<T>& p, const Outputs<T, float>& out, const DeviceSequences& dev, void* workspace,
+                     std::size_t workspace_bytes, cudaStream_t stream, const ChunkOptions& opt = {});
+
+/// Decode (SPEC §1, token by token) of B sequences × T ∈ [1, 64] new tokens on `stream`,
+/// the states updated in place in a pool. `p.initial_state` is the pool [P, Hv, K, V]
+/// and `out.final_state` the pool written (usually the same memory); sequence n uses
+/// slot `state_indices_device[n]` (device, [B] int32, −1 or out of range = skip, its
+/// outputs left untouched), or slot n when null (then P ≥ B). p.state_indices and
+/// p.cu_seqlens must not be set. o: [B, T, Hv, V].
+template <class Policy, class T>
+Status decode(const Problem<T>& p, const Outputs<T, float>& out, const std::int32_t* state_indices_device,
+              cudaStream_t stream);
+
+/// Number of multiprocessors of the current device (0 when there is none); cached.
+int device_sm_count();
+
+}  // namespace cuda
+}  // namespace gdr2

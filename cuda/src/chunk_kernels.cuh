@@ -1,0 +1,992 @@
+// gdr2 CUDA backend — the chunkwise WY forward (SPEC §3, numerics of §5) on Hopper.
+//
+// One chunk = 64 tokens of one (sequence, value head). A 256-thread block prepares a
+// chunk entirely on chip ("prep"):
+//   G-step   per channel: block-local cumulative log-decays of the four 16-token
+//            sub-blocks, and from them (every exponent <= 0)
+//              Fin_r  = exp(G_r − G_{a(r)})   a(r) = last row of the previous sub-block
+//              Fout_r = exp(G_{e(r)} − G_r)   e(r) = last row of r's own sub-block
+//              e_r    = exp(g_r)
+//            written as fp16 operands  QFin = scale·q⊙Fin, BkFin = b⊙k⊙Fin, KFo = k⊙Fout.
+//   Grams    T (strict) and Aqk (with diagonal): off-diagonal 16×16 blocks are tensor-
+//            core products with an anchor between the blocks (the right operand gets the
+//            bridge exp(G_{a_i} − G_{e_j}) <= 1); diagonal blocks are exact running
+//            products of e_r on the CUDA cores.
+//   Solve    A = (I + T)^-1 in fp32 (16×16 diagonal inverses + block substitution).
+//   Y        Ē = γ⊙b⊙k (γ_r = Fin_r·γ_{a(r)}), Y = A Ē (tensor cores); Qγ = scale·γ⊙q and
+//            Ktail = k⊙exp(G_C − G_r) in place.
+// The state pass then runs per warp on 16 value columns with the state transposed in
+// registers (Sᵀ, fp32, in the mma accumulator layout, which is also the A-operand
+// layout of the next product):
+//   Uᵀ = Zᵀ Aᵀ (Z = w⊙v),  Rᵀ = Uᵀ − S0ᵀ Yᵀ,  Oᵀ = S0ᵀ Qγᵀ + Rᵀ Aqkᵀ,
+//   Sᵀ ← Sᵀ Diag(γ_C) + Rᵀ Ktail.
+// Engines built from these pieces:
+//   fused  one block per (sequence, value head) walks its chunks: prep + state pass,
+//          the next chunk's inputs prefetched (cp.async) while the current one computes.
+//   split  a persistent prep kernel writes one record per (chunk, head) to the
+//          workspace; a state-pass kernel per (sequence, head, value slice) streams them.
+#pragma once
+
+#include "device_common.cuh"
+#include "params.hpp"
+
+namespace gdr2 {
+namespace cuda {
+namespace detail {
+
+constexpr int kC = 64;         // chunk length
+constexpr int kThreads = 256;  // prep / fused block size
+
+/// Shared-memory map of the prep (and fused) kernels. Byte offsets.
+template <int D, bool CH_DECAY, bool CH_GATES, bool WITH_V>
+struct PrepLayout {
+  static constexpr int PH = D + 8;  // pitch (elements) of [64][D] 16-bit tiles
+  static constexpr int PC = 72;     // pitch of [64][64] fp16 tiles
+  static constexpr int PF = 65;     // pitch of [64][64] fp32 tiles
+  static constexpr int TILE = kC * PH * 2;
+  static constexpr int rq = 0;
+  static constexpr int rk = rq + TILE;
+  static constexpr int rb = rk + TILE;  // b tile, or β as 64 floats
+  static constexpr int rg = rb + (CH_GATES ? TILE : 256);  // g (then e = exp g), fp32
+  static constexpr int rv = rg + (CH_DECAY ? kC * D * 4 : 256);
+  static constexpr int rw = rv + (WITH_V ? TILE : 0);
+  static constexpr int hq = rw + ((WITH_V && CH_GATES) ? TILE : 0);  // QFin → Qγ
+  static constexpr int hk = hq + TILE;                                // KFo → Ktail
+  static constexpr int he = hk + TILE;                                // BkFin → Ē → Y
+  static constexpr int a16 = he + TILE;
+  static constexpr int aqk16 = a16 + kC * PC * 2;
+  static constexpr int t32 = aqk16 + kC * PC * 2;  // T (fp32); later: output staging
+  static constexpr int a32 = t32 + kC * PF * 4;    // A (fp32)
+  static constexpr int vec = a32 + kC * PF * 4;    // ga[4][D], tf[4][D], br[3][D], gc[D]
+  static constexpr int bytes = vec + 12 * D * 4;
+  static_assert(bytes <= 232448, "prep shared memory exceeds 227 KB");
+};
+
+/// Location of one sequence's tokens.
+struct SeqSpan {
+  int batch, bos, eos;
+};
+__device__ __forceinline__ SeqSpan seq_span(const ForwardParams& p, int n) {
+  if (p.cu_seqlens) {
+    if (p.cu_wide) {
+      const long long* cu = static_cast<const long long*>(p.cu_seqlens);
+      return {0, int(cu[n]), int(cu[n + 1])};
+    }
+    const int* cu = static_cast<const int*>(p.cu_seqlens);
+    return {0, cu[n], cu[n + 1]};
+  }
+  return {n, 0, p.T};
+}
+
+/// State slot of sequence n, or -1 to skip it.
+__device__ __forceinline__ int seq_slot(const ForwardParams& p, int n) {
+  if (!p.state_indices) return n;
+  const int s = p.state_indices[n];
+  return (s >= 0 && s < p.state_pool) ? s : -1;
+}
+
+__device__ __forceinline__ int gate_head(int hv, int hg, int Hv) { return int((long long)hv * hg / Hv); }
+
+template <class T>
+__device__ __forceinline__ const T* row_ptr(const void* base, const Strides3& s, int b, int t, int h) {
+  return static_cast<const T*>(base) + (long long)b * s.b + (long long)t * s.t + (long long)h * s.h;
+}
+
+/// Issue cp.async copies of `rows_valid` rows (zero-filled up to 64) of a [T, D] slice.
+template <int ROW_BYTES>
+__device__ __forceinline__ void load_rows(char* dst, int dst_pitch, const char* src, long long src_pitch,
+                                          int rows_valid, int tid, int nthreads) {
+  constexpr int CPR = ROW_BYTES / 16;
+  for (int i = tid; i < kC * CPR; i += nthreads) {
+    const int r = i / CPR, c = i % CPR;
+    const bool ok = r < rows_valid;
+    cp_async16(dst + r * dst_pitch + c * 16, src + (ok ? r * src_pitch : 0) + c * 16, ok);
+  }
+}
+
+// =====================================================================================
+// Prep: one chunk, whole block. Inputs in rq, rk, rb, rg (loaded), output Y (he),
+// Qγ (hq), Ktail (hk), A16, Aqk16, γ_C (vec). Ends synchronised.
+// =====================================================================================
+template <int DECAY, int GATES, class Tin, int D, bool WITH_V>
+struct Prep {
+  static constexpr bool CH_DECAY = DECAY == 0;
+  static constexpr bool CH_GATES = GATES == 0;
+  using L = PrepLayout<D, CH_DECAY, CH_GATES, WITH_V>;
+  static constexpr int PH = L::PH, PC = L::PC, PF = L::PF;
+
+  static __device__ float* ga(char* sm) { return reinterpret_cast<float*>(sm + L::vec); }
+  static __device__ float* tf(char* sm) { return reinterpret_cast<float*>(sm + L::vec) + 4 * D; }
+  static __device__ float* br(char* sm) { return reinterpret_cast<float*>(sm + L::vec) + 8 * D; }
+  static __device__ float* gc(char* sm) { return reinterpret_cast<float*>(sm + L::vec) + 11 * D; }
+
+  // ---- G-step -----------------------------------------------------------------------
+  static __device__ void gstep(char* sm, float scale) {
+    const int tid = threadIdx.x;
+    const int d = tid % D, part = tid / D;
+    constexpr int NB = D / 64;  // sub-blocks per thread
+    float* g = reinterpret_cast<float*>(sm + L::rg);
+    const Tin* q = reinterpret_cast<const Tin*>(sm + L::rq);
+    const Tin* k = reinterpret_cast<const Tin*>(sm + L::rk);
+    const Tin* bt = reinterpret_cast<const Tin*>(sm + L::rb);
+    const float* beta = reinterpret_cast<const float*>(sm + L::rb);
+    __half* hq = reinterpret_cast<__half*>(sm + L::hq);
+    __half* hk = reinterpret_cast<__half*>(sm + L::hk);
+    __half* he = reinterpret_cast<__half*>(sm + L::he);
+    auto G = [&](int r) { return CH_DECAY ? g[r * D + d] : g[r]; };
+
+    float s[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+    for (int r = 0; r < kC; ++r) s[r >> 4] += G(r);
+
+    float ex[NB][16];
+#pragma unroll
+    for (int jj = 0; jj < NB; ++jj) {
+      const int j = part * NB + jj;
+      float off = 0.f, after = 0.f;
+#pragma unroll
+      for (int l = 0; l < 4; ++l) {
+        if (l < j) off += s[l];
+        if (l > j) after += s[l];
+      }
+      ga(sm)[j * D + d] = exp_nonpos(off);
+      tf(sm)[j * D + d] = exp_nonpos(after);
+      float Lc = 0.f;
+      float sj = 0.f;
+#pragma unroll
+      for (int l = 0; l < 4; ++l)
+        if (l == j) sj = s[l];
+#pragma unroll
+      for (int rr = 0; rr < 16; ++rr) {
+        const int r = j * 16 + rr;
+        const float gr = G(r);
+        Lc += gr;
+        const float fin = exp_nonpos(Lc), fout = exp_nonpos(sj - Lc);
+        ex[jj][rr] = exp_nonpos(gr);
+        const float qv = In16<Tin>::to_float(q[r * PH + d]);
+        const float kv = In16<Tin>::to_float(k[r * PH + d]);
+        const float bv = CH_GATES ? In16<Tin>::to_float(bt[r * PH + d]) : beta[r];
+        hq[r * PH + d] = __float2half_rn(scale * qv * fin);
+        he[r * PH + d] = __float2half_rn(bv * kv * fin);
+        hk[r * PH + d] = __float2half_rn(kv * fout);
+      }
+    }
+    if (part == 0) {
+      br(sm)[0 * D + d] = exp_nonpos(s[1]);         // (i, j) = (2, 0)
+      br(sm)[1 * D + d] = exp_nonpos(s[1] + s[2]);  // (3, 0)
+      br(sm)[2 * D + d] = exp_nonpos(s[2]);         // (3, 1)
+      gc(sm)[d] = exp_nonpos(s[0] + s[1] + s[2] + s[3]);
+    }
+    // zero the accumulation targets of the diagonal Gram blocks: T32 diagonal blocks and
+    // T32 upper blocks (0,1) (0,2) (0,3) (1,2) that hold the Aqk diagonal partial sums.
+    float* t32 = reinterpret_cast<float*>(sm + L::t32);
+    for (int i = tid; i < 8 * 256; i += kThreads) {
+      const int blk = i >> 8, r = (i >> 4) & 15, c = i & 15;
+      int bi, bj;
+      if (blk < 4) {
+        bi = blk;
+        bj = blk;
+      } else {
+        const int ub = blk - 4;  // 0..3 → (0,1) (0,2) (0,3) (1,2)
+        bi = ub < 3 ? 0 : 1;
+        bj = ub < 3 ? ub + 1 : 2;
+      }
+      t32[(16 * bi + r) * PF + 16 * bj + c] = 0.f;
+    }
+    __syncthreads();  // every read of g done
+#pragma unroll
+    for (int jj = 0; jj < NB; ++jj) {
+      const int j = part * NB + jj;
+#pragma unroll
+      for (int rr = 0; rr < 16; ++rr) {
+        if (CH_DECAY)
+          g[(j * 16 + rr) * D + d] = ex[jj][rr];
+        else if (d == 0)
+          g[j * 16 + rr] = ex[jj][rr];
+      }
+    }
+    __syncthreads();
+  }
+
+  // ---- Grams: T (strict lower) into t32, Aqk into aqk16 (diag partials via t32 upper) ----
+  static __device__ __forceinline__ int aqk_tmp_offset(int b) {
+    // diagonal block b's Aqk partial sums live in T32 block (0,1) (0,2) (0,3) (1,2)
+    const int bi = b < 3 ? 0 : 1, bj = b < 3 ? b + 1 : 2;
+    return 16 * bi * PF + 16 * bj;
+  }
+
+  static __device__ void grams(char* sm) {
+    const int tid = threadIdx.x, w = tid >> 5, lane = tid & 31;
+    float* t32 = reinterpret_cast<float*>(sm + L::t32);
+    __half* aqk = reinterpret_cast<__half*>(sm + L::aqk16);
+    const __half* hq = reinterpret_cast<const __half*>(sm + L::hq);
+    const __half* hk = reinterpret_cast<const __half*>(sm + L::hk);
+    const __half* he = reinterpret_cast<const __half*>(sm + L::he);
+    // -- off-diagonal blocks: warps 0..5 -------------------------------------------------
+    if (w < 6) {
+      // w → block (i, j): (1,0) (2,1) (3,2) (2,0) (3,1) (3,0); bridge index into br()
+      const int i = w < 3 ? w + 1 : (w == 3 ? 2 : 3);
+      const int j = w < 3 ? w : (w == 4 ? 1 : 0);
+      const int bridge = w < 3 ? -1 : (w == 3 ? 0 : (w == 4 ? 2 : 1));
+      float accT[2][4] = {}, accA[2][4] = {};
+      const float* P = bridge >= 0 ? br(sm) + bridge * D : nullptr;
+      const int q4 = lane & 3;
+#pragma unroll
+      for (int kc = 0; kc < D / 16; ++kc) {
+        std::uint32_t aT[4], aQ[4], b[4];
+        ldsm_x4(aT, he + (16 * i + lrow_a(lane)) * PH + 16 * kc + lcol_a(lane));
+        ldsm_x4(aQ, hq + (16 * i + lrow_a(lane)) * PH + 16 * kc + lcol_a(lane));
+        ldsm_x4(b, hk + (16 * j + lrow_bn(lane)) * PH + 16 * kc + lcol_bn(lane));
+        if (P) {
+          const int k0 = 16 * kc + 2 * q4;
+          const std::uint32_t pl = pack_half2(P[k0], P[k0 + 1]), ph = pack_half2(P[k0 + 8], P[k0 + 9]);
+          b[0] = hmul2_u32(b[0], pl);
+          b[1] = hmul2_u32(b[1], ph);
+          b[2] = hmul2_u32(b[2], pl);
+          b[3] = hmul2_u32(b[3], ph);
+        }
+        mma16816(accT[0], aT, b[0], b[1]);
+        mma16816(accT[1], aT, b[2], b[3]);
+        mma16816(accA[0], aQ, b[0], b[1]);
+        mma16816(accA[1], aQ, b[2], b[3]);
+      }
+      const int g8 = lane >> 2;
+#pragma unroll
+      for (int nt = 0; nt < 2; ++nt) {
+        const int col = 16 * j + 8 * nt + 2 * q4;
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int row = 16 * i + g8 + 8 * h;
+          t32[row * PF + col] = accT[nt][2 * h];
+          t32[row * PF + col + 1] = accT[nt][2 * h + 1];
+          *reinterpret_cast<__half2*>(aqk + row * PC + col) = __floats2half2_rn(accA[nt][2 * h], accA[nt][2 * h + 1]);
+        }
+      }
+    }
+    // -- diagonal blocks: two warps per block, exact running products -------------------
+    {
+      const int blk = w >> 1, hf = w & 1, r = lane & 15, dsub = lane >> 4;
+      const Tin* q = reinterpret_cast<const Tin*>(sm + L::rq);
+      const Tin* k = reinterpret_cast<const Tin*>(sm + L::rk);
+      const Tin* bt = reinterpret_cast<const Tin*>(sm + L::rb);
+      const float* beta = reinterpret_cast<const float*>(sm + L::rb);
+      const float* e = reinterpret_cast<const float*>(sm + L::rg);
+      float accT[16], accA[16];
+#pragma unroll
+      for (int s = 0; s < 16; ++s) accT[s] = accA[s] = 0.f;
+      const int row = 16 * blk + r;
+      const float brow = CH_GATES ? 0.f : beta[row];
+#pragma unroll 1
+      for (int m = 0; m < D / 16; ++m) {
+        const int c = hf * (D / 2) + (dsub + 2 * m) * 4;
+        const float4 kr = load4(k + row * PH + c);
+        float4 bk;
+        if (CH_GATES) {
+          const float4 bb = load4(bt + row * PH + c);
+          bk = make_float4(bb.x * kr.x, bb.y * kr.y, bb.z * kr.z, bb.w * kr.w);
+        } else {
+          bk = make_float4(brow * kr.x, brow * kr.y, brow * kr.z, brow * kr.w);
+        }
+        // q is scaled later (QFin has scale); here the raw dot, scaled at the end
+        const float4 qr = load4(q + row * PH + c);
+        float4 P = make_float4(1.f, 1.f, 1.f, 1.f);
+#pragma unroll
+        for (int s = 15; s >= 0; --s) {
+          if (s <= r) {
+            const float4 ks = load4(k + (16 * blk + s) * PH + c);
+            const float4 x = make_float4(ks.x * P.x, ks.y * P.y, ks.z * P.z, ks.w * P.w);
+            accT[s] += bk.x * x.x + bk.y * x.y + bk.z * x.z + bk.w * x.w;
+            accA[s] += qr.x * x.x + qr.y * x.y + qr.z * x.z + qr.w * x.w;
+            if (CH_DECAY) {
+              const float4 es = *reinterpret_cast<const float4*>(e + (16 * blk + s) * D + c);
+              P.x *= es.x;
+              P.y *= es.y;
+              P.z *= es.z;
+              P.w *= es.w;
+            } else {
+              const float es = e[16 * blk + s];
+              P.x *= es;
+              P.y *= es;
+              P.z *= es;
+              P.w *= es;
+            }
+          }
+        }
+      }
+#pragma unroll
+      for (int s = 0; s < 16; ++s) {
+        accT[s] += __shfl_xor_sync(0xffffffffu, accT[s], 16);
+        accA[s] += __shfl_xor_sync(0xffffffffu, accA[s], 16);
+      }
+      if (dsub == 0) {
+        float* tmp = t32 + aqk_tmp_offset(blk);
+#pragma unroll
+        for (int s = 0; s < 16; ++s) {
+          if (s < r) atomicAdd(t32 + row * PF + 16 * blk + s, accT[s]);
+          if (s <= r) atomicAdd(tmp + r * PF + s, accA[s]);
+        }
+      }
+    }
+    __syncthreads();
+  }
+
+  // ---- Solve A = (I + T)^-1, transforms, Y = A Ē -----------------------------------------
+  static __device__ void solve_and_y(char* sm, float scale) {
+    const int tid = threadIdx.x, w = tid >> 5, lane = tid & 31;
+    float* t32 = reinterpret_cast<float*>(sm + L::t32);
+    float* a32 = reinterpret_cast<float*>(sm + L::a32);
+    __half* a16 = reinterpret_cast<__half*>(sm + L::a16);
+    __half* aqk = reinterpret_cast<__half*>(sm + L::aqk16);
+    __half* hq = reinterpret_cast<__half*>(sm + L::hq);
+    __half* hk = reinterpret_cast<__half*>(sm + L::hk);
+    __half* he = reinterpret_cast<__half*>(sm + L::he);
+    // (1) diagonal inverses (warps 0,1: a half-warp per block, a lane per column)
+    if (w < 2) {
+      const int blk = 2 * w + (lane >> 4), c = lane & 15;
+      float x[16];
+#pragma unroll
+      for (int r = 0; r < 16; ++r) {
+        float acc = (r == c) ? 1.f : 0.f;
+#pragma unroll
+        for (int s = 0; s < r; ++s) acc -= t32[(16 * blk + r) * PF + 16 * blk + s] * x[s];
+        x[r] = acc;
+      }
+#pragma unroll
+      for (int r = 0; r < 16; ++r) a32[(16 * blk + r) * PF + 16 * blk + c] = x[r];
+    }
+    // (1') Aqk diagonal blocks: fp32 partials (with scale) → fp16
+    for (int i = tid; i < 4 * 256; i += kThreads) {
+      const int blk = i >> 8, r = (i >> 4) & 15, c = i & 15;
+      const float v = t32[aqk_tmp_offset(blk) + r * PF + c];
+      aqk[(16 * blk + r) * PC + 16 * blk + c] = __float2half_rn(c <= r ? scale * v : 0.f);
+    }
+    // (1'') in-place transforms: Ē = BkFin·γ_a, Qγ = QFin·γ_a, Ktail = KFo·tail
+    for (int i = tid; i < kC * D / 2; i += kThreads) {
+      const int r = i / (D / 2), c = 2 * (i % (D / 2)), blk = r >> 4;
+      const float2 gav = *reinterpret_cast<const float2*>(ga(sm) + blk * D + c);
+      const float2 tfv = *reinterpret_cast<const float2*>(tf(sm) + blk * D + c);
+      __half2* pe = reinterpret_cast<__half2*>(he + r * PH + c);
+      __half2* pq = reinterpret_cast<__half2*>(hq + r * PH + c);
+      __half2* pk = reinterpret_cast<__half2*>(hk + r * PH + c);
+      float2 x = __half22float2(*pe);
+      *pe = __floats2half2_rn(x.x * gav.x, x.y * gav.y);
+      x = __half22float2(*pq);
+      *pq = __floats2half2_rn(x.x * gav.x, x.y * gav.y);
+      x = __half22float2(*pk);
+      *pk = __floats2half2_rn(x.x * tfv.x, x.y * tfv.y);
+    }
+    __syncthreads();
+    // (2) block substitution by distance L = i − j:  X_ij = Σ_{k=j}^{i−1} T_ik A_kj,
+    //     A_ij = −A_ii X_ij.  X_ij is kept in T32 block (j, i) (upper, unused).
+#pragma unroll 1
+    for (int Ld = 1; Ld <= 3; ++Ld) {
+      const int nel = (4 - Ld) * 256;
+      for (int e = tid; e < nel; e += kThreads) {
+        const int i = Ld + (e >> 8), j = i - Ld, r = (e >> 4) & 15, c = e & 15;
+        float acc = 0.f;
+        for (int kb = j; kb < i; ++kb) {
+          const float* trow = t32 + (16 * i + r) * PF + 16 * kb;
+          const float* acol = a32 + (16 * kb) * PF + 16 * j + c;
+#pragma unroll
+          for (int u = 0; u < 16; ++u) acc += trow[u] * acol[u * PF];
+        }
+        t32[(16 * j + r) * PF + 16 * i + c] = acc;
+      }
+      __syncthreads();
+      for (int e = tid; e < nel; e += kThreads) {
+        const int i = Ld + (e >> 8), j = i - Ld, r = (e >> 4) & 15, c = e & 15;
+        const float* arow = a32 + (16 * i + r) * PF + 16 * i;
+        const float* xcol = t32 + (16 * j) * PF + 16 * i + c;
+        float acc = 0.f;
+#pragma unroll
+        for (int u = 0; u < 16; ++u) acc += arow[u] * xcol[u * PF];
+        a32[(16 * i + r) * PF + 16 * j + c] = -acc;
+      }
+      __syncthreads();
+    }
+    // (3) A → fp16 (lower blocks and diagonal blocks)
+    for (int i = tid; i < kC * kC / 2; i += kThreads) {
+      const int r = i / 32, c = 2 * (i % 32);
+      if ((c >> 4) <= (r >> 4))
+        *reinterpret_cast<__half2*>(a16 + r * PC + c) = __floats2half2_rn(a32[r * PF + c], a32[r * PF + c + 1]);
+    }
+    __syncthreads();
+    // (4) Y = A Ē: warp → 16-row tile mt, half of the channels
+    {
+      const int mt = w >> 1, nh = w & 1;
+      float acc[D / 16][4] = {};
+#pragma unroll
+      for (int ks = 0; ks < 4; ++ks) {
+        if (ks <= mt) {
+          std::uint32_t a[4];
+          ldsm_x4(a, a16 + (16 * mt + lrow_a(lane)) * PC + 16 * ks + lcol_a(lane));
+#pragma unroll
+          for (int np = 0; np < D / 32; ++np) {
+            std::uint32_t b[4];
+            ldsm_x4_t(b, he + (16 * ks + lrow_a(lane)) * PH + nh * (D / 2) + 16 * np + lcol_a(lane));
+            mma16816(acc[2 * np], a, b[0], b[1]);
+            mma16816(acc[2 * np + 1], a, b[2], b[3]);
+          }
+        }
+      }
+      __syncthreads();
+      const int g8 = lane >> 2, q4 = lane & 3;
+#pragma unroll
+      for (int nt = 0; nt < D / 16; ++nt) {
+        const int col = nh * (D / 2) + 8 * nt + 2 * q4;
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int row = 16 * mt + g8 + 8 * h;
+          *reinterpret_cast<__half2*>(he + row * PH + col) = __floats2half2_rn(acc[nt][2 * h], acc[nt][2 * h + 1]);
+        }
+      }
+    }
+    __syncthreads();
+  }
+};
+
+// =====================================================================================
+// State pass of one chunk for one warp: 16 value columns, state Sᵀ in registers.
+// =====================================================================================
+struct StepInputs {
+  const __half* Y;    // [64][ph]
+  const __half* Qg;   // [64][ph]
+  const __half* Kt;   // [64][ph]
+  int ph;
+  const __half* A;    // [64][pc]
+  const __half* Aqk;  // [64][pc]
+  int pc;
+  const float* gammaC;  // [K]
+  const void* Rv;       // raw v tile [64][pv], columns from vcol
+  const void* Rw;       // raw w tile (channel gates) or null
+  const float* beta;    // [64] (tied gates) or null
+  int pv, vcol;
+};
+
+template <class Tin, int D>
+__device__ __forceinline__ void state_step(float (&S)[D / 8][4], const StepInputs& in, int n, void* stage,
+                                           Tin* out, long long out_tstride, int lane) {
+  const int g8 = lane >> 2, q4 = lane & 3;
+  const Tin* Rv = static_cast<const Tin*>(in.Rv);
+  const Tin* Rw = static_cast<const Tin*>(in.Rw);
+  // Uᵀ = Zᵀ Aᵀ  (16 columns × 64 tokens)
+  float R[8][4] = {};
+#pragma unroll
+  for (int ks = 0; ks < 4; ++ks) {
+    std::uint32_t zv[4], z[4];
+    ldsm_x4_t(zv, Rv + (16 * ks + lrow_bn(lane)) * in.pv + in.vcol + lcol_bn(lane));
+    if (Rw) {
+      std::uint32_t zw[4];
+      ldsm_x4_t(zw, Rw + (16 * ks + lrow_bn(lane)) * in.pv + in.vcol + lcol_bn(lane));
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const float2 a = In16<Tin>::to_float2(zv[i]), b = In16<Tin>::to_float2(zw[i]);
+        z[i] = pack_half2(a.x * b.x, a.y * b.y);
+      }
+    } else {
+      const float2 b0 = *reinterpret_cast<const float2*>(in.beta + 16 * ks + 2 * q4);
+      const float2 b1 = *reinterpret_cast<const float2*>(in.beta + 16 * ks + 8 + 2 * q4);
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const float2 a = In16<Tin>::to_float2(zv[i]);
+        const float2 b = i < 2 ? b0 : b1;
+        z[i] = pack_half2(a.x * b.x, a.y * b.y);
+      }
+    }
+#pragma unroll
+    for (int np = 0; np < 4; ++np) {
+      if (np >= ks) {
+        std::uint32_t b[4];
+        ldsm_x4(b, in.A + (16 * np + lrow_bn(lane)) * in.pc + 16 * ks + lcol_bn(lane));
+        mma16816(R[2 * np], z, b[0], b[1]);
+        mma16816(R[2 * np + 1], z, b[2], b[3]);
+      }
+    }
+  }
+  // Rᵀ −= S0ᵀ Yᵀ ;  Oᵀ = S0ᵀ Qγᵀ
+  float O[8][4] = {};
+#pragma unroll
+  for (int kc = 0; kc < D / 16; ++kc) {
+    std::uint32_t a[4], an[4];
+    a[0] = pack_half2(S[2 * kc][0], S[2 * kc][1]);
+    a[1] = pack_half2(S[2 * kc][2], S[2 * kc][3]);
+    a[2] = pack_half2(S[2 * kc + 1][0], S[2 * kc + 1][1]);
+    a[3] = pack_half2(S[2 * kc + 1][2], S[2 * kc + 1][3]);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) an[i] = hneg2_u32(a[i]);
+#pragma unroll
+    for (int np = 0; np < 4; ++np) {
+      std::uint32_t b[4];
+      ldsm_x4(b, in.Y + (16 * np + lrow_bn(lane)) * in.ph + 16 * kc + lcol_bn(lane));
+      mma16816(R[2 * np], an, b[0], b[1]);
+      mma16816(R[2 * np + 1], an, b[2], b[3]);
+      ldsm_x4(b, in.Qg + (16 * np + lrow_bn(lane)) * in.ph + 16 * kc + lcol_bn(lane));
+      mma16816(O[2 * np], a, b[0], b[1]);
+      mma16816(O[2 * np + 1], a, b[2], b[3]);
+    }
+  }
+  // Rᵀ as fp16 A operands (k = tokens)
+  std::uint32_t rf[4][4];
+#pragma unroll
+  for (int ks = 0; ks < 4; ++ks) {
+    rf[ks][0] = pack_half2(R[2 * ks][0], R[2 * ks][1]);
+    rf[ks][1] = pack_half2(R[2 * ks][2], R[2 * ks][3]);
+    rf[ks][2] = pack_half2(R[2 * ks + 1][0], R[2 * ks + 1][1]);
+    rf[ks][3] = pack_half2(R[2 * ks + 1][2], R[2 * ks + 1][3]);
+  }
+  // Oᵀ += Rᵀ Aqkᵀ
+#pragma unroll
+  for (int ks = 0; ks < 4; ++ks) {
+#pragma unroll
+    for (int np = 0; np < 4; ++np) {
+      if (np >= ks) {
+        std::uint32_t b[4];
+        ldsm_x4(b, in.Aqk + (16 * np + lrow_bn(lane)) * in.pc + 16 * ks + lcol_bn(lane));
+        mma16816(O[2 * np], rf[ks], b[0], b[1]);
+        mma16816(O[2 * np + 1], rf[ks], b[2], b[3]);
+      }
+    }
+  }
+  // Sᵀ ← Sᵀ Diag(γ_C) + Rᵀ Ktail
+#pragma unroll
+  for (int nt = 0; nt < D / 8; ++nt) {
+    const float2 gcv = *reinterpret_cast<const float2*>(in.gammaC + 8 * nt + 2 * q4);
+    S[nt][0] *= gcv.x;
+    S[nt][1] *= gcv.y;
+    S[nt][2] *= gcv.x;
+    S[nt][3] *= gcv.y;
+  }
+#pragma unroll
+  for (int ks = 0; ks < 4; ++ks) {
+#pragma unroll
+    for (int cp = 0; cp < D / 16; ++cp) {
+      std::uint32_t b[4];
+      ldsm_x4_t(b, in.Kt + (16 * ks + lrow_a(lane)) * in.ph + 16 * cp + lcol_a(lane));
+      mma16816(S[2 * cp], rf[ks], b[0], b[1]);
+      mma16816(S[2 * cp + 1], rf[ks], b[2], b[3]);
+    }
+  }
+  // output: stage [64 tokens][16 columns] then 16-byte stores of the valid rows
+  Tin* st = static_cast<Tin*>(stage);
+  __syncwarp();
+#pragma unroll
+  for (int nt = 0; nt < 8; ++nt) {
+    const int t = 8 * nt + 2 * q4;
+    st[t * 16 + g8] = In16<Tin>::from_float(O[nt][0]);
+    st[(t + 1) * 16 + g8] = In16<Tin>::from_float(O[nt][1]);
+    st[t * 16 + g8 + 8] = In16<Tin>::from_float(O[nt][2]);
+    st[(t + 1) * 16 + g8 + 8] = In16<Tin>::from_float(O[nt][3]);
+  }
+  __syncwarp();
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int id = lane + 32 * i, row = id >> 1, hh = id & 1;
+    if (row < n)
+      *reinterpret_cast<uint4*>(out + row * out_tstride + 8 * hh) = *reinterpret_cast<const uint4*>(st + row * 16 + 8 * hh);
+  }
+  __syncwarp();
+}
+
+/// Load / store this warp's 16 rows of Sᵀ (value columns v0..v0+15) from a state view.
+template <int D>
+__device__ __forceinline__ void load_state(float (&S)[D / 8][4], const float* s0, const long long* st, int slot,
+                                           int hv, int v0, int lane) {
+  const int g8 = lane >> 2, q4 = lane & 3;
+  if (!s0) {
+#pragma unroll
+    for (int nt = 0; nt < D / 8; ++nt) S[nt][0] = S[nt][1] = S[nt][2] = S[nt][3] = 0.f;
+    return;
+  }
+  const float* base = s0 + slot * st[0] + hv * st[1];
+#pragma unroll
+  for (int nt = 0; nt < D / 8; ++nt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int kk = 8 * nt + 2 * q4 + (e & 1), vv = v0 + g8 + 8 * (e >> 1);
+      S[nt][e] = base[kk * st[2] + vv * st[3]];
+    }
+}
+template <int D>
+__device__ __forceinline__ void store_state(const float (&S)[D / 8][4], float* sT, const long long* st, int slot,
+                                            int hv, int v0, int lane) {
+  if (!sT) return;
+  const int g8 = lane >> 2, q4 = lane & 3;
+  float* base = sT + slot * st[0] + hv * st[1];
+#pragma unroll
+  for (int nt = 0; nt < D / 8; ++nt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int kk = 8 * nt + 2 * q4 + (e & 1), vv = v0 + g8 + 8 * (e >> 1);
+      base[kk * st[2] + vv * st[3]] = S[nt][e];
+    }
+}
+
+// =====================================================================================
+// Input loading for one chunk of (sequence span, value head): group A = q, k, b|β, g;
+// group B = v, w. 16-byte cp.async for tiles; per-token scalars through registers.
+// =====================================================================================
+template <int DECAY, int GATES, class Tin, int D, bool WITH_V>
+struct ChunkLoader {
+  using L = PrepLayout<D, DECAY == 0, GATES == 0, WITH_V>;
+  float pre_beta = 0.f, pre_g = 0.f;  // per-token scalars in flight (threads < 64)
+
+  __device__ void issue_a(const ForwardParams& p, char* sm, int batch, int t0, int len, int hv) {
+    const int tid = threadIdx.x;
+    const int hk = hv / p.group;
+    load_rows<D * 2>(sm + L::rq, L::PH * 2, reinterpret_cast<const char*>(row_ptr<Tin>(p.q, p.sq, batch, t0, hk)),
+                     p.sq.t * 2, len, tid, kThreads);
+    load_rows<D * 2>(sm + L::rk, L::PH * 2, reinterpret_cast<const char*>(row_ptr<Tin>(p.k, p.sk, batch, t0, hk)),
+                     p.sk.t * 2, len, tid, kThreads);
+    if (GATES == 0) {
+      const int hb = gate_head(hv, p.hg_b, p.Hv);
+      load_rows<D * 2>(sm + L::rb, L::PH * 2, reinterpret_cast<const char*>(row_ptr<Tin>(p.b, p.sb, batch, t0, hb)),
+                       p.sb.t * 2, len, tid, kThreads);
+    } else if (tid < kC) {
+      const int hb = gate_head(hv, p.hg_beta, p.Hv);
+      pre_beta = tid < len ? In16<Tin>::to_float(*row_ptr<Tin>(p.beta, p.sbeta, batch, t0 + tid, hb)) : 0.f;
+    }
+    const int hgg = gate_head(hv, p.hg_g, p.Hv);
+    if (DECAY == 0) {
+      load_rows<D * 4>(sm + L::rg, D * 4, reinterpret_cast<const char*>(row_ptr<float>(p.g, p.sg, batch, t0, hgg)),
+                       p.sg.t * 4, len, tid, kThreads);
+    } else if (tid < kC) {
+      pre_g = tid < len ? *row_ptr<float>(p.g, p.sg, batch, t0 + tid, hgg) : 0.f;
+    }
+  }
+  /// Move the per-token scalars into shared memory (after the wait, before the sync).
+  __device__ void land_a(char* sm) {
+    const int tid = threadIdx.x;
+    if (tid < kC) {
+      if (GATES == 1) reinterpret_cast<float*>(sm + L::rb)[tid] = pre_beta;
+      if (DECAY == 1) reinterpret_cast<float*>(sm + L::rg)[tid] = pre_g;
+    }
+  }
+  __device__ void issue_b(const ForwardParams& p, char* sm, int batch, int t0, int len, int hv) {
+    const int tid = threadIdx.x;
+    load_rows<D * 2>(sm + L::rv, L::PH * 2, reinterpret_cast<const char*>(row_ptr<Tin>(p.v, p.sv, batch, t0, hv)),
+                     p.sv.t * 2, len, tid, kThreads);
+    if (GATES == 0) {
+      const int hw = gate_head(hv, p.hg_w, p.Hv);
+      load_rows<D * 2>(sm + L::rw, L::PH * 2, reinterpret_cast<const char*>(row_ptr<Tin>(p.w, p.sw, batch, t0, hw)),
+                       p.sw.t * 2, len, tid, kThreads);
+    }
+  }
+};
+
+// =====================================================================================
+// Fused kernel: one block per (sequence, value head).
+// =====================================================================================
+template <int DECAY, int GATES, class Tin, int D>
+__global__ void __launch_bounds__(kThreads, 1) fused_forward_kernel(const ForwardParams p) {
+  using P = Prep<DECAY, GATES, Tin, D, true>;
+  using L = typename P::L;
+  extern __shared__ __align__(128) char sm[];
+  const int n = blockIdx.x / p.Hv, hv = blockIdx.x % p.Hv;
+  const int slot = seq_slot(p, n);
+  if (slot < 0) return;
+  const SeqSpan sp = seq_span(p, n);
+  const int tid = threadIdx.x, w = tid >> 5, lane = tid & 31;
+  const bool owner = w < D / 16;  // warps that hold state columns
+  float S[D / 8][4];
+  if (owner) load_state<D>(S, p.s0, p.s0_stride, slot, hv, 16 * w, lane);
+  const int nch = (sp.eos - sp.bos + kC - 1) / kC;
+  ChunkLoader<DECAY, GATES, Tin, D, true> ld;
+  if (nch > 0) {
+    const int len0 = min(kC, sp.eos - sp.bos);
+    ld.issue_a(p, sm, sp.batch, sp.bos, len0, hv);
+    cp_async_commit();
+    ld.issue_b(p, sm, sp.batch, sp.bos, len0, hv);
+    cp_async_commit();
+  }
+  StepInputs in;
+  in.Y = reinterpret_cast<const __half*>(sm + L::he);
+  in.Qg = reinterpret_cast<const __half*>(sm + L::hq);
+  in.Kt = reinterpret_cast<const __half*>(sm + L::hk);
+  in.ph = L::PH;
+  in.A = reinterpret_cast<const __half*>(sm + L::a16);
+  in.Aqk = reinterpret_cast<const __half*>(sm + L::aqk16);
+  in.pc = L::PC;
+  in.gammaC = P::gc(sm);
+  in.Rv = sm + L::rv;
+  in.Rw = GATES == 0 ? static_cast<const void*>(sm + L::rw) : nullptr;
+  in.beta = GATES == 1 ? reinterpret_cast<const float*>(sm + L::rb) : nullptr;
+  in.pv = L::PH;
+  in.vcol = 16 * w;
+  Tin* stage = reinterpret_cast<Tin*>(sm + L::t32) + w * (kC * 16);
+#pragma unroll 1
+  for (int c = 0; c < nch; ++c) {
+    const int t0 = sp.bos + c * kC, len = min(kC, sp.eos - t0);
+    cp_async_wait<1>();
+    ld.land_a(sm);
+    __syncthreads();
+    P::gstep(sm, p.scale);
+    P::grams(sm);
+    if (c + 1 < nch) {
+      const int t1 = t0 + kC;
+      ld.issue_a(p, sm, sp.batch, t1, min(kC, sp.eos - t1), hv);
+    }
+    cp_async_commit();
+    P::solve_and_y(sm, p.scale);
+    cp_async_wait<1>();
+    __syncthreads();
+    if (owner) {
+      Tin* out = const_cast<Tin*>(row_ptr<Tin>(p.o, p.so, sp.batch, t0, hv)) + 16 * w;
+      state_step<Tin, D>(S, in, len, stage, out, p.so.t, lane);
+    }
+    __syncthreads();
+    if (c + 1 < nch) {
+      const int t1 = t0 + kC;
+      ld.issue_b(p, sm, sp.batch, t1, min(kC, sp.eos - t1), hv);
+    }
+    cp_async_commit();
+  }
+  cp_async_wait<0>();
+  if (owner) store_state<D>(S, p.sT, p.sT_stride, slot, hv, 16 * w, lane);
+}
+
+// =====================================================================================
+// Split path.
+// =====================================================================================
+/// Record layout in the workspace: Y, Qγ, Ktail [64][K] fp16; A, Aqk [64][64] fp16;
+/// γ_C [K] fp32; β [64] fp32 (tied gates only).
+template <int D>
+struct Record {
+  static constexpr int y = 0, qg = kC * D * 2, kt = 2 * kC * D * 2, a = 3 * kC * D * 2, aqk = a + kC * kC * 2,
+                       gc = aqk + kC * kC * 2, beta = gc + D * 4;
+  __host__ __device__ static constexpr int bytes(bool tied) { return beta + (tied ? kC * 4 : 0); }
+};
+
+/// Chunk → (sequence, chunk within it) for the split path.
+__device__ __forceinline__ void chunk_of(const ForwardParams& p, long long cid, int& n, int& j) {
+  if (!p.chunk_offsets) {
+    n = int(cid / p.chunks_per_seq);
+    j = int(cid % p.chunks_per_seq);
+    return;
+  }
+  int lo = 0, hi = p.N;  // find n with off[n] <= cid < off[n+1]
+  while (hi - lo > 1) {
+    const int mid = (lo + hi) >> 1;
+    if (p.chunk_offsets[mid] <= cid)
+      lo = mid;
+    else
+      hi = mid;
+  }
+  n = lo;
+  j = int(cid - p.chunk_offsets[lo]);
+}
+__device__ __forceinline__ long long chunk_base(const ForwardParams& p, int n) {
+  return p.chunk_offsets ? (long long)p.chunk_offsets[n] : (long long)n * p.chunks_per_seq;
+}
+
+/// Varlen: chunk_offsets[n] = Σ_{m<n} ceil(len_m / 64), one block.
+template <int UNUSED = 0>
+__global__ void chunk_offsets_kernel(const ForwardParams p, int* out) {
+  __shared__ int part[1024];
+  const int tid = threadIdx.x, nt = blockDim.x;
+  const int per = (p.N + nt - 1) / nt;
+  const int lo = min(p.N, tid * per), hi = min(p.N, lo + per);
+  int sum = 0;
+  for (int n = lo; n < hi; ++n) {
+    const SeqSpan s = seq_span(p, n);
+    sum += (s.eos - s.bos + kC - 1) / kC;
+  }
+  part[tid] = sum;
+  __syncthreads();
+  for (int off = 1; off < nt; off <<= 1) {  // inclusive Hillis–Steele scan
+    const int v = tid >= off ? part[tid - off] : 0;
+    __syncthreads();
+    part[tid] += v;
+    __syncthreads();
+  }
+  int run = tid > 0 ? part[tid - 1] : 0;
+  for (int n = lo; n < hi; ++n) {
+    out[n] = run;
+    const SeqSpan s = seq_span(p, n);
+    run += (s.eos - s.bos + kC - 1) / kC;
+  }
+  if (tid == nt - 1) out[p.N] = part[nt - 1];
+}
+
+template <int DECAY, int GATES, class Tin, int D>
+__global__ void __launch_bounds__(kThreads, 1) prep_kernel(const ForwardParams p) {
+  using P = Prep<DECAY, GATES, Tin, D, false>;
+  using L = typename P::L;
+  using R = Record<D>;
+  extern __shared__ __align__(128) char sm[];
+  const int tid = threadIdx.x;
+  const long long items = p.total_chunks * p.Hv;
+  ChunkLoader<DECAY, GATES, Tin, D, false> ld;
+  const int rbytes = R::bytes(GATES == 1);
+  auto item_info = [&](long long it, int& batch, int& t0, int& len, int& hv, bool& skip) {
+    const long long cid = it / p.Hv;
+    hv = int(it % p.Hv);
+    int n, j;
+    chunk_of(p, cid, n, j);
+    const SeqSpan sp = seq_span(p, n);
+    batch = sp.batch;
+    t0 = sp.bos + j * kC;
+    len = min(kC, sp.eos - t0);
+    skip = seq_slot(p, n) < 0;
+  };
+  long long it = blockIdx.x;
+  int batch, t0, len, hv;
+  bool skip;
+  // advance to the first item that is not skipped
+  while (it < items) {
+    item_info(it, batch, t0, len, hv, skip);
+    if (!skip) break;
+    it += gridDim.x;
+  }
+  if (it >= items) return;
+  ld.issue_a(p, sm, batch, t0, len, hv);
+  cp_async_commit();
+#pragma unroll 1
+  while (it < items) {
+    const long long cur = it;
+    const int cur_hv = hv;
+    cp_async_wait<0>();
+    ld.land_a(sm);
+    __syncthreads();
+    P::gstep(sm, p.scale);
+    P::grams(sm);
+    // next item's inputs while this one finishes
+    it += gridDim.x;
+    while (it < items) {
+      item_info(it, batch, t0, len, hv, skip);
+      if (!skip) break;
+      it += gridDim.x;
+    }
+    if (it < items) ld.issue_a(p, sm, batch, t0, len, hv);
+    cp_async_commit();
+    P::solve_and_y(sm, p.scale);
+    // write the record
+    char* rec = static_cast<char*>(p.records) + (cur / p.Hv * p.Hv + cur_hv) * (long long)rbytes;
+    constexpr int CPR = D * 2 / 16;  // 16-byte pieces per [64][D] row
+    for (int i = tid; i < 3 * kC * CPR; i += kThreads) {
+      const int m = i / (kC * CPR), r = (i / CPR) % kC, c = i % CPR;
+      const int src = m == 0 ? L::he : m == 1 ? L::hq : L::hk;
+      const int dst = m == 0 ? R::y : m == 1 ? R::qg : R::kt;
+      *reinterpret_cast<uint4*>(rec + dst + r * D * 2 + c * 16) =
+          *reinterpret_cast<const uint4*>(sm + src + r * L::PH * 2 + c * 16);
+    }
+    for (int i = tid; i < 2 * kC * 8; i += kThreads) {
+      const int m = i / (kC * 8), r = (i / 8) % kC, c = i % 8;
+      const int src = m == 0 ? L::a16 : L::aqk16;
+      const int dst = m == 0 ? R::a : R::aqk;
+      *reinterpret_cast<uint4*>(rec + dst + r * kC * 2 + c * 16) =
+          *reinterpret_cast<const uint4*>(sm + src + r * L::PC * 2 + c * 16);
+    }
+    for (int i = tid; i < D / 4; i += kThreads)
+      reinterpret_cast<float4*>(rec + R::gc)[i] = reinterpret_cast<const float4*>(P::gc(sm))[i];
+    if (GATES == 1 && tid < kC / 4)
+      reinterpret_cast<float4*>(rec + R::beta)[tid] = reinterpret_cast<const float4*>(sm + L::rb)[tid];
+    __syncthreads();  // smem reads done before the next item's prep writes
+  }
+  cp_async_wait<0>();
+}
+
+/// Shared-memory map of the state-pass kernel (per stage), value slice of VS columns.
+template <int D>
+struct StateLayout {
+  static constexpr int PH = D + 8, PC = 72;
+  int vs, pv, y, qg, kt, a, aqk, gc, beta, rv, rw, stage_bytes, ostage, bytes;
+  __host__ __device__ StateLayout(int vslice, int nwarps) {
+    vs = vslice;
+    pv = vs + 8;
+    y = 0;
+    qg = y + kC * PH * 2;
+    kt = qg + kC * PH * 2;
+    a = kt + kC * PH * 2;
+    aqk = a + kC * PC * 2;
+    gc = aqk + kC * PC * 2;
+    beta = gc + D * 4;
+    rv = beta + kC * 4;
+    rw = rv + kC * pv * 2;
+    stage_bytes = rw + kC * pv * 2;
+    ostage = 2 * stage_bytes;
+    bytes = ostage + nwarps * kC * 16 * 2;
+  }
+};
+
+template <int DECAY, int GATES, class Tin, int D>
+__global__ void __launch_bounds__(256) state_kernel(const ForwardParams p) {
+  using R = Record<D>;
+  extern __shared__ __align__(128) char sm[];
+  const int tid = threadIdx.x, w = tid >> 5, lane = tid & 31, nthr = blockDim.x;
+  const StateLayout<D> Ls(p.vslice, nthr / 32);
+  const int n = blockIdx.x / p.Hv, hv = blockIdx.x % p.Hv;
+  const int v0 = blockIdx.y * p.vslice;
+  const int slot = seq_slot(p, n);
+  if (slot < 0) return;
+  const SeqSpan sp = seq_span(p, n);
+  const int nch = (sp.eos - sp.bos + kC - 1) / kC;
+  const long long cbase = chunk_base(p, n);
+  const int rbytes = R::bytes(GATES == 1);
+  float S[D / 8][4];
+  load_state<D>(S, p.s0, p.s0_stride, slot, hv, v0 + 16 * w, lane);
+  const int hw = gate_head(hv, p.hg_w, p.Hv);
+  auto issue = [&](int c) {
+    char* st = sm + (c & 1) * Ls.stage_bytes;
+    const char* rec = static_cast<const char*>(p.records) + ((cbase + c) * p.Hv + hv) * (long long)rbytes;
+    constexpr int CPR = D * 2 / 16;
+    for (int i = tid; i < 3 * kC * CPR; i += nthr) {
+      const int m = i / (kC * CPR), r = (i / CPR) % kC, cc = i % CPR;
+      const int dst = m == 0 ? Ls.y : m == 1 ? Ls.qg : Ls.kt;
+      const int src = m == 0 ? R::y : m == 1 ? R::qg : R::kt;
+      cp_async16(st + dst + r * Ls.PH * 2 + cc * 16, rec + src + r * D * 2 + cc * 16, true);
+    }
+    for (int i = tid; i < 2 * kC * 8; i += nthr) {
+      const int m = i / (kC * 8), r = (i / 8) % kC, cc = i % 8;
+      cp_async16(st + (m == 0 ? Ls.a : Ls.aqk) + r * Ls.PC * 2 + cc * 16,
+                 rec + (m == 0 ? R::a : R::aqk) + r * kC * 2 + cc * 16, true);
+    }
+    for (int i = tid; i < D / 4; i += nthr) cp_async16(st + Ls.gc + i * 16, rec + R::gc + i * 16, true);
+    if (GATES == 1)
+      for (int i = tid; i < kC / 4; i += nthr) cp_async16(st + Ls.beta + i * 16, rec + R::beta + i * 16, true);
+    const int t0 = sp.bos + c * kC, len = min(kC, sp.eos - t0);
+    const int cpr = Ls.vs * 2 / 16;
+    const Tin* vsrc = row_ptr<Tin>(p.v, p.sv, sp.batch, t0, hv) + v0;
+    const Tin* wsrc = GATES == 0 ? row_ptr<Tin>(p.w, p.sw, sp.batch, t0, hw) + v0 : nullptr;
+    for (int i = tid; i < kC * cpr; i += nthr) {
+      const int r = i / cpr, cc = i % cpr;
+      const bool ok = r < len;
+      cp_async16(st + Ls.rv + r * Ls.pv * 2 + cc * 16, vsrc + (ok ? r * p.sv.t : 0) + cc * 8, ok);
+      if (GATES == 0) cp_async16(st + Ls.rw + r * Ls.pv * 2 + cc * 16, wsrc + (ok ? r * p.sw.t : 0) + cc * 8, ok);
+    }
+  };
+  if (nch > 0) issue(0);
+  cp_async_commit();
+  Tin* ostage = reinterpret_cast<Tin*>(sm + Ls.ostage) + w * kC * 16;
+#pragma unroll 1
+  for (int c = 0; c < nch; ++c) {
+    if (c + 1 < nch) issue(c + 1);
+    cp_async_commit();
+    cp_async_wait<1>();
+    __syncthreads();
+    const char* st = sm + (c & 1) * Ls.stage_bytes;
+    StepInputs in;
+    in.Y = reinterpret_cast<const __half*>(st + Ls.y);
+    in.Qg = reinterpret_cast<const __half*>(st + Ls.qg);
+    in.Kt = reinterpret_cast<const __half*>(st + Ls.kt);
+    in.ph = Ls.PH;
+    in.A = reinterpret_cast<const __half*>(st + Ls.a);
+    in.Aqk = reinterpret_cast<const __half*>(st + Ls.aqk);
+    in.pc = Ls.PC;
+    in.gammaC = reinterpret_cast<const float*>(st + Ls.gc);
+    in.Rv = st + Ls.rv;
+    in.Rw = GATES == 0 ? static_cast<const void*>(st + Ls.rw) : nullptr;
+    in.beta = GATES == 1 ? reinterpret_cast<const float*>(st + Ls.beta) : nullptr;
+    in.pv = Ls.pv;
+    in.vcol = 16 * w;
+    const int t0 = sp.bos + c * kC, len = min(kC, sp.eos - t0);
+    Tin* out = const_cast<Tin*>(row_ptr<Tin>(p.o, p.so, sp.batch, t0, hv)) + v0 + 16 * w;
+    state_step<Tin, D>(S, in, len, ostage, out, p.so.t, lane);
+    __syncthreads();
+  }
+  cp_async_wait<0>();
+  store_state<D>(S, p.sT, p.sT_stride, slot, hv, v0 + 16 * w, lane);
+}
+
+}  // namespace detail
+}  // namespace cuda
+}  // namespace gdr2

@@ -1,0 +1,109 @@
+// gdr2 CUDA backend — warp-level building blocks: cp.async, ldmatrix, mma.sync,
+// 16-bit conversions. Internal to the backend.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cstdint>
+
+namespace gdr2 {
+namespace cuda {
+namespace detail {
+
+constexpr float kLog2e = 1.4426950408889634f;
+
+/// exp(x) for x <= 0 (the argument is clamped, so a slightly positive rounding of a
+/// difference of log-decays can never produce a factor above 1; SPEC §5).
+__device__ __forceinline__ float exp_nonpos(float x) { return exp2f(fminf(x, 0.f) * kLog2e); }
+
+__device__ __forceinline__ std::uint32_t smem_u32(const void* p) {
+  return static_cast<std::uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// ---- cp.async (16-byte, zero-filled beyond src_bytes) -------------------------
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
+  const int n = valid ? 16 : 0;
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(dst)), "l"(src), "r"(n));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+// ---- ldmatrix -------------------------------------------------------------------
+__device__ __forceinline__ void ldsm_x4(std::uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_u32(p)));
+}
+__device__ __forceinline__ void ldsm_x4_t(std::uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_u32(p)));
+}
+
+// Lane addressing of the three x4 patterns used here (row/col of the 16×16 tile whose
+// address lane `l` supplies):
+//   A operand, row-major [m][k]          : row = l%8 + ((l/8)%2)*8, col = (l/16)*8
+//   B operand, stored as [n][k] (rows=n) : row = l%8 + (l/16)*8,    col = ((l/8)%2)*8
+//       → regs {0,1} = n-tile 0, {2,3} = n-tile 1
+//   B operand, stored as [k][n] (.trans) : row = l%8 + ((l/8)%2)*8, col = (l/16)*8
+//       → regs {0,1} = n-tile 0, {2,3} = n-tile 1
+//   A operand, stored as [k][m] (.trans) : row = l%8 + (l/16)*8,    col = ((l/8)%2)*8
+__device__ __forceinline__ int lrow_a(int l) { return (l & 7) + ((l >> 3) & 1) * 8; }
+__device__ __forceinline__ int lcol_a(int l) { return (l >> 4) * 8; }
+__device__ __forceinline__ int lrow_bn(int l) { return (l & 7) + (l >> 4) * 8; }
+__device__ __forceinline__ int lcol_bn(int l) { return ((l >> 3) & 1) * 8; }
+
+// ---- mma.sync m16n8k16, fp16 inputs, fp32 accumulators ----------------------------
+__device__ __forceinline__ void mma16816(float (&c)[4], const std::uint32_t (&a)[4], std::uint32_t b0,
+                                         std::uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ std::uint32_t pack_half2(float lo, float hi) {
+  __half2 h = __floats2half2_rn(lo, hi);
+  return *reinterpret_cast<std::uint32_t*>(&h);
+}
+__device__ __forceinline__ std::uint32_t hmul2_u32(std::uint32_t a, std::uint32_t b) {
+  __half2 r = __hmul2(*reinterpret_cast<__half2*>(&a), *reinterpret_cast<__half2*>(&b));
+  return *reinterpret_cast<std::uint32_t*>(&r);
+}
+__device__ __forceinline__ std::uint32_t hneg2_u32(std::uint32_t a) { return a ^ 0x80008000u; }
+
+// ---- 16-bit input types ----------------------------------------------------------
+template <class T>
+struct In16;
+template <>
+struct In16<__nv_bfloat16> {
+  __device__ static __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
+  __device__ static __forceinline__ float2 to_float2(std::uint32_t u) {
+    return make_float2(__uint_as_float(u << 16), __uint_as_float(u & 0xffff0000u));
+  }
+  __device__ static __forceinline__ __nv_bfloat16 from_float(float x) { return __float2bfloat16_rn(x); }
+};
+template <>
+struct In16<__half> {
+  __device__ static __forceinline__ float to_float(__half x) { return __half2float(x); }
+  __device__ static __forceinline__ float2 to_float2(std::uint32_t u) {
+    return __half22float2(*reinterpret_cast<__half2*>(&u));
+  }
+  __device__ static __forceinline__ __half from_float(float x) { return __float2half_rn(x); }
+};
+
+/// Four consecutive 16-bit values (8-byte aligned) as floats.
+template <class T>
+__device__ __forceinline__ float4 load4(const T* p) {
+  const uint2 u = *reinterpret_cast<const uint2*>(p);
+  const float2 a = In16<T>::to_float2(u.x), b = In16<T>::to_float2(u.y);
+  return make_float4(a.x, a.y, b.x, b.y);
+}
+
+}  // namespace detail
+}  // namespace cuda
+}  // namespace gdr2

@@ -1,0 +1,67 @@
+// gdr2 CUDA backend — the plain-old-data launch parameters shared by the host
+// validation code (compiled by the C++ compiler, with Eigen) and the kernels
+// (compiled by nvcc, without Eigen). Nothing here is public API.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include <cuda_runtime_api.h>
+
+namespace gdr2 {
+namespace cuda {
+namespace detail {
+
+/// Element strides of a token-major activation [B, T, H, D] (the D stride is 1).
+struct Strides3 {
+  long long b = 0, t = 0, h = 0;
+};
+
+/// Everything a forward or decode kernel reads, in device pointers and element strides.
+struct ForwardParams {
+  // inputs (16-bit elements for q, k, v, b, w, beta; fp32 for g and states)
+  const void* q = nullptr;
+  const void* k = nullptr;
+  const void* v = nullptr;
+  const void* b = nullptr;
+  const void* w = nullptr;
+  const void* beta = nullptr;
+  const float* g = nullptr;
+  Strides3 sq, sk, sv, sb, sw, sbeta, sg, so;
+  int hg_g = 1, hg_b = 1, hg_w = 1, hg_beta = 1;  // heads of each gate tensor (Hk or Hv)
+  void* o = nullptr;
+  const float* s0 = nullptr;  // initial state (or null = zeros)
+  long long s0_stride[4] = {0, 0, 0, 0};
+  float* sT = nullptr;  // final state (or null)
+  long long sT_stride[4] = {0, 0, 0, 0};
+  const void* cu_seqlens = nullptr;  // device copy, N+1 offsets, or null
+  int cu_wide = 0;                   // int64 offsets when 1
+  const std::int32_t* state_indices = nullptr;  // device copy, [N], or null
+  int state_pool = 0;                           // pool size (slots >= pool are skipped)
+  int B = 0, T = 0, Hk = 0, Hv = 0, K = 0, V = 0, N = 0, group = 1;
+  float scale = 1.f;
+  // chunked engine, split path
+  void* records = nullptr;              // workspace: one record per (chunk, value head)
+  const std::int32_t* chunk_offsets = nullptr;  // workspace: N+1 chunk offsets (varlen) or null
+  long long total_chunks = 0;           // sum over sequences of ceil(len / 64)
+  int chunks_per_seq = 0;               // fixed-length batches: ceil(T / 64)
+  int vslice = 0;                       // value columns per state-pass block (16, 32, 64 or 128)
+  int num_sms = 0;
+};
+
+enum class DType : int { bf16 = 0, f16 = 1 };
+enum class Path : int { automatic = 0, fused = 1, split = 2 };
+
+/// Bytes of one split-path record for key width K (chunk of 64 tokens).
+std::size_t record_bytes(int K, bool tied);
+
+/// Launchers, explicitly instantiated for decay ∈ {channel, scalar} (gdr2::Decay values
+/// 0, 1) and gates ∈ {channel, tied} (gdr2::Gates values 0, 1).
+template <int DECAY, int GATES>
+cudaError_t launch_chunk_forward(const ForwardParams& p, DType dt, Path path, cudaStream_t stream);
+template <int DECAY, int GATES>
+cudaError_t launch_decode(const ForwardParams& p, DType dt, cudaStream_t stream);
+
+}  // namespace detail
+}  // namespace cuda
+}  // namespace gdr2
