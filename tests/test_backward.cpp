@@ -451,5 +451,11 @@ TEST_CASE("backward validation: options and contexts", "[backward][validation]")
     std::int32_t slots[2] = {0, 1};
     m.p.state_indices = slots;
     m.expect(Code::unsupported, "state_indices");
+    // ... and the saving forward refuses a state pool too, leaving the context alone.
+    const std::size_t bytes = m.ctx.bytes();
+    auto o = m.rp.make_output();
+    const Status st = chunk_forward_save<GDR2>(m.p, Outputs<float, float>{o.view(), {}}, m.ctx);
+    CHECK(st.code() == Code::unsupported);
+    CHECK(m.ctx.bytes() == bytes);
   }
 }

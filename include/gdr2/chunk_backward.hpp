@@ -18,9 +18,11 @@
 // and subtracts c_s ⊙ (Σ_r …) from dG_s, so with dQs, dBk the full gradients of
 // Qs = scale·q and Bk = b ⊙ k,
 //   dG = Qs ⊙ dQs + Bk ⊙ dBk − K ⊙ P − dKtail ⊙ Ktail  (+ the γ_C terms on the last row)
-// where P = Σ_{r≥s} (dT_rs Bk_r + dAqk_rs Qs_r) ⊙ exp(G_r − G_s) — every factor ≤ 1
-// in magnitude of its exponential, no 1/γ anywhere. dg is the reverse cumulative
-// sum of dG inside the chunk.
+// where P = Σ_{r≥s} (dT_rs Bk_r + dAqk_rs Qs_r) ⊙ exp(G_r − G_s): every exponential
+// is exp of a non-positive number, no 1/γ anywhere. dg is the reverse cumulative
+// sum of dG inside the chunk. The pairs with no decay between them (the diagonal
+// of Aqk, the last row of Ktail) add the same term with + and −; they are left out
+// of dG, where they would cancel only up to rounding.
 //
 // The write gate and erase gate sit inside the products that accumulate dA: with
 // A = (I+T)⁻¹, dA = dU Zᵀ + dY Ēᵀ (Z = w ⊙ v, Ē = γ ⊙ b ⊙ k), and the gradient of
@@ -41,8 +43,8 @@ namespace gdr2 {
 ///
 /// Memory: Σ_n ⌈L_n / C⌉ · Hv · K · V · sizeof(Acc) bytes — for B = 1, T = 4096,
 /// Hv = 16, K = V = 128, C = 64 in fp32 that is 64 MiB, 1/C of keeping every token's
-/// state. Nothing else is kept: decays, Grams and the WY solve are recomputed per
-/// chunk in the backward (about one forward's worth of work). The first chunk's
+/// state. Nothing else is kept: decays, Grams, the WY solve and R are recomputed
+/// per chunk in the backward (about half a forward's work). The first chunk's
 /// state is S_0 itself, so an in-place forward (final_state aliasing
 /// initial_state) is still differentiated correctly.
 template <class Acc>
