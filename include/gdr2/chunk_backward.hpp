@@ -171,6 +171,12 @@ struct ChunkBackwardScratch {
       rd.gates(b, t, hv, g.row(r).data(), Bg.row(r).data(), Wg.row(r).data());
     }
   }
+  /// Bytes held (for Workspace::bytes).
+  std::size_t bytes() const {
+    const Index C = Q.rows(), K = Q.cols(), V = Vv.cols();
+    return sizeof(Acc) * std::size_t(20 * C * K + 7 * C * V + 4 * C * C + 2 * C * (K + V) + kSubBlock * K +
+                                     (3 + Index(starts.size())) * K * V + 2 * K + C);
+  }
 };
 
 /// Recompute the forward quantities of one chunk of n tokens from its inputs and
@@ -403,14 +409,6 @@ struct SweepStarts {
   void load(ChunkBackwardScratch<Acc>& ws, Index, Index c, Index) { ws.S = ws.starts[size_t(c)]; }
 };
 
-template <class Acc>
-std::vector<ChunkBackwardScratch<Acc>> make_backward_scratch(const Executor& ex, const Dims& d, Index C) {
-  std::vector<ChunkBackwardScratch<Acc>> scratch;
-  const int slots = int(std::min<Index>(ex.concurrency(), std::max<Index>(1, backward_items(d))));
-  scratch.reserve(size_t(slots));
-  for (int s = 0; s < slots; ++s) scratch.emplace_back(C, d.K, d.V);
-  return scratch;
-}
 
 }  // namespace detail
 
@@ -442,10 +440,8 @@ Status chunk_forward_save(const Problem<T>& p, const Outputs<TO, accum_t<T>>& ou
   ctx.first_chunk = detail::chunk_offsets(d, C);
   ctx.states.resize(size_t(ctx.first_chunk.back() * d.Hv * d.K * d.V));  // every element written below
 
-  std::vector<detail::ChunkScratch<Acc>> scratch;
-  const int slots = int(std::min<Index>(ex.concurrency(), std::max<Index>(1, d.N * d.Hv)));
-  scratch.reserve(size_t(slots));
-  for (int s = 0; s < slots; ++s) scratch.emplace_back(C, d.K, d.V);
+  Workspace local;
+  auto& scratch = detail::scratch_pool<detail::ChunkScratch<Acc>>(opt, local, detail::slot_count(ex, d.N * d.Hv), C, d.K, d.V);
 
   parallel_for(ex, d.N * d.Hv, [&](Index item, int slot) {
     const Index n = item / d.Hv, hv = item % d.Hv;
@@ -484,7 +480,9 @@ Status chunk_backward(const Problem<T>& p, const ChunkContext<accum_t<T>>& ctx, 
   GDR2_RETURN_IF_ERROR(detail::check_context<Policy>(ctx, d, opt));
   const detail::BackwardIO<T> io(p, gr);
   const Executor& ex = opt.executor ? *opt.executor : default_executor();
-  auto scratch = detail::make_backward_scratch<Acc>(ex, d, opt.chunk_size);
+  Workspace local;
+  auto& scratch = detail::scratch_pool<detail::ChunkBackwardScratch<Acc>>(opt, local, detail::slot_count(ex, detail::backward_items(d)),
+                                                                          opt.chunk_size, d.K, d.V);
   detail::ContextStarts<Acc> starts{ctx};
   detail::chunk_backward_run<Policy>(p, up, io.core, d, opt, starts, scratch);
   io.finish(p, gr, d, ex);
@@ -503,7 +501,9 @@ Status chunk_backward(const Problem<T>& p, const GradOutputs<T>& up, const Gradi
   GDR2_RETURN_IF_ERROR(validate_gradients<Policy>(up, gr, p, opt, d));
   const detail::BackwardIO<T> io(p, gr);
   const Executor& ex = opt.executor ? *opt.executor : default_executor();
-  auto scratch = detail::make_backward_scratch<Acc>(ex, d, opt.chunk_size);
+  Workspace local;
+  auto& scratch = detail::scratch_pool<detail::ChunkBackwardScratch<Acc>>(opt, local, detail::slot_count(ex, detail::backward_items(d)),
+                                                                          opt.chunk_size, d.K, d.V);
   detail::SweepStarts<Acc> starts{p.initial_state, d, opt.chunk_size, Acc(d.scale)};
   detail::chunk_backward_run<Policy>(p, up, io.core, d, opt, starts, scratch);
   io.finish(p, gr, d, ex);

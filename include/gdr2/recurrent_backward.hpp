@@ -126,6 +126,11 @@ struct BpttScratch {
   BpttScratch(Index K, Index V, Index C)
       : fw(K, V), seg(size_t(C + 1), RowMat<Acc>(K, V)), dS(K, V), Sbar(K, V), eg(K), e(K), delta(V), d_o(V),
         ddelta(V), dq(K), dk(K), dv(V), dg(K), db(K), dw(V) {}
+  /// Bytes held (K×V states: checkpoints, segment, dS, S̄; a few vectors).
+  std::size_t bytes() const {
+    const Index K = dS.rows(), V = dS.cols();
+    return sizeof(Acc) * std::size_t((Index(ckpt.size() + seg.size()) + 3) * K * V + 8 * (K + V));
+  }
 };
 
 /// Load token t of value head hv into ws.fw (q, k, v and the broadcast gates).
@@ -177,11 +182,14 @@ inline Index backward_items(const Dims& d) { return d.N * d.Hk; }
 /// of its input: dq, dk [B,T,Hk,K] (summed over the value heads of a group), dv,
 /// dg (summed over K for a scalar decay), db, dw or dβ (Σdb + Σdw), and dS_0
 /// ([N,Hv,K,V], also when no initial state was given); with the fused gate
-/// (Problem::gate_x) d_gate_x, dA_log, ddt_bias, and with Problem::l2_norm_qk dq, dk
-/// are those of the raw q, k. States are checkpointed
-/// every `opt.chunk_size` tokens (any value ≥ 1) and recomputed segment by
-/// segment. State pools (`state_indices`) are not supported. Returns a failed
-/// Status, with no gradient touched, on misuse.
+/// (Problem::gate_x) d_gate_x, dA_log, ddt_bias; with Problem::l2_norm_qk, dq and dk
+/// are those of the raw q, k.
+///
+/// States are checkpointed every `opt.chunk_size` tokens (any value ≥ 1) and
+/// recomputed segment by segment: (⌈L/C⌉ + C + 1)·K·V accumulator elements per
+/// executor slot, kept in `opt.workspace` when one is given. State pools
+/// (`state_indices`) are not supported. Returns a failed Status, with no gradient
+/// touched, on misuse.
 template <class Policy, class T>
 Status recurrent_backward(const Problem<T>& p, const GradOutputs<T>& up, const Gradients<accum_t<T>>& gr,
                           const Options& opt = {}) {
@@ -200,10 +208,9 @@ Status recurrent_backward(const Problem<T>& p, const GradOutputs<T>& up, const G
   const Index C = opt.chunk_size;
   const Acc scale = Acc(d.scale);
 
-  std::vector<detail::BpttScratch<Acc>> scratch;
-  const int slots = int(std::min<Index>(ex.concurrency(), std::max<Index>(1, detail::backward_items(d))));
-  scratch.reserve(size_t(slots));
-  for (int s = 0; s < slots; ++s) scratch.emplace_back(d.K, d.V, C);
+  Workspace local;
+  auto& scratch =
+      detail::scratch_pool<detail::BpttScratch<Acc>>(opt, local, detail::slot_count(ex, detail::backward_items(d)), d.K, d.V, C);
 
   parallel_for(ex, detail::backward_items(d), [&](Index item, int slot) {
     const Index n = item / d.Hk, hk = item % d.Hk;
