@@ -93,6 +93,15 @@ TEMPLATE_TEST_CASE("backward: every engine matches the fp64 BPTT", "[backward]",
   }
 }
 
+TEMPLATE_TEST_CASE("backward: fused decay gate and in-kernel L2 norm, every engine vs the fp64 BPTT", "[backward][fused]",
+                   GDR2, KDA, GDN, DeltaNet) {
+  for (auto cfg : random_configs(0xF05E ^ std::hash<std::string>{}(TestType::name()))) {
+    cfg.fused_gate = cfg.l2_norm_qk = true;
+    check_against_reference<TestType, double>(cfg, true);
+    check_against_reference<TestType, float>(cfg, true);
+  }
+}
+
 TEST_CASE("backward: bf16 inputs accumulate in fp32 like fp32 inputs", "[backward]") {
   for (const auto& cfg : random_configs(77)) check_against_reference<GDR2, Eigen::bfloat16>(cfg, true);
 }

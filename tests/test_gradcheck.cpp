@@ -63,6 +63,11 @@ struct GradCheck {
     if (!rp.w.empty()) in.push_back({"dw", &rp.w});
     if (!rp.beta.empty()) in.push_back({"dbeta", &rp.beta});
     in.push_back({"d_initial_state", &rp.initial_state});
+    if (!rp.gate_x.empty()) {
+      in.push_back({"d_gate_x", &rp.gate_x});
+      in.push_back({"dA_log", &rp.A_log});
+      in.push_back({"ddt_bias", &rp.dt_bias});
+    }
     return in;
   }
 };
@@ -97,7 +102,7 @@ void check_gradients(const ProblemConfig& cfg) {
 /// size (one chunk of 16+16+5 rows at C = 64, 32 + 5 at C = 32), K ≠ V, non-zero
 /// S_0, b up to 2, grouped value heads; and a packed varlen batch with an empty
 /// and a one-token sequence, gates per key head.
-std::vector<ProblemConfig> fd_configs(std::uint64_t seed) {
+std::vector<ProblemConfig> fd_configs(std::uint64_t seed, bool fused = false) {
   ProblemConfig a;
   a.B = 2;
   a.T = 37;
@@ -117,6 +122,7 @@ std::vector<ProblemConfig> fd_configs(std::uint64_t seed) {
   b.b_max = 2.0;
   b.gates_per_key_head = true;
   b.seed = seed + 1;
+  for (auto* c : {&a, &b}) c->fused_gate = c->l2_norm_qk = fused;
   return {a, b};
 }
 
@@ -125,4 +131,12 @@ std::vector<ProblemConfig> fd_configs(std::uint64_t seed) {
 TEMPLATE_TEST_CASE("gradcheck: every gradient matches finite differences of the fp64 recurrence", "[gradcheck]",
                    GDR2, KDA, GDN, DeltaNet) {
   for (const auto& cfg : fd_configs(std::hash<std::string>{}(TestType::name()) % 1000)) check_gradients<TestType>(cfg);
+}
+
+TEMPLATE_TEST_CASE("gradcheck: fused decay gate and in-kernel L2 norm of q, k", "[gradcheck][fused]", GDR2, KDA, GDN,
+                   DeltaNet) {
+  // dq, dk are gradients of the raw q, k; d_gate_x, dA_log, ddt_bias those of the
+  // fused gate g = −exp(A_log)·softplus(x + dt_bias) (no g for DeltaNet: L2 norm only).
+  for (const auto& cfg : fd_configs(std::hash<std::string>{}(TestType::name()) % 1000 + 50, true))
+    check_gradients<TestType>(cfg);
 }

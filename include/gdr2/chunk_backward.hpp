@@ -438,7 +438,7 @@ Status chunk_forward_save(const Problem<T>& p, const Outputs<TO, accum_t<T>>& ou
   if (d.cu_seqlens.given())
     for (Index i = 0; i <= d.N; ++i) ctx.seq_offsets.push_back(d.cu_seqlens[i]);
   ctx.first_chunk = detail::chunk_offsets(d, C);
-  ctx.states.assign(size_t(ctx.first_chunk.back() * d.Hv * d.K * d.V), Acc(0));
+  ctx.states.resize(size_t(ctx.first_chunk.back() * d.Hv * d.K * d.V));  // every element written below
 
   std::vector<detail::ChunkScratch<Acc>> scratch;
   const int slots = int(std::min<Index>(ex.concurrency(), std::max<Index>(1, d.N * d.Hv)));
@@ -469,7 +469,8 @@ Status chunk_forward_save(const Problem<T>& p, const Outputs<TO, accum_t<T>>& ou
 /// context saved by `chunk_forward_save` on the same inputs with the same options.
 /// Contract as recurrent_backward: dL/do (and optionally dL/dS_T) in `up`; every
 /// gradient view given in `gr` is overwritten in the accumulation type, reduced by
-/// the policy (dβ = Σdb + Σdw, scalar dg = Σdg, grouped heads summed), dS_0 too.
+/// the policy (dβ = Σdb + Σdw, scalar dg = Σdg, grouped heads summed), dS_0 too,
+/// and the gradients of the fused inputs (gate_x, A_log, dt_bias; raw q, k).
 /// A context saved for another geometry, policy or chunk size is refused.
 template <class Policy, class T>
 Status chunk_backward(const Problem<T>& p, const ChunkContext<accum_t<T>>& ctx, const GradOutputs<T>& up,
@@ -479,11 +480,12 @@ Status chunk_backward(const Problem<T>& p, const ChunkContext<accum_t<T>>& ctx, 
   GDR2_RETURN_IF_ERROR(validate_problem<Policy>(p, opt, /*chunked=*/true, d));
   GDR2_RETURN_IF_ERROR(validate_gradients<Policy>(up, gr, p, opt, d));
   GDR2_RETURN_IF_ERROR(detail::check_context<Policy>(ctx, d, opt));
-  detail::zero_gradients(gr);
+  const detail::BackwardIO<T> io(p, gr);
   const Executor& ex = opt.executor ? *opt.executor : default_executor();
   auto scratch = detail::make_backward_scratch<Acc>(ex, d, opt.chunk_size);
   detail::ContextStarts<Acc> starts{ctx};
-  detail::chunk_backward_run<Policy>(p, up, gr, d, opt, starts, scratch);
+  detail::chunk_backward_run<Policy>(p, up, io.core, d, opt, starts, scratch);
+  io.finish(p, gr, d, ex);
   return {};
 }
 
@@ -497,11 +499,12 @@ Status chunk_backward(const Problem<T>& p, const GradOutputs<T>& up, const Gradi
   Dims d;
   GDR2_RETURN_IF_ERROR(validate_problem<Policy>(p, opt, /*chunked=*/true, d));
   GDR2_RETURN_IF_ERROR(validate_gradients<Policy>(up, gr, p, opt, d));
-  detail::zero_gradients(gr);
+  const detail::BackwardIO<T> io(p, gr);
   const Executor& ex = opt.executor ? *opt.executor : default_executor();
   auto scratch = detail::make_backward_scratch<Acc>(ex, d, opt.chunk_size);
   detail::SweepStarts<Acc> starts{p.initial_state, d, opt.chunk_size, Acc(d.scale)};
-  detail::chunk_backward_run<Policy>(p, up, gr, d, opt, starts, scratch);
+  detail::chunk_backward_run<Policy>(p, up, io.core, d, opt, starts, scratch);
+  io.finish(p, gr, d, ex);
   return {};
 }
 

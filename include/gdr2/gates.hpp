@@ -16,13 +16,34 @@
 //
 // Gate tensors may have either Hk (per key head) or Hv (per value head) heads;
 // value head hv reads gate head `gate_head(hv, H_gate, Hv)`.
+//
+// Fused decay gate (SPEC §6): when a problem gives `gate_x` instead of `g`, the
+// policy computes g = −exp(A_log)·softplus(gate_x + dt_bias) on load, in the
+// accumulation type, and `fused_decay_backward` turns dL/dg into dL/dgate_x,
+// dL/dA_log and dL/ddt_bias.
 #pragma once
 
 #include "tensor.hpp"
 
+#include <algorithm>
 #include <cmath>
+#include <vector>
 
 namespace gdr2 {
+
+/// softplus(u) = log(1 + e^u), without overflow for any u.
+template <class Acc>
+Acc softplus(Acc u) {
+  return std::max(u, Acc(0)) + std::log1p(std::exp(-std::abs(u)));
+}
+
+/// σ(u) = 1 / (1 + e^−u), the derivative of softplus, without overflow for any u.
+template <class Acc>
+Acc sigmoid(Acc u) {
+  if (u >= 0) return Acc(1) / (Acc(1) + std::exp(-u));
+  const Acc e = std::exp(u);
+  return e / (Acc(1) + e);
+}
 
 /// How the log-decay g is stored.
 enum class Decay {
@@ -67,11 +88,22 @@ struct GatePolicy {
   static constexpr Index beta_width() { return W == Gates::tied ? 1 : 0; }
 
   // ---- loading: stored gates → full vectors for token (b, t), value head hv ----
-  /// Fill g[0..K) with the log-decay of token t (zeros when there is no decay).
+  /// Fill g[0..K) with the log-decay of token t (zeros when there is no decay);
+  /// with the fused gate, g = −exp(A_log[h])·softplus(gate_x + dt_bias[h]).
   template <class P, class Acc>
   static void load_decay(const P& p, Index b, Index t, Index hv, Index Hv, Index K, Acc* g) {
     if constexpr (D == Decay::none) {
       for (Index i = 0; i < K; ++i) g[i] = Acc(0);
+    } else if (p.gate_x.given()) {
+      const Index h = gate_head(hv, p.gate_x.shape[2], Hv);
+      const auto* x = p.gate_x.row(b, t, h);
+      const Acc a = std::exp(convert<Acc>(p.A_log(0, 0, h, 0)));
+      const Index width = decay_width(K);
+      for (Index i = 0; i < width; ++i) {
+        const Acc bias = p.dt_bias.given() ? convert<Acc>(p.dt_bias(0, 0, h, i)) : Acc(0);
+        g[i] = -a * softplus(convert<Acc>(x[i]) + bias);
+      }
+      for (Index i = width; i < K; ++i) g[i] = g[0];  // scalar decay: broadcast
     } else {
       const auto* src = p.g.row(b, t, gate_head(hv, p.g.shape[2], Hv));
       if constexpr (D == Decay::channel) {
@@ -137,6 +169,34 @@ struct GatePolicy {
     }
   }
 };
+
+/// Backward of the fused decay gate for gate head h: from dL/dg in the stored decay
+/// shape (`dg`, [B, T, Hg, Dg], Dg = K or 1) to dL/dgate_x (written), dL/dA_log and
+/// dL/ddt_bias (written for head h: the sums over all tokens). Views of gr that are
+/// not given are skipped. With u = x + dt_bias and g = −e^A·softplus(u):
+///   dL/du = dL/dg · (−e^A σ(u)),  dL/dA_log = Σ dL/dg · g,  dL/ddt_bias = Σ_tokens dL/du.
+template <class P, class Grads, class Acc>
+void fused_decay_backward(const P& p, const View<const Acc>& dg, const Grads& gr, Index h) {
+  const Index B = dg.shape[0], T = dg.shape[1], width = dg.shape[3];
+  const Acc a = std::exp(convert<Acc>(p.A_log(0, 0, h, 0)));
+  Acc dA = 0;
+  std::vector<Acc> dbias(size_t(width), Acc(0));
+  for (Index b = 0; b < B; ++b)
+    for (Index t = 0; t < T; ++t) {
+      const auto* x = p.gate_x.row(b, t, h);
+      const Acc* dgr = dg.row(b, t, h);
+      for (Index i = 0; i < width; ++i) {
+        const Acc u = convert<Acc>(x[i]) + (p.dt_bias.given() ? convert<Acc>(p.dt_bias(0, 0, h, i)) : Acc(0));
+        const Acc du = -a * sigmoid(u) * dgr[i];
+        dA += dgr[i] * (-a * softplus(u));
+        dbias[size_t(i)] += du;
+        if (gr.d_gate_x.given()) gr.d_gate_x(b, t, h, i) = du;
+      }
+    }
+  if (gr.dA_log.given()) gr.dA_log(0, 0, h, 0) = dA;
+  if (gr.ddt_bias.given())
+    for (Index i = 0; i < width; ++i) gr.ddt_bias(0, 0, h, i) = dbias[size_t(i)];
+}
 
 /// Gated DeltaNet-2: channel-wise decay, erase gate and write gate.
 using GDR2 = GatePolicy<Decay::channel, Gates::channel>;

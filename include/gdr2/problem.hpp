@@ -12,6 +12,9 @@
 //   w        [B, T, Hg, V]        write gate (channel-wise gates)
 //   beta     [B, T, Hg, 1]        tied gate (KDA / GDN / DeltaNet)
 //   states   [N, Hv, K, V]        (any strides: V-major storage is a stride choice)
+//   gate_x   like g               optional fused gate, replaces g (see Problem)
+//   A_log    [1, 1, Hg, 1]        with gate_x: one per gate head
+//   dt_bias  [1, 1, Hg, K or 1]   with gate_x: per key channel (per head for scalar decay)
 //
 // Hg, the head count of a gate tensor, may be Hk or Hv. Packed variable-length
 // batches use B = 1, T = ΣT_n and cu_seqlens (N+1 offsets): the state resets at
@@ -60,6 +63,16 @@ struct Problem {
   /// of the initial/final state views (a state pool); −1 skips the sequence.
   const std::int32_t* state_indices = nullptr;
   std::optional<double> scale;  ///< multiplies q; default 1/sqrt(K)
+
+  // Optional fused inputs (SPEC §6), computed inside the engines, forward and backward.
+  /// Raw decay-gate input x, given instead of g (same shape g would have):
+  /// g = −exp(A_log[h]) · softplus(x + dt_bias[h]), in the accumulation type.
+  View<const T> gate_x;
+  View<const Acc> A_log;    ///< [1, 1, Hg, 1], Hg = heads of gate_x; required with gate_x
+  View<const Acc> dt_bias;  ///< [1, 1, Hg, K] (channel decay) or [1, 1, Hg, 1] (scalar); optional (0)
+  /// Normalise q and k per token and head inside the engines: x / sqrt(Σ x² + l2_norm_eps).
+  bool l2_norm_qk = false;
+  double l2_norm_eps = 1e-6;
 };
 
 /// What a forward call writes. TO is the output element type (often T, or Acc).
@@ -86,6 +99,9 @@ struct Gradients {
   View<Acc> db, dw;  ///< channel-wise gates
   View<Acc> dbeta;   ///< tied gates: Σ db + Σ dw
   View<Acc> d_initial_state;
+  /// Fused gate (Problem::gate_x): dL/dgate_x, dL/dA_log, dL/ddt_bias. With
+  /// Problem::l2_norm_qk, dq and dk are the gradients of the raw (unnormalised) q, k.
+  View<Acc> d_gate_x, dA_log, ddt_bias;
 };
 
 /// Engine options.
@@ -220,7 +236,24 @@ Status validate_problem(const Problem<T>& p, const Options& opt, bool chunked, D
   }
   d.group = d.Hv / d.Hk;
 
-  GDR2_RETURN_IF_ERROR(detail::check_gate("g", p.g, Policy::decay_width(d.K), d, model));
+  if (p.gate_x.given()) {
+    // Fused gate: gate_x stands where g would, with A_log (and dt_bias) per gate head.
+    if (p.g.given()) return {Code::invalid_argument, "give either g or gate_x (the fused decay gate), not both"};
+    GDR2_RETURN_IF_ERROR(detail::check_gate("gate_x", p.gate_x, Policy::decay_width(d.K), d, model));
+    const Index hg = p.gate_x.shape[2];
+    if (!p.A_log.given()) return {Code::invalid_argument, "A_log is required with gate_x (the fused decay gate)"};
+    GDR2_RETURN_IF_ERROR(check_view("A_log", p.A_log, {1, 1, hg, 1}, "([1, 1, H, 1], one per head of gate_x)"));
+    if (p.dt_bias.given()) {
+      GDR2_RETURN_IF_ERROR(check_view("dt_bias", p.dt_bias, {1, 1, hg, Policy::decay_width(d.K)},
+                                      "([1, 1, H, D], D the feature width of gate_x)"));
+    }
+  } else {
+    GDR2_RETURN_IF_ERROR(detail::check_gate("g", p.g, Policy::decay_width(d.K), d, model));
+    if (p.A_log.given() || p.dt_bias.given())
+      return {Code::invalid_argument, "A_log and dt_bias are only used with gate_x (the fused decay gate)"};
+  }
+  if (p.l2_norm_qk && !(p.l2_norm_eps >= 0 && std::isfinite(p.l2_norm_eps)))
+    return {Code::invalid_argument, "l2_norm_eps must be finite and >= 0"};
   GDR2_RETURN_IF_ERROR(detail::check_gate("b", p.b, Policy::erase_width(d.K), d, model));
   GDR2_RETURN_IF_ERROR(detail::check_gate("w", p.w, Policy::write_width(d.V), d, model));
   GDR2_RETURN_IF_ERROR(detail::check_gate("beta", p.beta, Policy::beta_width(), d, model));
@@ -291,6 +324,9 @@ Status validate_problem(const Problem<T>& p, const Options& opt, bool chunked, D
     GDR2_RETURN_IF_ERROR(detail::check_finite_view("w", p.w));
     GDR2_RETURN_IF_ERROR(detail::check_finite_view("beta", p.beta, 0.0, 2.0, erase_reason));
     GDR2_RETURN_IF_ERROR(detail::check_finite_view("initial_state", p.initial_state));
+    GDR2_RETURN_IF_ERROR(detail::check_finite_view("gate_x", p.gate_x));
+    GDR2_RETURN_IF_ERROR(detail::check_finite_view("A_log", p.A_log));
+    GDR2_RETURN_IF_ERROR(detail::check_finite_view("dt_bias", p.dt_bias));
   }
   dims = d;
   return {};
@@ -328,6 +364,9 @@ Status validate_gradients(const GradOutputs<T>& up, const Gradients<accum_t<T>>&
   GDR2_RETURN_IF_ERROR(like("db", gr.db, p.b));
   GDR2_RETURN_IF_ERROR(like("dw", gr.dw, p.w));
   GDR2_RETURN_IF_ERROR(like("dbeta", gr.dbeta, p.beta));
+  GDR2_RETURN_IF_ERROR(like("d_gate_x", gr.d_gate_x, p.gate_x));
+  GDR2_RETURN_IF_ERROR(like("dA_log", gr.dA_log, p.A_log));
+  GDR2_RETURN_IF_ERROR(like("ddt_bias", gr.ddt_bias, p.dt_bias));
   if (gr.d_initial_state.given()) GDR2_RETURN_IF_ERROR(detail::check_state("d_initial_state", gr.d_initial_state, d));
   if (opt.check_finite) {
     GDR2_RETURN_IF_ERROR(detail::check_finite_view("d_o", up.d_o));

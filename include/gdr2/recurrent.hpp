@@ -17,6 +17,15 @@ using RowMat = Eigen::Matrix<Acc, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajo
 template <class Acc>
 using Vec = Eigen::Matrix<Acc, Eigen::Dynamic, 1>;
 
+/// x ← x / sqrt(Σ x² + eps), the in-kernel L2 normalisation of q and k.
+template <class Acc>
+void l2_normalize(Acc* x, Index n, Acc eps) {
+  Acc ss = 0;
+  for (Index i = 0; i < n; ++i) ss += x[i] * x[i];
+  const Acc inv = Acc(1) / std::sqrt(ss + eps);
+  for (Index i = 0; i < n; ++i) x[i] *= inv;
+}
+
 /// Reads one token of one (sequence, value head) into full Acc vectors, with the
 /// gates broadcast by the policy.
 template <class Policy, class T>
@@ -32,6 +41,10 @@ struct TokenReader {
     for (Index i = 0; i < d.K; ++i) {
       q[i] = convert<Acc>(qs[i]);
       k[i] = convert<Acc>(ks[i]);
+    }
+    if (p.l2_norm_qk) {  // in-kernel L2 normalisation (Problem::l2_norm_qk)
+      l2_normalize(q, d.K, Acc(p.l2_norm_eps));
+      l2_normalize(k, d.K, Acc(p.l2_norm_eps));
     }
   }
   void v(Index b, Index t, Index hv, Acc* v) const {

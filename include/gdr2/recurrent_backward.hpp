@@ -23,9 +23,61 @@ namespace detail {
 /// then accumulate into them.
 template <class Acc>
 void zero_gradients(const Gradients<Acc>& gr) {
-  for (const View<Acc>* v : {&gr.dq, &gr.dk, &gr.dv, &gr.dg, &gr.db, &gr.dw, &gr.dbeta, &gr.d_initial_state})
+  for (const View<Acc>* v : {&gr.dq, &gr.dk, &gr.dv, &gr.dg, &gr.db, &gr.dw, &gr.dbeta, &gr.d_initial_state,
+                             &gr.d_gate_x, &gr.dA_log, &gr.ddt_bias})
     zero_view(*v);
 }
+
+/// dx ← gradient of the raw x from the gradient dx̂ of x̂ = x / n, n = sqrt(Σx² + eps):
+/// dx = (dx̂ − x̂ (x̂ · dx̂)) / n.
+template <class X, class Acc>
+void l2_normalize_backward(const X* x, Index len, Acc eps, Acc* dx) {
+  Acc ss = 0;
+  for (Index i = 0; i < len; ++i) ss += convert<Acc>(x[i]) * convert<Acc>(x[i]);
+  const Acc inv = Acc(1) / std::sqrt(ss + eps);
+  Acc dot = 0;
+  for (Index i = 0; i < len; ++i) dot += convert<Acc>(x[i]) * inv * dx[i];
+  for (Index i = 0; i < len; ++i) dx[i] = (dx[i] - convert<Acc>(x[i]) * inv * dot) * inv;
+}
+
+/// What every backward call does around its engine, for the fused inputs:
+///  - zeroes the requested gradients (engines accumulate into them);
+///  - with the fused decay gate, routes the engine's dL/dg into a temporary of the
+///    shape of gate_x (`core.dg`), turned by `finish` into dL/dgate_x, dL/dA_log,
+///    dL/ddt_bias (fused_decay_backward, in parallel over gate heads);
+///  - with in-kernel L2 normalisation, the engine writes dL/dq̂, dL/dk̂ and `finish`
+///    turns them, in place, into the gradients of the raw q, k.
+template <class T>
+struct BackwardIO {
+  using Acc = accum_t<T>;
+  Gradients<Acc> core;   ///< what the engine writes
+  Tensor<Acc> dg_fused;  ///< dL/dg in the stored decay shape, when the fused gate needs it
+
+  BackwardIO(const Problem<T>& p, const Gradients<Acc>& gr) : core(gr) {
+    zero_gradients(gr);
+    if (p.gate_x.given() && (gr.d_gate_x.given() || gr.dA_log.given() || gr.ddt_bias.given())) {
+      const auto& s = p.gate_x.shape;
+      dg_fused = Tensor<Acc>(s[0], s[1], s[2], s[3]);
+      core.dg = dg_fused.view();
+    }
+  }
+
+  void finish(const Problem<T>& p, const Gradients<Acc>& gr, const Dims& d, const Executor& ex) const {
+    if (!dg_fused.empty()) {
+      parallel_for(ex, p.gate_x.shape[2], [&](Index h, int) { fused_decay_backward(p, dg_fused.view(), gr, h); });
+    }
+    if (p.l2_norm_qk && (gr.dq.given() || gr.dk.given())) {
+      const Acc eps = Acc(p.l2_norm_eps);
+      parallel_for(ex, d.B * d.T, [&](Index item, int) {
+        const Index b = item / d.T, t = item % d.T;
+        for (Index h = 0; h < d.Hk; ++h) {
+          if (gr.dq.given()) l2_normalize_backward(p.q.row(b, t, h), d.K, eps, gr.dq.row(b, t, h));
+          if (gr.dk.given()) l2_normalize_backward(p.k.row(b, t, h), d.K, eps, gr.dk.row(b, t, h));
+        }
+      });
+    }
+  }
+};
 
 /// dst[0..n) ← row (b, t, h) of an upstream-gradient view, converted to Acc.
 template <class X, class Acc>
@@ -124,7 +176,9 @@ inline Index backward_items(const Dims& d) { return d.N * d.Hk; }
 /// every gradient view given in `gr`, in the accumulation type and with the shape
 /// of its input: dq, dk [B,T,Hk,K] (summed over the value heads of a group), dv,
 /// dg (summed over K for a scalar decay), db, dw or dβ (Σdb + Σdw), and dS_0
-/// ([N,Hv,K,V], also when no initial state was given). States are checkpointed
+/// ([N,Hv,K,V], also when no initial state was given); with the fused gate
+/// (Problem::gate_x) d_gate_x, dA_log, ddt_bias, and with Problem::l2_norm_qk dq, dk
+/// are those of the raw q, k. States are checkpointed
 /// every `opt.chunk_size` tokens (any value ≥ 1) and recomputed segment by
 /// segment. State pools (`state_indices`) are not supported. Returns a failed
 /// Status, with no gradient touched, on misuse.
@@ -140,7 +194,7 @@ Status recurrent_backward(const Problem<T>& p, const GradOutputs<T>& up, const G
             "chunk_size (the checkpoint interval of the recurrent backward) must be >= 1, got " +
                 std::to_string(opt.chunk_size)};
   }
-  detail::zero_gradients(gr);
+  const detail::BackwardIO<T> io(p, gr);
   const Executor& ex = opt.executor ? *opt.executor : default_executor();
   const detail::TokenReader<Policy, T> rd{p, d};
   const Index C = opt.chunk_size;
@@ -186,13 +240,14 @@ Status recurrent_backward(const Problem<T>& p, const GradOutputs<T>& up, const G
           detail::load_token(rd, span.batch, t, hv, f);
           detail::read_row(up.d_o, span.batch, t, hv, d.V, ws.d_o.data());
           detail::bptt_step(ws, ws.seg[size_t(j)], ws.seg[size_t(j + 1)], scale);
-          detail::add_token_grads<Policy>(gr, d, span.batch, t, hv, ws.dq.data(), ws.dk.data(), ws.dv.data(),
+          detail::add_token_grads<Policy>(io.core, d, span.batch, t, hv, ws.dq.data(), ws.dk.data(), ws.dv.data(),
                                           ws.dg.data(), ws.db.data(), ws.dw.data());
         }
       }
       detail::store_state(gr.d_initial_state, n, hv, ws.dS);
     }
   });
+  io.finish(p, gr, d, ex);
   return {};
 }
 

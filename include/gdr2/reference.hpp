@@ -26,12 +26,17 @@ struct ProblemConfig {
   double w_min = 0.0, w_max = 1.0;   ///< write gate ~ U[w_min, w_max] (channel-wise gates)
   bool initial_state = true;         ///< non-zero S_0 ~ N(0, 0.25)
   bool gates_per_key_head = false;   ///< gate tensors with Hk heads instead of Hv
+  /// Fused decay gate instead of g: gate_x ~ N(0, 1), A_log ~ U[−1, 1], dt_bias ~ U[−2, 0.5].
+  bool fused_gate = false;
+  /// q, k drawn N(0, 1) without normalisation, and normalised in the kernel.
+  bool l2_norm_qk = false;
   std::uint64_t seed = 1;
 };
 
 /// Owning random problem for gate policy `Policy` with inputs of type T. Inputs are
 /// drawn in fp64 and rounded to T (and the decay to its accumulation type); q and k
-/// are L2-normalised per token, as in the models.
+/// are L2-normalised per token, as in the models (or, with cfg.l2_norm_qk, left raw
+/// and normalised in the kernel).
 template <class Policy, class T>
 class RandomProblem {
  public:
@@ -40,6 +45,8 @@ class RandomProblem {
   Index B, T_, N;
   Tensor<T> q, k, v, b, w, beta;
   Tensor<Acc> g, initial_state;
+  Tensor<T> gate_x;             ///< fused gate input (cfg.fused_gate), shape of g
+  Tensor<Acc> A_log, dt_bias;   ///< [1, 1, Hg, 1], [1, 1, Hg, Dg]
   std::vector<std::int32_t> cu_seqlens;
 
   explicit RandomProblem(const ProblemConfig& c) : cfg(c) {
@@ -67,7 +74,7 @@ class RandomProblem {
           e = normal(rng);
           nrm += e * e;
         }
-        nrm = std::sqrt(nrm);
+        nrm = c.l2_norm_qk ? 1.0 : std::sqrt(nrm);
         for (Index d = 0; d < D; ++d) x[i * D + d] = convert<T>(row[size_t(d)] / nrm);
       }
     };
@@ -75,8 +82,16 @@ class RandomProblem {
     unit_rows(k, c.Hk, c.K);
     v = Tensor<T>(B, T_, c.Hv, c.V);
     for (Index i = 0; i < v.size(); ++i) v[i] = convert<T>(normal(rng));
-    if (Policy::decay_width(c.K) > 0) {
-      g = Tensor<Acc>(B, T_, Hg, Policy::decay_width(c.K));
+    const Index Dg = Policy::decay_width(c.K);
+    if (Dg > 0 && c.fused_gate) {
+      gate_x = Tensor<T>(B, T_, Hg, Dg);
+      A_log = Tensor<Acc>(1, 1, Hg, 1);
+      dt_bias = Tensor<Acc>(1, 1, Hg, Dg);
+      for (Index i = 0; i < gate_x.size(); ++i) gate_x[i] = convert<T>(normal(rng));
+      for (Index i = 0; i < A_log.size(); ++i) A_log[i] = Acc(uniform(-1.0, 1.0));
+      for (Index i = 0; i < dt_bias.size(); ++i) dt_bias[i] = Acc(uniform(-2.0, 0.5));
+    } else if (Dg > 0) {
+      g = Tensor<Acc>(B, T_, Hg, Dg);
       for (Index i = 0; i < g.size(); ++i) g[i] = Acc(uniform(c.g_min, c.g_max));
     }
     if (Policy::erase_width(c.K) > 0) {
@@ -106,6 +121,10 @@ class RandomProblem {
     p.beta = beta.view();
     p.initial_state = initial_state.view();
     if (!cu_seqlens.empty()) p.cu_seqlens = SeqOffsets(cu_seqlens.data(), Index(cu_seqlens.size()));
+    p.gate_x = gate_x.view();
+    p.A_log = A_log.view();
+    p.dt_bias = dt_bias.view();
+    p.l2_norm_qk = cfg.l2_norm_qk;
     return p;
   }
   /// Freshly allocated (zeroed) output buffers of matching shapes.
@@ -118,6 +137,8 @@ template <class U>
 struct ProblemCopy {
   Tensor<U> q, k, v, b, w, beta;
   Tensor<accum_t<U>> g, initial_state;
+  Tensor<U> gate_x;
+  Tensor<accum_t<U>> A_log, dt_bias;
   Problem<U> p;
 
   template <class T>
@@ -141,6 +162,14 @@ struct ProblemCopy {
     p.cu_seqlens = src.cu_seqlens;
     p.state_indices = src.state_indices;
     p.scale = src.scale;
+    gate_x = to_tensor<U>(src.gate_x);
+    A_log = to_tensor<accum_t<U>>(src.A_log);
+    dt_bias = to_tensor<accum_t<U>>(src.dt_bias);
+    p.gate_x = gate_x.view();
+    p.A_log = A_log.view();
+    p.dt_bias = dt_bias.view();
+    p.l2_norm_qk = src.l2_norm_qk;
+    p.l2_norm_eps = src.l2_norm_eps;
   }
   ProblemCopy(const ProblemCopy&) = delete;
   ProblemCopy& operator=(const ProblemCopy&) = delete;
@@ -198,6 +227,8 @@ struct ExpandedGates {
     p.b = b.view();
     p.w = w.view();
     p.beta = View<const T>();
+    p.gate_x = View<const T>();  // a fused gate is evaluated into g above
+    p.A_log = p.dt_bias = View<const Acc>();
   }
   ExpandedGates(const ExpandedGates&) = delete;
   ExpandedGates& operator=(const ExpandedGates&) = delete;
@@ -208,6 +239,7 @@ struct ExpandedGates {
 template <class Acc>
 struct GradientBuffers {
   Tensor<Acc> dq, dk, dv, dg, db, dw, dbeta, d_initial_state;
+  Tensor<Acc> d_gate_x, dA_log, ddt_bias;  ///< fused gate (when the problem has gate_x)
 
   GradientBuffers() = default;
   template <class T>
@@ -222,17 +254,23 @@ struct GradientBuffers {
     db = like(p.b);
     dw = like(p.w);
     dbeta = like(p.beta);
+    d_gate_x = like(p.gate_x);
+    dA_log = like(p.A_log);
+    ddt_bias = like(p.dt_bias);
     const Index N = p.cu_seqlens.given() ? p.cu_seqlens.count - 1 : p.q.shape[0];
     d_initial_state = Tensor<Acc>(N, p.v.shape[2], p.q.shape[3], p.v.shape[3]);
   }
   Gradients<Acc> views() {
-    return Gradients<Acc>{dq.view(), dk.view(), dv.view(), dg.view(), db.view(), dw.view(), dbeta.view(),
-                          d_initial_state.view()};
+    return Gradients<Acc>{dq.view(),    dk.view(),          dv.view(),     dg.view(),
+                          db.view(),    dw.view(),          dbeta.view(),  d_initial_state.view(),
+                          d_gate_x.view(), dA_log.view(),   ddt_bias.view()};
   }
   /// Every buffer, for loops over all gradients: {name, tensor}.
   std::vector<std::pair<const char*, Tensor<Acc>*>> all() {
-    return {{"dq", &dq}, {"dk", &dk}, {"dv", &dv}, {"dg", &dg}, {"db", &db},
-            {"dw", &dw}, {"dbeta", &dbeta}, {"d_initial_state", &d_initial_state}};
+    return {{"dq", &dq},       {"dk", &dk},       {"dv", &dv},
+            {"dg", &dg},       {"db", &db},       {"dw", &dw},
+            {"dbeta", &dbeta}, {"d_initial_state", &d_initial_state},
+            {"d_gate_x", &d_gate_x}, {"dA_log", &dA_log}, {"ddt_bias", &ddt_bias}};
   }
   void fill(Acc x) {
     for (auto& [name, t] : all()) t->fill(x);

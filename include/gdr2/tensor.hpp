@@ -120,6 +120,12 @@ View<T> make_scalar_view(T* p, Index B, Index T_, Index H) {
   return make_view(p, B, T_, H, Index(1));
 }
 
+/// Contiguous per-head parameter [H, D] (A_log: D = 1; dt_bias: D = K), seen as [1, 1, H, D].
+template <class T>
+View<T> make_head_view(T* p, Index H, Index D = 1) {
+  return make_view(p, Index(1), Index(1), H, D);
+}
+
 /// Memory order of a contiguous state buffer.
 enum class StateLayout {
   KV,  ///< [N, H, K, V]: value index fastest (default)
