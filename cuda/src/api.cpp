@@ -256,7 +256,7 @@ Status chunk_forward(const Problem<T>& p, const Outputs<T, float>& out, const De
 
 template <class Policy, class T>
 Status decode(const Problem<T>& p, const Outputs<T, float>& out, const std::int32_t* state_indices_device,
-              cudaStream_t stream) {
+              cudaStream_t stream, int value_slice) {
   if constexpr (!policy_supported<Policy>()) {
     return {Code::unsupported, std::string("the CUDA engine implements the gdr2, kda and gdn gate policies, not ") +
                                    Policy::name()};
@@ -288,6 +288,10 @@ Status decode(const Problem<T>& p, const Outputs<T, float>& out, const std::int3
                                           std::to_string(pool) + " < B = " + std::to_string(d.N)};
     if (!out.o.given()) return {Code::invalid_argument, "output o is required"};
     GDR2_RETURN_IF_ERROR(gdr2::detail::check_view("o", out.o, {d.B, d.T, d.Hv, d.V}, "([B, T, Hv, V], like v)"));
+    if (value_slice != 0 && value_slice != 32 && value_slice != 128)
+      return {Code::invalid_argument, "decode value_slice must be 0, 32 or 128, got " + std::to_string(value_slice)};
+    if (value_slice == 128 && d.V != 128)
+      return {Code::invalid_argument, "decode value_slice 128 needs V = 128"};
     if (d.T == 0) return {};
     ForwardParams f;
     fill_inputs<Policy>(p, d, f);
@@ -301,6 +305,9 @@ Status decode(const Problem<T>& p, const Outputs<T, float>& out, const std::int3
     }
     f.state_indices = state_indices_device;
     f.state_pool = int(pool);
+    // automatic: whole-row blocks once there are enough sequence-heads to fill the GPU
+    const int sms = device_sm_count() > 0 ? device_sm_count() : 132;
+    f.vslice = value_slice != 0 ? value_slice : (d.V == 128 && d.N * d.Hv >= 4LL * sms ? 128 : 32);
     const cudaError_t e = dispatch_decode<Policy>(f, dtype_of<T>(), stream);
     if (e != cudaSuccess) return device_error("gdr2::cuda::decode", e);
     return {};
@@ -314,7 +321,7 @@ Status decode(const Problem<T>& p, const Outputs<T, float>& out, const std::int3
                                               const DeviceSequences&, void*, std::size_t, cudaStream_t,          \
                                               const ChunkOptions&);                                            \
   template Status decode<POLICY, TYPE>(const Problem<TYPE>&, const Outputs<TYPE, float>&, const std::int32_t*, \
-                                       cudaStream_t);
+                                       cudaStream_t, int);
 GDR2_CUDA_API(GDR2, Eigen::bfloat16)
 GDR2_CUDA_API(GDR2, Eigen::half)
 GDR2_CUDA_API(KDA, Eigen::bfloat16)

@@ -39,7 +39,7 @@ cudaError_t launch_forward_d(const ForwardParams& p, Path path, cudaStream_t st)
   {
     auto kern = state_kernel<DECAY, GATES, Tin, D>;
     const int nw = p.vslice / 16;
-    const StateLayout<D> Ls(p.vslice, nw);
+    const StateLayout<D> Ls(p.vslice, nw, Record<D>::bytes(GATES == 1));
     if ((e = allow_smem(kern, Ls.bytes)) != cudaSuccess) return e;
     kern<<<dim3(unsigned(p.N * p.Hv), unsigned(D / p.vslice)), nw * 32, Ls.bytes, st>>>(p);
     return cudaGetLastError();
@@ -58,12 +58,24 @@ cudaError_t launch_decode_d(const ForwardParams& p, cudaStream_t st) {
                     p.sT_stride[2] % 4 == 0 && p.s0_stride[1] % 4 == 0 && p.sT_stride[1] % 4 == 0 &&
                     p.s0_stride[0] % 4 == 0 && p.sT_stride[0] % 4 == 0 &&
                     reinterpret_cast<std::uintptr_t>(p.s0) % 16 == 0 && reinterpret_cast<std::uintptr_t>(p.sT) % 16 == 0;
-  const unsigned grid = unsigned(p.N * p.Hv * (D / 32));
-  if (grid == 0 || p.T == 0) return cudaSuccess;
-  if (unit)
-    decode_kernel<DECAY, GATES, Tin, D, true><<<grid, 128, 0, st>>>(p);
-  else
-    decode_kernel<DECAY, GATES, Tin, D, false><<<grid, 128, 0, st>>>(p);
+  if (p.N * p.Hv == 0 || p.T == 0) return cudaSuccess;
+  if constexpr (D == 128) {
+    if (p.vslice == 128) {
+      const unsigned grid = unsigned(p.N * p.Hv);
+      if (unit)
+        decode_kernel<DECAY, GATES, Tin, D, true, 128, 256><<<grid, 256, 0, st>>>(p);
+      else
+        decode_kernel<DECAY, GATES, Tin, D, false, 128, 256><<<grid, 256, 0, st>>>(p);
+      return cudaGetLastError();
+    }
+  }
+  {
+    const unsigned grid = unsigned(p.N * p.Hv * (D / 32));
+    if (unit)
+      decode_kernel<DECAY, GATES, Tin, D, true, 32, 128><<<grid, 128, 0, st>>>(p);
+    else
+      decode_kernel<DECAY, GATES, Tin, D, false, 32, 128><<<grid, 128, 0, st>>>(p);
+  }
   return cudaGetLastError();
 }
 

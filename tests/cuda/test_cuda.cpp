@@ -14,6 +14,7 @@
 #include <cuda_runtime.h>
 
 #include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <vector>
@@ -219,6 +220,8 @@ void run_forward_case(const ProblemConfig& cfg, cuda::ForwardPath path, bool wit
   const double eo = rel_error(o_got.view(), o_cmp.view());
   const double es = with_state ? rel_error(out.s_h.view(), ref.final_state.view()) : 0.0;
   CAPTURE(eo, es, ws_bytes);
+  std::printf("[accuracy] %-5s %-8s %-5s %-48s output %.2e  state %.2e\n", Policy::name(), dtype_name<T>(),
+              path == cuda::ForwardPath::fused ? "fused" : "split", describe(cfg).c_str(), eo, es);
   CHECK(skipped_untouched);
   CHECK(eo <= 4e-3);
   CHECK(es <= 3e-3);
@@ -296,6 +299,19 @@ TEST_CASE("cuda chunk forward: fused and split agree on a long sequence", "[cuda
   run_forward_case<GDR2, bf16>(c, cuda::ForwardPath::split);
 }
 
+TEST_CASE("cuda chunk forward accuracy at model-like sizes", "[cuda][forward][accuracy]") {
+  SKIP_WITHOUT_GPU();
+  INFO("GDR2_TEST_SEED=" << base_seed());
+  // the issue's accuracy targets (output <= 4e-3, final state <= 3e-3) on a long
+  // multi-head problem: typical decays, and strong ones
+  for (double gmin : {-1.0, -20.0}) {
+    auto c = make_cfg(gmin < -2 ? 61 : 62, 2, 2048 + 33, 4, 4, 128, gmin);
+    INFO(describe(c));
+    run_forward_case<GDR2, bf16>(c, cuda::ForwardPath::fused);
+    run_forward_case<GDR2, bf16>(c, cuda::ForwardPath::split);
+  }
+}
+
 TEST_CASE("cuda chunk forward under CUDA-graph capture", "[cuda][forward][graph]") {
   SKIP_WITHOUT_GPU();
   INFO("GDR2_TEST_SEED=" << base_seed());
@@ -340,7 +356,7 @@ TEST_CASE("cuda chunk forward under CUDA-graph capture", "[cuda][forward][graph]
 
 // ---- decode ------------------------------------------------------------------------------
 template <class Policy, class T>
-void run_decode_case(Index B, Index steps, Index D, bool vmajor, std::uint64_t salt) {
+void run_decode_case(Index B, Index steps, Index D, bool vmajor, std::uint64_t salt, int vslice = 0) {
   auto c = make_cfg(salt, B, steps, 2, 4, D, -1.0);
   RandomProblem<Policy, T> rp(c);
   const Index pool = B + 3;
@@ -374,7 +390,7 @@ void run_decode_case(Index B, Index steps, Index D, bool vmajor, std::uint64_t s
   DBuf<T> o(std::size_t(B * steps * c.Hv * D));
   o.poison();
   Outputs<T, float> out{View<T>(o.p, {B, steps, c.Hv, D}, contiguous_strides({B, steps, c.Hv, D})), pv};
-  const Status st = cuda::decode<Policy>(dp.p, out, didx.p, nullptr);
+  const Status st = cuda::decode<Policy>(dp.p, out, didx.p, nullptr, vslice);
   INFO(st.to_string());
   REQUIRE(st.ok());
   CUDA_OK(cudaGetLastError());
@@ -404,7 +420,7 @@ void run_decode_case(Index B, Index steps, Index D, bool vmajor, std::uint64_t s
         }
   const double eo = rel_error(o_got.view(), o_ref.view());
   const double es = rel_error(pool_kv.view(), ref.final_state.view());
-  CAPTURE(B, steps, D, vmajor, eo, es);
+  CAPTURE(B, steps, D, vmajor, vslice, eo, es);
   CHECK(skipped_untouched);
   CHECK(eo <= 4e-3);  // bf16/fp16 rounding of o
   CHECK(es <= 1e-5);  // fp32 state, a few steps
@@ -417,6 +433,10 @@ TEMPLATE_TEST_CASE("cuda decode matches the fp64 recurrence", "[cuda][decode]", 
   run_decode_case<TestType, bf16>(3, 64, 128, false, 42);
   run_decode_case<TestType, f16>(5, 7, 64, false, 43);
   run_decode_case<TestType, bf16>(4, 3, 128, true, 44);  // V-major state storage
+  // both block shapes explicitly
+  run_decode_case<TestType, bf16>(5, 2, 128, false, 45, 32);
+  run_decode_case<TestType, bf16>(5, 2, 128, false, 46, 128);
+  run_decode_case<TestType, f16>(3, 5, 128, true, 47, 128);
 }
 
 // ---- argument validation (runs without a GPU: fails before any device work) ---------------

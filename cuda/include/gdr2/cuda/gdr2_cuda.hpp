@@ -81,9 +81,12 @@ Status chunk_forward(const Problem<T>& p, const Outputs<T, float>& out, const De
 /// slot `state_indices_device[n]` (device, [B] int32, −1 or out of range = skip, its
 /// outputs left untouched), or slot n when null (then P ≥ B). p.state_indices and
 /// p.cu_seqlens must not be set. o: [B, T, Hv, V].
+/// `value_slice` picks the block shape: 32 (blocks of 32 state columns, lowest latency),
+/// 128 (whole state rows, K = V = 128 only), or 0 = automatic (by the number of
+/// sequence-heads).
 template <class Policy, class T>
 Status decode(const Problem<T>& p, const Outputs<T, float>& out, const std::int32_t* state_indices_device,
-              cudaStream_t stream);
+              cudaStream_t stream, int value_slice = 0);
 
 /// Number of multiprocessors of the current device (0 when there is none); cached.
 int device_sm_count();
