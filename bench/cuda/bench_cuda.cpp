@@ -143,6 +143,7 @@ void BM_forward(benchmark::State& state) {
   const Index B = state.range(0), T = state.range(1), H = state.range(2), D = 128;
   const auto path = static_cast<cuda::ForwardPath>(state.range(3));
   const int vslice = int(state.range(4));
+  const bool overlap = state.range(5) != 0;
   const std::size_t nt = std::size_t(B * T * H * D);
   auto* q = device_random<bf16>(nt, -0.15, 0.15, 11);
   auto* k = device_random<bf16>(nt, -0.15, 0.15, 12);
@@ -164,7 +165,7 @@ void BM_forward(benchmark::State& state) {
   p.g = make_view<const float>(g, B, T, H, D);
   p.initial_state = make_view<const float>(s0, B, H, D, D);
   Outputs<bf16, float> out{make_view(o, B, T, H, D), make_view(sT, B, H, D, D)};
-  cuda::ChunkOptions opt{path, vslice};
+  cuda::ChunkOptions opt{path, vslice, overlap};
   std::size_t ws_bytes = 0;
   check(cuda::chunk_forward_workspace_size<GDR2>(p, ws_bytes, opt));
   void* ws = nullptr;
@@ -263,14 +264,13 @@ void BM_decode(benchmark::State& state) {
 BENCHMARK(BM_copy)->UseManualTime()->Iterations(50)->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_gemm_bf16)->UseManualTime()->Iterations(30)->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_forward)
-    ->ArgNames({"B", "T", "H", "path", "vs"})
-    ->Args({8, 4096, 16, 0, 0})
-    ->Args({8, 4096, 16, 1, 0})
-    ->Args({8, 4096, 16, 2, 0})
-    ->Args({1, 32768, 16, 0, 0})
-    ->Args({1, 32768, 16, 2, 16})
-    ->Args({1, 32768, 16, 2, 32})
-    ->Args({1, 32768, 16, 2, 64})
+    ->ArgNames({"B", "T", "H", "path", "vs", "ov"})
+    ->Args({8, 4096, 16, 0, 0, 1})
+    ->Args({8, 4096, 16, 1, 0, 1})
+    ->Args({8, 4096, 16, 2, 0, 1})
+    ->Args({1, 32768, 16, 0, 0, 1})
+    ->Args({1, 32768, 16, 2, 16, 0})
+    ->Args({1, 32768, 16, 2, 64, 1})
     ->UseManualTime()
     ->Iterations(30)
     ->Unit(benchmark::kMillisecond);

@@ -866,12 +866,13 @@ __global__ void chunk_offsets_kernel(const ForwardParams p, int* out) {
   if (tid == nt - 1) out[p.N] = part[nt - 1];
 }
 
+/// Prep role of the split path: items (chunk, value head) first, first + stride, ...;
+/// each writes its record and, when `flags` is given, then publishes it (release).
 template <int DECAY, int GATES, class Tin, int D>
-__global__ void __launch_bounds__(kThreads, 1) prep_kernel(const ForwardParams p) {
+__device__ void prep_body(const ForwardParams& p, char* sm, long long first, long long stride, int* flags) {
   using P = Prep<DECAY, GATES, Tin, D, false>;
   using L = typename P::L;
   using R = Record<D>;
-  extern __shared__ __align__(128) char sm[];
   const int tid = threadIdx.x;
   const long long items = p.total_chunks * p.Hv;
   ChunkLoader<DECAY, GATES, Tin, D, false> ld;
@@ -887,14 +888,14 @@ __global__ void __launch_bounds__(kThreads, 1) prep_kernel(const ForwardParams p
     len = min(kC, sp.eos - t0);
     skip = seq_slot(p, n) < 0;
   };
-  long long it = blockIdx.x;
+  long long it = first;
   int batch, t0, len, hv;
   bool skip;
   // advance to the first item that is not skipped
   while (it < items) {
     item_info(it, batch, t0, len, hv, skip);
     if (!skip) break;
-    it += gridDim.x;
+    it += stride;
   }
   if (it >= items) return;
   ld.issue_a(p, sm, batch, t0, len, hv);
@@ -908,11 +909,11 @@ __global__ void __launch_bounds__(kThreads, 1) prep_kernel(const ForwardParams p
     P::gstep(sm, p.scale);
     P::grams(sm, p.scale);
     // next item's inputs while this one finishes
-    it += gridDim.x;
+    it += stride;
     while (it < items) {
       item_info(it, batch, t0, len, hv, skip);
       if (!skip) break;
-      it += gridDim.x;
+      it += stride;
     }
     if (it < items) ld.issue_a(p, sm, batch, t0, len, hv);
     cp_async_commit();
@@ -939,8 +940,18 @@ __global__ void __launch_bounds__(kThreads, 1) prep_kernel(const ForwardParams p
     if (GATES == 1 && tid < kC / 4)
       reinterpret_cast<float4*>(rec + R::beta)[tid] = reinterpret_cast<const float4*>(sm + L::rb)[tid];
     __syncthreads();  // smem reads done before the next item's prep writes
+    if (flags && tid == 0) {  // publish: every thread's record stores happen-before (barrier, fence)
+      __threadfence();
+      asm volatile("st.release.gpu.global.b32 [%0], %1;\n" ::"l"(flags + cur), "r"(1) : "memory");
+    }
   }
   cp_async_wait<0>();
+}
+
+template <int DECAY, int GATES, class Tin, int D>
+__global__ void __launch_bounds__(kThreads, 1) prep_kernel(const ForwardParams p) {
+  extern __shared__ __align__(128) char sm[];
+  prep_body<DECAY, GATES, Tin, D>(p, sm, blockIdx.x, gridDim.x, nullptr);
 }
 
 /// Shared-memory map of the state-pass kernel: two stages, each a record image (one bulk
@@ -961,15 +972,28 @@ struct StateLayout {
   }
 };
 
+/// Spin until a record is published (acquire); traps after ~10 s instead of hanging.
+__device__ __forceinline__ void wait_published(const int* flag) {
+  long long spins = 0;
+  int v = 0;
+  while (true) {
+    asm volatile("ld.acquire.gpu.global.b32 %0, [%1];\n" : "=r"(v) : "l"(flag) : "memory");
+    if (v) break;
+    __nanosleep(64);
+    if (++spins > (1ll << 27)) __trap();
+  }
+  asm volatile("fence.proxy.async.global;\n" ::: "memory");  // the bulk copy reads it through the async proxy
+}
+
+/// State-pass role of the split path for (sequence n, value head hv, columns v0..v0+vslice);
+/// warps beyond vslice/16 only help with the copies. With `flags`, each record is awaited.
 template <int DECAY, int GATES, class Tin, int D>
-__global__ void __launch_bounds__(256) state_kernel(const ForwardParams p) {
+__device__ void state_body(const ForwardParams& p, char* sm, int n, int hv, int v0, const int* flags) {
   using R = Record<D>;
-  extern __shared__ __align__(128) char sm[];
   const int tid = threadIdx.x, w = tid >> 5, lane = tid & 31, nthr = blockDim.x;
+  const bool owner = w < p.vslice / 16;
   const int rbytes = R::bytes(GATES == 1);
   const StateLayout<D> Ls(p.vslice, nthr / 32, rbytes);
-  const int n = blockIdx.x / p.Hv, hv = blockIdx.x % p.Hv;
-  const int v0 = blockIdx.y * p.vslice;
   const int slot = seq_slot(p, n);
   if (slot < 0) return;
   const SeqSpan sp = seq_span(p, n);
@@ -983,12 +1007,14 @@ __global__ void __launch_bounds__(256) state_kernel(const ForwardParams p) {
   }
   __syncthreads();
   float S[D / 8][4];
-  load_state<D>(S, p.s0, p.s0_stride, slot, hv, v0 + 16 * w, lane);
+  if (owner) load_state<D>(S, p.s0, p.s0_stride, slot, hv, v0 + 16 * w, lane);
   const int hw = gate_head(hv, p.hg_w, p.Hv);
   auto issue = [&](int c) {
     char* st = sm + (c & 1) * Ls.stage_bytes;
     if (tid == 0) {
-      const char* rec = static_cast<const char*>(p.records) + ((cbase + c) * p.Hv + hv) * (long long)rbytes;
+      const long long ri = (cbase + c) * p.Hv + hv;
+      if (flags) wait_published(flags + ri);
+      const char* rec = static_cast<const char*>(p.records) + ri * (long long)rbytes;
       mbar_expect_tx(bars + (c & 1), std::uint32_t(rbytes));
       bulk_g2s(st + Ls.rec, rec, std::uint32_t(rbytes), bars + (c & 1));
     }
@@ -1030,12 +1056,36 @@ __global__ void __launch_bounds__(256) state_kernel(const ForwardParams p) {
     in.vcol = 16 * w;
     const int t0 = sp.bos + c * kC, len = min(kC, sp.eos - t0);
     Tin* out = const_cast<Tin*>(row_ptr<Tin>(p.o, p.so, sp.batch, t0, hv)) + v0 + 16 * w;
-    state_step<Tin, D, true>(S, in, len, ostage, out, p.so.t, lane);
+    if (owner) state_step<Tin, D, true>(S, in, len, ostage, out, p.so.t, lane);
     fence_proxy_async();  // this stage is rewritten by a bulk copy after the barrier
     __syncthreads();
   }
   cp_async_wait<0>();
-  store_state<D>(S, p.sT, p.sT_stride, slot, hv, v0 + 16 * w, lane);
+  if (owner) store_state<D>(S, p.sT, p.sT_stride, slot, hv, v0 + 16 * w, lane);
+}
+
+template <int DECAY, int GATES, class Tin, int D>
+__global__ void __launch_bounds__(256) state_kernel(const ForwardParams p) {
+  extern __shared__ __align__(128) char sm[];
+  state_body<DECAY, GATES, Tin, D>(p, sm, blockIdx.x / p.Hv, blockIdx.x % p.Hv, blockIdx.y * p.vslice, nullptr);
+}
+
+/// Split path with prep and state pass overlapped, for few (sequence, head) pairs: the
+/// first N·Hv·(V/vslice) blocks run the state pass and wait for each record's flag; the
+/// other blocks run the prep persistently and publish records in chunk order. The grid is
+/// at most one block per SM and the prep blocks never wait, so every wait is on work that
+/// is running or will run.
+template <int DECAY, int GATES, class Tin, int D>
+__global__ void __launch_bounds__(kThreads, 1) overlapped_kernel(const ForwardParams p) {
+  extern __shared__ __align__(128) char sm[];
+  const int nsl = D / p.vslice, nstate = p.N * p.Hv * nsl;
+  const int b = blockIdx.x;
+  if (b < nstate) {
+    const int nh = b / nsl;
+    state_body<DECAY, GATES, Tin, D>(p, sm, nh / p.Hv, nh % p.Hv, (b % nsl) * p.vslice, p.flags);
+  } else {
+    prep_body<DECAY, GATES, Tin, D>(p, sm, b - nstate, gridDim.x - nstate, p.flags);
+  }
 }
 
 }  // namespace detail

@@ -28,6 +28,16 @@ cudaError_t launch_forward_d(const ForwardParams& p, Path path, cudaStream_t st)
     if ((e = cudaGetLastError()) != cudaSuccess) return e;
   }
   const long long items = p.total_chunks * p.Hv;
+  if (p.overlap) {
+    if (items > 0 && (e = cudaMemsetAsync(p.flags, 0, std::size_t(items) * sizeof(int), st)) != cudaSuccess) return e;
+    auto kern = overlapped_kernel<DECAY, GATES, Tin, D>;
+    const int smem_prep = PrepLayout<D, DECAY == 0, GATES == 0, false>::bytes;
+    const int smem_state = StateLayout<D>(p.vslice, kThreads / 32, Record<D>::bytes(GATES == 1)).bytes;
+    const int smem = smem_prep > smem_state ? smem_prep : smem_state;
+    if ((e = allow_smem(kern, smem)) != cudaSuccess) return e;
+    kern<<<unsigned(p.num_sms), kThreads, smem, st>>>(p);
+    return cudaGetLastError();
+  }
   if (items > 0) {
     auto kern = prep_kernel<DECAY, GATES, Tin, D>;
     constexpr int smem = PrepLayout<D, DECAY == 0, GATES == 0, false>::bytes;

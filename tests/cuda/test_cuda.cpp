@@ -156,7 +156,7 @@ struct DeviceOutputs {
 
 template <class Policy, class T>
 void run_forward_case(const ProblemConfig& cfg, cuda::ForwardPath path, bool with_state = true,
-                      const std::vector<std::int32_t>* slots = nullptr, Index pool = 0) {
+                      const std::vector<std::int32_t>* slots = nullptr, Index pool = 0, bool overlap = true) {
   RandomProblem<Policy, T> rp(cfg);
   // state pool: replace the per-sequence initial state by a larger pool
   if (slots) {
@@ -175,6 +175,7 @@ void run_forward_case(const ProblemConfig& cfg, cuda::ForwardPath path, bool wit
   DeviceOutputs<T> out(rp.B, rp.T_, cfg.Hv, cfg.V, NS, cfg.K, with_state);
   cuda::ChunkOptions opt;
   opt.path = path;
+  opt.overlap = overlap;
   std::size_t ws_bytes = 0;
   const Status wst = cuda::chunk_forward_workspace_size<Policy>(dp.p, ws_bytes, opt);
   INFO(wst.to_string());
@@ -220,8 +221,8 @@ void run_forward_case(const ProblemConfig& cfg, cuda::ForwardPath path, bool wit
   const double eo = rel_error(o_got.view(), o_cmp.view());
   const double es = with_state ? rel_error(out.s_h.view(), ref.final_state.view()) : 0.0;
   CAPTURE(eo, es, ws_bytes);
-  std::printf("[accuracy] %-5s %-8s %-5s %-48s output %.2e  state %.2e\n", Policy::name(), dtype_name<T>(),
-              path == cuda::ForwardPath::fused ? "fused" : "split", describe(cfg).c_str(), eo, es);
+  std::printf("[accuracy] %-5s %-8s %-7s %-48s output %.2e  state %.2e\n", Policy::name(), dtype_name<T>(),
+              path == cuda::ForwardPath::fused ? "fused" : overlap ? "split-o" : "split", describe(cfg).c_str(), eo, es);
   CHECK(skipped_untouched);
   CHECK(eo <= 4e-3);
   CHECK(es <= 3e-3);
@@ -251,28 +252,30 @@ TEMPLATE_TEST_CASE("cuda chunk forward matches the fp64 recurrence", "[cuda][for
   INFO("GDR2_TEST_SEED=" << base_seed());
   std::mt19937_64 rng(base_seed() ^ std::hash<std::string>{}(TestType::name()));
   auto pick = [&](Index lo, Index hi) { return lo + Index(rng() % std::uint64_t(hi - lo + 1)); };
-  for (auto path : {cuda::ForwardPath::fused, cuda::ForwardPath::split}) {
-    SECTION(std::string("path ") + path_name(path)) {
+  for (int variant = 0; variant < 3; ++variant) {
+    const auto path = variant == 0 ? cuda::ForwardPath::fused : cuda::ForwardPath::split;
+    const bool ov = variant == 1;  // split: overlapped (1) and sequential (2) launches
+    SECTION(std::string("path ") + path_name(path) + (variant == 2 ? " sequential" : "")) {
       // odd T, grouped value heads, b up to 2, moderate decay
       Index T = pick(130, 330) | 1;
       auto c1 = make_cfg(1, 2, T, 2, 4, 128, -2.0);
       INFO("cfg1 " << describe(c1));
-      run_forward_case<TestType, bf16>(c1, path);
+      run_forward_case<TestType, bf16>(c1, path, true, nullptr, 0, ov);
       // strong decays (down to -20 per token), gates per key head, fp16 inputs
       auto c2 = make_cfg(2, 1, pick(65, 200) | 1, 2, 2, 128, -20.0);
       c2.gates_per_key_head = true;
       INFO("cfg2 " << describe(c2));
-      run_forward_case<TestType, f16>(c2, path);
+      run_forward_case<TestType, f16>(c2, path, true, nullptr, 0, ov);
       // K = V = 64, no initial state, no final state
       auto c3 = make_cfg(3, 2, pick(10, 150), 1, 3, 64, -3.0);
       c3.initial_state = false;
       INFO("cfg3 " << describe(c3));
-      run_forward_case<TestType, bf16>(c3, path, /*with_state=*/false);
+      run_forward_case<TestType, bf16>(c3, path, /*with_state=*/false, nullptr, 0, ov);
       // packed varlen: empty, one-token, exact-chunk and multi-chunk sequences
       auto c4 = make_cfg(4, 1, 0, 1, 2, 128, -5.0);
       c4.seqlens = {1, 64, 0, Index(pick(130, 260)), 37, 129};
       INFO("cfg4 " << describe(c4));
-      run_forward_case<TestType, bf16>(c4, path);
+      run_forward_case<TestType, bf16>(c4, path, true, nullptr, 0, ov);
     }
   }
 }
@@ -286,6 +289,7 @@ TEST_CASE("cuda chunk forward: state pool with skipped sequences", "[cuda][forwa
     std::vector<std::int32_t> slots = {5, -1, 0, 3};
     INFO(path_name(path) << " " << describe(c));
     run_forward_case<GDR2, bf16>(c, path, true, &slots, 6);
+    if (path == cuda::ForwardPath::split) run_forward_case<GDR2, bf16>(c, path, true, &slots, 6, false);
   }
 }
 
@@ -297,6 +301,7 @@ TEST_CASE("cuda chunk forward: fused and split agree on a long sequence", "[cuda
   INFO(describe(c));
   run_forward_case<GDR2, bf16>(c, cuda::ForwardPath::fused);
   run_forward_case<GDR2, bf16>(c, cuda::ForwardPath::split);
+  run_forward_case<GDR2, bf16>(c, cuda::ForwardPath::split, true, nullptr, 0, /*overlap=*/false);
 }
 
 TEST_CASE("cuda chunk forward accuracy at model-like sizes", "[cuda][forward][accuracy]") {

@@ -61,6 +61,9 @@ struct ChunkOptions {
   /// Split path: value columns per state-pass block (16, 32, 64 or 128 with K = V = 128;
   /// at most V). 0 = automatic (the widest slice that still gives one block per SM).
   int value_slice = 0;
+  /// Split path with few (sequence, head) pairs: run the state pass concurrently with the
+  /// chunk preparation in one launch (records published through flags in the workspace).
+  bool overlap = true;
 };
 
 /// Workspace bytes `chunk_forward` needs for this problem and options (0 for the fused
