@@ -20,11 +20,14 @@ struct Worst {
 template <class Policy, class T>
 Worst worst_error(bool chunked, double g_min) {
   Worst w;
-  const ProblemConfig shapes[] = {
-      {2, 37, 2, 4, 16, 12, {}, g_min, 0.0, 2.0, 0.0, 1.0, true, false, 1},
-      {1, 150, 1, 3, 20, 28, {}, g_min, 0.0, 2.0, 0.0, 1.0, true, true, 2},
-      {1, 0, 2, 4, 12, 20, {5, 0, 1, 97, 17, 64}, g_min, 0.0, 2.0, 0.0, 1.0, true, false, 3},
+  auto shape = [&](Index B, Index len, Index Hk, Index Hv, Index K, Index V, std::vector<Index> seqlens, bool per_key) {
+    ProblemConfig c;
+    c.B = B, c.T = len, c.Hk = Hk, c.Hv = Hv, c.K = K, c.V = V, c.seqlens = std::move(seqlens);
+    c.g_min = g_min, c.b_max = 2.0, c.gates_per_key_head = per_key, c.seed = std::uint64_t(len + K);
+    return c;
   };
+  const ProblemConfig shapes[] = {shape(2, 37, 2, 4, 16, 12, {}, false), shape(1, 150, 1, 3, 20, 28, {}, true),
+                                  shape(1, 0, 2, 4, 12, 20, {5, 0, 1, 97, 17, 64}, false)};
   for (const auto& cfg : shapes) {
     RandomProblem<Policy, T> rp(cfg);
     const auto ref = reference_forward<Policy>(rp.problem());
