@@ -87,11 +87,9 @@ void ceiling_memcpy(benchmark::State& st) {
 }
 
 // ----------------------------------------------------------------- forward --
-enum EngineId { kRecurrent = 0, kChunk = 1 };
-
-template <class Policy, class T>
-void forward(benchmark::State& st) {
-  const int engine = int(st.range(0)), threads = int(st.range(1));
+/// The prefill shape of every forward/backward case: B=1, T=4096, H=16, K=V=128,
+/// log-decays in [−1, 0], erase gates in [0, 2].
+ProblemConfig prefill_config() {
   ProblemConfig cfg;
   cfg.B = 1;
   cfg.T = 4096;
@@ -99,6 +97,15 @@ void forward(benchmark::State& st) {
   cfg.K = cfg.V = 128;
   cfg.g_min = -1.0;
   cfg.b_max = 2.0;
+  return cfg;
+}
+
+enum EngineId { kRecurrent = 0, kChunk = 1 };
+
+template <class Policy, class T>
+void forward(benchmark::State& st) {
+  const int engine = int(st.range(0)), threads = int(st.range(1));
+  const ProblemConfig cfg = prefill_config();
   RandomProblem<Policy, T> rp(cfg);
   const auto p = rp.problem();
   Tensor<T> o(cfg.B, cfg.T, cfg.Hv, cfg.V);
@@ -124,13 +131,7 @@ enum Direction { kBackward = 0, kTrainingStep = 1 };
 template <class Policy>
 void backward(benchmark::State& st) {
   const int engine = int(st.range(0)), direction = int(st.range(1)), threads = int(st.range(2));
-  ProblemConfig cfg;
-  cfg.B = 1;
-  cfg.T = 4096;
-  cfg.Hk = cfg.Hv = 16;
-  cfg.K = cfg.V = 128;
-  cfg.g_min = -1.0;
-  cfg.b_max = 2.0;
+  const ProblemConfig cfg = prefill_config();
   RandomProblem<Policy, float> rp(cfg);
   RandomUpstream<float> up(rp.problem(), 1);
   GradientBuffers<float> grads(rp.problem());
