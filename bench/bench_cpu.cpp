@@ -87,11 +87,9 @@ void ceiling_memcpy(benchmark::State& st) {
 }
 
 // ----------------------------------------------------------------- forward --
-enum EngineId { kRecurrent = 0, kChunk = 1 };
-
-template <class Policy, class T>
-void forward(benchmark::State& st) {
-  const int engine = int(st.range(0)), threads = int(st.range(1));
+/// The prefill shape of every forward/backward case: B=1, T=4096, H=16, K=V=128,
+/// log-decays in [−1, 0], erase gates in [0, 2].
+ProblemConfig prefill_config() {
   ProblemConfig cfg;
   cfg.B = 1;
   cfg.T = 4096;
@@ -99,6 +97,15 @@ void forward(benchmark::State& st) {
   cfg.K = cfg.V = 128;
   cfg.g_min = -1.0;
   cfg.b_max = 2.0;
+  return cfg;
+}
+
+enum EngineId { kRecurrent = 0, kChunk = 1 };
+
+template <class Policy, class T>
+void forward(benchmark::State& st) {
+  const int engine = int(st.range(0)), threads = int(st.range(1));
+  const ProblemConfig cfg = prefill_config();
   RandomProblem<Policy, T> rp(cfg);
   const auto p = rp.problem();
   Tensor<T> o(cfg.B, cfg.T, cfg.Hv, cfg.V);
@@ -114,6 +121,48 @@ void forward(benchmark::State& st) {
   const Shape sh{cfg.B * cfg.T, cfg.Hk, cfg.Hv, cfg.K, cfg.V};
   const double flops = engine == kChunk ? chunk_forward_flops(sh, 64) : recurrent_forward_flops(sh);
   set_rates(st, flops, forward_bytes<Policy, T>(sh, cfg.B));
+}
+
+// ---------------------------------------------------------------- backward --
+enum Direction { kBackward = 0, kTrainingStep = 1 };
+
+/// Backward (chunk: from a saved context; recurrent: BPTT with checkpoints) or a whole
+/// training step (chunk_forward_save + chunk_backward), fp32, B=1, T=4096, H=16, K=V=128.
+template <class Policy>
+void backward(benchmark::State& st) {
+  const int engine = int(st.range(0)), direction = int(st.range(1)), threads = int(st.range(2));
+  const ProblemConfig cfg = prefill_config();
+  RandomProblem<Policy, float> rp(cfg);
+  RandomUpstream<float> up(rp.problem(), 1);
+  GradientBuffers<float> grads(rp.problem());
+  auto o = rp.make_output(), s = rp.make_state();
+  const Outputs<float, float> out{o.view(), s.view()};
+  ChunkContext<float> ctx;
+  Options opt;
+  opt.executor = &pool_for(threads).executor();
+  const auto p = rp.problem();
+  if (engine == kChunk && direction == kBackward && !chunk_forward_save<Policy>(p, out, ctx, opt).ok())
+    st.SkipWithError("forward failed");
+  for (auto _ : st) {
+    Status r;
+    if (engine == kRecurrent) {
+      r = recurrent_backward<Policy>(p, up.grad_outputs(), grads.views(), opt);
+    } else {
+      if (direction == kTrainingStep) r = chunk_forward_save<Policy>(p, out, ctx, opt);
+      if (r.ok()) r = chunk_backward<Policy>(p, ctx, up.grad_outputs(), grads.views(), opt);
+    }
+    if (!r.ok()) st.SkipWithError(r.to_string().c_str());
+    benchmark::ClobberMemory();
+  }
+  const Shape sh{cfg.B * cfg.T, cfg.Hk, cfg.Hv, cfg.K, cfg.V};
+  double flops = engine == kChunk ? chunk_backward_flops(sh, 64) : recurrent_backward_flops(sh);
+  if (direction == kTrainingStep) flops += chunk_forward_flops(sh, 64);
+  // Bytes: the forward's inputs read again, dO read, every input's gradient written
+  // (fp32), dS0 written; a training step adds the forward's own bytes.
+  double bytes = 2 * forward_bytes<Policy, float>(sh, cfg.B);
+  if (direction == kTrainingStep) bytes += forward_bytes<Policy, float>(sh, cfg.B);
+  st.counters["context_MiB"] = double(ctx.bytes()) / (1 << 20);
+  set_rates(st, flops, bytes);
 }
 
 // ------------------------------------------------------------------ decode --
@@ -148,6 +197,7 @@ void decode(benchmark::State& st) {
 void register_all() {
   const int T = bench_threads();
   benchmark::RegisterBenchmark("ceiling/sgemm", ceiling_sgemm)->Arg(T)->UseRealTime()->Unit(benchmark::kMillisecond);
+  benchmark::RegisterBenchmark("ceiling/sgemm/threads:1", ceiling_sgemm)->Arg(1)->UseRealTime()->Unit(benchmark::kMillisecond);
   benchmark::RegisterBenchmark("ceiling/memcpy", ceiling_memcpy)->Arg(T)->UseRealTime()->Unit(benchmark::kMillisecond);
 #define GDR2_FWD(POL, TY, tag)                                                                                   \
   benchmark::RegisterBenchmark("chunk/forward/" #tag, forward<POL, TY>)->Args({kChunk, T})->UseRealTime()->Unit( \
@@ -163,6 +213,21 @@ void register_all() {
   GDR2_FWD(KDA, Eigen::bfloat16, kda/bf16)
   GDR2_FWD(GDN, Eigen::bfloat16, gdn/bf16)
 #undef GDR2_FWD
+#define GDR2_BWD(POL, tag)                                                                                          \
+  benchmark::RegisterBenchmark("chunk/backward/" #tag, backward<POL>)->Args({kChunk, kBackward, T})->UseRealTime()->Unit( \
+      benchmark::kMillisecond);                                                                                     \
+  benchmark::RegisterBenchmark("chunk/forward+backward/" #tag, backward<POL>)                                       \
+      ->Args({kChunk, kTrainingStep, T})                                                                            \
+      ->UseRealTime()                                                                                               \
+      ->Unit(benchmark::kMillisecond);                                                                              \
+  benchmark::RegisterBenchmark("recurrent/backward/" #tag, backward<POL>)                                           \
+      ->Args({kRecurrent, kBackward, T})                                                                            \
+      ->UseRealTime()                                                                                               \
+      ->Unit(benchmark::kMillisecond);
+  GDR2_BWD(GDR2, gdr2/fp32)
+  GDR2_BWD(KDA, kda/fp32)
+  GDR2_BWD(GDN, gdn/fp32)
+#undef GDR2_BWD
   // Thread scaling of the chunk forward: 1 thread vs all.
   benchmark::RegisterBenchmark("chunk/forward/kda/fp32/threads:1", forward<KDA, float>)
       ->Args({kChunk, 1})

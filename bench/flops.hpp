@@ -25,6 +25,22 @@ inline double chunk_forward_flops(const Shape& s, Index C) {
 /// Recurrent step: r = S̄ᵀe (2KV), S = a·S + k δᵀ (3KV), o = Sᵀq (2KV) per token and head.
 inline double recurrent_forward_flops(const Shape& s) { return 7.0 * double(s.K * s.V) * double(s.tokens * s.Hv); }
 
+/// Chunk backward (SPEC §4) per value head and full chunk, not counting the
+/// recomputation of the forward quantities it needs:
+///   the fourteen C×K×V products (dQγ, dS0 ×3, dR, dKtail, dY, ...)   14CKV
+///   the C×C×(K or V) products (dAqk, dR, dA, dZ, dĒ, dK̄ ×2, dQγ)     C²(4V + 6K)
+///   dT = −Aᵀ dA Aᵀ (two triangular products)                          2C³/3
+inline double chunk_backward_flops(const Shape& s, Index C) {
+  const double c = double(C), K = double(s.K), V = double(s.V);
+  const double per_chunk = 14 * c * K * V + c * c * (4 * V + 6 * K) + 2.0 * c * c * c / 3.0;
+  return per_chunk * double(s.tokens) / c * double(s.Hv);
+}
+
+/// BPTT per token and head (SPEC §2), not counting the recomputed forward step:
+/// dS += q doᵀ, dq = S do, dk = dS δ, dδ = dSᵀk, dS̄ = dS + e drᵀ, de = S̄ dr,
+/// dg = rowsum(dS̄ ⊙ S̄) (2KV each) and dS = Diag(a) dS̄ (KV).
+inline double recurrent_backward_flops(const Shape& s) { return 15.0 * double(s.K * s.V) * double(s.tokens * s.Hv); }
+
 /// Fewest bytes of a forward: every input read once, o written once, and the state
 /// read and written once per sequence (fp32).
 template <class Policy, class T>

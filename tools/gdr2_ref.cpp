@@ -43,7 +43,7 @@ read from INPUT_DIR/<name>.npy or from --<name> FILE:
   initial_state      [N, Hv, K, V]          optional; zeros when absent
   cu_seqlens         [N+1] int32 or int64   optional; packed varlen (B = 1)
   d_o, d_final_state [B, T, Hv, V], [N, Hv, K, V]: upstream gradients; giving
-                     d_o asks for every input's gradient (needs the backward)
+                     d_o asks for every input's gradient
   Gate tensors have H = Hk or Hv heads. q, k and v share one dtype, which is the
   engine's input dtype; other inputs are converted to it (g and initial_state to
   the accumulation type). The fp64 reference uses every value exactly as read.
@@ -368,14 +368,12 @@ Errors compare(const npy::Array& a, const npy::Array& ref) {
   return e;
 }
 
-/// The backward of the chosen engine, writing every gradient view given in `gr`.
-/// This build of gdr2 has no backward pass yet, so asking for gradients (giving
-/// d_o) is reported as unsupported; the rest of the tool (reading d_o and
-/// d_final_state, allocating, comparing and writing the gradients) is in place.
+/// The backward of the chosen engine (BPTT, or the chunk backward recomputing its
+/// chunk-start states), writing every gradient view given in `gr`.
 template <class Policy, class T>
-Status run_backward(EngineKind, const Problem<T>&, const GradOutputs<T>&, const Gradients<accum_t<T>>&, const Options&) {
-  return {Code::unsupported,
-          "gradients were asked for (d_o given), but this build of gdr2 has no backward pass yet; remove d_o to run the forward"};
+Status run_backward(EngineKind e, const Problem<T>& p, const GradOutputs<T>& up, const Gradients<accum_t<T>>& gr,
+                    const Options& opt) {
+  return e == EngineKind::chunk ? chunk_backward<Policy>(p, up, gr, opt) : recurrent_backward<Policy>(p, up, gr, opt);
 }
 
 /// Gradient buffers shaped like the inputs given, and their names and .npy shapes.

@@ -143,6 +143,7 @@ void BM_forward(benchmark::State& state) {
   const Index B = state.range(0), T = state.range(1), H = state.range(2), D = 128;
   const auto path = static_cast<cuda::ForwardPath>(state.range(3));
   const int vslice = int(state.range(4));
+  const bool overlap = state.range(5) != 0;
   const std::size_t nt = std::size_t(B * T * H * D);
   auto* q = device_random<bf16>(nt, -0.15, 0.15, 11);
   auto* k = device_random<bf16>(nt, -0.15, 0.15, 12);
@@ -164,7 +165,7 @@ void BM_forward(benchmark::State& state) {
   p.g = make_view<const float>(g, B, T, H, D);
   p.initial_state = make_view<const float>(s0, B, H, D, D);
   Outputs<bf16, float> out{make_view(o, B, T, H, D), make_view(sT, B, H, D, D)};
-  cuda::ChunkOptions opt{path, vslice};
+  cuda::ChunkOptions opt{path, vslice, overlap};
   std::size_t ws_bytes = 0;
   check(cuda::chunk_forward_workspace_size<GDR2>(p, ws_bytes, opt));
   void* ws = nullptr;
@@ -187,9 +188,13 @@ void BM_forward(benchmark::State& state) {
   CK(cudaStreamDestroy(s));
 }
 
-/// GDR-2 decode of one token, bf16, K = V = 128, fp32 states; args: sequences, heads.
+/// GDR-2 decode of one token, bf16, K = V = 128, fp32 states; args: sequences, heads,
+/// value slice (0 auto, 32, 128), graph (0: one call timed, launch included; 1: 16 calls
+/// captured in a CUDA graph, median graph time / 16 = the per-step time of a decode loop).
 void BM_decode(benchmark::State& state) {
   const Index B = state.range(0), H = state.range(1), D = 128;
+  const int vslice = int(state.range(2));
+  const bool graph = state.range(3) != 0;
   const Index pool = std::max<Index>(B, 256);
   const std::size_t nt = std::size_t(B * H * D);
   auto* q = device_random<bf16>(nt, -0.15, 0.15, 21);
@@ -201,7 +206,7 @@ void BM_decode(benchmark::State& state) {
   auto* S = device_random<float>(std::size_t(pool * H * D * D), -0.5, 0.5, 27);
   bf16* o;
   CK(cudaMalloc(&o, nt * sizeof(bf16)));
-  // rotation: iteration i uses slots (i*B + n) mod pool
+  // rotation: call i uses slots (i*B + n) mod pool, so one sequence's state is not in L2
   const int rot = int(pool / B);
   std::vector<std::int32_t> idx_h(std::size_t(rot * B));
   for (int r = 0; r < rot; ++r)
@@ -219,19 +224,36 @@ void BM_decode(benchmark::State& state) {
   p.initial_state = make_view<const float>(S, pool, H, D, D);
   Outputs<bf16, float> out{make_view(o, B, 1, H, D), make_view(S, pool, H, D, D)};
   cudaStream_t s;
-  CK(cudaStreamCreate(&s));
+  CK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
   int it = 0;
-  auto run = [&] { check(cuda::decode<GDR2>(p, out, idx + std::size_t((it++ % rot) * B), s)); };
+  auto call = [&] { check(cuda::decode<GDR2>(p, out, idx + std::size_t((it++ % rot) * B), s, vslice)); };
+  constexpr int kSteps = 16;
+  cudaGraphExec_t exec = nullptr;
+  if (graph) {
+    cudaGraph_t gr;
+    CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
+    for (int i = 0; i < kSteps; ++i) call();
+    CK(cudaStreamEndCapture(s, &gr));
+    CK(cudaGraphInstantiate(&exec, gr, 0));
+    CK(cudaGraphDestroy(gr));
+  }
+  auto run = [&] {
+    if (graph)
+      CK(cudaGraphLaunch(exec, s));
+    else
+      call();
+  };
   for (int i = 0; i < 5; ++i) run();
   CK(cudaStreamSynchronize(s));
   Timer t;
   for (auto _ : state) t.iteration(state, s, run);
   CK(cudaGetLastError());
-  const double med = t.median();
+  const double med = t.median() / (graph ? kSteps : 1);
   const double bytes = 2.0 * B * H * D * D * 4;  // state read + written
   state.counters["median_ms"] = med;
   state.counters["median_us"] = med * 1e3;
   state.counters["GBps"] = bytes / (med * 1e-3) / 1e9;
+  if (exec) CK(cudaGraphExecDestroy(exec));
   for (void* x : {(void*)q, (void*)k, (void*)v, (void*)b, (void*)w, (void*)g, (void*)S, (void*)o, (void*)idx})
     CK(cudaFree(x));
   CK(cudaStreamDestroy(s));
@@ -242,21 +264,26 @@ void BM_decode(benchmark::State& state) {
 BENCHMARK(BM_copy)->UseManualTime()->Iterations(50)->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_gemm_bf16)->UseManualTime()->Iterations(30)->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_forward)
-    ->ArgNames({"B", "T", "H", "path", "vs"})
-    ->Args({8, 4096, 16, 0, 0})
-    ->Args({8, 4096, 16, 1, 0})
-    ->Args({8, 4096, 16, 2, 0})
-    ->Args({1, 32768, 16, 0, 0})
-    ->Args({1, 32768, 16, 2, 16})
-    ->Args({1, 32768, 16, 2, 32})
-    ->Args({1, 32768, 16, 2, 64})
+    ->ArgNames({"B", "T", "H", "path", "vs", "ov"})
+    ->Args({8, 4096, 16, 0, 0, 1})
+    ->Args({8, 4096, 16, 1, 0, 1})
+    ->Args({8, 4096, 16, 2, 0, 1})
+    ->Args({1, 32768, 16, 0, 0, 1})
+    ->Args({1, 32768, 16, 2, 16, 0})
+    ->Args({1, 32768, 16, 2, 64, 1})
     ->UseManualTime()
     ->Iterations(30)
     ->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_decode)
-    ->ArgNames({"B", "H"})
-    ->Args({256, 16})
-    ->Args({1, 16})
+    ->ArgNames({"B", "H", "vs", "graph"})
+    ->Args({256, 16, 32, 0})
+    ->Args({256, 16, 128, 0})
+    ->Args({256, 16, 0, 1})
+    ->Args({256, 16, 32, 1})
+    ->Args({256, 16, 128, 1})
+    ->Args({1, 16, 0, 0})
+    ->Args({1, 16, 0, 1})
+    ->Args({1, 16, 128, 1})
     ->UseManualTime()
     ->Iterations(200)
     ->Unit(benchmark::kMicrosecond);

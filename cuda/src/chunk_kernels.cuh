@@ -42,23 +42,30 @@ template <int D, bool CH_DECAY, bool CH_GATES, bool WITH_V>
 struct PrepLayout {
   static constexpr int PH = D + 8;  // pitch (elements) of [64][D] 16-bit tiles
   static constexpr int PC = 72;     // pitch of [64][64] fp16 tiles
-  static constexpr int PF = 65;     // pitch of [64][64] fp32 tiles
+  static constexpr int PF = 68;     // pitch of [64][64] fp32 tiles (16-byte rows)
   static constexpr int TILE = kC * PH * 2;
+  static constexpr int QUAD = 3 * 4 * 8 * PH * 2;  // quadrant operands qBk, qQ, qK: [4][8][PH] fp16 each
   static constexpr int rq = 0;
   static constexpr int rk = rq + TILE;
   static constexpr int rb = rk + TILE;  // b tile, or β as 64 floats
   static constexpr int rg = rb + (CH_GATES ? TILE : 256);  // g (then e = exp g), fp32
   static constexpr int rv = rg + (CH_DECAY ? kC * D * 4 : 256);
   static constexpr int rw = rv + (WITH_V ? TILE : 0);
-  static constexpr int hq = rw + ((WITH_V && CH_GATES) ? TILE : 0);  // QFin → Qγ
+  static constexpr int after_v = rw + ((WITH_V && CH_GATES) ? TILE : 0);
+  // The quadrant operands live only from the G-step to the end of the Grams; when v and w
+  // tiles exist they share their space (v, w are then loaded after the Grams).
+  static constexpr bool QUAD_ALIAS = WITH_V && CH_GATES;
+  static constexpr int quad = QUAD_ALIAS ? rv : after_v;
+  static constexpr int hq = QUAD_ALIAS ? after_v : after_v + QUAD;  // QFin → Qγ
   static constexpr int hk = hq + TILE;                                // KFo → Ktail
-  static constexpr int he = hk + TILE;                                // BkFin → Ē → Y
+  static constexpr int he = hk + TILE;                                // BkFin → Y
   static constexpr int a16 = he + TILE;
   static constexpr int aqk16 = a16 + kC * PC * 2;
   static constexpr int t32 = aqk16 + kC * PC * 2;  // T (fp32); later: output staging
   static constexpr int a32 = t32 + kC * PF * 4;    // A (fp32)
   static constexpr int vec = a32 + kC * PF * 4;    // ga[4][D], tf[4][D], br[3][D], gc[D]
   static constexpr int bytes = vec + 12 * D * 4;
+  static_assert(!QUAD_ALIAS || QUAD <= 2 * TILE, "quadrant operands must fit in the v, w tiles");
   static_assert(bytes <= 232448, "prep shared memory exceeds 227 KB");
 };
 
@@ -119,12 +126,18 @@ struct Prep {
   static __device__ float* tf(char* sm) { return reinterpret_cast<float*>(sm + L::vec) + 4 * D; }
   static __device__ float* br(char* sm) { return reinterpret_cast<float*>(sm + L::vec) + 8 * D; }
   static __device__ float* gc(char* sm) { return reinterpret_cast<float*>(sm + L::vec) + 11 * D; }
+  // quadrant operands of diagonal block b, row i (0..7): left rows 16b+8+i, right rows 16b+i
+  static __device__ __half* qbk(char* sm) { return reinterpret_cast<__half*>(sm + L::quad); }
+  static __device__ __half* qq(char* sm) { return reinterpret_cast<__half*>(sm + L::quad) + 32 * PH; }
+  static __device__ __half* qk(char* sm) { return reinterpret_cast<__half*>(sm + L::quad) + 64 * PH; }
 
-  // ---- G-step -----------------------------------------------------------------------
+  // ---- G-step: a thread per (channel pair, 16-token sub-block) ----------------------------
+  // Log-decays are taken in log2 units; every exponent below is a non-positive difference.
   static __device__ void gstep(char* sm, float scale) {
     const int tid = threadIdx.x;
-    const int d = tid % D, part = tid / D;
-    constexpr int NB = D / 64;  // sub-blocks per thread
+    constexpr int NP = D / 2;
+    const bool active = tid < 4 * NP;
+    const int dp = tid % NP, j = tid / NP, d = 2 * dp;
     float* g = reinterpret_cast<float*>(sm + L::rg);
     const Tin* q = reinterpret_cast<const Tin*>(sm + L::rq);
     const Tin* k = reinterpret_cast<const Tin*>(sm + L::rk);
@@ -133,96 +146,107 @@ struct Prep {
     __half* hq = reinterpret_cast<__half*>(sm + L::hq);
     __half* hk = reinterpret_cast<__half*>(sm + L::hk);
     __half* he = reinterpret_cast<__half*>(sm + L::he);
-    auto G = [&](int r) { return CH_DECAY ? g[r * D + d] : g[r]; };
-
-    float s[4] = {0.f, 0.f, 0.f, 0.f};
+    auto G2 = [&](int r) -> float2 {
+      if (CH_DECAY) {
+        const float2 v = *reinterpret_cast<const float2*>(g + r * D + d);
+        return make_float2(v.x * kLog2e, v.y * kLog2e);
+      }
+      const float v = g[r] * kLog2e;
+      return make_float2(v, v);
+    };
+    auto h2 = [](float a, float b) { return __floats2half2_rn(a, b); };
+    float2 ex[16];
+    if (active) {
+      {  // block sums: each thread sums its own sub-block, shares it through the (idle) A32 tile
+        float2 own = make_float2(0.f, 0.f);
 #pragma unroll
-    for (int r = 0; r < kC; ++r) s[r >> 4] += G(r);
-
-    float ex[NB][16];
+        for (int rr = 0; rr < 16; ++rr) {
+          const float2 v = G2(j * 16 + rr);
+          own.x += v.x;
+          own.y += v.y;
+        }
+        *reinterpret_cast<float2*>(reinterpret_cast<float*>(sm + L::a32) + j * D + d) = own;
+      }
+    }
+    __syncthreads();
+    if (active) {
+      float2 s[4];
 #pragma unroll
-    for (int jj = 0; jj < NB; ++jj) {
-      const int j = part * NB + jj;
-      float off = 0.f, after = 0.f;
+      for (int l = 0; l < 4; ++l) s[l] = *reinterpret_cast<const float2*>(reinterpret_cast<const float*>(sm + L::a32) + l * D + d);
+      float2 off = make_float2(0.f, 0.f), after = off, sj = off;
 #pragma unroll
       for (int l = 0; l < 4; ++l) {
-        if (l < j) off += s[l];
-        if (l > j) after += s[l];
-      }
-      ga(sm)[j * D + d] = exp_nonpos(off);
-      tf(sm)[j * D + d] = exp_nonpos(after);
-      float Lc = 0.f;
-      float sj = 0.f;
-#pragma unroll
-      for (int l = 0; l < 4; ++l)
+        if (l < j) off = make_float2(off.x + s[l].x, off.y + s[l].y);
+        if (l > j) after = make_float2(after.x + s[l].x, after.y + s[l].y);
         if (l == j) sj = s[l];
+      }
+      *reinterpret_cast<float2*>(ga(sm) + j * D + d) = make_float2(ex2_nonpos(off.x), ex2_nonpos(off.y));
+      *reinterpret_cast<float2*>(tf(sm) + j * D + d) = make_float2(ex2_nonpos(after.x), ex2_nonpos(after.y));
+      if (j == 0) {
+        *reinterpret_cast<float2*>(br(sm) + 0 * D + d) = make_float2(ex2_nonpos(s[1].x), ex2_nonpos(s[1].y));
+        *reinterpret_cast<float2*>(br(sm) + 1 * D + d) =
+            make_float2(ex2_nonpos(s[1].x + s[2].x), ex2_nonpos(s[1].y + s[2].y));
+        *reinterpret_cast<float2*>(br(sm) + 2 * D + d) = make_float2(ex2_nonpos(s[2].x), ex2_nonpos(s[2].y));
+        *reinterpret_cast<float2*>(gc(sm) + d) = make_float2(ex2_nonpos(s[0].x + s[1].x + s[2].x + s[3].x),
+                                                             ex2_nonpos(s[0].y + s[1].y + s[2].y + s[3].y));
+      }
+      float2 Lc = make_float2(0.f, 0.f), L7 = Lc, Lr[8];
 #pragma unroll
       for (int rr = 0; rr < 16; ++rr) {
         const int r = j * 16 + rr;
-        const float gr = G(r);
-        Lc += gr;
-        const float fin = exp_nonpos(Lc), fout = exp_nonpos(sj - Lc);
-        ex[jj][rr] = exp_nonpos(gr);
-        const float qv = In16<Tin>::to_float(q[r * PH + d]);
-        const float kv = In16<Tin>::to_float(k[r * PH + d]);
-        const float bv = CH_GATES ? In16<Tin>::to_float(bt[r * PH + d]) : beta[r];
-        hq[r * PH + d] = __float2half_rn(scale * qv * fin);
-        he[r * PH + d] = __float2half_rn(bv * kv * fin);
-        hk[r * PH + d] = __float2half_rn(kv * fout);
+        const float2 v = G2(r);
+        Lc.x += v.x;
+        Lc.y += v.y;
+        const float2 fin = make_float2(ex2_nonpos(Lc.x), ex2_nonpos(Lc.y));
+        const float2 fout = make_float2(ex2_nonpos(sj.x - Lc.x), ex2_nonpos(sj.y - Lc.y));
+        ex[rr] = make_float2(ex2_nonpos(v.x), ex2_nonpos(v.y));
+        const float2 q2 = load2(q + r * PH + d), k2 = load2(k + r * PH + d);
+        const float2 b2 = CH_GATES ? load2(bt + r * PH + d) : make_float2(beta[r], beta[r]);
+        const float2 bk = make_float2(b2.x * k2.x, b2.y * k2.y), qs = make_float2(scale * q2.x, scale * q2.y);
+        *reinterpret_cast<__half2*>(hq + r * PH + d) = h2(qs.x * fin.x, qs.y * fin.y);
+        *reinterpret_cast<__half2*>(he + r * PH + d) = h2(bk.x * fin.x, bk.y * fin.y);
+        *reinterpret_cast<__half2*>(hk + r * PH + d) = h2(k2.x * fout.x, k2.y * fout.y);
+        if (rr < 8) Lr[rr] = Lc;
+        if (rr == 7) L7 = Lc;
+        if (rr >= 8) {  // left operands of the 8×8 quadrant, anchored at row 7 of the block
+          const float2 ql = make_float2(ex2_nonpos(Lc.x - L7.x), ex2_nonpos(Lc.y - L7.y));
+          const int qi = (j * 8 + rr - 8) * PH + d;
+          *reinterpret_cast<__half2*>(qbk(sm) + qi) = h2(bk.x * ql.x, bk.y * ql.y);
+          *reinterpret_cast<__half2*>(qq(sm) + qi) = h2(qs.x * ql.x, qs.y * ql.y);
+        }
       }
-    }
-    if (part == 0) {
-      br(sm)[0 * D + d] = exp_nonpos(s[1]);         // (i, j) = (2, 0)
-      br(sm)[1 * D + d] = exp_nonpos(s[1] + s[2]);  // (3, 0)
-      br(sm)[2 * D + d] = exp_nonpos(s[2]);         // (3, 1)
-      gc(sm)[d] = exp_nonpos(s[0] + s[1] + s[2] + s[3]);
-    }
-    // zero the accumulation targets of the diagonal Gram blocks: T32 diagonal blocks and
-    // T32 upper blocks (0,1) (0,2) (0,3) (1,2) that hold the Aqk diagonal partial sums.
-    float* t32 = reinterpret_cast<float*>(sm + L::t32);
-    for (int i = tid; i < 8 * 256; i += kThreads) {
-      const int blk = i >> 8, r = (i >> 4) & 15, c = i & 15;
-      int bi, bj;
-      if (blk < 4) {
-        bi = blk;
-        bj = blk;
-      } else {
-        const int ub = blk - 4;  // 0..3 → (0,1) (0,2) (0,3) (1,2)
-        bi = ub < 3 ? 0 : 1;
-        bj = ub < 3 ? ub + 1 : 2;
+#pragma unroll
+      for (int rr = 0; rr < 8; ++rr) {  // right operands of the quadrant
+        const float2 qr = make_float2(ex2_nonpos(L7.x - Lr[rr].x), ex2_nonpos(L7.y - Lr[rr].y));
+        const float2 k2 = load2(k + (j * 16 + rr) * PH + d);
+        *reinterpret_cast<__half2*>(qk(sm) + (j * 8 + rr) * PH + d) = h2(k2.x * qr.x, k2.y * qr.y);
       }
-      t32[(16 * bi + r) * PF + 16 * bj + c] = 0.f;
     }
     __syncthreads();  // every read of g done
-#pragma unroll
-    for (int jj = 0; jj < NB; ++jj) {
-      const int j = part * NB + jj;
+    if (active) {
 #pragma unroll
       for (int rr = 0; rr < 16; ++rr) {
         if (CH_DECAY)
-          g[(j * 16 + rr) * D + d] = ex[jj][rr];
-        else if (d == 0)
-          g[j * 16 + rr] = ex[jj][rr];
+          *reinterpret_cast<float2*>(g + (j * 16 + rr) * D + d) = ex[rr];
+        else if (dp == 0)
+          g[j * 16 + rr] = ex[rr].x;
       }
     }
     __syncthreads();
   }
 
-  // ---- Grams: T (strict lower) into t32, Aqk into aqk16 (diag partials via t32 upper) ----
-  static __device__ __forceinline__ int aqk_tmp_offset(int b) {
-    // diagonal block b's Aqk partial sums live in T32 block (0,1) (0,2) (0,3) (1,2)
-    const int bi = b < 3 ? 0 : 1, bj = b < 3 ? b + 1 : 2;
-    return 16 * bi * PF + 16 * bj;
-  }
-
-  static __device__ void grams(char* sm) {
+  // ---- Grams: T (strict lower) into t32, Aqk into aqk16 -------------------------------------
+  //  - off-diagonal 16×16 blocks (i > j): tensor cores, anchor at the end of block i−1
+  //  - lower-left 8×8 quadrant of each diagonal block: tensor cores, anchor at its row 7
+  //  - the eight 8×8 diagonal leaves: exact running products of e = exp(g), CUDA cores
+  static __device__ void grams(char* sm, float scale) {
     const int tid = threadIdx.x, w = tid >> 5, lane = tid & 31;
+    const int g8 = lane >> 2, q4 = lane & 3;
     float* t32 = reinterpret_cast<float*>(sm + L::t32);
     __half* aqk = reinterpret_cast<__half*>(sm + L::aqk16);
     const __half* hq = reinterpret_cast<const __half*>(sm + L::hq);
     const __half* hk = reinterpret_cast<const __half*>(sm + L::hk);
     const __half* he = reinterpret_cast<const __half*>(sm + L::he);
-    // -- off-diagonal blocks: warps 0..5 -------------------------------------------------
     if (w < 6) {
       // w → block (i, j): (1,0) (2,1) (3,2) (2,0) (3,1) (3,0); bridge index into br()
       const int i = w < 3 ? w + 1 : (w == 3 ? 2 : 3);
@@ -230,7 +254,6 @@ struct Prep {
       const int bridge = w < 3 ? -1 : (w == 3 ? 0 : (w == 4 ? 2 : 1));
       float accT[2][4] = {}, accA[2][4] = {};
       const float* P = bridge >= 0 ? br(sm) + bridge * D : nullptr;
-      const int q4 = lane & 3;
 #pragma unroll
       for (int kc = 0; kc < D / 16; ++kc) {
         std::uint32_t aT[4], aQ[4], b[4];
@@ -250,7 +273,6 @@ struct Prep {
         mma16816(accA[0], aQ, b[0], b[1]);
         mma16816(accA[1], aQ, b[2], b[3]);
       }
-      const int g8 = lane >> 2;
 #pragma unroll
       for (int nt = 0; nt < 2; ++nt) {
         const int col = 16 * j + 8 * nt + 2 * q4;
@@ -262,23 +284,42 @@ struct Prep {
           *reinterpret_cast<__half2*>(aqk + row * PC + col) = __floats2half2_rn(accA[nt][2 * h], accA[nt][2 * h + 1]);
         }
       }
+    } else {
+#pragma unroll
+      for (int bb = 0; bb < 2; ++bb) {
+        const int b = 2 * (w - 6) + bb;
+        float accT[4] = {}, accA[4] = {};
+        const int ro = (b * 8 + (lane & 7)) * PH + ((lane >> 3) & 1) * 8;
+#pragma unroll
+        for (int kc = 0; kc < D / 16; ++kc) {
+          std::uint32_t aT[4] = {0u, 0u, 0u, 0u}, aQ[4] = {0u, 0u, 0u, 0u}, b0, b1;
+          ldsm_x2(aT[0], aT[2], qbk(sm) + ro + 16 * kc);
+          ldsm_x2(aQ[0], aQ[2], qq(sm) + ro + 16 * kc);
+          ldsm_x2(b0, b1, qk(sm) + ro + 16 * kc);
+          mma16816(accT, aT, b0, b1);
+          mma16816(accA, aQ, b0, b1);
+        }
+        const int row = 16 * b + 8 + g8, col = 16 * b + 2 * q4;
+        t32[row * PF + col] = accT[0];
+        t32[row * PF + col + 1] = accT[1];
+        *reinterpret_cast<__half2*>(aqk + row * PC + col) = __floats2half2_rn(accA[0], accA[1]);
+      }
     }
-    // -- diagonal blocks: two warps per block, exact running products -------------------
+    // -- 8×8 diagonal leaves: warp w ↔ rows 8w..8w+7; lane = (row r, channel quarter) --------
     {
-      const int blk = w >> 1, hf = w & 1, r = lane & 15, dsub = lane >> 4;
+      const int lam = w, r = lane & 7, dsub = lane >> 3, row = 8 * lam + r;
       const Tin* q = reinterpret_cast<const Tin*>(sm + L::rq);
       const Tin* k = reinterpret_cast<const Tin*>(sm + L::rk);
       const Tin* bt = reinterpret_cast<const Tin*>(sm + L::rb);
       const float* beta = reinterpret_cast<const float*>(sm + L::rb);
       const float* e = reinterpret_cast<const float*>(sm + L::rg);
-      float accT[16], accA[16];
+      float accT[8], accA[8];
 #pragma unroll
-      for (int s = 0; s < 16; ++s) accT[s] = accA[s] = 0.f;
-      const int row = 16 * blk + r;
+      for (int s = 0; s < 8; ++s) accT[s] = accA[s] = 0.f;
       const float brow = CH_GATES ? 0.f : beta[row];
-#pragma unroll 1
+#pragma unroll 2
       for (int m = 0; m < D / 16; ++m) {
-        const int c = hf * (D / 2) + (dsub + 2 * m) * 4;
+        const int c = 4 * (dsub + 4 * m);
         const float4 kr = load4(k + row * PH + c);
         float4 bk;
         if (CH_GATES) {
@@ -287,43 +328,38 @@ struct Prep {
         } else {
           bk = make_float4(brow * kr.x, brow * kr.y, brow * kr.z, brow * kr.w);
         }
-        // q is scaled later (QFin has scale); here the raw dot, scaled at the end
         const float4 qr = load4(q + row * PH + c);
         float4 P = make_float4(1.f, 1.f, 1.f, 1.f);
 #pragma unroll
-        for (int s = 15; s >= 0; --s) {
+        for (int s = 7; s >= 0; --s) {
           if (s <= r) {
-            const float4 ks = load4(k + (16 * blk + s) * PH + c);
+            const float4 ks = load4(k + (8 * lam + s) * PH + c);
             const float4 x = make_float4(ks.x * P.x, ks.y * P.y, ks.z * P.z, ks.w * P.w);
-            accT[s] += bk.x * x.x + bk.y * x.y + bk.z * x.z + bk.w * x.w;
-            accA[s] += qr.x * x.x + qr.y * x.y + qr.z * x.z + qr.w * x.w;
+            accT[s] = fmaf(bk.w, x.w, fmaf(bk.z, x.z, fmaf(bk.y, x.y, fmaf(bk.x, x.x, accT[s]))));
+            accA[s] = fmaf(qr.w, x.w, fmaf(qr.z, x.z, fmaf(qr.y, x.y, fmaf(qr.x, x.x, accA[s]))));
             if (CH_DECAY) {
-              const float4 es = *reinterpret_cast<const float4*>(e + (16 * blk + s) * D + c);
-              P.x *= es.x;
-              P.y *= es.y;
-              P.z *= es.z;
-              P.w *= es.w;
+              const float4 es = *reinterpret_cast<const float4*>(e + (8 * lam + s) * D + c);
+              P = make_float4(P.x * es.x, P.y * es.y, P.z * es.z, P.w * es.w);
             } else {
-              const float es = e[16 * blk + s];
-              P.x *= es;
-              P.y *= es;
-              P.z *= es;
-              P.w *= es;
+              const float es = e[8 * lam + s];
+              P = make_float4(P.x * es, P.y * es, P.z * es, P.w * es);
             }
           }
         }
       }
 #pragma unroll
-      for (int s = 0; s < 16; ++s) {
+      for (int s = 0; s < 8; ++s) {
+        accT[s] += __shfl_xor_sync(0xffffffffu, accT[s], 8);
         accT[s] += __shfl_xor_sync(0xffffffffu, accT[s], 16);
+        accA[s] += __shfl_xor_sync(0xffffffffu, accA[s], 8);
         accA[s] += __shfl_xor_sync(0xffffffffu, accA[s], 16);
       }
       if (dsub == 0) {
-        float* tmp = t32 + aqk_tmp_offset(blk);
 #pragma unroll
-        for (int s = 0; s < 16; ++s) {
-          if (s < r) atomicAdd(t32 + row * PF + 16 * blk + s, accT[s]);
-          if (s <= r) atomicAdd(tmp + r * PF + s, accA[s]);
+        for (int s = 0; s < 8; ++s) {
+          if (s < r) t32[row * PF + 8 * lam + s] = accT[s];
+          aqk[row * PC + 8 * lam + s] = __float2half_rn(s <= r ? scale * accA[s] : 0.f);
+          if (!(lam & 1)) aqk[row * PC + 8 * lam + 8 + s] = __float2half_rn(0.f);  // upper-right quadrant
         }
       }
     }
@@ -331,12 +367,11 @@ struct Prep {
   }
 
   // ---- Solve A = (I + T)^-1, transforms, Y = A Ē -----------------------------------------
-  static __device__ void solve_and_y(char* sm, float scale) {
+  static __device__ void solve_and_y(char* sm) {
     const int tid = threadIdx.x, w = tid >> 5, lane = tid & 31;
     float* t32 = reinterpret_cast<float*>(sm + L::t32);
     float* a32 = reinterpret_cast<float*>(sm + L::a32);
     __half* a16 = reinterpret_cast<__half*>(sm + L::a16);
-    __half* aqk = reinterpret_cast<__half*>(sm + L::aqk16);
     __half* hq = reinterpret_cast<__half*>(sm + L::hq);
     __half* hk = reinterpret_cast<__half*>(sm + L::hk);
     __half* he = reinterpret_cast<__half*>(sm + L::he);
@@ -354,53 +389,68 @@ struct Prep {
 #pragma unroll
       for (int r = 0; r < 16; ++r) a32[(16 * blk + r) * PF + 16 * blk + c] = x[r];
     }
-    // (1') Aqk diagonal blocks: fp32 partials (with scale) → fp16
-    for (int i = tid; i < 4 * 256; i += kThreads) {
-      const int blk = i >> 8, r = (i >> 4) & 15, c = i & 15;
-      const float v = t32[aqk_tmp_offset(blk) + r * PF + c];
-      aqk[(16 * blk + r) * PC + 16 * blk + c] = __float2half_rn(c <= r ? scale * v : 0.f);
-    }
-    // (1'') in-place transforms: Ē = BkFin·γ_a, Qγ = QFin·γ_a, Ktail = KFo·tail
-    for (int i = tid; i < kC * D / 2; i += kThreads) {
-      const int r = i / (D / 2), c = 2 * (i % (D / 2)), blk = r >> 4;
-      const float2 gav = *reinterpret_cast<const float2*>(ga(sm) + blk * D + c);
-      const float2 tfv = *reinterpret_cast<const float2*>(tf(sm) + blk * D + c);
-      __half2* pe = reinterpret_cast<__half2*>(he + r * PH + c);
-      __half2* pq = reinterpret_cast<__half2*>(hq + r * PH + c);
-      __half2* pk = reinterpret_cast<__half2*>(hk + r * PH + c);
-      float2 x = __half22float2(*pe);
-      *pe = __floats2half2_rn(x.x * gav.x, x.y * gav.y);
-      x = __half22float2(*pq);
-      *pq = __floats2half2_rn(x.x * gav.x, x.y * gav.y);
-      x = __half22float2(*pk);
-      *pk = __floats2half2_rn(x.x * tfv.x, x.y * tfv.y);
+    // (1') in place, 8 values per thread: Ē = BkFin·γ_a, Qγ = QFin·γ_a, Ktail = KFo·tail
+    for (int i = tid; i < kC * D / 8; i += kThreads) {
+      const int r = i / (D / 8), c = 8 * (i % (D / 8)), blk = r >> 4;
+      const float4* gp = reinterpret_cast<const float4*>(ga(sm) + blk * D + c);
+      const float4* tp = reinterpret_cast<const float4*>(tf(sm) + blk * D + c);
+      const float4 g0 = gp[0], g1 = gp[1], t0 = tp[0], t1 = tp[1];
+      const float gv[8] = {g0.x, g0.y, g0.z, g0.w, g1.x, g1.y, g1.z, g1.w};
+      const float tv[8] = {t0.x, t0.y, t0.z, t0.w, t1.x, t1.y, t1.z, t1.w};
+      uint4* pe = reinterpret_cast<uint4*>(he + r * PH + c);
+      uint4* pq = reinterpret_cast<uint4*>(hq + r * PH + c);
+      uint4* pk = reinterpret_cast<uint4*>(hk + r * PH + c);
+      uint4 ve = *pe, vq = *pq, vk = *pk;
+      std::uint32_t* ue = &ve.x;
+      std::uint32_t* uq = &vq.x;
+      std::uint32_t* uk = &vk.x;
+#pragma unroll
+      for (int h = 0; h < 4; ++h) {
+        float2 x = __half22float2(*reinterpret_cast<__half2*>(ue + h));
+        ue[h] = pack_half2(x.x * gv[2 * h], x.y * gv[2 * h + 1]);
+        x = __half22float2(*reinterpret_cast<__half2*>(uq + h));
+        uq[h] = pack_half2(x.x * gv[2 * h], x.y * gv[2 * h + 1]);
+        x = __half22float2(*reinterpret_cast<__half2*>(uk + h));
+        uk[h] = pack_half2(x.x * tv[2 * h], x.y * tv[2 * h + 1]);
+      }
+      *pe = ve;
+      *pq = vq;
+      *pk = vk;
     }
     __syncthreads();
     // (2) block substitution by distance L = i − j:  X_ij = Σ_{k=j}^{i−1} T_ik A_kj,
     //     A_ij = −A_ii X_ij.  X_ij is kept in T32 block (j, i) (upper, unused).
 #pragma unroll 1
     for (int Ld = 1; Ld <= 3; ++Ld) {
-      const int nel = (4 - Ld) * 256;
+      const int nel = (4 - Ld) * 64;  // items of 1×4 elements
       for (int e = tid; e < nel; e += kThreads) {
-        const int i = Ld + (e >> 8), j = i - Ld, r = (e >> 4) & 15, c = e & 15;
-        float acc = 0.f;
+        const int i = Ld + (e >> 6), j = i - Ld, r = (e >> 2) & 15, c = 4 * (e & 3);
+        float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
         for (int kb = j; kb < i; ++kb) {
           const float* trow = t32 + (16 * i + r) * PF + 16 * kb;
           const float* acol = a32 + (16 * kb) * PF + 16 * j + c;
 #pragma unroll
-          for (int u = 0; u < 16; ++u) acc += trow[u] * acol[u * PF];
+          for (int u = 0; u < 16; ++u) {
+            const float t = trow[u];
+            const float4 a = *reinterpret_cast<const float4*>(acol + u * PF);
+            acc = make_float4(fmaf(t, a.x, acc.x), fmaf(t, a.y, acc.y), fmaf(t, a.z, acc.z), fmaf(t, a.w, acc.w));
+          }
         }
-        t32[(16 * j + r) * PF + 16 * i + c] = acc;
+        *reinterpret_cast<float4*>(t32 + (16 * j + r) * PF + 16 * i + c) = acc;
       }
       __syncthreads();
       for (int e = tid; e < nel; e += kThreads) {
-        const int i = Ld + (e >> 8), j = i - Ld, r = (e >> 4) & 15, c = e & 15;
+        const int i = Ld + (e >> 6), j = i - Ld, r = (e >> 2) & 15, c = 4 * (e & 3);
         const float* arow = a32 + (16 * i + r) * PF + 16 * i;
         const float* xcol = t32 + (16 * j) * PF + 16 * i + c;
-        float acc = 0.f;
+        float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
 #pragma unroll
-        for (int u = 0; u < 16; ++u) acc += arow[u] * xcol[u * PF];
-        a32[(16 * i + r) * PF + 16 * j + c] = -acc;
+        for (int u = 0; u < 16; ++u) {
+          const float t = arow[u];
+          const float4 x = *reinterpret_cast<const float4*>(xcol + u * PF);
+          acc = make_float4(fmaf(t, x.x, acc.x), fmaf(t, x.y, acc.y), fmaf(t, x.z, acc.z), fmaf(t, x.w, acc.w));
+        }
+        *reinterpret_cast<float4*>(a32 + (16 * i + r) * PF + 16 * j + c) = make_float4(-acc.x, -acc.y, -acc.z, -acc.w);
       }
       __syncthreads();
     }
@@ -448,13 +498,24 @@ struct Prep {
 // =====================================================================================
 // State pass of one chunk for one warp: 16 value columns, state Sᵀ in registers.
 // =====================================================================================
+/// Address of element (row, col) of a 16-bit tile, col a multiple of 8. Padded tiles: `ld`
+/// is the row pitch in elements. Swizzled tiles (the workspace records): `ld` is the number
+/// of 16-byte chunks per row and chunk c of row r sits at position c ^ (r & 7).
+template <bool SWZ>
+__device__ __forceinline__ const __half* tile_at(const __half* base, int ld, int row, int col) {
+  if constexpr (SWZ)
+    return base + ((row * ld + ((col >> 3) ^ (row & 7))) << 3);
+  else
+    return base + row * ld + col;
+}
+
 struct StepInputs {
-  const __half* Y;    // [64][ph]
-  const __half* Qg;   // [64][ph]
-  const __half* Kt;   // [64][ph]
-  int ph;
-  const __half* A;    // [64][pc]
-  const __half* Aqk;  // [64][pc]
+  const __half* Y;    // [64][K]
+  const __half* Qg;   // [64][K]
+  const __half* Kt;   // [64][K]
+  int ph;             // see tile_at
+  const __half* A;    // [64][64]
+  const __half* Aqk;  // [64][64]
   int pc;
   const float* gammaC;  // [K]
   const void* Rv;       // raw v tile [64][pv], columns from vcol
@@ -463,7 +524,7 @@ struct StepInputs {
   int pv, vcol;
 };
 
-template <class Tin, int D>
+template <class Tin, int D, bool SWZ>
 __device__ __forceinline__ void state_step(float (&S)[D / 8][4], const StepInputs& in, int n, void* stage,
                                            Tin* out, long long out_tstride, int lane) {
   const int g8 = lane >> 2, q4 = lane & 3;
@@ -497,7 +558,7 @@ __device__ __forceinline__ void state_step(float (&S)[D / 8][4], const StepInput
     for (int np = 0; np < 4; ++np) {
       if (np >= ks) {
         std::uint32_t b[4];
-        ldsm_x4(b, in.A + (16 * np + lrow_bn(lane)) * in.pc + 16 * ks + lcol_bn(lane));
+        ldsm_x4(b, tile_at<SWZ>(in.A, in.pc, 16 * np + lrow_bn(lane), 16 * ks + lcol_bn(lane)));
         mma16816(R[2 * np], z, b[0], b[1]);
         mma16816(R[2 * np + 1], z, b[2], b[3]);
       }
@@ -517,10 +578,10 @@ __device__ __forceinline__ void state_step(float (&S)[D / 8][4], const StepInput
 #pragma unroll
     for (int np = 0; np < 4; ++np) {
       std::uint32_t b[4];
-      ldsm_x4(b, in.Y + (16 * np + lrow_bn(lane)) * in.ph + 16 * kc + lcol_bn(lane));
+      ldsm_x4(b, tile_at<SWZ>(in.Y, in.ph, 16 * np + lrow_bn(lane), 16 * kc + lcol_bn(lane)));
       mma16816(R[2 * np], an, b[0], b[1]);
       mma16816(R[2 * np + 1], an, b[2], b[3]);
-      ldsm_x4(b, in.Qg + (16 * np + lrow_bn(lane)) * in.ph + 16 * kc + lcol_bn(lane));
+      ldsm_x4(b, tile_at<SWZ>(in.Qg, in.ph, 16 * np + lrow_bn(lane), 16 * kc + lcol_bn(lane)));
       mma16816(O[2 * np], a, b[0], b[1]);
       mma16816(O[2 * np + 1], a, b[2], b[3]);
     }
@@ -541,7 +602,7 @@ __device__ __forceinline__ void state_step(float (&S)[D / 8][4], const StepInput
     for (int np = 0; np < 4; ++np) {
       if (np >= ks) {
         std::uint32_t b[4];
-        ldsm_x4(b, in.Aqk + (16 * np + lrow_bn(lane)) * in.pc + 16 * ks + lcol_bn(lane));
+        ldsm_x4(b, tile_at<SWZ>(in.Aqk, in.pc, 16 * np + lrow_bn(lane), 16 * ks + lcol_bn(lane)));
         mma16816(O[2 * np], rf[ks], b[0], b[1]);
         mma16816(O[2 * np + 1], rf[ks], b[2], b[3]);
       }
@@ -561,7 +622,7 @@ __device__ __forceinline__ void state_step(float (&S)[D / 8][4], const StepInput
 #pragma unroll
     for (int cp = 0; cp < D / 16; ++cp) {
       std::uint32_t b[4];
-      ldsm_x4_t(b, in.Kt + (16 * ks + lrow_a(lane)) * in.ph + 16 * cp + lcol_a(lane));
+      ldsm_x4_t(b, tile_at<SWZ>(in.Kt, in.ph, 16 * ks + lrow_a(lane), 16 * cp + lcol_a(lane)));
       mma16816(S[2 * cp], rf[ks], b[0], b[1]);
       mma16816(S[2 * cp + 1], rf[ks], b[2], b[3]);
     }
@@ -692,10 +753,7 @@ __global__ void __launch_bounds__(kThreads, 1) fused_forward_kernel(const Forwar
   const int nch = (sp.eos - sp.bos + kC - 1) / kC;
   ChunkLoader<DECAY, GATES, Tin, D, true> ld;
   if (nch > 0) {
-    const int len0 = min(kC, sp.eos - sp.bos);
-    ld.issue_a(p, sm, sp.batch, sp.bos, len0, hv);
-    cp_async_commit();
-    ld.issue_b(p, sm, sp.batch, sp.bos, len0, hv);
+    ld.issue_a(p, sm, sp.batch, sp.bos, min(kC, sp.eos - sp.bos), hv);
     cp_async_commit();
   }
   StepInputs in;
@@ -713,32 +771,32 @@ __global__ void __launch_bounds__(kThreads, 1) fused_forward_kernel(const Forwar
   in.pv = L::PH;
   in.vcol = 16 * w;
   Tin* stage = reinterpret_cast<Tin*>(sm + L::t32) + w * (kC * 16);
+  // Per chunk: wait for q, k, b, g (group A) → G-step, Grams → issue v, w of this chunk
+  // (group B, into the space the Grams' quadrant operands used) and q, k, b, g of the next
+  // chunk (group A) → solve, Y → wait for group B → state pass.
 #pragma unroll 1
   for (int c = 0; c < nch; ++c) {
     const int t0 = sp.bos + c * kC, len = min(kC, sp.eos - t0);
-    cp_async_wait<1>();
+    cp_async_wait<0>();
     ld.land_a(sm);
     __syncthreads();
     P::gstep(sm, p.scale);
-    P::grams(sm);
+    P::grams(sm, p.scale);
+    ld.issue_b(p, sm, sp.batch, t0, len, hv);
+    cp_async_commit();
     if (c + 1 < nch) {
       const int t1 = t0 + kC;
       ld.issue_a(p, sm, sp.batch, t1, min(kC, sp.eos - t1), hv);
     }
     cp_async_commit();
-    P::solve_and_y(sm, p.scale);
+    P::solve_and_y(sm);
     cp_async_wait<1>();
     __syncthreads();
     if (owner) {
       Tin* out = const_cast<Tin*>(row_ptr<Tin>(p.o, p.so, sp.batch, t0, hv)) + 16 * w;
-      state_step<Tin, D>(S, in, len, stage, out, p.so.t, lane);
+      state_step<Tin, D, false>(S, in, len, stage, out, p.so.t, lane);
     }
     __syncthreads();
-    if (c + 1 < nch) {
-      const int t1 = t0 + kC;
-      ld.issue_b(p, sm, sp.batch, t1, min(kC, sp.eos - t1), hv);
-    }
-    cp_async_commit();
   }
   cp_async_wait<0>();
   if (owner) store_state<D>(S, p.sT, p.sT_stride, slot, hv, 16 * w, lane);
@@ -747,8 +805,9 @@ __global__ void __launch_bounds__(kThreads, 1) fused_forward_kernel(const Forwar
 // =====================================================================================
 // Split path.
 // =====================================================================================
-/// Record layout in the workspace: Y, Qγ, Ktail [64][K] fp16; A, Aqk [64][64] fp16;
-/// γ_C [K] fp32; β [64] fp32 (tied gates only).
+/// Record layout in the workspace (also the shared-memory image the state pass copies
+/// with one bulk copy): Y, Qγ, Ktail [64][K] fp16 and A, Aqk [64][64] fp16, each with
+/// 16-byte chunks XOR-swizzled by row (tile_at<true>); γ_C [K] fp32; β [64] fp32 (tied).
 template <int D>
 struct Record {
   static constexpr int y = 0, qg = kC * D * 2, kt = 2 * kC * D * 2, a = 3 * kC * D * 2, aqk = a + kC * kC * 2,
@@ -807,12 +866,13 @@ __global__ void chunk_offsets_kernel(const ForwardParams p, int* out) {
   if (tid == nt - 1) out[p.N] = part[nt - 1];
 }
 
+/// Prep role of the split path: items (chunk, value head) first, first + stride, ...;
+/// each writes its record and, when `flags` is given, then publishes it (release).
 template <int DECAY, int GATES, class Tin, int D>
-__global__ void __launch_bounds__(kThreads, 1) prep_kernel(const ForwardParams p) {
+__device__ void prep_body(const ForwardParams& p, char* sm, long long first, long long stride, int* flags) {
   using P = Prep<DECAY, GATES, Tin, D, false>;
   using L = typename P::L;
   using R = Record<D>;
-  extern __shared__ __align__(128) char sm[];
   const int tid = threadIdx.x;
   const long long items = p.total_chunks * p.Hv;
   ChunkLoader<DECAY, GATES, Tin, D, false> ld;
@@ -828,14 +888,14 @@ __global__ void __launch_bounds__(kThreads, 1) prep_kernel(const ForwardParams p
     len = min(kC, sp.eos - t0);
     skip = seq_slot(p, n) < 0;
   };
-  long long it = blockIdx.x;
+  long long it = first;
   int batch, t0, len, hv;
   bool skip;
   // advance to the first item that is not skipped
   while (it < items) {
     item_info(it, batch, t0, len, hv, skip);
     if (!skip) break;
-    it += gridDim.x;
+    it += stride;
   }
   if (it >= items) return;
   ld.issue_a(p, sm, batch, t0, len, hv);
@@ -843,37 +903,36 @@ __global__ void __launch_bounds__(kThreads, 1) prep_kernel(const ForwardParams p
 #pragma unroll 1
   while (it < items) {
     const long long cur = it;
-    const int cur_hv = hv;
     cp_async_wait<0>();
     ld.land_a(sm);
     __syncthreads();
     P::gstep(sm, p.scale);
-    P::grams(sm);
+    P::grams(sm, p.scale);
     // next item's inputs while this one finishes
-    it += gridDim.x;
+    it += stride;
     while (it < items) {
       item_info(it, batch, t0, len, hv, skip);
       if (!skip) break;
-      it += gridDim.x;
+      it += stride;
     }
     if (it < items) ld.issue_a(p, sm, batch, t0, len, hv);
     cp_async_commit();
-    P::solve_and_y(sm, p.scale);
-    // write the record
-    char* rec = static_cast<char*>(p.records) + (cur / p.Hv * p.Hv + cur_hv) * (long long)rbytes;
+    P::solve_and_y(sm);
+    // write the record (swizzled 16-byte chunks)
+    char* rec = static_cast<char*>(p.records) + cur * (long long)rbytes;
     constexpr int CPR = D * 2 / 16;  // 16-byte pieces per [64][D] row
     for (int i = tid; i < 3 * kC * CPR; i += kThreads) {
       const int m = i / (kC * CPR), r = (i / CPR) % kC, c = i % CPR;
       const int src = m == 0 ? L::he : m == 1 ? L::hq : L::hk;
       const int dst = m == 0 ? R::y : m == 1 ? R::qg : R::kt;
-      *reinterpret_cast<uint4*>(rec + dst + r * D * 2 + c * 16) =
+      *reinterpret_cast<uint4*>(rec + dst + (r * CPR + (c ^ (r & 7))) * 16) =
           *reinterpret_cast<const uint4*>(sm + src + r * L::PH * 2 + c * 16);
     }
     for (int i = tid; i < 2 * kC * 8; i += kThreads) {
       const int m = i / (kC * 8), r = (i / 8) % kC, c = i % 8;
       const int src = m == 0 ? L::a16 : L::aqk16;
       const int dst = m == 0 ? R::a : R::aqk;
-      *reinterpret_cast<uint4*>(rec + dst + r * kC * 2 + c * 16) =
+      *reinterpret_cast<uint4*>(rec + dst + (r * 8 + (c ^ (r & 7))) * 16) =
           *reinterpret_cast<const uint4*>(sm + src + r * L::PC * 2 + c * 16);
     }
     for (int i = tid; i < D / 4; i += kThreads)
@@ -881,68 +940,84 @@ __global__ void __launch_bounds__(kThreads, 1) prep_kernel(const ForwardParams p
     if (GATES == 1 && tid < kC / 4)
       reinterpret_cast<float4*>(rec + R::beta)[tid] = reinterpret_cast<const float4*>(sm + L::rb)[tid];
     __syncthreads();  // smem reads done before the next item's prep writes
+    if (flags && tid == 0) {  // publish: every thread's record stores happen-before (barrier, fence)
+      __threadfence();
+      asm volatile("st.release.gpu.global.b32 [%0], %1;\n" ::"l"(flags + cur), "r"(1) : "memory");
+    }
   }
   cp_async_wait<0>();
 }
 
-/// Shared-memory map of the state-pass kernel (per stage), value slice of VS columns.
+template <int DECAY, int GATES, class Tin, int D>
+__global__ void __launch_bounds__(kThreads, 1) prep_kernel(const ForwardParams p) {
+  extern __shared__ __align__(128) char sm[];
+  prep_body<DECAY, GATES, Tin, D>(p, sm, blockIdx.x, gridDim.x, nullptr);
+}
+
+/// Shared-memory map of the state-pass kernel: two stages, each a record image (one bulk
+/// copy) followed by the v, w slices (cp.async); then two mbarriers and the output staging.
 template <int D>
 struct StateLayout {
-  static constexpr int PH = D + 8, PC = 72;
-  int vs, pv, y, qg, kt, a, aqk, gc, beta, rv, rw, stage_bytes, ostage, bytes;
-  __host__ __device__ StateLayout(int vslice, int nwarps) {
+  int vs, pv, rec, rv, rw, stage_bytes, bars, ostage, bytes;
+  __host__ __device__ StateLayout(int vslice, int nwarps, int rbytes) {
     vs = vslice;
     pv = vs + 8;
-    y = 0;
-    qg = y + kC * PH * 2;
-    kt = qg + kC * PH * 2;
-    a = kt + kC * PH * 2;
-    aqk = a + kC * PC * 2;
-    gc = aqk + kC * PC * 2;
-    beta = gc + D * 4;
-    rv = beta + kC * 4;
+    rec = 0;
+    rv = (rbytes + 127) / 128 * 128;
     rw = rv + kC * pv * 2;
-    stage_bytes = rw + kC * pv * 2;
-    ostage = 2 * stage_bytes;
+    stage_bytes = (rw + kC * pv * 2 + 127) / 128 * 128;
+    bars = 2 * stage_bytes;
+    ostage = bars + 128;
     bytes = ostage + nwarps * kC * 16 * 2;
   }
 };
 
+/// Spin until a record is published (acquire); traps after ~10 s instead of hanging.
+__device__ __forceinline__ void wait_published(const int* flag) {
+  long long spins = 0;
+  int v = 0;
+  while (true) {
+    asm volatile("ld.acquire.gpu.global.b32 %0, [%1];\n" : "=r"(v) : "l"(flag) : "memory");
+    if (v) break;
+    __nanosleep(64);
+    if (++spins > (1ll << 27)) __trap();
+  }
+  asm volatile("fence.proxy.async.global;\n" ::: "memory");  // the bulk copy reads it through the async proxy
+}
+
+/// State-pass role of the split path for (sequence n, value head hv, columns v0..v0+vslice);
+/// warps beyond vslice/16 only help with the copies. With `flags`, each record is awaited.
 template <int DECAY, int GATES, class Tin, int D>
-__global__ void __launch_bounds__(256) state_kernel(const ForwardParams p) {
+__device__ void state_body(const ForwardParams& p, char* sm, int n, int hv, int v0, const int* flags) {
   using R = Record<D>;
-  extern __shared__ __align__(128) char sm[];
   const int tid = threadIdx.x, w = tid >> 5, lane = tid & 31, nthr = blockDim.x;
-  const StateLayout<D> Ls(p.vslice, nthr / 32);
-  const int n = blockIdx.x / p.Hv, hv = blockIdx.x % p.Hv;
-  const int v0 = blockIdx.y * p.vslice;
+  const bool owner = w < p.vslice / 16;
+  const int rbytes = R::bytes(GATES == 1);
+  const StateLayout<D> Ls(p.vslice, nthr / 32, rbytes);
   const int slot = seq_slot(p, n);
   if (slot < 0) return;
   const SeqSpan sp = seq_span(p, n);
   const int nch = (sp.eos - sp.bos + kC - 1) / kC;
   const long long cbase = chunk_base(p, n);
-  const int rbytes = R::bytes(GATES == 1);
+  std::uint64_t* bars = reinterpret_cast<std::uint64_t*>(sm + Ls.bars);
+  if (tid == 0) {
+    mbar_init(bars, 1);
+    mbar_init(bars + 1, 1);
+    fence_proxy_async();
+  }
+  __syncthreads();
   float S[D / 8][4];
-  load_state<D>(S, p.s0, p.s0_stride, slot, hv, v0 + 16 * w, lane);
+  if (owner) load_state<D>(S, p.s0, p.s0_stride, slot, hv, v0 + 16 * w, lane);
   const int hw = gate_head(hv, p.hg_w, p.Hv);
   auto issue = [&](int c) {
     char* st = sm + (c & 1) * Ls.stage_bytes;
-    const char* rec = static_cast<const char*>(p.records) + ((cbase + c) * p.Hv + hv) * (long long)rbytes;
-    constexpr int CPR = D * 2 / 16;
-    for (int i = tid; i < 3 * kC * CPR; i += nthr) {
-      const int m = i / (kC * CPR), r = (i / CPR) % kC, cc = i % CPR;
-      const int dst = m == 0 ? Ls.y : m == 1 ? Ls.qg : Ls.kt;
-      const int src = m == 0 ? R::y : m == 1 ? R::qg : R::kt;
-      cp_async16(st + dst + r * Ls.PH * 2 + cc * 16, rec + src + r * D * 2 + cc * 16, true);
+    if (tid == 0) {
+      const long long ri = (cbase + c) * p.Hv + hv;
+      if (flags) wait_published(flags + ri);
+      const char* rec = static_cast<const char*>(p.records) + ri * (long long)rbytes;
+      mbar_expect_tx(bars + (c & 1), std::uint32_t(rbytes));
+      bulk_g2s(st + Ls.rec, rec, std::uint32_t(rbytes), bars + (c & 1));
     }
-    for (int i = tid; i < 2 * kC * 8; i += nthr) {
-      const int m = i / (kC * 8), r = (i / 8) % kC, cc = i % 8;
-      cp_async16(st + (m == 0 ? Ls.a : Ls.aqk) + r * Ls.PC * 2 + cc * 16,
-                 rec + (m == 0 ? R::a : R::aqk) + r * kC * 2 + cc * 16, true);
-    }
-    for (int i = tid; i < D / 4; i += nthr) cp_async16(st + Ls.gc + i * 16, rec + R::gc + i * 16, true);
-    if (GATES == 1)
-      for (int i = tid; i < kC / 4; i += nthr) cp_async16(st + Ls.beta + i * 16, rec + R::beta + i * 16, true);
     const int t0 = sp.bos + c * kC, len = min(kC, sp.eos - t0);
     const int cpr = Ls.vs * 2 / 16;
     const Tin* vsrc = row_ptr<Tin>(p.v, p.sv, sp.batch, t0, hv) + v0;
@@ -962,29 +1037,55 @@ __global__ void __launch_bounds__(256) state_kernel(const ForwardParams p) {
     if (c + 1 < nch) issue(c + 1);
     cp_async_commit();
     cp_async_wait<1>();
+    mbar_wait(bars + (c & 1), (c >> 1) & 1);
     __syncthreads();
     const char* st = sm + (c & 1) * Ls.stage_bytes;
     StepInputs in;
-    in.Y = reinterpret_cast<const __half*>(st + Ls.y);
-    in.Qg = reinterpret_cast<const __half*>(st + Ls.qg);
-    in.Kt = reinterpret_cast<const __half*>(st + Ls.kt);
-    in.ph = Ls.PH;
-    in.A = reinterpret_cast<const __half*>(st + Ls.a);
-    in.Aqk = reinterpret_cast<const __half*>(st + Ls.aqk);
-    in.pc = Ls.PC;
-    in.gammaC = reinterpret_cast<const float*>(st + Ls.gc);
+    in.Y = reinterpret_cast<const __half*>(st + Ls.rec + R::y);
+    in.Qg = reinterpret_cast<const __half*>(st + Ls.rec + R::qg);
+    in.Kt = reinterpret_cast<const __half*>(st + Ls.rec + R::kt);
+    in.ph = D / 8;
+    in.A = reinterpret_cast<const __half*>(st + Ls.rec + R::a);
+    in.Aqk = reinterpret_cast<const __half*>(st + Ls.rec + R::aqk);
+    in.pc = 8;
+    in.gammaC = reinterpret_cast<const float*>(st + Ls.rec + R::gc);
     in.Rv = st + Ls.rv;
     in.Rw = GATES == 0 ? static_cast<const void*>(st + Ls.rw) : nullptr;
-    in.beta = GATES == 1 ? reinterpret_cast<const float*>(st + Ls.beta) : nullptr;
+    in.beta = GATES == 1 ? reinterpret_cast<const float*>(st + Ls.rec + R::beta) : nullptr;
     in.pv = Ls.pv;
     in.vcol = 16 * w;
     const int t0 = sp.bos + c * kC, len = min(kC, sp.eos - t0);
     Tin* out = const_cast<Tin*>(row_ptr<Tin>(p.o, p.so, sp.batch, t0, hv)) + v0 + 16 * w;
-    state_step<Tin, D>(S, in, len, ostage, out, p.so.t, lane);
+    if (owner) state_step<Tin, D, true>(S, in, len, ostage, out, p.so.t, lane);
+    fence_proxy_async();  // this stage is rewritten by a bulk copy after the barrier
     __syncthreads();
   }
   cp_async_wait<0>();
-  store_state<D>(S, p.sT, p.sT_stride, slot, hv, v0 + 16 * w, lane);
+  if (owner) store_state<D>(S, p.sT, p.sT_stride, slot, hv, v0 + 16 * w, lane);
+}
+
+template <int DECAY, int GATES, class Tin, int D>
+__global__ void __launch_bounds__(256) state_kernel(const ForwardParams p) {
+  extern __shared__ __align__(128) char sm[];
+  state_body<DECAY, GATES, Tin, D>(p, sm, blockIdx.x / p.Hv, blockIdx.x % p.Hv, blockIdx.y * p.vslice, nullptr);
+}
+
+/// Split path with prep and state pass overlapped, for few (sequence, head) pairs: the
+/// first N·Hv·(V/vslice) blocks run the state pass and wait for each record's flag; the
+/// other blocks run the prep persistently and publish records in chunk order. The grid is
+/// at most one block per SM and the prep blocks never wait, so every wait is on work that
+/// is running or will run.
+template <int DECAY, int GATES, class Tin, int D>
+__global__ void __launch_bounds__(kThreads, 1) overlapped_kernel(const ForwardParams p) {
+  extern __shared__ __align__(128) char sm[];
+  const int nsl = D / p.vslice, nstate = p.N * p.Hv * nsl;
+  const int b = blockIdx.x;
+  if (b < nstate) {
+    const int nh = b / nsl;
+    state_body<DECAY, GATES, Tin, D>(p, sm, nh / p.Hv, nh % p.Hv, (b % nsl) * p.vslice, p.flags);
+  } else {
+    prep_body<DECAY, GATES, Tin, D>(p, sm, b - nstate, gridDim.x - nstate, p.flags);
+  }
 }
 
 }  // namespace detail

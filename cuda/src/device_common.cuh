@@ -16,6 +16,13 @@ constexpr float kLog2e = 1.4426950408889634f;
 /// difference of log-decays can never produce a factor above 1; SPEC §5).
 __device__ __forceinline__ float exp_nonpos(float x) { return exp2f(fminf(x, 0.f) * kLog2e); }
 
+/// 2^x for x <= 0 given in log2 units (clamped; one MUFU.EX2, flush-to-zero).
+__device__ __forceinline__ float ex2_nonpos(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(fminf(x, 0.f)));
+  return y;
+}
+
 __device__ __forceinline__ std::uint32_t smem_u32(const void* p) {
   return static_cast<std::uint32_t>(__cvta_generic_to_shared(p));
 }
@@ -37,6 +44,9 @@ __device__ __forceinline__ void ldsm_x4(std::uint32_t (&r)[4], const void* p) {
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(smem_u32(p)));
 }
+__device__ __forceinline__ void ldsm_x2(std::uint32_t& r0, std::uint32_t& r1, const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n" : "=r"(r0), "=r"(r1) : "r"(smem_u32(p)));
+}
 __device__ __forceinline__ void ldsm_x4_t(std::uint32_t (&r)[4], const void* p) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
@@ -55,6 +65,32 @@ __device__ __forceinline__ int lrow_a(int l) { return (l & 7) + ((l >> 3) & 1) *
 __device__ __forceinline__ int lcol_a(int l) { return (l >> 4) * 8; }
 __device__ __forceinline__ int lrow_bn(int l) { return (l & 7) + (l >> 4) * 8; }
 __device__ __forceinline__ int lcol_bn(int l) { return ((l >> 3) & 1) * 8; }
+
+// ---- mbarrier + bulk copy (TMA, 1-D) ----------------------------------------------
+__device__ __forceinline__ void mbar_init(void* bar, int count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_u32(bar)), "r"(count));
+  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+}
+__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+__device__ __forceinline__ void mbar_expect_tx(void* bar, std::uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_u32(bar)), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void bulk_g2s(void* dst, const void* src, std::uint32_t bytes, void* bar) {
+  asm volatile(
+      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(smem_u32(dst)),
+      "l"(src), "r"(bytes), "r"(smem_u32(bar))
+      : "memory");
+}
+__device__ __forceinline__ void mbar_wait(void* bar, std::uint32_t parity) {
+  std::uint32_t ok = 0;
+  while (!ok) {
+    asm volatile(
+        "{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n selp.u32 %0, 1, 0, p;\n}\n"
+        : "=r"(ok)
+        : "r"(smem_u32(bar)), "r"(parity)
+        : "memory");
+  }
+}
 
 // ---- mma.sync m16n8k16, fp16 inputs, fp32 accumulators ----------------------------
 __device__ __forceinline__ void mma16816(float (&c)[4], const std::uint32_t (&a)[4], std::uint32_t b0,
@@ -95,6 +131,12 @@ struct In16<__half> {
   }
   __device__ static __forceinline__ __half from_float(float x) { return __float2half_rn(x); }
 };
+
+/// Two consecutive 16-bit values (4-byte aligned) as floats.
+template <class T>
+__device__ __forceinline__ float2 load2(const T* p) {
+  return In16<T>::to_float2(*reinterpret_cast<const std::uint32_t*>(p));
+}
 
 /// Four consecutive 16-bit values (8-byte aligned) as floats.
 template <class T>

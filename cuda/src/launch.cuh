@@ -28,6 +28,16 @@ cudaError_t launch_forward_d(const ForwardParams& p, Path path, cudaStream_t st)
     if ((e = cudaGetLastError()) != cudaSuccess) return e;
   }
   const long long items = p.total_chunks * p.Hv;
+  if (p.overlap) {
+    if (items > 0 && (e = cudaMemsetAsync(p.flags, 0, std::size_t(items) * sizeof(int), st)) != cudaSuccess) return e;
+    auto kern = overlapped_kernel<DECAY, GATES, Tin, D>;
+    const int smem_prep = PrepLayout<D, DECAY == 0, GATES == 0, false>::bytes;
+    const int smem_state = StateLayout<D>(p.vslice, kThreads / 32, Record<D>::bytes(GATES == 1)).bytes;
+    const int smem = smem_prep > smem_state ? smem_prep : smem_state;
+    if ((e = allow_smem(kern, smem)) != cudaSuccess) return e;
+    kern<<<unsigned(p.num_sms), kThreads, smem, st>>>(p);
+    return cudaGetLastError();
+  }
   if (items > 0) {
     auto kern = prep_kernel<DECAY, GATES, Tin, D>;
     constexpr int smem = PrepLayout<D, DECAY == 0, GATES == 0, false>::bytes;
@@ -39,7 +49,7 @@ cudaError_t launch_forward_d(const ForwardParams& p, Path path, cudaStream_t st)
   {
     auto kern = state_kernel<DECAY, GATES, Tin, D>;
     const int nw = p.vslice / 16;
-    const StateLayout<D> Ls(p.vslice, nw);
+    const StateLayout<D> Ls(p.vslice, nw, Record<D>::bytes(GATES == 1));
     if ((e = allow_smem(kern, Ls.bytes)) != cudaSuccess) return e;
     kern<<<dim3(unsigned(p.N * p.Hv), unsigned(D / p.vslice)), nw * 32, Ls.bytes, st>>>(p);
     return cudaGetLastError();
@@ -58,12 +68,24 @@ cudaError_t launch_decode_d(const ForwardParams& p, cudaStream_t st) {
                     p.sT_stride[2] % 4 == 0 && p.s0_stride[1] % 4 == 0 && p.sT_stride[1] % 4 == 0 &&
                     p.s0_stride[0] % 4 == 0 && p.sT_stride[0] % 4 == 0 &&
                     reinterpret_cast<std::uintptr_t>(p.s0) % 16 == 0 && reinterpret_cast<std::uintptr_t>(p.sT) % 16 == 0;
-  const unsigned grid = unsigned(p.N * p.Hv * (D / 32));
-  if (grid == 0 || p.T == 0) return cudaSuccess;
-  if (unit)
-    decode_kernel<DECAY, GATES, Tin, D, true><<<grid, 128, 0, st>>>(p);
-  else
-    decode_kernel<DECAY, GATES, Tin, D, false><<<grid, 128, 0, st>>>(p);
+  if (p.N * p.Hv == 0 || p.T == 0) return cudaSuccess;
+  if constexpr (D == 128) {
+    if (p.vslice == 128) {
+      const unsigned grid = unsigned(p.N * p.Hv);
+      if (unit)
+        decode_kernel<DECAY, GATES, Tin, D, true, 128, 256><<<grid, 256, 0, st>>>(p);
+      else
+        decode_kernel<DECAY, GATES, Tin, D, false, 128, 256><<<grid, 256, 0, st>>>(p);
+      return cudaGetLastError();
+    }
+  }
+  {
+    const unsigned grid = unsigned(p.N * p.Hv * (D / 32));
+    if (unit)
+      decode_kernel<DECAY, GATES, Tin, D, true, 32, 128><<<grid, 128, 0, st>>>(p);
+    else
+      decode_kernel<DECAY, GATES, Tin, D, false, 32, 128><<<grid, 128, 0, st>>>(p);
+  }
   return cudaGetLastError();
 }
 

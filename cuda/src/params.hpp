@@ -46,6 +46,8 @@ struct ForwardParams {
   long long total_chunks = 0;           // sum over sequences of ceil(len / 64)
   int chunks_per_seq = 0;               // fixed-length batches: ceil(T / 64)
   int vslice = 0;                       // value columns per state-pass block (16, 32, 64 or 128)
+  int* flags = nullptr;                 // workspace: one publish flag per record (overlapped split)
+  int overlap = 0;                      // 1: prep and state pass in one overlapped launch
   int num_sms = 0;
 };
 

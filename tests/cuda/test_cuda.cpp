@@ -14,6 +14,7 @@
 #include <cuda_runtime.h>
 
 #include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <vector>
@@ -155,7 +156,7 @@ struct DeviceOutputs {
 
 template <class Policy, class T>
 void run_forward_case(const ProblemConfig& cfg, cuda::ForwardPath path, bool with_state = true,
-                      const std::vector<std::int32_t>* slots = nullptr, Index pool = 0) {
+                      const std::vector<std::int32_t>* slots = nullptr, Index pool = 0, bool overlap = true) {
   RandomProblem<Policy, T> rp(cfg);
   // state pool: replace the per-sequence initial state by a larger pool
   if (slots) {
@@ -174,6 +175,7 @@ void run_forward_case(const ProblemConfig& cfg, cuda::ForwardPath path, bool wit
   DeviceOutputs<T> out(rp.B, rp.T_, cfg.Hv, cfg.V, NS, cfg.K, with_state);
   cuda::ChunkOptions opt;
   opt.path = path;
+  opt.overlap = overlap;
   std::size_t ws_bytes = 0;
   const Status wst = cuda::chunk_forward_workspace_size<Policy>(dp.p, ws_bytes, opt);
   INFO(wst.to_string());
@@ -219,6 +221,8 @@ void run_forward_case(const ProblemConfig& cfg, cuda::ForwardPath path, bool wit
   const double eo = rel_error(o_got.view(), o_cmp.view());
   const double es = with_state ? rel_error(out.s_h.view(), ref.final_state.view()) : 0.0;
   CAPTURE(eo, es, ws_bytes);
+  std::printf("[accuracy] %-5s %-8s %-7s %-48s output %.2e  state %.2e\n", Policy::name(), dtype_name<T>(),
+              path == cuda::ForwardPath::fused ? "fused" : overlap ? "split-o" : "split", describe(cfg).c_str(), eo, es);
   CHECK(skipped_untouched);
   CHECK(eo <= 4e-3);
   CHECK(es <= 3e-3);
@@ -248,28 +252,30 @@ TEMPLATE_TEST_CASE("cuda chunk forward matches the fp64 recurrence", "[cuda][for
   INFO("GDR2_TEST_SEED=" << base_seed());
   std::mt19937_64 rng(base_seed() ^ std::hash<std::string>{}(TestType::name()));
   auto pick = [&](Index lo, Index hi) { return lo + Index(rng() % std::uint64_t(hi - lo + 1)); };
-  for (auto path : {cuda::ForwardPath::fused, cuda::ForwardPath::split}) {
-    SECTION(std::string("path ") + path_name(path)) {
+  for (int variant = 0; variant < 3; ++variant) {
+    const auto path = variant == 0 ? cuda::ForwardPath::fused : cuda::ForwardPath::split;
+    const bool ov = variant == 1;  // split: overlapped (1) and sequential (2) launches
+    SECTION(std::string("path ") + path_name(path) + (variant == 2 ? " sequential" : "")) {
       // odd T, grouped value heads, b up to 2, moderate decay
       Index T = pick(130, 330) | 1;
       auto c1 = make_cfg(1, 2, T, 2, 4, 128, -2.0);
       INFO("cfg1 " << describe(c1));
-      run_forward_case<TestType, bf16>(c1, path);
+      run_forward_case<TestType, bf16>(c1, path, true, nullptr, 0, ov);
       // strong decays (down to -20 per token), gates per key head, fp16 inputs
       auto c2 = make_cfg(2, 1, pick(65, 200) | 1, 2, 2, 128, -20.0);
       c2.gates_per_key_head = true;
       INFO("cfg2 " << describe(c2));
-      run_forward_case<TestType, f16>(c2, path);
+      run_forward_case<TestType, f16>(c2, path, true, nullptr, 0, ov);
       // K = V = 64, no initial state, no final state
       auto c3 = make_cfg(3, 2, pick(10, 150), 1, 3, 64, -3.0);
       c3.initial_state = false;
       INFO("cfg3 " << describe(c3));
-      run_forward_case<TestType, bf16>(c3, path, /*with_state=*/false);
+      run_forward_case<TestType, bf16>(c3, path, /*with_state=*/false, nullptr, 0, ov);
       // packed varlen: empty, one-token, exact-chunk and multi-chunk sequences
       auto c4 = make_cfg(4, 1, 0, 1, 2, 128, -5.0);
       c4.seqlens = {1, 64, 0, Index(pick(130, 260)), 37, 129};
       INFO("cfg4 " << describe(c4));
-      run_forward_case<TestType, bf16>(c4, path);
+      run_forward_case<TestType, bf16>(c4, path, true, nullptr, 0, ov);
     }
   }
 }
@@ -283,6 +289,7 @@ TEST_CASE("cuda chunk forward: state pool with skipped sequences", "[cuda][forwa
     std::vector<std::int32_t> slots = {5, -1, 0, 3};
     INFO(path_name(path) << " " << describe(c));
     run_forward_case<GDR2, bf16>(c, path, true, &slots, 6);
+    if (path == cuda::ForwardPath::split) run_forward_case<GDR2, bf16>(c, path, true, &slots, 6, false);
   }
 }
 
@@ -294,6 +301,20 @@ TEST_CASE("cuda chunk forward: fused and split agree on a long sequence", "[cuda
   INFO(describe(c));
   run_forward_case<GDR2, bf16>(c, cuda::ForwardPath::fused);
   run_forward_case<GDR2, bf16>(c, cuda::ForwardPath::split);
+  run_forward_case<GDR2, bf16>(c, cuda::ForwardPath::split, true, nullptr, 0, /*overlap=*/false);
+}
+
+TEST_CASE("cuda chunk forward accuracy at model-like sizes", "[cuda][forward][accuracy]") {
+  SKIP_WITHOUT_GPU();
+  INFO("GDR2_TEST_SEED=" << base_seed());
+  // the issue's accuracy targets (output <= 4e-3, final state <= 3e-3) on a long
+  // multi-head problem: typical decays, and strong ones
+  for (double gmin : {-1.0, -20.0}) {
+    auto c = make_cfg(gmin < -2 ? 61 : 62, 2, 2048 + 33, 4, 4, 128, gmin);
+    INFO(describe(c));
+    run_forward_case<GDR2, bf16>(c, cuda::ForwardPath::fused);
+    run_forward_case<GDR2, bf16>(c, cuda::ForwardPath::split);
+  }
 }
 
 TEST_CASE("cuda chunk forward under CUDA-graph capture", "[cuda][forward][graph]") {
@@ -340,7 +361,7 @@ TEST_CASE("cuda chunk forward under CUDA-graph capture", "[cuda][forward][graph]
 
 // ---- decode ------------------------------------------------------------------------------
 template <class Policy, class T>
-void run_decode_case(Index B, Index steps, Index D, bool vmajor, std::uint64_t salt) {
+void run_decode_case(Index B, Index steps, Index D, bool vmajor, std::uint64_t salt, int vslice = 0) {
   auto c = make_cfg(salt, B, steps, 2, 4, D, -1.0);
   RandomProblem<Policy, T> rp(c);
   const Index pool = B + 3;
@@ -374,7 +395,7 @@ void run_decode_case(Index B, Index steps, Index D, bool vmajor, std::uint64_t s
   DBuf<T> o(std::size_t(B * steps * c.Hv * D));
   o.poison();
   Outputs<T, float> out{View<T>(o.p, {B, steps, c.Hv, D}, contiguous_strides({B, steps, c.Hv, D})), pv};
-  const Status st = cuda::decode<Policy>(dp.p, out, didx.p, nullptr);
+  const Status st = cuda::decode<Policy>(dp.p, out, didx.p, nullptr, vslice);
   INFO(st.to_string());
   REQUIRE(st.ok());
   CUDA_OK(cudaGetLastError());
@@ -404,7 +425,7 @@ void run_decode_case(Index B, Index steps, Index D, bool vmajor, std::uint64_t s
         }
   const double eo = rel_error(o_got.view(), o_ref.view());
   const double es = rel_error(pool_kv.view(), ref.final_state.view());
-  CAPTURE(B, steps, D, vmajor, eo, es);
+  CAPTURE(B, steps, D, vmajor, vslice, eo, es);
   CHECK(skipped_untouched);
   CHECK(eo <= 4e-3);  // bf16/fp16 rounding of o
   CHECK(es <= 1e-5);  // fp32 state, a few steps
@@ -417,6 +438,10 @@ TEMPLATE_TEST_CASE("cuda decode matches the fp64 recurrence", "[cuda][decode]", 
   run_decode_case<TestType, bf16>(3, 64, 128, false, 42);
   run_decode_case<TestType, f16>(5, 7, 64, false, 43);
   run_decode_case<TestType, bf16>(4, 3, 128, true, 44);  // V-major state storage
+  // both block shapes explicitly
+  run_decode_case<TestType, bf16>(5, 2, 128, false, 45, 32);
+  run_decode_case<TestType, bf16>(5, 2, 128, false, 46, 128);
+  run_decode_case<TestType, f16>(3, 5, 128, true, 47, 128);
 }
 
 // ---- argument validation (runs without a GPU: fails before any device work) ---------------

@@ -61,6 +61,9 @@ struct ChunkOptions {
   /// Split path: value columns per state-pass block (16, 32, 64 or 128 with K = V = 128;
   /// at most V). 0 = automatic (the widest slice that still gives one block per SM).
   int value_slice = 0;
+  /// Split path with few (sequence, head) pairs: run the state pass concurrently with the
+  /// chunk preparation in one launch (records published through flags in the workspace).
+  bool overlap = true;
 };
 
 /// Workspace bytes `chunk_forward` needs for this problem and options (0 for the fused
@@ -81,9 +84,12 @@ Status chunk_forward(const Problem<T>& p, const Outputs<T, float>& out, const De
 /// slot `state_indices_device[n]` (device, [B] int32, −1 or out of range = skip, its
 /// outputs left untouched), or slot n when null (then P ≥ B). p.state_indices and
 /// p.cu_seqlens must not be set. o: [B, T, Hv, V].
+/// `value_slice` picks the block shape: 32 (blocks of 32 state columns, lowest latency),
+/// 128 (whole state rows, K = V = 128 only), or 0 = automatic (by the number of
+/// sequence-heads).
 template <class Policy, class T>
 Status decode(const Problem<T>& p, const Outputs<T, float>& out, const std::int32_t* state_indices_device,
-              cudaStream_t stream);
+              cudaStream_t stream, int value_slice = 0);
 
 /// Number of multiprocessors of the current device (0 when there is none); cached.
 int device_sm_count();

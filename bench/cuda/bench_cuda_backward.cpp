@@ -1,0 +1,230 @@
+// gdr2 CUDA backward benchmarks (issue 6 targets on the H100: forward + backward at
+// B=8 T=4096 H=16 K=V=128 bf16 ≤ 3.5 ms; B=1 T=32768 H=16 ≤ 4.5 ms).
+//
+// Every case times each iteration with CUDA events around the timed calls alone and
+// reports the median over the iterations as `median_ms` (Google Benchmark's own Time
+// column is the mean). Inputs are ≈1.6 GB, far above the 50 MB L2.
+//   BM_backward/.../math:m/stages:s   cuda::chunk_backward alone; stages < 5 runs only the
+//                                     first s stages (differences = cost of each stage)
+//   BM_fwd_bwd                        cuda::chunk_forward (automatic path) + chunk_backward
+// Counters: GBps = fewest bytes (inputs read once, gradients written once) / median.
+#include <gdr2/cuda/backward.hpp>
+#include <gdr2/gdr2.hpp>
+
+#include <benchmark/benchmark.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <vector>
+
+using namespace gdr2;
+using bf16 = Eigen::bfloat16;
+
+namespace {
+
+#define CK(x)                                                                                   \
+  do {                                                                                          \
+    cudaError_t e_ = (x);                                                                       \
+    if (e_ != cudaSuccess) {                                                                    \
+      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_)); \
+      std::exit(1);                                                                             \
+    }                                                                                           \
+  } while (0)
+
+struct Timer {
+  cudaEvent_t a, b;
+  std::vector<double> ms;
+  Timer() {
+    CK(cudaEventCreate(&a));
+    CK(cudaEventCreate(&b));
+  }
+  ~Timer() {
+    cudaEventDestroy(a);
+    cudaEventDestroy(b);
+  }
+  template <class F>
+  void iteration(benchmark::State& state, cudaStream_t s, F&& f) {
+    CK(cudaEventRecord(a, s));
+    f();
+    CK(cudaEventRecord(b, s));
+    CK(cudaEventSynchronize(b));
+    float t = 0;
+    CK(cudaEventElapsedTime(&t, a, b));
+    ms.push_back(t);
+    state.SetIterationTime(t * 1e-3);
+  }
+  double median() {
+    std::sort(ms.begin(), ms.end());
+    return ms.empty() ? 0 : ms[ms.size() / 2];
+  }
+};
+
+/// Deterministic fill on the host (xorshift), values in [lo, hi).
+template <class X>
+X* device_random(std::size_t n, double lo, double hi, std::uint64_t seed) {
+  std::vector<X> h(n);
+  std::uint64_t s = seed * 0x9E3779B97F4A7C15ull + 1;
+  for (auto& x : h) {
+    s ^= s << 13;
+    s ^= s >> 7;
+    s ^= s << 17;
+    x = X(float(lo + (hi - lo) * (double(s >> 11) * (1.0 / 9007199254740992.0))));
+  }
+  X* d = nullptr;
+  CK(cudaMalloc(&d, n * sizeof(X)));
+  CK(cudaMemcpy(d, h.data(), n * sizeof(X), cudaMemcpyHostToDevice));
+  return d;
+}
+
+/// One GDR-2 training problem on the device: inputs, dO, dS_T and every gradient.
+struct Setup {
+  Index B, T, H, D = 128;
+  std::vector<void*> owned;
+  Problem<bf16> p;
+  GradOutputs<bf16> up;
+  Gradients<float> gr;
+  bf16* o = nullptr;
+  float* sT = nullptr;
+  template <class X>
+  X* rnd(std::size_t n, double lo, double hi, std::uint64_t seed) {
+    X* x = device_random<X>(n, lo, hi, seed);
+    owned.push_back(x);
+    return x;
+  }
+  template <class X>
+  X* out(std::size_t n) {
+    X* x = nullptr;
+    CK(cudaMalloc(&x, n * sizeof(X)));
+    owned.push_back(x);
+    return x;
+  }
+  Setup(Index B_, Index T_, Index H_) : B(B_), T(T_), H(H_) {
+    const std::size_t nt = std::size_t(B * T * H * D), ns = std::size_t(B * H * D * D);
+    p.q = make_view<const bf16>(rnd<bf16>(nt, -0.15, 0.15, 11), B, T, H, D);
+    p.k = make_view<const bf16>(rnd<bf16>(nt, -0.15, 0.15, 12), B, T, H, D);
+    p.v = make_view<const bf16>(rnd<bf16>(nt, -1.7, 1.7, 13), B, T, H, D);
+    p.b = make_view<const bf16>(rnd<bf16>(nt, 0.0, 1.0, 14), B, T, H, D);
+    p.w = make_view<const bf16>(rnd<bf16>(nt, 0.0, 1.0, 15), B, T, H, D);
+    p.g = make_view<const float>(rnd<float>(nt, -1.0, 0.0, 16), B, T, H, D);
+    p.initial_state = make_view<const float>(rnd<float>(ns, -0.5, 0.5, 17), B, H, D, D);
+    up.d_o = make_view<const bf16>(rnd<bf16>(nt, -1.0, 1.0, 18), B, T, H, D);
+    up.d_final_state = make_view<const float>(rnd<float>(ns, -1.0, 1.0, 19), B, H, D, D);
+    for (View<float>* g : {&gr.dq, &gr.dk, &gr.dv, &gr.dg, &gr.db, &gr.dw}) *g = make_view(out<float>(nt), B, T, H, D);
+    gr.d_initial_state = make_view(out<float>(ns), B, H, D, D);
+    o = out<bf16>(nt);
+    sT = out<float>(ns);
+  }
+  ~Setup() {
+    for (void* x : owned) cudaFree(x);
+  }
+  /// fewest bytes of the backward: q k v b w dO (bf16) and g read, six fp32 gradients
+  /// written, S_0 and dS_T read, dS_0 written
+  double backward_bytes() const {
+    return double(B * T * H * D) * (6 * 2 + 4 + 6 * 4) + 3.0 * B * H * D * D * 4;
+  }
+};
+
+/// One setup per shape, kept for the whole run (filling 1.6 GB on the host is slow).
+Setup& setup(Index B, Index T, Index H) {
+  static std::vector<Setup*> all;
+  for (Setup* s : all)
+    if (s->B == B && s->T == T && s->H == H) return *s;
+  all.push_back(new Setup(B, T, H));
+  return *all.back();
+}
+
+void BM_backward(benchmark::State& state) {
+  Setup& su = setup(state.range(0), state.range(1), state.range(2));
+  cuda::BackwardOptions opt;
+  opt.math = static_cast<cuda::BackwardMath>(state.range(3));
+  opt.stages = int(state.range(4));
+  std::size_t bytes = 0;
+  check(cuda::chunk_backward_workspace_size<GDR2>(su.p, bytes, opt));
+  void* ws = nullptr;
+  CK(cudaMalloc(&ws, bytes));
+  cudaStream_t s;
+  CK(cudaStreamCreate(&s));
+  auto run = [&] { check(cuda::chunk_backward<GDR2>(su.p, su.up, su.gr, {}, ws, bytes, s, opt)); };
+  for (int i = 0; i < 2; ++i) run();
+  CK(cudaStreamSynchronize(s));
+  Timer t;
+  for (auto _ : state) t.iteration(state, s, run);
+  CK(cudaGetLastError());
+  const double med = t.median();
+  state.counters["median_ms"] = med;
+  state.counters["GBps"] = su.backward_bytes() / (med * 1e-3) / 1e9;
+  state.counters["workspace_GB"] = double(bytes) / 1e9;
+  CK(cudaFree(ws));
+  CK(cudaStreamDestroy(s));
+}
+
+void BM_fwd_bwd(benchmark::State& state) {
+  Setup& su = setup(state.range(0), state.range(1), state.range(2));
+  cuda::BackwardOptions bopt;
+  bopt.math = static_cast<cuda::BackwardMath>(state.range(3));
+  std::size_t fbytes = 0, bbytes = 0;
+  check(cuda::chunk_forward_workspace_size<GDR2>(su.p, fbytes));
+  check(cuda::chunk_backward_workspace_size<GDR2>(su.p, bbytes, bopt));
+  void *fws = nullptr, *bws = nullptr;
+  if (fbytes) CK(cudaMalloc(&fws, fbytes));
+  CK(cudaMalloc(&bws, bbytes));
+  cudaStream_t s;
+  CK(cudaStreamCreate(&s));
+  const Outputs<bf16, float> out{make_view(su.o, su.B, su.T, su.H, su.D), make_view(su.sT, su.B, su.H, su.D, su.D)};
+  auto run = [&] {
+    check(cuda::chunk_forward<GDR2>(su.p, out, {}, fws, fbytes, s));
+    check(cuda::chunk_backward<GDR2>(su.p, su.up, su.gr, {}, bws, bbytes, s, bopt));
+  };
+  for (int i = 0; i < 2; ++i) run();
+  CK(cudaStreamSynchronize(s));
+  Timer t;
+  for (auto _ : state) t.iteration(state, s, run);
+  CK(cudaGetLastError());
+  const double med = t.median();
+  state.counters["median_ms"] = med;
+  if (fws) CK(cudaFree(fws));
+  CK(cudaFree(bws));
+  CK(cudaStreamDestroy(s));
+}
+
+}  // namespace
+
+// math: 0 tf32, 1 split tf32, 2 fp32; stages: 0 = all
+BENCHMARK(BM_backward)
+    ->ArgNames({"B", "T", "H", "math", "stages"})
+    ->Args({8, 4096, 16, 0, 1})
+    ->Args({8, 4096, 16, 0, 2})
+    ->Args({8, 4096, 16, 0, 3})
+    ->Args({8, 4096, 16, 0, 4})
+    ->Args({8, 4096, 16, 0, 0})
+    ->Args({8, 4096, 16, 1, 0})
+    ->Args({8, 4096, 16, 2, 0})
+    ->Args({1, 32768, 16, 0, 1})
+    ->Args({1, 32768, 16, 0, 2})
+    ->Args({1, 32768, 16, 0, 3})
+    ->Args({1, 32768, 16, 0, 4})
+    ->Args({1, 32768, 16, 0, 0})
+    ->UseManualTime()
+    ->Iterations(10)
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_fwd_bwd)
+    ->ArgNames({"B", "T", "H", "math"})
+    ->Args({8, 4096, 16, 0})
+    ->Args({1, 32768, 16, 0})
+    ->UseManualTime()
+    ->Iterations(10)
+    ->Unit(benchmark::kMillisecond);
+
+int main(int argc, char** argv) {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
+    std::printf("bench_cuda_backward: no CUDA device, nothing to measure\n");
+    return 0;
+  }
+  benchmark::Initialize(&argc, argv);
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}

@@ -1,0 +1,437 @@
+// gdr2 CUDA backend — the gate-aware chunkwise backward (SPEC §4, numerics §5) on Hopper.
+//
+//   std::size_t bytes;
+//   cuda::chunk_backward_workspace_size<GDR2>(problem, bytes);          // host only
+//   cuda::chunk_backward<GDR2>(problem, upstream, grads, dev, ws, bytes, stream);
+//
+// Same conventions as gdr2_cuda.hpp: every View holds DEVICE memory, Problem::cu_seqlens
+// is the HOST copy (validation, planning) and DeviceSequences::cu_seqlens its device
+// copy; the caller owns workspace and stream; nothing is allocated or synchronised
+// inside a call (graph-capturable); errors come back as a Status before anything is
+// enqueued, Code::device_error if a launch fails.
+//
+// Contract (as the CPU chunk_backward): dL/do in `up.d_o` (type T), optionally dL/dS_T
+// in `up.d_final_state` (fp32). Every gradient view given in `gr` (fp32) is
+// overwritten: dq, dk [B,T,Hk,K] summed over the value heads of each group; dv
+// [B,T,Hv,V]; dg (channel [.., K] or scalar [.., 1]), db, dw or dbeta with the shape of
+// their gate tensor (per key or per value head; tied gates give dβ = Σdb + Σdw, a scalar
+// decay dg = Σ_i dg_i, and gate heads shared by several value heads are summed);
+// d_initial_state [N, Hv, K, V] (any strides) even when no initial state was given.
+// Cross-head sums are deterministic (per-value-head buffers, then a fixed-order sum).
+//
+// Supported: policies GDR2, KDA, GDN; T = Eigen::bfloat16 or Eigen::half; K = V ∈ {64,
+// 128}; fixed-length or packed varlen batches (no state pools); log-decays ≤ 0 (every
+// exponent the kernels form is a non-positive difference of cumulative log-decays,
+// clamped at 0; no 1/γ is formed).
+//
+// Recomputation strategy (nothing saved by the forward is needed):
+//   1. prep   (one block per 64-token chunk and value head, all chunks in parallel):
+//             cumulative decays; the anchored decay Grams T, Aqk (SPEC §5); A = (I+T)⁻¹
+//             in fp32 (16×16 diagonal inverses, block substitution); Y = A Ē, U = A Z,
+//             Qγ, Ktail, γ_C → a record per chunk-head in the workspace.
+//   2. states (one block per sequence, value head and slice of value columns; two roles
+//             in one launch): the forward state pass S_c (start of every chunk) and the
+//             reverse pass dS_c (gradient at every chunk end; dS_0 of the first chunk is
+//             d_initial_state) — both only read records, so they run side by side.
+//   3. grad-1 (chunk-parallel): everything that touches S or dS: R = U − Y S,
+//             dR = Aqkᵀ dO + Ktail dS, dO Sᵀ, dKtail = R dSᵀ, dY = −dR Sᵀ, dAqk, Σ dS⊙S.
+//   4. grad-2 (chunk-parallel): [dĒ dZ] = Aᵀ[dY dU], dT, the decayed applies (anchored
+//             off-diagonal sub-blocks as products, diagonal sub-blocks exactly), dG and
+//             its reverse cumulative sum, the policy reductions over channels.
+//   5. reduce (only when some gradient has fewer heads than Hv): fixed-order head sums.
+// Workspace (fp32, per chunk-head of 64 tokens, K = V = D): record 2·64² + 4·64·D + D,
+// states and dstates 2·D², grad-1 outputs 4·64·D + 64² + D floats — 440 KB at
+// D = 128 — plus per-value-head gradient buffers when a head reduction is needed. See
+// chunk_backward_workspace_size; cuda/NOTES.md "Backward" for the measured figures.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+#include <cstdint>
+
+namespace gdr2 {
+namespace cuda {
+namespace detail {
+
+/// Where a kernel writes one gradient: [B, T, H, W] fp32 addressed with value head hv
+/// (either the caller's tensor when it has Hv heads, or a per-value-head buffer).
+struct BwdSink {
+  float* p = nullptr;
+  long long sb = 0, st = 0, sh = 0;
+  int staged = 0;  // p is a workspace offset until bind_workspace
+};
+
+/// A fixed-order head sum dst[b, t, h, :] = Σ_{i < ratio} src[b, t, h·ratio + i, :].
+struct BwdReduce {
+  const float* src = nullptr;  // [B, T, Hv, width] contiguous
+  float* dst = nullptr;
+  long long sb = 0, st = 0, sh = 0;
+  int width = 0, heads = 0, ratio = 1;
+};
+
+/// Plain-old-data launch parameters of the backward kernels.
+struct BackwardParams {
+  const void* q = nullptr;
+  const void* k = nullptr;
+  const void* v = nullptr;
+  const void* b = nullptr;
+  const void* w = nullptr;
+  const void* beta = nullptr;
+  const void* d_o = nullptr;
+  const float* g = nullptr;
+  long long sq[3] = {}, sk[3] = {}, sv[3] = {}, sb[3] = {}, sw[3] = {}, sbeta[3] = {}, sg[3] = {}, sdo[3] = {};
+  int hg_g = 1, hg_b = 1, hg_w = 1, hg_beta = 1;
+  const float* s0 = nullptr;
+  long long s0s[4] = {};
+  const float* dsT = nullptr;
+  long long dsTs[4] = {};
+  const void* cu_seqlens = nullptr;
+  int cu_wide = 0;
+  int B = 0, T = 0, Hk = 0, Hv = 0, D = 0, N = 0, group = 1;
+  float scale = 1.f;
+  int f16 = 0;           // inputs: 1 = IEEE half, 0 = bfloat16
+  int scalar_decay = 0;  // g is one value per token and head (GDN)
+  int tied = 0;          // b = w = β (KDA, GDN)
+  int math = 0;          // 0 tf32, 1 split tf32, 2 fp32
+  int vs = 0;            // value columns per state-pass block
+  int stages = 5;        // stages to run (profiling)
+  BwdSink dq, dk, dv, dg, db, dw, dbeta;
+  float* ds0 = nullptr;
+  long long ds0s[4] = {};
+  BwdReduce red[6];
+  int nred = 0;
+  long long total_chunks = 0;
+  int chunks_per_seq = 0;
+  int* chunk_offsets = nullptr;  // [N+1], varlen only
+  float* rec = nullptr;
+  float* states = nullptr;
+  float* dstates = nullptr;
+  float* g1 = nullptr;
+};
+
+/// Floats of one record / one grad-1 block output, per chunk-head (K = V = D).
+constexpr long long bwd_rec_floats(int D) { return 2LL * 64 * 64 + 4LL * 64 * D + D; }
+constexpr long long bwd_g1_floats(int D) { return 4LL * 64 * D + 64LL * 64 + D; }
+
+/// Enqueue every backward kernel (device pointers in p) on `stream`.
+cudaError_t launch_backward(const BackwardParams& p, cudaStream_t stream);
+/// Run the same kernel bodies on the host, block after block (host pointers in p).
+void run_backward_host(const BackwardParams& p);
+
+}  // namespace detail
+}  // namespace cuda
+}  // namespace gdr2
+
+// The kernels (compiled by nvcc) see only the plain-old-data part above.
+#ifndef GDR2_CUDA_BACKWARD_PARAMS_ONLY
+
+#include <gdr2/cuda/gdr2_cuda.hpp>
+
+#include <climits>
+#include <string>
+#include <type_traits>
+
+namespace gdr2 {
+namespace cuda {
+
+/// Arithmetic of the block matrix products of the backward.
+enum class BackwardMath {
+  tf32,    ///< tensor cores, tf32 operands (10-bit mantissa), fp32 accumulation (default)
+  tf32x3,  ///< tensor cores, split tf32 operands (three products): about fp32 accuracy
+  fp32,    ///< CUDA-core fp32 FMAs (slowest; a reference for the other two)
+};
+
+/// Options of the CUDA chunk backward.
+struct BackwardOptions {
+  BackwardMath math = BackwardMath::tf32;
+  /// Value columns per block of the state passes (16, 32, 64 or 128, at most V);
+  /// 0 = automatic (the widest slice that still gives about one block per SM).
+  int value_slice = 0;
+  /// Profiling only: run just the first `stages` of the five stages (prep, state passes,
+  /// grad-1, grad-2, head sums) so that stage costs can be timed by differences; the
+  /// gradients are then incomplete. 0 = all (the default).
+  int stages = 0;
+};
+
+namespace detail {
+
+template <class Policy>
+constexpr bool bwd_policy_supported() {
+  return (Policy::decay == Decay::channel && Policy::gates == Gates::channel) ||
+         (Policy::decay == Decay::channel && Policy::gates == Gates::tied) ||
+         (Policy::decay == Decay::scalar && Policy::gates == Gates::tied);
+}
+
+template <class X>
+inline void bwd_strides3(const View<X>& v, long long (&s)[3]) {
+  for (int i = 0; i < 3; ++i) s[i] = v.stride[i];
+}
+
+inline constexpr std::size_t bwd_align(std::size_t x) { return (x + 255) / 256 * 256; }
+
+/// Validate, then fill `bp` (everything but the workspace and device sequence pointers)
+/// and the workspace size. Reads host memory only.
+template <class Policy, class T>
+Status plan_backward(const Problem<T>& p, const GradOutputs<T>* up, const Gradients<float>* gr,
+                     const BackwardOptions& opt, int num_sms, BackwardParams& bp, std::size_t& ws_bytes) {
+  if constexpr (!bwd_policy_supported<Policy>()) {
+    return {Code::unsupported, std::string("the CUDA backward implements the gdr2, kda and gdn gate policies, not ") +
+                                   Policy::name()};
+  } else if constexpr (!std::is_same_v<T, Eigen::bfloat16> && !std::is_same_v<T, Eigen::half>) {
+    return {Code::unsupported, "the CUDA backward takes bfloat16 or float16 inputs"};
+  } else {
+    Dims d;
+    Options o;  // chunk size 64; no host scan of device data
+    GDR2_RETURN_IF_ERROR(validate_problem<Policy>(p, o, /*chunked=*/true, d));
+    if (d.state_indices) return {Code::unsupported, "backward does not take state_indices (a state pool)"};
+    if (p.gate_x.given() || p.l2_norm_qk)
+      return {Code::unsupported,
+              "the CUDA backward takes g directly: the fused decay gate (gate_x) and l2_norm_qk are not supported"};
+    if (up && gr) GDR2_RETURN_IF_ERROR(validate_gradients<Policy>(*up, *gr, p, o, d));
+    if (d.K != d.V || (d.K != 64 && d.K != 128)) {
+      return {Code::unsupported, "the CUDA backward supports K = V = 64 or 128, got K = " + std::to_string(d.K) +
+                                     ", V = " + std::to_string(d.V)};
+    }
+    if (d.T > INT_MAX / 2 || d.B * d.Hv > INT_MAX / 2 || d.N > INT_MAX / 2 || d.T * d.B > INT_MAX / 2)
+      return {Code::unsupported, "sizes beyond 2^30 tokens / heads are not supported by the CUDA backward"};
+    const int D = int(d.K);
+    int vs = D;
+    if (opt.value_slice != 0) {
+      if (opt.value_slice != 16 && opt.value_slice != 32 && opt.value_slice != 64 && opt.value_slice != 128)
+        return {Code::invalid_argument, "value_slice must be 0, 16, 32, 64 or 128, got " + std::to_string(opt.value_slice)};
+      if (opt.value_slice > D)
+        return {Code::invalid_argument, "value_slice " + std::to_string(opt.value_slice) + " exceeds V = " + std::to_string(D)};
+      vs = opt.value_slice;
+    } else {
+      const long long pairs = (long long)d.N * d.Hv;
+      while (vs > 16 && pairs * 2 * (D / vs) < num_sms) vs /= 2;
+    }
+
+    BackwardParams& f = bp;
+    f = BackwardParams{};
+    f.q = p.q.data;
+    f.k = p.k.data;
+    f.v = p.v.data;
+    f.b = p.b.data;
+    f.w = p.w.data;
+    f.beta = p.beta.data;
+    f.g = p.g.data;
+    bwd_strides3(p.q, f.sq);
+    bwd_strides3(p.k, f.sk);
+    bwd_strides3(p.v, f.sv);
+    bwd_strides3(p.b, f.sb);
+    bwd_strides3(p.w, f.sw);
+    bwd_strides3(p.beta, f.sbeta);
+    bwd_strides3(p.g, f.sg);
+    f.hg_g = p.g.given() ? int(p.g.shape[2]) : 1;
+    f.hg_b = p.b.given() ? int(p.b.shape[2]) : 1;
+    f.hg_w = p.w.given() ? int(p.w.shape[2]) : 1;
+    f.hg_beta = p.beta.given() ? int(p.beta.shape[2]) : 1;
+    f.s0 = p.initial_state.data;
+    for (int i = 0; i < 4; ++i) f.s0s[i] = p.initial_state.stride[i];
+    f.cu_wide = p.cu_seqlens.wide ? 1 : 0;
+    f.B = int(d.B);
+    f.T = int(d.T);
+    f.Hk = int(d.Hk);
+    f.Hv = int(d.Hv);
+    f.D = D;
+    f.N = int(d.N);
+    f.group = int(d.group);
+    f.scale = float(d.scale);
+    f.f16 = std::is_same_v<T, Eigen::half> ? 1 : 0;
+    f.scalar_decay = Policy::decay == Decay::scalar ? 1 : 0;
+    f.tied = Policy::gates == Gates::tied ? 1 : 0;
+    f.math = opt.math == BackwardMath::tf32 ? 0 : opt.math == BackwardMath::tf32x3 ? 1 : 2;
+    f.vs = vs;
+    if (opt.stages < 0 || opt.stages > 5)
+      return {Code::invalid_argument, "stages must be in [0, 5], got " + std::to_string(opt.stages)};
+    f.stages = opt.stages == 0 ? 5 : opt.stages;
+
+    long long total = 0;
+    if (p.cu_seqlens.given()) {
+      for (Index n = 0; n < d.N; ++n) total += (p.cu_seqlens[n + 1] - p.cu_seqlens[n] + 63) / 64;
+    } else {
+      f.chunks_per_seq = int((d.T + 63) / 64);
+      total = (long long)d.N * f.chunks_per_seq;
+    }
+    f.total_chunks = total;
+
+    // workspace: [offsets][records][states][dstates][grad-1][head buffers]
+    const std::size_t ch = std::size_t(total) * std::size_t(d.Hv);
+    std::size_t off = p.cu_seqlens.given() ? bwd_align(std::size_t(d.N + 1) * 4) : 0;
+    const std::size_t rec = off;
+    off += bwd_align(ch * std::size_t(bwd_rec_floats(D)) * 4);
+    const std::size_t st = off;
+    off += bwd_align(ch * std::size_t(D) * D * 4);
+    const std::size_t dst = off;
+    off += bwd_align(ch * std::size_t(D) * D * 4);
+    const std::size_t g1 = off;
+    off += bwd_align(ch * std::size_t(bwd_g1_floats(D)) * 4);
+    // Placeholders (offsets into the workspace, turned into pointers by bind_workspace).
+    f.chunk_offsets = p.cu_seqlens.given() ? reinterpret_cast<int*>(std::uintptr_t(1)) : nullptr;
+    f.rec = reinterpret_cast<float*>(rec);
+    f.states = reinterpret_cast<float*>(st);
+    f.dstates = reinterpret_cast<float*>(dst);
+    f.g1 = reinterpret_cast<float*>(g1);
+
+    // gradient sinks: direct when the tensor has Hv heads, else a per-value-head buffer
+    const long long tokens = (long long)d.B * d.T;
+    auto sink = [&](const View<float>& out, int width, BwdSink& s) {
+      if (!out.given()) return;
+      const int heads = int(out.shape[2]);
+      if (heads == f.Hv) {
+        s.p = out.data;
+        s.sb = out.stride[0];
+        s.st = out.stride[1];
+        s.sh = out.stride[2];
+        return;
+      }
+      BwdReduce& r = f.red[f.nred++];
+      r.src = reinterpret_cast<const float*>(off);  // placeholder offset
+      r.dst = out.data;
+      r.sb = out.stride[0];
+      r.st = out.stride[1];
+      r.sh = out.stride[2];
+      r.width = width;
+      r.heads = heads;
+      r.ratio = f.Hv / heads;
+      s.p = reinterpret_cast<float*>(off);  // placeholder offset
+      s.staged = 1;
+      s.st = (long long)f.Hv * width;
+      s.sb = s.st * d.T;
+      s.sh = width;
+      off += bwd_align(std::size_t(tokens) * std::size_t(f.Hv) * std::size_t(width) * 4);
+    };
+    if (gr) {
+      sink(gr->dq, D, f.dq);
+      sink(gr->dk, D, f.dk);
+      sink(gr->dv, D, f.dv);
+      sink(gr->dg, f.scalar_decay ? 1 : D, f.dg);
+      sink(gr->db, D, f.db);
+      sink(gr->dw, D, f.dw);
+      sink(gr->dbeta, 1, f.dbeta);
+      f.ds0 = gr->d_initial_state.data;
+      for (int i = 0; i < 4; ++i) f.ds0s[i] = gr->d_initial_state.stride[i];
+    } else {
+      // size query: room for every head buffer this problem could need
+      Gradients<float> all;
+      auto fake = [&](const auto& in, Index width) {
+        return in.given() ? View<float>(reinterpret_cast<float*>(std::uintptr_t(16)),
+                                        {in.shape[0], in.shape[1], in.shape[2], width},
+                                        contiguous_strides({in.shape[0], in.shape[1], in.shape[2], width}))
+                          : View<float>();
+      };
+      all.dq = fake(p.q, D);
+      all.dk = fake(p.k, D);
+      all.dg = fake(p.g, p.g.given() ? p.g.shape[3] : 1);
+      all.db = fake(p.b, D);
+      all.dw = fake(p.w, D);
+      all.dbeta = fake(p.beta, 1);
+      sink(all.dq, D, f.dq);
+      sink(all.dk, D, f.dk);
+      sink(all.dg, f.scalar_decay ? 1 : D, f.dg);
+      sink(all.db, D, f.db);
+      sink(all.dw, D, f.dw);
+      sink(all.dbeta, 1, f.dbeta);
+    }
+    ws_bytes = off;
+    return {};
+  }
+}
+
+/// Turn the workspace offsets of a plan into pointers into `ws`; fill the sequences.
+inline void bind_workspace(BackwardParams& f, char* ws, const void* cu_seqlens) {
+  auto at = [&](const void* off) { return ws + reinterpret_cast<std::uintptr_t>(off); };
+  f.cu_seqlens = cu_seqlens;
+  if (f.chunk_offsets) f.chunk_offsets = reinterpret_cast<int*>(ws);
+  f.rec = reinterpret_cast<float*>(at(f.rec));
+  f.states = reinterpret_cast<float*>(at(f.states));
+  f.dstates = reinterpret_cast<float*>(at(f.dstates));
+  f.g1 = reinterpret_cast<float*>(at(f.g1));
+  BwdSink* sinks[] = {&f.dq, &f.dk, &f.dv, &f.dg, &f.db, &f.dw, &f.dbeta};
+  for (BwdSink* s : sinks)
+    if (s->staged) s->p = reinterpret_cast<float*>(at(s->p));
+  for (int r = 0; r < f.nred; ++r) f.red[r].src = reinterpret_cast<const float*>(at(f.red[r].src));
+}
+
+template <class Policy, class T>
+Status backward_common(const Problem<T>& p, const GradOutputs<T>& up, const Gradients<float>& gr,
+                       const BackwardOptions& opt, int sms, BackwardParams& f, std::size_t& need) {
+  GDR2_RETURN_IF_ERROR(plan_backward<Policy>(p, &up, &gr, opt, sms, f, need));
+  f.d_o = up.d_o.data;
+  bwd_strides3(up.d_o, f.sdo);
+  f.dsT = up.d_final_state.data;
+  for (int i = 0; i < 4; ++i) f.dsTs[i] = up.d_final_state.stride[i];
+  return {};
+}
+
+}  // namespace detail
+
+/// Workspace bytes `chunk_backward` needs for this problem (enough for any set of
+/// requested gradients). Reads only host memory (shapes, the host copy of cu_seqlens).
+template <class Policy, class T>
+Status chunk_backward_workspace_size(const Problem<T>& p, std::size_t& bytes, const BackwardOptions& opt = {}) {
+  detail::BackwardParams f;
+  const int sms = device_sm_count();
+  return detail::plan_backward<Policy>(p, static_cast<const GradOutputs<T>*>(nullptr),
+                                       static_cast<const Gradients<float>*>(nullptr), opt, sms > 0 ? sms : 132, f,
+                                       bytes);
+}
+
+/// Gate-aware chunkwise backward (SPEC §4) on `stream`: overwrites every gradient view
+/// given in `gr` (device, fp32), see the contract at the top of this header.
+/// `workspace`: device memory of at least chunk_backward_workspace_size bytes, 256-byte
+/// aligned. The problem's forward need not have been run: the backward recomputes what
+/// it needs from the inputs.
+template <class Policy, class T>
+Status chunk_backward(const Problem<T>& p, const GradOutputs<T>& up, const Gradients<float>& gr,
+                      const DeviceSequences& dev, void* workspace, std::size_t workspace_bytes, cudaStream_t stream,
+                      const BackwardOptions& opt = {}) {
+  detail::BackwardParams f;
+  std::size_t need = 0;
+  const int sms = device_sm_count();
+  GDR2_RETURN_IF_ERROR(detail::backward_common<Policy>(p, up, gr, opt, sms > 0 ? sms : 132, f, need));
+  if (p.cu_seqlens.given() && !dev.cu_seqlens)
+    return {Code::invalid_argument, "cu_seqlens given: its device copy (DeviceSequences::cu_seqlens) is required"};
+  if (!p.cu_seqlens.given() && dev.cu_seqlens)
+    return {Code::invalid_argument, "DeviceSequences::cu_seqlens given but Problem::cu_seqlens (host copy) is not"};
+  if (workspace_bytes < need) {
+    return {Code::invalid_argument, "workspace of " + std::to_string(workspace_bytes) + " bytes, " +
+                                        std::to_string(need) + " needed (chunk_backward_workspace_size)"};
+  }
+  if (need > 0 && (!workspace || reinterpret_cast<std::uintptr_t>(workspace) % 256 != 0))
+    return {Code::invalid_argument, "workspace must be a non-null, 256-byte aligned device pointer"};
+  detail::bind_workspace(f, static_cast<char*>(workspace), dev.cu_seqlens);
+  const cudaError_t e = detail::launch_backward(f, stream);
+  if (e != cudaSuccess)
+    return {Code::device_error, std::string("gdr2::cuda::chunk_backward: ") + cudaGetErrorName(e) + " (" +
+                                    cudaGetErrorString(e) + ")"};
+  return {};
+}
+
+namespace testing {
+
+/// The CUDA backward's kernel bodies executed on the HOST, block after block, in fp32:
+/// same arguments as chunk_backward but every View (and the workspace, sized by
+/// chunk_backward_workspace_size) in host memory; Problem::cu_seqlens serves as both
+/// copies. For testing the kernels' logic on machines without a GPU; slow.
+template <class Policy, class T>
+Status chunk_backward_on_host(const Problem<T>& p, const GradOutputs<T>& up, const Gradients<float>& gr,
+                              void* workspace, std::size_t workspace_bytes, const BackwardOptions& opt = {}) {
+  detail::BackwardParams f;
+  std::size_t need = 0;
+  GDR2_RETURN_IF_ERROR(detail::backward_common<Policy>(p, up, gr, opt, 132, f, need));
+  if (workspace_bytes < need || (need > 0 && !workspace))
+    return {Code::invalid_argument, "workspace of " + std::to_string(workspace_bytes) + " bytes, " +
+                                        std::to_string(need) + " needed"};
+  detail::bind_workspace(f, static_cast<char*>(workspace), p.cu_seqlens.data);
+  detail::run_backward_host(f);
+  return {};
+}
+
+}  // namespace testing
+}  // namespace cuda
+}  // namespace gdr2
+
+#endif  // GDR2_CUDA_BACKWARD_PARAMS_ONLY

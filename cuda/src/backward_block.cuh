@@ -1,0 +1,271 @@
+// gdr2 CUDA backend, backward — block-level building blocks that compile both as
+// device code and as plain host code.
+//
+// Every backward kernel body is written against `Blk`, a thread block seen through two
+// operations only:
+//   par(n, f)   f(i) for i in [0, n), spread over the block's threads, then a barrier;
+//   mm(...)     a block matrix product C = A·B whose operands are read through functors
+//               fa(m, k), fb(k, n) and whose result goes to a functor fo(m, n, value),
+//               each (m, n) handed to fo exactly once, followed by a barrier.
+// No state lives in a thread across two such steps (everything shared is in shared
+// memory), so the same body runs unchanged on the host with one "thread" that executes
+// every i in order (`tid = 0, nthr = 1`, barriers are no-ops). That host execution is
+// how the kernels' logic is tested on machines without a GPU (see run_backward_host).
+//
+// Device products use mma.sync m16n8k8 with tf32 operands (fp32 accumulation), or
+// three such products per step (split tf32: a = a_hi + a_lo, dropping a_lo·b_lo) for
+// about fp32 accuracy, or plain fp32 FMAs on the CUDA cores. The host path is fp32.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+#include <cmath>
+
+#if defined(__CUDACC__)
+#define GDR2_HD __host__ __device__ __forceinline__
+#else
+#define GDR2_HD inline
+#endif
+
+// Loop unrolling in code that is also compiled for the host (where g++ has no such pragma).
+#if defined(__CUDA_ARCH__)
+#define GDR2_UNROLL _Pragma("unroll")
+#define GDR2_UNROLL4 _Pragma("unroll 4")
+#else
+#define GDR2_UNROLL
+#define GDR2_UNROLL4
+#endif
+
+namespace gdr2 {
+namespace cuda {
+namespace detail {
+namespace bwd {
+
+constexpr int kC = 64;         ///< chunk length of the backward
+constexpr int kSub = 16;       ///< sub-block of the anchored decay products
+constexpr int kThreads = 512;  ///< threads of every backward kernel (16 warps)
+constexpr float kLog2e = 1.4426950408889634f;
+
+enum Math : int { kTf32 = 0, kTf32x3 = 1, kFp32 = 2 };
+
+/// 2^x for x <= 0 (clamped: a rounding of a difference of log-decays can never make a
+/// factor above 1; SPEC §5).
+GDR2_HD float ex2n(float x) {
+  x = x < 0.f ? x : 0.f;
+#if defined(__CUDA_ARCH__)
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+#else
+  return std::exp2(x);
+#endif
+}
+
+GDR2_HD float bits_to_float(std::uint32_t u) {
+#if defined(__CUDA_ARCH__)
+  return __uint_as_float(u);
+#else
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+#endif
+}
+
+/// IEEE half bits → float (exact), portable.
+GDR2_HD float half_bits_to_float(std::uint16_t h) {
+  const std::uint32_t s = std::uint32_t(h & 0x8000u) << 16;
+  const std::uint32_t e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
+  if (e == 0) {
+    const float f = float(m) * 5.9604644775390625e-8f;  // m · 2^-24
+    return s ? -f : f;
+  }
+  if (e == 31) return bits_to_float(s | 0x7f800000u | (m << 13));
+  return bits_to_float(s | ((e + 112u) << 23) | (m << 13));
+}
+
+/// One 16-bit input element (bf16 when f16 == 0, IEEE half otherwise) as float.
+GDR2_HD float ld16(const void* base, long long off, int f16) {
+  const std::uint16_t u = static_cast<const std::uint16_t*>(base)[off];
+  return f16 ? half_bits_to_float(u) : bits_to_float(std::uint32_t(u) << 16);
+}
+
+/// A thread block (or its host emulation: tid = 0, nthr = 1).
+struct Blk {
+  int tid, nthr;
+  GDR2_HD void sync() const {
+#if defined(__CUDA_ARCH__)
+    __syncthreads();
+#endif
+  }
+  /// f(i) for every i in [0, n) over the block's threads, then a barrier.
+  template <class F>
+  GDR2_HD void par(int n, F&& f) const {
+    for (int i = tid; i < n; i += nthr) f(i);
+    sync();
+  }
+  /// st(i, ld(i)) for every i in [0, n), NB loads in flight per thread (all loads of a
+  /// batch are issued before its first store), NO barrier: for loads from global memory.
+  template <int NB, class LD, class ST>
+  GDR2_HD void par_ld(int n, LD&& ld, ST&& st) const {
+    for (int base = tid; base < n; base += NB * nthr) {
+      decltype(ld(0)) v[NB] = {};
+      GDR2_UNROLL
+      for (int u = 0; u < NB; ++u) {
+        const int i = base + u * nthr;
+        if (i < n) v[u] = ld(i);
+      }
+      GDR2_UNROLL
+      for (int u = 0; u < NB; ++u) {
+        const int i = base + u * nthr;
+        if (i < n) st(i, v[u]);
+      }
+    }
+  }
+};
+
+/// 16-byte vector of floats (host: plain struct, copied bytewise).
+struct F4 {
+  float x, y, z, w;
+};
+GDR2_HD F4 ld4(const float* p) {
+#if defined(__CUDA_ARCH__)
+  const float4 v = *reinterpret_cast<const float4*>(p);
+  return {v.x, v.y, v.z, v.w};
+#else
+  F4 v;
+  std::memcpy(&v, p, 16);
+  return v;
+#endif
+}
+GDR2_HD void st4(float* p, const F4& v) {
+#if defined(__CUDA_ARCH__)
+  *reinterpret_cast<float4*>(p) = make_float4(v.x, v.y, v.z, v.w);
+#else
+  std::memcpy(p, &v, 16);
+#endif
+}
+
+/// dst[r·dp + c] = src[r·sp + c] for r < rows, c < cols (cols, pitches and both bases
+/// multiples of 4 floats): 16-byte accesses, 8 in flight per thread, NO barrier.
+GDR2_HD void copy_tile(const Blk& bk, float* dst, int dp, const float* src, long long sp, int rows, int cols) {
+  const int c4 = cols / 4;
+  bk.par_ld<8>(
+      rows * c4, [&](int i) { return ld4(src + (long long)(i / c4) * sp + (i % c4) * 4); },
+      [&](int i, const F4& v) { st4(dst + (i / c4) * dp + (i % c4) * 4, v); });
+}
+
+/// *p += v for a partial sum whose first part this thread stored earlier: a fire-and-
+/// forget reduction on the device (two addends onto a stored value: deterministic).
+GDR2_HD void add_partial(float* p, float v) {
+#if defined(__CUDA_ARCH__)
+  atomicAdd(p, v);
+#else
+  *p += v;
+#endif
+}
+
+#if defined(__CUDA_ARCH__)
+__device__ __forceinline__ std::uint32_t tf32_bits(float x) {
+  std::uint32_t r;
+  asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
+  return r;
+}
+__device__ __forceinline__ void mma_tf32(float (&c)[4], std::uint32_t a0, std::uint32_t a1, std::uint32_t a2,
+                                         std::uint32_t a3, std::uint32_t b0, std::uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+#endif
+
+/// Block matrix product over an M×N output (M a multiple of 16, N of 8·NT, KD of 8):
+/// fo(m, n, Σ_k fa(m, k)·fb(k, n)) for every (m, n) of every computed tile, then a
+/// barrier. Tiles of 16 × 8·NT go round-robin to the warps. LOWER skips the tiles that
+/// lie entirely above the diagonal (every n > m): fo is not called for them.
+///
+/// Device fragment layout of mma.m16n8k8 (tf32), g = lane / 4, t = lane % 4:
+///   A: a0 (g, t), a1 (g+8, t), a2 (g, t+4), a3 (g+8, t+4)
+///   B: b0 (k = t, n = g), b1 (k = t+4, n = g)
+///   C: c0 (g, 2t), c1 (g, 2t+1), c2 (g+8, 2t), c3 (g+8, 2t+1)
+template <int NT, int MATH, bool LOWER = false, class FA, class FB, class FO>
+GDR2_HD void mm(const Blk& bk, int M, int N, int KD, FA&& fa, FB&& fb, FO&& fo) {
+  const int tn = N / (8 * NT), tiles = (M / 16) * tn;
+#if defined(__CUDA_ARCH__)
+  const int warp = bk.tid >> 5, lane = bk.tid & 31, g = lane >> 2, t = lane & 3, nw = bk.nthr >> 5;
+  for (int tile = warp; tile < tiles; tile += nw) {
+    const int m0 = (tile / tn) * 16, n0 = (tile % tn) * 8 * NT;
+    if (LOWER && n0 > m0 + 15) continue;
+    float c[NT][4];
+#pragma unroll
+    for (int j = 0; j < NT; ++j) c[j][0] = c[j][1] = c[j][2] = c[j][3] = 0.f;
+    if (MATH == kFp32) {
+      for (int k = 0; k < KD; ++k) {
+        const float alo = fa(m0 + g, k), ahi = fa(m0 + g + 8, k);
+#pragma unroll
+        for (int j = 0; j < NT; ++j) {
+          const float b0 = fb(k, n0 + 8 * j + 2 * t), b1 = fb(k, n0 + 8 * j + 2 * t + 1);
+          c[j][0] = fmaf(alo, b0, c[j][0]);
+          c[j][1] = fmaf(alo, b1, c[j][1]);
+          c[j][2] = fmaf(ahi, b0, c[j][2]);
+          c[j][3] = fmaf(ahi, b1, c[j][3]);
+        }
+      }
+    } else {
+#pragma unroll 2
+      for (int k0 = 0; k0 < KD; k0 += 8) {
+        const float a[4] = {fa(m0 + g, k0 + t), fa(m0 + g + 8, k0 + t), fa(m0 + g, k0 + t + 4),
+                            fa(m0 + g + 8, k0 + t + 4)};
+        std::uint32_t ah[4], al[4];
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          ah[i] = tf32_bits(a[i]);
+          if (MATH == kTf32x3) al[i] = tf32_bits(a[i] - __uint_as_float(ah[i]));
+        }
+#pragma unroll
+        for (int j = 0; j < NT; ++j) {
+          const float b0 = fb(k0 + t, n0 + 8 * j + g), b1 = fb(k0 + t + 4, n0 + 8 * j + g);
+          const std::uint32_t bh0 = tf32_bits(b0), bh1 = tf32_bits(b1);
+          if (MATH == kTf32x3) {
+            const std::uint32_t bl0 = tf32_bits(b0 - __uint_as_float(bh0)), bl1 = tf32_bits(b1 - __uint_as_float(bh1));
+            mma_tf32(c[j], al[0], al[1], al[2], al[3], bh0, bh1);
+            mma_tf32(c[j], ah[0], ah[1], ah[2], ah[3], bl0, bl1);
+          }
+          mma_tf32(c[j], ah[0], ah[1], ah[2], ah[3], bh0, bh1);
+        }
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < NT; ++j) {
+      const int n = n0 + 8 * j + 2 * t;
+      fo(m0 + g, n, c[j][0]);
+      fo(m0 + g, n + 1, c[j][1]);
+      fo(m0 + g + 8, n, c[j][2]);
+      fo(m0 + g + 8, n + 1, c[j][3]);
+    }
+  }
+#else
+  (void)MATH;
+  for (int tile = 0; tile < tiles; ++tile) {
+    const int m0 = (tile / tn) * 16, n0 = (tile % tn) * 8 * NT;
+    if (LOWER && n0 > m0 + 15) continue;
+    float acc[16][8 * NT];
+    for (int m = 0; m < 16; ++m)
+      for (int n = 0; n < 8 * NT; ++n) {
+        float s = 0.f;
+        for (int k = 0; k < KD; ++k) s += fa(m0 + m, k) * fb(k, n0 + n);
+        acc[m][n] = s;
+      }
+    // results are handed out only after the whole tile is computed, as on the device
+    for (int m = 0; m < 16; ++m)
+      for (int n = 0; n < 8 * NT; ++n) fo(m0 + m, n0 + n, acc[m][n]);
+  }
+#endif
+  bk.sync();
+}
+
+}  // namespace bwd
+}  // namespace detail
+}  // namespace cuda
+}  // namespace gdr2

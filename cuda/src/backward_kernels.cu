@@ -1,0 +1,143 @@
+// gdr2 CUDA backend, backward — kernels, launchers, and the host execution of the same
+// kernel bodies (run_backward_host, for tests on machines without a GPU).
+#include "backward_kernels.cuh"
+
+#include <algorithm>
+#include <vector>
+
+namespace gdr2 {
+namespace cuda {
+namespace detail {
+namespace bwd {
+
+#define GDR2_BWD_BLOCK                                      \
+  extern __shared__ float4 gdr2_bwd_smem[];                 \
+  float* sm = reinterpret_cast<float*>(gdr2_bwd_smem);      \
+  const Blk bk{int(threadIdx.x), int(blockDim.x)};
+
+__global__ void __launch_bounds__(kThreads) offsets_kernel(BackwardParams p) {
+  GDR2_BWD_BLOCK
+  offsets_body(bk, p, sm);
+}
+template <int D, int MATH>
+__global__ void __launch_bounds__(kThreads, 1) prep_kernel(BackwardParams p) {
+  GDR2_BWD_BLOCK
+  prep_body<D, MATH>(bk, p, (long long)blockIdx.x, int(blockIdx.y), sm);
+}
+template <int D, int MATH>
+__global__ void __launch_bounds__(kThreads, 1) state_kernel(BackwardParams p) {
+  GDR2_BWD_BLOCK
+  const int ns = p.D / p.vs;
+  state_body<D, MATH>(bk, p, int(blockIdx.x) / ns, int(blockIdx.x) % ns, int(blockIdx.y), sm);
+}
+template <int D, int MATH>
+__global__ void __launch_bounds__(kThreads, 1) grad1_kernel(BackwardParams p) {
+  GDR2_BWD_BLOCK
+  grad1_body<D, MATH>(bk, p, (long long)blockIdx.x, int(blockIdx.y), sm);
+}
+template <int D, int MATH>
+__global__ void __launch_bounds__(kThreads, 1) grad2_kernel(BackwardParams p) {
+  GDR2_BWD_BLOCK
+  grad2_body<D, MATH>(bk, p, (long long)blockIdx.x, int(blockIdx.y), sm);
+}
+__global__ void __launch_bounds__(kThreads) reduce_kernel(BackwardParams p, int which, long long count) {
+  for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < count; i += (long long)gridDim.x * blockDim.x)
+    reduce_elem(p, p.red[which], i);
+}
+
+#undef GDR2_BWD_BLOCK
+
+template <class K>
+cudaError_t launch_with_smem(K kernel, dim3 grid, int smem, cudaStream_t st, const BackwardParams& p) {
+  cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  if (e != cudaSuccess) return e;
+  kernel<<<grid, kThreads, smem, st>>>(p);
+  return cudaGetLastError();
+}
+
+long long reduce_count(const BackwardParams& p, const BwdReduce& r) {
+  return (long long)p.B * p.T * r.heads * r.width;
+}
+
+template <int D, int MATH>
+cudaError_t launch_d(const BackwardParams& p, cudaStream_t st) {
+  cudaError_t e;
+  if (p.chunk_offsets) {
+    offsets_kernel<<<1, kThreads, kThreads * 4, st>>>(p);
+    if ((e = cudaGetLastError()) != cudaSuccess) return e;
+  }
+  const dim3 chunk_grid(unsigned(p.total_chunks), unsigned(p.Hv));
+  if (p.total_chunks > 0 && p.stages >= 1) {
+    e = launch_with_smem(prep_kernel<D, MATH>, chunk_grid, PrepLayout<D>::floats * 4, st, p);
+    if (e != cudaSuccess) return e;
+  }
+  if (p.stages >= 2) {
+    const StateLayout<D> L(p.vs);
+    const dim3 grid(unsigned(p.N * p.Hv * (D / p.vs)), 2u);
+    e = launch_with_smem(state_kernel<D, MATH>, grid, L.floats * 4, st, p);
+    if (e != cudaSuccess) return e;
+  }
+  if (p.total_chunks > 0 && p.stages >= 3) {
+    e = launch_with_smem(grad1_kernel<D, MATH>, chunk_grid, Grad1Layout<D>::floats * 4, st, p);
+    if (e != cudaSuccess) return e;
+  }
+  if (p.total_chunks > 0 && p.stages >= 4) {
+    e = launch_with_smem(grad2_kernel<D, MATH>, chunk_grid, Grad2Layout<D>::floats * 4, st, p);
+    if (e != cudaSuccess) return e;
+  }
+  for (int r = 0; r < p.nred && p.stages >= 5; ++r) {
+    const long long count = reduce_count(p, p.red[r]);
+    if (count == 0) continue;
+    const long long blocks = std::min<long long>((count + kThreads - 1) / kThreads, 65536);
+    reduce_kernel<<<unsigned(blocks), kThreads, 0, st>>>(p, r, count);
+    if ((e = cudaGetLastError()) != cudaSuccess) return e;
+  }
+  return cudaSuccess;
+}
+
+template <int D>
+cudaError_t launch_m(const BackwardParams& p, cudaStream_t st) {
+  if (p.math == kTf32x3) return launch_d<D, kTf32x3>(p, st);
+  if (p.math == kFp32) return launch_d<D, kFp32>(p, st);
+  return launch_d<D, kTf32>(p, st);
+}
+
+template <int D>
+void run_host_d(const BackwardParams& p) {
+  const Blk bk{0, 1};
+  const StateLayout<D> L(p.vs);
+  const int floats = std::max({PrepLayout<D>::floats, L.floats, Grad1Layout<D>::floats, Grad2Layout<D>::floats, kThreads});
+  std::vector<float> smem(std::size_t(floats) + 4);
+  float* sm = smem.data();
+  if (p.chunk_offsets) offsets_body(bk, p, sm);
+  for (long long cg = 0; cg < p.total_chunks; ++cg)
+    for (int hv = 0; hv < p.Hv; ++hv) prep_body<D, kFp32>(bk, p, cg, hv, sm);
+  for (int role = 0; role < 2; ++role)
+    for (int pair = 0; pair < p.N * p.Hv; ++pair)
+      for (int sl = 0; sl < D / p.vs; ++sl) state_body<D, kFp32>(bk, p, pair, sl, role, sm);
+  for (long long cg = 0; cg < p.total_chunks; ++cg)
+    for (int hv = 0; hv < p.Hv; ++hv) grad1_body<D, kFp32>(bk, p, cg, hv, sm);
+  for (long long cg = 0; cg < p.total_chunks; ++cg)
+    for (int hv = 0; hv < p.Hv; ++hv) grad2_body<D, kFp32>(bk, p, cg, hv, sm);
+  for (int r = 0; r < p.nred; ++r) {
+    const long long count = reduce_count(p, p.red[r]);
+    for (long long i = 0; i < count; ++i) reduce_elem(p, p.red[r], i);
+  }
+}
+
+}  // namespace bwd
+
+cudaError_t launch_backward(const BackwardParams& p, cudaStream_t stream) {
+  return p.D == 128 ? bwd::launch_m<128>(p, stream) : bwd::launch_m<64>(p, stream);
+}
+
+void run_backward_host(const BackwardParams& p) {
+  if (p.D == 128)
+    bwd::run_host_d<128>(p);
+  else
+    bwd::run_host_d<64>(p);
+}
+
+}  // namespace detail
+}  // namespace cuda
+}  // namespace gdr2

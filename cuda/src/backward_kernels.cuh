@@ -1,0 +1,766 @@
+// gdr2 CUDA backend, backward — the kernel bodies (SPEC §4 regrouped as in
+// include/gdr2/chunk_backward.hpp; every exponent ≤ 0, SPEC §5).
+//
+// Notation per chunk of n ≤ 64 tokens (rows r, s), all decays in log2 units:
+//   G_r = Σ_{i≤r} g_i · log2(e)   γ_r = 2^{G_r}   last = n − 1
+//   Qs = scale·q, Bk = b⊙k, T_rs = Σ_d Bk_r k_s 2^{G_r−G_s} (s < r), Aqk likewise with Qs (s ≤ r)
+//   A = (I+T)⁻¹, Y = A(γ⊙Bk), U = A(w⊙v), Qγ = Qs⊙γ, Ktail_r = k_r⊙2^{G_last−G_r}, γ_C = γ_last
+// Rows past n are loaded as zeros (g = 0 there), so every product over a padded chunk
+// equals the one over its n valid rows; padded rows are never written out.
+//
+// Anchors (sub-blocks of 16 rows, a(i) = 16i − 1, e(j) = 16j + 15): for r in block i
+// and s < 16i, 2^{G_r−G_s} = 2^{G_r−G_a(i)} · 2^{G_a(i)−G_s}, both factors ≤ 1; for s in
+// block j and r > e(j), 2^{G_r−G_s} = 2^{G_r−G_e(j)} · 2^{G_e(j)−G_s}. Pairs inside one
+// diagonal sub-block use 2^{G_r−G_s} directly (r ≥ s).
+#pragma once
+
+#define GDR2_CUDA_BACKWARD_PARAMS_ONLY
+#include <gdr2/cuda/backward.hpp>
+
+#include "backward_block.cuh"
+
+namespace gdr2 {
+namespace cuda {
+namespace detail {
+namespace bwd {
+
+using P = BackwardParams;
+
+// ---- addressing -------------------------------------------------------------------------
+GDR2_HD int cu_at(const P& p, int i) {
+  return p.cu_wide ? int(static_cast<const long long*>(p.cu_seqlens)[i]) : static_cast<const int*>(p.cu_seqlens)[i];
+}
+
+/// Tokens of sequence n: batch row, [bos, eos); first global chunk and chunk count.
+struct SeqLoc {
+  int bb, bos, eos;
+  long long cg0;
+  int nc;
+};
+GDR2_HD SeqLoc seq_loc(const P& p, int n) {
+  if (p.chunk_offsets) {
+    const int bos = cu_at(p, n), eos = cu_at(p, n + 1);
+    return {0, bos, eos, (long long)p.chunk_offsets[n], p.chunk_offsets[n + 1] - p.chunk_offsets[n]};
+  }
+  return {n, 0, p.T, (long long)n * p.chunks_per_seq, p.chunks_per_seq};
+}
+
+/// Where global chunk cg lies: sequence, batch row, first token, valid rows.
+struct ChunkLoc {
+  int n, c, bb, t0, len;
+};
+GDR2_HD ChunkLoc chunk_loc(const P& p, long long cg) {
+  int n, c;
+  if (p.chunk_offsets) {
+    int lo = 0, hi = p.N - 1;  // the last sequence whose first chunk is <= cg
+    while (lo < hi) {
+      const int mid = (lo + hi + 1) / 2;
+      if (p.chunk_offsets[mid] <= cg)
+        lo = mid;
+      else
+        hi = mid - 1;
+    }
+    n = lo;
+    c = int(cg - p.chunk_offsets[n]);
+  } else {
+    n = int(cg / p.chunks_per_seq);
+    c = int(cg % p.chunks_per_seq);
+  }
+  const SeqLoc s = seq_loc(p, n);
+  const int t0 = s.bos + kC * c;
+  const int len = s.eos - t0 < kC ? s.eos - t0 : kC;
+  return {n, c, s.bb, t0, len};
+}
+
+GDR2_HD long long act(const long long (&s)[3], int bb, int t, int h) {
+  return (long long)bb * s[0] + (long long)t * s[1] + (long long)h * s[2];
+}
+GDR2_HD int ghead(int hv, int hg, int Hv) { return int((long long)hv * hg / Hv); }
+
+/// The raw 16-bit pattern of one input element.
+GDR2_HD std::uint16_t raw16(const void* base, long long off) { return static_cast<const std::uint16_t*>(base)[off]; }
+
+GDR2_HD float in_q(const P& p, int bb, int t, int hv, int d) {
+  return ld16(p.q, act(p.sq, bb, t, hv / p.group) + d, p.f16);
+}
+GDR2_HD float in_k(const P& p, int bb, int t, int hv, int d) {
+  return ld16(p.k, act(p.sk, bb, t, hv / p.group) + d, p.f16);
+}
+GDR2_HD float in_v(const P& p, int bb, int t, int hv, int d) { return ld16(p.v, act(p.sv, bb, t, hv) + d, p.f16); }
+GDR2_HD float in_do(const P& p, int bb, int t, int hv, int d) { return ld16(p.d_o, act(p.sdo, bb, t, hv) + d, p.f16); }
+GDR2_HD float in_beta(const P& p, int bb, int t, int hv) {
+  return ld16(p.beta, act(p.sbeta, bb, t, ghead(hv, p.hg_beta, p.Hv)), p.f16);
+}
+GDR2_HD float in_b(const P& p, int bb, int t, int hv, int d) {
+  return p.tied ? in_beta(p, bb, t, hv) : ld16(p.b, act(p.sb, bb, t, ghead(hv, p.hg_b, p.Hv)) + d, p.f16);
+}
+GDR2_HD float in_w(const P& p, int bb, int t, int hv, int d) {
+  return p.tied ? in_beta(p, bb, t, hv) : ld16(p.w, act(p.sw, bb, t, ghead(hv, p.hg_w, p.Hv)) + d, p.f16);
+}
+/// log-decay in log2 units
+GDR2_HD float in_g2(const P& p, int bb, int t, int hv, int d) {
+  return p.g[act(p.sg, bb, t, ghead(hv, p.hg_g, p.Hv)) + (p.scalar_decay ? 0 : d)] * kLog2e;
+}
+
+GDR2_HD void put(const BwdSink& s, int bb, int t, int hv, int i, float v) {
+  if (s.p) s.p[(long long)bb * s.sb + (long long)t * s.st + (long long)hv * s.sh + i] = v;
+}
+
+// ---- record layout (fp32, row-major, per chunk-head) ---------------------------------------
+template <int D>
+struct Rec {
+  static constexpr long long A = 0, Aqk = kC * kC, Y = 2 * kC * kC, U = Y + kC * D, Qg = U + kC * D, Kt = Qg + kC * D,
+                             gC = Kt + kC * D, floats = gC + D;
+};
+template <int D>
+struct G1 {
+  static constexpr long long dQ = 0, X = kC * D, dY = 2 * kC * D, dU = 3 * kC * D, dAqk = 4 * kC * D,
+                             rs = dAqk + kC * kC, floats = rs + D;
+};
+
+constexpr int kPC = kC + 4;  // pitch of C×C fp32 tiles
+
+// =============================================================================================
+// chunk offsets (varlen): chunk_offsets[n] = Σ_{m<n} ⌈L_m / 64⌉, one block of virtual threads
+// =============================================================================================
+GDR2_HD void offsets_body(const Blk& bk, const P& p, float* sm) {
+  constexpr int V = kThreads;
+  int* part = reinterpret_cast<int*>(sm);
+  const int per = (p.N + V - 1) / V;
+  bk.par(V, [&](int i) {
+    int s = 0;
+    for (int n = i * per; n < (i + 1) * per && n < p.N; ++n) s += (cu_at(p, n + 1) - cu_at(p, n) + kC - 1) / kC;
+    part[i] = s;
+  });
+  bk.par(1, [&](int) {
+    int run = 0;
+    for (int i = 0; i < V; ++i) {
+      const int s = part[i];
+      part[i] = run;
+      run += s;
+    }
+    p.chunk_offsets[p.N] = run;
+  });
+  bk.par(V, [&](int i) {
+    int run = part[i];
+    for (int n = i * per; n < (i + 1) * per && n < p.N; ++n) {
+      p.chunk_offsets[n] = run;
+      run += (cu_at(p, n + 1) - cu_at(p, n) + kC - 1) / kC;
+    }
+  });
+}
+
+// =============================================================================================
+// 1. prep: one block per (chunk, value head) → record
+// =============================================================================================
+template <int D>
+struct PrepLayout {
+  static constexpr int PD = D + 4;
+  static constexpr int G = 0, Q = G + kC * PD, K = Q + kC * PD, Bk = K + kC * PD, T = Bk + kC * PD,
+                       Aqk = T + kC * kPC, A = Aqk + kC * kPC, floats = A + kC * kPC;
+};
+
+template <int D, int MATH>
+GDR2_HD void prep_body(const Blk& bk, const P& p, long long cg, int hv, float* sm) {
+  using L = PrepLayout<D>;
+  constexpr int PD = L::PD;
+  const ChunkLoc cl = chunk_loc(p, cg);
+  const int last = cl.len - 1;
+  float* rec = p.rec + (cg * p.Hv + hv) * Rec<D>::floats;
+  float *sG = sm + L::G, *sQ = sm + L::Q, *sK = sm + L::K, *sBk = sm + L::Bk;
+  float *sT = sm + L::T, *sAqk = sm + L::Aqk, *sA = sm + L::A;
+
+  bk.par_ld<8>(
+      cl.len * D,
+      [&](int i) {
+        const int r = i / D, d = i % D, t = cl.t0 + r;
+        return F4{in_q(p, cl.bb, t, hv, d), in_k(p, cl.bb, t, hv, d), in_b(p, cl.bb, t, hv, d),
+                  in_g2(p, cl.bb, t, hv, d)};
+      },
+      [&](int i, const F4& x) {
+        const int r = i / D, d = i % D;
+        sQ[r * PD + d] = p.scale * x.x;
+        sK[r * PD + d] = x.y;
+        sBk[r * PD + d] = x.z * x.y;
+        sG[r * PD + d] = x.w;
+      });
+  bk.par((kC - cl.len) * D, [&](int i) {  // padding rows
+    const int r = cl.len + i / D, d = i % D;
+    sQ[r * PD + d] = sK[r * PD + d] = sBk[r * PD + d] = sG[r * PD + d] = 0.f;
+  });
+  bk.par(D + kC * kPC, [&](int i) {
+    if (i < D) {
+      float s = 0.f;
+      for (int r = 0; r < kC; ++r) {
+        s += sG[r * PD + i];
+        sG[r * PD + i] = s;
+      }
+    } else {
+      sT[i - D] = 0.f;
+      sAqk[i - D] = 0.f;
+    }
+  });
+  // Qγ, Ktail, γ_C
+  bk.par(kC * D + D, [&](int i) {
+    if (i < kC * D) {
+      const int r = i / D, d = i % D;
+      const float G = sG[r * PD + d];
+      rec[Rec<D>::Qg + i] = sQ[r * PD + d] * ex2n(G);
+      rec[Rec<D>::Kt + i] = r <= last ? sK[r * PD + d] * ex2n(sG[last * PD + d] - G) : 0.f;
+    } else {
+      rec[Rec<D>::gC + (i - kC * D)] = ex2n(sG[last * PD + (i - kC * D)]);
+    }
+  });
+  // Grams: off-diagonal sub-blocks, T (rows m < 16) and Aqk (rows m ≥ 16) stacked
+  for (int ib = 1; ib < kC / kSub; ++ib) {
+    const int a = kSub * ib - 1;
+    mm<2, MATH>(
+        bk, 32, kSub * ib, D,
+        [&](int m, int d) {
+          const int r = kSub * ib + (m & 15);
+          const float x = m < 16 ? sBk[r * PD + d] : sQ[r * PD + d];
+          return x * ex2n(sG[r * PD + d] - sG[a * PD + d]);
+        },
+        [&](int d, int s) { return sK[s * PD + d] * ex2n(sG[a * PD + d] - sG[s * PD + d]); },
+        [&](int m, int s, float v) {
+          const int r = kSub * ib + (m & 15);
+          (m < 16 ? sT : sAqk)[r * kPC + s] = v;
+        });
+  }
+  // Grams: diagonal sub-blocks, exact (pairs s ≤ r inside one block)
+  bk.par(4 * 136, [&](int item) {
+    const int blk = item / 136;
+    int pr = item % 136, rl = 0;
+    while ((rl + 1) * (rl + 2) / 2 <= pr) ++rl;
+    const int sl = pr - rl * (rl + 1) / 2;
+    const int r = kSub * blk + rl, s = kSub * blk + sl;
+    float tacc = 0.f, aacc = 0.f;
+    GDR2_UNROLL4
+    for (int d = 0; d < D; ++d) {
+      const float e = sK[s * PD + d] * ex2n(sG[r * PD + d] - sG[s * PD + d]);
+      tacc += sBk[r * PD + d] * e;
+      aacc += sQ[r * PD + d] * e;
+    }
+    if (sl < rl) sT[r * kPC + s] = tacc;
+    sAqk[r * kPC + s] = aacc;
+  });
+  // Aqk → record; A ← 0
+  bk.par(kC * kC, [&](int i) {
+    const int r = i / kC, s = i % kC;
+    rec[Rec<D>::Aqk + i] = sAqk[r * kPC + s];
+    sA[r * kPC + s] = 0.f;
+  });
+  // A = (I+T)⁻¹ in fp32: 16×16 diagonal inverses by substitution ...
+  bk.par(4 * kSub, [&](int item) {
+    const int o = kSub * (item / kSub), j = item % kSub;
+    sA[(o + j) * kPC + o + j] = 1.f;
+    for (int i = j + 1; i < kSub; ++i) {
+      float acc = 0.f;
+      for (int s = j; s < i; ++s) acc += sT[(o + i) * kPC + o + s] * sA[(o + s) * kPC + o + j];
+      sA[(o + i) * kPC + o + j] = -acc;
+    }
+  });
+  // ... then block substitution: A_ij = −A_ii Σ_{j≤k<i} T_ik A_kj, by distance i − j
+  float* tmp = sAqk;  // scratch (Aqk is in the record)
+  for (int dist = 1; dist < kC / kSub; ++dist) {
+    const int np = kC / kSub - dist;
+    bk.par(np * 256, [&](int item) {
+      const int pi = item / 256, m = (item / 16) % 16, n = item % 16;
+      const int bi = kSub * (pi + dist), bj = kSub * pi;
+      float acc = 0.f;
+      for (int k = 0; k < kSub * dist; ++k) acc += sT[(bi + m) * kPC + bj + k] * sA[(bj + k) * kPC + bj + n];
+      tmp[pi * 256 + m * 16 + n] = acc;
+    });
+    bk.par(np * 256, [&](int item) {
+      const int pi = item / 256, m = (item / 16) % 16, n = item % 16;
+      const int bi = kSub * (pi + dist), bj = kSub * pi;
+      float acc = 0.f;
+      for (int k = 0; k < kSub; ++k) acc += sA[(bi + m) * kPC + bi + k] * tmp[pi * 256 + k * 16 + n];
+      sA[(bi + m) * kPC + bj + n] = -acc;
+    });
+  }
+  // A → record; Z = w ⊙ v into sQ (padding rows of sQ are zero already)
+  bk.par_ld<8>(
+      cl.len * D,
+      [&](int i) {
+        const int r = i / D, d = i % D, t = cl.t0 + r;
+        return in_w(p, cl.bb, t, hv, d) * in_v(p, cl.bb, t, hv, d);
+      },
+      [&](int i, float z) { sQ[(i / D) * PD + i % D] = z; });
+  bk.par(kC * kC, [&](int i) { rec[Rec<D>::A + i] = sA[(i / kC) * kPC + i % kC]; });
+  // [Y U] = A [γ⊙Bk, Z]
+  mm<4, MATH>(
+      bk, kC, 2 * D, kC, [&](int r, int s) { return sA[r * kPC + s]; },
+      [&](int s, int n) { return n < D ? sBk[s * PD + n] * ex2n(sG[s * PD + n]) : sQ[s * PD + n - D]; },
+      [&](int r, int n, float v) {
+        if (n < D)
+          rec[Rec<D>::Y + r * D + n] = v;
+        else
+          rec[Rec<D>::U + r * D + n - D] = v;
+      });
+}
+
+// =============================================================================================
+// 2. state passes: block (sequence·Hv + head, value slice, role); role 0 forward S, 1 reverse dS
+// =============================================================================================
+template <int D>
+struct StateLayout {
+  static constexpr int PD = D + 4;
+  int PV, S, A1, A2, Aqk, dO, dR, g, floats;  // the forward role keeps U's slice in dO
+  GDR2_HD explicit StateLayout(int vs) {
+    PV = vs + 4;
+    S = 0;
+    A1 = S + D * PV;
+    A2 = A1 + kC * PD;
+    Aqk = A2 + kC * PD;
+    dO = Aqk + kC * kPC;
+    dR = dO + kC * PV;
+    g = dR + kC * PV;
+    floats = g + D;
+  }
+};
+
+template <int D, int MATH>
+GDR2_HD void state_body(const Blk& bk, const P& p, int pair, int slice, int role, float* sm) {
+  // (slices of one sequence-head are neighbours in the grid: they read the same records)
+  const StateLayout<D> L(p.vs);
+  constexpr int PD = StateLayout<D>::PD;
+  const int VS = p.vs, PV = L.PV, j0 = slice * VS;
+  const int n = pair / p.Hv, hv = pair % p.Hv;
+  const SeqLoc sq = seq_loc(p, n);
+  float *sS = sm + L.S, *sA1 = sm + L.A1, *sA2 = sm + L.A2, *sAqk = sm + L.Aqk, *sdO = sm + L.dO, *sdR = sm + L.dR,
+        *sg = sm + L.g;
+  const long long DD = (long long)D * D;
+
+  if (role == 0) {
+    bk.par_ld<8>(
+        D * VS,
+        [&](int i) {
+          const int kk = i / VS, j = i % VS;
+          return p.s0 ? p.s0[n * p.s0s[0] + hv * p.s0s[1] + kk * p.s0s[2] + (j0 + j) * p.s0s[3]] : 0.f;
+        },
+        [&](int i, float x) { sS[(i / VS) * PV + i % VS] = x; });
+    bk.sync();
+    for (int c = 0; c < sq.nc; ++c) {
+      const long long base = (sq.cg0 + c) * p.Hv + hv;
+      const float* rec = p.rec + base * Rec<D>::floats;
+      bk.par(D * VS, [&](int i) {
+        const int kk = i / VS, j = i % VS;
+        p.states[base * DD + kk * D + j0 + j] = sS[kk * PV + j];
+      });
+      if (c == sq.nc - 1) break;
+      copy_tile(bk, sA1, PD, rec + Rec<D>::Y, D, kC, D);
+      copy_tile(bk, sA2, PD, rec + Rec<D>::Kt, D, kC, D);
+      copy_tile(bk, sdO, PV, rec + Rec<D>::U + j0, D, kC, VS);
+      copy_tile(bk, sg, D, rec + Rec<D>::gC, D, 1, D);
+      bk.sync();
+      // R = U − Y S (slice), then S ← γ_C ⊙ S + Ktailᵀ R
+      mm<2, MATH>(
+          bk, kC, VS, D, [&](int r, int k) { return sA1[r * PD + k]; }, [&](int k, int j) { return sS[k * PV + j]; },
+          [&](int r, int j, float v) { sdR[r * PV + j] = sdO[r * PV + j] - v; });
+      mm<2, MATH>(
+          bk, D, VS, kC, [&](int m, int r) { return sA2[r * PD + m]; }, [&](int r, int j) { return sdR[r * PV + j]; },
+          [&](int m, int j, float v) { sS[m * PV + j] = sg[m] * sS[m * PV + j] + v; });
+    }
+    return;
+  }
+
+  bk.par_ld<8>(
+      D * VS,
+      [&](int i) {
+        const int kk = i / VS, j = i % VS;
+        return p.dsT ? p.dsT[n * p.dsTs[0] + hv * p.dsTs[1] + kk * p.dsTs[2] + (j0 + j) * p.dsTs[3]] : 0.f;
+      },
+      [&](int i, float x) { sS[(i / VS) * PV + i % VS] = x; });
+  bk.sync();
+  for (int c = sq.nc - 1; c >= 0; --c) {
+    const long long base = (sq.cg0 + c) * p.Hv + hv;
+    const float* rec = p.rec + base * Rec<D>::floats;
+    const int t0 = sq.bos + kC * c, len = sq.eos - t0 < kC ? sq.eos - t0 : kC;
+    bk.par(D * VS, [&](int i) {
+      const int kk = i / VS, j = i % VS;
+      p.dstates[base * DD + kk * D + j0 + j] = sS[kk * PV + j];
+    });
+    copy_tile(bk, sA1, PD, rec + Rec<D>::Kt, D, kC, D);
+    copy_tile(bk, sA2, PD, rec + Rec<D>::Y, D, kC, D);
+    copy_tile(bk, sAqk, kPC, rec + Rec<D>::Aqk, kC, kC, kC);
+    copy_tile(bk, sg, D, rec + Rec<D>::gC, D, 1, D);
+    bk.par_ld<8>(
+        kC * VS,
+        [&](int i) {
+          const int r = i / VS;
+          return r < len ? in_do(p, sq.bb, t0 + r, hv, j0 + i % VS) : 0.f;
+        },
+        [&](int i, float x) { sdO[(i / VS) * PV + i % VS] = x; });
+    bk.sync();
+    // dR = Aqkᵀ dO + Ktail dS
+    mm<2, MATH>(
+        bk, kC, VS, kC + D, [&](int r, int k) { return k < kC ? sAqk[k * kPC + r] : sA1[r * PD + k - kC]; },
+        [&](int k, int j) { return k < kC ? sdO[k * PV + j] : sS[(k - kC) * PV + j]; },
+        [&](int r, int j, float v) { sdR[r * PV + j] = v; });
+    copy_tile(bk, sA1, PD, rec + Rec<D>::Qg, D, kC, D);
+    bk.sync();
+    // dS ← γ_C ⊙ dS + Qγᵀ dO − Yᵀ dR
+    mm<2, MATH>(
+        bk, D, VS, 2 * kC, [&](int m, int k) { return k < kC ? sA1[k * PD + m] : -sA2[(k - kC) * PD + m]; },
+        [&](int k, int j) { return k < kC ? sdO[k * PV + j] : sdR[(k - kC) * PV + j]; },
+        [&](int m, int j, float v) { sS[m * PV + j] = sg[m] * sS[m * PV + j] + v; });
+  }
+  if (p.ds0) {
+    bk.par(D * VS, [&](int i) {
+      const int kk = i / VS, j = i % VS;
+      p.ds0[n * p.ds0s[0] + hv * p.ds0s[1] + kk * p.ds0s[2] + (j0 + j) * p.ds0s[3]] = sS[kk * PV + j];
+    });
+  }
+}
+
+// =============================================================================================
+// 3. grad-1: block (chunk, value head); everything that touches S or dS, value halves of 64
+// =============================================================================================
+template <int D>
+struct Grad1Layout {
+  static constexpr int PD = D + 4, PH = 68, H = 64;
+  static constexpr int S = 0, dS = S + D * PH, Y = dS + D * PH, Kt = Y + kC * PD, UR = Kt + kC * PD, dR = UR + kC * PH,
+                       dO = dR + kC * PH, Aqk = dO + kC * PH, floats = Aqk + kC * kPC;
+};
+
+template <int D, int MATH>
+GDR2_HD void grad1_body(const Blk& bk, const P& p, long long cg, int hv, float* sm) {
+  using L = Grad1Layout<D>;
+  constexpr int PD = L::PD, PH = L::PH, H = L::H;
+  const ChunkLoc cl = chunk_loc(p, cg);
+  const long long base = cg * p.Hv + hv, DD = (long long)D * D;
+  const float* rec = p.rec + base * Rec<D>::floats;
+  float* out = p.g1 + base * G1<D>::floats;
+  float *sS = sm + L::S, *sdS = sm + L::dS, *sY = sm + L::Y, *sKt = sm + L::Kt, *sUR = sm + L::UR, *sdR = sm + L::dR,
+        *sdO = sm + L::dO, *sAqk = sm + L::Aqk;
+
+  copy_tile(bk, sY, PD, rec + Rec<D>::Y, D, kC, D);
+  copy_tile(bk, sKt, PD, rec + Rec<D>::Kt, D, kC, D);
+  copy_tile(bk, sAqk, kPC, rec + Rec<D>::Aqk, kC, kC, kC);
+  for (int h = 0; h < D / H; ++h) {
+    const int j0 = H * h;
+    // the second value half adds to the first half's stored partial sums
+    auto acc = [&](long long i, float v) {
+      if (h)
+        add_partial(out + i, v);
+      else
+        out[i] = v;
+    };
+    copy_tile(bk, sS, PH, p.states + base * DD + j0, D, D, H);
+    copy_tile(bk, sdS, PH, p.dstates + base * DD + j0, D, D, H);
+    copy_tile(bk, sUR, PH, rec + Rec<D>::U + j0, D, kC, H);
+    bk.par_ld<8>(
+        kC * H,
+        [&](int i) {
+          const int r = i / H;
+          return r < cl.len ? in_do(p, cl.bb, cl.t0 + r, hv, j0 + i % H) : 0.f;
+        },
+        [&](int i, float x) { sdO[(i / H) * PH + i % H] = x; });
+    bk.sync();
+    // R = U − Y S
+    mm<2, MATH>(
+        bk, kC, H, D, [&](int r, int k) { return sY[r * PD + k]; }, [&](int k, int j) { return sS[k * PH + j]; },
+        [&](int r, int j, float v) { sUR[r * PH + j] -= v; });
+    // dR = Aqkᵀ dO + Ktail dS  (= dU)
+    mm<2, MATH>(
+        bk, kC, H, kC + D, [&](int r, int k) { return k < kC ? sAqk[k * kPC + r] : sKt[r * PD + k - kC]; },
+        [&](int k, int j) { return k < kC ? sdO[k * PH + j] : sdS[(k - kC) * PH + j]; },
+        [&](int r, int j, float v) {
+          sdR[r * PH + j] = v;
+          out[G1<D>::dU + r * D + j0 + j] = v;
+        });
+    // dO Sᵀ, dKtail = R dSᵀ, dY = −dR Sᵀ (partial sums over the value halves)
+    mm<4, MATH>(
+        bk, kC, D, H, [&](int r, int j) { return sdO[r * PH + j]; }, [&](int j, int d) { return sS[d * PH + j]; },
+        [&](int r, int d, float v) { acc(G1<D>::dQ + r * D + d, v); });
+    mm<4, MATH>(
+        bk, kC, D, H, [&](int r, int j) { return sUR[r * PH + j]; }, [&](int j, int d) { return sdS[d * PH + j]; },
+        [&](int r, int d, float v) { acc(G1<D>::X + r * D + d, v); });
+    mm<4, MATH>(
+        bk, kC, D, H, [&](int r, int j) { return sdR[r * PH + j]; }, [&](int j, int d) { return sS[d * PH + j]; },
+        [&](int r, int d, float v) { acc(G1<D>::dY + r * D + d, -v); });
+    // dAqk = dO Rᵀ on and below the diagonal
+    mm<2, MATH, true>(
+        bk, kC, kC, H, [&](int r, int j) { return sdO[r * PH + j]; }, [&](int j, int s) { return sUR[s * PH + j]; },
+        [&](int r, int s, float v) {
+          if (s <= r) acc(G1<D>::dAqk + r * kC + s, v);
+        });
+    // Σ_j dS ⊙ S per key channel
+    bk.par(D, [&](int d) {
+      float s = 0.f;
+      for (int j = 0; j < H; ++j) s += sS[d * PH + j] * sdS[d * PH + j];
+      acc(G1<D>::rs + d, s);
+    });
+  }
+}
+
+// =============================================================================================
+// 4. grad-2: block (chunk, value head); the WY backward, decayed applies, dG, outputs
+// =============================================================================================
+template <int D>
+struct Grad2Layout {
+  static constexpr int PD = D + 4, P1 = 2 * D + 8, P2 = 2 * D + 4, PI = D + 8;  // PI: 16-bit tiles
+  static constexpr int R0 = 0;                 // A, then dT                    [C][PC]
+  static constexpr int R1 = R0 + kC * kPC;     // [dY dU] → [Y U] → G | X2      [C][P1]
+  static constexpr int X2 = R1 + kC * PD;      //                               [C][PD]
+  static constexpr int R2 = R1 + kC * P1;      // [dĒ dZ] → [dBk dQs] → [dG db] [C][P2]
+  static constexpr int dAqk = R2 + kC * P2;    //                               [C][PC]
+  static constexpr int In = dAqk + kC * kPC;   // q, k, b as 16-bit             3 × [C][PI]
+  static constexpr int rs = In + 3 * kC * PI / 2;
+  static constexpr int diag = rs + D, bw = diag + kC, floats = bw + kC;
+};
+
+template <int D, int MATH>
+GDR2_HD void grad2_body(const Blk& bk, const P& p, long long cg, int hv, float* sm) {
+  using L = Grad2Layout<D>;
+  constexpr int PD = L::PD, P1 = L::P1, P2 = L::P2, PI = L::PI;
+  const ChunkLoc cl = chunk_loc(p, cg);
+  const int last = cl.len - 1, bb = cl.bb, t0 = cl.t0;
+  const long long base = cg * p.Hv + hv;
+  const float* rec = p.rec + base * Rec<D>::floats;
+  const float* g1 = p.g1 + base * G1<D>::floats;
+  float *R0 = sm + L::R0, *R1 = sm + L::R1, *sG = sm + L::R1, *sX2 = sm + L::X2, *R2 = sm + L::R2,
+        *sdAqk = sm + L::dAqk, *rsv = sm + L::rs, *diag = sm + L::diag, *bw = sm + L::bw;
+  std::uint16_t* q16 = reinterpret_cast<std::uint16_t*>(sm + L::In);
+  std::uint16_t* k16 = q16 + kC * PI;
+  std::uint16_t* b16 = k16 + kC * PI;
+  const int f16 = p.f16;
+  const float scale = p.scale;
+  auto Kc = [&](int r, int d) { return ld16(k16, r * PI + d, f16); };
+  auto Qs = [&](int r, int d) { return scale * ld16(q16, r * PI + d, f16); };
+  auto Bg = [&](int r, int d) { return ld16(b16, r * PI + d, f16); };
+
+  // a. loads (only the lower triangle of dAqk is ever read)
+  copy_tile(bk, R0, kPC, rec + Rec<D>::A, kC, kC, kC);
+  copy_tile(bk, sdAqk, kPC, g1 + G1<D>::dAqk, kC, kC, kC);
+  copy_tile(bk, R1, P1, g1 + G1<D>::dY, D, kC, D);
+  copy_tile(bk, R1 + D, P1, g1 + G1<D>::dU, D, kC, D);
+  copy_tile(bk, rsv, D, g1 + G1<D>::rs, D, 1, D);
+  struct Raw3 {
+    std::uint16_t q, k, b;
+  };
+  const int hk = hv / p.group;
+  bk.par_ld<8>(
+      kC * D,
+      [&](int i) {
+        const int r = i / D, d = i % D, t = t0 + r;
+        if (r >= cl.len) return Raw3{0, 0, 0};
+        return Raw3{raw16(p.q, act(p.sq, bb, t, hk) + d), raw16(p.k, act(p.sk, bb, t, hk) + d),
+                    p.tied ? raw16(p.beta, act(p.sbeta, bb, t, ghead(hv, p.hg_beta, p.Hv)))
+                           : raw16(p.b, act(p.sb, bb, t, ghead(hv, p.hg_b, p.Hv)) + d)};
+      },
+      [&](int i, const Raw3& x) {
+        const int r = i / D, d = i % D;
+        q16[r * PI + d] = x.q;
+        k16[r * PI + d] = x.k;
+        b16[r * PI + d] = x.b;
+      });
+  bk.sync();
+  // b. [dĒ dZ] = Aᵀ [dY dU]
+  mm<4, MATH>(
+      bk, kC, 2 * D, kC, [&](int r, int s) { return R0[s * kPC + r]; }, [&](int s, int n) { return R1[s * P1 + n]; },
+      [&](int r, int n, float v) { R2[r * P2 + n] = v; });
+  // c. [Y U] into R1; dT ← 0
+  copy_tile(bk, R1, P1, rec + Rec<D>::Y, D, kC, D);
+  copy_tile(bk, R1 + D, P1, rec + Rec<D>::U, D, kC, D);
+  bk.par(kC * kC, [&](int i) { R0[(i / kC) * kPC + i % kC] = 0.f; });
+  // d. dT = −strict_lower([dĒ dZ] [Y U]ᵀ)
+  mm<2, MATH, true>(
+      bk, kC, kC, 2 * D, [&](int r, int n) { return R2[r * P2 + n]; }, [&](int n, int s) { return R1[s * P1 + n]; },
+      [&](int r, int s, float v) { R0[r * kPC + s] = s < r ? -v : 0.f; });
+  // e. log-decays (log2 units) over the dead [Y U]; dv = dZ ⊙ w, dw = dZ ⊙ v (kept in
+  //    place of dZ for the tied gates' row sums)
+  bk.par_ld<8>(
+      cl.len * D,
+      [&](int i) {
+        const int r = i / D, d = i % D, t = t0 + r;
+        return F4{in_g2(p, bb, t, hv, d), in_v(p, bb, t, hv, d), in_w(p, bb, t, hv, d), 0.f};
+      },
+      [&](int i, const F4& x) {
+        const int r = i / D, d = i % D, t = t0 + r;
+        sG[r * PD + d] = x.x;
+        const float dz = R2[r * P2 + D + d];
+        put(p.dv, bb, t, hv, d, dz * x.z);
+        if (!p.tied) put(p.dw, bb, t, hv, d, dz * x.y);
+        R2[r * P2 + D + d] = dz * x.y;
+      });
+  bk.par((kC - cl.len) * D, [&](int i) {
+    const int r = cl.len + i / D, d = i % D;
+    sG[r * PD + d] = 0.f;
+    R2[r * P2 + D + d] = 0.f;
+  });
+  // cumulative sums; dAqk's diagonal apart; tied gates: bw_r = Σ_j dw_j
+  bk.par(D + kC, [&](int i) {
+    if (i < D) {
+      float s = 0.f;
+      for (int r = 0; r < kC; ++r) {
+        s += sG[r * PD + i];
+        sG[r * PD + i] = s;
+      }
+    } else {
+      const int r = i - D;
+      diag[r] = sdAqk[r * kPC + r];
+      sdAqk[r * kPC + r] = 0.f;
+      float s = 0.f;
+      if (p.tied)
+        for (int j = 0; j < D; ++j) s += R2[r * P2 + D + j];
+      bw[r] = s;
+    }
+  });
+  // f. dBk = dĒ ⊙ γ; dQs = (dO Sᵀ) ⊙ γ; X2 ← 0
+  bk.par_ld<8>(
+      kC * D, [&](int i) { return g1[G1<D>::dQ + i]; },
+      [&](int i, float dq) {
+        const int r = i / D, d = i % D;
+        const float gam = ex2n(sG[r * PD + d]);
+        R2[r * P2 + d] *= gam;
+        R2[r * P2 + D + d] = dq * gam;
+        sX2[r * PD + d] = 0.f;
+      });
+  bk.sync();
+  // g. decayed applies, off-diagonal sub-blocks (anchored products)
+  for (int ib = 1; ib < kC / kSub; ++ib) {
+    const int a = kSub * ib - 1;
+    mm<4, MATH>(
+        bk, 32, D, kSub * ib,
+        [&](int m, int s) {
+          const int r = kSub * ib + (m & 15);
+          return m < 16 ? R0[r * kPC + s] : sdAqk[r * kPC + s];
+        },
+        [&](int s, int d) { return Kc(s, d) * ex2n(sG[a * PD + d] - sG[s * PD + d]); },
+        [&](int m, int d, float v) {
+          const int r = kSub * ib + (m & 15);
+          R2[r * P2 + (m < 16 ? 0 : D) + d] += v * ex2n(sG[r * PD + d] - sG[a * PD + d]);
+        });
+  }
+  for (int jb = 0; jb + 1 < kC / kSub; ++jb) {
+    const int e = kSub * jb + 15, r0 = kSub * (jb + 1), Lr = kC - r0;
+    mm<2, MATH>(
+        bk, 16, D, 2 * Lr,
+        [&](int m, int k) {
+          const int s = kSub * jb + m;
+          return k < Lr ? R0[(r0 + k) * kPC + s] : sdAqk[(r0 + k - Lr) * kPC + s];
+        },
+        [&](int k, int d) {
+          const int r = r0 + (k < Lr ? k : k - Lr);
+          const float x = k < Lr ? Bg(r, d) * Kc(r, d) : Qs(r, d);
+          return x * ex2n(sG[r * PD + d] - sG[e * PD + d]);
+        },
+        [&](int m, int d, float v) {
+          const int s = kSub * jb + m;
+          sX2[s * PD + d] += v * ex2n(sG[e * PD + d] - sG[s * PD + d]);
+        });
+  }
+  // h. decayed applies, diagonal sub-blocks: one thread per (sub-block, channel), rows
+  //    first (dBk_r, dQs_r += Σ_{s<r} …), then columns (X2_s += Σ_{r>s} …)
+  bk.par((kC / kSub) * D, [&](int item) {
+    const int o = kSub * (item / D), d = item % D;
+    float Gs[16], ks[16];
+    GDR2_UNROLL
+    for (int i = 0; i < 16; ++i) {
+      Gs[i] = sG[(o + i) * PD + d];
+      ks[i] = Kc(o + i, d);
+    }
+    GDR2_UNROLL
+    for (int r = 1; r < 16; ++r) {
+      float ab = 0.f, aq = 0.f;
+      GDR2_UNROLL
+      for (int s = 0; s < r; ++s) {
+        const float e = ks[s] * ex2n(Gs[r] - Gs[s]);
+        ab += R0[(o + r) * kPC + o + s] * e;
+        aq += sdAqk[(o + r) * kPC + o + s] * e;
+      }
+      R2[(o + r) * P2 + d] += ab;
+      R2[(o + r) * P2 + D + d] += aq;
+    }
+  });
+  bk.par((kC / kSub) * D, [&](int item) {
+    const int o = kSub * (item / D), d = item % D;
+    float Gr[16], bkr[16], qr[16];
+    GDR2_UNROLL
+    for (int i = 0; i < 16; ++i) {
+      Gr[i] = sG[(o + i) * PD + d];
+      bkr[i] = Bg(o + i, d) * Kc(o + i, d);
+      qr[i] = Qs(o + i, d);
+    }
+    GDR2_UNROLL
+    for (int s = 0; s < 15; ++s) {
+      float ax = 0.f;
+      GDR2_UNROLL
+      for (int r = s + 1; r < 16; ++r)
+        ax += (R0[(o + r) * kPC + o + s] * bkr[r] + sdAqk[(o + r) * kPC + o + s] * qr[r]) * ex2n(Gr[r] - Gr[s]);
+      sX2[(o + s) * PD + d] += ax;
+    }
+  });
+  // i. dq, dk, db per element; dG (before its cumulative sum) into R2's left half,
+  //    db into its right half, dKtail ⊙ Ktail into X2 (for the last row's column sum)
+  bk.par(kC * D - cl.len * D, [&](int i) {
+    const int r = cl.len + i / D, d = i % D;
+    R2[r * P2 + d] = 0.f;
+    R2[r * P2 + D + d] = 0.f;
+    sX2[r * PD + d] = 0.f;
+  });
+  bk.par_ld<8>(cl.len * D, [&](int i) { return g1[G1<D>::X + i]; }, [&](int i, float xk) {  // xk: dKtail
+    const int r = i / D, d = i % D;
+    const int t = t0 + r;
+    const float kk = Kc(r, d), qs = Qs(r, d), bg = Bg(r, d), bkv = bg * kk;
+    const float kf = ex2n(sG[last * PD + d] - sG[r * PD + d]);
+    const float dqs = R2[r * P2 + D + d], dbk = R2[r * P2 + d], x2 = sX2[r * PD + d];
+    const float xt = xk * kk * kf;      // dKtail ⊙ Ktail
+    const float dG = qs * dqs + bkv * dbk - kk * x2 - (r < last ? xt : 0.f);
+    put(p.dq, bb, t, hv, d, scale * (dqs + diag[r] * kk));
+    put(p.dk, bb, t, hv, d, xk * kf + x2 + diag[r] * qs + dbk * bg);
+    if (!p.tied) put(p.db, bb, t, hv, d, dbk * kk);
+    R2[r * P2 + d] = dG;
+    R2[r * P2 + D + d] = dbk * kk;
+    sX2[r * PD + d] = r < last ? xt : 0.f;
+  });
+  bk.sync();
+  // j. the last row's terms, then dg = reverse cumulative sum of dG
+  bk.par(D, [&](int d) {
+    if (cl.len <= 0) return;
+    float tot = 0.f;
+    for (int r = 0; r < last; ++r) tot += sX2[r * PD + d];
+    R2[last * P2 + d] += tot + rsv[d] * ex2n(sG[last * PD + d]);
+    float run = 0.f;
+    for (int r = last; r >= 0; --r) {
+      run += R2[r * P2 + d];
+      R2[r * P2 + d] = run;
+      if (!p.scalar_decay) put(p.dg, bb, t0 + r, hv, d, run);
+    }
+  });
+  // k. per-token reductions of tied / scalar gates
+  if (p.tied || p.scalar_decay) {
+    bk.par(kC, [&](int r) {
+      if (r >= cl.len) return;
+      float sg = 0.f, sb = 0.f;
+      for (int d = 0; d < D; ++d) {
+        sg += R2[r * P2 + d];
+        sb += R2[r * P2 + D + d];
+      }
+      if (p.scalar_decay) put(p.dg, bb, t0 + r, hv, 0, sg);
+      if (p.tied) put(p.dbeta, bb, t0 + r, hv, 0, sb + bw[r]);
+    });
+  }
+}
+
+// =============================================================================================
+// 5. head sums: dst[b, t, h, x] = Σ_{i < ratio} src[b, t, h·ratio + i, x], in order
+// =============================================================================================
+GDR2_HD void reduce_elem(const P& p, const BwdReduce& r, long long idx) {
+  const int x = int(idx % r.width);
+  const long long rest = idx / r.width;
+  const int h = int(rest % r.heads);
+  const long long bt = rest / r.heads;  // b·T + t
+  const int t = int(bt % p.T), b = int(bt / p.T);
+  const float* src = r.src + (bt * p.Hv + (long long)h * r.ratio) * r.width + x;
+  float s = 0.f;
+  for (int i = 0; i < r.ratio; ++i) s += src[(long long)i * r.width];
+  r.dst[(long long)b * r.sb + (long long)t * r.st + (long long)h * r.sh + x] = s;
+}
+
+}  // namespace bwd
+}  // namespace detail
+}  // namespace cuda
+}  // namespace gdr2
