@@ -95,10 +95,10 @@ TEST_CASE("fused: strong gates (softplus far in both tails) stay finite", "[fuse
     // which is tiny exactly where g is huge: measured ≤ 2e-7 → 1e-5. The chunk
     // engine forms dg as a reverse cumulative sum of ± pair terms, whose rounding
     // (6e-8 of the O(1) terms of weakly decayed pairs) does not cancel; dA_log =
-    // Σ dg·g then weights that absolute error by |g| up to 163: measured 1.4e-5
-    // (d_gate_x), 3e-5 (ddt_bias), 2.4e-4 (dA_log) → 1e-4, 1e-4, 1e-3. With
-    // log-decays down to −20 (the issue's range) dA_log is back under 1e-4
-    // (test_backward covers that range without the fused gate).
+    // Σ dg·g then weights that absolute error by |g| up to 163: measured 1.5e-5
+    // (d_gate_x), 3.5e-5 (ddt_bias), 2.4e-4 … 3.7e-4 (dA_log, depending on the
+    // rounding order of the build) → 1e-4, 1e-4, 1e-3. The issue's range, g ≥ −20
+    // per token, is covered in test_backward (dg ≤ 3e-6 there).
     const bool chunk = e != Engine::recurrent;
     CHECK(rel_error(got.d_gate_x.view(), ref.grads.d_gate_x.view()) <= (chunk ? 1e-4 : 1e-5));
     CHECK(rel_error(got.ddt_bias.view(), ref.grads.ddt_bias.view()) <= (chunk ? 1e-4 : 1e-5));

@@ -70,71 +70,87 @@ struct ChunkContext {
 
 namespace detail {
 
-/// out(r,:) += Σ_{s≤r} M(r,s) · X(s,:) ⊙ exp(G_r − G_s), for r, s ∈ [0, n); M is read
-/// on and below its diagonal. Same anchors as decayed_gram: for an off-diagonal
-/// block, exp(G_r − G_s) = Fin_r · exp(G_{i0−1} − G_{end(j)}) · Fout_s, each ≤ 1.
-/// XF, acc: scratch of ≥ n×K and ≥ kSubBlock×K.
+/// The two decayed applies against the keys (SPEC §4, gradients of T and Aqk with
+/// respect to their left factors), sharing every decay factor:
+///   out1(r,:) += Σ_{s≤r} M1(r,s) · X(s,:) ⊙ exp(G_r − G_s),   out2 likewise with M2,
+/// for r, s ∈ [0, n); M1, M2 are read on and below their diagonals. Anchors as in
+/// decayed_grams: for row block i all earlier column blocks j at once as one GEMM
+/// M_i,<i · (X ⊙ Fout ⊙ D_ij) followed by ⊙ Fin_i, D_ij = exp(G_{i0−1} − G_{end(j)});
+/// diagonal blocks by running products of exp(g). XB: scratch ≥ n×K; acc ≥ kSubBlock×K.
 template <class Acc>
-void decayed_apply(const RowMat<Acc>& M, const RowMat<Acc>& X, const ChunkDecay<Acc>& dc, Index n,
-                   RowMat<Acc>& out, RowMat<Acc>& XF, RowMat<Acc>& acc, Vec<Acc>& p) {
-  XF.topRows(n) = X.topRows(n).cwiseProduct(dc.Fout.topRows(n));
+void decayed_apply2(const RowMat<Acc>& M1, RowMat<Acc>& out1, const RowMat<Acc>& M2, RowMat<Acc>& out2,
+                    const RowMat<Acc>& X, const ChunkDecay<Acc>& dc, Index n, RowMat<Acc>& XB, RowMat<Acc>& acc,
+                    Vec<Acc>& p) {
   for (Index i0 = 0; i0 < n; i0 += kSubBlock) {
     const Index ni = std::min(kSubBlock, n - i0);
     if (i0 > 0) {
-      auto a = acc.topRows(ni);
-      a.setZero();
       for (Index j0 = 0; j0 < i0; j0 += kSubBlock) {
         const Index jend = j0 + kSubBlock - 1;
-        if (jend == i0 - 1) {
-          a.noalias() += M.block(i0, j0, ni, kSubBlock) * XF.middleRows(j0, kSubBlock);
-        } else {
+        auto blk = XB.middleRows(j0, kSubBlock);
+        blk = X.middleRows(j0, kSubBlock).cwiseProduct(dc.Fout.middleRows(j0, kSubBlock));
+        if (jend != i0 - 1) {
           p = (dc.G.row(i0 - 1) - dc.G.row(jend)).transpose().array().exp();
-          a.noalias() += M.block(i0, j0, ni, kSubBlock) * (XF.middleRows(j0, kSubBlock) * p.asDiagonal());
+          blk.array().rowwise() *= p.transpose().array();
         }
       }
-      out.middleRows(i0, ni) += a.cwiseProduct(dc.Fin.middleRows(i0, ni));
+      auto a = acc.topRows(ni);
+      a.noalias() = M1.block(i0, 0, ni, i0) * XB.topRows(i0);
+      out1.middleRows(i0, ni) += a.cwiseProduct(dc.Fin.middleRows(i0, ni));
+      a.noalias() = M2.block(i0, 0, ni, i0) * XB.topRows(i0);
+      out2.middleRows(i0, ni) += a.cwiseProduct(dc.Fin.middleRows(i0, ni));
     }
     // Diagonal block: p = X_s ⊙ exp(G_r − G_s) by a running product over r.
     for (Index s = i0; s < i0 + ni; ++s) {
       p = X.row(s).transpose();
-      out.row(s) += M(s, s) * p.transpose();
+      out1.row(s) += M1(s, s) * p.transpose();
+      out2.row(s) += M2(s, s) * p.transpose();
       for (Index r = s + 1; r < i0 + ni; ++r) {
         p.array() *= dc.E.row(r).transpose().array();
-        out.row(r) += M(r, s) * p.transpose();
+        out1.row(r) += M1(r, s) * p.transpose();
+        out2.row(r) += M2(r, s) * p.transpose();
       }
     }
   }
 }
 
-/// out(s,:) += Σ_{r≥s} M(r,s) · X(r,:) ⊙ exp(G_r − G_s), for r, s ∈ [0, n): the
-/// transposed decayed apply, with the same anchors. M is read on and below its diagonal.
+/// The transposed decayed applies (gradients of T and Aqk with respect to the keys),
+/// summed into one output:
+///   out(s,:) += Σ_{r≥s} (M1(r,s) · X1(r,:) + M2(r,s) · X2(r,:)) ⊙ exp(G_r − G_s),
+/// r, s ∈ [0, n), M1, M2 read on and below their diagonals. For column block j all
+/// later row blocks i at once: (M_>j,jᵀ · (X ⊙ Fin ⊙ D_ij)) ⊙ Fout_j. XB1, XB2:
+/// scratch ≥ n×K; acc ≥ kSubBlock×K.
 template <class Acc>
-void decayed_apply_t(const RowMat<Acc>& M, const RowMat<Acc>& X, const ChunkDecay<Acc>& dc, Index n,
-                     RowMat<Acc>& out, RowMat<Acc>& XF, RowMat<Acc>& acc, Vec<Acc>& p) {
-  XF.topRows(n) = X.topRows(n).cwiseProduct(dc.Fin.topRows(n));
+void decayed_apply2_t(const RowMat<Acc>& M1, const RowMat<Acc>& X1, const RowMat<Acc>& M2, const RowMat<Acc>& X2,
+                      const ChunkDecay<Acc>& dc, Index n, RowMat<Acc>& out, RowMat<Acc>& XB1, RowMat<Acc>& XB2,
+                      RowMat<Acc>& acc, Vec<Acc>& p) {
   for (Index j0 = 0; j0 < n; j0 += kSubBlock) {
-    const Index nj = std::min(kSubBlock, n - j0), jend = j0 + nj - 1;
-    if (j0 + nj < n) {
-      auto a = acc.topRows(nj);
-      a.setZero();
-      for (Index i0 = j0 + kSubBlock; i0 < n; i0 += kSubBlock) {
+    const Index nj = std::min(kSubBlock, n - j0), jend = j0 + nj - 1, r0 = j0 + kSubBlock;
+    if (r0 < n) {
+      const Index m = n - r0;
+      for (Index i0 = r0; i0 < n; i0 += kSubBlock) {
         const Index ni = std::min(kSubBlock, n - i0);
-        if (i0 - 1 == jend) {
-          a.noalias() += M.block(i0, j0, ni, nj).transpose() * XF.middleRows(i0, ni);
-        } else {
+        auto b1 = XB1.middleRows(i0 - r0, ni);
+        auto b2 = XB2.middleRows(i0 - r0, ni);
+        b1 = X1.middleRows(i0, ni).cwiseProduct(dc.Fin.middleRows(i0, ni));
+        b2 = X2.middleRows(i0, ni).cwiseProduct(dc.Fin.middleRows(i0, ni));
+        if (i0 - 1 != jend) {
           p = (dc.G.row(i0 - 1) - dc.G.row(jend)).transpose().array().exp();
-          a.noalias() += (M.block(i0, j0, ni, nj).transpose() * XF.middleRows(i0, ni)) * p.asDiagonal();
+          b1.array().rowwise() *= p.transpose().array();
+          b2.array().rowwise() *= p.transpose().array();
         }
       }
+      auto a = acc.topRows(nj);
+      a.noalias() = M1.block(r0, j0, m, nj).transpose() * XB1.topRows(m);
+      a.noalias() += M2.block(r0, j0, m, nj).transpose() * XB2.topRows(m);
       out.middleRows(j0, nj) += a.cwiseProduct(dc.Fout.middleRows(j0, nj));
     }
     // Diagonal block: p = exp(G_r − G_s) by a running product over r.
     for (Index s = j0; s <= jend; ++s) {
-      out.row(s) += M(s, s) * X.row(s);
+      out.row(s) += M1(s, s) * X1.row(s) + M2(s, s) * X2.row(s);
       p.setOnes();
       for (Index r = s + 1; r <= jend; ++r) {
         p.array() *= dc.E.row(r).transpose().array();
-        out.row(s) += M(r, s) * X.row(r).cwiseProduct(p.transpose());
+        out.row(s) += (M1(r, s) * X1.row(r) + M2(r, s) * X2.row(r)).cwiseProduct(p.transpose());
       }
     }
   }
@@ -144,22 +160,25 @@ void decayed_apply_t(const RowMat<Acc>& M, const RowMat<Acc>& X, const ChunkDeca
 /// chunk of n ≤ C tokens uses the first n rows.
 template <class Acc>
 struct ChunkBackwardScratch {
-  // chunk inputs, one token per row (Bg, Wg: erase / write gates) and dL/do
-  RowMat<Acc> Q, Kc, g, Bg, Vv, Wg, dO;
-  // recomputed forward quantities
-  RowMat<Acc> Bk, Qs, T, Aqk, YU, R, Kf, AF, BF;
-  // gradients
-  RowMat<Acc> dQs, dBk, dK, dG, dV, dW, dYU, dT, dAqk, dR, X, acc;
+  // chunk inputs, one token per row (Bg, Wg: erase / write gates)
+  RowMat<Acc> Q, Kc, g, Bg, Vv, Wg;
+  // [dO; dR] (2C×V): dL/do of the chunk in rows [0, n), dL/dR in rows [n, 2n)
+  RowMat<Acc> DOR;
+  // recomputed forward quantities (A = (I+T)⁻¹, column-major like the forward's)
+  RowMat<Acc> Bk, Qs, T, Aqk, EZ, YU, R, Kf, Kt, AF, AF2, BF;
+  Eigen::Matrix<Acc, Eigen::Dynamic, Eigen::Dynamic> A;
+  // gradients and scratch ([Qγ; −Y] and [dO; dR]·S_0ᵀ are 2C×K)
+  RowMat<Acc> QY, P, dQs, dBk, dK, dG, dV, dW, dT, dAqk, X, acc;
   RowMat<Acc> S, dS, dS0;  // chunk-start state, dL/dS at the chunk end (→ start), accumulator
   ChunkDecay<Acc> dc;
   Vec<Acc> p, diag;
   std::vector<RowMat<Acc>> starts;  // chunk-start states of one sequence (no-context path)
 
   ChunkBackwardScratch(Index C, Index K, Index V)
-      : Q(C, K), Kc(C, K), g(C, K), Bg(C, K), Vv(C, V), Wg(C, V), dO(C, V), Bk(C, K), Qs(C, K), T(C, C),
-        Aqk(C, C), YU(C, K + V), R(C, V), Kf(C, K), AF(C, K), BF(C, K), dQs(C, K), dBk(C, K), dK(C, K),
-        dG(C, K), dV(C, V), dW(C, V), dYU(C, K + V), dT(C, C), dAqk(C, C), dR(C, V), X(C, K), acc(kSubBlock, K), S(K, V), dS(K, V),
-        dS0(K, V), dc(C, K), p(K), diag(C) {}
+      : Q(C, K), Kc(C, K), g(C, K), Bg(C, K), Vv(C, V), Wg(C, V), DOR(2 * C, V), Bk(C, K), Qs(C, K), T(C, C),
+        Aqk(C, C), EZ(C, K + V), YU(C, K + V), R(C, V), Kf(C, K), Kt(C, K), AF(C, K), AF2(C, K), BF(C, K), A(C, C),
+        QY(2 * C, K), P(2 * C, K), dQs(C, K), dBk(C, K), dK(C, K), dG(C, K), dV(C, V), dW(C, V), dT(C, C),
+        dAqk(C, C), X(C, K), acc(kSubBlock, K), S(K, V), dS(K, V), dS0(K, V), dc(C, K), p(K), diag(C) {}
 
   /// Load tokens [t0, t0+n) of (batch row b, value head hv) through the policy.
   template <class Policy, class T>
@@ -174,14 +193,14 @@ struct ChunkBackwardScratch {
   /// Bytes held (for Workspace::bytes).
   std::size_t bytes() const {
     const Index C = Q.rows(), K = Q.cols(), V = Vv.cols();
-    return sizeof(Acc) * std::size_t(20 * C * K + 7 * C * V + 4 * C * C + 2 * C * (K + V) + kSubBlock * K +
+    return sizeof(Acc) * std::size_t(23 * C * K + 9 * C * V + 5 * C * C + 2 * C * (K + V) + kSubBlock * K +
                                      (3 + Index(starts.size())) * K * V + 2 * K + C);
   }
 };
 
 /// Recompute the forward quantities of one chunk of n tokens from its inputs and
-/// its start state ws.S (SPEC §3): decays, Bk = b ⊙ k, Qs = scale·q, T, Aqk,
-/// [Y U] = (I+T)⁻¹[γ ⊙ Bk, w ⊙ v], R = U − Y S_0 and Kf_r = exp(G_C − G_r).
+/// its start state ws.S (SPEC §3): decays, Bk = b ⊙ k, Qs = scale·q, T and Aqk,
+/// A = (I+T)⁻¹, [Y U] = A [γ ⊙ Bk, w ⊙ v], R = U − Y S_0, Kf_r = exp(G_C − G_r).
 template <class Acc>
 void chunk_recompute(ChunkBackwardScratch<Acc>& ws, Index n, Acc scale) {
   const Index K = ws.Q.cols(), V = ws.Vv.cols();
@@ -189,30 +208,41 @@ void chunk_recompute(ChunkBackwardScratch<Acc>& ws, Index n, Acc scale) {
   dc.build(ws.g, n);
   ws.Bk.topRows(n) = ws.Bg.topRows(n).cwiseProduct(ws.Kc.topRows(n));
   ws.Qs.topRows(n) = scale * ws.Q.topRows(n);
-  decayed_gram(ws.Bk, ws.Kc, dc, n, /*strict=*/true, ws.T, ws.AF, ws.BF, ws.p);
-  decayed_gram(ws.Qs, ws.Kc, dc, n, /*strict=*/false, ws.Aqk, ws.AF, ws.BF, ws.p);
+  decayed_grams<Acc, 2>({GramTerm<Acc>{&ws.Bk, &ws.T, /*strict=*/true, &ws.AF},
+                         GramTerm<Acc>{&ws.Qs, &ws.Aqk, /*strict=*/false, &ws.AF2}},
+                        ws.Kc, dc, n, ws.BF, ws.p);
+  auto A = ws.A.topLeftCorner(n, n);
+  A.setIdentity();
+  ws.T.topLeftCorner(n, n).template triangularView<Eigen::UnitLower>().solveInPlace(A);
+  auto EZ = ws.EZ.topRows(n);
+  EZ.leftCols(K) = ws.Bk.topRows(n).cwiseProduct(dc.Gam.topRows(n));
+  EZ.rightCols(V) = ws.Wg.topRows(n).cwiseProduct(ws.Vv.topRows(n));
   auto YU = ws.YU.topRows(n);
-  YU.leftCols(K) = ws.Bk.topRows(n).cwiseProduct(dc.Gam.topRows(n));
-  YU.rightCols(V) = ws.Wg.topRows(n).cwiseProduct(ws.Vv.topRows(n));
-  ws.T.topLeftCorner(n, n).template triangularView<Eigen::UnitLower>().solveInPlace(YU);
+  YU.noalias() = A.template triangularView<Eigen::UnitLower>() * EZ;
   auto R = ws.R.topRows(n);
   R = YU.rightCols(V);
   R.noalias() -= YU.leftCols(K) * ws.S;
-  for (Index r = 0; r < n; ++r) ws.Kf.row(r) = (dc.G.row(n - 1) - dc.G.row(r)).array().exp();
+  // Kf_r = exp(G_{n−1} − G_r) = Fout_r ⊙ exp(G_{n−1} − G_{end(r)}); Ktail = k ⊙ Kf.
+  for (Index b0 = 0; b0 < n; b0 += kSubBlock) {
+    const Index nb = std::min(n, b0 + kSubBlock) - b0;
+    ws.p = (dc.G.row(n - 1) - dc.G.row(b0 + nb - 1)).transpose().array().exp();
+    ws.Kf.middleRows(b0, nb) = dc.Fout.middleRows(b0, nb);
+    ws.Kf.middleRows(b0, nb).array().rowwise() *= ws.p.transpose().array();
+  }
+  ws.Kt.topRows(n) = ws.Kc.topRows(n).cwiseProduct(ws.Kf.topRows(n));
 }
 
-/// ws.S ← S_C = Diag(γ_C) S_0 + (K ⊙ Kf)ᵀ R, after chunk_recompute.
+/// ws.S ← S_C = Diag(γ_C) S_0 + Ktailᵀ R, after chunk_recompute.
 template <class Acc>
 void chunk_advance_state(ChunkBackwardScratch<Acc>& ws, Index n) {
-  ws.AF.topRows(n) = ws.Kc.topRows(n).cwiseProduct(ws.Kf.topRows(n));
   ws.S.array().colwise() *= ws.dc.Gam.row(n - 1).transpose().array();
-  ws.S.noalias() += ws.AF.topRows(n).transpose() * ws.R.topRows(n);
+  ws.S.noalias() += ws.Kt.topRows(n).transpose() * ws.R.topRows(n);
 }
 
 /// Backward of one chunk of n tokens (SPEC §4, regrouped as at the top of this
-/// file), after chunk_recompute. On entry ws.dO holds dL/do of the chunk and
-/// ws.dS = dL/dS_C; on exit ws.dS = dL/dS_0 and the chunk's full-vector gradients
-/// (before the policy reduces them) are, one token per row:
+/// file), after chunk_recompute. On entry rows [0, n) of ws.DOR hold dL/do of the
+/// chunk and ws.dS = dL/dS_C; on exit ws.dS = dL/dS_0 and the chunk's full-vector
+/// gradients (before the policy reduces them) are, one token per row:
 ///   dq in ws.dQs, dk in ws.dK, dv in ws.dV, dg in ws.dG, db in ws.dBk, dw in ws.dW.
 template <class Acc>
 void chunk_backward_step(ChunkBackwardScratch<Acc>& ws, Index n, Acc scale) {
@@ -222,71 +252,73 @@ void chunk_backward_step(ChunkBackwardScratch<Acc>& ws, Index n, Acc scale) {
   const auto Kc = ws.Kc.topRows(n);
   const auto Qs = ws.Qs.topRows(n);
   const auto Bk = ws.Bk.topRows(n);
-  const auto dO = ws.dO.topRows(n);
   const auto R = ws.R.topRows(n);
   const auto YU = ws.YU.topRows(n);
+  const auto A = ws.A.topLeftCorner(n, n);
+  auto DOR = ws.DOR.topRows(2 * n);
+  auto dO = ws.DOR.topRows(n);
+  auto dR = ws.DOR.middleRows(n, n);
+  auto P = ws.P.topRows(2 * n);
+  auto QY = ws.QY.topRows(2 * n);
   auto dQs = ws.dQs.topRows(n);
   auto dBk = ws.dBk.topRows(n);
   auto dK = ws.dK.topRows(n);
   auto dG = ws.dG.topRows(n);
-  auto dR = ws.dR.topRows(n);
-  auto dYU = ws.dYU.topRows(n);
+  auto dEZ = ws.EZ.topRows(n);  // EZ is free after the recompute
   auto X = ws.X.topRows(n);
   auto dT = ws.dT.topLeftCorner(n, n);
   auto dAqk = ws.dAqk.topLeftCorner(n, n);
 
-  // (1) O = (Qs ⊙ γ) S_0 + Aqk R.
-  dQs.noalias() = dO * ws.S.transpose();
-  dQs = dQs.cwiseProduct(Gam);
-  ws.AF.topRows(n) = Qs.cwiseProduct(Gam);
-  ws.dS0.noalias() = ws.AF.topRows(n).transpose() * dO;
+  // dR = Aqkᵀ dO + Ktail dS_C   (O = Qγ S_0 + Aqk R,  S_C = Diag(γ_C) S_0 + Ktailᵀ R)
+  dR.noalias() = ws.Aqk.topLeftCorner(n, n).template triangularView<Eigen::Lower>().transpose() * dO;
+  dR.noalias() += ws.Kt.topRows(n) * ws.dS;
+  // [dQγ; dY] = [dO; −dR] S_0ᵀ in one product (R = U − Y S_0), then
+  // dS_0 = Qγᵀ dO − Yᵀ dR + Diag(γ_C) dS_C = [Qγ; −Y]ᵀ [dO; dR] + Diag(γ_C) dS_C.
+  P.noalias() = DOR * ws.S.transpose();
+  dQs = P.topRows(n).cwiseProduct(Gam);  // Qγ = Qs ⊙ γ
+  QY.topRows(n) = Qs.cwiseProduct(Gam);
+  QY.bottomRows(n) = -YU.leftCols(K);
+  ws.dS0.noalias() = QY.transpose() * DOR;
+  ws.dS0 += Gam.row(n - 1).transpose().asDiagonal() * ws.dS;
+  // dAqk = lower(dO Rᵀ). Its diagonal carries no decay (exp(G_r − G_r) = 1): the +
+  // and − decay gradients cancel exactly, so it is kept out of dG (where the two
+  // sides would only cancel up to rounding, swamping the tiny dg of strongly
+  // decayed channels) and added to dq, dk at the end.
   dAqk.noalias() = dO * R.transpose();
   dAqk.template triangularView<Eigen::StrictlyUpper>().setZero();
-  dR.noalias() = ws.Aqk.topLeftCorner(n, n).transpose() * dO;
-  // The diagonal of Aqk carries no decay (exp(G_r − G_r) = 1): its + and − decay
-  // gradients cancel exactly, so it is kept out of dG (where the two sides would
-  // only cancel up to rounding, swamping the tiny dg of strongly decayed channels)
-  // and added to dq, dk in (7).
   ws.diag.head(n) = dAqk.diagonal();
   dAqk.diagonal().setZero();
-
-  // (2) S_C = Diag(γ_C) S_0 + Ktailᵀ R, Ktail = K ⊙ Kf (Kf_r = exp(G_C − G_r) ≤ 1).
-  ws.AF.topRows(n) = Kc.cwiseProduct(ws.Kf.topRows(n));  // Ktail
-  dR.noalias() += ws.AF.topRows(n) * ws.dS;
-  X.noalias() = R * ws.dS.transpose();  // dKtail
+  // dKtail = R dS_Cᵀ: dk = dKtail ⊙ Kf, and dKtail ⊙ Ktail goes + to dG_C, − to dG_r
+  // (r = C has no decay and cancels: left out).
+  X.noalias() = R * ws.dS.transpose();
   dK = X.cwiseProduct(ws.Kf.topRows(n));
-  X = X.cwiseProduct(ws.AF.topRows(n));  // dKtail ⊙ Ktail: + to dG_C, − to dG_r (r = C: no decay, cancels)
+  X = X.cwiseProduct(ws.Kt.topRows(n));
   dG.topRows(n - 1) = -X.topRows(n - 1);
   dG.row(n - 1) = X.topRows(n - 1).colwise().sum();
   dG.row(n - 1) += (ws.dS.cwiseProduct(ws.S).rowwise().sum().transpose()).cwiseProduct(Gam.row(n - 1));
-  ws.dS0 += Gam.row(n - 1).transpose().asDiagonal() * ws.dS;
 
-  // (3) R = U − Y S_0.
-  dYU.leftCols(K).noalias() = -(dR * ws.S.transpose());
-  dYU.rightCols(V) = dR;
-  ws.dS0.noalias() -= YU.leftCols(K).transpose() * dR;
-
-  // (4) [Y U] = (I+T)⁻¹ [Ē Z]: [dĒ dZ] = (I+T)⁻ᵀ [dY dU], dT = −strict_lower([dĒ dZ] [Y U]ᵀ).
-  ws.T.topLeftCorner(n, n).transpose().template triangularView<Eigen::UnitUpper>().solveInPlace(dYU);
-  dT.noalias() = -(dYU * YU.transpose());
+  // [Y U] = A [Ē Z]: [dĒ dZ] = Aᵀ [dY dU] with dY = −dR S_0ᵀ, dU = dR, and
+  // dT = −strict_lower([dĒ dZ] [Y U]ᵀ) (A = (I+T)⁻¹, dA = [dY dU][Ē Z]ᵀ).
+  dEZ.leftCols(K) = -P.bottomRows(n);
+  dEZ.rightCols(V) = dR;
+  dEZ = A.transpose().template triangularView<Eigen::UnitUpper>() * dEZ;
+  dT.noalias() = -(dEZ * YU.transpose());
   dT.template triangularView<Eigen::Upper>().setZero();
-  dBk = dYU.leftCols(K).cwiseProduct(Gam);  // Ē = γ ⊙ Bk
-  ws.dW.topRows(n) = dYU.rightCols(V).cwiseProduct(ws.Vv.topRows(n));  // Z = w ⊙ v
-  ws.dV.topRows(n) = dYU.rightCols(V).cwiseProduct(ws.Wg.topRows(n));
+  dBk = dEZ.leftCols(K).cwiseProduct(Gam);  // Ē = γ ⊙ Bk
+  ws.dW.topRows(n) = dEZ.rightCols(V).cwiseProduct(ws.Vv.topRows(n));  // Z = w ⊙ v
+  ws.dV.topRows(n) = dEZ.rightCols(V).cwiseProduct(ws.Wg.topRows(n));
 
-  // (5) T = Σ_d Bk_r k_s e^{G_r−G_s} (s<r) and Aqk = Σ_d Qs_r k_s e^{G_r−G_s} (s≤r).
-  decayed_apply(ws.dT, ws.Kc, dc, n, ws.dBk, ws.AF, ws.acc, ws.p);
-  decayed_apply(ws.dAqk, ws.Kc, dc, n, ws.dQs, ws.AF, ws.acc, ws.p);
+  // T = Σ_d Bk_r k_s e^{G_r−G_s} (s<r) and Aqk = Σ_d Qs_r k_s e^{G_r−G_s} (s<r here).
+  decayed_apply2(ws.dT, ws.dBk, ws.dAqk, ws.dQs, ws.Kc, dc, n, ws.AF, ws.acc, ws.p);
   X.setZero();
-  decayed_apply_t(ws.dT, ws.Bk, dc, n, ws.X, ws.AF, ws.acc, ws.p);
-  decayed_apply_t(ws.dAqk, ws.Qs, dc, n, ws.X, ws.AF, ws.acc, ws.p);
+  decayed_apply2_t(ws.dT, ws.Bk, ws.dAqk, ws.Qs, dc, n, ws.X, ws.AF, ws.AF2, ws.acc, ws.p);
   dK += X;
 
-  // (6) decay gradient: every term above with its + / − side, then the reverse cumsum.
+  // Decay gradient: every term above with its + / − side, then the reverse cumsum.
   dG += Qs.cwiseProduct(dQs) + Bk.cwiseProduct(dBk) - Kc.cwiseProduct(X);
   for (Index r = n - 2; r >= 0; --r) dG.row(r) += dG.row(r + 1);
 
-  // (7) back to the inputs: the diagonal of Aqk, then Bk = b ⊙ k, Qs = scale·q.
+  // Back to the inputs: the diagonal of Aqk, then Bk = b ⊙ k, Qs = scale·q.
   dQs += ws.diag.head(n).asDiagonal() * Kc;
   dK += ws.diag.head(n).asDiagonal() * Qs;
   dK += dBk.cwiseProduct(ws.Bg.topRows(n));
@@ -360,7 +392,7 @@ void chunk_backward_run(const Problem<T>& p, const GradOutputs<T>& up, const Gra
         const Index t0 = span.begin + c * C, len = std::min(C, span.end - t0);
         starts.load(ws, n, c, hv);
         ws.load(rd, span.batch, t0, len, hv);
-        for (Index r = 0; r < len; ++r) read_row(up.d_o, span.batch, t0 + r, hv, d.V, ws.dO.row(r).data());
+        for (Index r = 0; r < len; ++r) read_row(up.d_o, span.batch, t0 + r, hv, d.V, ws.DOR.row(r).data());
         chunk_recompute(ws, len, scale);
         chunk_backward_step(ws, len, scale);
         for (Index r = 0; r < len; ++r) {
