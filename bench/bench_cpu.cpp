@@ -4,7 +4,8 @@
 // Every case reports two rate counters, `flops` and `bytes`, so that
 // `--benchmark_format=json` output reads as ratios to the ceilings measured in the
 // same binary: `ceiling/sgemm` (Eigen's own fp32 GEMM, one independent product per
-// thread) and `ceiling/memcpy` (bytes read + written per second, all threads).
+// thread) and `ceiling/memcpy` (bytes read + written per second, all threads), plus
+// `ceiling/fma` (the cores' fp32 FMA peak, no memory traffic) where AVX/FMA is compiled in.
 //
 // FLOPs are counted as in SPEC §3 (see flops.hpp: the WY chunk form; the recurrent
 // engine is charged its own 7·K·V per token and head); bytes are the fewest
@@ -20,6 +21,9 @@
 
 #include <cstdlib>
 #include <cstring>
+#if defined(__AVX__) && defined(__FMA__)
+#include <immintrin.h>
+#endif
 #include <memory>
 #include <thread>
 
@@ -85,6 +89,40 @@ void ceiling_memcpy(benchmark::State& st) {
   }
   set_rates(st, 0, 2.0 * double(bytes));
 }
+
+#if defined(__AVX__) && defined(__FMA__)
+/// 12 independent 8-wide FMA chains (enough to cover the FMA latency on two pipes), no
+/// memory traffic: the fp32 FLOP peak of the cores, an upper bound no engine can pass.
+__attribute__((noinline)) float fma_chains(long n) {
+  const __m256 m = _mm256_set1_ps(0.99999f), c = _mm256_set1_ps(1e-7f);
+  __m256 a0 = _mm256_set1_ps(0), a1 = _mm256_set1_ps(1), a2 = _mm256_set1_ps(2), a3 = _mm256_set1_ps(3),
+         a4 = _mm256_set1_ps(4), a5 = _mm256_set1_ps(5), a6 = _mm256_set1_ps(6), a7 = _mm256_set1_ps(7),
+         a8 = _mm256_set1_ps(8), a9 = _mm256_set1_ps(9), a10 = _mm256_set1_ps(10), a11 = _mm256_set1_ps(11);
+  for (long k = 0; k < n; ++k) {
+    a0 = _mm256_fmadd_ps(a0, m, c), a1 = _mm256_fmadd_ps(a1, m, c), a2 = _mm256_fmadd_ps(a2, m, c);
+    a3 = _mm256_fmadd_ps(a3, m, c), a4 = _mm256_fmadd_ps(a4, m, c), a5 = _mm256_fmadd_ps(a5, m, c);
+    a6 = _mm256_fmadd_ps(a6, m, c), a7 = _mm256_fmadd_ps(a7, m, c), a8 = _mm256_fmadd_ps(a8, m, c);
+    a9 = _mm256_fmadd_ps(a9, m, c), a10 = _mm256_fmadd_ps(a10, m, c), a11 = _mm256_fmadd_ps(a11, m, c);
+  }
+  const __m256 s = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)),
+                                 _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(a4, a5), _mm256_add_ps(a6, a7)),
+                                               _mm256_add_ps(_mm256_add_ps(a8, a9), _mm256_add_ps(a10, a11))));
+  return _mm256_cvtss_f32(s);
+}
+
+/// `ceiling/fma`: the cores' peak fp32 FMA rate (2 FLOPs per lane per FMA), all threads.
+void ceiling_fma(benchmark::State& st) {
+  const int threads = int(st.range(0));
+  const long n = 1 << 22;
+  std::vector<float> sink(size_t(threads), 0.f);
+  const Executor& ex = pool_for(threads).executor();
+  for (auto _ : st) {
+    parallel_for(ex, threads, [&](Index i, int) { sink[size_t(i)] += fma_chains(n); });
+    benchmark::DoNotOptimize(sink.data());
+  }
+  set_rates(st, 2.0 * 8 * 12 * double(n) * threads, 0);
+}
+#endif
 
 // ----------------------------------------------------------------- forward --
 /// The prefill shape of every forward/backward case: B=1, T=4096, H=16, K=V=128,
@@ -198,6 +236,9 @@ void register_all() {
   const int T = bench_threads();
   benchmark::RegisterBenchmark("ceiling/sgemm", ceiling_sgemm)->Arg(T)->UseRealTime()->Unit(benchmark::kMillisecond);
   benchmark::RegisterBenchmark("ceiling/sgemm/threads:1", ceiling_sgemm)->Arg(1)->UseRealTime()->Unit(benchmark::kMillisecond);
+#if defined(__AVX__) && defined(__FMA__)
+  benchmark::RegisterBenchmark("ceiling/fma", ceiling_fma)->Arg(T)->UseRealTime()->Unit(benchmark::kMillisecond);
+#endif
   benchmark::RegisterBenchmark("ceiling/memcpy", ceiling_memcpy)->Arg(T)->UseRealTime()->Unit(benchmark::kMillisecond);
 #define GDR2_FWD(POL, TY, tag)                                                                                   \
   benchmark::RegisterBenchmark("chunk/forward/" #tag, forward<POL, TY>)->Args({kChunk, T})->UseRealTime()->Unit( \

@@ -21,11 +21,14 @@ def main(path):
     sgemm = find("ceiling/sgemm/")
     sgemm1 = find("ceiling/sgemm/threads:1")
     memcpy = find("ceiling/memcpy")
+    fma = find("ceiling/fma")
     ctx = data["context"]
     print(f"machine: {ctx.get('host_name', '?')}, {ctx['num_cpus']} CPUs @ {ctx['mhz_per_cpu']} MHz, "
           f"run {ctx['date']}")
     print(f"ceilings: sgemm {sgemm['flops'] / 1e9:.1f} GFLOP/s (all threads), "
-          f"{sgemm1['flops'] / 1e9:.1f} GFLOP/s (1 thread); memcpy {memcpy['bytes'] / 1e9:.1f} GB/s\n")
+          f"{sgemm1['flops'] / 1e9:.1f} GFLOP/s (1 thread); memcpy {memcpy['bytes'] / 1e9:.1f} GB/s"
+          + (f"; FMA peak {fma['flops'] / 1e9:.1f} GFLOP/s (all threads, sgemm = {sgemm['flops'] / fma['flops']:.0%} of it)"
+             if fma else "") + "\n")
     print("| case | time | GFLOP/s | / sgemm | GB/s | / memcpy |")
     print("|---|---|---|---|---|---|")
     for name, b in rows.items():
