@@ -4,9 +4,11 @@
 Every case's `flops` and `bytes` rate counters are divided by the ceilings measured
 in the same run (`ceiling/sgemm` and `ceiling/memcpy` with all threads; the
 `threads:1` cases by the single-thread sgemm), so each row reads as a fraction of
-what this machine can do.
+what this machine can do. With `--benchmark_repetitions=N` the medians over the
+repetitions are used (every ratio is then a ratio of medians).
 
-    ./build/bench/bench_cpu --benchmark_format=json > run.json && python3 bench/report.py run.json
+    ./build/bench/bench_cpu --benchmark_repetitions=3 --benchmark_report_aggregates_only=true \
+        --benchmark_format=json > run.json && python3 bench/report.py run.json
 """
 import json
 import re
@@ -15,7 +17,8 @@ import sys
 
 def main(path):
     data = json.load(open(path))
-    rows = {b["name"]: b for b in data["benchmarks"] if b.get("run_type", "iteration") == "iteration"}
+    medians = {b["run_name"]: b for b in data["benchmarks"] if b.get("aggregate_name") == "median"}
+    rows = medians or {b["name"]: b for b in data["benchmarks"] if b.get("run_type", "iteration") == "iteration"}
     def find(prefix):
         return next((b for n, b in rows.items() if n.startswith(prefix)), None)
     sgemm = find("ceiling/sgemm/")
@@ -23,8 +26,9 @@ def main(path):
     memcpy = find("ceiling/memcpy")
     fma = find("ceiling/fma")
     ctx = data["context"]
+    reps = f", median of {next(iter(medians.values()))['repetitions']} repetitions" if medians else ""
     print(f"machine: {ctx.get('host_name', '?')}, {ctx['num_cpus']} CPUs @ {ctx['mhz_per_cpu']} MHz, "
-          f"run {ctx['date']}")
+          f"run {ctx['date']}{reps}")
     print(f"ceilings: sgemm {sgemm['flops'] / 1e9:.1f} GFLOP/s (all threads), "
           f"{sgemm1['flops'] / 1e9:.1f} GFLOP/s (1 thread); memcpy {memcpy['bytes'] / 1e9:.1f} GB/s"
           + (f"; FMA peak {fma['flops'] / 1e9:.1f} GFLOP/s (all threads, sgemm = {sgemm['flops'] / fma['flops']:.0%} of it)"
