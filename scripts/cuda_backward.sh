@@ -38,7 +38,7 @@ import sys, collections
 worst = collections.defaultdict(dict)
 for line in open(sys.argv[1]):
     f = line.split()
-    math = f[4]
+    math = f[4] + (" fp32-in" if f[3] == "float32" else " 16b-in")
     # gradient name / value pairs are the last tokens: name value name value ...
     pairs = []
     i = len(f) - 2
@@ -50,7 +50,7 @@ for line in open(sys.argv[1]):
     for n, v in pairs:
         worst[math][n] = max(worst[math].get(n, 0.0), v)
 for math, d in worst.items():
-    print(f"worst relative error, device {math:6s}: " + "  ".join(f"{n} {v:.2e}" for n, v in sorted(d.items())))
+    print(f"worst relative error, device {math:14s}: " + "  ".join(f"{n} {v:.2e}" for n, v in sorted(d.items())))
 PY
 tail -2 "$LOG/tests.log"
 echo "== benchmarks"
@@ -66,13 +66,14 @@ except Exception as e:
     print("no benchmark results:", e); sys.exit(0)
 print(open(sys.argv[2]).read().strip())
 stage = {"1": "prep", "2": "+state passes", "3": "+grad-1", "4": "+grad-2", "0": "all"}
-math = {"0": "tf32", "1": "tf32x3", "2": "fp32"}
+math = {"0": "tf32", "1": "tf32x3", "2": "fp32", "3": "auto"}
 print(f"{'case':52s} {'median':>9s} {'GB/s':>7s}  target")
 for r in runs:
     n = r["name"].split("/manual")[0]
     a = dict(kv.split(":") for kv in n.split("/")[1:])
     if n.startswith("BM_backward"):
-        label = f"backward B={a['B']} T={a['T']} {math[a['math']]} {stage[a['stages']]}"
+        dt = " fp32-in" if n.startswith("BM_backward_f32") else ""
+        label = f"backward B={a['B']} T={a['T']} {math[a['math']]}{dt} {stage[a['stages']]}"
         print(f"{label:52s} {r['median_ms']:7.3f}ms {r['GBps']:7.0f}")
     else:
         tgt = "<= 3.5 ms" if a["B"] == "8" else "<= 4.5 ms"

@@ -6,6 +6,7 @@
 // column is the mean). Inputs are ≈1.6 GB, far above the 50 MB L2.
 //   BM_backward/.../math:m/stages:s   cuda::chunk_backward alone; stages < 5 runs only the
 //                                     first s stages (differences = cost of each stage)
+//   BM_backward_f32/...               the same with fp32 inputs (default math: split tf32)
 //   BM_fwd_bwd                        cuda::chunk_forward (automatic path) + chunk_backward
 // Counters: GBps = fewest bytes (inputs read once, gradients written once) / median.
 #include <gdr2/cuda/backward.hpp>
@@ -78,65 +79,70 @@ X* device_random(std::size_t n, double lo, double hi, std::uint64_t seed) {
   return d;
 }
 
-/// One GDR-2 training problem on the device: inputs, dO, dS_T and every gradient.
+/// One GDR-2 training problem on the device: inputs (element type X), dO, dS_T and
+/// every gradient.
+template <class X>
 struct Setup {
   Index B, T, H, D = 128;
   std::vector<void*> owned;
-  Problem<bf16> p;
-  GradOutputs<bf16> up;
+  Problem<X> p;
+  GradOutputs<X> up;
   Gradients<float> gr;
-  bf16* o = nullptr;
+  X* o = nullptr;
   float* sT = nullptr;
-  template <class X>
-  X* rnd(std::size_t n, double lo, double hi, std::uint64_t seed) {
-    X* x = device_random<X>(n, lo, hi, seed);
+  template <class Y>
+  Y* rnd(std::size_t n, double lo, double hi, std::uint64_t seed) {
+    Y* x = device_random<Y>(n, lo, hi, seed);
     owned.push_back(x);
     return x;
   }
-  template <class X>
-  X* out(std::size_t n) {
-    X* x = nullptr;
-    CK(cudaMalloc(&x, n * sizeof(X)));
+  template <class Y>
+  Y* out(std::size_t n) {
+    Y* x = nullptr;
+    CK(cudaMalloc(&x, n * sizeof(Y)));
     owned.push_back(x);
     return x;
   }
   Setup(Index B_, Index T_, Index H_) : B(B_), T(T_), H(H_) {
     const std::size_t nt = std::size_t(B * T * H * D), ns = std::size_t(B * H * D * D);
-    p.q = make_view<const bf16>(rnd<bf16>(nt, -0.15, 0.15, 11), B, T, H, D);
-    p.k = make_view<const bf16>(rnd<bf16>(nt, -0.15, 0.15, 12), B, T, H, D);
-    p.v = make_view<const bf16>(rnd<bf16>(nt, -1.7, 1.7, 13), B, T, H, D);
-    p.b = make_view<const bf16>(rnd<bf16>(nt, 0.0, 1.0, 14), B, T, H, D);
-    p.w = make_view<const bf16>(rnd<bf16>(nt, 0.0, 1.0, 15), B, T, H, D);
+    p.q = make_view<const X>(rnd<X>(nt, -0.15, 0.15, 11), B, T, H, D);
+    p.k = make_view<const X>(rnd<X>(nt, -0.15, 0.15, 12), B, T, H, D);
+    p.v = make_view<const X>(rnd<X>(nt, -1.7, 1.7, 13), B, T, H, D);
+    p.b = make_view<const X>(rnd<X>(nt, 0.0, 1.0, 14), B, T, H, D);
+    p.w = make_view<const X>(rnd<X>(nt, 0.0, 1.0, 15), B, T, H, D);
     p.g = make_view<const float>(rnd<float>(nt, -1.0, 0.0, 16), B, T, H, D);
     p.initial_state = make_view<const float>(rnd<float>(ns, -0.5, 0.5, 17), B, H, D, D);
-    up.d_o = make_view<const bf16>(rnd<bf16>(nt, -1.0, 1.0, 18), B, T, H, D);
+    up.d_o = make_view<const X>(rnd<X>(nt, -1.0, 1.0, 18), B, T, H, D);
     up.d_final_state = make_view<const float>(rnd<float>(ns, -1.0, 1.0, 19), B, H, D, D);
     for (View<float>* g : {&gr.dq, &gr.dk, &gr.dv, &gr.dg, &gr.db, &gr.dw}) *g = make_view(out<float>(nt), B, T, H, D);
     gr.d_initial_state = make_view(out<float>(ns), B, H, D, D);
-    o = out<bf16>(nt);
+    o = out<X>(nt);
     sT = out<float>(ns);
   }
   ~Setup() {
     for (void* x : owned) cudaFree(x);
   }
-  /// fewest bytes of the backward: q k v b w dO (bf16) and g read, six fp32 gradients
+  /// fewest bytes of the backward: q k v b w dO (type X) and g read, six fp32 gradients
   /// written, S_0 and dS_T read, dS_0 written
   double backward_bytes() const {
-    return double(B * T * H * D) * (6 * 2 + 4 + 6 * 4) + 3.0 * B * H * D * D * 4;
+    return double(B * T * H * D) * (6 * sizeof(X) + 4 + 6 * 4) + 3.0 * B * H * D * D * 4;
   }
 };
 
-/// One setup per shape, kept for the whole run (filling 1.6 GB on the host is slow).
-Setup& setup(Index B, Index T, Index H) {
-  static std::vector<Setup*> all;
-  for (Setup* s : all)
+/// One setup per shape and type, kept for the whole run (filling 1.6 GB on the host is
+/// slow; all of them fit on the GPU together).
+template <class X>
+Setup<X>& setup(Index B, Index T, Index H) {
+  static std::vector<Setup<X>*> all;
+  for (Setup<X>* s : all)
     if (s->B == B && s->T == T && s->H == H) return *s;
-  all.push_back(new Setup(B, T, H));
+  all.push_back(new Setup<X>(B, T, H));
   return *all.back();
 }
 
-void BM_backward(benchmark::State& state) {
-  Setup& su = setup(state.range(0), state.range(1), state.range(2));
+template <class X>
+void BM_backward_t(benchmark::State& state) {
+  Setup<X>& su = setup<X>(state.range(0), state.range(1), state.range(2));
   cuda::BackwardOptions opt;
   opt.math = static_cast<cuda::BackwardMath>(state.range(3));
   opt.stages = int(state.range(4));
@@ -160,8 +166,12 @@ void BM_backward(benchmark::State& state) {
   CK(cudaStreamDestroy(s));
 }
 
+void BM_backward(benchmark::State& state) { BM_backward_t<bf16>(state); }
+/// fp32 inputs (math 3 = automatic: split tf32)
+void BM_backward_f32(benchmark::State& state) { BM_backward_t<float>(state); }
+
 void BM_fwd_bwd(benchmark::State& state) {
-  Setup& su = setup(state.range(0), state.range(1), state.range(2));
+  Setup<bf16>& su = setup<bf16>(state.range(0), state.range(1), state.range(2));
   cuda::BackwardOptions bopt;
   bopt.math = static_cast<cuda::BackwardMath>(state.range(3));
   std::size_t fbytes = 0, bbytes = 0;
@@ -206,6 +216,12 @@ BENCHMARK(BM_backward)
     ->Args({1, 32768, 16, 0, 3})
     ->Args({1, 32768, 16, 0, 4})
     ->Args({1, 32768, 16, 0, 0})
+    ->UseManualTime()
+    ->Iterations(10)
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_backward_f32)
+    ->ArgNames({"B", "T", "H", "math", "stages"})
+    ->Args({8, 4096, 16, 3, 0})
     ->UseManualTime()
     ->Iterations(10)
     ->Unit(benchmark::kMillisecond);

@@ -83,10 +83,27 @@ GDR2_HD float half_bits_to_float(std::uint16_t h) {
   return bits_to_float(s | ((e + 112u) << 23) | (m << 13));
 }
 
-/// One 16-bit input element (bf16 when f16 == 0, IEEE half otherwise) as float.
-GDR2_HD float ld16(const void* base, long long off, int f16) {
-  const std::uint16_t u = static_cast<const std::uint16_t*>(base)[off];
-  return f16 ? half_bits_to_float(u) : bits_to_float(std::uint32_t(u) << 16);
+/// Element types of the inputs (q, k, v, b, w, β, dO): BackwardParams::dtype.
+enum InType : int { kBf16 = 0, kF16 = 1, kF32 = 2 };
+
+/// A 16-bit input pattern (bf16 or IEEE half) as float.
+GDR2_HD float cvt16(std::uint16_t u, int dt) {
+#if defined(__CUDA_ARCH__)
+  if (dt == kF16) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(u));
+    return f;
+  }
+  return __uint_as_float(std::uint32_t(u) << 16);
+#else
+  return dt == kF16 ? half_bits_to_float(u) : bits_to_float(std::uint32_t(u) << 16);
+#endif
+}
+
+/// One input element (any InType) as float: the one scalar loader of every input.
+GDR2_HD float ld_in(const void* base, long long off, int dt) {
+  if (dt == kF32) return static_cast<const float*>(base)[off];
+  return cvt16(static_cast<const std::uint16_t*>(base)[off], dt);
 }
 
 /// A thread block (or its host emulation: tid = 0, nthr = 1).
@@ -143,6 +160,38 @@ GDR2_HD void st4(float* p, const F4& v) {
 #else
   std::memcpy(p, &v, 16);
 #endif
+}
+
+/// Four raw 16-bit patterns (one 8-byte access when aligned).
+struct U4 {
+  std::uint16_t x, y, z, w;
+};
+
+/// Four raw 16-bit input patterns from element `off` (16-bit inputs only): one 8-byte
+/// access when `vec` (base and off aligned to four elements: checked on the host,
+/// BackwardParams::vec), else four scalar loads.
+GDR2_HD U4 ld_raw4(const void* base, long long off, int vec) {
+  const std::uint16_t* b = static_cast<const std::uint16_t*>(base) + off;
+  if (!vec) return {b[0], b[1], b[2], b[3]};
+  U4 u;
+#if defined(__CUDA_ARCH__)
+  const uint2 r = *reinterpret_cast<const uint2*>(b);
+  std::memcpy(&u, &r, 8);
+#else
+  std::memcpy(&u, b, 8);
+#endif
+  return u;
+}
+
+/// Four consecutive input elements from element `off` (any InType) as floats, one 16- or
+/// 8-byte access when `vec`: the one vector loader of every input.
+GDR2_HD F4 ld_in4(const void* base, long long off, int dt, int vec) {
+  if (dt == kF32) {
+    const float* f = static_cast<const float*>(base) + off;
+    return vec ? ld4(f) : F4{f[0], f[1], f[2], f[3]};
+  }
+  const U4 u = ld_raw4(base, off, vec);
+  return {cvt16(u.x, dt), cvt16(u.y, dt), cvt16(u.z, dt), cvt16(u.w, dt)};
 }
 
 /// dst[r·dp + c] = src[r·sp + c] for r < rows, c < cols (cols, pitches and both bases

@@ -77,30 +77,38 @@ GDR2_HD long long act(const long long (&s)[3], int bb, int t, int h) {
 }
 GDR2_HD int ghead(int hv, int hg, int Hv) { return int((long long)hv * hg / Hv); }
 
-/// The raw 16-bit pattern of one input element.
-GDR2_HD std::uint16_t raw16(const void* base, long long off) { return static_cast<const std::uint16_t*>(base)[off]; }
-
-GDR2_HD float in_q(const P& p, int bb, int t, int hv, int d) {
-  return ld16(p.q, act(p.sq, bb, t, hv / p.group) + d, p.f16);
+// Inputs are read four channels at a time (d a multiple of 4), through ld_in4.
+GDR2_HD F4 splat(float x) { return {x, x, x, x}; }
+GDR2_HD F4 in_q4(const P& p, int bb, int t, int hv, int d) {
+  return ld_in4(p.q, act(p.sq, bb, t, hv / p.group) + d, p.dtype, p.vec);
 }
-GDR2_HD float in_k(const P& p, int bb, int t, int hv, int d) {
-  return ld16(p.k, act(p.sk, bb, t, hv / p.group) + d, p.f16);
+GDR2_HD F4 in_k4(const P& p, int bb, int t, int hv, int d) {
+  return ld_in4(p.k, act(p.sk, bb, t, hv / p.group) + d, p.dtype, p.vec);
 }
-GDR2_HD float in_v(const P& p, int bb, int t, int hv, int d) { return ld16(p.v, act(p.sv, bb, t, hv) + d, p.f16); }
-GDR2_HD float in_do(const P& p, int bb, int t, int hv, int d) { return ld16(p.d_o, act(p.sdo, bb, t, hv) + d, p.f16); }
+GDR2_HD F4 in_v4(const P& p, int bb, int t, int hv, int d) { return ld_in4(p.v, act(p.sv, bb, t, hv) + d, p.dtype, p.vec); }
+GDR2_HD F4 in_do4(const P& p, int bb, int t, int hv, int d) {
+  return ld_in4(p.d_o, act(p.sdo, bb, t, hv) + d, p.dtype, p.vec);
+}
 GDR2_HD float in_beta(const P& p, int bb, int t, int hv) {
-  return ld16(p.beta, act(p.sbeta, bb, t, ghead(hv, p.hg_beta, p.Hv)), p.f16);
+  return ld_in(p.beta, act(p.sbeta, bb, t, ghead(hv, p.hg_beta, p.Hv)), p.dtype);
 }
-GDR2_HD float in_b(const P& p, int bb, int t, int hv, int d) {
-  return p.tied ? in_beta(p, bb, t, hv) : ld16(p.b, act(p.sb, bb, t, ghead(hv, p.hg_b, p.Hv)) + d, p.f16);
+GDR2_HD F4 in_b4(const P& p, int bb, int t, int hv, int d) {
+  return p.tied ? splat(in_beta(p, bb, t, hv))
+                : ld_in4(p.b, act(p.sb, bb, t, ghead(hv, p.hg_b, p.Hv)) + d, p.dtype, p.vec);
 }
-GDR2_HD float in_w(const P& p, int bb, int t, int hv, int d) {
-  return p.tied ? in_beta(p, bb, t, hv) : ld16(p.w, act(p.sw, bb, t, ghead(hv, p.hg_w, p.Hv)) + d, p.f16);
+GDR2_HD F4 in_w4(const P& p, int bb, int t, int hv, int d) {
+  return p.tied ? splat(in_beta(p, bb, t, hv))
+                : ld_in4(p.w, act(p.sw, bb, t, ghead(hv, p.hg_w, p.Hv)) + d, p.dtype, p.vec);
 }
-/// log-decay in log2 units
-GDR2_HD float in_g2(const P& p, int bb, int t, int hv, int d) {
-  return p.g[act(p.sg, bb, t, ghead(hv, p.hg_g, p.Hv)) + (p.scalar_decay ? 0 : d)] * kLog2e;
+/// log-decays in log2 units
+GDR2_HD F4 in_g4(const P& p, int bb, int t, int hv, int d) {
+  const long long o = act(p.sg, bb, t, ghead(hv, p.hg_g, p.Hv));
+  if (p.scalar_decay) return splat(p.g[o] * kLog2e);
+  const F4 x = ld_in4(p.g, o + d, kF32, p.vec);
+  return {x.x * kLog2e, x.y * kLog2e, x.z * kLog2e, x.w * kLog2e};
 }
+GDR2_HD F4 mul4(const F4& a, const F4& b) { return {a.x * b.x, a.y * b.y, a.z * b.z, a.w * b.w}; }
+GDR2_HD float at4(const F4& v, int i) { return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w; }
 
 GDR2_HD void put(const BwdSink& s, int bb, int t, int hv, int i, float v) {
   if (s.p) s.p[(long long)bb * s.sb + (long long)t * s.st + (long long)hv * s.sh + i] = v;
@@ -170,19 +178,24 @@ GDR2_HD void prep_body(const Blk& bk, const P& p, long long cg, int hv, float* s
   float *sG = sm + L::G, *sQ = sm + L::Q, *sK = sm + L::K, *sBk = sm + L::Bk;
   float *sT = sm + L::T, *sAqk = sm + L::Aqk, *sA = sm + L::A;
 
-  bk.par_ld<8>(
-      cl.len * D,
+  struct Quad4 {
+    F4 q, k, b, g;
+  };
+  constexpr int D4 = D / 4;
+  bk.par_ld<4>(
+      cl.len * D4,
       [&](int i) {
-        const int r = i / D, d = i % D, t = cl.t0 + r;
-        return F4{in_q(p, cl.bb, t, hv, d), in_k(p, cl.bb, t, hv, d), in_b(p, cl.bb, t, hv, d),
-                  in_g2(p, cl.bb, t, hv, d)};
+        const int r = i / D4, d = (i % D4) * 4, t = cl.t0 + r;
+        return Quad4{in_q4(p, cl.bb, t, hv, d), in_k4(p, cl.bb, t, hv, d), in_b4(p, cl.bb, t, hv, d),
+                     in_g4(p, cl.bb, t, hv, d)};
       },
-      [&](int i, const F4& x) {
-        const int r = i / D, d = i % D;
-        sQ[r * PD + d] = p.scale * x.x;
-        sK[r * PD + d] = x.y;
-        sBk[r * PD + d] = x.z * x.y;
-        sG[r * PD + d] = x.w;
+      [&](int i, const Quad4& x) {
+        const int o = (i / D4) * PD + (i % D4) * 4;
+        const float sc = p.scale;
+        st4(sQ + o, {sc * x.q.x, sc * x.q.y, sc * x.q.z, sc * x.q.w});
+        st4(sK + o, x.k);
+        st4(sBk + o, mul4(x.b, x.k));
+        st4(sG + o, x.g);
       });
   bk.par((kC - cl.len) * D, [&](int i) {  // padding rows
     const int r = cl.len + i / D, d = i % D;
@@ -281,12 +294,12 @@ GDR2_HD void prep_body(const Blk& bk, const P& p, long long cg, int hv, float* s
   }
   // A → record; Z = w ⊙ v into sQ (padding rows of sQ are zero already)
   bk.par_ld<8>(
-      cl.len * D,
+      cl.len * D4,
       [&](int i) {
-        const int r = i / D, d = i % D, t = cl.t0 + r;
-        return in_w(p, cl.bb, t, hv, d) * in_v(p, cl.bb, t, hv, d);
+        const int r = i / D4, d = (i % D4) * 4, t = cl.t0 + r;
+        return mul4(in_w4(p, cl.bb, t, hv, d), in_v4(p, cl.bb, t, hv, d));
       },
-      [&](int i, float z) { sQ[(i / D) * PD + i % D] = z; });
+      [&](int i, const F4& z) { st4(sQ + (i / D4) * PD + (i % D4) * 4, z); });
   bk.par(kC * kC, [&](int i) { rec[Rec<D>::A + i] = sA[(i / kC) * kPC + i % kC]; });
   // [Y U] = A [γ⊙Bk, Z]
   mm<4, MATH>(
@@ -385,13 +398,14 @@ GDR2_HD void state_body(const Blk& bk, const P& p, int pair, int slice, int role
     copy_tile(bk, sA2, PD, rec + Rec<D>::Y, D, kC, D);
     copy_tile(bk, sAqk, kPC, rec + Rec<D>::Aqk, kC, kC, kC);
     copy_tile(bk, sg, D, rec + Rec<D>::gC, D, 1, D);
+    const int V4 = VS / 4;
     bk.par_ld<8>(
-        kC * VS,
+        kC * V4,
         [&](int i) {
-          const int r = i / VS;
-          return r < len ? in_do(p, sq.bb, t0 + r, hv, j0 + i % VS) : 0.f;
+          const int r = i / V4;
+          return r < len ? in_do4(p, sq.bb, t0 + r, hv, j0 + (i % V4) * 4) : splat(0.f);
         },
-        [&](int i, float x) { sdO[(i / VS) * PV + i % VS] = x; });
+        [&](int i, const F4& x) { st4(sdO + (i / V4) * PV + (i % V4) * 4, x); });
     bk.sync();
     // dR = Aqkᵀ dO + Ktail dS
     mm<2, MATH>(
@@ -450,13 +464,14 @@ GDR2_HD void grad1_body(const Blk& bk, const P& p, long long cg, int hv, float* 
     copy_tile(bk, sS, PH, p.states + base * DD + j0, D, D, H);
     copy_tile(bk, sdS, PH, p.dstates + base * DD + j0, D, D, H);
     copy_tile(bk, sUR, PH, rec + Rec<D>::U + j0, D, kC, H);
+    constexpr int H4 = H / 4;
     bk.par_ld<8>(
-        kC * H,
+        kC * H4,
         [&](int i) {
-          const int r = i / H;
-          return r < cl.len ? in_do(p, cl.bb, cl.t0 + r, hv, j0 + i % H) : 0.f;
+          const int r = i / H4;
+          return r < cl.len ? in_do4(p, cl.bb, cl.t0 + r, hv, j0 + (i % H4) * 4) : splat(0.f);
         },
-        [&](int i, float x) { sdO[(i / H) * PH + i % H] = x; });
+        [&](int i, const F4& x) { st4(sdO + (i / H4) * PH + (i % H4) * 4, x); });
     bk.sync();
     // R = U − Y S
     mm<2, MATH>(
@@ -506,7 +521,7 @@ struct Grad2Layout {
   static constexpr int X2 = R1 + kC * PD;      //                               [C][PD]
   static constexpr int R2 = R1 + kC * P1;      // [dĒ dZ] → [dBk dQs] → [dG db] [C][P2]
   static constexpr int dAqk = R2 + kC * P2;    //                               [C][PC]
-  static constexpr int In = dAqk + kC * kPC;   // q, k, b as 16-bit             3 × [C][PI]
+  static constexpr int In = dAqk + kC * kPC;   // q, k, b as 16-bit (not fp32)  3 × [C][PI]
   static constexpr int rs = In + 3 * kC * PI / 2;
   static constexpr int diag = rs + D, bw = diag + kC, floats = bw + kC;
 };
@@ -522,14 +537,31 @@ GDR2_HD void grad2_body(const Blk& bk, const P& p, long long cg, int hv, float* 
   const float* g1 = p.g1 + base * G1<D>::floats;
   float *R0 = sm + L::R0, *R1 = sm + L::R1, *sG = sm + L::R1, *sX2 = sm + L::X2, *R2 = sm + L::R2,
         *sdAqk = sm + L::dAqk, *rsv = sm + L::rs, *diag = sm + L::diag, *bw = sm + L::bw;
+  // q, k, b of the chunk: 16-bit inputs as raw patterns in shared memory; fp32 inputs
+  // straight from global memory (through L1: tiles of twice the bytes do not fit at
+  // D = 128 beside the rest, 222 of the 227 KB), rows past the chunk read as zeros.
   std::uint16_t* q16 = reinterpret_cast<std::uint16_t*>(sm + L::In);
   std::uint16_t* k16 = q16 + kC * PI;
   std::uint16_t* b16 = k16 + kC * PI;
-  const int f16 = p.f16;
+  const int dt = p.dtype, hk = hv / p.group;
   const float scale = p.scale;
-  auto Kc = [&](int r, int d) { return ld16(k16, r * PI + d, f16); };
-  auto Qs = [&](int r, int d) { return scale * ld16(q16, r * PI + d, f16); };
-  auto Bg = [&](int r, int d) { return ld16(b16, r * PI + d, f16); };
+  const long long oq = act(p.sq, bb, t0, hk), ok = act(p.sk, bb, t0, hk);
+  const long long ob = p.tied ? act(p.sbeta, bb, t0, ghead(hv, p.hg_beta, p.Hv)) : act(p.sb, bb, t0, ghead(hv, p.hg_b, p.Hv));
+  const long long stb = p.tied ? p.sbeta[1] : p.sb[1], sdb = p.tied ? 0 : 1;
+  const void* gb = p.tied ? p.beta : p.b;
+  const int len = cl.len;
+  auto Kc = [&](int r, int d) {
+    if (dt != kF32) return cvt16(k16[r * PI + d], dt);
+    return r < len ? static_cast<const float*>(p.k)[ok + r * p.sk[1] + d] : 0.f;
+  };
+  auto Qs = [&](int r, int d) {
+    if (dt != kF32) return scale * cvt16(q16[r * PI + d], dt);
+    return r < len ? scale * static_cast<const float*>(p.q)[oq + r * p.sq[1] + d] : 0.f;
+  };
+  auto Bg = [&](int r, int d) {
+    if (dt != kF32) return cvt16(b16[r * PI + d], dt);
+    return r < len ? static_cast<const float*>(gb)[ob + r * stb + d * sdb] : 0.f;
+  };
 
   // a. loads (only the lower triangle of dAqk is ever read)
   copy_tile(bk, R0, kPC, rec + Rec<D>::A, kC, kC, kC);
@@ -538,24 +570,26 @@ GDR2_HD void grad2_body(const Blk& bk, const P& p, long long cg, int hv, float* 
   copy_tile(bk, R1 + D, P1, g1 + G1<D>::dU, D, kC, D);
   copy_tile(bk, rsv, D, g1 + G1<D>::rs, D, 1, D);
   struct Raw3 {
-    std::uint16_t q, k, b;
+    U4 q, k, b;
   };
-  const int hk = hv / p.group;
-  bk.par_ld<8>(
-      kC * D,
-      [&](int i) {
-        const int r = i / D, d = i % D, t = t0 + r;
-        if (r >= cl.len) return Raw3{0, 0, 0};
-        return Raw3{raw16(p.q, act(p.sq, bb, t, hk) + d), raw16(p.k, act(p.sk, bb, t, hk) + d),
-                    p.tied ? raw16(p.beta, act(p.sbeta, bb, t, ghead(hv, p.hg_beta, p.Hv)))
-                           : raw16(p.b, act(p.sb, bb, t, ghead(hv, p.hg_b, p.Hv)) + d)};
-      },
-      [&](int i, const Raw3& x) {
-        const int r = i / D, d = i % D;
-        q16[r * PI + d] = x.q;
-        k16[r * PI + d] = x.k;
-        b16[r * PI + d] = x.b;
-      });
+  constexpr int D4 = D / 4;
+  if (dt != kF32) {
+    bk.par_ld<8>(
+        kC * D4,
+        [&](int i) {
+          const int r = i / D4, d = (i % D4) * 4;
+          if (r >= len) return Raw3{};
+          const std::uint16_t beta = p.tied ? static_cast<const std::uint16_t*>(p.beta)[ob + r * stb] : 0;
+          return Raw3{ld_raw4(p.q, oq + r * p.sq[1] + d, p.vec), ld_raw4(p.k, ok + r * p.sk[1] + d, p.vec),
+                      p.tied ? U4{beta, beta, beta, beta} : ld_raw4(p.b, ob + r * stb + d, p.vec)};
+        },
+        [&](int i, const Raw3& x) {
+          const int o = (i / D4) * PI + (i % D4) * 4;
+          std::memcpy(q16 + o, &x.q, 8);
+          std::memcpy(k16 + o, &x.k, 8);
+          std::memcpy(b16 + o, &x.b, 8);
+        });
+  }
   bk.sync();
   // b. [dĒ dZ] = Aᵀ [dY dU]
   mm<4, MATH>(
@@ -571,19 +605,26 @@ GDR2_HD void grad2_body(const Blk& bk, const P& p, long long cg, int hv, float* 
       [&](int r, int s, float v) { R0[r * kPC + s] = s < r ? -v : 0.f; });
   // e. log-decays (log2 units) over the dead [Y U]; dv = dZ ⊙ w, dw = dZ ⊙ v (kept in
   //    place of dZ for the tied gates' row sums)
-  bk.par_ld<8>(
-      cl.len * D,
+  struct GVW {
+    F4 g, v, w;
+  };
+  bk.par_ld<4>(
+      cl.len * D4,
       [&](int i) {
-        const int r = i / D, d = i % D, t = t0 + r;
-        return F4{in_g2(p, bb, t, hv, d), in_v(p, bb, t, hv, d), in_w(p, bb, t, hv, d), 0.f};
+        const int r = i / D4, d = (i % D4) * 4, t = t0 + r;
+        return GVW{in_g4(p, bb, t, hv, d), in_v4(p, bb, t, hv, d), in_w4(p, bb, t, hv, d)};
       },
-      [&](int i, const F4& x) {
-        const int r = i / D, d = i % D, t = t0 + r;
-        sG[r * PD + d] = x.x;
-        const float dz = R2[r * P2 + D + d];
-        put(p.dv, bb, t, hv, d, dz * x.z);
-        if (!p.tied) put(p.dw, bb, t, hv, d, dz * x.y);
-        R2[r * P2 + D + d] = dz * x.y;
+      [&](int i, const GVW& x) {
+        const int r = i / D4, d0 = (i % D4) * 4, t = t0 + r;
+        st4(sG + r * PD + d0, x.g);
+        GDR2_UNROLL
+        for (int u = 0; u < 4; ++u) {
+          const int d = d0 + u;
+          const float dz = R2[r * P2 + D + d], vv = at4(x.v, u);
+          put(p.dv, bb, t, hv, d, dz * at4(x.w, u));
+          if (!p.tied) put(p.dw, bb, t, hv, d, dz * vv);
+          R2[r * P2 + D + d] = dz * vv;
+        }
       });
   bk.par((kC - cl.len) * D, [&](int i) {
     const int r = cl.len + i / D, d = i % D;

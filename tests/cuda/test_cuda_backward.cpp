@@ -6,11 +6,15 @@
 //           after block, in fp32 — runs everywhere (CI has no GPU), so the kernels' logic
 //           (anchored decays, block inverse, passes, varlen, head sums) is tested by CI;
 //   device  the kernels on the GPU (skipped, with a warning, when there is none), for the
-//           three product modes tf32 (default), split tf32 and fp32.
+//           three product modes tf32 (the default for 16-bit inputs), split tf32 (the
+//           default for fp32 inputs) and fp32.
+// Inputs: bf16, fp16 and fp32 (every case family has an fp32 twin), and one host case with
+// misaligned rows (the scalar-load path of ld_in4).
 // Each run poisons every gradient output (NaN) first; rel_error returns NaN when any
-// element was left unwritten, which fails every bound. Per-gradient bounds: the issue's
-// 5e-3 for the tf32 mode with bf16/fp16 inputs; 1e-4 for the fp32-accurate executions
-// (host, device fp32 and split tf32), the bound the CPU fp32 chunk backward meets.
+// element was left unwritten, which fails every bound. Per-gradient bounds (see bound()):
+// the issue's 5e-3 for tf32 products with bf16/fp16 inputs and 1e-3 for fp32 inputs with
+// the default products; 1e-4 for the fp32-accurate executions (host, device fp32 and split
+// tf32), the bound the CPU fp32 chunk backward meets.
 //
 // Seeds: fresh per run (printed on failure); set GDR2_TEST_SEED to replay one.
 #include <gdr2/cuda/backward.hpp>
@@ -25,6 +29,7 @@
 #include <cstring>
 #include <limits>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 using namespace gdr2;
@@ -131,12 +136,22 @@ Gradients<float> gradients_of(const std::vector<View<float>>& v) {
 }
 
 const char* math_name(cuda::BackwardMath m) {
-  return m == cuda::BackwardMath::tf32 ? "tf32" : m == cuda::BackwardMath::tf32x3 ? "tf32x3" : "fp32";
+  return m == cuda::BackwardMath::tf32     ? "tf32"
+         : m == cuda::BackwardMath::tf32x3 ? "tf32x3"
+         : m == cuda::BackwardMath::fp32   ? "fp32"
+                                           : "auto";
 }
 
 /// The per-gradient bound of one execution.
-double bound(Where where, cuda::BackwardMath m) {
-  return (where == Where::device && m == cuda::BackwardMath::tf32) ? 5e-3 : 1e-4;
+double bound(Where where, cuda::BackwardMath m, bool fp32_inputs) {
+  using M = cuda::BackwardMath;
+  if (where == Where::host) return 1e-4;  // fp32 arithmetic throughout (measured ≤ 2e-5)
+  // issue 6: 5e-3 with bf16 / fp16 inputs (tf32 products measured ≤ 1.6e-3)
+  if (m == M::tf32 || (m == M::automatic && !fp32_inputs)) return 5e-3;
+  // issue 6: 1e-3 with fp32 inputs; the default (split tf32) measured ≈ 1e-5, while plain
+  // tf32 products would reach ≈ 1.6e-3 (db) — why fp32 inputs default to split tf32
+  if (m == M::automatic) return 1e-3;
+  return 1e-4;  // split tf32 or fp32 products asked for explicitly: about fp32 accuracy
 }
 
 /// Gradients of one execution in host memory, poisoned before the run.
@@ -235,7 +250,7 @@ void run_case(const ProblemConfig& cfg, const std::vector<Exec>& execs, bool wit
     opt.value_slice = vslice;
     execute<Policy>(rp, hp, up, ex.where, opt, got);
     auto outs = got.all();
-    const double tol = bound(ex.where, ex.math);
+    const double tol = bound(ex.where, ex.math, std::is_same_v<T, float>);
     std::string line;
     for (std::size_t i = 0; i < outs.size(); ++i) {
       REQUIRE(refs[i].second->size() == outs[i].second->size());
@@ -257,10 +272,13 @@ const std::vector<Exec> kDevice = {{Where::device, cuda::BackwardMath::tf32},
                                    {Where::device, cuda::BackwardMath::tf32x3},
                                    {Where::device, cuda::BackwardMath::fp32}};
 const std::vector<Exec> kDeviceTf32 = {{Where::device, cuda::BackwardMath::tf32}};
+/// fp32 inputs on the device: the default (split tf32) against the issue's 1e-3, and fp32
+const std::vector<Exec> kDeviceF32 = {{Where::device, cuda::BackwardMath::automatic},
+                                      {Where::device, cuda::BackwardMath::fp32}};
 
 /// The configurations every policy is checked on (sizes kept small for the host runs).
 template <class Policy>
-void policy_cases(const std::vector<Exec>& execs, bool large) {
+void policy_cases(const std::vector<Exec>& execs, const std::vector<Exec>& execs_f32, bool large) {
   INFO("GDR2_TEST_SEED=" << base_seed());
   std::mt19937_64 rng(base_seed() ^ std::hash<std::string>{}(Policy::name()) ^ std::uint64_t(large));
   auto pick = [&](Index lo, Index hi) { return lo + Index(rng() % std::uint64_t(hi - lo + 1)); };
@@ -283,6 +301,16 @@ void policy_cases(const std::vector<Exec>& execs, bool large) {
   c4.seqlens = {1, 64, 0, Index(pick(130, 260)), 37, 129};
   INFO("cfg4 " << describe(c4));
   run_case<Policy, bf16>(c4, execs);
+  // fp32 inputs: odd T, grouped heads, strong decays, gates per key head, b up to 2
+  auto c5 = make_cfg(9, 2, (large ? pick(130, 330) : pick(66, 140)) | 1, 2, 4, large ? 128 : 64, -20.0);
+  c5.gates_per_key_head = true;
+  INFO("cfg5 " << describe(c5));
+  run_case<Policy, float>(c5, execs_f32);
+  // fp32 inputs, packed varlen, K = V = 128
+  auto c6 = make_cfg(10, 1, 0, 1, 2, 128, -5.0);
+  c6.seqlens = {1, 64, 0, Index(pick(70, large ? 260 : 130)), 37};
+  INFO("cfg6 " << describe(c6));
+  run_case<Policy, float>(c6, execs_f32);
 }
 
 }  // namespace
@@ -290,7 +318,7 @@ void policy_cases(const std::vector<Exec>& execs, bool large) {
 // ---- host execution of the kernel bodies: runs everywhere -----------------------------------
 TEMPLATE_TEST_CASE("cuda backward kernel bodies (host execution) match the fp64 BPTT", "[cuda][backward][host]",
                    GDR2, KDA, GDN) {
-  policy_cases<TestType>(kHost, /*large=*/false);
+  policy_cases<TestType>(kHost, kHost, /*large=*/false);
 }
 
 TEST_CASE("cuda backward (host execution): value slices of the state passes", "[cuda][backward][host]") {
@@ -302,10 +330,34 @@ TEST_CASE("cuda backward (host execution): value slices of the state passes", "[
   }
 }
 
+TEST_CASE("cuda backward (host execution): misaligned input rows take the scalar loads", "[cuda][backward][host]") {
+  INFO("GDR2_TEST_SEED=" << base_seed());
+  auto c = make_cfg(11, 1, 77, 1, 2, 64, -3.0);
+  RandomProblem<KDA, bf16> rp(c);
+  Problem<bf16> hp = rp.problem();
+  RandomUpstream<bf16> up(hp, c.seed + 99, true);
+  const auto ref = reference_backward<KDA>(hp, up.grad_outputs());
+  REQUIRE(ref.status.ok());
+  // q one element past a 4-element boundary: BackwardParams::vec = 0 for this call
+  std::vector<bf16> qbuf(std::size_t(rp.q.size()) + 1);
+  std::copy(rp.q.data(), rp.q.data() + rp.q.size(), qbuf.begin() + 1);
+  hp.q = View<const bf16>(qbuf.data() + 1, rp.q.shape(), contiguous_strides(rp.q.shape()));
+  GradientBuffers<float> got;
+  execute<KDA>(rp, hp, up, Where::host, {}, got);
+  auto outs = got.all();
+  auto refs = const_cast<GradientBuffers<double>&>(ref.grads).all();
+  for (std::size_t i = 0; i < outs.size(); ++i) {
+    if (outs[i].second->empty()) continue;
+    const double e = rel_error(outs[i].second->view(), refs[i].second->view());
+    INFO(outs[i].first << " relative error " << e);
+    CHECK(e <= 1e-4);  // fp32 host execution, as the aligned cases
+  }
+}
+
 // ---- device ----------------------------------------------------------------------------------
 TEMPLATE_TEST_CASE("cuda chunk backward matches the fp64 BPTT", "[cuda][backward][device]", GDR2, KDA, GDN) {
   SKIP_WITHOUT_GPU();
-  policy_cases<TestType>(kDevice, /*large=*/true);
+  policy_cases<TestType>(kDevice, kDeviceF32, /*large=*/true);
 }
 
 TEST_CASE("cuda chunk backward: value slices, long sequence, strong decays", "[cuda][backward][device]") {
@@ -420,9 +472,13 @@ TEST_CASE("cuda backward rejects bad arguments with clear statuses", "[cuda][bac
     CHECK(st.code() == Code::unsupported);
     CHECK(st.message().find("l2_norm_qk") != std::string::npos);
   }
-  SECTION("fp32 inputs and the DeltaNet policy are unsupported") {
-    RandomProblem<GDR2, float> r3(c);
-    CHECK(cuda::chunk_backward_workspace_size<GDR2>(r3.problem(), bytes).code() == Code::unsupported);
+  SECTION("fp64 inputs and the DeltaNet policy are unsupported; fp32 inputs are taken") {
+    RandomProblem<GDR2, float> r2(c);
+    CHECK(cuda::chunk_backward_workspace_size<GDR2>(r2.problem(), bytes).ok());
+    RandomProblem<GDR2, double> r3(c);
+    const Status st = cuda::chunk_backward_workspace_size<GDR2>(r3.problem(), bytes);
+    CHECK(st.code() == Code::unsupported);
+    CHECK(st.message().find("float32 inputs") != std::string::npos);
     RandomProblem<DeltaNet, bf16> r4(c);
     CHECK(cuda::chunk_backward_workspace_size<DeltaNet>(r4.problem(), bytes).code() == Code::unsupported);
   }
