@@ -106,12 +106,34 @@ GDR2_HD float ld_in(const void* base, long long off, int dt) {
   return cvt16(static_cast<const std::uint16_t*>(base)[off], dt);
 }
 
+#if defined(GDR2_BWD_PHASES) && defined(__CUDACC__)
+// Profiling build only (cuda/src/backward_phases.cu): block (0, 0) of every kernel records
+// clock64() at its entry (negated) and after every barrier, in launch order.
+__device__ long long gdr2_bwd_clk[8192];
+__device__ int gdr2_bwd_nclk;
+__device__ __forceinline__ void gdr2_bwd_mark(bool entry) {
+#if defined(__CUDA_ARCH__)
+  if (blockIdx.x == 0 && blockIdx.y == 0 && threadIdx.x == 0) {
+    const int i = gdr2_bwd_nclk++;
+    if (i < 8192) gdr2_bwd_clk[i] = entry ? -clock64() : clock64();
+  }
+#endif
+}
+#define GDR2_BWD_MARK(entry) gdr2_bwd_mark(entry)
+#else
+#define GDR2_BWD_MARK(entry)
+#endif
+
 /// A thread block (or its host emulation: tid = 0, nthr = 1).
 struct Blk {
   int tid, nthr;
+  /// Barrier; each thread first waits for its own asynchronous tile copies (copy_tile),
+  /// so that every barrier also publishes the tiles copied before it.
   GDR2_HD void sync() const {
 #if defined(__CUDA_ARCH__)
+    asm volatile("cp.async.wait_all;\n" ::: "memory");
     __syncthreads();
+    GDR2_BWD_MARK(false);
 #endif
   }
   /// f(i) for every i in [0, n) over the block's threads, then a barrier.
@@ -195,12 +217,21 @@ GDR2_HD F4 ld_in4(const void* base, long long off, int dt, int vec) {
 }
 
 /// dst[r·dp + c] = src[r·sp + c] for r < rows, c < cols (cols, pitches and both bases
-/// multiples of 4 floats): 16-byte accesses, 8 in flight per thread, NO barrier.
+/// multiples of 4 floats; dst in shared, src in global memory): 16-byte asynchronous
+/// copies (cp.async; every one in flight at once, no registers), complete at the next
+/// barrier (Blk::sync waits for them). NO barrier. The host copies at once.
 GDR2_HD void copy_tile(const Blk& bk, float* dst, int dp, const float* src, long long sp, int rows, int cols) {
   const int c4 = cols / 4;
-  bk.par_ld<8>(
-      rows * c4, [&](int i) { return ld4(src + (long long)(i / c4) * sp + (i % c4) * 4); },
-      [&](int i, const F4& v) { st4(dst + (i / c4) * dp + (i % c4) * 4, v); });
+  for (int i = bk.tid; i < rows * c4; i += bk.nthr) {
+    float* d = dst + (i / c4) * dp + (i % c4) * 4;
+    const float* s = src + (long long)(i / c4) * sp + (i % c4) * 4;
+#if defined(__CUDA_ARCH__)
+    const unsigned sa = unsigned(__cvta_generic_to_shared(d));
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(sa), "l"(s) : "memory");
+#else
+    std::memcpy(d, s, 16);
+#endif
+  }
 }
 
 /// *p += v for a partial sum whose first part this thread stored earlier: a fire-and-
@@ -312,6 +343,17 @@ GDR2_HD void mm(const Blk& bk, int M, int N, int KD, FA&& fa, FB&& fb, FO&& fo) 
   }
 #endif
   bk.sync();
+}
+
+/// mm with 16×16 tiles when they give every warp a tile, else 16×8 tiles (twice as many
+/// tiles, each operand A fragment read twice as often): for the small products whose
+/// 16×16 tiles would leave warps idle (latency-bound phases).
+template <int MATH, class FA, class FB, class FO>
+GDR2_HD void mm_auto(const Blk& bk, int M, int N, int KD, FA&& fa, FB&& fb, FO&& fo) {
+  if (N % 16 == 0 && (M / 16) * (N / 16) >= bk.nthr / 32)
+    mm<2, MATH>(bk, M, N, KD, fa, fb, fo);
+  else
+    mm<1, MATH>(bk, M, N, KD, fa, fb, fo);
 }
 
 }  // namespace bwd

@@ -13,7 +13,8 @@ namespace bwd {
 #define GDR2_BWD_BLOCK                                      \
   extern __shared__ float4 gdr2_bwd_smem[];                 \
   float* sm = reinterpret_cast<float*>(gdr2_bwd_smem);      \
-  const Blk bk{int(threadIdx.x), int(blockDim.x)};
+  const Blk bk{int(threadIdx.x), int(blockDim.x)};       \
+  GDR2_BWD_MARK(true);
 
 __global__ void __launch_bounds__(kThreads) offsets_kernel(BackwardParams p) {
   GDR2_BWD_BLOCK

@@ -113,6 +113,20 @@ GDR2_HD float at4(const F4& v, int i) { return i == 0 ? v.x : i == 1 ? v.y : i =
 GDR2_HD void put(const BwdSink& s, int bb, int t, int hv, int i, float v) {
   if (s.p) s.p[(long long)bb * s.sb + (long long)t * s.st + (long long)hv * s.sh + i] = v;
 }
+/// Four consecutive channels i..i+3 of one gradient row: a 16-byte store when every
+/// per-channel sink is 16-byte aligned row by row (BackwardParams::vec_out).
+GDR2_HD void put4(const P& p, const BwdSink& s, int bb, int t, int hv, int i, const F4& v) {
+  if (!s.p) return;
+  float* o = s.p + (long long)bb * s.sb + (long long)t * s.st + (long long)hv * s.sh + i;
+  if (p.vec_out) {
+    st4(o, v);
+  } else {
+    o[0] = v.x;
+    o[1] = v.y;
+    o[2] = v.z;
+    o[3] = v.w;
+  }
+}
 
 // ---- record layout (fp32, row-major, per chunk-head) ---------------------------------------
 template <int D>
@@ -164,8 +178,8 @@ GDR2_HD void offsets_body(const Blk& bk, const P& p, float* sm) {
 template <int D>
 struct PrepLayout {
   static constexpr int PD = D + 4;
-  static constexpr int G = 0, Q = G + kC * PD, K = Q + kC * PD, Bk = K + kC * PD, T = Bk + kC * PD,
-                       Aqk = T + kC * kPC, A = Aqk + kC * kPC, floats = A + kC * kPC;
+  static constexpr int G = 0, Q = G + kC * PD, K = Q + kC * PD, Bk = K + kC * PD, Z = Bk + kC * PD,
+                       T = Z + kC * PD, Aqk = T + kC * kPC, A = Aqk + kC * kPC, floats = A + kC * kPC;
 };
 
 template <int D, int MATH>
@@ -175,19 +189,20 @@ GDR2_HD void prep_body(const Blk& bk, const P& p, long long cg, int hv, float* s
   const ChunkLoc cl = chunk_loc(p, cg);
   const int last = cl.len - 1;
   float* rec = p.rec + (cg * p.Hv + hv) * Rec<D>::floats;
-  float *sG = sm + L::G, *sQ = sm + L::Q, *sK = sm + L::K, *sBk = sm + L::Bk;
+  float *sG = sm + L::G, *sQ = sm + L::Q, *sK = sm + L::K, *sBk = sm + L::Bk, *sZ = sm + L::Z;
   float *sT = sm + L::T, *sAqk = sm + L::Aqk, *sA = sm + L::A;
 
   struct Quad4 {
-    F4 q, k, b, g;
+    F4 q, k, b, g, z;
   };
   constexpr int D4 = D / 4;
   bk.par_ld<4>(
       cl.len * D4,
       [&](int i) {
         const int r = i / D4, d = (i % D4) * 4, t = cl.t0 + r;
+        // every input of the chunk in one round trip (Z = w ⊙ v too)
         return Quad4{in_q4(p, cl.bb, t, hv, d), in_k4(p, cl.bb, t, hv, d), in_b4(p, cl.bb, t, hv, d),
-                     in_g4(p, cl.bb, t, hv, d)};
+                     in_g4(p, cl.bb, t, hv, d), mul4(in_w4(p, cl.bb, t, hv, d), in_v4(p, cl.bb, t, hv, d))};
       },
       [&](int i, const Quad4& x) {
         const int o = (i / D4) * PD + (i % D4) * 4;
@@ -196,10 +211,11 @@ GDR2_HD void prep_body(const Blk& bk, const P& p, long long cg, int hv, float* s
         st4(sK + o, x.k);
         st4(sBk + o, mul4(x.b, x.k));
         st4(sG + o, x.g);
+        st4(sZ + o, x.z);
       });
   bk.par((kC - cl.len) * D, [&](int i) {  // padding rows
     const int r = cl.len + i / D, d = i % D;
-    sQ[r * PD + d] = sK[r * PD + d] = sBk[r * PD + d] = sG[r * PD + d] = 0.f;
+    sQ[r * PD + d] = sK[r * PD + d] = sBk[r * PD + d] = sG[r * PD + d] = sZ[r * PD + d] = 0.f;
   });
   bk.par(D + kC * kPC, [&](int i) {
     if (i < D) {
@@ -213,21 +229,23 @@ GDR2_HD void prep_body(const Blk& bk, const P& p, long long cg, int hv, float* s
       sAqk[i - D] = 0.f;
     }
   });
-  // Qγ, Ktail, γ_C
-  bk.par(kC * D + D, [&](int i) {
-    if (i < kC * D) {
-      const int r = i / D, d = i % D;
-      const float G = sG[r * PD + d];
-      rec[Rec<D>::Qg + i] = sQ[r * PD + d] * ex2n(G);
-      rec[Rec<D>::Kt + i] = r <= last ? sK[r * PD + d] * ex2n(sG[last * PD + d] - G) : 0.f;
+  // Qγ, Ktail, γ_C (four channels per item)
+  bk.par(kC * D4 + D, [&](int i) {
+    if (i < kC * D4) {
+      const int r = i / D4, d = (i % D4) * 4, o = r * PD + d;
+      const F4 G = ld4(sG + o), Gl = ld4(sG + last * PD + d), q = ld4(sQ + o), k = ld4(sK + o);
+      st4(rec + Rec<D>::Qg + r * D + d, {q.x * ex2n(G.x), q.y * ex2n(G.y), q.z * ex2n(G.z), q.w * ex2n(G.w)});
+      st4(rec + Rec<D>::Kt + r * D + d,
+          r <= last ? F4{k.x * ex2n(Gl.x - G.x), k.y * ex2n(Gl.y - G.y), k.z * ex2n(Gl.z - G.z), k.w * ex2n(Gl.w - G.w)}
+                    : splat(0.f));
     } else {
-      rec[Rec<D>::gC + (i - kC * D)] = ex2n(sG[last * PD + (i - kC * D)]);
+      rec[Rec<D>::gC + (i - kC * D4)] = ex2n(sG[last * PD + (i - kC * D4)]);
     }
   });
   // Grams: off-diagonal sub-blocks, T (rows m < 16) and Aqk (rows m ≥ 16) stacked
   for (int ib = 1; ib < kC / kSub; ++ib) {
     const int a = kSub * ib - 1;
-    mm<2, MATH>(
+    mm<1, MATH>(  // 16×8 tiles: 4·ib of them (16×16 would leave 10 to 14 of 16 warps idle)
         bk, 32, kSub * ib, D,
         [&](int m, int d) {
           const int r = kSub * ib + (m & 15);
@@ -240,28 +258,48 @@ GDR2_HD void prep_body(const Blk& bk, const P& p, long long cg, int hv, float* s
           (m < 16 ? sT : sAqk)[r * kPC + s] = v;
         });
   }
-  // Grams: diagonal sub-blocks, exact (pairs s ≤ r inside one block)
-  bk.par(4 * 136, [&](int item) {
-    const int blk = item / 136;
-    int pr = item % 136, rl = 0;
-    while ((rl + 1) * (rl + 2) / 2 <= pr) ++rl;
-    const int sl = pr - rl * (rl + 1) / 2;
-    const int r = kSub * blk + rl, s = kSub * blk + sl;
-    float tacc = 0.f, aacc = 0.f;
-    GDR2_UNROLL4
-    for (int d = 0; d < D; ++d) {
-      const float e = sK[s * PD + d] * ex2n(sG[r * PD + d] - sG[s * PD + d]);
-      tacc += sBk[r * PD + d] * e;
-      aacc += sQ[r * PD + d] * e;
+  // Grams: diagonal sub-blocks, exact: 4 × 120 strict pairs s < r inside one block (one
+  // per thread), then the 64 diagonal entries of Aqk (plain q·k, two per thread): one round
+  bk.par(4 * 120 + 32, [&](int item) {
+    if (item < 4 * 120) {
+      const int blk = item / 120, pr = item % 120;
+      int rl = 1;
+      while ((rl + 1) * rl / 2 <= pr) ++rl;
+      const int sl = pr - rl * (rl - 1) / 2;
+      const int r = kSub * blk + rl, s = kSub * blk + sl;
+      float tacc = 0.f, aacc = 0.f;
+      GDR2_UNROLL4
+      for (int d = 0; d < D; d += 4) {
+        const F4 k = ld4(sK + s * PD + d), Gr = ld4(sG + r * PD + d), Gs = ld4(sG + s * PD + d);
+        const F4 b = ld4(sBk + r * PD + d), q = ld4(sQ + r * PD + d);
+        const F4 e = {k.x * ex2n(Gr.x - Gs.x), k.y * ex2n(Gr.y - Gs.y), k.z * ex2n(Gr.z - Gs.z), k.w * ex2n(Gr.w - Gs.w)};
+        tacc += b.x * e.x + b.y * e.y + b.z * e.z + b.w * e.w;
+        aacc += q.x * e.x + q.y * e.y + q.z * e.z + q.w * e.w;
+      }
+      sT[r * kPC + s] = tacc;
+      sAqk[r * kPC + s] = aacc;
+    } else {
+      for (int u = 0; u < 2; ++u) {
+        const int r = (item - 4 * 120) * 2 + u;
+        float aacc = 0.f;
+        GDR2_UNROLL4
+        for (int d = 0; d < D; d += 4) {
+          const F4 k = ld4(sK + r * PD + d), q = ld4(sQ + r * PD + d);
+          aacc += q.x * k.x + q.y * k.y + q.z * k.z + q.w * k.w;
+        }
+        sAqk[r * kPC + r] = aacc;
+      }
     }
-    if (sl < rl) sT[r * kPC + s] = tacc;
-    sAqk[r * kPC + s] = aacc;
   });
-  // Aqk → record; A ← 0
-  bk.par(kC * kC, [&](int i) {
-    const int r = i / kC, s = i % kC;
-    rec[Rec<D>::Aqk + i] = sAqk[r * kPC + s];
-    sA[r * kPC + s] = 0.f;
+  // Aqk → record; A ← 0; Bk ← γ ⊙ Bk (its last use, the operand of Y below)
+  bk.par(kC * D4, [&](int i) {
+    const int r = i / D4, d = (i % D4) * 4, o = r * PD + d;
+    if (d < kC) {
+      st4(rec + Rec<D>::Aqk + r * kC + d, ld4(sAqk + r * kPC + d));
+      st4(sA + r * kPC + d, splat(0.f));
+    }
+    const F4 G = ld4(sG + o), b = ld4(sBk + o);
+    st4(sBk + o, {b.x * ex2n(G.x), b.y * ex2n(G.y), b.z * ex2n(G.z), b.w * ex2n(G.w)});
   });
   // A = (I+T)⁻¹ in fp32: 16×16 diagonal inverses by substitution ...
   bk.par(4 * kSub, [&](int item) {
@@ -292,19 +330,15 @@ GDR2_HD void prep_body(const Blk& bk, const P& p, long long cg, int hv, float* s
       sA[(bi + m) * kPC + bj + n] = -acc;
     });
   }
-  // A → record; Z = w ⊙ v into sQ (padding rows of sQ are zero already)
-  bk.par_ld<8>(
-      cl.len * D4,
-      [&](int i) {
-        const int r = i / D4, d = (i % D4) * 4, t = cl.t0 + r;
-        return mul4(in_w4(p, cl.bb, t, hv, d), in_v4(p, cl.bb, t, hv, d));
-      },
-      [&](int i, const F4& z) { st4(sQ + (i / D4) * PD + (i % D4) * 4, z); });
-  bk.par(kC * kC, [&](int i) { rec[Rec<D>::A + i] = sA[(i / kC) * kPC + i % kC]; });
+  // A → record
+  bk.par(kC * kC / 4, [&](int i) {
+    const int r = i / (kC / 4), s = (i % (kC / 4)) * 4;
+    st4(rec + Rec<D>::A + r * kC + s, ld4(sA + r * kPC + s));
+  });
   // [Y U] = A [γ⊙Bk, Z]
   mm<4, MATH>(
       bk, kC, 2 * D, kC, [&](int r, int s) { return sA[r * kPC + s]; },
-      [&](int s, int n) { return n < D ? sBk[s * PD + n] * ex2n(sG[s * PD + n]) : sQ[s * PD + n - D]; },
+      [&](int s, int n) { return n < D ? sBk[s * PD + n] : sZ[s * PD + n - D]; },
       [&](int r, int n, float v) {
         if (n < D)
           rec[Rec<D>::Y + r * D + n] = v;
@@ -319,7 +353,8 @@ GDR2_HD void prep_body(const Blk& bk, const P& p, long long cg, int hv, float* s
 template <int D>
 struct StateLayout {
   static constexpr int PD = D + 4;
-  int PV, S, A1, A2, Aqk, dO, dR, g, floats;  // the forward role keeps U's slice in dO
+  static constexpr int kMaxFloats = 227 * 1024 / 4;  // the opt-in shared memory of a block
+  int PV, S, A1, A2, Aqk, dO, dR, g, Qg, floats;     // the forward role keeps U's slice in dO
   GDR2_HD explicit StateLayout(int vs) {
     PV = vs + 4;
     S = 0;
@@ -330,6 +365,10 @@ struct StateLayout {
     dR = dO + kC * PV;
     g = dR + kC * PV;
     floats = g + D;
+    // Qγ in its own tile when it fits (copied with the others, one round trip per chunk),
+    // else over Ktail once dR is formed (value slices of 128 at D = 128)
+    Qg = floats + kC * PD <= kMaxFloats ? floats : A1;
+    if (Qg == floats) floats += kC * PD;
   }
 };
 
@@ -342,7 +381,7 @@ GDR2_HD void state_body(const Blk& bk, const P& p, int pair, int slice, int role
   const int n = pair / p.Hv, hv = pair % p.Hv;
   const SeqLoc sq = seq_loc(p, n);
   float *sS = sm + L.S, *sA1 = sm + L.A1, *sA2 = sm + L.A2, *sAqk = sm + L.Aqk, *sdO = sm + L.dO, *sdR = sm + L.dR,
-        *sg = sm + L.g;
+        *sg = sm + L.g, *sQg = sm + L.Qg;
   const long long DD = (long long)D * D;
 
   if (role == 0) {
@@ -357,21 +396,23 @@ GDR2_HD void state_body(const Blk& bk, const P& p, int pair, int slice, int role
     for (int c = 0; c < sq.nc; ++c) {
       const long long base = (sq.cg0 + c) * p.Hv + hv;
       const float* rec = p.rec + base * Rec<D>::floats;
-      bk.par(D * VS, [&](int i) {
-        const int kk = i / VS, j = i % VS;
-        p.states[base * DD + kk * D + j0 + j] = sS[kk * PV + j];
+      const bool more = c < sq.nc - 1;
+      if (more) {  // asynchronous: in flight while S is stored
+        copy_tile(bk, sA1, PD, rec + Rec<D>::Y, D, kC, D);
+        copy_tile(bk, sA2, PD, rec + Rec<D>::Kt, D, kC, D);
+        copy_tile(bk, sdO, PV, rec + Rec<D>::U + j0, D, kC, VS);
+        copy_tile(bk, sg, D, rec + Rec<D>::gC, D, 1, D);
+      }
+      bk.par(D * VS / 4, [&](int i) {
+        const int kk = i / (VS / 4), j = (i % (VS / 4)) * 4;
+        st4(p.states + base * DD + kk * D + j0 + j, ld4(sS + kk * PV + j));
       });
-      if (c == sq.nc - 1) break;
-      copy_tile(bk, sA1, PD, rec + Rec<D>::Y, D, kC, D);
-      copy_tile(bk, sA2, PD, rec + Rec<D>::Kt, D, kC, D);
-      copy_tile(bk, sdO, PV, rec + Rec<D>::U + j0, D, kC, VS);
-      copy_tile(bk, sg, D, rec + Rec<D>::gC, D, 1, D);
-      bk.sync();
+      if (!more) break;
       // R = U − Y S (slice), then S ← γ_C ⊙ S + Ktailᵀ R
-      mm<2, MATH>(
+      mm_auto<MATH>(
           bk, kC, VS, D, [&](int r, int k) { return sA1[r * PD + k]; }, [&](int k, int j) { return sS[k * PV + j]; },
           [&](int r, int j, float v) { sdR[r * PV + j] = sdO[r * PV + j] - v; });
-      mm<2, MATH>(
+      mm_auto<MATH>(
           bk, D, VS, kC, [&](int m, int r) { return sA2[r * PD + m]; }, [&](int r, int j) { return sdR[r * PV + j]; },
           [&](int m, int j, float v) { sS[m * PV + j] = sg[m] * sS[m * PV + j] + v; });
     }
@@ -390,14 +431,16 @@ GDR2_HD void state_body(const Blk& bk, const P& p, int pair, int slice, int role
     const long long base = (sq.cg0 + c) * p.Hv + hv;
     const float* rec = p.rec + base * Rec<D>::floats;
     const int t0 = sq.bos + kC * c, len = sq.eos - t0 < kC ? sq.eos - t0 : kC;
-    bk.par(D * VS, [&](int i) {
-      const int kk = i / VS, j = i % VS;
-      p.dstates[base * DD + kk * D + j0 + j] = sS[kk * PV + j];
-    });
+    // every tile of the chunk in flight at once (asynchronous), then dS stored, dO loaded
     copy_tile(bk, sA1, PD, rec + Rec<D>::Kt, D, kC, D);
     copy_tile(bk, sA2, PD, rec + Rec<D>::Y, D, kC, D);
     copy_tile(bk, sAqk, kPC, rec + Rec<D>::Aqk, kC, kC, kC);
     copy_tile(bk, sg, D, rec + Rec<D>::gC, D, 1, D);
+    if (sQg != sA1) copy_tile(bk, sQg, PD, rec + Rec<D>::Qg, D, kC, D);
+    for (int i = bk.tid; i < D * VS / 4; i += bk.nthr) {
+      const int kk = i / (VS / 4), j = (i % (VS / 4)) * 4;
+      st4(p.dstates + base * DD + kk * D + j0 + j, ld4(sS + kk * PV + j));
+    }
     const int V4 = VS / 4;
     bk.par_ld<8>(
         kC * V4,
@@ -408,15 +451,17 @@ GDR2_HD void state_body(const Blk& bk, const P& p, int pair, int slice, int role
         [&](int i, const F4& x) { st4(sdO + (i / V4) * PV + (i % V4) * 4, x); });
     bk.sync();
     // dR = Aqkᵀ dO + Ktail dS
-    mm<2, MATH>(
+    mm_auto<MATH>(
         bk, kC, VS, kC + D, [&](int r, int k) { return k < kC ? sAqk[k * kPC + r] : sA1[r * PD + k - kC]; },
         [&](int k, int j) { return k < kC ? sdO[k * PV + j] : sS[(k - kC) * PV + j]; },
         [&](int r, int j, float v) { sdR[r * PV + j] = v; });
-    copy_tile(bk, sA1, PD, rec + Rec<D>::Qg, D, kC, D);
-    bk.sync();
+    if (sQg == sA1) {
+      copy_tile(bk, sQg, PD, rec + Rec<D>::Qg, D, kC, D);
+      bk.sync();
+    }
     // dS ← γ_C ⊙ dS + Qγᵀ dO − Yᵀ dR
-    mm<2, MATH>(
-        bk, D, VS, 2 * kC, [&](int m, int k) { return k < kC ? sA1[k * PD + m] : -sA2[(k - kC) * PD + m]; },
+    mm_auto<MATH>(
+        bk, D, VS, 2 * kC, [&](int m, int k) { return k < kC ? sQg[k * PD + m] : -sA2[(k - kC) * PD + m]; },
         [&](int k, int j) { return k < kC ? sdO[k * PV + j] : sdR[(k - kC) * PV + j]; },
         [&](int m, int j, float v) { sS[m * PV + j] = sg[m] * sS[m * PV + j] + v; });
   }
@@ -617,14 +662,10 @@ GDR2_HD void grad2_body(const Blk& bk, const P& p, long long cg, int hv, float* 
       [&](int i, const GVW& x) {
         const int r = i / D4, d0 = (i % D4) * 4, t = t0 + r;
         st4(sG + r * PD + d0, x.g);
-        GDR2_UNROLL
-        for (int u = 0; u < 4; ++u) {
-          const int d = d0 + u;
-          const float dz = R2[r * P2 + D + d], vv = at4(x.v, u);
-          put(p.dv, bb, t, hv, d, dz * at4(x.w, u));
-          if (!p.tied) put(p.dw, bb, t, hv, d, dz * vv);
-          R2[r * P2 + D + d] = dz * vv;
-        }
+        const F4 dz = ld4(R2 + r * P2 + D + d0), dw = mul4(dz, x.v);
+        put4(p, p.dv, bb, t, hv, d0, mul4(dz, x.w));
+        if (!p.tied) put4(p, p.dw, bb, t, hv, d0, dw);
+        st4(R2 + r * P2 + D + d0, dw);
       });
   bk.par((kC - cl.len) * D, [&](int i) {
     const int r = cl.len + i / D, d = i % D;
@@ -663,7 +704,7 @@ GDR2_HD void grad2_body(const Blk& bk, const P& p, long long cg, int hv, float* 
   // g. decayed applies, off-diagonal sub-blocks (anchored products)
   for (int ib = 1; ib < kC / kSub; ++ib) {
     const int a = kSub * ib - 1;
-    mm<4, MATH>(
+    mm<2, MATH>(  // 16×16 tiles: 2·D/16 of them, a tile per warp at D = 128
         bk, 32, D, kSub * ib,
         [&](int m, int s) {
           const int r = kSub * ib + (m & 15);
@@ -677,7 +718,7 @@ GDR2_HD void grad2_body(const Blk& bk, const P& p, long long cg, int hv, float* 
   }
   for (int jb = 0; jb + 1 < kC / kSub; ++jb) {
     const int e = kSub * jb + 15, r0 = kSub * (jb + 1), Lr = kC - r0;
-    mm<2, MATH>(
+    mm<1, MATH>(  // 16×8 tiles: D/8 of them, a tile per warp at D = 128
         bk, 16, D, 2 * Lr,
         [&](int m, int k) {
           const int s = kSub * jb + m;
@@ -693,46 +734,35 @@ GDR2_HD void grad2_body(const Blk& bk, const P& p, long long cg, int hv, float* 
           sX2[s * PD + d] += v * ex2n(sG[e * PD + d] - sG[s * PD + d]);
         });
   }
-  // h. decayed applies, diagonal sub-blocks: one thread per (sub-block, channel), rows
-  //    first (dBk_r, dQs_r += Σ_{s<r} …), then columns (X2_s += Σ_{r>s} …)
+  // h. decayed applies, diagonal sub-blocks: one thread per (sub-block, channel), both
+  //    sides from one exponential per pair: rows dBk_r, dQs_r += Σ_{s<r} …, columns
+  //    X2_s += Σ_{r>s} … (accumulated in registers)
   bk.par((kC / kSub) * D, [&](int item) {
     const int o = kSub * (item / D), d = item % D;
-    float Gs[16], ks[16];
+    float Gs[16], ks[16], ax[16];
     GDR2_UNROLL
     for (int i = 0; i < 16; ++i) {
       Gs[i] = sG[(o + i) * PD + d];
       ks[i] = Kc(o + i, d);
+      ax[i] = 0.f;
     }
     GDR2_UNROLL
     for (int r = 1; r < 16; ++r) {
+      const float bkr = Bg(o + r, d) * ks[r], qr = Qs(o + r, d);
       float ab = 0.f, aq = 0.f;
       GDR2_UNROLL
       for (int s = 0; s < r; ++s) {
-        const float e = ks[s] * ex2n(Gs[r] - Gs[s]);
-        ab += R0[(o + r) * kPC + o + s] * e;
-        aq += sdAqk[(o + r) * kPC + o + s] * e;
+        const float e = ex2n(Gs[r] - Gs[s]), ke = ks[s] * e;
+        const float t = R0[(o + r) * kPC + o + s], a = sdAqk[(o + r) * kPC + o + s];
+        ab += t * ke;
+        aq += a * ke;
+        ax[s] += (t * bkr + a * qr) * e;
       }
       R2[(o + r) * P2 + d] += ab;
       R2[(o + r) * P2 + D + d] += aq;
     }
-  });
-  bk.par((kC / kSub) * D, [&](int item) {
-    const int o = kSub * (item / D), d = item % D;
-    float Gr[16], bkr[16], qr[16];
     GDR2_UNROLL
-    for (int i = 0; i < 16; ++i) {
-      Gr[i] = sG[(o + i) * PD + d];
-      bkr[i] = Bg(o + i, d) * Kc(o + i, d);
-      qr[i] = Qs(o + i, d);
-    }
-    GDR2_UNROLL
-    for (int s = 0; s < 15; ++s) {
-      float ax = 0.f;
-      GDR2_UNROLL
-      for (int r = s + 1; r < 16; ++r)
-        ax += (R0[(o + r) * kPC + o + s] * bkr[r] + sdAqk[(o + r) * kPC + o + s] * qr[r]) * ex2n(Gr[r] - Gr[s]);
-      sX2[(o + s) * PD + d] += ax;
-    }
+    for (int s = 0; s < 15; ++s) sX2[(o + s) * PD + d] += ax[s];
   });
   // i. dq, dk, db per element; dG (before its cumulative sum) into R2's left half,
   //    db into its right half, dKtail ⊙ Ktail into X2 (for the last row's column sum)
@@ -742,21 +772,32 @@ GDR2_HD void grad2_body(const Blk& bk, const P& p, long long cg, int hv, float* 
     R2[r * P2 + D + d] = 0.f;
     sX2[r * PD + d] = 0.f;
   });
-  bk.par_ld<8>(cl.len * D, [&](int i) { return g1[G1<D>::X + i]; }, [&](int i, float xk) {  // xk: dKtail
-    const int r = i / D, d = i % D;
-    const int t = t0 + r;
-    const float kk = Kc(r, d), qs = Qs(r, d), bg = Bg(r, d), bkv = bg * kk;
-    const float kf = ex2n(sG[last * PD + d] - sG[r * PD + d]);
-    const float dqs = R2[r * P2 + D + d], dbk = R2[r * P2 + d], x2 = sX2[r * PD + d];
-    const float xt = xk * kk * kf;      // dKtail ⊙ Ktail
-    const float dG = qs * dqs + bkv * dbk - kk * x2 - (r < last ? xt : 0.f);
-    put(p.dq, bb, t, hv, d, scale * (dqs + diag[r] * kk));
-    put(p.dk, bb, t, hv, d, xk * kf + x2 + diag[r] * qs + dbk * bg);
-    if (!p.tied) put(p.db, bb, t, hv, d, dbk * kk);
-    R2[r * P2 + d] = dG;
-    R2[r * P2 + D + d] = dbk * kk;
-    sX2[r * PD + d] = r < last ? xt : 0.f;
-  });
+  bk.par_ld<4>(
+      cl.len * D4, [&](int i) { return ld4(g1 + G1<D>::X + i * 4); },
+      [&](int i, const F4& xk4) {  // xk: dKtail, four channels per item
+        const int r = i / D4, d0 = (i % D4) * 4;
+        const int t = t0 + r;
+        float oq[4], ok[4], ob[4];
+        GDR2_UNROLL
+        for (int u = 0; u < 4; ++u) {
+          const int d = d0 + u;
+          const float xk = at4(xk4, u);
+          const float kk = Kc(r, d), qs = Qs(r, d), bg = Bg(r, d), bkv = bg * kk;
+          const float kf = ex2n(sG[last * PD + d] - sG[r * PD + d]);
+          const float dqs = R2[r * P2 + D + d], dbk = R2[r * P2 + d], x2 = sX2[r * PD + d];
+          const float xt = xk * kk * kf;  // dKtail ⊙ Ktail
+          const float dG = qs * dqs + bkv * dbk - kk * x2 - (r < last ? xt : 0.f);
+          oq[u] = scale * (dqs + diag[r] * kk);
+          ok[u] = xk * kf + x2 + diag[r] * qs + dbk * bg;
+          ob[u] = dbk * kk;
+          R2[r * P2 + d] = dG;
+          R2[r * P2 + D + d] = dbk * kk;
+          sX2[r * PD + d] = r < last ? xt : 0.f;
+        }
+        put4(p, p.dq, bb, t, hv, d0, {oq[0], oq[1], oq[2], oq[3]});
+        put4(p, p.dk, bb, t, hv, d0, {ok[0], ok[1], ok[2], ok[3]});
+        if (!p.tied) put4(p, p.db, bb, t, hv, d0, {ob[0], ob[1], ob[2], ob[3]});
+      });
   bk.sync();
   // j. the last row's terms, then dg = reverse cumulative sum of dG
   bk.par(D, [&](int d) {

@@ -93,6 +93,7 @@ struct BackwardParams {
   float scale = 1.f;
   int dtype = 0;         // inputs q k v b w β dO: 0 bfloat16, 1 IEEE half, 2 fp32
   int vec = 0;           // 1: every input row and g start on a 4-element boundary (vector loads)
+  int vec_out = 0;       // 1: every per-channel gradient row starts 16-byte aligned (vector stores)
   int scalar_decay = 0;  // g is one value per token and head (GDN)
   int tied = 0;          // b = w = β (KDA, GDN)
   int math = 0;          // 0 tf32, 1 split tf32, 2 fp32
@@ -153,7 +154,7 @@ struct BackwardOptions {
   /// 1e-3 that fp32 inputs must meet, the split products ≈ 1e-5.
   BackwardMath math = BackwardMath::automatic;
   /// Value columns per block of the state passes (16, 32, 64 or 128, at most V);
-  /// 0 = automatic (the widest slice that still gives about one block per SM).
+  /// 0 = automatic (the narrowest slice whose blocks still fit in one wave).
   int value_slice = 0;
   /// Profiling only: run just the first `stages` of the five stages (prep, state passes,
   /// grad-1, grad-2, head sums) so that stage costs can be timed by differences; the
@@ -213,7 +214,10 @@ Status plan_backward(const Problem<T>& p, const GradOutputs<T>* up, const Gradie
       vs = opt.value_slice;
     } else {
       const long long pairs = (long long)d.N * d.Hv;
-      while (vs > 16 && pairs * 2 * (D / vs) < num_sms) vs /= 2;
+      // the narrowest slice whose blocks (one per SM: 100+ KB of shared memory each) still
+      // fit in one wave: every block walks the whole sequence, so a second wave doubles
+      // the pass (B=1, T=32768, H=16: 128 blocks of 32 columns, not 256 of 16)
+      while (vs > 16 && pairs * 2 * (D / (vs / 2)) <= num_sms) vs /= 2;
     }
 
     BackwardParams& f = bp;
@@ -287,7 +291,9 @@ Status plan_backward(const Problem<T>& p, const GradOutputs<T>* up, const Gradie
     f.g1 = reinterpret_cast<float*>(g1);
 
     // gradient sinks: direct when the tensor has Hv heads, else a per-value-head buffer
+    // (workspace: aligned, so only direct sinks can turn the vector stores off)
     const long long tokens = (long long)d.B * d.T;
+    f.vec_out = 1;
     auto sink = [&](const View<float>& out, int width, BwdSink& s) {
       if (!out.given()) return;
       const int heads = int(out.shape[2]);
@@ -296,6 +302,9 @@ Status plan_backward(const Problem<T>& p, const GradOutputs<T>* up, const Gradie
         s.sb = out.stride[0];
         s.st = out.stride[1];
         s.sh = out.stride[2];
+        if (width > 1 && (reinterpret_cast<std::uintptr_t>(out.data) % 16 != 0 || s.sb % 4 != 0 || s.st % 4 != 0 ||
+                          s.sh % 4 != 0))
+          f.vec_out = 0;
         return;
       }
       BwdReduce& r = f.red[f.nred++];

@@ -1,0 +1,98 @@
+// gdr2 CUDA backward — profiling driver (not part of the library or of CI): the backward
+// kernels built with GDR2_BWD_PHASES, where block (0, 0) of each kernel records clock64()
+// after every barrier; prints the cycles of each barrier-to-barrier phase of prep,
+// grad-1 and grad-2 and the per-chunk step of the state passes, for one GDR-2 problem
+// B=1 T=2048 H=16 K=V=128 bf16 (block (0, 0) shares its SM with no other block).
+//
+//   nvcc -O3 -std=c++17 --expt-relaxed-constexpr -gencode=arch=compute_90a,code=sm_90a \
+//        -DGDR2_BWD_PHASES -Icuda/include -Iinclude -isystem /usr/include/eigen3 \
+//        cuda/src/backward_phases.cu build-cudabwd/cuda/libgdr2_cuda.a -o bwd_phases
+#define GDR2_BWD_PHASES 1
+#include <gdr2/cuda/backward.hpp>  // in full, before the kernels include its plain part
+#include <gdr2/gdr2.hpp>
+
+#include "backward_kernels.cu"
+
+#include <cstdio>
+#include <vector>
+
+using namespace gdr2;
+using bf16 = Eigen::bfloat16;
+
+template <class X>
+static X* dev_random(std::size_t n, float lo, float hi, unsigned seed) {
+  std::vector<X> h(n);
+  unsigned s = seed * 2654435761u + 1;
+  for (auto& x : h) {
+    s = s * 1664525u + 1013904223u;
+    x = X(lo + (hi - lo) * float(s >> 8) / 16777216.f);
+  }
+  X* d = nullptr;
+  cudaMalloc(&d, n * sizeof(X));
+  cudaMemcpy(d, h.data(), n * sizeof(X), cudaMemcpyHostToDevice);
+  return d;
+}
+
+int main() {
+  const Index B = 1, T = 2048, H = 16, D = 128;
+  const std::size_t nt = std::size_t(B * T * H * D);
+  Problem<bf16> p;
+  p.q = make_view<const bf16>(dev_random<bf16>(nt, -.15f, .15f, 1), B, T, H, D);
+  p.k = make_view<const bf16>(dev_random<bf16>(nt, -.15f, .15f, 2), B, T, H, D);
+  p.v = make_view<const bf16>(dev_random<bf16>(nt, -1.7f, 1.7f, 3), B, T, H, D);
+  p.b = make_view<const bf16>(dev_random<bf16>(nt, 0.f, 1.f, 4), B, T, H, D);
+  p.w = make_view<const bf16>(dev_random<bf16>(nt, 0.f, 1.f, 5), B, T, H, D);
+  p.g = make_view<const float>(dev_random<float>(nt, -1.f, 0.f, 6), B, T, H, D);
+  GradOutputs<bf16> up;
+  up.d_o = make_view<const bf16>(dev_random<bf16>(nt, -1.f, 1.f, 7), B, T, H, D);
+  Gradients<float> gr;
+  for (View<float>* g : {&gr.dq, &gr.dk, &gr.dv, &gr.dg, &gr.db, &gr.dw}) {
+    float* x = nullptr;
+    cudaMalloc(&x, nt * 4);
+    *g = make_view(x, B, T, H, D);
+  }
+  std::size_t bytes = 0;
+  check(cuda::chunk_backward_workspace_size<GDR2>(p, bytes));
+  void* ws = nullptr;
+  cudaMalloc(&ws, bytes);
+  for (int rep = 0; rep < 2; ++rep) {  // the second run is the one reported (warm)
+    const int zero = 0;
+    cudaMemcpyToSymbol(cuda::detail::bwd::gdr2_bwd_nclk, &zero, sizeof zero);
+    check(cuda::chunk_backward<GDR2>(p, up, gr, {}, ws, bytes, nullptr));
+    if (cudaDeviceSynchronize() != cudaSuccess) return 1;
+  }
+  int n = 0;
+  cudaMemcpyFromSymbol(&n, cuda::detail::bwd::gdr2_bwd_nclk, sizeof n);
+  n = n < 8192 ? n : 8192;
+  std::vector<long long> c(std::size_t(n) + 1);
+  cudaMemcpyFromSymbol(c.data(), cuda::detail::bwd::gdr2_bwd_clk, std::size_t(n) * 8);
+  const char* names[] = {"prep", "states", "grad1", "grad2", "reduce"};
+  int k = -1;
+  long long t0 = 0, prev = 0;
+  std::vector<long long> ph;
+  auto flush = [&] {
+    if (k < 0) return;
+    long long tot = 0;
+    for (long long x : ph) tot += x;
+    std::printf("%-7s block (0,0): %lld cycles, %zu phases:", k < 5 ? names[k] : "?", tot, ph.size());
+    if (ph.size() <= 64)
+      for (long long x : ph) std::printf(" %lld", x);
+    else  // the state passes: chunk steps of 4 barriers; print the first 8 steps
+      for (std::size_t i = 0; i < 32; ++i) std::printf(" %lld", ph[i]);
+    std::printf("\n");
+  };
+  for (int i = 0; i < n; ++i) {
+    if (c[i] < 0) {
+      flush();
+      ++k;
+      ph.clear();
+      t0 = prev = -c[i];
+      continue;
+    }
+    ph.push_back(c[i] - prev);
+    prev = c[i];
+  }
+  flush();
+  (void)t0;
+  return 0;
+}
