@@ -17,9 +17,10 @@
 // about fp32 accuracy, or plain fp32 FMAs on the CUDA cores. The host path is fp32.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <cmath>
+#include <type_traits>
 
 #if defined(__CUDACC__)
 #define GDR2_HD __host__ __device__ __forceinline__
@@ -244,6 +245,34 @@ GDR2_HD void add_partial(float* p, float v) {
 #endif
 }
 
+/// An mm output written straight to global memory: out[m·ld + n] = scale·v, or added
+/// with a fire-and-forget reduction (`add`: onto a partial this thread stored earlier).
+/// The device epilogue of mm stores each lane's two neighbouring columns with one 8-byte
+/// access (out and ld even): a fragment row then fills whole 32-byte sectors.
+struct GlobalOut {
+  float* out;
+  int ld, add;
+  float scale;
+  GDR2_HD void operator()(int m, int n, float v) const {
+    float* p = out + (long long)m * ld + n;
+    if (add)
+      add_partial(p, scale * v);
+    else
+      *p = scale * v;
+  }
+#if defined(__CUDA_ARCH__)
+  __device__ __forceinline__ void pair(int m, int n, float v0, float v1) const {
+    float* p = out + (long long)m * ld + n;
+    v0 *= scale;
+    v1 *= scale;
+    if (add)
+      asm volatile("red.global.add.v2.f32 [%0], {%1, %2};\n" ::"l"(p), "f"(v0), "f"(v1) : "memory");
+    else
+      asm volatile("st.global.v2.f32 [%0], {%1, %2};\n" ::"l"(p), "f"(v0), "f"(v1) : "memory");
+  }
+#endif
+};
+
 #if defined(__CUDA_ARCH__)
 __device__ __forceinline__ std::uint32_t tf32_bits(float x) {
   std::uint32_t r;
@@ -319,10 +348,15 @@ GDR2_HD void mm(const Blk& bk, int M, int N, int KD, FA&& fa, FB&& fb, FO&& fo) 
 #pragma unroll
     for (int j = 0; j < NT; ++j) {
       const int n = n0 + 8 * j + 2 * t;
-      fo(m0 + g, n, c[j][0]);
-      fo(m0 + g, n + 1, c[j][1]);
-      fo(m0 + g + 8, n, c[j][2]);
-      fo(m0 + g + 8, n + 1, c[j][3]);
+      if constexpr (std::is_same_v<std::decay_t<FO>, GlobalOut>) {
+        fo.pair(m0 + g, n, c[j][0], c[j][1]);
+        fo.pair(m0 + g + 8, n, c[j][2], c[j][3]);
+      } else {
+        fo(m0 + g, n, c[j][0]);
+        fo(m0 + g, n + 1, c[j][1]);
+        fo(m0 + g + 8, n, c[j][2]);
+        fo(m0 + g + 8, n + 1, c[j][3]);
+      }
     }
   }
 #else

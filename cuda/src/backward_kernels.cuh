@@ -339,12 +339,18 @@ GDR2_HD void prep_body(const Blk& bk, const P& p, long long cg, int hv, float* s
   mm<4, MATH>(
       bk, kC, 2 * D, kC, [&](int r, int s) { return sA[r * kPC + s]; },
       [&](int s, int n) { return n < D ? sBk[s * PD + n] : sZ[s * PD + n - D]; },
-      [&](int r, int n, float v) {
+      [&](int r, int n, float v) {  // staged in the dead q, k tiles (fragment stores)
         if (n < D)
-          rec[Rec<D>::Y + r * D + n] = v;
+          sQ[r * PD + n] = v;
         else
-          rec[Rec<D>::U + r * D + n - D] = v;
+          sK[r * PD + n - D] = v;
       });
+  // → record with coalesced 16-byte stores (scattered fragment stores to global memory
+  //   cost ≈ 4× the product itself: phase clocks, cuda/NOTES.md)
+  bk.par(2 * kC * D4, [&](int i) {
+    const int h = i / (kC * D4), j = i % (kC * D4), r = j / D4, d = (j % D4) * 4;
+    st4(rec + (h ? Rec<D>::U : Rec<D>::Y) + r * D + d, ld4((h ? sK : sQ) + r * PD + d));
+  });
 }
 
 // =============================================================================================
@@ -526,26 +532,26 @@ GDR2_HD void grad1_body(const Blk& bk, const P& p, long long cg, int hv, float* 
     mm<2, MATH>(
         bk, kC, H, kC + D, [&](int r, int k) { return k < kC ? sAqk[k * kPC + r] : sKt[r * PD + k - kC]; },
         [&](int k, int j) { return k < kC ? sdO[k * PH + j] : sdS[(k - kC) * PH + j]; },
-        [&](int r, int j, float v) {
-          sdR[r * PH + j] = v;
-          out[G1<D>::dU + r * D + j0 + j] = v;
-        });
+        [&](int r, int j, float v) { sdR[r * PH + j] = v; });
+    for (int i = bk.tid; i < kC * H / 4; i += bk.nthr) {  // dU → out, 16-byte stores (no barrier:
+      const int r = i / (H / 4), j = (i % (H / 4)) * 4;     // sdR is only read from here on)
+      st4(out + G1<D>::dU + r * D + j0 + j, ld4(sdR + r * PH + j));
+    }
     // dO Sᵀ, dKtail = R dSᵀ, dY = −dR Sᵀ (partial sums over the value halves)
     mm<4, MATH>(
         bk, kC, D, H, [&](int r, int j) { return sdO[r * PH + j]; }, [&](int j, int d) { return sS[d * PH + j]; },
-        [&](int r, int d, float v) { acc(G1<D>::dQ + r * D + d, v); });
+        GlobalOut{out + G1<D>::dQ, D, h, 1.f});
     mm<4, MATH>(
         bk, kC, D, H, [&](int r, int j) { return sUR[r * PH + j]; }, [&](int j, int d) { return sdS[d * PH + j]; },
-        [&](int r, int d, float v) { acc(G1<D>::X + r * D + d, v); });
+        GlobalOut{out + G1<D>::X, D, h, 1.f});
     mm<4, MATH>(
         bk, kC, D, H, [&](int r, int j) { return sdR[r * PH + j]; }, [&](int j, int d) { return sS[d * PH + j]; },
-        [&](int r, int d, float v) { acc(G1<D>::dY + r * D + d, -v); });
+        GlobalOut{out + G1<D>::dY, D, h, -1.f});
     // dAqk = dO Rᵀ on and below the diagonal
+    // (the strictly upper part of the diagonal tiles is written too: grad-2 never reads it)
     mm<2, MATH, true>(
         bk, kC, kC, H, [&](int r, int j) { return sdO[r * PH + j]; }, [&](int j, int s) { return sUR[s * PH + j]; },
-        [&](int r, int s, float v) {
-          if (s <= r) acc(G1<D>::dAqk + r * kC + s, v);
-        });
+        GlobalOut{out + G1<D>::dAqk, kC, h, 1.f});
     // Σ_j dS ⊙ S per key channel
     bk.par(D, [&](int d) {
       float s = 0.f;
