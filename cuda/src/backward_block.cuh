@@ -128,13 +128,26 @@ __device__ __forceinline__ void gdr2_bwd_mark(bool entry) {
 /// A thread block (or its host emulation: tid = 0, nthr = 1).
 struct Blk {
   int tid, nthr;
-  /// Barrier; each thread first waits for its own asynchronous tile copies (copy_tile),
-  /// so that every barrier also publishes the tiles copied before it.
+  /// 1: barriers leave this thread's newest committed copy group in flight (software
+  /// pipelines that prefetch the next step's tiles; every copy must then be committed).
+  int keep = 0;
+  /// Barrier; each thread first waits for its own asynchronous tile copies (copy_tile) —
+  /// all of them, or all but the newest committed group when `keep` — so that every
+  /// barrier also publishes the tiles copied before it.
   GDR2_HD void sync() const {
 #if defined(__CUDA_ARCH__)
-    asm volatile("cp.async.wait_all;\n" ::: "memory");
+    if (keep)
+      asm volatile("cp.async.wait_group 1;\n" ::: "memory");
+    else
+      asm volatile("cp.async.wait_all;\n" ::: "memory");
     __syncthreads();
     GDR2_BWD_MARK(false);
+#endif
+  }
+  /// Close the group of this thread's copies issued since the last commit.
+  GDR2_HD void commit() const {
+#if defined(__CUDA_ARCH__)
+    asm volatile("cp.async.commit_group;\n" ::: "memory");
 #endif
   }
   /// f(i) for every i in [0, n) over the block's threads, then a barrier.

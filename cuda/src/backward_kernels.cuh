@@ -433,43 +433,96 @@ GDR2_HD void state_body(const Blk& bk, const P& p, int pair, int slice, int role
       },
       [&](int i, float x) { sS[(i / VS) * PV + i % VS] = x; });
   bk.sync();
+  // Software pipeline when Qγ has its own tile (value slices ≤ 64 at D = 128): the tiles
+  // of chunk c−1 are copied while chunk c is computed — Ktail, Aqk (group A) during the
+  // dS update, Y, Qγ, γ_C (group B) during the next dR — and dO one chunk ahead in
+  // registers; barriers inside leave the newest group in flight (Blk::keep). Otherwise
+  // every tile of a chunk is copied at its start (one round trip per chunk).
+  const bool pipe = sQg != sA1;
+  const Blk bq{bk.tid, bk.nthr, pipe ? 1 : 0};
+  const int V4 = VS / 4;
+  auto recp = [&](int c) { return p.rec + ((sq.cg0 + c) * p.Hv + hv) * Rec<D>::floats; };
+  auto tilesA = [&](int c) {
+    copy_tile(bk, sA1, PD, recp(c) + Rec<D>::Kt, D, kC, D);
+    copy_tile(bk, sAqk, kPC, recp(c) + Rec<D>::Aqk, kC, kC, kC);
+  };
+  auto tilesB = [&](int c) {
+    copy_tile(bk, sA2, PD, recp(c) + Rec<D>::Y, D, kC, D);
+    copy_tile(bk, sg, D, recp(c) + Rec<D>::gC, D, 1, D);
+    if (pipe) copy_tile(bk, sQg, PD, recp(c) + Rec<D>::Qg, D, kC, D);
+  };
+  // dO of chunk c (this slice): on the device into registers (≤ 4 float4 per thread),
+  // stored to shared memory later; on the host read at the store
+  F4 ahead[4] = {};
+  int ahead_c = 0;
+  auto dO_item = [&](int c, int i) {
+    const int t0 = sq.bos + kC * c, len = sq.eos - t0 < kC ? sq.eos - t0 : kC, r = i / V4;
+    return r < len ? in_do4(p, sq.bb, t0 + r, hv, j0 + (i % V4) * 4) : splat(0.f);
+  };
+  auto dO_load = [&](int c) {
+    ahead_c = c;
+#if defined(__CUDA_ARCH__)
+    GDR2_UNROLL
+    for (int u = 0; u < 4; ++u) {
+      const int i = bk.tid + u * bk.nthr;
+      if (i < kC * V4) ahead[u] = dO_item(c, i);
+    }
+#endif
+  };
+  auto dO_store = [&] {
+#if defined(__CUDA_ARCH__)
+    GDR2_UNROLL
+    for (int u = 0; u < 4; ++u) {
+      const int i = bk.tid + u * bk.nthr;
+      if (i < kC * V4) st4(sdO + (i / V4) * PV + (i % V4) * 4, ahead[u]);
+    }
+#else
+    for (int i = 0; i < kC * V4; ++i) st4(sdO + (i / V4) * PV + (i % V4) * 4, dO_item(ahead_c, i));
+#endif
+  };
+  if (pipe && sq.nc > 0) {
+    tilesA(sq.nc - 1);
+    bk.commit();
+    tilesB(sq.nc - 1);
+    bk.commit();
+    dO_load(sq.nc - 1);
+  }
   for (int c = sq.nc - 1; c >= 0; --c) {
     const long long base = (sq.cg0 + c) * p.Hv + hv;
-    const float* rec = p.rec + base * Rec<D>::floats;
-    const int t0 = sq.bos + kC * c, len = sq.eos - t0 < kC ? sq.eos - t0 : kC;
-    // every tile of the chunk in flight at once (asynchronous), then dS stored, dO loaded
-    copy_tile(bk, sA1, PD, rec + Rec<D>::Kt, D, kC, D);
-    copy_tile(bk, sA2, PD, rec + Rec<D>::Y, D, kC, D);
-    copy_tile(bk, sAqk, kPC, rec + Rec<D>::Aqk, kC, kC, kC);
-    copy_tile(bk, sg, D, rec + Rec<D>::gC, D, 1, D);
-    if (sQg != sA1) copy_tile(bk, sQg, PD, rec + Rec<D>::Qg, D, kC, D);
+    if (!pipe) {  // every tile of the chunk in flight at once (asynchronous)
+      tilesA(c);
+      tilesB(c);
+      dO_load(c);
+    }
     for (int i = bk.tid; i < D * VS / 4; i += bk.nthr) {
       const int kk = i / (VS / 4), j = (i % (VS / 4)) * 4;
       st4(p.dstates + base * DD + kk * D + j0 + j, ld4(sS + kk * PV + j));
     }
-    const int V4 = VS / 4;
-    bk.par_ld<8>(
-        kC * V4,
-        [&](int i) {
-          const int r = i / V4;
-          return r < len ? in_do4(p, sq.bb, t0 + r, hv, j0 + (i % V4) * 4) : splat(0.f);
-        },
-        [&](int i, const F4& x) { st4(sdO + (i / V4) * PV + (i % V4) * 4, x); });
-    bk.sync();
+    dO_store();
+    if (pipe && c > 0) dO_load(c - 1);
+    bq.sync();  // group A of chunk c (and dO) in place
     // dR = Aqkᵀ dO + Ktail dS
     mm_auto<MATH>(
-        bk, kC, VS, kC + D, [&](int r, int k) { return k < kC ? sAqk[k * kPC + r] : sA1[r * PD + k - kC]; },
+        bq, kC, VS, kC + D, [&](int r, int k) { return k < kC ? sAqk[k * kPC + r] : sA1[r * PD + k - kC]; },
         [&](int k, int j) { return k < kC ? sdO[k * PV + j] : sS[(k - kC) * PV + j]; },
         [&](int r, int j, float v) { sdR[r * PV + j] = v; });
-    if (sQg == sA1) {
-      copy_tile(bk, sQg, PD, rec + Rec<D>::Qg, D, kC, D);
+    if (pipe && c > 0) {
+      tilesA(c - 1);  // Ktail, Aqk are dead
+      bk.commit();
+      bq.sync();  // group B of chunk c in place, group A of chunk c−1 in flight
+    } else {
+      if (!pipe) copy_tile(bk, sQg, PD, recp(c) + Rec<D>::Qg, D, kC, D);  // over Ktail
       bk.sync();
     }
     // dS ← γ_C ⊙ dS + Qγᵀ dO − Yᵀ dR
     mm_auto<MATH>(
-        bk, D, VS, 2 * kC, [&](int m, int k) { return k < kC ? sQg[k * PD + m] : -sA2[(k - kC) * PD + m]; },
+        bq, D, VS, 2 * kC, [&](int m, int k) { return k < kC ? sQg[k * PD + m] : -sA2[(k - kC) * PD + m]; },
         [&](int k, int j) { return k < kC ? sdO[k * PV + j] : sdR[(k - kC) * PV + j]; },
         [&](int m, int j, float v) { sS[m * PV + j] = sg[m] * sS[m * PV + j] + v; });
+    if (pipe && c > 0) {
+      tilesB(c - 1);  // Y, Qγ, γ_C are dead
+      bk.commit();
+    }
   }
   if (p.ds0) {
     bk.par(D * VS, [&](int i) {
