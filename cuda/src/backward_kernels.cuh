@@ -399,28 +399,51 @@ GDR2_HD void state_body(const Blk& bk, const P& p, int pair, int slice, int role
         },
         [&](int i, float x) { sS[(i / VS) * PV + i % VS] = x; });
     bk.sync();
+    // software pipeline: chunk c+1's Y and U slice (group A) are copied during chunk c's
+    // S update, its Ktail and γ_C (group B) during the next R; barriers leave the newest
+    // cp.async group in flight (Blk::keep)
+    const Blk bq{bk.tid, bk.nthr, 1};
+    auto recp = [&](int c) { return p.rec + ((sq.cg0 + c) * p.Hv + hv) * Rec<D>::floats; };
+    auto tilesA = [&](int c) {
+      copy_tile(bk, sA1, PD, recp(c) + Rec<D>::Y, D, kC, D);
+      copy_tile(bk, sdO, PV, recp(c) + Rec<D>::U + j0, D, kC, VS);
+    };
+    auto tilesB = [&](int c) {
+      copy_tile(bk, sA2, PD, recp(c) + Rec<D>::Kt, D, kC, D);
+      copy_tile(bk, sg, D, recp(c) + Rec<D>::gC, D, 1, D);
+    };
+    if (sq.nc > 1) {
+      tilesA(0);
+      bk.commit();
+      tilesB(0);
+      bk.commit();
+    }
     for (int c = 0; c < sq.nc; ++c) {
       const long long base = (sq.cg0 + c) * p.Hv + hv;
-      const float* rec = p.rec + base * Rec<D>::floats;
-      const bool more = c < sq.nc - 1;
-      if (more) {  // asynchronous: in flight while S is stored
-        copy_tile(bk, sA1, PD, rec + Rec<D>::Y, D, kC, D);
-        copy_tile(bk, sA2, PD, rec + Rec<D>::Kt, D, kC, D);
-        copy_tile(bk, sdO, PV, rec + Rec<D>::U + j0, D, kC, VS);
-        copy_tile(bk, sg, D, rec + Rec<D>::gC, D, 1, D);
-      }
-      bk.par(D * VS / 4, [&](int i) {
+      bq.par(D * VS / 4, [&](int i) {  // ends waiting for group A of chunk c
         const int kk = i / (VS / 4), j = (i % (VS / 4)) * 4;
         st4(p.states + base * DD + kk * D + j0 + j, ld4(sS + kk * PV + j));
       });
-      if (!more) break;
+      if (c == sq.nc - 1) break;
+      const bool next = c + 1 < sq.nc - 1;  // chunk c+1 has a step (tiles) too
       // R = U − Y S (slice), then S ← γ_C ⊙ S + Ktailᵀ R
       mm_auto<MATH>(
-          bk, kC, VS, D, [&](int r, int k) { return sA1[r * PD + k]; }, [&](int k, int j) { return sS[k * PV + j]; },
+          bq, kC, VS, D, [&](int r, int k) { return sA1[r * PD + k]; }, [&](int k, int j) { return sS[k * PV + j]; },
           [&](int r, int j, float v) { sdR[r * PV + j] = sdO[r * PV + j] - v; });
+      if (next) {
+        tilesA(c + 1);  // Y, U are dead
+        bk.commit();
+        bq.sync();  // group B of chunk c in place
+      } else {
+        bk.sync();
+      }
       mm_auto<MATH>(
-          bk, D, VS, kC, [&](int m, int r) { return sA2[r * PD + m]; }, [&](int r, int j) { return sdR[r * PV + j]; },
+          bq, D, VS, kC, [&](int m, int r) { return sA2[r * PD + m]; }, [&](int r, int j) { return sdR[r * PV + j]; },
           [&](int m, int j, float v) { sS[m * PV + j] = sg[m] * sS[m * PV + j] + v; });
+      if (next) {
+        tilesB(c + 1);  // Ktail, γ_C are dead
+        bk.commit();
+      }
     }
     return;
   }
