@@ -44,6 +44,16 @@ Status run_backward(Engine e, const Problem<T>& p, const GradOutputs<T>& up, con
   return chunk_backward<Policy>(p, up, gr, opt);
 }
 
+/// An executor of `slots` slots that runs its tasks one after another, the last slot
+/// first: that task takes every work item, so a per-slot scratch pool shorter than the
+/// slots a call uses is indexed out of range (caught by _GLIBCXX_ASSERTIONS) on every
+/// run, not only when a thread pool happens to schedule the last task early.
+inline FunctionExecutor last_slot_first(int slots) {
+  return FunctionExecutor(slots, [](int n, const std::function<void(int)>& body) {
+    for (int i = n - 1; i >= 0; --i) body(i);
+  });
+}
+
 /// Print measured errors when GDR2_PRINT_ERRORS is set (for reports; tests never need it).
 inline bool print_errors() { return std::getenv("GDR2_PRINT_ERRORS") != nullptr; }
 

@@ -358,6 +358,69 @@ TEST_CASE("backward: threads give the same result as serial", "[backward][parall
   }
 }
 
+TEMPLATE_TEST_CASE("backward: chunk-parallel schedule (few heads, long sequences) from a saved context",
+                   "[backward][parallel]", GDR2, KDA, GDN) {
+  // 1-3 (sequence, key head) items on 8 slots (the schedule is chosen there, see
+  // prefer_chunk_parallel_backward): the chunk maps run over all chunks, the reverse
+  // state pass over value-column slices, the chunk backward over chunks. Each config
+  // also checks a Workspace reused by a second call.
+  for (Index items : {1, 2, 3}) CHECK(detail::prefer_chunk_parallel_backward(items, 8));
+  CHECK_FALSE(detail::prefer_chunk_parallel_backward(2, 2));  // two items already fill two slots
+  Eigen::ThreadPool pool(7);
+  ThreadPoolExecutor tp(pool);
+  const FunctionExecutor last_first = last_slot_first(8);
+  auto run = [&](auto tag, ProblemConfig cfg, const Executor& ex) {
+    using T = decltype(tag);
+    using Acc = accum_t<T>;
+    RandomProblem<TestType, T> rp(cfg);
+    const auto p = rp.problem();
+    RandomUpstream<T> up(p, cfg.seed + 5, /*with_final_grad=*/true);
+    const auto ref = reference_backward<TestType>(p, up.grad_outputs());
+    REQUIRE(ref.status.ok());
+    Workspace ws;
+    Options opt;
+    opt.executor = &ex;
+    opt.workspace = &ws;
+    ChunkContext<Acc> ctx;
+    auto o = rp.make_output();
+    REQUIRE(chunk_forward_save<TestType>(p, Outputs<Acc, Acc>{o.view(), {}}, ctx, opt).ok());
+    for (int rep = 0; rep < 2; ++rep) {
+      GradientBuffers<Acc> got(p);
+      got.fill(Acc(NAN));  // poison: every element must be written
+      REQUIRE(chunk_backward<TestType>(p, ctx, up.grad_outputs(), got.views(), opt).ok());
+      auto want = ref.grads;
+      for (auto& [name, t] : got.all()) {
+        if (t->empty()) continue;
+        Tensor<double>* w = nullptr;
+        for (auto& [wname, wt] : want.all())
+          if (std::string(wname) == name) w = wt;
+        INFO(TestType::name() << " " << dtype_name<T>() << " " << name << " rep " << rep << " " << describe(cfg));
+        const double err = rel_error(t->view(), w->view());
+        CAPTURE(err);
+        CHECK(err <= grad_tol<T>());
+      }
+    }
+    CHECK(ws.bytes() > 0);
+  };
+  ProblemConfig one;  // one long sequence, one head
+  one.Hk = one.Hv = 1;
+  one.K = 24;
+  one.V = 40;
+  one.T = 301;
+  one.b_max = 2.0;
+  ProblemConfig packed = one;  // two sequences (one shorter than a chunk) and an empty one
+  packed.seqlens = {130, 7, 0};
+  ProblemConfig grouped = one;  // one key head, two value heads adding into it
+  grouped.Hv = 2;
+  grouped.T = 150;
+  grouped.gates_per_key_head = true;
+  for (const auto& cfg : {one, packed, grouped}) {
+    run(float{}, cfg, tp);
+    run(double{}, cfg, tp);
+    run(float{}, cfg, last_first);
+  }
+}
+
 namespace {
 
 /// A misuse case: every backward entry point must fail with `code` and a message

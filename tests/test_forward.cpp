@@ -228,3 +228,28 @@ TEST_CASE("forward: chunk-parallel schedule (few heads, long sequences) matches 
     CHECK(ws.bytes() > 0);
   }
 }
+
+TEST_CASE("forward: chunk-parallel schedule with more value slices than chunks", "[forward][parallel]") {
+  // One short sequence (2 chunks) on 8 slots: the state pass runs V/16 = 8 slices, more
+  // work items than phase 1 had chunks — every slot must still have its scratch. The
+  // last-slot-first executor makes the highest slot do the work.
+  const FunctionExecutor last_first = last_slot_first(8);
+  ProblemConfig cfg;
+  cfg.Hk = cfg.Hv = 1;
+  cfg.K = 32;
+  cfg.V = 128;
+  cfg.T = 100;
+  RandomProblem<KDA, float> rp(cfg);
+  const auto ref = reference_forward<KDA>(rp.problem());
+  auto o = rp.make_output();
+  auto s = rp.make_state();
+  o.fill(NAN);
+  Workspace ws;
+  Options opt;
+  opt.executor = &last_first;
+  opt.workspace = &ws;
+  REQUIRE(chunk_forward<KDA>(rp.problem(), Outputs<float, float>{o.view(), s.view()}, opt).ok());
+  CHECK(rel_error(o.view(), ref.o.view()) <= 1e-5);
+  CHECK(rel_error(s.view(), ref.final_state.view()) <= 1e-5);
+  CHECK(ws.pool<detail::ChunkScratch<float>>(0, Index(64), cfg.K, cfg.V).size() >= 8);  // one per slot used
+}

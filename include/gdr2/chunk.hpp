@@ -292,7 +292,12 @@ Status chunk_forward(const Problem<T>& p, const Outputs<TO, accum_t<T>>& out, co
   }
   first_chunk[size_t(pairs)] = Index(chunks.size());
   const Index nchunks = Index(chunks.size());
-  auto& scratch = detail::scratch_pool<detail::ChunkScratch<Acc>>(opt, local, detail::slot_count(ex, std::max(nchunks, pairs)), C, d.K, d.V);
+  // Phase 2 (the state pass) runs over value-column slices of ≥ 16 columns.
+  const Index want = (2 * Index(ex.concurrency()) + pairs - 1) / pairs;
+  const Index slices = std::max<Index>(1, std::min<Index>(want, d.V / 16));
+  const Index width = (d.V + slices - 1) / slices;
+  // One scratch per slot of the wider phase (short sequences: more slices than chunks).
+  auto& scratch = detail::scratch_pool<detail::ChunkScratch<Acc>>(opt, local, detail::slot_count(ex, std::max(nchunks, pairs * slices)), C, d.K, d.V);
   auto& factors = detail::scratch_pool<detail::ChunkFactors<Acc>>(opt, local, nchunks, C, d.K, d.V);
   parallel_for(ex, nchunks, [&](Index c, int slot) {
     const auto& ch = chunks[size_t(c)];
@@ -301,10 +306,7 @@ Status chunk_forward(const Problem<T>& p, const Outputs<TO, accum_t<T>>& out, co
     detail::chunk_factors(ws, ch.len, scale);
     factors[size_t(c)].take(ws);
   });
-  // Phase 2: the state pass, split over value-column slices of ≥ 16 columns.
-  const Index want = (2 * Index(ex.concurrency()) + pairs - 1) / pairs;
-  const Index slices = std::max<Index>(1, std::min<Index>(want, d.V / 16));
-  const Index width = (d.V + slices - 1) / slices;
+  // Phase 2: the state pass, over (pair, value-column slice).
   parallel_for(ex, pairs * slices, [&](Index item, int slot) {
     const Index pair = item / slices, j0 = (item % slices) * width, w = std::min(width, d.V - j0);
     const Index n = pair / d.Hv, hv = pair % d.Hv;
