@@ -108,15 +108,17 @@ GDR2_HD float ld_in(const void* base, long long off, int dt) {
 }
 
 #if defined(GDR2_BWD_PHASES) && defined(__CUDACC__)
-// Profiling build only (cuda/src/backward_phases.cu): block (0, 0) of every kernel records
-// clock64() at its entry (negated) and after every barrier, in launch order.
-__device__ long long gdr2_bwd_clk[8192];
-__device__ int gdr2_bwd_nclk;
+// Profiling build only (cuda/src/backward_phases.cu): block (0, 0) of every kernel (trace
+// 0) and block (0, last y) (trace 1: the reverse role of the state passes) record
+// clock64() at their entry (negated) and after every barrier, in launch order.
+__device__ long long gdr2_bwd_clk[2][8192];
+__device__ int gdr2_bwd_nclk[2];
 __device__ __forceinline__ void gdr2_bwd_mark(bool entry) {
 #if defined(__CUDA_ARCH__)
-  if (blockIdx.x == 0 && blockIdx.y == 0 && threadIdx.x == 0) {
-    const int i = gdr2_bwd_nclk++;
-    if (i < 8192) gdr2_bwd_clk[i] = entry ? -clock64() : clock64();
+  if (blockIdx.x == 0 && threadIdx.x == 0 && (blockIdx.y == 0 || blockIdx.y == gridDim.y - 1)) {
+    const int tr = blockIdx.y == 0 ? 0 : 1;
+    const int i = gdr2_bwd_nclk[tr]++;
+    if (i < 8192) gdr2_bwd_clk[tr][i] = entry ? -clock64() : clock64();
   }
 #endif
 }
@@ -335,7 +337,9 @@ GDR2_HD void mm(const Blk& bk, int M, int N, int KD, FA&& fa, FB&& fb, FO&& fo) 
         }
       }
     } else {
-#pragma unroll 2
+      // four k-steps unrolled: their fragment loads are issued ahead of the dependent
+      // mma chain (two left each warp waiting on shared-memory latency)
+#pragma unroll 4
       for (int k0 = 0; k0 < KD; k0 += 8) {
         const float a[4] = {fa(m0 + g, k0 + t), fa(m0 + g + 8, k0 + t), fa(m0 + g, k0 + t + 4),
                             fa(m0 + g + 8, k0 + t + 4)};

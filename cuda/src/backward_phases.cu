@@ -56,43 +56,43 @@ int main() {
   void* ws = nullptr;
   cudaMalloc(&ws, bytes);
   for (int rep = 0; rep < 2; ++rep) {  // the second run is the one reported (warm)
-    const int zero = 0;
-    cudaMemcpyToSymbol(cuda::detail::bwd::gdr2_bwd_nclk, &zero, sizeof zero);
+    const int zero[2] = {0, 0};
+    cudaMemcpyToSymbol(cuda::detail::bwd::gdr2_bwd_nclk, zero, sizeof zero);
     check(cuda::chunk_backward<GDR2>(p, up, gr, {}, ws, bytes, nullptr));
     if (cudaDeviceSynchronize() != cudaSuccess) return 1;
   }
-  int n = 0;
-  cudaMemcpyFromSymbol(&n, cuda::detail::bwd::gdr2_bwd_nclk, sizeof n);
-  n = n < 8192 ? n : 8192;
-  std::vector<long long> c(std::size_t(n) + 1);
-  cudaMemcpyFromSymbol(c.data(), cuda::detail::bwd::gdr2_bwd_clk, std::size_t(n) * 8);
+  int cnt[2] = {0, 0};
+  cudaMemcpyFromSymbol(cnt, cuda::detail::bwd::gdr2_bwd_nclk, sizeof cnt);
+  std::vector<long long> all(2 * 8192);
+  cudaMemcpyFromSymbol(all.data(), cuda::detail::bwd::gdr2_bwd_clk, all.size() * 8);
   const char* names[] = {"prep", "states", "grad1", "grad2", "reduce"};
-  int k = -1;
-  long long t0 = 0, prev = 0;
-  std::vector<long long> ph;
-  auto flush = [&] {
-    if (k < 0) return;
-    long long tot = 0;
-    for (long long x : ph) tot += x;
-    std::printf("%-7s block (0,0): %lld cycles, %zu phases:", k < 5 ? names[k] : "?", tot, ph.size());
-    if (ph.size() <= 64)
-      for (long long x : ph) std::printf(" %lld", x);
-    else  // the state passes: chunk steps of 4 barriers; print the first 8 steps
-      for (std::size_t i = 0; i < 32; ++i) std::printf(" %lld", ph[i]);
-    std::printf("\n");
-  };
-  for (int i = 0; i < n; ++i) {
-    if (c[i] < 0) {
-      flush();
-      ++k;
-      ph.clear();
-      t0 = prev = -c[i];
-      continue;
+  for (int tr = 0; tr < 2; ++tr) {
+    const int n = cnt[tr] < 8192 ? cnt[tr] : 8192;
+    const long long* c = all.data() + tr * 8192;
+    std::printf("trace %d: block (0, %s)\n", tr, tr ? "last y: head Hv-1 / the reverse role" : "0");
+    int k = -1;
+    long long prev = 0;
+    std::vector<long long> ph;
+    auto flush = [&] {
+      if (k < 0) return;
+      long long tot = 0;
+      for (long long x : ph) tot += x;
+      std::printf("%-7s %lld cycles, %zu phases:", k < 5 ? names[k] : "?", tot, ph.size());
+      for (std::size_t i = 0; i < ph.size() && i < 40; ++i) std::printf(" %lld", ph[i]);
+      std::printf("\n");
+    };
+    for (int i = 0; i < n; ++i) {
+      if (c[i] < 0) {
+        flush();
+        ++k;
+        ph.clear();
+        prev = -c[i];
+        continue;
+      }
+      ph.push_back(c[i] - prev);
+      prev = c[i];
     }
-    ph.push_back(c[i] - prev);
-    prev = c[i];
+    flush();
   }
-  flush();
-  (void)t0;
   return 0;
 }
