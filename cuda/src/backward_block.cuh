@@ -337,9 +337,8 @@ GDR2_HD void mm(const Blk& bk, int M, int N, int KD, FA&& fa, FB&& fb, FO&& fo) 
         }
       }
     } else {
-      // four k-steps unrolled: their fragment loads are issued ahead of the dependent
-      // mma chain (two left each warp waiting on shared-memory latency)
-#pragma unroll 4
+      // two k-steps unrolled (four measured slower: grad-2 5.9 → 6.4 ms, cuda/NOTES.md v8)
+#pragma unroll 2
       for (int k0 = 0; k0 < KD; k0 += 8) {
         const float a[4] = {fa(m0 + g, k0 + t), fa(m0 + g + 8, k0 + t), fa(m0 + g, k0 + t + 4),
                             fa(m0 + g + 8, k0 + t + 4)};
