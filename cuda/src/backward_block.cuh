@@ -395,12 +395,15 @@ GDR2_HD void mm(const Blk& bk, int M, int N, int KD, FA&& fa, FB&& fb, FO&& fo) 
   bk.sync();
 }
 
-/// mm with 16×16 tiles when they give every warp a tile, else 16×8 tiles (twice as many
-/// tiles, each operand A fragment read twice as often): for the small products whose
-/// 16×16 tiles would leave warps idle (latency-bound phases).
+/// mm with the widest tiles (16×32, 16×16 or 16×8) that still give every warp a tile:
+/// wider tiles read each A fragment for more products (fewer operand loads per mma),
+/// narrower ones keep every warp busy in the small products of the state passes.
 template <int MATH, class FA, class FB, class FO>
 GDR2_HD void mm_auto(const Blk& bk, int M, int N, int KD, FA&& fa, FB&& fb, FO&& fo) {
-  if (N % 16 == 0 && (M / 16) * (N / 16) >= bk.nthr / 32)
+  const int nw = bk.nthr / 32;
+  if (N % 32 == 0 && (M / 16) * (N / 32) >= nw)
+    mm<4, MATH>(bk, M, N, KD, fa, fb, fo);
+  else if (N % 16 == 0 && (M / 16) * (N / 16) >= nw)
     mm<2, MATH>(bk, M, N, KD, fa, fb, fo);
   else
     mm<1, MATH>(bk, M, N, KD, fa, fb, fo);

@@ -529,19 +529,30 @@ GDR2_HD void state_body(const Blk& bk, const P& p, int pair, int slice, int role
         bq, kC, VS, kC + D, [&](int r, int k) { return k < kC ? sAqk[k * kPC + r] : sA1[r * PD + k - kC]; },
         [&](int k, int j) { return k < kC ? sdO[k * PV + j] : sS[(k - kC) * PV + j]; },
         [&](int r, int j, float v) { sdR[r * PV + j] = v; });
-    if (pipe && c > 0) {
-      tilesA(c - 1);  // Ktail, Aqk are dead
-      bk.commit();
-      bq.sync();  // group B of chunk c in place, group A of chunk c−1 in flight
+    if (pipe) {
+      if (c > 0) {
+        tilesA(c - 1);  // Ktail, Aqk are dead
+        bk.commit();
+        bq.sync();  // group B of chunk c in place, group A of chunk c−1 in flight
+      } else {
+        bk.sync();
+      }
+      // dS ← γ_C ⊙ dS + Qγᵀ dO − Yᵀ dR
+      mm_auto<MATH>(
+          bq, D, VS, 2 * kC, [&](int m, int k) { return k < kC ? sQg[k * PD + m] : -sA2[(k - kC) * PD + m]; },
+          [&](int k, int j) { return k < kC ? sdO[k * PV + j] : sdR[(k - kC) * PV + j]; },
+          [&](int m, int j, float v) { sS[m * PV + j] = sg[m] * sS[m * PV + j] + v; });
     } else {
-      if (!pipe) copy_tile(bk, sQg, PD, recp(c) + Rec<D>::Qg, D, kC, D);  // over Ktail
-      bk.sync();
+      // Qγ over Ktail, in flight during the first half of the update (dS ← γ_C ⊙ dS − Yᵀ
+      // dR), whose closing barrier waits for it; then dS += Qγᵀ dO
+      copy_tile(bk, sQg, PD, recp(c) + Rec<D>::Qg, D, kC, D);
+      mm_auto<MATH>(
+          bk, D, VS, kC, [&](int m, int k) { return -sA2[k * PD + m]; }, [&](int k, int j) { return sdR[k * PV + j]; },
+          [&](int m, int j, float v) { sS[m * PV + j] = sg[m] * sS[m * PV + j] + v; });
+      mm_auto<MATH>(
+          bk, D, VS, kC, [&](int m, int k) { return sQg[k * PD + m]; }, [&](int k, int j) { return sdO[k * PV + j]; },
+          [&](int m, int j, float v) { sS[m * PV + j] += v; });
     }
-    // dS ← γ_C ⊙ dS + Qγᵀ dO − Yᵀ dR
-    mm_auto<MATH>(
-        bq, D, VS, 2 * kC, [&](int m, int k) { return k < kC ? sQg[k * PD + m] : -sA2[(k - kC) * PD + m]; },
-        [&](int k, int j) { return k < kC ? sdO[k * PV + j] : sdR[(k - kC) * PV + j]; },
-        [&](int m, int j, float v) { sS[m * PV + j] = sg[m] * sS[m * PV + j] + v; });
     if (pipe && c > 0) {
       tilesB(c - 1);  // Y, Qγ, γ_C are dead
       bk.commit();
