@@ -148,10 +148,11 @@ enum class BackwardMath {
 
 /// Options of the CUDA chunk backward.
 struct BackwardOptions {
-  /// Products of the backward. automatic (default) = tf32 for 16-bit inputs (errors
-  /// ≈ 1e-3 vs fp64, within the 5e-3 of issue 6, and inputs already carry 2^-8..2^-11);
-  /// tf32x3 for fp32 inputs: plain tf32 products alone give up to ≈ 1.6e-3 (db), over the
-  /// 1e-3 that fp32 inputs must meet, the split products ≈ 1e-5.
+  /// Products of the backward. automatic (the default) = tf32 for bf16 / fp16 inputs
+  /// (measured ≤ 1.5e-3 relative error per gradient vs fp64, within issue 6's 5e-3) and
+  /// tf32x3 for fp32 inputs: tf32 products reach 1.5–1.6e-3 on db (the error comes from
+  /// the products, not the inputs), over the 1e-3 fp32 inputs must meet; split tf32
+  /// measured ≤ 2e-5 (cuda/NOTES.md, Backward, Accuracy).
   BackwardMath math = BackwardMath::automatic;
   /// Value columns per block of the state passes (16, 32, 64 or 128, at most V);
   /// 0 = automatic (the narrowest slice whose blocks still fit in one wave).
