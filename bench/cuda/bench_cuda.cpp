@@ -10,6 +10,8 @@
 #include <gdr2/cuda/gdr2_cuda.hpp>
 #include <gdr2/gdr2.hpp>
 
+#include "bench_util.hpp"
+
 #include <benchmark/benchmark.h>
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
@@ -20,68 +22,10 @@
 #include <vector>
 
 using namespace gdr2;
+using namespace gdr2::bench;
 using bf16 = Eigen::bfloat16;
 
 namespace {
-
-#define CK(x)                                                                                   \
-  do {                                                                                          \
-    cudaError_t e_ = (x);                                                                       \
-    if (e_ != cudaSuccess) {                                                                    \
-      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_)); \
-      std::exit(1);                                                                             \
-    }                                                                                           \
-  } while (0)
-
-struct Timer {
-  cudaEvent_t a, b;
-  std::vector<double> ms;
-  Timer() {
-    CK(cudaEventCreate(&a));
-    CK(cudaEventCreate(&b));
-  }
-  ~Timer() {
-    cudaEventDestroy(a);
-    cudaEventDestroy(b);
-  }
-  template <class F>
-  void iteration(benchmark::State& state, cudaStream_t s, F&& f) {
-    CK(cudaEventRecord(a, s));
-    f();
-    CK(cudaEventRecord(b, s));
-    CK(cudaEventSynchronize(b));
-    float t = 0;
-    CK(cudaEventElapsedTime(&t, a, b));
-    ms.push_back(t);
-    state.SetIterationTime(t * 1e-3);
-  }
-  double median() {
-    std::sort(ms.begin(), ms.end());
-    return ms.empty() ? 0 : ms[ms.size() / 2];
-  }
-};
-
-/// Deterministic fill on the host (xorshift), values in [lo, hi).
-template <class X>
-void fill(std::vector<X>& v, double lo, double hi, std::uint64_t seed) {
-  std::uint64_t s = seed * 0x9E3779B97F4A7C15ull + 1;
-  for (auto& x : v) {
-    s ^= s << 13;
-    s ^= s >> 7;
-    s ^= s << 17;
-    const double u = double(s >> 11) * (1.0 / 9007199254740992.0);
-    x = X(float(lo + (hi - lo) * u));
-  }
-}
-template <class X>
-X* device_random(std::size_t n, double lo, double hi, std::uint64_t seed) {
-  std::vector<X> h(n);
-  fill(h, lo, hi, seed);
-  X* d = nullptr;
-  CK(cudaMalloc(&d, n * sizeof(X)));
-  CK(cudaMemcpy(d, h.data(), n * sizeof(X), cudaMemcpyHostToDevice));
-  return d;
-}
 
 void BM_copy(benchmark::State& state) {
   const std::size_t bytes = std::size_t(1) << 30;

@@ -12,6 +12,8 @@
 #include <gdr2/cuda/backward.hpp>
 #include <gdr2/gdr2.hpp>
 
+#include "bench_util.hpp"
+
 #include <benchmark/benchmark.h>
 #include <cuda_runtime.h>
 
@@ -21,63 +23,10 @@
 #include <vector>
 
 using namespace gdr2;
+using namespace gdr2::bench;
 using bf16 = Eigen::bfloat16;
 
 namespace {
-
-#define CK(x)                                                                                   \
-  do {                                                                                          \
-    cudaError_t e_ = (x);                                                                       \
-    if (e_ != cudaSuccess) {                                                                    \
-      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_)); \
-      std::exit(1);                                                                             \
-    }                                                                                           \
-  } while (0)
-
-struct Timer {
-  cudaEvent_t a, b;
-  std::vector<double> ms;
-  Timer() {
-    CK(cudaEventCreate(&a));
-    CK(cudaEventCreate(&b));
-  }
-  ~Timer() {
-    cudaEventDestroy(a);
-    cudaEventDestroy(b);
-  }
-  template <class F>
-  void iteration(benchmark::State& state, cudaStream_t s, F&& f) {
-    CK(cudaEventRecord(a, s));
-    f();
-    CK(cudaEventRecord(b, s));
-    CK(cudaEventSynchronize(b));
-    float t = 0;
-    CK(cudaEventElapsedTime(&t, a, b));
-    ms.push_back(t);
-    state.SetIterationTime(t * 1e-3);
-  }
-  double median() {
-    std::sort(ms.begin(), ms.end());
-    return ms.empty() ? 0 : ms[ms.size() / 2];
-  }
-};
-
-/// Deterministic fill on the host (xorshift), values in [lo, hi).
-template <class X>
-X* device_random(std::size_t n, double lo, double hi, std::uint64_t seed) {
-  std::vector<X> h(n);
-  std::uint64_t s = seed * 0x9E3779B97F4A7C15ull + 1;
-  for (auto& x : h) {
-    s ^= s << 13;
-    s ^= s >> 7;
-    s ^= s << 17;
-    x = X(float(lo + (hi - lo) * (double(s >> 11) * (1.0 / 9007199254740992.0))));
-  }
-  X* d = nullptr;
-  CK(cudaMalloc(&d, n * sizeof(X)));
-  CK(cudaMemcpy(d, h.data(), n * sizeof(X), cudaMemcpyHostToDevice));
-  return d;
-}
 
 /// One GDR-2 training problem on the device: inputs (element type X), dO, dS_T and
 /// every gradient.

@@ -9,7 +9,7 @@
 // Seeds: fresh per run (printed on failure); set GDR2_TEST_SEED to replay one.
 #include <gdr2/cuda/gdr2_cuda.hpp>
 
-#include "common.hpp"
+#include "cuda/cuda_test_util.hpp"
 
 #include <cuda_runtime.h>
 
@@ -20,79 +20,11 @@
 #include <vector>
 
 using namespace gdr2;
-using gdr2::test::describe;
+using namespace gdr2::test;
 using bf16 = Eigen::bfloat16;
 using f16 = Eigen::half;
 
 namespace {
-
-bool have_gpu() {
-  int n = 0;
-  const cudaError_t e = cudaGetDeviceCount(&n);
-  if (e != cudaSuccess) {
-    (void)cudaGetLastError();
-    return false;
-  }
-  return n > 0;
-}
-
-#define SKIP_WITHOUT_GPU()                                   \
-  if (!have_gpu()) {                                         \
-    WARN("no CUDA device (cudaGetDeviceCount): test skipped"); \
-    return;                                                  \
-  }
-
-#define CUDA_OK(x)                                      \
-  do {                                                  \
-    const cudaError_t e_ = (x);                         \
-    INFO(#x << " -> " << cudaGetErrorString(e_));       \
-    REQUIRE(e_ == cudaSuccess);                         \
-  } while (0)
-
-std::uint64_t base_seed() {
-  static const std::uint64_t s = [] {
-    if (const char* e = std::getenv("GDR2_TEST_SEED")) return std::uint64_t(std::strtoull(e, nullptr, 10));
-    return std::uint64_t(std::chrono::high_resolution_clock::now().time_since_epoch().count());
-  }();
-  return s;
-}
-
-/// Owning device buffer.
-template <class X>
-struct DBuf {
-  X* p = nullptr;
-  std::size_t n = 0;
-  DBuf() = default;
-  explicit DBuf(std::size_t count) : n(count) {
-    if (n) CUDA_OK(cudaMalloc(&p, n * sizeof(X)));
-  }
-  DBuf(const DBuf&) = delete;
-  DBuf& operator=(const DBuf&) = delete;
-  DBuf(DBuf&& o) noexcept : p(o.p), n(o.n) { o.p = nullptr; }
-  DBuf& operator=(DBuf&& o) noexcept {
-    std::swap(p, o.p);
-    std::swap(n, o.n);
-    return *this;
-  }
-  ~DBuf() {
-    if (p) cudaFree(p);
-  }
-  void upload(const X* h) { CUDA_OK(cudaMemcpy(p, h, n * sizeof(X), cudaMemcpyHostToDevice)); }
-  void download(X* h) const { CUDA_OK(cudaMemcpy(h, p, n * sizeof(X), cudaMemcpyDeviceToHost)); }
-  void poison() { CUDA_OK(cudaMemset(p, 0xFF, n * sizeof(X))); }  // NaN for fp16 / bf16 / fp32
-};
-
-template <class X>
-DBuf<X> to_device(const Tensor<X>& t) {
-  DBuf<X> d(std::size_t(t.size()));
-  if (t.size()) d.upload(t.data());
-  return d;
-}
-template <class X>
-View<const X> dview(const DBuf<X>& d, const Tensor<X>& t) {
-  if (t.empty()) return {};
-  return View<const X>(d.p, t.shape(), contiguous_strides(t.shape()));
-}
 
 /// A RandomProblem's inputs on the device, as a Problem of device views.
 template <class Policy, class T>
