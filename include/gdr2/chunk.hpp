@@ -113,21 +113,20 @@ void decayed_gram(const RowMat<Acc>& A, const RowMat<Acc>& B, const ChunkDecay<A
   decayed_grams<Acc, 1>({GramTerm<Acc>{&A, &out, strict, &AF}}, B, dc, n, BF, p);
 }
 
-/// Per-slot scratch of the chunk forward.
+/// A chunk's inputs and the WY quantities that the forward and the backward both
+/// form from them (phase 1 of SPEC §3 up to [Y U]); ChunkScratch and
+/// ChunkBackwardScratch extend it. Row counts are C (the chunk size); a chunk of
+/// n ≤ C tokens uses the first n rows.
 template <class Acc>
-struct ChunkScratch {
+struct ChunkWY {
   RowMat<Acc> Q, Kc, g, Bg, Vv, Wg;  // raw chunk inputs (Bg, Wg: erase / write gates)
-  RowMat<Acc> Bk, Qs, T, Aqk, EZ, YU, R, O, Kt, AF, AF2, BF, S;
+  RowMat<Acc> Bk, Qs, T, Aqk, EZ, YU, R, Kt, AF, AF2, BF;
   Eigen::Matrix<Acc, Eigen::Dynamic, Eigen::Dynamic> A;  // (I + T)⁻¹, unit lower (column-major)
   ChunkDecay<Acc> dc;
-  Vec<Acc> p, gammaC;
-  ChunkScratch(Index C, Index K, Index V)
+  Vec<Acc> p;
+  ChunkWY(Index C, Index K, Index V)
       : Q(C, K), Kc(C, K), g(C, K), Bg(C, K), Vv(C, V), Wg(C, V), Bk(C, K), Qs(C, K), T(C, C), Aqk(C, C),
-        EZ(C, K + V), YU(C, K + V), R(C, V), O(C, V), Kt(C, K), AF(C, K), AF2(C, K), BF(C, K), S(K, V), A(C, C), dc(C, K), p(K), gammaC(K) {}
-  std::size_t bytes() const {
-    const Index C = Q.rows(), K = Q.cols(), V = Vv.cols();
-    return sizeof(Acc) * std::size_t(18 * C * K + 5 * C * V + 3 * C * C + 2 * C * (K + V) + K * V + 2 * K);
-  }
+        EZ(C, K + V), YU(C, K + V), R(C, V), Kt(C, K), AF(C, K), AF2(C, K), BF(C, K), A(C, C), dc(C, K), p(K) {}
 
   /// Load tokens [t0, t0+n) of (batch row b, value head hv) through the policy.
   template <class Policy, class T>
@@ -141,12 +140,25 @@ struct ChunkScratch {
   }
 };
 
-/// Phase 1 of a chunk (SPEC §3): everything that does not depend on the incoming
-/// state. From the loaded chunk it leaves in ws
-///   A = (I + T)⁻¹ (n×n),  YU = [Y U] = A [Ē Z]  (n×(K+V)),  Aqk (n×n, lower),
-///   AF = Qγ = scale·q ⊙ γ (n×K),  Kt = Ktail = exp(G_n − G_r) ⊙ k (n×K),  gammaC = γ_n (K).
+/// Per-slot scratch of the chunk forward.
 template <class Acc>
-void chunk_factors(ChunkScratch<Acc>& ws, Index n, Acc scale) {
+struct ChunkScratch : ChunkWY<Acc> {
+  RowMat<Acc> O, S;
+  Vec<Acc> gammaC;
+  ChunkScratch(Index C, Index K, Index V) : ChunkWY<Acc>(C, K, V), O(C, V), S(K, V), gammaC(K) {}
+  std::size_t bytes() const {
+    const Index C = this->Q.rows(), K = this->Q.cols(), V = this->Vv.cols();
+    return sizeof(Acc) * std::size_t(18 * C * K + 5 * C * V + 3 * C * C + 2 * C * (K + V) + K * V + 2 * K);
+  }
+};
+
+/// The WY core of a loaded chunk of n tokens, shared by the forward's phase 1 and
+/// the backward's recompute: decays (ws.dc), Bk = b ⊙ k, Qs = scale·q, the
+/// decay-weighted Grams T (strict) and Aqk, A = (I + T)⁻¹ and
+/// [Y U] = A [Ē Z] with Ē = γ ⊙ b ⊙ k, Z = w ⊙ v (EZ holds [Ē Z]; AF, AF2, BF, p
+/// are used as scratch).
+template <class Acc>
+void chunk_wy(ChunkWY<Acc>& ws, Index n, Acc scale) {
   const Index K = ws.Q.cols(), V = ws.Vv.cols();
   auto& dc = ws.dc;
   dc.build(ws.g, n);
@@ -157,8 +169,8 @@ void chunk_factors(ChunkScratch<Acc>& ws, Index n, Acc scale) {
                          GramTerm<Acc>{&ws.Qs, &ws.Aqk, /*strict=*/false, &ws.AF2}},
                         ws.Kc, dc, n, ws.BF, ws.p);
   // A = (I + T)⁻¹ by forward substitution on the identity (fp32 or better, SPEC §5),
-  // then [Y U] = A [Ē Z] with Ē = γ ⊙ b ⊙ k, Z = w ⊙ v as one triangular product
-  // (cheaper than substituting the n×(K+V) right-hand side directly).
+  // then [Y U] = A [Ē Z] as one triangular product (cheaper than substituting the
+  // n×(K+V) right-hand side directly).
   auto A = ws.A.topLeftCorner(n, n);
   A.setIdentity();
   ws.T.topLeftCorner(n, n).template triangularView<Eigen::UnitLower>().solveInPlace(A);
@@ -166,6 +178,16 @@ void chunk_factors(ChunkScratch<Acc>& ws, Index n, Acc scale) {
   EZ.leftCols(K) = ws.Bk.topRows(n).cwiseProduct(dc.Gam.topRows(n));
   EZ.rightCols(V) = ws.Wg.topRows(n).cwiseProduct(ws.Vv.topRows(n));
   ws.YU.topRows(n).noalias() = A.template triangularView<Eigen::UnitLower>() * EZ;
+}
+
+/// Phase 1 of a chunk (SPEC §3): everything that does not depend on the incoming
+/// state. From the loaded chunk it leaves in ws
+///   A = (I + T)⁻¹ (n×n),  YU = [Y U] = A [Ē Z]  (n×(K+V)),  Aqk (n×n, lower),
+///   AF = Qγ = scale·q ⊙ γ (n×K),  Kt = Ktail = exp(G_n − G_r) ⊙ k (n×K),  gammaC = γ_n (K).
+template <class Acc>
+void chunk_factors(ChunkScratch<Acc>& ws, Index n, Acc scale) {
+  chunk_wy(ws, n, scale);
+  const auto& dc = ws.dc;
   ws.AF.topRows(n) = ws.Qs.topRows(n).cwiseProduct(dc.Gam.topRows(n));
   // Ktail_r = k_r ⊙ exp(G_{n−1} − G_r) = k_r ⊙ Fout_r ⊙ exp(G_{n−1} − G_{end(r)}).
   for (Index b0 = 0; b0 < n; b0 += kSubBlock) {

@@ -156,69 +156,43 @@ void decayed_apply2_t(const RowMat<Acc>& M1, const RowMat<Acc>& X1, const RowMat
   }
 }
 
-/// Per-slot scratch of the chunk backward. Row counts are C (the chunk size); a
-/// chunk of n ≤ C tokens uses the first n rows.
+/// Per-slot scratch of the chunk backward: the chunk's inputs and recomputed WY
+/// quantities (ChunkWY), plus the gradients.
 template <class Acc>
-struct ChunkBackwardScratch {
-  // chunk inputs, one token per row (Bg, Wg: erase / write gates)
-  RowMat<Acc> Q, Kc, g, Bg, Vv, Wg;
+struct ChunkBackwardScratch : ChunkWY<Acc> {
   // [dO; dR] (2C×V): dL/do of the chunk in rows [0, n), dL/dR in rows [n, 2n)
   RowMat<Acc> DOR;
-  // recomputed forward quantities (A = (I+T)⁻¹, column-major like the forward's)
-  RowMat<Acc> Bk, Qs, T, Aqk, EZ, YU, R, Kf, Kt, AF, AF2, BF;
-  Eigen::Matrix<Acc, Eigen::Dynamic, Eigen::Dynamic> A;
+  // recomputed forward quantities beyond ChunkWY: Kf_r = exp(G_C − G_r)
+  RowMat<Acc> Kf;
   // gradients and scratch ([Qγ; −Y] and [dO; dR]·S_0ᵀ are 2C×K)
   RowMat<Acc> QY, P, dQs, dBk, dK, dG, dV, dW, dT, dAqk, X, acc;
   RowMat<Acc> S, dS, dS0;  // chunk-start state, dL/dS at the chunk end (→ start), accumulator
-  ChunkDecay<Acc> dc;
-  Vec<Acc> p, diag;
+  Vec<Acc> diag;
   std::vector<RowMat<Acc>> starts;  // chunk-start states of one sequence (no-context path)
 
   ChunkBackwardScratch(Index C, Index K, Index V)
-      : Q(C, K), Kc(C, K), g(C, K), Bg(C, K), Vv(C, V), Wg(C, V), DOR(2 * C, V), Bk(C, K), Qs(C, K), T(C, C),
-        Aqk(C, C), EZ(C, K + V), YU(C, K + V), R(C, V), Kf(C, K), Kt(C, K), AF(C, K), AF2(C, K), BF(C, K), A(C, C),
-        QY(2 * C, K), P(2 * C, K), dQs(C, K), dBk(C, K), dK(C, K), dG(C, K), dV(C, V), dW(C, V), dT(C, C),
-        dAqk(C, C), X(C, K), acc(kSubBlock, K), S(K, V), dS(K, V), dS0(K, V), dc(C, K), p(K), diag(C) {}
+      : ChunkWY<Acc>(C, K, V), DOR(2 * C, V), Kf(C, K), QY(2 * C, K), P(2 * C, K), dQs(C, K), dBk(C, K), dK(C, K),
+        dG(C, K), dV(C, V), dW(C, V), dT(C, C), dAqk(C, C), X(C, K), acc(kSubBlock, K), S(K, V), dS(K, V),
+        dS0(K, V), diag(C) {}
 
-  /// Load tokens [t0, t0+n) of (batch row b, value head hv) through the policy.
-  template <class Policy, class T>
-  void load(const TokenReader<Policy, T>& rd, Index b, Index t0, Index n, Index hv) {
-    for (Index r = 0; r < n; ++r) {
-      const Index t = t0 + r;
-      rd.qk(b, t, hv, Q.row(r).data(), Kc.row(r).data());
-      rd.v(b, t, hv, Vv.row(r).data());
-      rd.gates(b, t, hv, g.row(r).data(), Bg.row(r).data(), Wg.row(r).data());
-    }
-  }
   /// Bytes held (for Workspace::bytes).
   std::size_t bytes() const {
-    const Index C = Q.rows(), K = Q.cols(), V = Vv.cols();
+    const Index C = this->Q.rows(), K = this->Q.cols(), V = this->Vv.cols();
     return sizeof(Acc) * std::size_t(23 * C * K + 9 * C * V + 5 * C * C + 2 * C * (K + V) + kSubBlock * K +
                                      (3 + Index(starts.size())) * K * V + 2 * K + C);
   }
 };
 
 /// Recompute the forward quantities of one chunk of n tokens from its inputs and
-/// its start state ws.S (SPEC §3): decays, Bk = b ⊙ k, Qs = scale·q, T and Aqk,
-/// A = (I+T)⁻¹, [Y U] = A [γ ⊙ Bk, w ⊙ v], R = U − Y S_0, Kf_r = exp(G_C − G_r).
+/// its start state ws.S (SPEC §3): the WY core (chunk_wy: decays, Bk = b ⊙ k,
+/// Qs = scale·q, T and Aqk, A = (I+T)⁻¹, [Y U] = A [γ ⊙ Bk, w ⊙ v]), then
+/// R = U − Y S_0 and Kf_r = exp(G_C − G_r), Ktail = k ⊙ Kf.
 template <class Acc>
 void chunk_recompute(ChunkBackwardScratch<Acc>& ws, Index n, Acc scale) {
   const Index K = ws.Q.cols(), V = ws.Vv.cols();
-  auto& dc = ws.dc;
-  dc.build(ws.g, n);
-  ws.Bk.topRows(n) = ws.Bg.topRows(n).cwiseProduct(ws.Kc.topRows(n));
-  ws.Qs.topRows(n) = scale * ws.Q.topRows(n);
-  decayed_grams<Acc, 2>({GramTerm<Acc>{&ws.Bk, &ws.T, /*strict=*/true, &ws.AF},
-                         GramTerm<Acc>{&ws.Qs, &ws.Aqk, /*strict=*/false, &ws.AF2}},
-                        ws.Kc, dc, n, ws.BF, ws.p);
-  auto A = ws.A.topLeftCorner(n, n);
-  A.setIdentity();
-  ws.T.topLeftCorner(n, n).template triangularView<Eigen::UnitLower>().solveInPlace(A);
-  auto EZ = ws.EZ.topRows(n);
-  EZ.leftCols(K) = ws.Bk.topRows(n).cwiseProduct(dc.Gam.topRows(n));
-  EZ.rightCols(V) = ws.Wg.topRows(n).cwiseProduct(ws.Vv.topRows(n));
+  chunk_wy(ws, n, scale);
+  const auto& dc = ws.dc;
   auto YU = ws.YU.topRows(n);
-  YU.noalias() = A.template triangularView<Eigen::UnitLower>() * EZ;
   auto R = ws.R.topRows(n);
   R = YU.rightCols(V);
   R.noalias() -= YU.leftCols(K) * ws.S;
