@@ -257,6 +257,40 @@ void write_rows(const View<TO>& o, Index b, Index t0, Index len, Index hv, const
   }
 }
 
+/// The pair-parallel schedule of the chunk forward, shared by chunk_forward and
+/// chunk_forward_save: (sequence, value head) pairs run in parallel, each walking
+/// its chunks on its slot's scratch. `at_chunk(n, c, hv, S)` is called with the
+/// state S at the start of chunk c of sequence n, before the chunk advances it (a
+/// template parameter, so that it inlines; the plain forward passes a no-op).
+template <class Policy, class T, class TO, class AtChunk>
+void chunk_forward_pairs(const Problem<T>& p, const Outputs<TO, accum_t<T>>& out, const Dims& d, const Options& opt,
+                         AtChunk&& at_chunk) {
+  using Acc = accum_t<T>;
+  const Executor& ex = opt.executor ? *opt.executor : default_executor();
+  const TokenReader<Policy, T> rd{p, d};
+  const Index C = opt.chunk_size;
+  const Acc scale = Acc(d.scale);
+  const Index pairs = d.N * d.Hv;
+  Workspace local;
+  auto& scratch = scratch_pool<ChunkScratch<Acc>>(opt, local, slot_count(ex, pairs), C, d.K, d.V);
+  parallel_for(ex, pairs, [&](Index item, int slot) {
+    const Index n = item / d.Hv, hv = item % d.Hv;
+    const Index state_slot = d.slot(n);
+    if (state_slot < 0) return;
+    auto& ws = scratch[size_t(slot)];
+    const auto span = d.seq(n);
+    load_state(p.initial_state, state_slot, hv, ws.S);
+    for (Index t0 = span.begin, c = 0; t0 < span.end; t0 += C, ++c) {
+      at_chunk(n, c, hv, static_cast<const RowMat<Acc>&>(ws.S));
+      const Index len = std::min(C, span.end - t0);
+      ws.load(rd, span.batch, t0, len, hv);
+      chunk_forward_step(ws, len, scale);
+      write_rows(out.o, span.batch, t0, len, hv, ws.O, 0, d.V);
+    }
+    store_state(out.final_state, state_slot, hv, ws.S);
+  });
+}
+
 }  // namespace detail
 
 /// Chunkwise WY forward (SPEC §3): same contract and outputs as recurrent_forward,
@@ -276,33 +310,17 @@ Status chunk_forward(const Problem<T>& p, const Outputs<TO, accum_t<T>>& out, co
   GDR2_RETURN_IF_ERROR(validate_problem<Policy>(p, opt, /*chunked=*/true, d));
   GDR2_RETURN_IF_ERROR(validate_outputs(out, d));
   const Executor& ex = opt.executor ? *opt.executor : default_executor();
-  const detail::TokenReader<Policy, T> rd{p, d};
-  const Index C = opt.chunk_size;
-  const Acc scale = Acc(d.scale);
   const Index pairs = d.N * d.Hv;
-  Workspace local;
-
   if (ex.concurrency() == 1 || pairs >= 2 * Index(ex.concurrency())) {
-    auto& scratch = detail::scratch_pool<detail::ChunkScratch<Acc>>(opt, local, detail::slot_count(ex, pairs), C, d.K, d.V);
-    parallel_for(ex, pairs, [&](Index item, int slot) {
-      const Index n = item / d.Hv, hv = item % d.Hv;
-      const Index state_slot = d.slot(n);
-      if (state_slot < 0) return;
-      auto& ws = scratch[size_t(slot)];
-      const auto span = d.seq(n);
-      detail::load_state(p.initial_state, state_slot, hv, ws.S);
-      for (Index t0 = span.begin; t0 < span.end; t0 += C) {
-        const Index len = std::min(C, span.end - t0);
-        ws.load(rd, span.batch, t0, len, hv);
-        detail::chunk_forward_step(ws, len, scale);
-        detail::write_rows(out.o, span.batch, t0, len, hv, ws.O, 0, d.V);
-      }
-      detail::store_state(out.final_state, state_slot, hv, ws.S);
-    });
+    detail::chunk_forward_pairs<Policy>(p, out, d, opt, [](Index, Index, Index, const detail::RowMat<Acc>&) {});
     return {};
   }
 
   // Chunk-parallel schedule. Phase 1 over every chunk of every live pair.
+  const detail::TokenReader<Policy, T> rd{p, d};
+  const Index C = opt.chunk_size;
+  const Acc scale = Acc(d.scale);
+  Workspace local;
   std::vector<detail::ChunkRef> chunks;
   std::vector<Index> first_chunk(size_t(pairs + 1), 0);
   for (Index item = 0; item < pairs; ++item) {

@@ -568,40 +568,19 @@ Status chunk_forward_save(const Problem<T>& p, const Outputs<TO, accum_t<T>>& ou
   GDR2_RETURN_IF_ERROR(validate_outputs(out, d));
   if (d.state_indices)
     return {Code::unsupported, "chunk_forward_save does not take state_indices (a state pool): it is for training"};
-  const Executor& ex = opt.executor ? *opt.executor : default_executor();
-  const detail::TokenReader<Policy, T> rd{p, d};
-  const Index C = opt.chunk_size;
-  const Acc scale = Acc(d.scale);
-
-  ctx.chunk_size = C;
+  ctx.chunk_size = opt.chunk_size;
   ctx.policy = Policy::name();
   ctx.dims = d;
   ctx.dims.cu_seqlens = SeqOffsets();  // the caller's buffer may not outlive the context
   ctx.seq_offsets.clear();
   if (d.cu_seqlens.given())
     for (Index i = 0; i <= d.N; ++i) ctx.seq_offsets.push_back(d.cu_seqlens[i]);
-  ctx.first_chunk = detail::chunk_offsets(d, C);
+  ctx.first_chunk = detail::chunk_offsets(d, opt.chunk_size);
   ctx.states.resize(size_t(ctx.first_chunk.back() * d.Hv * d.K * d.V));  // every element written below
 
-  Workspace local;
-  auto& scratch = detail::scratch_pool<detail::ChunkScratch<Acc>>(opt, local, detail::slot_count(ex, d.N * d.Hv), C, d.K, d.V);
-
-  parallel_for(ex, d.N * d.Hv, [&](Index item, int slot) {
-    const Index n = item / d.Hv, hv = item % d.Hv;
-    auto& ws = scratch[size_t(slot)];
-    const auto span = d.seq(n);
-    detail::load_state(p.initial_state, n, hv, ws.S);
-    for (Index t0 = span.begin, c = 0; t0 < span.end; t0 += C, ++c) {
-      Eigen::Map<detail::RowMat<Acc>>(ctx.state(n, c, hv), d.K, d.V) = ws.S;
-      const Index len = std::min(C, span.end - t0);
-      ws.load(rd, span.batch, t0, len, hv);
-      detail::chunk_forward_step(ws, len, scale);
-      for (Index r = 0; r < len; ++r) {
-        TO* o = out.o.row(span.batch, t0 + r, hv);
-        for (Index j = 0; j < d.V; ++j) o[j] = convert<TO>(ws.O(r, j));
-      }
-    }
-    detail::store_state(out.final_state, n, hv, ws.S);
+  // Without state_indices every pair has a state slot, so every chunk start is saved.
+  detail::chunk_forward_pairs<Policy>(p, out, d, opt, [&](Index n, Index c, Index hv, const detail::RowMat<Acc>& S) {
+    Eigen::Map<detail::RowMat<Acc>>(ctx.state(n, c, hv), d.K, d.V) = S;
   });
   return {};
 }
