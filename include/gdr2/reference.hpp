@@ -33,6 +33,28 @@ struct ProblemConfig {
   std::uint64_t seed = 1;
 };
 
+namespace detail {
+
+/// Point every input view of `p` (q, k, v, g, b, w, β, the initial state and the
+/// fused-gate inputs) at the tensor of the same name in `t` (RandomProblem,
+/// ProblemCopy); the other fields of `p` are left to the caller.
+template <class T, class Tensors>
+void view_inputs(Problem<T>& p, const Tensors& t) {
+  p.q = t.q.view();
+  p.k = t.k.view();
+  p.v = t.v.view();
+  p.g = t.g.view();
+  p.b = t.b.view();
+  p.w = t.w.view();
+  p.beta = t.beta.view();
+  p.initial_state = t.initial_state.view();
+  p.gate_x = t.gate_x.view();
+  p.A_log = t.A_log.view();
+  p.dt_bias = t.dt_bias.view();
+}
+
+}  // namespace detail
+
 /// Owning random problem for gate policy `Policy` with inputs of type T. Inputs are
 /// drawn in fp64 and rounded to T (and the decay to its accumulation type); q and k
 /// are L2-normalised per token, as in the models (or, with cfg.l2_norm_qk, left raw
@@ -112,18 +134,8 @@ class RandomProblem {
   /// Views of all inputs.
   Problem<T> problem() const {
     Problem<T> p;
-    p.q = q.view();
-    p.k = k.view();
-    p.v = v.view();
-    p.g = g.view();
-    p.b = b.view();
-    p.w = w.view();
-    p.beta = beta.view();
-    p.initial_state = initial_state.view();
+    detail::view_inputs(p, *this);
     if (!cu_seqlens.empty()) p.cu_seqlens = SeqOffsets(cu_seqlens.data(), Index(cu_seqlens.size()));
-    p.gate_x = gate_x.view();
-    p.A_log = A_log.view();
-    p.dt_bias = dt_bias.view();
     p.l2_norm_qk = cfg.l2_norm_qk;
     return p;
   }
@@ -150,24 +162,14 @@ struct ProblemCopy {
         w(to_tensor<U>(src.w)),
         beta(to_tensor<U>(src.beta)),
         g(to_tensor<accum_t<U>>(src.g)),
-        initial_state(to_tensor<accum_t<U>>(src.initial_state)) {
-    p.q = q.view();
-    p.k = k.view();
-    p.v = v.view();
-    p.b = b.view();
-    p.w = w.view();
-    p.beta = beta.view();
-    p.g = g.view();
-    p.initial_state = initial_state.view();
+        initial_state(to_tensor<accum_t<U>>(src.initial_state)),
+        gate_x(to_tensor<U>(src.gate_x)),
+        A_log(to_tensor<accum_t<U>>(src.A_log)),
+        dt_bias(to_tensor<accum_t<U>>(src.dt_bias)) {
+    detail::view_inputs(p, *this);
     p.cu_seqlens = src.cu_seqlens;
     p.state_indices = src.state_indices;
     p.scale = src.scale;
-    gate_x = to_tensor<U>(src.gate_x);
-    A_log = to_tensor<accum_t<U>>(src.A_log);
-    dt_bias = to_tensor<accum_t<U>>(src.dt_bias);
-    p.gate_x = gate_x.view();
-    p.A_log = A_log.view();
-    p.dt_bias = dt_bias.view();
     p.l2_norm_qk = src.l2_norm_qk;
     p.l2_norm_eps = src.l2_norm_eps;
   }
