@@ -6,6 +6,8 @@
 
 #include <catch2/catch.hpp>
 
+#include "temp_dir.hpp"
+
 #include <sys/wait.h>
 
 #include <cstdlib>
@@ -16,22 +18,9 @@
 
 using namespace gdr2;
 namespace fs = std::filesystem;
+using gdr2::test::TempDir;
 
 namespace {
-
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    std::random_device rd;
-    path = fs::temp_directory_path() / ("gdr2-ref-test-" + std::to_string(rd()) + std::to_string(rd()));
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::string operator/(const std::string& n) const { return (path / n).string(); }
-};
 
 std::string slurp(const std::string& p) {
   std::ifstream f(p);
@@ -115,14 +104,6 @@ double summary_rel(const std::string& json, const std::string& section, const st
   const auto k = json.find("\"" + key + "\":{\"rel\":", s);
   if (k == std::string::npos) return NAN;
   return std::strtod(json.c_str() + k + key.size() + 10, nullptr);
-}
-
-std::vector<std::string> entries(const fs::path& p) {
-  std::vector<std::string> out;
-  if (!fs::exists(p)) return out;
-  for (const auto& e : fs::directory_iterator(p)) out.push_back(e.path().filename().string());
-  std::sort(out.begin(), out.end());
-  return out;
 }
 
 template <class Policy, class T>
@@ -383,7 +364,7 @@ TEST_CASE("gdr2-ref: --help and named input files", "[cli]") {
                               dir);
   INFO(r.out << r.err);
   REQUIRE(r.code == 0);
-  CHECK(entries(dir.path / "o") ==
+  CHECK(gdr2::test::dir_entries(dir.path / "o") ==
         std::vector<std::string>{"engine_final_state.npy", "engine_o.npy", "ref_final_state.npy", "ref_o.npy"});
   const auto ref = reference_forward<DeltaNet>(rp.problem());
   CHECK(rel_err(load(dir / "o/ref_o.npy"), ref.o) <= 1e-14);
