@@ -64,6 +64,23 @@ struct GramTerm {
   RowMat<Acc>* AF;  ///< scratch (≥ n×K): A ⊙ Fin
 };
 
+/// The right factor of row block i's off-diagonal GEMM (i0 = its first row > 0):
+/// XB rows [0, i0) = X ⊙ Fout, each earlier sub-block j further scaled by the anchor
+/// D_ij = exp(G_{i0−1} − G_{end(j)}) ≤ 1 (1 for the block just before i0, so not
+/// applied). Shared by decayed_grams and the backward's decayed_apply2. p: K.
+template <class Acc>
+void anchored_blocks(const RowMat<Acc>& X, const ChunkDecay<Acc>& dc, Index i0, RowMat<Acc>& XB, Vec<Acc>& p) {
+  for (Index j0 = 0; j0 < i0; j0 += kSubBlock) {
+    const Index jend = j0 + kSubBlock - 1;
+    auto blk = XB.middleRows(j0, kSubBlock);
+    blk = X.middleRows(j0, kSubBlock).cwiseProduct(dc.Fout.middleRows(j0, kSubBlock));
+    if (jend != i0 - 1) {
+      p = (dc.G.row(i0 - 1) - dc.G.row(jend)).transpose().array().exp();
+      blk.array().rowwise() *= p.transpose().array();
+    }
+  }
+}
+
 /// Build several decay-weighted Grams against the same right factor B (rows/cols
 /// [0, n)), sharing every decay factor. Off-diagonal sub-blocks: for row block i,
 /// all column blocks j < i at once as one GEMM (A ⊙ Fin)_i · (B ⊙ Fout ⊙ D_ij)ᵀ with
@@ -80,16 +97,7 @@ void decayed_grams(const std::array<GramTerm<Acc>, M>& terms, const RowMat<Acc>&
   for (Index i0 = 0; i0 < n; i0 += kSubBlock) {
     const Index ni = std::min(kSubBlock, n - i0);
     if (i0 > 0) {
-      // BF rows [0, i0) = B ⊙ Fout, each earlier block j scaled by D_ij.
-      for (Index j0 = 0; j0 < i0; j0 += kSubBlock) {
-        const Index jend = j0 + kSubBlock - 1;
-        auto blk = BF.middleRows(j0, kSubBlock);
-        blk = B.middleRows(j0, kSubBlock).cwiseProduct(dc.Fout.middleRows(j0, kSubBlock));
-        if (jend != i0 - 1) {
-          p = (dc.G.row(i0 - 1) - dc.G.row(jend)).transpose().array().exp();
-          blk.array().rowwise() *= p.transpose().array();
-        }
-      }
+      anchored_blocks(B, dc, i0, BF, p);  // BF rows [0, i0) = B ⊙ Fout ⊙ D_ij
       for (const auto& t : terms)
         t.out->block(i0, 0, ni, i0).noalias() = t.AF->middleRows(i0, ni) * BF.topRows(i0).transpose();
     }

@@ -84,15 +84,7 @@ void decayed_apply2(const RowMat<Acc>& M1, RowMat<Acc>& out1, const RowMat<Acc>&
   for (Index i0 = 0; i0 < n; i0 += kSubBlock) {
     const Index ni = std::min(kSubBlock, n - i0);
     if (i0 > 0) {
-      for (Index j0 = 0; j0 < i0; j0 += kSubBlock) {
-        const Index jend = j0 + kSubBlock - 1;
-        auto blk = XB.middleRows(j0, kSubBlock);
-        blk = X.middleRows(j0, kSubBlock).cwiseProduct(dc.Fout.middleRows(j0, kSubBlock));
-        if (jend != i0 - 1) {
-          p = (dc.G.row(i0 - 1) - dc.G.row(jend)).transpose().array().exp();
-          blk.array().rowwise() *= p.transpose().array();
-        }
-      }
+      anchored_blocks(X, dc, i0, XB, p);  // XB rows [0, i0) = X ⊙ Fout ⊙ D_ij
       auto a = acc.topRows(ni);
       a.noalias() = M1.block(i0, 0, ni, i0) * XB.topRows(i0);
       out1.middleRows(i0, ni) += a.cwiseProduct(dc.Fin.middleRows(i0, ni));
