@@ -92,6 +92,34 @@ inline std::vector<ProblemConfig> random_configs(std::uint64_t seed) {
   return out;
 }
 
+/// The numerics tests' problems: T tokens, key / value widths K, V, log-decays
+/// ~ U[g_min, 0], b up to 2 (B, heads and the rest as ProblemConfig's defaults).
+inline ProblemConfig numerics_config(Index T, Index K, Index V, double g_min) {
+  ProblemConfig cfg;
+  cfg.T = T;
+  cfg.K = K;
+  cfg.V = V;
+  cfg.g_min = g_min;
+  cfg.g_max = 0.0;
+  cfg.b_max = 2.0;
+  return cfg;
+}
+
+/// Strong decays (SPEC §5), shared by the forward and backward numerics tests:
+/// log-decays down to −20 per token, so cumulative log-decays reach −1280 inside
+/// a 64-token chunk (exp(−G) would overflow any float type), and b up to 2.
+inline ProblemConfig strong_decay_config() { return numerics_config(203, 32, 24, -20.0); }
+
+/// Mixed decay strengths per channel: the shape of the test (its log-decays are
+/// then set by set_mixed_decays).
+inline ProblemConfig mixed_decay_config() { return numerics_config(130, 16, 16, ProblemConfig().g_min); }
+
+/// Log-decays cycling over −20 (gone in one token), −1e-4 (kept) and −0.7.
+template <class Acc>
+void set_mixed_decays(Tensor<Acc>& g) {
+  for (Index i = 0; i < g.size(); ++i) g[i] = Acc((i % 3 == 0) ? -20.0 : (i % 3 == 1 ? -1e-4 : -0.7));
+}
+
 inline std::string describe(const ProblemConfig& c) {
   std::string s = "B=" + std::to_string(c.B) + " T=" + std::to_string(c.T) + " Hk=" + std::to_string(c.Hk) +
                   " Hv=" + std::to_string(c.Hv) + " K=" + std::to_string(c.K) + " V=" + std::to_string(c.V);

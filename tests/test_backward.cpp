@@ -107,14 +107,9 @@ TEST_CASE("backward: bf16 inputs accumulate in fp32 like fp32 inputs", "[backwar
 }
 
 TEST_CASE("backward: log-decays down to -20 per token give finite gradients that match BPTT", "[backward][numerics]") {
-  // Cumulative log-decays reach -1280 in a 64-token chunk: a literal SPEC §4 (K/γ,
-  // K/γ²) overflows at once; every exponent here must stay <= 0.
-  ProblemConfig cfg;
-  cfg.T = 203;
-  cfg.K = 32;
-  cfg.V = 24;
-  cfg.g_min = -20.0;
-  cfg.b_max = 2.0;
+  // A literal SPEC §4 (K/γ, K/γ²) overflows at once (see strong_decay_config);
+  // every exponent here must stay <= 0.
+  const ProblemConfig cfg = strong_decay_config();
   check_against_reference<GDR2, double>(cfg, true);
   check_against_reference<GDR2, float>(cfg, true);
   check_against_reference<KDA, float>(cfg, true);
@@ -122,17 +117,13 @@ TEST_CASE("backward: log-decays down to -20 per token give finite gradients that
 }
 
 TEST_CASE("backward: mixed decay strengths per channel (some ~0, some -20)", "[backward][numerics]") {
-  ProblemConfig cfg;
-  cfg.T = 130;
-  cfg.K = 16;
-  cfg.V = 16;
-  cfg.b_max = 2.0;
+  const ProblemConfig cfg = mixed_decay_config();
   for (int dt = 0; dt < 2; ++dt) {
     auto run = [&](auto tag) {
       using T = decltype(tag);
       using Acc = accum_t<T>;
       RandomProblem<KDA, T> rp(cfg);
-      for (Index i = 0; i < rp.g.size(); ++i) rp.g[i] = Acc((i % 3 == 0) ? -20.0 : (i % 3 == 1 ? -1e-4 : -0.7));
+      set_mixed_decays(rp.g);
       RandomUpstream<T> up(rp.problem(), 5);
       const auto ref = reference_backward<KDA>(rp.problem(), up.grad_outputs());
       for (Engine e : {Engine::chunk16, Engine::chunk64}) {

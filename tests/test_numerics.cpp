@@ -5,15 +5,8 @@ using namespace gdr2;
 using namespace gdr2::test;
 
 TEST_CASE("numerics: log-decays down to -20 per token and b up to 2 stay finite and exact", "[numerics]") {
-  // Cumulative log-decays reach -1280 inside a 64-token chunk: exp(-G) would overflow
-  // any float type; the chunk engines must never form it.
-  ProblemConfig cfg;
-  cfg.T = 203;
-  cfg.K = 32;
-  cfg.V = 24;
-  cfg.g_min = -20.0;
-  cfg.g_max = 0.0;
-  cfg.b_max = 2.0;
+  // The chunk engines must never form exp(-G) (see strong_decay_config).
+  const ProblemConfig cfg = strong_decay_config();
   for (Engine e : kEngines) {
     INFO(name(e));
     RandomProblem<GDR2, double> rp64(cfg);
@@ -32,13 +25,8 @@ TEST_CASE("numerics: log-decays down to -20 per token and b up to 2 stay finite 
 }
 
 TEST_CASE("numerics: mixed decay strengths per channel (some ~0, some -20)", "[numerics]") {
-  ProblemConfig cfg;
-  cfg.T = 130;
-  cfg.K = 16;
-  cfg.V = 16;
-  cfg.b_max = 2.0;
-  RandomProblem<KDA, float> rp(cfg);
-  for (Index i = 0; i < rp.g.size(); ++i) rp.g[i] = (i % 3 == 0) ? -20.0f : (i % 3 == 1 ? -1e-4f : -0.7f);
+  RandomProblem<KDA, float> rp(mixed_decay_config());
+  set_mixed_decays(rp.g);
   const auto ref = reference_forward<KDA>(rp.problem());
   for (Engine e : kEngines) {
     INFO(name(e));
