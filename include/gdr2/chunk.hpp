@@ -256,6 +256,35 @@ struct ChunkRef {
   Index n, hv, t0, len;
 };
 
+/// What the chunk-parallel schedules (the forward's, the backward's from a context)
+/// walk: every chunk of every (sequence, value head) pair, pair by pair in sequence
+/// order — pair = n·Hv + hv owns chunks[first[pair] .. first[pair + 1]), none when
+/// its sequence has no state slot — and the split of the V value columns of their
+/// state passes into `slices` slices of `width` columns (≥ 16 columns a slice, about
+/// 2 (pair, slice) items per executor slot).
+struct ChunkPlan {
+  std::vector<ChunkRef> chunks;
+  std::vector<Index> first;
+  Index slices = 1, width = 0;
+
+  ChunkPlan(const Dims& d, Index C, int concurrency) {
+    const Index pairs = d.N * d.Hv;
+    first.assign(size_t(pairs + 1), 0);
+    for (Index pair = 0; pair < pairs; ++pair) {
+      first[size_t(pair)] = Index(chunks.size());
+      const Index n = pair / d.Hv, hv = pair % d.Hv;
+      if (d.slot(n) < 0) continue;
+      const auto span = d.seq(n);
+      for (Index t0 = span.begin; t0 < span.end; t0 += C) chunks.push_back({n, hv, t0, std::min(C, span.end - t0)});
+    }
+    first[size_t(pairs)] = Index(chunks.size());
+    const Index want = (2 * Index(concurrency) + pairs - 1) / std::max<Index>(pairs, 1);
+    slices = std::max<Index>(1, std::min<Index>(want, d.V / 16));
+    width = (d.V + slices - 1) / slices;
+  }
+  Index count() const { return Index(chunks.size()); }
+};
+
 /// Write rows [0, len) × columns [j0, j0+w) of O to o at tokens t0.. of (b, hv).
 template <class TO, class Acc>
 void write_rows(const View<TO>& o, Index b, Index t0, Index len, Index hv, const RowMat<Acc>& O, Index j0, Index w) {
@@ -329,21 +358,11 @@ Status chunk_forward(const Problem<T>& p, const Outputs<TO, accum_t<T>>& out, co
   const Index C = opt.chunk_size;
   const Acc scale = Acc(d.scale);
   Workspace local;
-  std::vector<detail::ChunkRef> chunks;
-  std::vector<Index> first_chunk(size_t(pairs + 1), 0);
-  for (Index item = 0; item < pairs; ++item) {
-    first_chunk[size_t(item)] = Index(chunks.size());
-    const Index n = item / d.Hv, hv = item % d.Hv;
-    if (d.slot(n) < 0) continue;
-    const auto span = d.seq(n);
-    for (Index t0 = span.begin; t0 < span.end; t0 += C) chunks.push_back({n, hv, t0, std::min(C, span.end - t0)});
-  }
-  first_chunk[size_t(pairs)] = Index(chunks.size());
-  const Index nchunks = Index(chunks.size());
-  // Phase 2 (the state pass) runs over value-column slices of ≥ 16 columns.
-  const Index want = (2 * Index(ex.concurrency()) + pairs - 1) / pairs;
-  const Index slices = std::max<Index>(1, std::min<Index>(want, d.V / 16));
-  const Index width = (d.V + slices - 1) / slices;
+  // Phase 2 (the state pass) runs over value-column slices (see ChunkPlan).
+  const detail::ChunkPlan plan(d, C, ex.concurrency());
+  const auto& chunks = plan.chunks;
+  const auto& first_chunk = plan.first;
+  const Index nchunks = plan.count(), slices = plan.slices, width = plan.width;
   // One scratch per slot of the wider phase (short sequences: more slices than chunks).
   auto& scratch = detail::scratch_pool<detail::ChunkScratch<Acc>>(opt, local, detail::slot_count(ex, std::max(nchunks, pairs * slices)), C, d.K, d.V);
   auto& factors = detail::scratch_pool<detail::ChunkFactors<Acc>>(opt, local, nchunks, C, d.K, d.V);

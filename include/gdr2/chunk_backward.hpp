@@ -448,22 +448,14 @@ void chunk_backward_chunk_parallel(const Problem<T>& p, const ChunkContext<accum
   const TokenReader<Policy, T> rd{p, d};
   const Index C = opt.chunk_size, K = d.K, V = d.V;
   const Acc scale = Acc(d.scale);
-  // Chunks of every (sequence, value head), in sequence order per pair.
+  // Chunks of every (sequence, value head), in sequence order per pair (no state
+  // pools here, so every pair has its chunks); the reverse pass runs over
+  // value-column slices, as the forward's state pass (ChunkPlan).
   const Index pairs = d.N * d.Hv;
-  std::vector<ChunkRef> chunks;
-  std::vector<Index> first_chunk(size_t(pairs + 1), 0);
-  for (Index pair = 0; pair < pairs; ++pair) {
-    first_chunk[size_t(pair)] = Index(chunks.size());
-    const Index n = pair / d.Hv, hv = pair % d.Hv;
-    const auto span = d.seq(n);
-    for (Index t0 = span.begin; t0 < span.end; t0 += C) chunks.push_back({n, hv, t0, std::min(C, span.end - t0)});
-  }
-  first_chunk[size_t(pairs)] = Index(chunks.size());
-  const Index nchunks = Index(chunks.size());
-  // The reverse pass runs over value-column slices of ≥ 16 columns.
-  const Index want = (2 * Index(ex.concurrency()) + pairs - 1) / std::max<Index>(pairs, 1);
-  const Index slices = std::max<Index>(1, std::min<Index>(want, V / 16));
-  const Index width = (V + slices - 1) / slices;
+  const ChunkPlan plan(d, C, ex.concurrency());
+  const auto& chunks = plan.chunks;
+  const auto& first_chunk = plan.first;
+  const Index nchunks = plan.count(), slices = plan.slices, width = plan.width;
   // One scratch per slot of the widest of the three phases.
   auto& scratch = scratch_pool<ChunkBackwardScratch<Acc>>(opt, local, slot_count(ex, std::max(nchunks, pairs * slices)), C, K, V);
   auto& maps = scratch_pool<ChunkDStateMap<Acc>>(opt, local, std::max<Index>(nchunks, 1), C, K, V);
