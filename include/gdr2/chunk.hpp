@@ -30,6 +30,8 @@ template <class Acc>
 struct ChunkDecay {
   RowMat<Acc> G, Gam, E, Fin, Fout;
   ChunkDecay(Index C, Index K) : G(C, K), Gam(C, K), E(C, K), Fin(C, K), Fout(C, K) {}
+  /// Elements held.
+  Index size() const { return G.size() + Gam.size() + E.size() + Fin.size() + Fout.size(); }
 
   /// Fill G, E, Fin, Fout from log-decays g (first n rows used).
   void build(const RowMat<Acc>& g, Index n) {
@@ -136,6 +138,14 @@ struct ChunkWY {
       : Q(C, K), Kc(C, K), g(C, K), Bg(C, K), Vv(C, V), Wg(C, V), Bk(C, K), Qs(C, K), T(C, C), Aqk(C, C),
         EZ(C, K + V), YU(C, K + V), R(C, V), Kt(C, K), AF(C, K), AF2(C, K), BF(C, K), A(C, C), dc(C, K), p(K) {}
 
+  /// Elements held by the members above (for the scratch types' bytes()).
+  Index size() const {
+    Index e = dc.size() + A.size() + p.size();
+    for (const RowMat<Acc>* m : {&Q, &Kc, &g, &Bg, &Vv, &Wg, &Bk, &Qs, &T, &Aqk, &EZ, &YU, &R, &Kt, &AF, &AF2, &BF})
+      e += m->size();
+    return e;
+  }
+
   /// Load tokens [t0, t0+n) of (batch row b, value head hv) through the policy.
   template <class Policy, class T>
   void load(const TokenReader<Policy, T>& rd, Index b, Index t0, Index n, Index hv) {
@@ -154,10 +164,8 @@ struct ChunkScratch : ChunkWY<Acc> {
   RowMat<Acc> O, S;
   Vec<Acc> gammaC;
   ChunkScratch(Index C, Index K, Index V) : ChunkWY<Acc>(C, K, V), O(C, V), S(K, V), gammaC(K) {}
-  std::size_t bytes() const {
-    const Index C = this->Q.rows(), K = this->Q.cols(), V = this->Vv.cols();
-    return sizeof(Acc) * std::size_t(18 * C * K + 5 * C * V + 3 * C * C + 2 * C * (K + V) + K * V + 2 * K);
-  }
+  /// Bytes held (for Workspace::bytes).
+  std::size_t bytes() const { return sizeof(Acc) * std::size_t(ChunkWY<Acc>::size() + O.size() + S.size() + gammaC.size()); }
 };
 
 /// The WY core of a loaded chunk of n tokens, shared by the forward's phase 1 and

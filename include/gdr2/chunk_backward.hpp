@@ -169,9 +169,11 @@ struct ChunkBackwardScratch : ChunkWY<Acc> {
 
   /// Bytes held (for Workspace::bytes).
   std::size_t bytes() const {
-    const Index C = this->Q.rows(), K = this->Q.cols(), V = this->Vv.cols();
-    return sizeof(Acc) * std::size_t(23 * C * K + 9 * C * V + 5 * C * C + 2 * C * (K + V) + kSubBlock * K +
-                                     (3 + Index(starts.size())) * K * V + 2 * K + C);
+    Index e = ChunkWY<Acc>::size() + diag.size();
+    for (const RowMat<Acc>* m : {&DOR, &Kf, &QY, &P, &dQs, &dBk, &dK, &dG, &dV, &dW, &dT, &dAqk, &X, &acc, &S, &dS, &dS0})
+      e += m->size();
+    for (const auto& s : starts) e += s.size();
+    return sizeof(Acc) * std::size_t(e);
   }
 };
 
