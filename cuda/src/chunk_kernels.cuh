@@ -305,62 +305,85 @@ struct Prep {
         *reinterpret_cast<__half2*>(aqk + row * PC + col) = __floats2half2_rn(accA[0], accA[1]);
       }
     }
-    // -- 8×8 diagonal leaves: warp w ↔ rows 8w..8w+7; lane = (row r, channel quarter) --------
+    // -- 8×8 diagonal leaves, exact running products of e = exp(g) on the CUDA cores ---------
+    // Leaf L holds rows 8L..8L+7; row r has r + 1 pairs (s ≤ r). Rows r and 7 − r together
+    // have 9, so warp w takes the row pair p = w & 3 (rows 7 − p then p) of the four leaves
+    // 4(w >> 2) .. +3, a leaf per 8 lanes, a quarter of the channels per lane: every lane
+    // walks the same 9 pair steps (none predicated off) and switches rows at the same step.
+    // Per step the 8 lanes of a leaf sum their channels by shuffles and one lane stores.
     {
-      const int lam = w, r = lane & 7, dsub = lane >> 3, row = 8 * lam + r;
+      constexpr int NM = D / 32;  // float4 channel groups per lane
+      const int leaf = 4 * (w >> 2) + (lane >> 3), cg = lane & 7, p = w & 3;
       const Tin* q = reinterpret_cast<const Tin*>(sm + L::rq);
       const Tin* k = reinterpret_cast<const Tin*>(sm + L::rk);
       const Tin* bt = reinterpret_cast<const Tin*>(sm + L::rb);
       const float* beta = reinterpret_cast<const float*>(sm + L::rb);
       const float* e = reinterpret_cast<const float*>(sm + L::rg);
-      float accT[8], accA[8];
+      // channels of group m for this lane; rotated by the leaf so that the four leaves of a
+      // warp read different bank halves of their (bank-aligned) rows
+      auto chan = [&](int m) { return 4 * (cg + 8 * ((m + (lane >> 3)) % NM)); };
+      float4 bk[NM], qr[NM], P[NM];
+      auto start_row = [&](int row) {
+        const float brow = CH_GATES ? 0.f : beta[row];
 #pragma unroll
-      for (int s = 0; s < 8; ++s) accT[s] = accA[s] = 0.f;
-      const float brow = CH_GATES ? 0.f : beta[row];
-#pragma unroll 2
-      for (int m = 0; m < D / 16; ++m) {
-        const int c = 4 * (dsub + 4 * m);
-        const float4 kr = load4(k + row * PH + c);
-        float4 bk;
-        if (CH_GATES) {
-          const float4 bb = load4(bt + row * PH + c);
-          bk = make_float4(bb.x * kr.x, bb.y * kr.y, bb.z * kr.z, bb.w * kr.w);
-        } else {
-          bk = make_float4(brow * kr.x, brow * kr.y, brow * kr.z, brow * kr.w);
+        for (int m = 0; m < NM; ++m) {
+          const int c = chan(m);
+          const float4 kr = load4(k + row * PH + c);
+          if (CH_GATES) {
+            const float4 bb = load4(bt + row * PH + c);
+            bk[m] = make_float4(bb.x * kr.x, bb.y * kr.y, bb.z * kr.z, bb.w * kr.w);
+          } else {
+            bk[m] = make_float4(brow * kr.x, brow * kr.y, brow * kr.z, brow * kr.w);
+          }
+          qr[m] = load4(q + row * PH + c);
+          P[m] = make_float4(1.f, 1.f, 1.f, 1.f);
         }
-        const float4 qr = load4(q + row * PH + c);
-        float4 P = make_float4(1.f, 1.f, 1.f, 1.f);
+      };
+      int r = 7 - p, s = r;  // row within the leaf, then the column walked down from it
+      start_row(8 * leaf + r);
+#pragma unroll 1
+      for (int step = 0; step < 9; ++step) {
+        if (step == 8 - p) {  // warp-uniform: second row of the pair
+          r = p;
+          s = p;
+          start_row(8 * leaf + r);
+        }
+        const int srow = 8 * leaf + s;
+        float aT = 0.f, aA = 0.f;
 #pragma unroll
-        for (int s = 7; s >= 0; --s) {
-          if (s <= r) {
-            const float4 ks = load4(k + (8 * lam + s) * PH + c);
-            const float4 x = make_float4(ks.x * P.x, ks.y * P.y, ks.z * P.z, ks.w * P.w);
-            accT[s] = fmaf(bk.w, x.w, fmaf(bk.z, x.z, fmaf(bk.y, x.y, fmaf(bk.x, x.x, accT[s]))));
-            accA[s] = fmaf(qr.w, x.w, fmaf(qr.z, x.z, fmaf(qr.y, x.y, fmaf(qr.x, x.x, accA[s]))));
-            if (CH_DECAY) {
-              const float4 es = *reinterpret_cast<const float4*>(e + (8 * lam + s) * D + c);
-              P = make_float4(P.x * es.x, P.y * es.y, P.z * es.z, P.w * es.w);
-            } else {
-              const float es = e[8 * lam + s];
-              P = make_float4(P.x * es, P.y * es, P.z * es, P.w * es);
-            }
+        for (int m = 0; m < NM; ++m) {
+          const int c = chan(m);
+          const float4 ks = load4(k + srow * PH + c);
+          const float4 x = make_float4(ks.x * P[m].x, ks.y * P[m].y, ks.z * P[m].z, ks.w * P[m].w);
+          aT = fmaf(bk[m].w, x.w, fmaf(bk[m].z, x.z, fmaf(bk[m].y, x.y, fmaf(bk[m].x, x.x, aT))));
+          aA = fmaf(qr[m].w, x.w, fmaf(qr[m].z, x.z, fmaf(qr[m].y, x.y, fmaf(qr[m].x, x.x, aA))));
+          if (CH_DECAY) {
+            const float4 es = *reinterpret_cast<const float4*>(e + srow * D + c);
+            P[m] = make_float4(P[m].x * es.x, P[m].y * es.y, P[m].z * es.z, P[m].w * es.w);
+          } else {
+            const float es = e[srow];
+            P[m] = make_float4(P[m].x * es, P[m].y * es, P[m].z * es, P[m].w * es);
           }
         }
-      }
 #pragma unroll
-      for (int s = 0; s < 8; ++s) {
-        accT[s] += __shfl_xor_sync(0xffffffffu, accT[s], 8);
-        accT[s] += __shfl_xor_sync(0xffffffffu, accT[s], 16);
-        accA[s] += __shfl_xor_sync(0xffffffffu, accA[s], 8);
-        accA[s] += __shfl_xor_sync(0xffffffffu, accA[s], 16);
-      }
-      if (dsub == 0) {
-#pragma unroll
-        for (int s = 0; s < 8; ++s) {
-          if (s < r) t32[row * PF + 8 * lam + s] = accT[s];
-          aqk[row * PC + 8 * lam + s] = __float2half_rn(s <= r ? scale * accA[s] : 0.f);
-          if (!(lam & 1)) aqk[row * PC + 8 * lam + 8 + s] = __float2half_rn(0.f);  // upper-right quadrant
+        for (int o = 1; o < 8; o <<= 1) {
+          aT += __shfl_xor_sync(0xffffffffu, aT, o);
+          aA += __shfl_xor_sync(0xffffffffu, aA, o);
         }
+        if (cg == 0) {
+          const int row = 8 * leaf + r, col = 8 * leaf + s;
+          if (s < r) t32[row * PF + col] = aT;
+          aqk[row * PC + col] = __float2half_rn(scale * aA);
+        }
+        --s;
+      }
+      // zeros of Aqk's diagonal 16×16 blocks: the upper triangle of leaf w and, for even
+      // leaves, the upper-right 8×8 quadrant of its block
+#pragma unroll
+      for (int i = lane; i < 64; i += 32) {
+        const int rr = i >> 3, ss = i & 7, row = 8 * w + rr;
+        if (ss > rr) aqk[row * PC + 8 * w + ss] = __float2half_rn(0.f);
+        if (!(w & 1)) aqk[row * PC + 8 * w + 8 + ss] = __float2half_rn(0.f);
       }
     }
     __syncthreads();
