@@ -73,7 +73,8 @@ for r in runs:
     a = dict(kv.split(":") for kv in n.split("/")[1:])
     if n.startswith("BM_backward"):
         dt = " fp32-in" if n.startswith("BM_backward_f32") else ""
-        label = f"backward B={a['B']} T={a['T']} {math[a['math']]}{dt} {stage[a['stages']]}"
+        vs = f" vs={a['vs']}" if "vs" in a else ""
+        label = f"backward B={a['B']} T={a['T']} {math[a['math']]}{dt} {stage[a['stages']]}{vs}"
         print(f"{label:52s} {r['median_ms']:7.3f}ms {r['GBps']:7.0f}")
     else:
         tgt = "<= 3.5 ms" if a["B"] == "8" else "<= 4.5 ms"

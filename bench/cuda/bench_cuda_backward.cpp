@@ -6,6 +6,7 @@
 // column is the mean). Inputs are ≈1.6 GB, far above the 50 MB L2.
 //   BM_backward/.../math:m/stages:s   cuda::chunk_backward alone; stages < 5 runs only the
 //                                     first s stages (differences = cost of each stage)
+//   BM_backward_vs/.../vs:n           the same with a given value slice of the state passes
 //   BM_backward_f32/...               the same with fp32 inputs (default math: split tf32)
 //   BM_fwd_bwd                        cuda::chunk_forward (automatic path) + chunk_backward
 // Counters: GBps = fewest bytes (inputs read once, gradients written once) / median.
@@ -90,11 +91,12 @@ Setup<X>& setup(Index B, Index T, Index H) {
 }
 
 template <class X>
-void BM_backward_t(benchmark::State& state) {
+void BM_backward_t(benchmark::State& state, int value_slice = 0) {
   Setup<X>& su = setup<X>(state.range(0), state.range(1), state.range(2));
   cuda::BackwardOptions opt;
   opt.math = static_cast<cuda::BackwardMath>(state.range(3));
   opt.stages = int(state.range(4));
+  opt.value_slice = value_slice;
   std::size_t bytes = 0;
   check(cuda::chunk_backward_workspace_size<GDR2>(su.p, bytes, opt));
   void* ws = nullptr;
@@ -116,6 +118,8 @@ void BM_backward_t(benchmark::State& state) {
 }
 
 void BM_backward(benchmark::State& state) { BM_backward_t<bf16>(state); }
+/// a value slice of the state passes other than the automatic one
+void BM_backward_vs(benchmark::State& state) { BM_backward_t<bf16>(state, int(state.range(5))); }
 /// fp32 inputs (math 3 = automatic: split tf32)
 void BM_backward_f32(benchmark::State& state) { BM_backward_t<float>(state); }
 
@@ -165,6 +169,13 @@ BENCHMARK(BM_backward)
     ->Args({1, 32768, 16, 0, 3})
     ->Args({1, 32768, 16, 0, 4})
     ->Args({1, 32768, 16, 0, 0})
+    ->UseManualTime()
+    ->Iterations(10)
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_backward_vs)
+    ->ArgNames({"B", "T", "H", "math", "stages", "vs"})
+    ->Args({1, 32768, 16, 0, 2, 16})
+    ->Args({1, 32768, 16, 0, 2, 64})
     ->UseManualTime()
     ->Iterations(10)
     ->Unit(benchmark::kMillisecond);

@@ -395,12 +395,14 @@ GDR2_HD void mm(const Blk& bk, int M, int N, int KD, FA&& fa, FB&& fb, FO&& fo) 
   bk.sync();
 }
 
-/// mm with the widest tiles (16×32, 16×16 or 16×8) that still give every warp a tile:
-/// wider tiles read each A fragment for more products (fewer operand loads per mma),
-/// narrower ones keep every warp busy in the small products of the state passes.
+/// mm with the widest tiles (16×32, 16×16 or 16×8) that still give each of the SM's four
+/// schedulers a warp: the products are issue-bound (operand functors, one cvt per element),
+/// and wider tiles read each A fragment for more products, so fewer instructions per mma
+/// beat more busy warps (B=1 state passes: 5.25 → 4.15 ms against a tile for every warp;
+/// cuda/NOTES.md v11).
 template <int MATH, class FA, class FB, class FO>
 GDR2_HD void mm_auto(const Blk& bk, int M, int N, int KD, FA&& fa, FB&& fb, FO&& fo) {
-  const int nw = bk.nthr / 32;
+  const int nw = bk.nthr / 32 / 4;
   if (N % 32 == 0 && (M / 16) * (N / 32) >= nw)
     mm<4, MATH>(bk, M, N, KD, fa, fb, fo);
   else if (N % 16 == 0 && (M / 16) * (N / 16) >= nw)

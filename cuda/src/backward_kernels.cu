@@ -1,6 +1,6 @@
 // gdr2 CUDA backend, backward — kernels, launchers, and the host execution of the same
 // kernel bodies (run_backward_host, for tests on machines without a GPU).
-#include "backward_kernels.cuh"
+#include "backward_prep16.cuh"  // (includes backward_kernels.cuh)
 
 #include <algorithm>
 #include <vector>
@@ -69,7 +69,11 @@ cudaError_t launch_d(const BackwardParams& p, cudaStream_t st) {
   }
   const dim3 chunk_grid(unsigned(p.total_chunks), unsigned(p.Hv));
   if (p.total_chunks > 0 && p.stages >= 1) {
-    e = launch_with_smem(prep_kernel<D, MATH>, chunk_grid, PrepLayout<D>::floats * 4, st, p);
+    // 16-bit inputs with tf32 products: the forward's fp16 Prep (backward_prep16.cuh)
+    if (MATH == kTf32 && p.dtype != 2 && p.rows16)
+      e = launch_prep16<D>(p, st);
+    else
+      e = launch_with_smem(prep_kernel<D, MATH>, chunk_grid, PrepLayout<D>::floats * 4, st, p);
     if (e != cudaSuccess) return e;
   }
   if (p.stages >= 2) {

@@ -391,6 +391,14 @@ struct Prep {
 
   // ---- Solve A = (I + T)^-1, transforms, Y = A Ē -----------------------------------------
   static __device__ void solve_and_y(char* sm) {
+    solve(sm);
+    y(sm);
+  }
+
+  /// A = (I + T)^-1 into a32 (fp32) and a16 (fp16: lower and diagonal blocks); with
+  /// TRANSFORM, Ē, Qγ, Ktail in place of BkFin, QFin, KFo. Ends synchronised.
+  template <bool TRANSFORM = true>
+  static __device__ void solve(char* sm) {
     const int tid = threadIdx.x, w = tid >> 5, lane = tid & 31;
     float* t32 = reinterpret_cast<float*>(sm + L::t32);
     float* a32 = reinterpret_cast<float*>(sm + L::a32);
@@ -413,7 +421,7 @@ struct Prep {
       for (int r = 0; r < 16; ++r) a32[(16 * blk + r) * PF + 16 * blk + c] = x[r];
     }
     // (1') in place, 8 values per thread: Ē = BkFin·γ_a, Qγ = QFin·γ_a, Ktail = KFo·tail
-    for (int i = tid; i < kC * D / 8; i += kThreads) {
+    for (int i = tid; TRANSFORM && i < kC * D / 8; i += kThreads) {
       const int r = i / (D / 8), c = 8 * (i % (D / 8)), blk = r >> 4;
       const float4* gp = reinterpret_cast<const float4*>(ga(sm) + blk * D + c);
       const float4* tp = reinterpret_cast<const float4*>(tf(sm) + blk * D + c);
@@ -484,34 +492,60 @@ struct Prep {
         *reinterpret_cast<__half2*>(a16 + r * PC + c) = __floats2half2_rn(a32[r * PF + c], a32[r * PF + c + 1]);
     }
     __syncthreads();
-    // (4) Y = A Ē: warp → 16-row tile mt, half of the channels
-    {
-      const int mt = w >> 1, nh = w & 1;
-      float acc[D / 16][4] = {};
+  }
+
+  /// acc += A·X for this warp's tile: rows 16·(w/2).., channel half w%2 (acc[nt] holds
+  /// columns (w%2)·D/2 + 8·nt.., the mma accumulator layout). X: [64][PH] fp16, rows = tokens.
+  /// SCALED: acc += Σ_b diag(scale[b][:]) applied to A[:, block b]·X[block b] (fp32 per
+  /// 16-row block b and column: X then keeps only each block's relative magnitudes).
+  template <bool SCALED = false>
+  static __device__ void apply_a(const char* sm, const __half* x, float (&acc)[D / 16][4],
+                                 const float* scale = nullptr) {
+    const int w = threadIdx.x >> 5, lane = threadIdx.x & 31, mt = w >> 1, nh = w & 1, q4 = lane & 3;
+    const __half* a16 = reinterpret_cast<const __half*>(sm + L::a16);
 #pragma unroll
-      for (int ks = 0; ks < 4; ++ks) {
-        if (ks <= mt) {
-          std::uint32_t a[4];
-          ldsm_x4(a, a16 + (16 * mt + lrow_a(lane)) * PC + 16 * ks + lcol_a(lane));
+    for (int ks = 0; ks < 4; ++ks) {
+      if (ks <= mt) {
+        float part[D / 16][4] = {};
+        float(&dst)[D / 16][4] = SCALED ? part : acc;
+        std::uint32_t a[4];
+        ldsm_x4(a, a16 + (16 * mt + lrow_a(lane)) * PC + 16 * ks + lcol_a(lane));
 #pragma unroll
-          for (int np = 0; np < D / 32; ++np) {
-            std::uint32_t b[4];
-            ldsm_x4_t(b, he + (16 * ks + lrow_a(lane)) * PH + nh * (D / 2) + 16 * np + lcol_a(lane));
-            mma16816(acc[2 * np], a, b[0], b[1]);
-            mma16816(acc[2 * np + 1], a, b[2], b[3]);
+        for (int np = 0; np < D / 32; ++np) {
+          std::uint32_t b[4];
+          ldsm_x4_t(b, x + (16 * ks + lrow_a(lane)) * PH + nh * (D / 2) + 16 * np + lcol_a(lane));
+          mma16816(dst[2 * np], a, b[0], b[1]);
+          mma16816(dst[2 * np + 1], a, b[2], b[3]);
+        }
+        if (SCALED) {
+#pragma unroll
+          for (int nt = 0; nt < D / 16; ++nt) {
+            const float2 sc = *reinterpret_cast<const float2*>(scale + ks * D + nh * (D / 2) + 8 * nt + 2 * q4);
+            acc[nt][0] = fmaf(sc.x, part[nt][0], acc[nt][0]);
+            acc[nt][1] = fmaf(sc.y, part[nt][1], acc[nt][1]);
+            acc[nt][2] = fmaf(sc.x, part[nt][2], acc[nt][2]);
+            acc[nt][3] = fmaf(sc.y, part[nt][3], acc[nt][3]);
           }
         }
       }
-      __syncthreads();
-      const int g8 = lane >> 2, q4 = lane & 3;
+    }
+  }
+
+  /// Y = A Ē in place of Ē (fp16). Ends synchronised.
+  static __device__ void y(char* sm) {
+    const int w = threadIdx.x >> 5, lane = threadIdx.x & 31, mt = w >> 1, nh = w & 1;
+    __half* he = reinterpret_cast<__half*>(sm + L::he);
+    float acc[D / 16][4] = {};
+    apply_a(sm, he, acc);
+    __syncthreads();
+    const int g8 = lane >> 2, q4 = lane & 3;
 #pragma unroll
-      for (int nt = 0; nt < D / 16; ++nt) {
-        const int col = nh * (D / 2) + 8 * nt + 2 * q4;
+    for (int nt = 0; nt < D / 16; ++nt) {
+      const int col = nh * (D / 2) + 8 * nt + 2 * q4;
 #pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          const int row = 16 * mt + g8 + 8 * h;
-          *reinterpret_cast<__half2*>(he + row * PH + col) = __floats2half2_rn(acc[nt][2 * h], acc[nt][2 * h + 1]);
-        }
+      for (int h = 0; h < 2; ++h) {
+        const int row = 16 * mt + g8 + 8 * h;
+        *reinterpret_cast<__half2*>(he + row * PH + col) = __floats2half2_rn(acc[nt][2 * h], acc[nt][2 * h + 1]);
       }
     }
     __syncthreads();

@@ -29,7 +29,10 @@
 //   1. prep   (one block per 64-token chunk and value head, all chunks in parallel):
 //             cumulative decays; the anchored decay Grams T, Aqk (SPEC §5); A = (I+T)⁻¹
 //             in fp32 (16×16 diagonal inverses, block substitution); Y = A Ē, U = A Z,
-//             Qγ, Ktail, γ_C → a record per chunk-head in the workspace.
+//             Qγ, Ktail, γ_C → a record per chunk-head in the workspace. 16-bit inputs
+//             with tf32 products (16-byte-aligned rows): the same record from the
+//             forward's fp16 tensor-core prep, persistent blocks that copy the next
+//             chunk's inputs while they finish this one (cuda/src/backward_prep16.cuh).
 //   2. states (one block per sequence, value head and slice of value columns; two roles
 //             in one launch): the forward state pass S_c (start of every chunk) and the
 //             reverse pass dS_c (gradient at every chunk end; dS_0 of the first chunk is
@@ -94,11 +97,14 @@ struct BackwardParams {
   int dtype = 0;         // inputs q k v b w β dO: 0 bfloat16, 1 IEEE half, 2 fp32
   int vec = 0;           // 1: every input row and g start on a 4-element boundary (vector loads)
   int vec_out = 0;       // 1: every per-channel gradient row starts 16-byte aligned (vector stores)
+  int rows16 = 0;        // 1: 16-bit inputs whose per-channel rows (and g's) start 16-byte aligned:
+                         //    the tf32 prep runs on the forward's fp16 Prep (tile copies)
   int scalar_decay = 0;  // g is one value per token and head (GDN)
   int tied = 0;          // b = w = β (KDA, GDN)
   int math = 0;          // 0 tf32, 1 split tf32, 2 fp32
   int vs = 0;            // value columns per state-pass block
   int stages = 5;        // stages to run (profiling)
+  int num_sms = 0;       // persistent grids (the 16-bit prep)
   BwdSink dq, dk, dv, dg, db, dw, dbeta;
   float* ds0 = nullptr;
   long long ds0s[4] = {};
@@ -260,6 +266,7 @@ Status plan_backward(const Problem<T>& p, const GradOutputs<T>* up, const Gradie
                                                          : BackwardMath::tf32;
     f.math = math == BackwardMath::tf32 ? 0 : math == BackwardMath::tf32x3 ? 1 : 2;
     f.vs = vs;
+    f.num_sms = num_sms;
     if (opt.stages < 0 || opt.stages > 5)
       return {Code::invalid_argument, "stages must be in [0, 5], got " + std::to_string(opt.stages)};
     f.stages = opt.stages == 0 ? 5 : opt.stages;
@@ -397,6 +404,18 @@ Status backward_common(const Problem<T>& p, const GradOutputs<T>& up, const Grad
                   aligned(p.w, !tied) && aligned(p.g, Policy::decay != Decay::scalar) && aligned(up.d_o, true)
               ? 1
               : 0;
+  // the 16-bit prep copies whole rows with 16-byte cp.async: rows of 8 16-bit elements (4 of g)
+  auto rows16 = [](const auto& v, bool per_channel) {
+    if (!v.given() || !per_channel) return true;
+    using E = std::remove_const_t<std::remove_pointer_t<decltype(v.data)>>;
+    constexpr long long n = 16 / sizeof(E);
+    return reinterpret_cast<std::uintptr_t>(v.data) % 16 == 0 && v.stride[0] % n == 0 && v.stride[1] % n == 0 &&
+           v.stride[2] % n == 0;
+  };
+  f.rows16 = !std::is_same_v<T, float> && rows16(p.q, true) && rows16(p.k, true) && rows16(p.v, true) &&
+                     rows16(p.b, !tied) && rows16(p.w, !tied) && rows16(p.g, Policy::decay != Decay::scalar)
+                 ? 1
+                 : 0;
   return {};
 }
 

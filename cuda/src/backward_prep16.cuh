@@ -1,0 +1,231 @@
+// gdr2 CUDA backend, backward — stage 1 (prep) for 16-bit inputs with tf32 products, built
+// on the forward's fp16 tensor-core Prep (chunk_kernels.cuh: G-step, Grams, solve) plus
+// Y = A Ē and U = A Z on the same fragments. It writes the same fp32 record as
+// bwd::prep_body (backward_kernels.cuh), so nothing downstream changes.
+//
+// Persistent blocks (one per SM, 256 threads) walk the items (chunk, value head) first,
+// first + grid, ...: the next item's q k b g are copied (cp.async) while this one is
+// solved and written out, its v w during the solve.
+//
+// Precision: the products take fp16 operands (an 11-bit significand, as tf32) with fp32
+// accumulation, Aqk comes from an fp16 tile (every later stage rounds it to a tf32
+// operand anyway), A is the fp32 solve. What carries the absolute decays γ = 2^G (Qγ,
+// Ktail, Y) is kept in fp32 range (fp16 would flush the first rows of a strongly decayed
+// chunk, and with them dS_0). Device only: the host execution (CI) runs bwd::prep_body.
+#pragma once
+
+#include "backward_kernels.cuh"
+#include "chunk_kernels.cuh"
+
+namespace gdr2 {
+namespace cuda {
+namespace detail {
+namespace bwd {
+
+/// The forward loader's view of the backward's inputs (what ChunkLoader reads).
+inline ForwardParams loader_params(const BackwardParams& b) {
+  ForwardParams f;
+  auto s3 = [](const long long (&s)[3]) { return Strides3{s[0], s[1], s[2]}; };
+  f.q = b.q;
+  f.k = b.k;
+  f.v = b.v;
+  f.b = b.b;
+  f.w = b.w;
+  f.beta = b.beta;
+  f.g = b.g;
+  f.sq = s3(b.sq);
+  f.sk = s3(b.sk);
+  f.sv = s3(b.sv);
+  f.sb = s3(b.sb);
+  f.sw = s3(b.sw);
+  f.sbeta = s3(b.sbeta);
+  f.sg = s3(b.sg);
+  f.hg_g = b.hg_g;
+  f.hg_b = b.hg_b;
+  f.hg_w = b.hg_w;
+  f.hg_beta = b.hg_beta;
+  f.Hv = b.Hv;
+  f.group = b.group;
+  f.scale = b.scale;
+  return f;
+}
+
+template <int DECAY, int GATES, class Tin, int D>
+__global__ void __launch_bounds__(detail::kThreads, 1) prep16_kernel(const BackwardParams p, const ForwardParams fp) {
+  using Pr = Prep<DECAY, GATES, Tin, D, true>;
+  using L = typename Pr::L;
+  using R = Rec<D>;
+  constexpr int PH = L::PH, PC = L::PC, PF = L::PF, NT = detail::kThreads, PS = D + 8;  // PS: fp32 staging pitch
+  extern __shared__ __align__(128) char sm[];
+  const int tid = threadIdx.x, w = tid >> 5, lane = tid & 31, g8 = lane >> 2, q4 = lane & 3;
+  const long long items = p.total_chunks * p.Hv;
+  ChunkLoader<DECAY, GATES, Tin, D, true> ld;
+  auto issue_a = [&](long long it) {
+    const ChunkLoc cl = chunk_loc(p, it / p.Hv);
+    ld.issue_a(fp, sm, cl.bb, cl.t0, cl.len, int(it % p.Hv));
+    cp_async_commit();
+  };
+  // this warp's accumulator tile (Prep::apply_a) → fp32 staging [64][PS]
+  auto stage = [&](const float (&acc)[D / 16][4], float* dst) {
+    const int mt = w >> 1, nh = w & 1;
+#pragma unroll
+    for (int nt = 0; nt < D / 16; ++nt)
+#pragma unroll
+      for (int h = 0; h < 2; ++h)
+        *reinterpret_cast<float2*>(dst + (16 * mt + g8 + 8 * h) * PS + nh * (D / 2) + 8 * nt + 2 * q4) =
+            make_float2(acc[nt][2 * h], acc[nt][2 * h + 1]);
+  };
+  if (blockIdx.x < items) issue_a(blockIdx.x);
+#pragma unroll 1
+  for (long long it = blockIdx.x; it < items; it += gridDim.x) {
+    const ChunkLoc cl = chunk_loc(p, it / p.Hv);
+    const int hv = int(it % p.Hv);
+    float* rec = p.rec + it * R::floats;
+    cp_async_wait<0>();
+    ld.land_a(sm);
+    __syncthreads();
+    Pr::gstep(sm, p.scale);
+    Pr::grams(sm, p.scale);
+    // Decays kept in fp32 range: Qγ, Ktail exact into the record, and Ē = γ_f ⊙ Ē' with
+    // Ē'_r = Bk_r·2^{G_r − G_f} ≤ |Bk_r| (fp16, over the dead BkFin) relative to the first
+    // row f of r's 16-row block and γ_f (fp32, over γ_a): fp16 alone would flush γ
+    // (2^{G_r}, down to 0 in the first rows with strong decays). Running products of
+    // e = 2^g: a thread per (channel pair, block), as the G-step.
+    if (tid < 4 * (D / 2)) {
+      const int j = tid / (D / 2), d = 2 * (tid % (D / 2));
+      const Tin* q = reinterpret_cast<const Tin*>(sm + L::rq);
+      const Tin* k = reinterpret_cast<const Tin*>(sm + L::rk);
+      const Tin* bt = reinterpret_cast<const Tin*>(sm + L::rb);
+      const float* beta = reinterpret_cast<const float*>(sm + L::rb);
+      const float* e = reinterpret_cast<const float*>(sm + L::rg);
+      __half* eb = reinterpret_cast<__half*>(sm + L::he);
+      auto E2 = [&](int r) {
+        return DECAY == 0 ? *reinterpret_cast<const float2*>(e + r * D + d) : make_float2(e[r], e[r]);
+      };
+      float2* gf = reinterpret_cast<float2*>(Pr::ga(sm) + j * D + d);
+      const float2 e0 = E2(16 * j);
+      *gf = make_float2(gf->x * e0.x, gf->y * e0.y);  // γ_f = γ_a·e_f
+      const float2 qg = make_float2(p.scale * gf->x, p.scale * gf->y);
+      float2 P = make_float2(1.f, 1.f);
+#pragma unroll 4
+      for (int rr = 0; rr < 16; ++rr) {
+        const int r = 16 * j + rr;
+        if (rr) {
+          const float2 x = E2(r);
+          P = make_float2(P.x * x.x, P.y * x.y);
+        }
+        const float2 q2 = load2(q + r * PH + d), k2 = load2(k + r * PH + d);
+        const float2 b2 = GATES == 0 ? load2(bt + r * PH + d) : make_float2(beta[r], beta[r]);
+        *reinterpret_cast<float2*>(rec + R::Qg + r * D + d) = make_float2(q2.x * qg.x * P.x, q2.y * qg.y * P.y);
+        *reinterpret_cast<__half2*>(eb + r * PH + d) = __floats2half2_rn(b2.x * k2.x * P.x, b2.y * k2.y * P.y);
+      }
+      float2 Q = *reinterpret_cast<const float2*>(Pr::tf(sm) + j * D + d);  // 2^{G_C − G_r}, r from the block's end
+#pragma unroll 4
+      for (int rr = 15; rr >= 0; --rr) {
+        const int r = 16 * j + rr;
+        const float2 k2 = load2(k + r * PH + d), x = E2(r);
+        *reinterpret_cast<float2*>(rec + R::Kt + r * D + d) = make_float2(k2.x * Q.x, k2.y * Q.y);
+        Q = make_float2(Q.x * x.x, Q.y * x.y);
+      }
+    }
+    __syncthreads();  // q, k, b, g read: the next item's copies may land
+    ld.issue_b(fp, sm, cl.bb, cl.t0, cl.len, hv);  // v, w over the dead quadrant operands
+    cp_async_commit();
+    if (it + gridDim.x < items)
+      issue_a(it + gridDim.x);  // over the dead q, k, b, g
+    else
+      cp_async_commit();
+    Pr::template solve<false>(sm);
+    // A (fp32), Aqk (fp16 → fp32), zero above the diagonal 16-blocks; γ_C
+    {
+      const float* a32 = reinterpret_cast<const float*>(sm + L::a32);
+      const __half* aqk = reinterpret_cast<const __half*>(sm + L::aqk16);
+      for (int i = tid; i < 2 * kC * kC / 4; i += NT) {
+        const int m = i / (kC * kC / 4), r = (i / (kC / 4)) % kC, c = 4 * (i % (kC / 4));
+        float4 x = make_float4(0.f, 0.f, 0.f, 0.f);
+        if ((c >> 4) <= (r >> 4)) x = m ? load4(aqk + r * PC + c) : *reinterpret_cast<const float4*>(a32 + r * PF + c);
+        *reinterpret_cast<float4*>(rec + (m ? R::Aqk : R::A) + r * kC + c) = x;
+      }
+      for (int i = tid; i < D / 4; i += NT)
+        reinterpret_cast<float4*>(rec + R::gC)[i] = reinterpret_cast<const float4*>(Pr::gc(sm))[i];
+    }
+    float* sY = reinterpret_cast<float*>(sm + L::hq);   // [64][PS] over QFin, KFo (2 dead fp16 tiles)
+    float* sU = reinterpret_cast<float*>(sm + L::t32);  // [64][PS] over T, A (2 [64][PF] fp32 tiles, A
+                                                        // read above: ordered by the barrier after Y)
+    static_assert(L::hk == L::hq + L::TILE && 2 * L::TILE == kC * PS * 4, "Y staging");
+    static_assert(L::a32 == L::t32 + kC * PF * 4 && kC * PS * 4 <= 2 * kC * PF * 4 && L::vec == L::a32 + kC * PF * 4,
+                  "U staging");
+    {  // Y = A Ē = Σ_blocks γ_f ⊙ (A[:, block] Ē'[block])
+      float acc[D / 16][4] = {};
+      Pr::template apply_a<true>(sm, reinterpret_cast<const __half*>(sm + L::he), acc, Pr::ga(sm));
+      stage(acc, sY);
+    }
+    cp_async_wait<1>();  // v, w of this item
+    __syncthreads();
+    {  // Z = w ⊙ v (tied gates: β_r v_r) as fp16, in place of v
+      const Tin* v = reinterpret_cast<const Tin*>(sm + L::rv);
+      const Tin* wt = reinterpret_cast<const Tin*>(sm + L::rw);
+      const float* beta = reinterpret_cast<const float*>(sm + L::rb);
+      for (int i = tid; i < kC * D / 8; i += NT) {
+        const int r = i / (D / 8), c = 8 * (i % (D / 8));
+        const uint4 vv = *reinterpret_cast<const uint4*>(v + r * PH + c);
+        uint4 ww = vv;
+        if (GATES == 0) ww = *reinterpret_cast<const uint4*>(wt + r * PH + c);
+        const float bt = GATES == 1 ? beta[r] : 0.f;
+        const std::uint32_t* pv = &vv.x;
+        const std::uint32_t* pw = &ww.x;
+        uint4 z;
+        std::uint32_t* pz = &z.x;
+#pragma unroll
+        for (int h = 0; h < 4; ++h) {
+          const float2 a = In16<Tin>::to_float2(pv[h]);
+          const float2 b = GATES == 0 ? In16<Tin>::to_float2(pw[h]) : make_float2(bt, bt);
+          pz[h] = pack_half2(a.x * b.x, a.y * b.y);
+        }
+        *reinterpret_cast<uint4*>(sm + L::rv + (r * PH + c) * 2) = z;
+      }
+    }
+    __syncthreads();
+    {
+      float acc[D / 16][4] = {};
+      Pr::apply_a(sm, reinterpret_cast<const __half*>(sm + L::rv), acc);
+      stage(acc, sU);
+    }
+    __syncthreads();
+    for (int i = tid; i < 2 * kC * D / 4; i += NT) {  // Y, U → record, 16-byte stores
+      const int m = i / (kC * D / 4), r = (i / (D / 4)) % kC, c = 4 * (i % (D / 4));
+      *reinterpret_cast<float4*>(rec + (m ? R::U : R::Y) + r * D + c) =
+          *reinterpret_cast<const float4*>((m ? sU : sY) + r * PS + c);
+    }
+    // (the next item's first barrier orders these reads before its writes)
+  }
+  cp_async_wait<0>();
+}
+
+template <int DECAY, int GATES, class Tin, int D>
+cudaError_t launch_prep16_k(const BackwardParams& p, cudaStream_t st) {
+  auto kern = prep16_kernel<DECAY, GATES, Tin, D>;
+  constexpr int smem = Prep<DECAY, GATES, Tin, D, true>::L::bytes;
+  cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  if (e != cudaSuccess) return e;
+  const long long items = p.total_chunks * p.Hv, sms = p.num_sms > 0 ? p.num_sms : 132;
+  kern<<<unsigned(items < sms ? items : sms), detail::kThreads, smem, st>>>(p, loader_params(p));
+  return cudaGetLastError();
+}
+
+/// The 16-bit prep of one head width: dtype (bf16, fp16) × gate policy (as BackwardParams).
+template <int D>
+cudaError_t launch_prep16(const BackwardParams& p, cudaStream_t st) {
+  auto by_policy = [&](auto tin) {
+    using Tin = decltype(tin);
+    if (p.scalar_decay) return launch_prep16_k<1, 1, Tin, D>(p, st);
+    if (p.tied) return launch_prep16_k<0, 1, Tin, D>(p, st);
+    return launch_prep16_k<0, 0, Tin, D>(p, st);
+  };
+  return p.dtype == 0 ? by_policy(__nv_bfloat16{}) : by_policy(__half{});
+}
+
+}  // namespace bwd
+}  // namespace detail
+}  // namespace cuda
+}  // namespace gdr2
