@@ -5,7 +5,8 @@
 // `--benchmark_format=json` output reads as ratios to the ceilings measured in the
 // same binary: `ceiling/sgemm` (Eigen's own fp32 GEMM, one independent product per
 // thread) and `ceiling/memcpy` (bytes read + written per second, all threads), plus
-// `ceiling/fma` (the cores' fp32 FMA peak, no memory traffic) where AVX/FMA is compiled in.
+// `ceiling/fma` (the cores' fp32 FMA peak in the widest vectors compiled in — AVX-512 or
+// AVX2 — no memory traffic) where they are.
 //
 // FLOPs are counted as in SPEC §3 (see flops.hpp: the WY chunk form; the recurrent
 // engine is charged its own 7·K·V per token and head); bytes are the fewest
@@ -21,7 +22,7 @@
 
 #include <cstdlib>
 #include <cstring>
-#if defined(__AVX__) && defined(__FMA__)
+#if defined(__AVX512F__) || (defined(__AVX__) && defined(__FMA__))
 #include <immintrin.h>
 #endif
 #include <memory>
@@ -90,24 +91,39 @@ void ceiling_memcpy(benchmark::State& st) {
   set_rates(st, 0, 2.0 * double(bytes));
 }
 
-#if defined(__AVX__) && defined(__FMA__)
-/// 12 independent 8-wide FMA chains (enough to cover the FMA latency on two pipes), no
+#if defined(__AVX512F__)
+// the widest fp32 vector compiled in: the FMA ceiling must use what sgemm can use
+using VecF = __m512;
+constexpr int kLanes = 16;
+inline VecF vset(float x) { return _mm512_set1_ps(x); }
+inline VecF vfma(VecF a, VecF b, VecF c) { return _mm512_fmadd_ps(a, b, c); }
+inline VecF vadd(VecF a, VecF b) { return _mm512_add_ps(a, b); }
+inline float vfirst(VecF a) { return _mm512_cvtss_f32(a); }
+#define GDR2_BENCH_FMA 1
+#elif defined(__AVX__) && defined(__FMA__)
+using VecF = __m256;
+constexpr int kLanes = 8;
+inline VecF vset(float x) { return _mm256_set1_ps(x); }
+inline VecF vfma(VecF a, VecF b, VecF c) { return _mm256_fmadd_ps(a, b, c); }
+inline VecF vadd(VecF a, VecF b) { return _mm256_add_ps(a, b); }
+inline float vfirst(VecF a) { return _mm256_cvtss_f32(a); }
+#define GDR2_BENCH_FMA 1
+#endif
+
+#ifdef GDR2_BENCH_FMA
+/// 12 independent kLanes-wide FMA chains (enough to cover the FMA latency on two pipes), no
 /// memory traffic: the fp32 FLOP peak of the cores, an upper bound no engine can pass.
 __attribute__((noinline)) float fma_chains(long n) {
-  const __m256 m = _mm256_set1_ps(0.99999f), c = _mm256_set1_ps(1e-7f);
-  __m256 a0 = _mm256_set1_ps(0), a1 = _mm256_set1_ps(1), a2 = _mm256_set1_ps(2), a3 = _mm256_set1_ps(3),
-         a4 = _mm256_set1_ps(4), a5 = _mm256_set1_ps(5), a6 = _mm256_set1_ps(6), a7 = _mm256_set1_ps(7),
-         a8 = _mm256_set1_ps(8), a9 = _mm256_set1_ps(9), a10 = _mm256_set1_ps(10), a11 = _mm256_set1_ps(11);
+  const VecF m = vset(0.99999f), c = vset(1e-7f);
+  VecF a[12];
+  for (int i = 0; i < 12; ++i) a[i] = vset(float(i));
   for (long k = 0; k < n; ++k) {
-    a0 = _mm256_fmadd_ps(a0, m, c), a1 = _mm256_fmadd_ps(a1, m, c), a2 = _mm256_fmadd_ps(a2, m, c);
-    a3 = _mm256_fmadd_ps(a3, m, c), a4 = _mm256_fmadd_ps(a4, m, c), a5 = _mm256_fmadd_ps(a5, m, c);
-    a6 = _mm256_fmadd_ps(a6, m, c), a7 = _mm256_fmadd_ps(a7, m, c), a8 = _mm256_fmadd_ps(a8, m, c);
-    a9 = _mm256_fmadd_ps(a9, m, c), a10 = _mm256_fmadd_ps(a10, m, c), a11 = _mm256_fmadd_ps(a11, m, c);
+#pragma GCC unroll 12
+    for (int i = 0; i < 12; ++i) a[i] = vfma(a[i], m, c);
   }
-  const __m256 s = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)),
-                                 _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(a4, a5), _mm256_add_ps(a6, a7)),
-                                               _mm256_add_ps(_mm256_add_ps(a8, a9), _mm256_add_ps(a10, a11))));
-  return _mm256_cvtss_f32(s);
+  VecF s = a[0];
+  for (int i = 1; i < 12; ++i) s = vadd(s, a[i]);
+  return vfirst(s);
 }
 
 /// `ceiling/fma`: the cores' peak fp32 FMA rate (2 FLOPs per lane per FMA), all threads.
@@ -120,7 +136,7 @@ void ceiling_fma(benchmark::State& st) {
     parallel_for(ex, threads, [&](Index i, int) { sink[size_t(i)] += fma_chains(n); });
     benchmark::DoNotOptimize(sink.data());
   }
-  set_rates(st, 2.0 * 8 * 12 * double(n) * threads, 0);
+  set_rates(st, 2.0 * kLanes * 12 * double(n) * threads, 0);
 }
 #endif
 
@@ -236,7 +252,7 @@ void register_all() {
   const int T = bench_threads();
   benchmark::RegisterBenchmark("ceiling/sgemm", ceiling_sgemm)->Arg(T)->UseRealTime()->Unit(benchmark::kMillisecond);
   benchmark::RegisterBenchmark("ceiling/sgemm/threads:1", ceiling_sgemm)->Arg(1)->UseRealTime()->Unit(benchmark::kMillisecond);
-#if defined(__AVX__) && defined(__FMA__)
+#ifdef GDR2_BENCH_FMA
   benchmark::RegisterBenchmark("ceiling/fma", ceiling_fma)->Arg(T)->UseRealTime()->Unit(benchmark::kMillisecond);
 #endif
   benchmark::RegisterBenchmark("ceiling/memcpy", ceiling_memcpy)->Arg(T)->UseRealTime()->Unit(benchmark::kMillisecond);
