@@ -214,10 +214,9 @@ void chunk_wy(ChunkWY<Acc>& ws, Index n, Acc scale) {
                          GramTerm<Acc>{&ws.Qs, &ws.Aqk, /*strict=*/false, &ws.AF2}},
                         ws.Kc, dc, n, ws.BF, ws.p);
   // A = (I + T)⁻¹ (fp32 or better, SPEC §5) by block recursion, then [Y U] = A [Ē Z] as
-  // one triangular product (cheaper than substituting the
-  // n×(K+V) right-hand side directly).
-  auto A = ws.A.topLeftCorner(n, n);
+  // one triangular product (cheaper than substituting the n×(K+V) right-hand side).
   unit_lower_inverse(ws.T, 0, n, ws.A);
+  const auto A = ws.A.topLeftCorner(n, n);
   auto EZ = ws.EZ.topRows(n);
   EZ.leftCols(K) = ws.Bk.topRows(n).cwiseProduct(dc.Gam.topRows(n));
   EZ.rightCols(V) = ws.Wg.topRows(n).cwiseProduct(ws.Vv.topRows(n));

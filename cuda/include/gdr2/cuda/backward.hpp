@@ -391,29 +391,24 @@ Status backward_common(const Problem<T>& p, const GradOutputs<T>& up, const Grad
   bwd_strides3(up.d_o, f.sdo);
   f.dsT = up.d_final_state.data;
   for (int i = 0; i < 4; ++i) f.dsTs[i] = up.d_final_state.stride[i];
-  // vector loads (four channels per access) when every row of every input read by
-  // channel starts on a four-element boundary; else scalar loads (same results)
-  auto aligned = [](const auto& v, bool per_channel) {
-    if (!v.given() || !per_channel) return true;
-    using E = std::remove_const_t<std::remove_pointer_t<decltype(v.data)>>;
-    return reinterpret_cast<std::uintptr_t>(v.data) % (4 * sizeof(E)) == 0 && v.stride[0] % 4 == 0 &&
-           v.stride[1] % 4 == 0 && v.stride[2] % 4 == 0;
-  };
+  // Every row of every input read by channel (and dO's) starts on a boundary of `unit`
+  // elements, unit = unit_of(sizeof(element)).
   const bool tied = Policy::gates == Gates::tied;
-  f.vec = aligned(p.q, true) && aligned(p.k, true) && aligned(p.v, true) && aligned(p.b, !tied) &&
-                  aligned(p.w, !tied) && aligned(p.g, Policy::decay != Decay::scalar) && aligned(up.d_o, true)
-              ? 1
-              : 0;
-  // the 16-bit prep copies whole rows with 16-byte cp.async: rows of 8 16-bit elements (4 of g)
-  auto rows16 = [](const auto& v, bool per_channel) {
-    if (!v.given() || !per_channel) return true;
-    using E = std::remove_const_t<std::remove_pointer_t<decltype(v.data)>>;
-    constexpr long long n = 16 / sizeof(E);
-    return reinterpret_cast<std::uintptr_t>(v.data) % 16 == 0 && v.stride[0] % n == 0 && v.stride[1] % n == 0 &&
-           v.stride[2] % n == 0;
+  auto rows_aligned = [&](auto unit_of, bool with_do) {
+    auto ok = [&](const auto& v, bool per_channel) {
+      if (!v.given() || !per_channel) return true;
+      using E = std::remove_const_t<std::remove_pointer_t<decltype(v.data)>>;
+      const long long n = unit_of(sizeof(E));
+      return reinterpret_cast<std::uintptr_t>(v.data) % (n * sizeof(E)) == 0 && v.stride[0] % n == 0 &&
+             v.stride[1] % n == 0 && v.stride[2] % n == 0;
+    };
+    return ok(p.q, true) && ok(p.k, true) && ok(p.v, true) && ok(p.b, !tied) && ok(p.w, !tied) &&
+           ok(p.g, Policy::decay != Decay::scalar) && (!with_do || ok(up.d_o, true));
   };
-  f.rows16 = !std::is_same_v<T, float> && rows16(p.q, true) && rows16(p.k, true) && rows16(p.v, true) &&
-                     rows16(p.b, !tied) && rows16(p.w, !tied) && rows16(p.g, Policy::decay != Decay::scalar)
+  // vector loads (four channels per access); else scalar loads (same results)
+  f.vec = rows_aligned([](std::size_t) { return 4LL; }, true) ? 1 : 0;
+  // the 16-bit prep copies whole rows with 16-byte cp.async: rows of 8 16-bit elements (4 of g)
+  f.rows16 = !std::is_same_v<T, float> && rows_aligned([](std::size_t e) { return (long long)(16 / e); }, false)
                  ? 1
                  : 0;
   return {};
