@@ -10,6 +10,7 @@
 #pragma once
 
 #include "recurrent.hpp"
+#include "small_gemm.hpp"
 
 #include <array>
 
@@ -83,44 +84,89 @@ void anchored_blocks(const RowMat<Acc>& X, const ChunkDecay<Acc>& dc, Index i0, 
   }
 }
 
-/// Build several decay-weighted Grams against the same right factor B (rows/cols
-/// [0, n)), sharing every decay factor. Off-diagonal sub-blocks: for row block i,
-/// all column blocks j < i at once as one GEMM (A ⊙ Fin)_i · (B ⊙ Fout ⊙ D_ij)ᵀ with
-/// D_ij = exp(G_{i0−1} − G_{end(j)}) ≤ 1 (anchor between the blocks). Diagonal
-/// sub-blocks: running products of exp(g) from each column s down. `BF` is scratch
-/// of ≥ n×K, `p` of K.
-template <class Acc, std::size_t M>
-void decayed_grams(const std::array<GramTerm<Acc>, M>& terms, const RowMat<Acc>& B, const ChunkDecay<Acc>& dc,
-                   Index n, RowMat<Acc>& BF, Vec<Acc>& p) {
-  for (const auto& t : terms) {
-    t.out->topLeftCorner(n, n).setZero();
-    t.AF->topRows(n) = t.A->topRows(n).cwiseProduct(dc.Fin.topRows(n));
-  }
-  for (Index i0 = 0; i0 < n; i0 += kSubBlock) {
-    const Index ni = std::min(kSubBlock, n - i0);
-    if (i0 > 0) {
-      anchored_blocks(B, dc, i0, BF, p);  // BF rows [0, i0) = B ⊙ Fout ⊙ D_ij
-      for (const auto& t : terms)
-        t.out->block(i0, 0, ni, i0).noalias() = t.AF->middleRows(i0, ni) * BF.topRows(i0).transpose();
-    }
-    for (Index s = i0; s < i0 + ni; ++s) {
-      p = B.row(s).transpose();
-      for (const auto& t : terms)
-        if (!t.strict) (*t.out)(s, s) = t.A->row(s).dot(p);
-      for (Index r = s + 1; r < i0 + ni; ++r) {
-        p.array() *= dc.E.row(r).transpose().array();
-        for (const auto& t : terms) (*t.out)(r, s) = t.A->row(r).dot(p);
-      }
+/// The diagonal sub-block [i0, i0+ni) of decayed_grams over key channels
+/// [d0, d0 + NP·lanes): out(r, s) += Σ_d A(r,d)·B(s,d)·Π_{s<u≤r} E(u,d) for s ≤ r (s < r
+/// for strict terms), the running product held in NP packet registers.
+template <int NP, class Acc, std::size_t M>
+void gram_diagonal(const std::array<GramTerm<Acc>, M>& terms, const RowMat<Acc>& B, const RowMat<Acc>& E, Index i0,
+                   Index ni, Index d0) {
+  using namespace Eigen::internal;
+  using Packet = typename GemmTile<Acc>::Packet;
+  constexpr int L = GemmTile<Acc>::lanes;
+  auto dot = [&](const RowMat<Acc>& A, Index r, const Packet* p) {
+    const Acc* a = &A(r, d0);
+    Packet acc = pmul(ploadu<Packet>(a), p[0]);
+    for (int q = 1; q < NP; ++q) acc = pmadd(ploadu<Packet>(a + q * L), p[q], acc);
+    return predux(acc);
+  };
+  for (Index s = i0; s < i0 + ni; ++s) {
+    Packet p[NP];
+    for (int q = 0; q < NP; ++q) p[q] = ploadu<Packet>(&B(s, d0 + q * L));
+    for (const auto& t : terms)
+      if (!t.strict) (*t.out)(s, s) += dot(*t.A, s, p);
+    for (Index r = s + 1; r < i0 + ni; ++r) {
+      for (int q = 0; q < NP; ++q) p[q] = pmul(p[q], ploadu<Packet>(&E(r, d0 + q * L)));
+      for (const auto& t : terms) (*t.out)(r, s) += dot(*t.A, r, p);
     }
   }
 }
 
-/// out(r, s) = Σ_d A(r,d)·B(s,d)·exp(G_r[d] − G_s[d]) for s ≤ r (s < r when `strict`),
-/// zero above the diagonal; rows/cols [0, n). AF, BF: scratch ≥ n×K; p: K.
-template <class Acc>
-void decayed_gram(const RowMat<Acc>& A, const RowMat<Acc>& B, const ChunkDecay<Acc>& dc, Index n, bool strict,
-                  RowMat<Acc>& out, RowMat<Acc>& AF, RowMat<Acc>& BF, Vec<Acc>& p) {
-  decayed_grams<Acc, 1>({GramTerm<Acc>{&A, &out, strict, &AF}}, B, dc, n, BF, p);
+/// Build several decay-weighted Grams against the same right factor B (rows/cols
+/// [0, n)), sharing every decay factor. Off-diagonal sub-blocks: for row block i,
+/// all column blocks j < i at once as one product (A ⊙ Fin)_i · Y_iᵀ with
+/// Y_i = B ⊙ Fout ⊙ D_ij and D_ij = exp(G_{i0−1} − G_{end(j)}) ≤ 1 (anchor between the
+/// blocks), Y_i held transposed (K × i0) so that small_gemm vectorises along its
+/// tokens. Diagonal sub-blocks: running products of exp(g) from each column s down.
+/// Scratch: BFt and Yt of ≥ K×n, `p` of K.
+template <class Acc, std::size_t M>
+void decayed_grams(const std::array<GramTerm<Acc>, M>& terms, const RowMat<Acc>& B, const ChunkDecay<Acc>& dc,
+                   Index n, RowMat<Acc>& BFt, RowMat<Acc>& Yt, Vec<Acc>& p) {
+  const Index K = B.cols();
+  for (const auto& t : terms) {
+    t.out->topLeftCorner(n, n).setZero();
+    t.AF->topRows(n) = t.A->topRows(n).cwiseProduct(dc.Fin.topRows(n));
+  }
+  if (n > kSubBlock) transpose_product<Acc>(B, dc.Fout, n, K, BFt);
+  for (Index i0 = 0; i0 < n; i0 += kSubBlock) {
+    const Index ni = std::min(kSubBlock, n - i0);
+    if (i0 > 0) {
+      // Yt columns [0, i0): BFt, each block j before the adjacent one scaled by D_ij.
+      for (Index j0 = 0; j0 < i0; j0 += kSubBlock) {
+        auto blk = Yt.block(0, j0, K, kSubBlock);
+        if (j0 + kSubBlock == i0) {
+          blk = BFt.block(0, j0, K, kSubBlock);
+        } else {
+          p = (dc.G.row(i0 - 1) - dc.G.row(j0 + kSubBlock - 1)).transpose().array().exp();
+          blk = BFt.block(0, j0, K, kSubBlock).array().colwise() * p.array();
+        }
+      }
+      for (const auto& t : terms)
+        small_gemm<Update::set>(ni, i0, K, strided(*t.AF).offset(i0, 0), Yt.data(), Yt.cols(),
+                                t.out->data() + i0 * t.out->cols(), t.out->cols());
+    }
+    // Diagonal block, over the key channels in pieces whose running products stay in
+    // registers (8 packets, then single packets, then single channels).
+    constexpr Index L = GemmTile<Acc>::lanes;
+    Index d0 = 0;
+    for (; d0 + 8 * L <= K; d0 += 8 * L) gram_diagonal<8>(terms, B, dc.E, i0, ni, d0);
+    for (; d0 + L <= K; d0 += L) gram_diagonal<1>(terms, B, dc.E, i0, ni, d0);
+    for (; d0 < K; ++d0)
+      for (Index s = i0; s < i0 + ni; ++s) {
+        Acc q = B(s, d0);
+        for (const auto& t : terms)
+          if (!t.strict) (*t.out)(s, s) += (*t.A)(s, d0) * q;
+        for (Index r = s + 1; r < i0 + ni; ++r) {
+          q *= dc.E(r, d0);
+          for (const auto& t : terms) (*t.out)(r, s) += (*t.A)(r, d0) * q;
+        }
+      }
+  }
+}
+
+/// Prefetch the input rows of tokens [t0, t0+n) of (batch row b, value head hv).
+template <class Policy, class T>
+void prefetch_tokens(const TokenReader<Policy, T>& rd, Index b, Index t0, Index n, Index hv) {
+  for (Index t = t0; t < t0 + n; ++t) rd.prefetch(b, t, hv);
 }
 
 /// A chunk's inputs and the WY quantities that the forward and the backward both
@@ -130,18 +176,18 @@ void decayed_gram(const RowMat<Acc>& A, const RowMat<Acc>& B, const ChunkDecay<A
 template <class Acc>
 struct ChunkWY {
   RowMat<Acc> Q, Kc, g, Bg, Vv, Wg;  // raw chunk inputs (Bg, Wg: erase / write gates)
-  RowMat<Acc> Bk, Qs, T, Aqk, EZ, YU, R, Kt, AF, AF2, BF;
+  RowMat<Acc> Bk, Qs, T, Aqk, EZ, YU, R, Kt, AF, AF2, BFt, Yt;
   Eigen::Matrix<Acc, Eigen::Dynamic, Eigen::Dynamic> A;  // (I + T)⁻¹, unit lower (column-major)
   ChunkDecay<Acc> dc;
   Vec<Acc> p;
   ChunkWY(Index C, Index K, Index V)
       : Q(C, K), Kc(C, K), g(C, K), Bg(C, K), Vv(C, V), Wg(C, V), Bk(C, K), Qs(C, K), T(C, C), Aqk(C, C),
-        EZ(C, K + V), YU(C, K + V), R(C, V), Kt(C, K), AF(C, K), AF2(C, K), BF(C, K), A(C, C), dc(C, K), p(K) {}
+        EZ(C, K + V), YU(C, K + V), R(C, V), Kt(C, K), AF(C, K), AF2(C, K), BFt(K, C), Yt(K, C), A(C, C), dc(C, K), p(K) {}
 
   /// Elements held by the members above (for the scratch types' bytes()).
   Index size() const {
     Index e = dc.size() + A.size() + p.size();
-    for (const RowMat<Acc>* m : {&Q, &Kc, &g, &Bg, &Vv, &Wg, &Bk, &Qs, &T, &Aqk, &EZ, &YU, &R, &Kt, &AF, &AF2, &BF})
+    for (const RowMat<Acc>* m : {&Q, &Kc, &g, &Bg, &Vv, &Wg, &Bk, &Qs, &T, &Aqk, &EZ, &YU, &R, &Kt, &AF, &AF2, &BFt, &Yt})
       e += m->size();
     return e;
   }
@@ -149,6 +195,7 @@ struct ChunkWY {
   /// Load tokens [t0, t0+n) of (batch row b, value head hv) through the policy.
   template <class Policy, class T>
   void load(const TokenReader<Policy, T>& rd, Index b, Index t0, Index n, Index hv) {
+    prefetch_tokens(rd, b, t0, n, hv);  // every row's misses in flight at once
     for (Index r = 0; r < n; ++r) {
       const Index t = t0 + r;
       rd.qk(b, t, hv, Q.row(r).data(), Kc.row(r).data());
@@ -200,7 +247,7 @@ void unit_lower_inverse(const LMat& L, Index off, Index n, AMat& A) {
 /// The WY core of a loaded chunk of n tokens, shared by the forward's phase 1 and
 /// the backward's recompute: decays (ws.dc), Bk = b ⊙ k, Qs = scale·q, the
 /// decay-weighted Grams T (strict) and Aqk, A = (I + T)⁻¹ and
-/// [Y U] = A [Ē Z] with Ē = γ ⊙ b ⊙ k, Z = w ⊙ v (EZ holds [Ē Z]; AF, AF2, BF, p
+/// [Y U] = A [Ē Z] with Ē = γ ⊙ b ⊙ k, Z = w ⊙ v (EZ holds [Ē Z]; AF, AF2, BFt, Yt, p
 /// are used as scratch).
 template <class Acc>
 void chunk_wy(ChunkWY<Acc>& ws, Index n, Acc scale) {
@@ -212,15 +259,14 @@ void chunk_wy(ChunkWY<Acc>& ws, Index n, Acc scale) {
   // T (strict) and Aqk (with diagonal): decay-weighted Grams against the keys.
   decayed_grams<Acc, 2>({GramTerm<Acc>{&ws.Bk, &ws.T, /*strict=*/true, &ws.AF},
                          GramTerm<Acc>{&ws.Qs, &ws.Aqk, /*strict=*/false, &ws.AF2}},
-                        ws.Kc, dc, n, ws.BF, ws.p);
+                        ws.Kc, dc, n, ws.BFt, ws.Yt, ws.p);
   // A = (I + T)⁻¹ (fp32 or better, SPEC §5) by block recursion, then [Y U] = A [Ē Z] as
   // one triangular product (cheaper than substituting the n×(K+V) right-hand side).
   unit_lower_inverse(ws.T, 0, n, ws.A);
-  const auto A = ws.A.topLeftCorner(n, n);
   auto EZ = ws.EZ.topRows(n);
   EZ.leftCols(K) = ws.Bk.topRows(n).cwiseProduct(dc.Gam.topRows(n));
   EZ.rightCols(V) = ws.Wg.topRows(n).cwiseProduct(ws.Vv.topRows(n));
-  ws.YU.topRows(n).noalias() = A.template triangularView<Eigen::UnitLower>() * EZ;
+  small_gemm<Update::set>(n, K + V, n, strided(ws.A), EZ.data(), ws.EZ.cols(), ws.YU.data(), ws.YU.cols(), /*lower=*/true);
 }
 
 /// Phase 1 of a chunk (SPEC §3): everything that does not depend on the incoming
@@ -250,16 +296,16 @@ template <class Acc>
 void chunk_state_pass(const RowMat<Acc>& YU, const RowMat<Acc>& Aqk, const RowMat<Acc>& Qg, const RowMat<Acc>& Kt,
                       const Vec<Acc>& gammaC, Index n, Index j0, Index w, RowMat<Acc>& S, RowMat<Acc>& R,
                       RowMat<Acc>& O) {
-  const Index K = S.rows();
-  auto S0 = S.middleCols(j0, w);
-  auto Rb = R.block(0, j0, n, w);
-  auto Ob = O.block(0, j0, n, w);
-  Rb = YU.block(0, K + j0, n, w);
-  Rb.noalias() -= YU.topLeftCorner(n, K) * S0;
-  Ob.noalias() = Qg.topRows(n) * S0;
-  Ob.noalias() += Aqk.topLeftCorner(n, n).template triangularView<Eigen::Lower>() * Rb;
-  S0.array().colwise() *= gammaC.array();
-  S0.noalias() += Kt.topRows(n).transpose() * Rb;
+  const Index K = S.rows(), ldS = S.cols(), ldR = R.cols(), ldO = O.cols();
+  Acc* S0 = S.data() + j0;
+  Acc* Rb = R.data() + j0;
+  Acc* Ob = O.data() + j0;
+  R.block(0, j0, n, w) = YU.block(0, K + j0, n, w);
+  small_gemm<Update::sub>(n, w, K, strided(YU), S0, ldS, Rb, ldR);  // R = U − Y S0
+  small_gemm<Update::set>(n, w, K, strided(Qg), S0, ldS, Ob, ldO);  // O = Qγ S0
+  small_gemm<Update::add>(n, w, n, strided(Aqk), Rb, ldR, Ob, ldO, /*lower=*/true);  // O += Aqk R
+  S.middleCols(j0, w).array().colwise() *= gammaC.array();
+  small_gemm<Update::add>(K, w, n, strided_t(Kt), Rb, ldR, S0, ldS);  // S += Ktailᵀ R
 }
 
 /// One whole chunk of SPEC §3 on ws.S in place (S_0 → S_C); chunk outputs into ws.O.
@@ -356,6 +402,9 @@ void chunk_forward_pairs(const Problem<T>& p, const Outputs<TO, accum_t<T>>& out
       at_chunk(n, c, hv, static_cast<const RowMat<Acc>&>(ws.S));
       const Index len = std::min(C, span.end - t0);
       ws.load(rd, span.batch, t0, len, hv);
+      // The next chunk's inputs and this chunk's output rows arrive during the compute.
+      prefetch_tokens(rd, span.batch, t0 + len, std::min(C, span.end - t0 - len), hv);
+      for (Index r = 0; r < len; ++r) prefetch_row(out.o.row(span.batch, t0 + r, hv), d.V, /*for_write=*/true);
       chunk_forward_step(ws, len, scale);
       write_rows(out.o, span.batch, t0, len, hv, ws.O, 0, d.V);
     }

@@ -11,7 +11,7 @@
 // overflow for strong decays. Here every decay-weighted term has the form
 //   Σ_d a_r[d] c_s[d] exp(G_r[d] − G_s[d]),  s ≤ r,
 // and its gradients are again such sums ("decayed applies"), evaluated with the
-// sub-block/anchor structure of `decayed_gram`: off-diagonal 16-token blocks as
+// sub-block/anchor structure of `decayed_grams`: off-diagonal 16-token blocks as
 // plain GEMMs between factors exp(G_r − G_anchor), exp(G_anchor − G_anchor'),
 // exp(G_anchor' − G_s) that are each ≤ 1, diagonal blocks with running products of
 // per-token decays. The decay gradient of such a term adds a_r ⊙ (Σ_s …) to dG_r

@@ -1,0 +1,64 @@
+// The chunk engine's register-tiled kernels (small_gemm.hpp) against Eigen's own
+// products, on sizes that leave every kind of remainder: row tiles shorter than the
+// register tile, column packets and single columns past the last whole packet pair.
+#include "common.hpp"
+
+#include <gdr2/small_gemm.hpp>
+
+using namespace gdr2;
+using namespace gdr2::detail;
+
+namespace {
+
+// Tolerance: each C element is one k-long sum whose order differs from Eigen's
+// (k ≤ 70 terms of O(1) products): ≤ k·eps relative, so 100·eps bounds it.
+template <class Acc>
+double tol() {
+  return 100 * double(std::numeric_limits<Acc>::epsilon());
+}
+
+template <class Acc>
+void check_small_gemm(Index m, Index n, Index k, bool lower) {
+  using Mat = Eigen::Matrix<Acc, Eigen::Dynamic, Eigen::Dynamic>;
+  Mat A = Mat::Random(m, k);  // column-major: small_gemm reads A through strides
+  if (lower) A.template triangularView<Eigen::StrictlyUpper>().setZero();
+  const RowMat<Acc> B = RowMat<Acc>::Random(k, n), C0 = RowMat<Acc>::Random(m, n);
+  const RowMat<Acc> AB = A * B;
+  INFO("m=" << m << " n=" << n << " k=" << k << " lower=" << lower);
+  RowMat<Acc> C = C0;
+  small_gemm<Update::set>(m, n, k, strided(A), B.data(), n, C.data(), n, lower);
+  CHECK((C - AB).norm() <= tol<Acc>() * AB.norm());
+  C = C0;
+  small_gemm<Update::add>(m, n, k, strided(A), B.data(), n, C.data(), n, lower);
+  CHECK((C - (C0 + AB)).norm() <= tol<Acc>() * (C0 + AB).norm());
+  C = C0;
+  small_gemm<Update::sub>(m, n, k, strided(A), B.data(), n, C.data(), n, lower);
+  CHECK((C - (C0 - AB)).norm() <= tol<Acc>() * (C0 - AB).norm());
+  // A read transposed (Aᵀ's strides) gives the product with Aᵀ.
+  const Mat At = A.transpose();
+  C = C0;
+  small_gemm<Update::set>(m, n, k, strided_t(At), B.data(), n, C.data(), n, lower);
+  CHECK((C - AB).norm() <= tol<Acc>() * AB.norm());
+}
+
+}  // namespace
+
+TEMPLATE_TEST_CASE("kernels: small_gemm matches Eigen's product", "[kernels]", float, double) {
+  for (Index m : {1, 3, 4, 7, 8, 13, 64})
+    for (Index n : {1, 5, 16, 23, 37, 64, 70})
+      for (Index k : {1, 9, 64})
+        for (bool lower : {false, true})
+          if (!lower || k == m) check_small_gemm<TestType>(m, n, k, lower);
+}
+
+TEMPLATE_TEST_CASE("kernels: transpose_product writes (X ⊙ F)ᵀ", "[kernels]", float, double) {
+  for (Index n : {1, 15, 16, 37, 64})
+    for (Index K : {3, 16, 40, 147}) {
+      const RowMat<TestType> X = RowMat<TestType>::Random(n, K), F = RowMat<TestType>::Random(n, K);
+      RowMat<TestType> Out = RowMat<TestType>::Constant(K, n, TestType(NAN));
+      transpose_product<TestType>(X, F, n, K, Out);
+      const RowMat<TestType> want = X.cwiseProduct(F).transpose();
+      INFO("n=" << n << " K=" << K);
+      CHECK((Out - want).norm() == 0);  // one rounding per element, the same as Eigen's
+    }
+}
