@@ -34,7 +34,10 @@ struct ChunkDecay {
   /// Elements held.
   Index size() const { return G.size() + Gam.size() + E.size() + Fin.size() + Fout.size(); }
 
-  /// Fill G, E, Fin, Fout from log-decays g (first n rows used).
+  /// Fill G, Gam, E, Fin, Fout from log-decays g (first n rows used). One exponential
+  /// per element (E); the rest are running products of E within each sub-block (and
+  /// across them for γ), each factor ≤ 1: as accurate as exponentials of differences of
+  /// rounded cumulative sums, at a multiply each.
   void build(const RowMat<Acc>& g, Index n) {
     for (Index r = 0; r < n; ++r) {
       if (r == 0)
@@ -42,17 +45,17 @@ struct ChunkDecay {
       else
         G.row(r) = G.row(r - 1) + g.row(r);
     }
-    Gam.topRows(n) = G.topRows(n).array().exp();
     E.topRows(n) = g.topRows(n).array().exp();
     for (Index b0 = 0; b0 < n; b0 += kSubBlock) {
       const Index b1 = std::min(n, b0 + kSubBlock);
-      for (Index r = b0; r < b1; ++r) {
-        if (b0 == 0)
-          Fin.row(r) = Gam.row(r);
-        else
-          Fin.row(r) = (G.row(r) - G.row(b0 - 1)).array().exp();
-        Fout.row(r) = (G.row(b1 - 1) - G.row(r)).array().exp();
-      }
+      Fin.row(b0) = E.row(b0);
+      for (Index r = b0 + 1; r < b1; ++r) Fin.row(r) = Fin.row(r - 1).cwiseProduct(E.row(r));
+      Fout.row(b1 - 1).setOnes();
+      for (Index r = b1 - 2; r >= b0; --r) Fout.row(r) = Fout.row(r + 1).cwiseProduct(E.row(r + 1));
+      if (b0 == 0)
+        Gam.middleRows(b0, b1 - b0) = Fin.middleRows(b0, b1 - b0);
+      else
+        Gam.middleRows(b0, b1 - b0) = Fin.middleRows(b0, b1 - b0).array().rowwise() * Gam.row(b0 - 1).array();
     }
   }
 };
@@ -163,12 +166,6 @@ void decayed_grams(const std::array<GramTerm<Acc>, M>& terms, const RowMat<Acc>&
   }
 }
 
-/// Prefetch the input rows of tokens [t0, t0+n) of (batch row b, value head hv).
-template <class Policy, class T>
-void prefetch_tokens(const TokenReader<Policy, T>& rd, Index b, Index t0, Index n, Index hv) {
-  for (Index t = t0; t < t0 + n; ++t) rd.prefetch(b, t, hv);
-}
-
 /// A chunk's inputs and the WY quantities that the forward and the backward both
 /// form from them (phase 1 of SPEC §3 up to [Y U]); ChunkScratch and
 /// ChunkBackwardScratch extend it. Row counts are C (the chunk size); a chunk of
@@ -193,11 +190,14 @@ struct ChunkWY {
   }
 
   /// Load tokens [t0, t0+n) of (batch row b, value head hv) through the policy.
+  /// With `ahead` > 0, the rows of the `ahead` tokens after the chunk are prefetched
+  /// for the next call, one token per token loaded (a burst of prefetches is dropped
+  /// by some cores; paced by the copies they arrive).
   template <class Policy, class T>
-  void load(const TokenReader<Policy, T>& rd, Index b, Index t0, Index n, Index hv) {
-    prefetch_tokens(rd, b, t0, n, hv);  // every row's misses in flight at once
+  void load(const TokenReader<Policy, T>& rd, Index b, Index t0, Index n, Index hv, Index ahead = 0) {
     for (Index r = 0; r < n; ++r) {
       const Index t = t0 + r;
+      if (r < ahead) rd.prefetch(b, t0 + n + r, hv);
       rd.qk(b, t, hv, Q.row(r).data(), Kc.row(r).data());
       rd.v(b, t, hv, Vv.row(r).data());
       rd.gates(b, t, hv, g.row(r).data(), Bg.row(r).data(), Wg.row(r).data());
@@ -401,10 +401,7 @@ void chunk_forward_pairs(const Problem<T>& p, const Outputs<TO, accum_t<T>>& out
     for (Index t0 = span.begin, c = 0; t0 < span.end; t0 += C, ++c) {
       at_chunk(n, c, hv, static_cast<const RowMat<Acc>&>(ws.S));
       const Index len = std::min(C, span.end - t0);
-      ws.load(rd, span.batch, t0, len, hv);
-      // The next chunk's inputs and this chunk's output rows arrive during the compute.
-      prefetch_tokens(rd, span.batch, t0 + len, std::min(C, span.end - t0 - len), hv);
-      for (Index r = 0; r < len; ++r) prefetch_row(out.o.row(span.batch, t0 + r, hv), d.V, /*for_write=*/true);
+      ws.load(rd, span.batch, t0, len, hv, std::min(C, span.end - t0 - len));
       chunk_forward_step(ws, len, scale);
       write_rows(out.o, span.batch, t0, len, hv, ws.O, 0, d.V);
     }
