@@ -190,14 +190,10 @@ struct ChunkWY {
   }
 
   /// Load tokens [t0, t0+n) of (batch row b, value head hv) through the policy.
-  /// With `ahead` > 0, the rows of the `ahead` tokens after the chunk are prefetched
-  /// for the next call, one token per token loaded (a burst of prefetches is dropped
-  /// by some cores; paced by the copies they arrive).
   template <class Policy, class T>
-  void load(const TokenReader<Policy, T>& rd, Index b, Index t0, Index n, Index hv, Index ahead = 0) {
+  void load(const TokenReader<Policy, T>& rd, Index b, Index t0, Index n, Index hv) {
     for (Index r = 0; r < n; ++r) {
       const Index t = t0 + r;
-      if (r < ahead) rd.prefetch(b, t0 + n + r, hv);
       rd.qk(b, t, hv, Q.row(r).data(), Kc.row(r).data());
       rd.v(b, t, hv, Vv.row(r).data());
       rd.gates(b, t, hv, g.row(r).data(), Bg.row(r).data(), Wg.row(r).data());
@@ -401,7 +397,7 @@ void chunk_forward_pairs(const Problem<T>& p, const Outputs<TO, accum_t<T>>& out
     for (Index t0 = span.begin, c = 0; t0 < span.end; t0 += C, ++c) {
       at_chunk(n, c, hv, static_cast<const RowMat<Acc>&>(ws.S));
       const Index len = std::min(C, span.end - t0);
-      ws.load(rd, span.batch, t0, len, hv, std::min(C, span.end - t0 - len));
+      ws.load(rd, span.batch, t0, len, hv);
       chunk_forward_step(ws, len, scale);
       write_rows(out.o, span.batch, t0, len, hv, ws.O, 0, d.V);
     }

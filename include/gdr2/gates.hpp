@@ -130,23 +130,6 @@ struct GatePolicy {
     }
   }
 
-  /// Prefetch the stored gate rows of token (b, t) for value head hv (see prefetch_row).
-  template <class P>
-  static void prefetch_gates(const P& p, Index b, Index t, Index hv, Index Hv, Index K, Index V) {
-    if constexpr (D != Decay::none) {
-      if (p.gate_x.given())
-        prefetch_row(p.gate_x.row(b, t, gate_head(hv, p.gate_x.shape[2], Hv)), decay_width(K));
-      else
-        prefetch_row(p.g.row(b, t, gate_head(hv, p.g.shape[2], Hv)), decay_width(K));
-    }
-    if constexpr (W == Gates::channel) {
-      prefetch_row(p.b.row(b, t, gate_head(hv, p.b.shape[2], Hv)), K);
-      prefetch_row(p.w.row(b, t, gate_head(hv, p.w.shape[2], Hv)), V);
-    } else {
-      prefetch_row(p.beta.row(b, t, gate_head(hv, p.beta.shape[2], Hv)), 1);
-    }
-  }
-
   // ---- gradients: full vectors → stored shape (added, so grouped heads sum) ----
   /// Add the full-vector decay gradient dg[0..K) of token t into grads.dg.
   template <class Grads, class Acc>

@@ -55,14 +55,6 @@ struct TokenReader {
     Policy::load_decay(p, b, t, hv, d.Hv, d.K, g);
     Policy::load_gates(p, b, t, hv, d.Hv, d.K, d.V, eb, wv);
   }
-  /// Prefetch every input row of token t (q, k, v and the stored gates).
-  void prefetch(Index b, Index t, Index hv) const {
-    const Index hk = d.key_head(hv);
-    prefetch_row(p.q.row(b, t, hk), d.K);
-    prefetch_row(p.k.row(b, t, hk), d.K);
-    prefetch_row(p.v.row(b, t, hv), d.V);
-    Policy::prefetch_gates(p, b, t, hv, d.Hv, d.K, d.V);
-  }
 };
 
 /// S ← state slot (zeros when none is given).

@@ -118,6 +118,10 @@ void small_gemm(Index m, Index n, Index k, const Strided<Acc>& A, const Acc* B, 
 
 /// Out(d, s) = X(s, d)·F(s, d) for s < n, d < K: the product of two row-major n×K
 /// operands written transposed (K×n, row-major), a lanes×lanes block at a time.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wignored-attributes"  // PacketBlock<__m512, …>, as in Eigen's own headers
+#endif
 template <class Acc, class MX, class MF, class MO>
 void transpose_product(const MX& X, const MF& F, Index n, Index K, MO& Out) {
   using namespace Eigen::internal;
@@ -141,6 +145,9 @@ void transpose_product(const MX& X, const MF& F, Index n, Index K, MO& Out) {
   for (; s0 < n; ++s0)
     for (Index d = 0; d < K; ++d) Out(d, s0) = X(s0, d) * F(s0, d);
 }
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
 
 /// Operand views of Eigen matrices (any storage order) for small_gemm.
 template <class M>

@@ -103,26 +103,6 @@ struct View {
   T* row(Index i0, Index i1, Index i2) const { return data + offset(i0, i1, i2, 0); }
 };
 
-/// Ask the caches for the `n` elements at `p` ahead of their use (a hint: no effect on
-/// results, none where the compiler has no prefetch builtin). Token-major rows of one
-/// head lie H·D elements apart, beyond what the hardware prefetchers follow.
-template <class T>
-inline void prefetch_row(const T* p, Index n, bool for_write = false) {
-#if defined(__GNUC__) || defined(__clang__)
-  constexpr std::uintptr_t kLine = 64;
-  std::uintptr_t a = reinterpret_cast<std::uintptr_t>(p) & ~(kLine - 1);
-  const std::uintptr_t end = reinterpret_cast<std::uintptr_t>(p + n);
-  for (; a < end; a += kLine) {
-    if (for_write)
-      __builtin_prefetch(reinterpret_cast<const void*>(a), 1, 3);
-    else
-      __builtin_prefetch(reinterpret_cast<const void*>(a), 0, 3);
-  }
-#else
-  (void)p, (void)n, (void)for_write;
-#endif
-}
-
 /// Row-major contiguous strides for the given extents.
 inline std::array<Index, 4> contiguous_strides(std::array<Index, 4> sh) {
   return {sh[1] * sh[2] * sh[3], sh[2] * sh[3], sh[3], 1};
