@@ -18,26 +18,27 @@ double tol() {
 }
 
 template <class Acc>
-void check_small_gemm(Index m, Index n, Index k, bool lower) {
+void check_small_gemm(Index m, Index n, Index k, Tri tri) {
   using Mat = Eigen::Matrix<Acc, Eigen::Dynamic, Eigen::Dynamic>;
   Mat A = Mat::Random(m, k);  // column-major: small_gemm reads A through strides
-  if (lower) A.template triangularView<Eigen::StrictlyUpper>().setZero();
+  if (tri == Tri::lower) A.template triangularView<Eigen::StrictlyUpper>().setZero();
+  if (tri == Tri::upper) A.template triangularView<Eigen::StrictlyLower>().setZero();
   const RowMat<Acc> B = RowMat<Acc>::Random(k, n), C0 = RowMat<Acc>::Random(m, n);
   const RowMat<Acc> AB = A * B;
-  INFO("m=" << m << " n=" << n << " k=" << k << " lower=" << lower);
+  INFO("m=" << m << " n=" << n << " k=" << k << " tri=" << int(tri));
   RowMat<Acc> C = C0;
-  small_gemm<Update::set>(m, n, k, strided(A), B.data(), n, C.data(), n, lower);
+  small_gemm<Update::set>(m, n, k, strided(A), B.data(), n, C.data(), n, tri);
   CHECK((C - AB).norm() <= tol<Acc>() * AB.norm());
   C = C0;
-  small_gemm<Update::add>(m, n, k, strided(A), B.data(), n, C.data(), n, lower);
+  small_gemm<Update::add>(m, n, k, strided(A), B.data(), n, C.data(), n, tri);
   CHECK((C - (C0 + AB)).norm() <= tol<Acc>() * (C0 + AB).norm());
   C = C0;
-  small_gemm<Update::sub>(m, n, k, strided(A), B.data(), n, C.data(), n, lower);
+  small_gemm<Update::sub>(m, n, k, strided(A), B.data(), n, C.data(), n, tri);
   CHECK((C - (C0 - AB)).norm() <= tol<Acc>() * (C0 - AB).norm());
   // A read transposed (Aᵀ's strides) gives the product with Aᵀ.
   const Mat At = A.transpose();
   C = C0;
-  small_gemm<Update::set>(m, n, k, strided_t(At), B.data(), n, C.data(), n, lower);
+  small_gemm<Update::set>(m, n, k, strided_t(At), B.data(), n, C.data(), n, tri);
   CHECK((C - AB).norm() <= tol<Acc>() * AB.norm());
 }
 
@@ -47,18 +48,21 @@ TEMPLATE_TEST_CASE("kernels: small_gemm matches Eigen's product", "[kernels]", f
   for (Index m : {1, 3, 4, 7, 8, 13, 64})
     for (Index n : {1, 5, 16, 23, 37, 64, 70})
       for (Index k : {1, 9, 64})
-        for (bool lower : {false, true})
-          if (!lower || k == m) check_small_gemm<TestType>(m, n, k, lower);
+        for (Tri tri : {Tri::full, Tri::lower, Tri::upper})
+          if (tri == Tri::full || k == m) check_small_gemm<TestType>(m, n, k, tri);
 }
 
-TEMPLATE_TEST_CASE("kernels: transpose_product writes (X ⊙ F)ᵀ", "[kernels]", float, double) {
+TEMPLATE_TEST_CASE("kernels: transpose_into and transpose_product write Xᵀ and (X ⊙ F)ᵀ", "[kernels]", float, double) {
   for (Index n : {1, 15, 16, 37, 64})
     for (Index K : {3, 16, 40, 147}) {
       const RowMat<TestType> X = RowMat<TestType>::Random(n, K), F = RowMat<TestType>::Random(n, K);
       RowMat<TestType> Out = RowMat<TestType>::Constant(K, n, TestType(NAN));
-      transpose_product<TestType>(X, F, n, K, Out);
+      transpose_product(X, F, n, K, Out);
       const RowMat<TestType> want = X.cwiseProduct(F).transpose();
       INFO("n=" << n << " K=" << K);
       CHECK((Out - want).norm() == 0);  // one rounding per element, the same as Eigen's
+      RowMat<TestType> Xt = RowMat<TestType>::Constant(K, n, TestType(NAN));
+      transpose_into(X, n, K, Xt);
+      CHECK((Xt - RowMat<TestType>(X.transpose())).norm() == 0);  // copies: exact
     }
 }

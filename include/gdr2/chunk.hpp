@@ -129,7 +129,7 @@ void decayed_grams(const std::array<GramTerm<Acc>, M>& terms, const RowMat<Acc>&
     t.out->topLeftCorner(n, n).setZero();
     t.AF->topRows(n) = t.A->topRows(n).cwiseProduct(dc.Fin.topRows(n));
   }
-  if (n > kSubBlock) transpose_product<Acc>(B, dc.Fout, n, K, BFt);
+  if (n > kSubBlock) transpose_product(B, dc.Fout, n, K, BFt);
   for (Index i0 = 0; i0 < n; i0 += kSubBlock) {
     const Index ni = std::min(kSubBlock, n - i0);
     if (i0 > 0) {
@@ -262,7 +262,7 @@ void chunk_wy(ChunkWY<Acc>& ws, Index n, Acc scale) {
   auto EZ = ws.EZ.topRows(n);
   EZ.leftCols(K) = ws.Bk.topRows(n).cwiseProduct(dc.Gam.topRows(n));
   EZ.rightCols(V) = ws.Wg.topRows(n).cwiseProduct(ws.Vv.topRows(n));
-  small_gemm<Update::set>(n, K + V, n, strided(ws.A), EZ.data(), ws.EZ.cols(), ws.YU.data(), ws.YU.cols(), /*lower=*/true);
+  small_gemm<Update::set>(n, K + V, n, strided(ws.A), EZ.data(), ws.EZ.cols(), ws.YU.data(), ws.YU.cols(), Tri::lower);
 }
 
 /// Phase 1 of a chunk (SPEC §3): everything that does not depend on the incoming
@@ -299,7 +299,7 @@ void chunk_state_pass(const RowMat<Acc>& YU, const RowMat<Acc>& Aqk, const RowMa
   R.block(0, j0, n, w) = YU.block(0, K + j0, n, w);
   small_gemm<Update::sub>(n, w, K, strided(YU), S0, ldS, Rb, ldR);  // R = U − Y S0
   small_gemm<Update::set>(n, w, K, strided(Qg), S0, ldS, Ob, ldO);  // O = Qγ S0
-  small_gemm<Update::add>(n, w, n, strided(Aqk), Rb, ldR, Ob, ldO, /*lower=*/true);  // O += Aqk R
+  small_gemm<Update::add>(n, w, n, strided(Aqk), Rb, ldR, Ob, ldO, Tri::lower);  // O += Aqk R
   S.middleCols(j0, w).array().colwise() *= gammaC.array();
   small_gemm<Update::add>(K, w, n, strided_t(Kt), Rb, ldR, S0, ldS);  // S += Ktailᵀ R
 }

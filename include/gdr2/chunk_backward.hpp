@@ -85,10 +85,11 @@ void decayed_apply2(const RowMat<Acc>& M1, RowMat<Acc>& out1, const RowMat<Acc>&
     const Index ni = std::min(kSubBlock, n - i0);
     if (i0 > 0) {
       anchored_blocks(X, dc, i0, XB, p);  // XB rows [0, i0) = X ⊙ Fout ⊙ D_ij
+      const Index K = X.cols();
       auto a = acc.topRows(ni);
-      a.noalias() = M1.block(i0, 0, ni, i0) * XB.topRows(i0);
+      small_gemm<Update::set>(ni, K, i0, strided(M1).offset(i0, 0), XB.data(), XB.cols(), acc.data(), acc.cols());
       out1.middleRows(i0, ni) += a.cwiseProduct(dc.Fin.middleRows(i0, ni));
-      a.noalias() = M2.block(i0, 0, ni, i0) * XB.topRows(i0);
+      small_gemm<Update::set>(ni, K, i0, strided(M2).offset(i0, 0), XB.data(), XB.cols(), acc.data(), acc.cols());
       out2.middleRows(i0, ni) += a.cwiseProduct(dc.Fin.middleRows(i0, ni));
     }
     // Diagonal block: p = X_s ⊙ exp(G_r − G_s) by a running product over r.
@@ -131,9 +132,10 @@ void decayed_apply2_t(const RowMat<Acc>& M1, const RowMat<Acc>& X1, const RowMat
           b2.array().rowwise() *= p.transpose().array();
         }
       }
-      auto a = acc.topRows(nj);
-      a.noalias() = M1.block(r0, j0, m, nj).transpose() * XB1.topRows(m);
-      a.noalias() += M2.block(r0, j0, m, nj).transpose() * XB2.topRows(m);
+      const Index K = X1.cols();
+      auto a = acc.topRows(nj);  // M_{>j, j}ᵀ · XB, read as the transposes' strides
+      small_gemm<Update::set>(nj, K, m, strided_t(M1).offset(j0, r0), XB1.data(), XB1.cols(), acc.data(), acc.cols());
+      small_gemm<Update::add>(nj, K, m, strided_t(M2).offset(j0, r0), XB2.data(), XB2.cols(), acc.data(), acc.cols());
       out.middleRows(j0, nj) += a.cwiseProduct(dc.Fout.middleRows(j0, nj));
     }
     // Diagonal block: p = exp(G_r − G_s) by a running product over r.
@@ -158,19 +160,22 @@ struct ChunkBackwardScratch : ChunkWY<Acc> {
   RowMat<Acc> Kf;
   // gradients and scratch ([Qγ; −Y] and [dO; dR]·S_0ᵀ are 2C×K)
   RowMat<Acc> QY, P, dQs, dBk, dK, dG, dV, dW, dT, dAqk, X, acc;
+  // [dĒ dZ] (C×(K+V)), and the transposed B operands of small_gemm: Sᵀ then dS_Cᵀ
+  // (V×K), Rᵀ (V×C), [Y U]ᵀ ((K+V)×C)
+  RowMat<Acc> dEZ, VK, Rt, YUt;
   RowMat<Acc> S, dS, dS0;  // chunk-start state, dL/dS at the chunk end (→ start), accumulator
   Vec<Acc> diag;
   std::vector<RowMat<Acc>> starts;  // chunk-start states of one sequence (no-context path)
 
   ChunkBackwardScratch(Index C, Index K, Index V)
       : ChunkWY<Acc>(C, K, V), DOR(2 * C, V), Kf(C, K), QY(2 * C, K), P(2 * C, K), dQs(C, K), dBk(C, K), dK(C, K),
-        dG(C, K), dV(C, V), dW(C, V), dT(C, C), dAqk(C, C), X(C, K), acc(kSubBlock, K), S(K, V), dS(K, V),
-        dS0(K, V), diag(C) {}
+        dG(C, K), dV(C, V), dW(C, V), dT(C, C), dAqk(C, C), X(C, K), acc(kSubBlock, K), dEZ(C, K + V), VK(V, K),
+        Rt(V, C), YUt(K + V, C), S(K, V), dS(K, V), dS0(K, V), diag(C) {}
 
   /// Bytes held (for Workspace::bytes).
   std::size_t bytes() const {
     Index e = ChunkWY<Acc>::size() + diag.size();
-    for (const RowMat<Acc>* m : {&DOR, &Kf, &QY, &P, &dQs, &dBk, &dK, &dG, &dV, &dW, &dT, &dAqk, &X, &acc, &S, &dS, &dS0})
+    for (const RowMat<Acc>* m : {&DOR, &Kf, &QY, &P, &dQs, &dBk, &dK, &dG, &dV, &dW, &dT, &dAqk, &X, &acc, &dEZ, &VK, &Rt, &YUt, &S, &dS, &dS0})
       e += m->size();
     for (const auto& s : starts) e += s.size();
     return sizeof(Acc) * std::size_t(e);
@@ -189,7 +194,7 @@ void chunk_recompute(ChunkBackwardScratch<Acc>& ws, Index n, Acc scale) {
   auto YU = ws.YU.topRows(n);
   auto R = ws.R.topRows(n);
   R = YU.rightCols(V);
-  R.noalias() -= YU.leftCols(K) * ws.S;
+  small_gemm<Update::sub>(n, V, K, strided(ws.YU), ws.S.data(), V, ws.R.data(), ws.R.cols());
   // Kf_r = exp(G_{n−1} − G_r) = Fout_r ⊙ exp(G_{n−1} − G_{end(r)}); Ktail = k ⊙ Kf.
   for (Index b0 = 0; b0 < n; b0 += kSubBlock) {
     const Index nb = std::min(n, b0 + kSubBlock) - b0;
@@ -204,7 +209,8 @@ void chunk_recompute(ChunkBackwardScratch<Acc>& ws, Index n, Acc scale) {
 template <class Acc>
 void chunk_advance_state(ChunkBackwardScratch<Acc>& ws, Index n) {
   ws.S.array().colwise() *= ws.dc.Gam.row(n - 1).transpose().array();
-  ws.S.noalias() += ws.Kt.topRows(n).transpose() * ws.R.topRows(n);
+  small_gemm<Update::add>(ws.S.rows(), ws.S.cols(), n, strided_t(ws.Kt), ws.R.data(), ws.R.cols(), ws.S.data(),
+                          ws.S.cols());
 }
 
 /// Backward of one chunk of n tokens (SPEC §4, regrouped as at the top of this
@@ -220,11 +226,7 @@ void chunk_backward_step(ChunkBackwardScratch<Acc>& ws, Index n, Acc scale) {
   const auto Kc = ws.Kc.topRows(n);
   const auto Qs = ws.Qs.topRows(n);
   const auto Bk = ws.Bk.topRows(n);
-  const auto R = ws.R.topRows(n);
   const auto YU = ws.YU.topRows(n);
-  const auto A = ws.A.topLeftCorner(n, n);
-  auto DOR = ws.DOR.topRows(2 * n);
-  auto dO = ws.DOR.topRows(n);
   auto dR = ws.DOR.middleRows(n, n);
   auto P = ws.P.topRows(2 * n);
   auto QY = ws.QY.topRows(2 * n);
@@ -232,33 +234,39 @@ void chunk_backward_step(ChunkBackwardScratch<Acc>& ws, Index n, Acc scale) {
   auto dBk = ws.dBk.topRows(n);
   auto dK = ws.dK.topRows(n);
   auto dG = ws.dG.topRows(n);
-  auto dEZ = ws.EZ.topRows(n);  // EZ is free after the recompute
+  auto dEZin = ws.EZ.topRows(n);  // EZ is free after the recompute
+  auto dEZ = ws.dEZ.topRows(n);
   auto X = ws.X.topRows(n);
   auto dT = ws.dT.topLeftCorner(n, n);
   auto dAqk = ws.dAqk.topLeftCorner(n, n);
 
   // dR = Aqkᵀ dO + Ktail dS_C   (O = Qγ S_0 + Aqk R,  S_C = Diag(γ_C) S_0 + Ktailᵀ R)
-  dR.noalias() = ws.Aqk.topLeftCorner(n, n).template triangularView<Eigen::Lower>().transpose() * dO;
-  dR.noalias() += ws.Kt.topRows(n) * ws.dS;
+  Acc* const dO_p = ws.DOR.data();
+  Acc* const dR_p = ws.DOR.data() + n * V;
+  small_gemm<Update::set>(n, V, n, strided_t(ws.Aqk), dO_p, V, dR_p, V, Tri::upper);
+  small_gemm<Update::add>(n, V, K, strided(ws.Kt), ws.dS.data(), V, dR_p, V);
   // [dQγ; dY] = [dO; −dR] S_0ᵀ in one product (R = U − Y S_0), then
   // dS_0 = Qγᵀ dO − Yᵀ dR + Diag(γ_C) dS_C = [Qγ; −Y]ᵀ [dO; dR] + Diag(γ_C) dS_C.
-  P.noalias() = DOR * ws.S.transpose();
+  transpose_into(ws.S, K, V, ws.VK);
+  small_gemm<Update::set>(2 * n, K, V, strided(ws.DOR), ws.VK.data(), K, ws.P.data(), K);
   dQs = P.topRows(n).cwiseProduct(Gam);  // Qγ = Qs ⊙ γ
   QY.topRows(n) = Qs.cwiseProduct(Gam);
   QY.bottomRows(n) = -YU.leftCols(K);
-  ws.dS0.noalias() = QY.transpose() * DOR;
+  small_gemm<Update::set>(K, V, 2 * n, strided_t(ws.QY), dO_p, V, ws.dS0.data(), V);
   ws.dS0 += Gam.row(n - 1).transpose().asDiagonal() * ws.dS;
   // dAqk = lower(dO Rᵀ). Its diagonal carries no decay (exp(G_r − G_r) = 1): the +
   // and − decay gradients cancel exactly, so it is kept out of dG (where the two
   // sides would only cancel up to rounding, swamping the tiny dg of strongly
   // decayed channels) and added to dq, dk at the end.
-  dAqk.noalias() = dO * R.transpose();
+  transpose_into(ws.R, n, V, ws.Rt);
+  small_gemm<Update::set>(n, n, V, strided(ws.DOR), ws.Rt.data(), ws.Rt.cols(), ws.dAqk.data(), ws.dAqk.cols());
   dAqk.template triangularView<Eigen::StrictlyUpper>().setZero();
   ws.diag.head(n) = dAqk.diagonal();
   dAqk.diagonal().setZero();
   // dKtail = R dS_Cᵀ: dk = dKtail ⊙ Kf, and dKtail ⊙ Ktail goes + to dG_C, − to dG_r
   // (r = C has no decay and cancels: left out).
-  X.noalias() = R * ws.dS.transpose();
+  transpose_into(ws.dS, K, V, ws.VK);
+  small_gemm<Update::set>(n, K, V, strided(ws.R), ws.VK.data(), K, ws.X.data(), K);
   dK = X.cwiseProduct(ws.Kf.topRows(n));
   X = X.cwiseProduct(ws.Kt.topRows(n));
   dG.topRows(n - 1) = -X.topRows(n - 1);
@@ -267,10 +275,12 @@ void chunk_backward_step(ChunkBackwardScratch<Acc>& ws, Index n, Acc scale) {
 
   // [Y U] = A [Ē Z]: [dĒ dZ] = Aᵀ [dY dU] with dY = −dR S_0ᵀ, dU = dR, and
   // dT = −strict_lower([dĒ dZ] [Y U]ᵀ) (A = (I+T)⁻¹, dA = [dY dU][Ē Z]ᵀ).
-  dEZ.leftCols(K) = -P.bottomRows(n);
-  dEZ.rightCols(V) = dR;
-  dEZ = A.transpose().template triangularView<Eigen::UnitUpper>() * dEZ;
-  dT.noalias() = -(dEZ * YU.transpose());
+  dEZin.leftCols(K) = -P.bottomRows(n);
+  dEZin.rightCols(V) = dR;
+  small_gemm<Update::set>(n, K + V, n, strided_t(ws.A), ws.EZ.data(), K + V, ws.dEZ.data(), K + V, Tri::upper);
+  transpose_into(ws.YU, n, K + V, ws.YUt);
+  dT.setZero();
+  small_gemm<Update::sub>(n, n, K + V, strided(ws.dEZ), ws.YUt.data(), ws.YUt.cols(), ws.dT.data(), ws.dT.cols());
   dT.template triangularView<Eigen::Upper>().setZero();
   dBk = dEZ.leftCols(K).cwiseProduct(Gam);  // Ē = γ ⊙ Bk
   ws.dW.topRows(n) = dEZ.rightCols(V).cwiseProduct(ws.Vv.topRows(n));  // Z = w ⊙ v

@@ -16,6 +16,8 @@
 #include <Eigen/Core>
 
 #include <algorithm>
+#include <type_traits>
+#include <utility>
 
 namespace gdr2 {
 namespace detail {
@@ -72,58 +74,74 @@ inline void gemm_tile(const Strided<Acc>& A, const Acc* B, Index ldb, Acc* C, In
     }
 }
 
-/// Rows [0, m) of one column panel of NP packets, tile by tile; `lower`: see small_gemm.
+/// Which part of A a product reads (the rest must be stored as zeros).
+enum class Tri {
+  full,   ///< all of A
+  lower,  ///< A(r, k) = 0 for k > r: a row tile stops at its last row's diagonal
+  upper,  ///< A(r, k) = 0 for k < r: a row tile starts at its first row's diagonal
+};
+
+/// k range [begin, end) that rows [r0, r0 + rows) of A read under `tri`.
+inline std::pair<Index, Index> tile_k_range(Tri tri, Index r0, Index rows, Index k) {
+  if (tri == Tri::lower) return {0, std::min(k, r0 + rows)};
+  if (tri == Tri::upper) return {std::min(k, r0), k};
+  return {0, k};
+}
+
+/// `rows` ≤ MR rows of one column panel of NP packets over kk terms (pointers already
+/// at the tile's first row and first k).
 template <int NP, Update U, class Acc>
-inline void gemm_panel(Index m, Index k, const Strided<Acc>& A, const Acc* B, Index ldb, Acc* C, Index ldc,
-                       bool lower) {
+inline void gemm_rows(Index rows, Index kk, const Strided<Acc>& At, const Acc* Bt, Index ldb, Acc* Ct, Index ldc) {
   constexpr int MR = GemmTile<Acc>::rows;
-  for (Index r0 = 0; r0 < m; r0 += MR) {
-    const Index rows = std::min<Index>(MR, m - r0);
-    const Index kk = lower ? std::min(k, r0 + rows) : k;
-    const Strided<Acc> At{A.p + r0 * A.rs, A.rs, A.cs};
-    Acc* Ct = C + r0 * ldc;
-    switch (rows) {
-      case MR: gemm_tile<MR, NP, U>(At, B, ldb, Ct, ldc, kk); break;
-      case 1: gemm_tile<1, NP, U>(At, B, ldb, Ct, ldc, kk); break;
-      case 2: gemm_tile<2, NP, U>(At, B, ldb, Ct, ldc, kk); break;
-      case 3: gemm_tile<3, NP, U>(At, B, ldb, Ct, ldc, kk); break;
-      default:  // 4 ≤ rows < MR (only when MR = 8)
-        gemm_tile<(MR > 4 ? 4 : 1), NP, U>(At, B, ldb, Ct, ldc, kk);
-        if (rows > 4) gemm_panel<NP, U>(rows - 4, kk, Strided<Acc>{At.p + 4 * A.rs, A.rs, A.cs}, B, ldb, Ct + 4 * ldc, ldc, false);
-        break;
-    }
+  switch (rows) {
+    case MR: gemm_tile<MR, NP, U>(At, Bt, ldb, Ct, ldc, kk); break;
+    case 1: gemm_tile<1, NP, U>(At, Bt, ldb, Ct, ldc, kk); break;
+    case 2: gemm_tile<2, NP, U>(At, Bt, ldb, Ct, ldc, kk); break;
+    case 3: gemm_tile<3, NP, U>(At, Bt, ldb, Ct, ldc, kk); break;
+    default:  // 4 ≤ rows < MR (only when MR = 8)
+      gemm_tile<(MR > 4 ? 4 : 1), NP, U>(At, Bt, ldb, Ct, ldc, kk);
+      if (rows > 4) gemm_rows<NP, U>(rows - 4, kk, At.offset(4, 0), Bt, ldb, Ct + 4 * ldc, ldc);
+      break;
   }
 }
 
 /// C(r, c) (=, +=, −=) Σ_k A(r, k)·B(k, c) for r < m, c < n, k < k_count. B: row-major
-/// with leading dimension ldb; C: row-major, ldc. `lower`: A is lower triangular with
-/// zeros stored above its diagonal, so each row tile stops at its last row's diagonal
-/// (k < r0 + rows); the stored zeros make that exact.
+/// with leading dimension ldb; C: row-major, ldc. `tri`: the triangle of A that is
+/// read (Tri); the zeros stored outside it make skipping it exact.
 template <Update U, class Acc>
 void small_gemm(Index m, Index n, Index k, const Strided<Acc>& A, const Acc* B, Index ldb, Acc* C, Index ldc,
-                bool lower = false) {
-  constexpr int L = GemmTile<Acc>::lanes;
+                Tri tri = Tri::full) {
+  constexpr int L = GemmTile<Acc>::lanes, MR = GemmTile<Acc>::rows;
+  auto panel = [&](auto np, Index c0) {
+    for (Index r0 = 0; r0 < m; r0 += MR) {
+      const Index rows = std::min<Index>(MR, m - r0);
+      const auto [kb, ke] = tile_k_range(tri, r0, rows, k);
+      gemm_rows<decltype(np)::value, U>(rows, ke - kb, A.offset(r0, kb), B + kb * ldb + c0, ldb, C + r0 * ldc + c0,
+                                        ldc);
+    }
+  };
   Index c0 = 0;
-  for (; c0 + 2 * L <= n; c0 += 2 * L) gemm_panel<2, U>(m, k, A, B + c0, ldb, C + c0, ldc, lower);
-  for (; c0 + L <= n; c0 += L) gemm_panel<1, U>(m, k, A, B + c0, ldb, C + c0, ldc, lower);
+  for (; c0 + 2 * L <= n; c0 += 2 * L) panel(std::integral_constant<int, 2>{}, c0);
+  for (; c0 + L <= n; c0 += L) panel(std::integral_constant<int, 1>{}, c0);
   for (; c0 < n; ++c0)  // columns left over from whole packets
     for (Index r = 0; r < m; ++r) {
-      const Index kk = lower ? std::min(k, r + 1) : k;
+      const auto [kb, ke] = tile_k_range(tri, r, 1, k);
       Acc s(0);
-      for (Index j = 0; j < kk; ++j) s += A(r, j) * B[j * ldb + c0];
+      for (Index j = kb; j < ke; ++j) s += A(r, j) * B[j * ldb + c0];
       Acc& c = C[r * ldc + c0];
       c = U == Update::set ? s : U == Update::add ? c + s : c - s;
     }
 }
 
-/// Out(d, s) = X(s, d)·F(s, d) for s < n, d < K: the product of two row-major n×K
-/// operands written transposed (K×n, row-major), a lanes×lanes block at a time.
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wignored-attributes"  // PacketBlock<__m512, …>, as in Eigen's own headers
 #endif
-template <class Acc, class MX, class MF, class MO>
-void transpose_product(const MX& X, const MF& F, Index n, Index K, MO& Out) {
+/// Out(d, s) = x(s, d) for s < n, d < K, written transposed into a row-major K×n `Out`
+/// a lanes×lanes block at a time; `row_packet(s, d)` gives the packet x(s, d .. d+lanes),
+/// `scalar(s, d)` one element (for the edges).
+template <class Acc, class RowPacket, class Scalar, class MO>
+void transpose_blocks(Index n, Index K, RowPacket row_packet, Scalar scalar, MO& Out) {
   using namespace Eigen::internal;
   using Packet = typename GemmTile<Acc>::Packet;
   constexpr int L = GemmTile<Acc>::lanes;
@@ -133,21 +151,42 @@ void transpose_product(const MX& X, const MF& F, Index n, Index K, MO& Out) {
       Index d0 = 0;
       for (; d0 + L <= K; d0 += L) {
         PacketBlock<Packet, L> blk;
-        for (int i = 0; i < L; ++i)
-          blk.packet[i] = pmul(ploadu<Packet>(&X(s0 + i, d0)), ploadu<Packet>(&F(s0 + i, d0)));
+        for (int i = 0; i < L; ++i) blk.packet[i] = row_packet(s0 + i, d0);
         ptranspose(blk);
         for (int i = 0; i < L; ++i) pstoreu(&Out(d0 + i, s0), blk.packet[i]);
       }
       for (; d0 < K; ++d0)
-        for (Index s = s0; s < s0 + L; ++s) Out(d0, s) = X(s, d0) * F(s, d0);
+        for (Index s = s0; s < s0 + L; ++s) Out(d0, s) = scalar(s, d0);
     }
   }
   for (; s0 < n; ++s0)
-    for (Index d = 0; d < K; ++d) Out(d, s0) = X(s0, d) * F(s0, d);
+    for (Index d = 0; d < K; ++d) Out(d, s0) = scalar(s0, d);
 }
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic pop
 #endif
+
+/// Out = Xᵀ for the first n rows and K columns of a row-major X (Out: row-major, ≥ K×n),
+/// for products that need X as small_gemm's B.
+template <class MX, class MO>
+void transpose_into(const MX& X, Index n, Index K, MO& Out) {
+  using Acc = typename MX::Scalar;
+  using Packet = typename GemmTile<Acc>::Packet;
+  transpose_blocks<Acc>(
+      n, K, [&](Index s, Index d) { return Eigen::internal::ploadu<Packet>(&X(s, d)); },
+      [&](Index s, Index d) { return X(s, d); }, Out);
+}
+
+/// Out = (X ⊙ F)ᵀ: Out(d, s) = X(s, d)·F(s, d) for s < n, d < K (see transpose_into).
+template <class MX, class MF, class MO>
+void transpose_product(const MX& X, const MF& F, Index n, Index K, MO& Out) {
+  using Acc = typename MX::Scalar;
+  using Packet = typename GemmTile<Acc>::Packet;
+  using namespace Eigen::internal;
+  transpose_blocks<Acc>(
+      n, K, [&](Index s, Index d) { return pmul(ploadu<Packet>(&X(s, d)), ploadu<Packet>(&F(s, d))); },
+      [&](Index s, Index d) { return X(s, d) * F(s, d); }, Out);
+}
 
 /// Operand views of Eigen matrices (any storage order) for small_gemm.
 template <class M>
