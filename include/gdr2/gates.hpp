@@ -61,6 +61,26 @@ enum class Gates {
 /// Head of a gate tensor with `h_gate` heads that value head `hv` (of `hv_count`) reads.
 inline Index gate_head(Index hv, Index h_gate, Index hv_count) { return hv * h_gate / hv_count; }
 
+/// How a gradient contribution lands in its destination row.
+enum class Accumulate {
+  add,          ///< always added (the destination holds a running sum)
+  first_writes, ///< the first value head that reads the row (lowest hv) writes it, the rest
+                ///< add: engines walk the value heads of a row in increasing order within
+                ///< one work item, so no gradient needs zeroing beforehand
+};
+
+/// dst[0..n) ← (or +=) src, the first_writes rule for value head hv reading head `h` of a
+/// tensor with h_count heads (of hv_count value heads).
+template <class Acc>
+void put_row(Acc* dst, const Acc* src, Index n, Accumulate mode, Index hv, Index h_count, Index hv_count) {
+  const bool write = mode == Accumulate::first_writes && (hv == 0 || gate_head(hv - 1, h_count, hv_count) !=
+                                                                         gate_head(hv, h_count, hv_count));
+  if (write)
+    for (Index i = 0; i < n; ++i) dst[i] = src[i];
+  else
+    for (Index i = 0; i < n; ++i) dst[i] += src[i];
+}
+
 /// The gate policy: compile-time description of the decay and gate shapes, with the
 /// loaders and gradient reducers every engine uses. See the table at the top.
 template <Decay D, Gates W>
@@ -130,19 +150,21 @@ struct GatePolicy {
     }
   }
 
-  // ---- gradients: full vectors → stored shape (added, so grouped heads sum) ----
+  // ---- gradients: full vectors → stored shape (grouped heads sum, see Accumulate) ----
   /// Add the full-vector decay gradient dg[0..K) of token t into grads.dg.
   template <class Grads, class Acc>
-  static void add_decay_grad(const Grads& gr, Index b, Index t, Index hv, Index Hv, Index K, const Acc* dg) {
+  static void add_decay_grad(const Grads& gr, Index b, Index t, Index hv, Index Hv, Index K, const Acc* dg,
+                             Accumulate mode = Accumulate::add) {
     if constexpr (D != Decay::none) {
       if (!gr.dg.given()) return;
-      auto* dst = gr.dg.row(b, t, gate_head(hv, gr.dg.shape[2], Hv));
+      const Index hg = gr.dg.shape[2];
+      auto* dst = gr.dg.row(b, t, gate_head(hv, hg, Hv));
       if constexpr (D == Decay::channel) {
-        for (Index i = 0; i < K; ++i) dst[i] += dg[i];
+        put_row(dst, dg, K, mode, hv, hg, Hv);
       } else {
         Acc s = 0;
         for (Index i = 0; i < K; ++i) s += dg[i];
-        dst[0] += s;
+        put_row(dst, &s, 1, mode, hv, hg, Hv);
       }
     }
   }
@@ -150,22 +172,23 @@ struct GatePolicy {
   /// Add the full-vector gate gradients db[0..K), dw[0..V) of token t into grads.
   template <class Grads, class Acc>
   static void add_gate_grads(const Grads& gr, Index b, Index t, Index hv, Index Hv, Index K, Index V, const Acc* db,
-                             const Acc* dw) {
+                             const Acc* dw, Accumulate mode = Accumulate::add) {
     if constexpr (W == Gates::channel) {
       if (gr.db.given()) {
-        auto* dst = gr.db.row(b, t, gate_head(hv, gr.db.shape[2], Hv));
-        for (Index i = 0; i < K; ++i) dst[i] += db[i];
+        const Index hg = gr.db.shape[2];
+        put_row(gr.db.row(b, t, gate_head(hv, hg, Hv)), db, K, mode, hv, hg, Hv);
       }
       if (gr.dw.given()) {
-        auto* dst = gr.dw.row(b, t, gate_head(hv, gr.dw.shape[2], Hv));
-        for (Index j = 0; j < V; ++j) dst[j] += dw[j];
+        const Index hg = gr.dw.shape[2];
+        put_row(gr.dw.row(b, t, gate_head(hv, hg, Hv)), dw, V, mode, hv, hg, Hv);
       }
     } else {
       if (!gr.dbeta.given()) return;
       Acc s = 0;
       for (Index i = 0; i < K; ++i) s += db[i];
       for (Index j = 0; j < V; ++j) s += dw[j];
-      gr.dbeta.row(b, t, gate_head(hv, gr.dbeta.shape[2], Hv))[0] += s;
+      const Index hg = gr.dbeta.shape[2];
+      put_row(gr.dbeta.row(b, t, gate_head(hv, hg, Hv)), &s, 1, mode, hv, hg, Hv);
     }
   }
 };

@@ -376,14 +376,5 @@ Status validate_gradients(const GradOutputs<T>& up, const Gradients<accum_t<T>>&
   return {};
 }
 
-/// Set every element of a (possibly strided) view to zero.
-template <class X>
-void zero_view(const View<X>& v) {
-  if (!v.given()) return;
-  for (Index a = 0; a < v.shape[0]; ++a)
-    for (Index b = 0; b < v.shape[1]; ++b)
-      for (Index c = 0; c < v.shape[2]; ++c)
-        for (Index e = 0; e < v.shape[3]; ++e) v(a, b, c, e) = X(0);
-}
 
 }  // namespace gdr2

@@ -19,15 +19,6 @@
 namespace gdr2 {
 namespace detail {
 
-/// Zero every given gradient view: backward calls overwrite their gradients and
-/// then accumulate into them.
-template <class Acc>
-void zero_gradients(const Gradients<Acc>& gr) {
-  for (const View<Acc>* v : {&gr.dq, &gr.dk, &gr.dv, &gr.dg, &gr.db, &gr.dw, &gr.dbeta, &gr.d_initial_state,
-                             &gr.d_gate_x, &gr.dA_log, &gr.ddt_bias})
-    zero_view(*v);
-}
-
 /// dx ← gradient of the raw x from the gradient dx̂ of x̂ = x / n, n = sqrt(Σx² + eps):
 /// dx = (dx̂ − x̂ (x̂ · dx̂)) / n.
 template <class X, class Acc>
@@ -41,7 +32,8 @@ void l2_normalize_backward(const X* x, Index len, Acc eps, Acc* dx) {
 }
 
 /// What every backward call does around its engine, for the fused inputs:
-///  - zeroes the requested gradients (engines accumulate into them);
+///  - (no zeroing: engines write every gradient row, add_token_grads' first_writes rule;
+///    d_initial_state and the fused-gate gradients are written whole)
 ///  - with the fused decay gate, routes the engine's dL/dg into a temporary of the
 ///    shape of gate_x (`core.dg`), turned by `finish` into dL/dgate_x, dL/dA_log,
 ///    dL/ddt_bias (fused_decay_backward, in parallel over gate heads);
@@ -54,7 +46,6 @@ struct BackwardIO {
   Tensor<Acc> dg_fused;  ///< dL/dg in the stored decay shape, when the fused gate needs it
 
   BackwardIO(const Problem<T>& p, const Gradients<Acc>& gr) : core(gr) {
-    zero_gradients(gr);
     if (p.gate_x.given() && (gr.d_gate_x.given() || gr.dA_log.given() || gr.ddt_bias.given())) {
       const auto& s = p.gate_x.shape;
       dg_fused = Tensor<Acc>(s[0], s[1], s[2], s[3]);
@@ -86,27 +77,21 @@ void read_row(const View<X>& src, Index b, Index t, Index h, Index n, Acc* dst) 
   for (Index i = 0; i < n; ++i) dst[i] = convert<Acc>(s[i]);
 }
 
-/// Add one token's full-vector gradients (for value head hv) into `gr`: dq and dk
+/// Put one token's full-vector gradients (for value head hv) into `gr`: dq and dk
 /// into the key head hv / G, dv into the value head, the gates through the policy
-/// (tied β: Σdb + Σdw; scalar decay: Σdg; gate heads per key or value head).
+/// (tied β: Σdb + Σdw; scalar decay: Σdg; gate heads per key or value head). The
+/// first value head of a row writes it, the others add (Accumulate::first_writes):
+/// callers walk the value heads of a key head in increasing order in one work item.
 template <class Policy, class Acc>
 void add_token_grads(const Gradients<Acc>& gr, const Dims& d, Index b, Index t, Index hv, const Acc* dq,
                      const Acc* dk, const Acc* dv, const Acc* dg, const Acc* db, const Acc* dw) {
+  constexpr Accumulate mode = Accumulate::first_writes;
   const Index hk = d.key_head(hv);
-  if (gr.dq.given()) {
-    Acc* dst = gr.dq.row(b, t, hk);
-    for (Index i = 0; i < d.K; ++i) dst[i] += dq[i];
-  }
-  if (gr.dk.given()) {
-    Acc* dst = gr.dk.row(b, t, hk);
-    for (Index i = 0; i < d.K; ++i) dst[i] += dk[i];
-  }
-  if (gr.dv.given()) {
-    Acc* dst = gr.dv.row(b, t, hv);
-    for (Index j = 0; j < d.V; ++j) dst[j] += dv[j];
-  }
-  Policy::add_decay_grad(gr, b, t, hv, d.Hv, d.K, dg);
-  Policy::add_gate_grads(gr, b, t, hv, d.Hv, d.K, d.V, db, dw);
+  if (gr.dq.given()) put_row(gr.dq.row(b, t, hk), dq, d.K, mode, hv, d.Hk, d.Hv);
+  if (gr.dk.given()) put_row(gr.dk.row(b, t, hk), dk, d.K, mode, hv, d.Hk, d.Hv);
+  if (gr.dv.given()) put_row(gr.dv.row(b, t, hv), dv, d.V, mode, hv, d.Hv, d.Hv);
+  Policy::add_decay_grad(gr, b, t, hv, d.Hv, d.K, dg, mode);
+  Policy::add_gate_grads(gr, b, t, hv, d.Hv, d.K, d.V, db, dw, mode);
 }
 
 /// dS ← dL/dS_T of (sequence n, value head hv), or zeros.
