@@ -367,7 +367,10 @@ template <class TO, class Acc>
 void write_rows(const View<TO>& o, Index b, Index t0, Index len, Index hv, const RowMat<Acc>& O, Index j0, Index w) {
   for (Index r = 0; r < len; ++r) {
     TO* dst = o.row(b, t0 + r, hv);
-    for (Index j = j0; j < j0 + w; ++j) dst[j] = convert<TO>(O(r, j));
+    if constexpr (std::is_same_v<TO, Acc>)
+      stream_row(dst + j0, &O(r, j0), w);  // the output is not read again here
+    else
+      for (Index j = j0; j < j0 + w; ++j) dst[j] = convert<TO>(O(r, j));
   }
 }
 

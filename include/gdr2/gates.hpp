@@ -76,7 +76,7 @@ void put_row(Acc* dst, const Acc* src, Index n, Accumulate mode, Index hv, Index
   const bool write = mode == Accumulate::first_writes && (hv == 0 || gate_head(hv - 1, h_count, hv_count) !=
                                                                          gate_head(hv, h_count, hv_count));
   if (write)
-    for (Index i = 0; i < n; ++i) dst[i] = src[i];
+    stream_row(dst, src, n);
   else
     for (Index i = 0; i < n; ++i) dst[i] += src[i];
 }

@@ -85,17 +85,20 @@ inline const Executor& default_executor() {
 
 /// Call body(item, slot) for every item in [0, n), balancing items dynamically over
 /// min(n, concurrency) tasks; `slot` identifies the task (for per-slot workspaces).
+/// Every task ends with store_fence(), so bodies may write with stream_row.
 template <class Body>
 void parallel_for(const Executor& ex, Index n, Body&& body) {
   if (n <= 0) return;
   const int tasks = static_cast<int>(std::min<Index>(n, ex.concurrency()));
   if (tasks == 1) {
     for (Index i = 0; i < n; ++i) body(i, 0);
+    store_fence();
     return;
   }
   std::atomic<Index> next{0};
   ex.run_tasks(tasks, [&](int slot) {
     for (Index i = next.fetch_add(1); i < n; i = next.fetch_add(1)) body(i, slot);
+    store_fence();  // the body's non-temporal stores (stream_row) before the task ends
   });
 }
 

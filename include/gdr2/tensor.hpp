@@ -18,6 +18,9 @@
 #include <string>
 #include <type_traits>
 #include <vector>
+#if defined(__SSE2__)
+#include <immintrin.h>
+#endif
 
 namespace gdr2 {
 
@@ -102,6 +105,35 @@ struct View {
   /// Pointer to element (i0, i1, i2, 0): the start of one feature row.
   T* row(Index i0, Index i1, Index i2) const { return data + offset(i0, i1, i2, 0); }
 };
+
+/// dst[0..n) ← src[0..n), for output rows that nothing reads soon: non-temporal stores
+/// where the destination is 16-byte aligned (x86 SSE2 and up; the destination lines are
+/// not read for ownership first: half the memory traffic of plain stores to memory that
+/// is not in cache), plain stores elsewhere. 16-byte stores, not wider: buffers from
+/// malloc are only 16-byte aligned, and write-combining merges them into whole lines.
+/// Callers that hand the results to another thread end with store_fence()
+/// (parallel_for does, after every task).
+template <class Acc>
+inline void stream_row(Acc* dst, const Acc* src, Index n) {
+  Index i = 0;
+#if defined(__SSE2__)
+  if (reinterpret_cast<std::uintptr_t>(dst) % 16 == 0) {
+    if constexpr (std::is_same_v<Acc, float>) {
+      for (; i + 4 <= n; i += 4) _mm_stream_ps(dst + i, _mm_loadu_ps(src + i));
+    } else if constexpr (std::is_same_v<Acc, double>) {
+      for (; i + 2 <= n; i += 2) _mm_stream_pd(dst + i, _mm_loadu_pd(src + i));
+    }
+  }
+#endif
+  for (; i < n; ++i) dst[i] = src[i];
+}
+
+/// Make this thread's non-temporal stores (stream_row) visible before what follows.
+inline void store_fence() {
+#if defined(__SSE2__)
+  _mm_sfence();
+#endif
+}
 
 /// Row-major contiguous strides for the given extents.
 inline std::array<Index, 4> contiguous_strides(std::array<Index, 4> sh) {
