@@ -12,6 +12,8 @@
 // engine is charged its own 7·K·V per token and head); bytes are the fewest
 // possible: every input read once, every output written once.
 //
+// Every engine case passes a Workspace kept across iterations (Options::workspace), as
+// a training or serving loop would: the figures leave out per-call scratch allocation.
 // Threads: GDR2_BENCH_THREADS (default: all cores). Shapes: B=1, T=4096, H=16,
 // K=V=128 for prefill; decode with N = 1, 64, 256 sequences × H=16.
 #include "flops.hpp"
@@ -166,6 +168,8 @@ void forward(benchmark::State& st) {
   auto s = rp.make_state();
   Options opt;
   opt.executor = &pool_for(threads).executor();
+  Workspace ws;  // reused across iterations, as a training or serving loop would
+  opt.workspace = &ws;
   const Outputs<T, accum_t<T>> out{o.view(), s.view()};
   for (auto _ : st) {
     const Status r = engine == kChunk ? chunk_forward<Policy>(p, out, opt) : recurrent_forward<Policy>(p, out, opt);
@@ -194,6 +198,8 @@ void backward(benchmark::State& st) {
   ChunkContext<float> ctx;
   Options opt;
   opt.executor = &pool_for(threads).executor();
+  Workspace ws;  // reused across iterations, as a training or serving loop would
+  opt.workspace = &ws;
   const auto p = rp.problem();
   if (engine == kChunk && direction == kBackward && !chunk_forward_save<Policy>(p, out, ctx, opt).ok())
     st.SkipWithError("forward failed");
@@ -238,6 +244,8 @@ void decode(benchmark::State& st) {
   Tensor<float> o(N, 1, cfg.Hv, cfg.V);
   Options opt;
   opt.executor = &pool_for(threads).executor();
+  Workspace ws;  // reused across iterations, as a training or serving loop would
+  opt.workspace = &ws;
   for (auto _ : st) {
     const Status r = decode_step<Policy>(rp.problem(), pool.view(), slots.data(), o.view(), opt);
     if (!r.ok()) st.SkipWithError(r.to_string().c_str());
