@@ -67,7 +67,7 @@ struct GramTerm {
   const RowMat<Acc>* A;
   RowMat<Acc>* out;
   bool strict;
-  RowMat<Acc>* AF;  ///< scratch (≥ n×K): A ⊙ Fin
+  const RowMat<Acc>* AF;  ///< A ⊙ Fin, rows [0, n) (the caller forms it with its other row products)
 };
 
 /// The right factor of row block i's off-diagonal GEMM (i0 = its first row > 0):
@@ -125,10 +125,7 @@ template <class Acc, std::size_t M>
 void decayed_grams(const std::array<GramTerm<Acc>, M>& terms, const RowMat<Acc>& B, const ChunkDecay<Acc>& dc,
                    Index n, RowMat<Acc>& BFt, RowMat<Acc>& Yt, Vec<Acc>& p) {
   const Index K = B.cols();
-  for (const auto& t : terms) {
-    t.out->topLeftCorner(n, n).setZero();
-    t.AF->topRows(n) = t.A->topRows(n).cwiseProduct(dc.Fin.topRows(n));
-  }
+  for (const auto& t : terms) t.out->topLeftCorner(n, n).setZero();
   if (n > kSubBlock) transpose_product(B, dc.Fout, n, K, BFt);
   for (Index i0 = 0; i0 < n; i0 += kSubBlock) {
     const Index ni = std::min(kSubBlock, n - i0);
@@ -250,8 +247,19 @@ void chunk_wy(ChunkWY<Acc>& ws, Index n, Acc scale) {
   const Index K = ws.Q.cols(), V = ws.Vv.cols();
   auto& dc = ws.dc;
   dc.build(ws.g, n);
-  ws.Bk.topRows(n) = ws.Bg.topRows(n).cwiseProduct(ws.Kc.topRows(n));
-  ws.Qs.topRows(n) = scale * ws.Q.topRows(n);
+  // Every row-wise product of the inputs, one row at a time while it is in L1:
+  // Bk = b ⊙ k, Qs = scale·q, the Grams' left factors Bk ⊙ Fin and Qs ⊙ Fin, and
+  // [Ē Z] = [γ ⊙ Bk, w ⊙ v].
+  for (Index r = 0; r < n; ++r) {
+    auto bk = ws.Bk.row(r);
+    auto qs = ws.Qs.row(r);
+    bk = ws.Bg.row(r).cwiseProduct(ws.Kc.row(r));
+    qs = scale * ws.Q.row(r);
+    ws.AF.row(r) = bk.cwiseProduct(dc.Fin.row(r));
+    ws.AF2.row(r) = qs.cwiseProduct(dc.Fin.row(r));
+    ws.EZ.row(r).head(K) = bk.cwiseProduct(dc.Gam.row(r));
+    ws.EZ.row(r).tail(V) = ws.Wg.row(r).cwiseProduct(ws.Vv.row(r));
+  }
   // T (strict) and Aqk (with diagonal): decay-weighted Grams against the keys.
   decayed_grams<Acc, 2>({GramTerm<Acc>{&ws.Bk, &ws.T, /*strict=*/true, &ws.AF},
                          GramTerm<Acc>{&ws.Qs, &ws.Aqk, /*strict=*/false, &ws.AF2}},
@@ -259,10 +267,8 @@ void chunk_wy(ChunkWY<Acc>& ws, Index n, Acc scale) {
   // A = (I + T)⁻¹ (fp32 or better, SPEC §5) by block recursion, then [Y U] = A [Ē Z] as
   // one triangular product (cheaper than substituting the n×(K+V) right-hand side).
   unit_lower_inverse(ws.T, 0, n, ws.A);
-  auto EZ = ws.EZ.topRows(n);
-  EZ.leftCols(K) = ws.Bk.topRows(n).cwiseProduct(dc.Gam.topRows(n));
-  EZ.rightCols(V) = ws.Wg.topRows(n).cwiseProduct(ws.Vv.topRows(n));
-  small_gemm<Update::set>(n, K + V, n, strided(ws.A), EZ.data(), ws.EZ.cols(), ws.YU.data(), ws.YU.cols(), Tri::lower);
+  small_gemm<Update::set>(n, K + V, n, strided(ws.A), ws.EZ.data(), ws.EZ.cols(), ws.YU.data(), ws.YU.cols(),
+                          Tri::lower);
 }
 
 /// Phase 1 of a chunk (SPEC §3): everything that does not depend on the incoming
