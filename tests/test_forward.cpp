@@ -280,15 +280,16 @@ TEST_CASE("forward: the chunk's (I + T)^-1 by block recursion", "[forward][numer
   std::uniform_real_distribution<double> u(-0.6, 0.6);
   for (Index n = 1; n <= 64; ++n) {
     detail::RowMat<double> T(64, 64);
-    Eigen::MatrixXd A(64, 64);  // column-major, as the chunk scratch holds it
+    detail::RowMat<double> A(64, 64), X(64, 64);
     for (Index r = 0; r < 64; ++r)
       for (Index c = 0; c < 64; ++c) T(r, c) = c < r ? u(rng) : 1e30;
     A.setConstant(7.0);
-    detail::unit_lower_inverse(T, 0, n, A);
+    detail::unit_lower_inverse(T, 0, n, A, X);
     detail::RowMat<double> IT = T.topLeftCorner(n, n).triangularView<Eigen::StrictlyLower>();
     IT.diagonal().setOnes();
     const detail::RowMat<double> R = IT * A.topLeftCorner(n, n) - detail::RowMat<double>::Identity(n, n);
     INFO("n = " << n);
     CHECK(R.cwiseAbs().maxCoeff() <= 1e-12);
+    CHECK(A.topLeftCorner(n, n).triangularView<Eigen::StrictlyUpper>().toDenseMatrix().cwiseAbs().maxCoeff() == 0.0);
   }
 }

@@ -171,17 +171,17 @@ template <class Acc>
 struct ChunkWY {
   RowMat<Acc> Q, Kc, g, Bg, Vv, Wg;  // raw chunk inputs (Bg, Wg: erase / write gates)
   RowMat<Acc> Bk, Qs, T, Aqk, EZ, YU, R, Kt, AF, AF2, BFt, Yt;
-  Eigen::Matrix<Acc, Eigen::Dynamic, Eigen::Dynamic> A;  // (I + T)⁻¹, unit lower (column-major)
+  RowMat<Acc> A, AX;  // (I + T)⁻¹ (unit lower, zeros above), and the scratch of its recursion
   ChunkDecay<Acc> dc;
   Vec<Acc> p;
   ChunkWY(Index C, Index K, Index V)
       : Q(C, K), Kc(C, K), g(C, K), Bg(C, K), Vv(C, V), Wg(C, V), Bk(C, K), Qs(C, K), T(C, C), Aqk(C, C),
-        EZ(C, K + V), YU(C, K + V), R(C, V), Kt(C, K), AF(C, K), AF2(C, K), BFt(K, C), Yt(K, C), A(C, C), dc(C, K), p(K) {}
+        EZ(C, K + V), YU(C, K + V), R(C, V), Kt(C, K), AF(C, K), AF2(C, K), BFt(K, C), Yt(K, C), A(C, C), AX(C, C), dc(C, K), p(K) {}
 
   /// Elements held by the members above (for the scratch types' bytes()).
   Index size() const {
-    Index e = dc.size() + A.size() + p.size();
-    for (const RowMat<Acc>* m : {&Q, &Kc, &g, &Bg, &Vv, &Wg, &Bk, &Qs, &T, &Aqk, &EZ, &YU, &R, &Kt, &AF, &AF2, &BFt, &Yt})
+    Index e = dc.size() + p.size();
+    for (const RowMat<Acc>* m : {&A, &AX, &Q, &Kc, &g, &Bg, &Vv, &Wg, &Bk, &Qs, &T, &Aqk, &EZ, &YU, &R, &Kt, &AF, &AF2, &BFt, &Yt})
       e += m->size();
     return e;
   }
@@ -209,32 +209,34 @@ struct ChunkScratch : ChunkWY<Acc> {
 };
 
 /// A = (I + L)⁻¹ on the n×n block at (off, off) of a strictly lower L (its diagonal and
-/// upper part are not read): 2×2 block recursion, A₂₁ = −A₂₂ (L₂₁ A₁₁) as two GEMMs (the
-/// middle factor held transposed in A's own upper block, which ends zero), down to blocks
-/// of ≤ 16 rows done by forward substitution. The same FLOPs as substituting on the
-/// identity, but GEMM-shaped: Eigen's small triangular solve cost several times more.
-template <class LMat, class AMat>
-void unit_lower_inverse(const LMat& L, Index off, Index n, AMat& A) {
+/// upper part are not read), A row-major with zeros written above its diagonal: 2×2
+/// block recursion A₂₁ = −A₂₂ (L₂₁ A₁₁), two small_gemm products through the scratch X
+/// (≥ n×n, row-major), down to blocks of ≤ 16 rows done row by row,
+/// A_r = e_r − Σ_{s<r} L(r, s) A_s. The same FLOPs as substituting on the identity, but
+/// in register tiles: Eigen's small triangular solve cost several times more.
+template <class LMat, class AMat, class XMat>
+void unit_lower_inverse(const LMat& L, Index off, Index n, AMat& A, XMat& X) {
   using Acc = typename AMat::Scalar;
   if (n <= kSubBlock) {
-    for (Index r = 0; r < n; ++r) {
-      for (Index c = 0; c < r; ++c) {
-        Acc acc = -L(off + r, off + c);
-        for (Index s = c + 1; s < r; ++s) acc -= L(off + r, off + s) * A(off + s, off + c);
-        A(off + r, off + c) = acc;
-      }
-      A(off + r, off + r) = Acc(1);
-      for (Index c = r + 1; c < n; ++c) A(off + r, off + c) = Acc(0);
-    }
+    // Rows in a fixed-size block (whole packets, no per-row size checks); rows and
+    // columns past n stay those of the identity and are not copied out.
+    Eigen::Matrix<Acc, kSubBlock, kSubBlock, Eigen::RowMajor> W;
+    W.setIdentity();
+    for (Index r = 1; r < n; ++r)
+      for (Index s = 0; s < r; ++s) W.row(r) -= L(off + r, off + s) * W.row(s);
+    A.block(off, off, n, n) = W.topLeftCorner(n, n);
     return;
   }
   const Index h = std::min(n - 1, (n / 2 + 7) / 8 * 8), m = n - h;
-  unit_lower_inverse(L, off, h, A);
-  unit_lower_inverse(L, off + h, m, A);
-  auto Xt = A.block(off, off + h, h, m);  // (L₂₁ A₁₁)ᵀ, in the block that ends zero
-  Xt.noalias() = A.block(off, off, h, h).transpose() * L.block(off + h, off, m, h).transpose();
-  A.block(off + h, off, m, h).noalias() = -(A.block(off + h, off + h, m, m) * Xt.transpose());
-  Xt.setZero();
+  unit_lower_inverse(L, off, h, A, X);
+  unit_lower_inverse(L, off + h, m, A, X);
+  const Index ldA = A.outerStride(), ldX = X.outerStride();
+  // X = L₂₁ A₁₁ (m×h), then A₂₁ = −A₂₂ X (A₂₂ lower triangular).
+  small_gemm<Update::set>(m, h, h, strided(L).offset(off + h, off), &A(off, off), ldA, X.data(), ldX);
+  A.block(off + h, off, m, h).setZero();
+  small_gemm<Update::sub>(m, h, m, strided(A).offset(off + h, off + h), X.data(), ldX, &A(off + h, off), ldA,
+                          Tri::lower);
+  A.block(off, off + h, h, m).setZero();
 }
 
 /// The WY core of a loaded chunk of n tokens, shared by the forward's phase 1 and
@@ -266,7 +268,7 @@ void chunk_wy(ChunkWY<Acc>& ws, Index n, Acc scale) {
                         ws.Kc, dc, n, ws.BFt, ws.Yt, ws.p);
   // A = (I + T)⁻¹ (fp32 or better, SPEC §5) by block recursion, then [Y U] = A [Ē Z] as
   // one triangular product (cheaper than substituting the n×(K+V) right-hand side).
-  unit_lower_inverse(ws.T, 0, n, ws.A);
+  unit_lower_inverse(ws.T, 0, n, ws.A, ws.AX);
   small_gemm<Update::set>(n, K + V, n, strided(ws.A), ws.EZ.data(), ws.EZ.cols(), ws.YU.data(), ws.YU.cols(),
                           Tri::lower);
 }
