@@ -611,12 +611,13 @@ GDR2_HD void grad1_body(const Blk& bk, const P& p, long long cg, int hv, float* 
         },
         [&](int i, const F4& x) { st4(sdO + (i / H4) * PH + (i % H4) * 4, x); });
     bk.sync();
-    // R = U − Y S
-    mm<2, MATH>(
+    // R = U − Y S  (16×32 tiles: 8 of 16 warps busy, but 3 operand loads per mma instead
+    // of 4 — measured faster than 16 of 16×16, see cuda/NOTES.md backward v12)
+    mm<4, MATH>(
         bk, kC, H, D, [&](int r, int k) { return sY[r * PD + k]; }, [&](int k, int j) { return sS[k * PH + j]; },
         [&](int r, int j, float v) { sUR[r * PH + j] -= v; });
-    // dR = Aqkᵀ dO + Ktail dS  (= dU)
-    mm<2, MATH>(
+    // dR = Aqkᵀ dO + Ktail dS  (= dU), 16×32 tiles as R
+    mm<4, MATH>(
         bk, kC, H, kC + D, [&](int r, int k) { return k < kC ? sAqk[k * kPC + r] : sKt[r * PD + k - kC]; },
         [&](int k, int j) { return k < kC ? sdO[k * PH + j] : sdS[(k - kC) * PH + j]; },
         [&](int r, int j, float v) { sdR[r * PH + j] = v; });
