@@ -35,6 +35,11 @@ void check_small_gemm(Index m, Index n, Index k, Tri tri) {
   C = C0;
   small_gemm<Update::sub>(m, n, k, strided(A), B.data(), n, C.data(), n, tri);
   CHECK((C - (C0 - AB)).norm() <= tol<Acc>() * (C0 - AB).norm());
+  // lower_c: C's lower triangle is the product's (what lies above is not specified).
+  C = C0;
+  small_gemm<Update::add>(m, n, k, strided(A), B.data(), n, C.data(), n, tri, /*lower_c=*/true);
+  const RowMat<Acc> want = C0 + AB;
+  CHECK((C - want).template triangularView<Eigen::Lower>().toDenseMatrix().norm() <= tol<Acc>() * want.norm());
   // A read transposed (Aᵀ's strides) gives the product with Aᵀ.
   const Mat At = A.transpose();
   C = C0;

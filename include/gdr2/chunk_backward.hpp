@@ -259,7 +259,8 @@ void chunk_backward_step(ChunkBackwardScratch<Acc>& ws, Index n, Acc scale) {
   // sides would only cancel up to rounding, swamping the tiny dg of strongly
   // decayed channels) and added to dq, dk at the end.
   transpose_into(ws.R, n, V, ws.Rt);
-  small_gemm<Update::set>(n, n, V, strided(ws.DOR), ws.Rt.data(), ws.Rt.cols(), ws.dAqk.data(), ws.dAqk.cols());
+  small_gemm<Update::set>(n, n, V, strided(ws.DOR), ws.Rt.data(), ws.Rt.cols(), ws.dAqk.data(), ws.dAqk.cols(),
+                          Tri::full, /*lower_c=*/true);
   dAqk.template triangularView<Eigen::StrictlyUpper>().setZero();
   ws.diag.head(n) = dAqk.diagonal();
   dAqk.diagonal().setZero();
@@ -280,7 +281,8 @@ void chunk_backward_step(ChunkBackwardScratch<Acc>& ws, Index n, Acc scale) {
   small_gemm<Update::set>(n, K + V, n, strided_t(ws.A), ws.EZ.data(), K + V, ws.dEZ.data(), K + V, Tri::upper);
   transpose_into(ws.YU, n, K + V, ws.YUt);
   dT.setZero();
-  small_gemm<Update::sub>(n, n, K + V, strided(ws.dEZ), ws.YUt.data(), ws.YUt.cols(), ws.dT.data(), ws.dT.cols());
+  small_gemm<Update::sub>(n, n, K + V, strided(ws.dEZ), ws.YUt.data(), ws.YUt.cols(), ws.dT.data(), ws.dT.cols(),
+                          Tri::full, /*lower_c=*/true);
   dT.template triangularView<Eigen::Upper>().setZero();
   dBk = dEZ.leftCols(K).cwiseProduct(Gam);  // Ē = γ ⊙ Bk
   ws.dW.topRows(n) = dEZ.rightCols(V).cwiseProduct(ws.Vv.topRows(n));  // Z = w ⊙ v

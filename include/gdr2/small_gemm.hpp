@@ -107,14 +107,17 @@ inline void gemm_rows(Index rows, Index kk, const Strided<Acc>& At, const Acc* B
 
 /// C(r, c) (=, +=, −=) Σ_k A(r, k)·B(k, c) for r < m, c < n, k < k_count. B: row-major
 /// with leading dimension ldb; C: row-major, ldc. `tri`: the triangle of A that is
-/// read (Tri); the zeros stored outside it make skipping it exact.
+/// read (Tri); the zeros stored outside it make skipping it exact. `lower_c`: only C's
+/// lower triangle (c ≤ r) is wanted; register tiles wholly above it are skipped (left
+/// as they were), those across the diagonal are computed whole.
 template <Update U, class Acc>
 void small_gemm(Index m, Index n, Index k, const Strided<Acc>& A, const Acc* B, Index ldb, Acc* C, Index ldc,
-                Tri tri = Tri::full) {
+                Tri tri = Tri::full, bool lower_c = false) {
   constexpr int L = GemmTile<Acc>::lanes, MR = GemmTile<Acc>::rows;
   auto panel = [&](auto np, Index c0) {
     for (Index r0 = 0; r0 < m; r0 += MR) {
       const Index rows = std::min<Index>(MR, m - r0);
+      if (lower_c && c0 > r0 + rows - 1) continue;
       const auto [kb, ke] = tile_k_range(tri, r0, rows, k);
       gemm_rows<decltype(np)::value, U>(rows, ke - kb, A.offset(r0, kb), B + kb * ldb + c0, ldb, C + r0 * ldc + c0,
                                         ldc);
@@ -124,7 +127,7 @@ void small_gemm(Index m, Index n, Index k, const Strided<Acc>& A, const Acc* B, 
   for (; c0 + 2 * L <= n; c0 += 2 * L) panel(std::integral_constant<int, 2>{}, c0);
   for (; c0 + L <= n; c0 += L) panel(std::integral_constant<int, 1>{}, c0);
   for (; c0 < n; ++c0)  // columns left over from whole packets
-    for (Index r = 0; r < m; ++r) {
+    for (Index r = lower_c ? std::min(c0, m) : 0; r < m; ++r) {
       const auto [kb, ke] = tile_k_range(tri, r, 1, k);
       Acc s(0);
       for (Index j = kb; j < ke; ++j) s += A(r, j) * B[j * ldb + c0];
