@@ -89,13 +89,12 @@ void anchored_blocks(const RowMat<Acc>& X, const ChunkDecay<Acc>& dc, Index i0, 
 
 /// The diagonal sub-block [i0, i0+ni) of decayed_grams over key channels
 /// [d0, d0 + NP·lanes): out(r, s) += Σ_d A(r,d)·B(s,d)·Π_{s<u≤r} E(u,d) for s ≤ r (s < r
-/// for strict terms), the running product held in NP packet registers.
-template <int NP, class Acc, std::size_t M>
+/// for strict terms), the running product held in NP registers (over_register_pieces).
+template <int NP, class Packet, class Acc, std::size_t M>
 void gram_diagonal(const std::array<GramTerm<Acc>, M>& terms, const RowMat<Acc>& B, const RowMat<Acc>& E, Index i0,
                    Index ni, Index d0) {
   using namespace Eigen::internal;
-  using Packet = typename GemmTile<Acc>::Packet;
-  constexpr int L = GemmTile<Acc>::lanes;
+  constexpr int L = unpacket_traits<Packet>::size;
   auto dot = [&](const RowMat<Acc>& A, Index r, const Packet* p) {
     const Acc* a = &A(r, d0);
     Packet acc = pmul(ploadu<Packet>(a), p[0]);
@@ -145,21 +144,10 @@ void decayed_grams(const std::array<GramTerm<Acc>, M>& terms, const RowMat<Acc>&
                                 t.out->data() + i0 * t.out->cols(), t.out->cols());
     }
     // Diagonal block, over the key channels in pieces whose running products stay in
-    // registers (8 packets, then single packets, then single channels).
-    constexpr Index L = GemmTile<Acc>::lanes;
-    Index d0 = 0;
-    for (; d0 + 8 * L <= K; d0 += 8 * L) gram_diagonal<8>(terms, B, dc.E, i0, ni, d0);
-    for (; d0 + L <= K; d0 += L) gram_diagonal<1>(terms, B, dc.E, i0, ni, d0);
-    for (; d0 < K; ++d0)
-      for (Index s = i0; s < i0 + ni; ++s) {
-        Acc q = B(s, d0);
-        for (const auto& t : terms)
-          if (!t.strict) (*t.out)(s, s) += (*t.A)(s, d0) * q;
-        for (Index r = s + 1; r < i0 + ni; ++r) {
-          q *= dc.E(r, d0);
-          for (const auto& t : terms) (*t.out)(r, s) += (*t.A)(r, d0) * q;
-        }
-      }
+    // registers.
+    over_register_pieces<Acc>(K, [&](auto np, auto packet, Index d0) {
+      gram_diagonal<decltype(np)::value, decltype(packet)>(terms, B, dc.E, i0, ni, d0);
+    });
   }
 }
 

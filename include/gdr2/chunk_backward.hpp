@@ -70,6 +70,61 @@ struct ChunkContext {
 
 namespace detail {
 
+/// Diagonal block [i0, i0+ni) of decayed_apply2 over columns [d0, d0 + NP·lanes):
+/// outk(r,:) += Mk(r,s) · X(s,:) ⊙ Π_{s<u≤r} E(u,:) for s ≤ r, the running product in
+/// NP registers (over_register_pieces).
+template <int NP, class Packet, class Acc>
+void apply2_diagonal(const RowMat<Acc>& M1, RowMat<Acc>& out1, const RowMat<Acc>& M2, RowMat<Acc>& out2,
+                     const RowMat<Acc>& X, const RowMat<Acc>& E, Index i0, Index ni, Index d0) {
+  using namespace Eigen::internal;
+  constexpr int L = unpacket_traits<Packet>::size;
+  auto axpy = [&](RowMat<Acc>& out, Index r, Acc m, const Packet* p) {
+    const Packet mv = pset1<Packet>(m);
+    Acc* o = &out(r, d0);
+    for (int q = 0; q < NP; ++q) pstoreu(o + q * L, pmadd(mv, p[q], ploadu<Packet>(o + q * L)));
+  };
+  for (Index s = i0; s < i0 + ni; ++s) {
+    Packet p[NP];
+    for (int q = 0; q < NP; ++q) p[q] = ploadu<Packet>(&X(s, d0 + q * L));
+    axpy(out1, s, M1(s, s), p);
+    axpy(out2, s, M2(s, s), p);
+    for (Index r = s + 1; r < i0 + ni; ++r) {
+      for (int q = 0; q < NP; ++q) p[q] = pmul(p[q], ploadu<Packet>(&E(r, d0 + q * L)));
+      axpy(out1, r, M1(r, s), p);
+      axpy(out2, r, M2(r, s), p);
+    }
+  }
+}
+
+/// Diagonal block [j0, j0+nj) of decayed_apply2_t over columns [d0, d0 + NP·lanes):
+/// out(s,:) += Σ_{r≥s} (M1(r,s) X1(r,:) + M2(r,s) X2(r,:)) ⊙ Π_{s<u≤r} E(u,:), the running
+/// product and out's row in registers.
+template <int NP, class Packet, class Acc>
+void apply2_t_diagonal(const RowMat<Acc>& M1, const RowMat<Acc>& X1, const RowMat<Acc>& M2, const RowMat<Acc>& X2,
+                       const RowMat<Acc>& E, Index j0, Index nj, Index d0, RowMat<Acc>& out) {
+  using namespace Eigen::internal;
+  constexpr int L = unpacket_traits<Packet>::size;
+  for (Index s = j0; s < j0 + nj; ++s) {
+    Packet acc[NP], p[NP];
+    const Packet m1 = pset1<Packet>(M1(s, s)), m2 = pset1<Packet>(M2(s, s));
+    for (int q = 0; q < NP; ++q) {
+      const Index d = d0 + q * L;
+      acc[q] = pmadd(m2, ploadu<Packet>(&X2(s, d)), pmadd(m1, ploadu<Packet>(&X1(s, d)), ploadu<Packet>(&out(s, d))));
+      p[q] = pset1<Packet>(Acc(1));
+    }
+    for (Index r = s + 1; r < j0 + nj; ++r) {
+      const Packet a1 = pset1<Packet>(M1(r, s)), a2 = pset1<Packet>(M2(r, s));
+      for (int q = 0; q < NP; ++q) {
+        const Index d = d0 + q * L;
+        p[q] = pmul(p[q], ploadu<Packet>(&E(r, d)));
+        const Packet t = pmadd(a2, ploadu<Packet>(&X2(r, d)), pmul(a1, ploadu<Packet>(&X1(r, d))));
+        acc[q] = pmadd(t, p[q], acc[q]);
+      }
+    }
+    for (int q = 0; q < NP; ++q) pstoreu(&out(s, d0 + q * L), acc[q]);
+  }
+}
+
 /// The two decayed applies against the keys (SPEC §4, gradients of T and Aqk with
 /// respect to their left factors), sharing every decay factor:
 ///   out1(r,:) += Σ_{s≤r} M1(r,s) · X(s,:) ⊙ exp(G_r − G_s),   out2 likewise with M2,
@@ -92,17 +147,11 @@ void decayed_apply2(const RowMat<Acc>& M1, RowMat<Acc>& out1, const RowMat<Acc>&
       small_gemm<Update::set>(ni, K, i0, strided(M2).offset(i0, 0), XB.data(), XB.cols(), acc.data(), acc.cols());
       out2.middleRows(i0, ni) += a.cwiseProduct(dc.Fin.middleRows(i0, ni));
     }
-    // Diagonal block: p = X_s ⊙ exp(G_r − G_s) by a running product over r.
-    for (Index s = i0; s < i0 + ni; ++s) {
-      p = X.row(s).transpose();
-      out1.row(s) += M1(s, s) * p.transpose();
-      out2.row(s) += M2(s, s) * p.transpose();
-      for (Index r = s + 1; r < i0 + ni; ++r) {
-        p.array() *= dc.E.row(r).transpose().array();
-        out1.row(r) += M1(r, s) * p.transpose();
-        out2.row(r) += M2(r, s) * p.transpose();
-      }
-    }
+    // Diagonal block: p = X_s ⊙ exp(G_r − G_s) by a running product over r, held in
+    // registers piece by piece.
+    over_register_pieces<Acc>(X.cols(), [&](auto np, auto packet, Index d0) {
+      apply2_diagonal<decltype(np)::value, decltype(packet)>(M1, out1, M2, out2, X, dc.E, i0, ni, d0);
+    });
   }
 }
 
@@ -138,15 +187,11 @@ void decayed_apply2_t(const RowMat<Acc>& M1, const RowMat<Acc>& X1, const RowMat
       small_gemm<Update::add>(nj, K, m, strided_t(M2).offset(j0, r0), XB2.data(), XB2.cols(), acc.data(), acc.cols());
       out.middleRows(j0, nj) += a.cwiseProduct(dc.Fout.middleRows(j0, nj));
     }
-    // Diagonal block: p = exp(G_r − G_s) by a running product over r.
-    for (Index s = j0; s <= jend; ++s) {
-      out.row(s) += M1(s, s) * X1.row(s) + M2(s, s) * X2.row(s);
-      p.setOnes();
-      for (Index r = s + 1; r <= jend; ++r) {
-        p.array() *= dc.E.row(r).transpose().array();
-        out.row(s) += (M1(r, s) * X1.row(r) + M2(r, s) * X2.row(r)).cwiseProduct(p.transpose());
-      }
-    }
+    // Diagonal block: p = exp(G_r − G_s) by a running product over r, held in registers
+    // with out's row piece by piece.
+    over_register_pieces<Acc>(X1.cols(), [&](auto np, auto packet, Index d0) {
+      apply2_t_diagonal<decltype(np)::value, decltype(packet)>(M1, X1, M2, X2, dc.E, j0, nj, d0, out);
+    });
   }
 }
 

@@ -191,6 +191,22 @@ void transpose_product(const MX& X, const MF& F, Index n, Index K, MO& Out) {
       [&](Index s, Index d) { return X(s, d) * F(s, d); }, Out);
 }
 
+/// Split feature columns [0, K) into pieces that fit in registers, for kernels that keep
+/// a running product per column: f(Int<NP>, Packet{}, d0) over pieces of 8 packets, then
+/// single packets, then single columns (Packet = Acc: Eigen's packet functions take
+/// plain scalars as one-lane packets).
+template <class Acc, class F>
+void over_register_pieces(Index K, F&& f) {
+  using Packet = typename GemmTile<Acc>::Packet;
+  constexpr Index L = GemmTile<Acc>::lanes;
+  Index d0 = 0;
+  if constexpr (L > 1) {
+    for (; d0 + 8 * L <= K; d0 += 8 * L) f(std::integral_constant<int, 8>{}, Packet{}, d0);
+    for (; d0 + L <= K; d0 += L) f(std::integral_constant<int, 1>{}, Packet{}, d0);
+  }
+  for (; d0 < K; ++d0) f(std::integral_constant<int, 1>{}, Acc{}, d0);
+}
+
 /// Operand views of Eigen matrices (any storage order) for small_gemm.
 template <class M>
 Strided<typename M::Scalar> strided(const M& m) {
