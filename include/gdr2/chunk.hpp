@@ -177,13 +177,9 @@ struct ChunkWY {
   /// Load tokens [t0, t0+n) of (batch row b, value head hv) through the policy.
   template <class Policy, class T>
   void load(const TokenReader<Policy, T>& rd, Index b, Index t0, Index n, Index hv) {
-    for (Index r = 0; r < n; ++r) {
-      const Index t = t0 + r;
-      rd.qk(b, t, hv, Q.row(r).data(), Kc.row(r).data());
-      rd.v(b, t, hv, Vv.row(r).data());
-      rd.gates(b, t, hv, g.row(r).data(), Bg.row(r).data(), Wg.row(r).data());
-    }
+    rd.rows(b, t0, n, hv, Q.data(), Kc.data(), Vv.data(), g.data(), Bg.data(), Wg.data(), Q.cols(), Vv.cols());
   }
+
 };
 
 /// Per-slot scratch of the chunk forward.

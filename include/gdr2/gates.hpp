@@ -107,47 +107,70 @@ struct GatePolicy {
   /// Feature width of β: 1 for tied gates, or 0 when β must not be given.
   static constexpr Index beta_width() { return W == Gates::tied ? 1 : 0; }
 
-  // ---- loading: stored gates → full vectors for token (b, t), value head hv ----
-  /// Fill g[0..K) with the log-decay of token t (zeros when there is no decay);
-  /// with the fused gate, g = −exp(A_log[h])·softplus(gate_x + dt_bias[h]).
+  // ---- loading: stored gates → full vectors, value head hv ----------------------
+  /// Rows [t0, t0+n) of the log-decay into g (n rows, leading dimension ld, K columns;
+  /// zeros when there is no decay); with the fused gate,
+  /// g = −exp(A_log[h])·softplus(gate_x + dt_bias[h]).
   template <class P, class Acc>
-  static void load_decay(const P& p, Index b, Index t, Index hv, Index Hv, Index K, Acc* g) {
+  static void load_decay_rows(const P& p, Index b, Index t0, Index n, Index hv, Index Hv, Index K, Acc* g,
+                              Index ld) {
     if constexpr (D == Decay::none) {
-      for (Index i = 0; i < K; ++i) g[i] = Acc(0);
+      for (Index r = 0; r < n; ++r)
+        for (Index i = 0; i < K; ++i) g[r * ld + i] = Acc(0);
     } else if (p.gate_x.given()) {
       const Index h = gate_head(hv, p.gate_x.shape[2], Hv);
-      const auto* x = p.gate_x.row(b, t, h);
       const Acc a = std::exp(convert<Acc>(p.A_log(0, 0, h, 0)));
       const Index width = decay_width(K);
-      for (Index i = 0; i < width; ++i) {
-        const Acc bias = p.dt_bias.given() ? convert<Acc>(p.dt_bias(0, 0, h, i)) : Acc(0);
-        g[i] = -a * softplus(convert<Acc>(x[i]) + bias);
+      for (Index r = 0; r < n; ++r) {
+        const auto* x = p.gate_x.row(b, t0 + r, h);
+        Acc* gr = g + r * ld;
+        for (Index i = 0; i < width; ++i) {
+          const Acc bias = p.dt_bias.given() ? convert<Acc>(p.dt_bias(0, 0, h, i)) : Acc(0);
+          gr[i] = -a * softplus(convert<Acc>(x[i]) + bias);
+        }
+        for (Index i = width; i < K; ++i) gr[i] = gr[0];  // scalar decay: broadcast
       }
-      for (Index i = width; i < K; ++i) g[i] = g[0];  // scalar decay: broadcast
     } else {
-      const auto* src = p.g.row(b, t, gate_head(hv, p.g.shape[2], Hv));
+      const Index h = gate_head(hv, p.g.shape[2], Hv);
       if constexpr (D == Decay::channel) {
-        for (Index i = 0; i < K; ++i) g[i] = convert<Acc>(src[i]);
+        copy_rows(p.g, b, t0, n, h, K, g, ld);
       } else {
-        const Acc s = convert<Acc>(src[0]);
-        for (Index i = 0; i < K; ++i) g[i] = s;
+        for (Index r = 0; r < n; ++r) {
+          const Acc s = convert<Acc>(p.g.row(b, t0 + r, h)[0]);
+          for (Index i = 0; i < K; ++i) g[r * ld + i] = s;
+        }
       }
     }
   }
 
-  /// Fill eb[0..K) with the erase gate b and wv[0..V) with the write gate w.
+  /// Rows [t0, t0+n) of the erase gate b into eb (leading dimension ldb, K columns) and
+  /// of the write gate w into wv (ldw, V columns).
+  template <class P, class Acc>
+  static void load_gate_rows(const P& p, Index b, Index t0, Index n, Index hv, Index Hv, Index K, Index V, Acc* eb,
+                             Index ldb, Acc* wv, Index ldw) {
+    if constexpr (W == Gates::channel) {
+      copy_rows(p.b, b, t0, n, gate_head(hv, p.b.shape[2], Hv), K, eb, ldb);
+      copy_rows(p.w, b, t0, n, gate_head(hv, p.w.shape[2], Hv), V, wv, ldw);
+    } else {
+      const Index h = gate_head(hv, p.beta.shape[2], Hv);
+      for (Index r = 0; r < n; ++r) {
+        const Acc beta = convert<Acc>(p.beta.row(b, t0 + r, h)[0]);
+        for (Index i = 0; i < K; ++i) eb[r * ldb + i] = beta;
+        for (Index j = 0; j < V; ++j) wv[r * ldw + j] = beta;
+      }
+    }
+  }
+
+  /// Fill g[0..K) with the log-decay of token t (load_decay_rows for one row).
+  template <class P, class Acc>
+  static void load_decay(const P& p, Index b, Index t, Index hv, Index Hv, Index K, Acc* g) {
+    load_decay_rows(p, b, t, 1, hv, Hv, K, g, K);
+  }
+
+  /// Fill eb[0..K) with the erase gate b and wv[0..V) with the write gate w of token t.
   template <class P, class Acc>
   static void load_gates(const P& p, Index b, Index t, Index hv, Index Hv, Index K, Index V, Acc* eb, Acc* wv) {
-    if constexpr (W == Gates::channel) {
-      const auto* bs = p.b.row(b, t, gate_head(hv, p.b.shape[2], Hv));
-      const auto* ws = p.w.row(b, t, gate_head(hv, p.w.shape[2], Hv));
-      for (Index i = 0; i < K; ++i) eb[i] = convert<Acc>(bs[i]);
-      for (Index j = 0; j < V; ++j) wv[j] = convert<Acc>(ws[j]);
-    } else {
-      const Acc beta = convert<Acc>(p.beta.row(b, t, gate_head(hv, p.beta.shape[2], Hv))[0]);
-      for (Index i = 0; i < K; ++i) eb[i] = beta;
-      for (Index j = 0; j < V; ++j) wv[j] = beta;
-    }
+    load_gate_rows(p, b, t, 1, hv, Hv, K, V, eb, K, wv, V);
   }
 
   // ---- gradients: full vectors → stored shape (grouped heads sum, see Accumulate) ----

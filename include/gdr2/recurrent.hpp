@@ -26,34 +26,34 @@ void l2_normalize(Acc* x, Index n, Acc eps) {
   for (Index i = 0; i < n; ++i) x[i] *= inv;
 }
 
-/// Reads one token of one (sequence, value head) into full Acc vectors, with the
-/// gates broadcast by the policy.
+/// Reads tokens of one (sequence, value head) into full Acc vectors (rows of
+/// row-major matrices for a block of tokens), with the gates broadcast by the policy.
 template <class Policy, class T>
 struct TokenReader {
   using Acc = accum_t<T>;
   const Problem<T>& p;
   const Dims& d;
 
-  void qk(Index b, Index t, Index hv, Acc* q, Acc* k) const {
+  /// Tokens [t0, t0+n) into row-major q, k (leading dimension ldk), v (ldv), g, eb
+  /// (ldk) and wv (ldv).
+  void rows(Index b, Index t0, Index n, Index hv, Acc* q, Acc* k, Acc* v, Acc* g, Acc* eb, Acc* wv, Index ldk,
+            Index ldv) const {
     const Index hk = d.key_head(hv);
-    const T* qs = p.q.row(b, t, hk);
-    const T* ks = p.k.row(b, t, hk);
-    for (Index i = 0; i < d.K; ++i) {
-      q[i] = convert<Acc>(qs[i]);
-      k[i] = convert<Acc>(ks[i]);
-    }
+    copy_rows(p.q, b, t0, n, hk, d.K, q, ldk);
+    copy_rows(p.k, b, t0, n, hk, d.K, k, ldk);
     if (p.l2_norm_qk) {  // in-kernel L2 normalisation (Problem::l2_norm_qk)
-      l2_normalize(q, d.K, Acc(p.l2_norm_eps));
-      l2_normalize(k, d.K, Acc(p.l2_norm_eps));
+      for (Index r = 0; r < n; ++r) {
+        l2_normalize(q + r * ldk, d.K, Acc(p.l2_norm_eps));
+        l2_normalize(k + r * ldk, d.K, Acc(p.l2_norm_eps));
+      }
     }
+    copy_rows(p.v, b, t0, n, hv, d.V, v, ldv);
+    Policy::load_decay_rows(p, b, t0, n, hv, d.Hv, d.K, g, ldk);
+    Policy::load_gate_rows(p, b, t0, n, hv, d.Hv, d.K, d.V, eb, ldk, wv, ldv);
   }
-  void v(Index b, Index t, Index hv, Acc* v) const {
-    const T* vs = p.v.row(b, t, hv);
-    for (Index j = 0; j < d.V; ++j) v[j] = convert<Acc>(vs[j]);
-  }
-  void gates(Index b, Index t, Index hv, Acc* g, Acc* eb, Acc* wv) const {
-    Policy::load_decay(p, b, t, hv, d.Hv, d.K, g);
-    Policy::load_gates(p, b, t, hv, d.Hv, d.K, d.V, eb, wv);
+  /// One token t (rows() for one row).
+  void token(Index b, Index t, Index hv, Acc* q, Acc* k, Acc* v, Acc* g, Acc* eb, Acc* wv) const {
+    rows(b, t, 1, hv, q, k, v, g, eb, wv, d.K, d.V);
   }
 };
 
@@ -179,9 +179,7 @@ Status recurrent_forward(const Problem<T>& p, const Outputs<TO, accum_t<T>>& out
       detail::load_state(p.initial_state, state_slot, hv, ws.S);
     }
     for (Index t = span.begin; t < span.end; ++t) {
-      rd.qk(span.batch, t, hv, ws.q.data(), ws.k.data());
-      rd.v(span.batch, t, hv, ws.v.data());
-      rd.gates(span.batch, t, hv, ws.g.data(), ws.eb.data(), ws.wv.data());
+      rd.token(span.batch, t, hv, ws.q.data(), ws.k.data(), ws.v.data(), ws.g.data(), ws.eb.data(), ws.wv.data());
       detail::fused_recurrent_step(S, ldS, d.K, d.V, ws.q.data(), ws.k.data(), ws.v.data(), ws.g.data(),
                                    ws.eb.data(), ws.wv.data(), scale, ws.r.data(), ws.o.data());
       TO* o = out.o.row(span.batch, t, hv);

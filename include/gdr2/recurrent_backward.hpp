@@ -121,9 +121,7 @@ struct BpttScratch {
 /// Load token t of value head hv into ws.fw (q, k, v and the broadcast gates).
 template <class Policy, class T, class Acc>
 void load_token(const TokenReader<Policy, T>& rd, Index b, Index t, Index hv, RecurrentScratch<Acc>& fw) {
-  rd.qk(b, t, hv, fw.q.data(), fw.k.data());
-  rd.v(b, t, hv, fw.v.data());
-  rd.gates(b, t, hv, fw.g.data(), fw.eb.data(), fw.wv.data());
+  rd.token(b, t, hv, fw.q.data(), fw.k.data(), fw.v.data(), fw.g.data(), fw.eb.data(), fw.wv.data());
 }
 
 /// One token of SPEC §2. On entry ws.fw holds the token, Sprev = S_{t−1},

@@ -135,6 +135,18 @@ inline void store_fence() {
 #endif
 }
 
+/// Rows [t0, t0+n) of head h, batch row b of a [B, T, H, D] view (unit feature stride),
+/// first `width` features, converted to U into dst (n rows, leading dimension ld): one
+/// strided block copy, vectorised by Eigen.
+template <class U, class T>
+void copy_rows(const View<T>& v, Index b, Index t0, Index n, Index h, Index width, U* dst, Index ld) {
+  using S = std::remove_const_t<T>;
+  using Src = Eigen::Map<const Eigen::Matrix<S, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>, 0, Eigen::OuterStride<>>;
+  using Dst = Eigen::Map<Eigen::Matrix<U, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>, 0, Eigen::OuterStride<>>;
+  Dst(dst, n, width, Eigen::OuterStride<>(ld)) =
+      Src(v.row(b, t0, h), n, width, Eigen::OuterStride<>(v.stride[1])).template cast<U>();
+}
+
 /// Row-major contiguous strides for the given extents.
 inline std::array<Index, 4> contiguous_strides(std::array<Index, 4> sh) {
   return {sh[1] * sh[2] * sh[3], sh[2] * sh[3], sh[3], 1};
