@@ -110,6 +110,16 @@ inline ProblemConfig numerics_config(Index T, Index K, Index V, double g_min) {
 /// a 64-token chunk (exp(−G) would overflow any float type), and b up to 2.
 inline ProblemConfig strong_decay_config() { return numerics_config(203, 32, 24, -20.0); }
 
+/// Heads wider than every register piece of the chunk kernels: K = 147 runs whole
+/// 8-packet pieces, single packets and single channels, V = 37 packet pairs and leftover
+/// columns (fp32 and fp64 lanes alike); T = 83 ends on a chunk of 19 tokens.
+inline ProblemConfig wide_head_config() {
+  ProblemConfig cfg = numerics_config(83, 147, 37, -3.0);
+  cfg.Hk = 1;
+  cfg.Hv = 2;
+  return cfg;
+}
+
 /// Mixed decay strengths per channel: the shape of the test (its log-decays are
 /// then set by set_mixed_decays).
 inline ProblemConfig mixed_decay_config() { return numerics_config(130, 16, 16, ProblemConfig().g_min); }

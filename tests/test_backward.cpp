@@ -93,6 +93,12 @@ TEMPLATE_TEST_CASE("backward: every engine matches the fp64 BPTT", "[backward]",
   }
 }
 
+TEMPLATE_TEST_CASE("backward: wide heads, every engine vs the fp64 BPTT", "[backward]", GDR2, KDA) {
+  // the diagonal-block applies and the products over every register piece (common.hpp)
+  check_against_reference<TestType, double>(wide_head_config(), true);
+  check_against_reference<TestType, float>(wide_head_config(), true);
+}
+
 TEMPLATE_TEST_CASE("backward: fused decay gate and in-kernel L2 norm, every engine vs the fp64 BPTT", "[backward][fused]",
                    GDR2, KDA, GDN, DeltaNet) {
   for (auto cfg : random_configs(0xF05E ^ std::hash<std::string>{}(TestType::name()))) {

@@ -55,19 +55,8 @@ TEMPLATE_TEST_CASE("forward: every engine matches the fp64 recurrence", "[forwar
 }
 
 TEMPLATE_TEST_CASE("forward: wide heads match the fp64 recurrence", "[forward]", GDR2, GDN) {
-  // K = 147, V = 37: the chunk kernels' key loop runs whole 8-packet pieces, single
-  // packets and single channels, and their value columns packet pairs and leftovers
-  // (for fp32 and fp64 lanes alike); T = 83 ends on a chunk of 19 tokens.
-  ProblemConfig cfg;
-  cfg.T = 83;
-  cfg.Hk = 1;
-  cfg.Hv = 2;
-  cfg.K = 147;
-  cfg.V = 37;
-  cfg.b_max = 2.0;
-  cfg.g_min = -3.0;
-  check_against_reference<TestType, double>(cfg);
-  check_against_reference<TestType, float>(cfg);
+  check_against_reference<TestType, double>(wide_head_config());
+  check_against_reference<TestType, float>(wide_head_config());
 }
 
 TEMPLATE_TEST_CASE("forward: 16-bit outputs are the rounded fp32 result", "[forward]", Eigen::bfloat16, Eigen::half) {
