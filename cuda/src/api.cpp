@@ -64,11 +64,6 @@ Status check_rows16(const char* name, const View<X>& v, Index mult) {
   return {};
 }
 
-template <class X>
-detail::Strides3 s3(const View<X>& v) {
-  return {v.stride[0], v.stride[1], v.stride[2]};
-}
-
 Status check_fits_int(const Dims& d) {
   if (d.T > INT_MAX / 2 || d.B * d.Hv > INT_MAX / 2 || d.N > INT_MAX / 2)
     return {Code::unsupported, "sizes beyond 2^30 tokens / heads are not supported by the CUDA engine"};
@@ -77,24 +72,7 @@ Status check_fits_int(const Dims& d) {
 
 template <class Policy, class T>
 void fill_inputs(const Problem<T>& p, const Dims& d, ForwardParams& f) {
-  f.q = p.q.data;
-  f.k = p.k.data;
-  f.v = p.v.data;
-  f.b = p.b.data;
-  f.w = p.w.data;
-  f.beta = p.beta.data;
-  f.g = p.g.data;
-  f.sq = s3(p.q);
-  f.sk = s3(p.k);
-  f.sv = s3(p.v);
-  f.sb = s3(p.b);
-  f.sw = s3(p.w);
-  f.sbeta = s3(p.beta);
-  f.sg = s3(p.g);
-  f.hg_g = p.g.given() ? int(p.g.shape[2]) : 1;
-  f.hg_b = p.b.given() ? int(p.b.shape[2]) : 1;
-  f.hg_w = p.w.given() ? int(p.w.shape[2]) : 1;
-  f.hg_beta = p.beta.given() ? int(p.beta.shape[2]) : 1;
+  detail::fill_input_views(p, f);
   f.B = int(d.B);
   f.T = int(d.T);
   f.Hk = int(d.Hk);
@@ -141,7 +119,7 @@ Status plan_forward(const Problem<T>& p, const Outputs<T, float>* out, const Chu
     fill_inputs<Policy>(p, d, f);
     if (out) {
       f.o = out->o.data;
-      f.so = s3(out->o);
+      f.so = detail::strides3(out->o);
       f.sT = out->final_state.data;
       for (int i = 0; i < 4; ++i) f.sT_stride[i] = out->final_state.stride[i];
     }
@@ -307,7 +285,7 @@ Status decode(const Problem<T>& p, const Outputs<T, float>& out, const std::int3
     ForwardParams f;
     fill_inputs<Policy>(p, d, f);
     f.o = out.o.data;
-    f.so = s3(out.o);
+    f.so = detail::strides3(out.o);
     f.s0 = p.initial_state.data;
     f.sT = out.final_state.data;
     for (int i = 0; i < 4; ++i) {

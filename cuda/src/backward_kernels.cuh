@@ -72,8 +72,8 @@ GDR2_HD ChunkLoc chunk_loc(const P& p, long long cg) {
   return {n, c, s.bb, t0, len};
 }
 
-GDR2_HD long long act(const long long (&s)[3], int bb, int t, int h) {
-  return (long long)bb * s[0] + (long long)t * s[1] + (long long)h * s[2];
+GDR2_HD long long act(const Strides3& s, int bb, int t, int h) {
+  return (long long)bb * s.b + (long long)t * s.t + (long long)h * s.h;
 }
 GDR2_HD int ghead(int hv, int hg, int Hv) { return int((long long)hv * hg / Hv); }
 
@@ -686,16 +686,16 @@ GDR2_HD void grad2_body(const Blk& bk, const P& p, long long cg, int hv, float* 
   const float scale = p.scale;
   const long long oq = act(p.sq, bb, t0, hk), ok = act(p.sk, bb, t0, hk);
   const long long ob = p.tied ? act(p.sbeta, bb, t0, ghead(hv, p.hg_beta, p.Hv)) : act(p.sb, bb, t0, ghead(hv, p.hg_b, p.Hv));
-  const long long stb = p.tied ? p.sbeta[1] : p.sb[1], sdb = p.tied ? 0 : 1;
+  const long long stb = p.tied ? p.sbeta.t : p.sb.t, sdb = p.tied ? 0 : 1;
   const void* gb = p.tied ? p.beta : p.b;
   const int len = cl.len;
   auto Kc = [&](int r, int d) {
     if (dt != kF32) return cvt16(k16[r * PI + d], dt);
-    return r < len ? static_cast<const float*>(p.k)[ok + r * p.sk[1] + d] : 0.f;
+    return r < len ? static_cast<const float*>(p.k)[ok + r * p.sk.t + d] : 0.f;
   };
   auto Qs = [&](int r, int d) {
     if (dt != kF32) return scale * cvt16(q16[r * PI + d], dt);
-    return r < len ? scale * static_cast<const float*>(p.q)[oq + r * p.sq[1] + d] : 0.f;
+    return r < len ? scale * static_cast<const float*>(p.q)[oq + r * p.sq.t + d] : 0.f;
   };
   auto Bg = [&](int r, int d) {
     if (dt != kF32) return cvt16(b16[r * PI + d], dt);
@@ -719,7 +719,7 @@ GDR2_HD void grad2_body(const Blk& bk, const P& p, long long cg, int hv, float* 
           const int r = i / D4, d = (i % D4) * 4;
           if (r >= len) return Raw3{};
           const std::uint16_t beta = p.tied ? static_cast<const std::uint16_t*>(p.beta)[ob + r * stb] : 0;
-          return Raw3{ld_raw4(p.q, oq + r * p.sq[1] + d, p.vec), ld_raw4(p.k, ok + r * p.sk[1] + d, p.vec),
+          return Raw3{ld_raw4(p.q, oq + r * p.sq.t + d, p.vec), ld_raw4(p.k, ok + r * p.sk.t + d, p.vec),
                       p.tied ? U4{beta, beta, beta, beta} : ld_raw4(p.b, ob + r * stb + d, p.vec)};
         },
         [&](int i, const Raw3& x) {

@@ -25,25 +25,7 @@ namespace bwd {
 /// The forward loader's view of the backward's inputs (what ChunkLoader reads).
 inline ForwardParams loader_params(const BackwardParams& b) {
   ForwardParams f;
-  auto s3 = [](const long long (&s)[3]) { return Strides3{s[0], s[1], s[2]}; };
-  f.q = b.q;
-  f.k = b.k;
-  f.v = b.v;
-  f.b = b.b;
-  f.w = b.w;
-  f.beta = b.beta;
-  f.g = b.g;
-  f.sq = s3(b.sq);
-  f.sk = s3(b.sk);
-  f.sv = s3(b.sv);
-  f.sb = s3(b.sb);
-  f.sw = s3(b.sw);
-  f.sbeta = s3(b.sbeta);
-  f.sg = s3(b.sg);
-  f.hg_g = b.hg_g;
-  f.hg_b = b.hg_b;
-  f.hg_w = b.hg_w;
-  f.hg_beta = b.hg_beta;
+  static_cast<InputViews&>(f) = b;  // the same input description
   f.Hv = b.Hv;
   f.group = b.group;
   f.scale = b.scale;

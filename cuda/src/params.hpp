@@ -8,27 +8,16 @@
 
 #include <cuda_runtime_api.h>
 
+#include "gdr2/cuda/inputs.hpp"
+
 namespace gdr2 {
 namespace cuda {
 namespace detail {
 
-/// Element strides of a token-major activation [B, T, H, D] (the D stride is 1).
-struct Strides3 {
-  long long b = 0, t = 0, h = 0;
-};
-
-/// Everything a forward or decode kernel reads, in device pointers and element strides.
-struct ForwardParams {
-  // inputs (16-bit elements for q, k, v, b, w, beta; fp32 for g and states)
-  const void* q = nullptr;
-  const void* k = nullptr;
-  const void* v = nullptr;
-  const void* b = nullptr;
-  const void* w = nullptr;
-  const void* beta = nullptr;
-  const float* g = nullptr;
-  Strides3 sq, sk, sv, sb, sw, sbeta, sg, so;
-  int hg_g = 1, hg_b = 1, hg_w = 1, hg_beta = 1;  // heads of each gate tensor (Hk or Hv)
+/// Everything a forward or decode kernel reads, in device pointers and element strides:
+/// the inputs (InputViews: 16-bit q, k, v, b, w, β; fp32 g), then outputs and states.
+struct ForwardParams : InputViews {
+  Strides3 so;
   void* o = nullptr;
   const float* s0 = nullptr;  // initial state (or null = zeros)
   long long s0_stride[4] = {0, 0, 0, 0};

@@ -51,6 +51,8 @@
 
 #include <cuda_runtime_api.h>
 
+#include "gdr2/cuda/inputs.hpp"
+
 #include <cstddef>
 #include <cstdint>
 
@@ -75,17 +77,10 @@ struct BwdReduce {
 };
 
 /// Plain-old-data launch parameters of the backward kernels.
-struct BackwardParams {
-  const void* q = nullptr;
-  const void* k = nullptr;
-  const void* v = nullptr;
-  const void* b = nullptr;
-  const void* w = nullptr;
-  const void* beta = nullptr;
+/// The inputs (InputViews) as the forward's, then dL/do, states and gradients.
+struct BackwardParams : InputViews {
   const void* d_o = nullptr;
-  const float* g = nullptr;
-  long long sq[3] = {}, sk[3] = {}, sv[3] = {}, sb[3] = {}, sw[3] = {}, sbeta[3] = {}, sg[3] = {}, sdo[3] = {};
-  int hg_g = 1, hg_b = 1, hg_w = 1, hg_beta = 1;
+  Strides3 sdo;
   const float* s0 = nullptr;
   long long s0s[4] = {};
   const float* dsT = nullptr;
@@ -178,11 +173,6 @@ constexpr bool bwd_policy_supported() {
          (Policy::decay == Decay::scalar && Policy::gates == Gates::tied);
 }
 
-template <class X>
-inline void bwd_strides3(const View<X>& v, long long (&s)[3]) {
-  for (int i = 0; i < 3; ++i) s[i] = v.stride[i];
-}
-
 inline constexpr std::size_t bwd_align(std::size_t x) { return (x + 255) / 256 * 256; }
 
 /// Validate, then fill `bp` (everything but the workspace and device sequence pointers)
@@ -229,24 +219,7 @@ Status plan_backward(const Problem<T>& p, const GradOutputs<T>* up, const Gradie
 
     BackwardParams& f = bp;
     f = BackwardParams{};
-    f.q = p.q.data;
-    f.k = p.k.data;
-    f.v = p.v.data;
-    f.b = p.b.data;
-    f.w = p.w.data;
-    f.beta = p.beta.data;
-    f.g = p.g.data;
-    bwd_strides3(p.q, f.sq);
-    bwd_strides3(p.k, f.sk);
-    bwd_strides3(p.v, f.sv);
-    bwd_strides3(p.b, f.sb);
-    bwd_strides3(p.w, f.sw);
-    bwd_strides3(p.beta, f.sbeta);
-    bwd_strides3(p.g, f.sg);
-    f.hg_g = p.g.given() ? int(p.g.shape[2]) : 1;
-    f.hg_b = p.b.given() ? int(p.b.shape[2]) : 1;
-    f.hg_w = p.w.given() ? int(p.w.shape[2]) : 1;
-    f.hg_beta = p.beta.given() ? int(p.beta.shape[2]) : 1;
+    fill_input_views(p, f);
     f.s0 = p.initial_state.data;
     for (int i = 0; i < 4; ++i) f.s0s[i] = p.initial_state.stride[i];
     f.cu_wide = p.cu_seqlens.wide ? 1 : 0;
@@ -388,7 +361,7 @@ Status backward_common(const Problem<T>& p, const GradOutputs<T>& up, const Grad
                        const BackwardOptions& opt, int sms, BackwardParams& f, std::size_t& need) {
   GDR2_RETURN_IF_ERROR(plan_backward<Policy>(p, &up, &gr, opt, sms, f, need));
   f.d_o = up.d_o.data;
-  bwd_strides3(up.d_o, f.sdo);
+  f.sdo = strides3(up.d_o);
   f.dsT = up.d_final_state.data;
   for (int i = 0; i < 4; ++i) f.dsTs[i] = up.d_final_state.stride[i];
   // Every row of every input read by channel (and dO's) starts on a boundary of `unit`
