@@ -73,7 +73,8 @@ struct GramTerm {
 /// The right factor of row block i's off-diagonal GEMM (i0 = its first row > 0):
 /// XB rows [0, i0) = X ⊙ Fout, each earlier sub-block j further scaled by the anchor
 /// D_ij = exp(G_{i0−1} − G_{end(j)}) ≤ 1 (1 for the block just before i0, so not
-/// applied). Shared by decayed_grams and the backward's decayed_apply2. p: K.
+/// applied). The backward's decayed_apply2 multiplies by it (decayed_grams forms the
+/// same factor transposed). p: K.
 template <class Acc>
 void anchored_blocks(const RowMat<Acc>& X, const ChunkDecay<Acc>& dc, Index i0, RowMat<Acc>& XB, Vec<Acc>& p) {
   for (Index j0 = 0; j0 < i0; j0 += kSubBlock) {
@@ -179,7 +180,6 @@ struct ChunkWY {
   void load(const TokenReader<Policy, T>& rd, Index b, Index t0, Index n, Index hv) {
     rd.rows(b, t0, n, hv, Q.data(), Kc.data(), Vv.data(), g.data(), Bg.data(), Wg.data(), Q.cols(), Vv.cols());
   }
-
 };
 
 /// Per-slot scratch of the chunk forward.
