@@ -5,6 +5,8 @@
 
 #include <gdr2/small_gemm.hpp>
 
+#include <cstring>
+
 using namespace gdr2;
 using namespace gdr2::detail;
 
@@ -69,5 +71,30 @@ TEMPLATE_TEST_CASE("kernels: transpose_into and transpose_product write Xᵀ and
       RowMat<TestType> Xt = RowMat<TestType>::Constant(K, n, TestType(NAN));
       transpose_into(X, n, K, Xt);
       CHECK((Xt - RowMat<TestType>(X.transpose())).norm() == 0);  // copies: exact
+    }
+}
+
+TEMPLATE_TEST_CASE("kernels: copy_rows converts 16-bit rows exactly as convert does", "[kernels]", Eigen::bfloat16,
+                   Eigen::half) {
+  // The bf16 and fp16 fast paths (a shift; vcvtph2ps) against the element-wise convert:
+  // widening is exact, so the copies must be bit-identical, specials and subnormals included.
+  const Index T = 9, H = 3, D = 37;  // D not a multiple of 8: the scalar tail runs too
+  Tensor<TestType> x(2, T, H, D);
+  std::mt19937_64 rng(7);
+  std::normal_distribution<float> normal(0.f, 3.f);
+  for (Index i = 0; i < x.size(); ++i) x[i] = TestType(normal(rng));
+  const float specials[] = {0.f, -0.f, INFINITY, -INFINITY, 1e-6f, -3e-40f, 65504.f, 1e30f};
+  for (int i = 0; i < 8; ++i) x[i * 5] = TestType(specials[i]);
+  const auto v = View<const TestType>(x.view());
+  for (Index b = 0; b < 2; ++b)
+    for (Index h = 0; h < H; ++h) {
+      RowMat<float> got = RowMat<float>::Constant(T, D + 3, NAN);
+      copy_rows(v, b, 0, T, h, D, got.data(), got.cols());
+      for (Index t = 0; t < T; ++t)
+        for (Index i = 0; i < D; ++i) {
+          const float want = convert<float>(v(b, t, h, i));
+          INFO("b=" << b << " h=" << h << " t=" << t << " i=" << i);
+          CHECK(std::memcmp(&got(t, i), &want, sizeof want) == 0);
+        }
     }
 }

@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <array>
 #include <cstdint>
+#include <cstring>
 #include <initializer_list>
 #include <string>
 #include <type_traits>
@@ -135,12 +136,41 @@ inline void store_fence() {
 #endif
 }
 
+static_assert(sizeof(Eigen::bfloat16) == 2 && sizeof(Eigen::half) == 2, "16-bit types are their bits");
+
 /// Rows [t0, t0+n) of head h, batch row b of a [B, T, H, D] view (unit feature stride),
 /// first `width` features, converted to U into dst (n rows, leading dimension ld): one
 /// strided block copy, vectorised by Eigen.
 template <class U, class T>
 void copy_rows(const View<T>& v, Index b, Index t0, Index n, Index h, Index width, U* dst, Index ld) {
   using S = std::remove_const_t<T>;
+  if constexpr (std::is_same_v<S, Eigen::bfloat16> && std::is_same_v<U, float>) {
+    // bf16 → fp32 is the 16 bits moved up: a shift the compiler vectorises (Eigen's
+    // cast converts one element at a time).
+    for (Index r = 0; r < n; ++r) {
+      const auto* src = reinterpret_cast<const std::uint16_t*>(v.row(b, t0 + r, h));
+      float* d = dst + r * ld;
+      for (Index i = 0; i < width; ++i) {
+        const std::uint32_t bits = std::uint32_t(src[i]) << 16;
+        std::memcpy(d + i, &bits, sizeof bits);
+      }
+    }
+    return;
+  }
+#if defined(__F16C__)
+  if constexpr (std::is_same_v<S, Eigen::half> && std::is_same_v<U, float>) {
+    // fp16 → fp32 eight at a time (vcvtph2ps); Eigen's cast converts one at a time.
+    for (Index r = 0; r < n; ++r) {
+      const auto* src = reinterpret_cast<const std::uint16_t*>(v.row(b, t0 + r, h));
+      float* d = dst + r * ld;
+      Index i = 0;
+      for (; i + 8 <= width; i += 8)
+        _mm256_storeu_ps(d + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i))));
+      for (; i < width; ++i) d[i] = static_cast<float>(v.row(b, t0 + r, h)[i]);
+    }
+    return;
+  }
+#endif
   using Src = Eigen::Map<const Eigen::Matrix<S, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>, 0, Eigen::OuterStride<>>;
   using Dst = Eigen::Map<Eigen::Matrix<U, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>, 0, Eigen::OuterStride<>>;
   Dst(dst, n, width, Eigen::OuterStride<>(ld)) =
