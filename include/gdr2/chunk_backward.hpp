@@ -417,7 +417,7 @@ void chunk_backward_run(const Problem<T>& p, const GradOutputs<T>& up, const Gra
         const Index t0 = span.begin + c * C, len = std::min(C, span.end - t0);
         starts.load(ws, n, c, hv);
         ws.load(rd, span.batch, t0, len, hv);
-        for (Index r = 0; r < len; ++r) read_row(up.d_o, span.batch, t0 + r, hv, d.V, ws.DOR.row(r).data());
+        copy_rows(up.d_o, span.batch, t0, len, hv, d.V, ws.DOR.data(), ws.DOR.cols());
         chunk_recompute(ws, len, scale);
         chunk_backward_step(ws, len, scale);
         for (Index r = 0; r < len; ++r) {
@@ -523,7 +523,7 @@ void chunk_backward_chunk_parallel(const Problem<T>& p, const ChunkContext<accum
     const auto span = d.seq(ch.n);
     ws.S = Eigen::Map<const RowMat<Acc>>(ctx.state(ch.n, c, ch.hv), K, V);
     ws.load(rd, span.batch, ch.t0, ch.len, ch.hv);
-    for (Index r = 0; r < ch.len; ++r) read_row(up.d_o, span.batch, ch.t0 + r, ch.hv, V, ws.DOR.row(r).data());
+    copy_rows(up.d_o, span.batch, ch.t0, ch.len, ch.hv, V, ws.DOR.data(), ws.DOR.cols());
     chunk_recompute(ws, ch.len, scale);
   };
 

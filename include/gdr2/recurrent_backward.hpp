@@ -70,13 +70,6 @@ struct BackwardIO {
   }
 };
 
-/// dst[0..n) ← row (b, t, h) of an upstream-gradient view, converted to Acc.
-template <class X, class Acc>
-void read_row(const View<X>& src, Index b, Index t, Index h, Index n, Acc* dst) {
-  const X* s = src.row(b, t, h);
-  for (Index i = 0; i < n; ++i) dst[i] = convert<Acc>(s[i]);
-}
-
 /// Put one token's full-vector gradients (for value head hv) into `gr`: dq and dk
 /// into the key head hv / G, dv into the value head, the gates through the policy
 /// (tied β: Σdb + Σdw; scalar decay: Σdg; gate heads per key or value head). The
@@ -228,7 +221,7 @@ Status recurrent_backward(const Problem<T>& p, const GradOutputs<T>& up, const G
         for (Index j = len - 1; j >= 0; --j) {
           const Index t = t0 + j;
           detail::load_token(rd, span.batch, t, hv, f);
-          detail::read_row(up.d_o, span.batch, t, hv, d.V, ws.d_o.data());
+          copy_rows(up.d_o, span.batch, t, 1, hv, d.V, ws.d_o.data(), d.V);
           detail::bptt_step(ws, ws.seg[size_t(j)], ws.seg[size_t(j + 1)], scale);
           detail::add_token_grads<Policy>(io.core, d, span.batch, t, hv, ws.dq.data(), ws.dk.data(), ws.dv.data(),
                                           ws.dg.data(), ws.db.data(), ws.dw.data());
