@@ -72,16 +72,9 @@ Status check_fits_int(const Dims& d) {
 
 template <class Policy, class T>
 void fill_inputs(const Problem<T>& p, const Dims& d, ForwardParams& f) {
-  detail::fill_input_views(p, f);
-  f.B = int(d.B);
-  f.T = int(d.T);
-  f.Hk = int(d.Hk);
-  f.Hv = int(d.Hv);
+  detail::fill_input_views(p, d, f);
   f.K = int(d.K);
   f.V = int(d.V);
-  f.N = int(d.N);
-  f.group = int(d.group);
-  f.scale = float(d.scale);
 }
 
 struct Plan {

@@ -25,10 +25,7 @@ namespace bwd {
 /// The forward loader's view of the backward's inputs (what ChunkLoader reads).
 inline ForwardParams loader_params(const BackwardParams& b) {
   ForwardParams f;
-  static_cast<InputViews&>(f) = b;  // the same input description
-  f.Hv = b.Hv;
-  f.group = b.group;
-  f.scale = b.scale;
+  static_cast<InputViews&>(f) = b;  // the same input description and sizes
   return f;
 }
 

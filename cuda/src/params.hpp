@@ -27,8 +27,7 @@ struct ForwardParams : InputViews {
   int cu_wide = 0;                   // int64 offsets when 1
   const std::int32_t* state_indices = nullptr;  // device copy, [N], or null
   int state_pool = 0;                           // pool size (slots >= pool are skipped)
-  int B = 0, T = 0, Hk = 0, Hv = 0, K = 0, V = 0, N = 0, group = 1;
-  float scale = 1.f;
+  int K = 0, V = 0;
   // chunked engine, split path
   void* records = nullptr;              // workspace: one record per (chunk, value head)
   const std::int32_t* chunk_offsets = nullptr;  // workspace: N+1 chunk offsets (varlen) or null

@@ -87,8 +87,7 @@ struct BackwardParams : InputViews {
   long long dsTs[4] = {};
   const void* cu_seqlens = nullptr;
   int cu_wide = 0;
-  int B = 0, T = 0, Hk = 0, Hv = 0, D = 0, N = 0, group = 1;
-  float scale = 1.f;
+  int D = 0;
   int dtype = 0;         // inputs q k v b w β dO: 0 bfloat16, 1 IEEE half, 2 fp32
   int vec = 0;           // 1: every input row and g start on a 4-element boundary (vector loads)
   int vec_out = 0;       // 1: every per-channel gradient row starts 16-byte aligned (vector stores)
@@ -219,18 +218,11 @@ Status plan_backward(const Problem<T>& p, const GradOutputs<T>* up, const Gradie
 
     BackwardParams& f = bp;
     f = BackwardParams{};
-    fill_input_views(p, f);
+    fill_input_views(p, d, f);
     f.s0 = p.initial_state.data;
     for (int i = 0; i < 4; ++i) f.s0s[i] = p.initial_state.stride[i];
     f.cu_wide = p.cu_seqlens.wide ? 1 : 0;
-    f.B = int(d.B);
-    f.T = int(d.T);
-    f.Hk = int(d.Hk);
-    f.Hv = int(d.Hv);
     f.D = D;
-    f.N = int(d.N);
-    f.group = int(d.group);
-    f.scale = float(d.scale);
     f.dtype = std::is_same_v<T, float> ? 2 : std::is_same_v<T, Eigen::half> ? 1 : 0;
     f.scalar_decay = Policy::decay == Decay::scalar ? 1 : 0;
     f.tied = Policy::gates == Gates::tied ? 1 : 0;

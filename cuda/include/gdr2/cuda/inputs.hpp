@@ -14,7 +14,8 @@ struct Strides3 {
 };
 
 /// The inputs of a call: device pointers (16-bit or fp32 elements for q, k, v, b, w, β;
-/// fp32 for g), their strides, and the head count of each gate tensor (Hk or Hv).
+/// fp32 for g), their strides, the head count of each gate tensor (Hk or Hv), and the
+/// problem's sizes (N sequences; `group` = Hv / Hk value heads per key head).
 struct InputViews {
   const void* q = nullptr;
   const void* k = nullptr;
@@ -25,6 +26,8 @@ struct InputViews {
   const float* g = nullptr;
   Strides3 sq, sk, sv, sb, sw, sbeta, sg;
   int hg_g = 1, hg_b = 1, hg_w = 1, hg_beta = 1;
+  int B = 0, T = 0, Hk = 0, Hv = 0, N = 0, group = 1;
+  float scale = 1.f;
 };
 
 /// (batch, token, head) strides of a rank-4 view.
@@ -33,9 +36,10 @@ Strides3 strides3(const View& v) {
   return {v.stride[0], v.stride[1], v.stride[2]};
 }
 
-/// The InputViews of a (validated) gdr2::Problem whose views hold device memory.
-template <class Problem>
-void fill_input_views(const Problem& p, InputViews& f) {
+/// The InputViews of a gdr2::Problem whose views hold device memory, validated into `d`
+/// (gdr2::Dims).
+template <class Problem, class Dims>
+void fill_input_views(const Problem& p, const Dims& d, InputViews& f) {
   f.q = p.q.data;
   f.k = p.k.data;
   f.v = p.v.data;
@@ -54,6 +58,13 @@ void fill_input_views(const Problem& p, InputViews& f) {
   f.hg_b = p.b.given() ? int(p.b.shape[2]) : 1;
   f.hg_w = p.w.given() ? int(p.w.shape[2]) : 1;
   f.hg_beta = p.beta.given() ? int(p.beta.shape[2]) : 1;
+  f.B = int(d.B);
+  f.T = int(d.T);
+  f.Hk = int(d.Hk);
+  f.Hv = int(d.Hv);
+  f.N = int(d.N);
+  f.group = int(d.group);
+  f.scale = float(d.scale);
 }
 
 }  // namespace detail
