@@ -5,8 +5,8 @@
 // `--benchmark_format=json` output reads as ratios to the ceilings measured in the
 // same binary: `ceiling/sgemm` (Eigen's own fp32 GEMM, one independent product per
 // thread) and `ceiling/memcpy` (bytes read + written per second, all threads), plus
-// `ceiling/fma` (the cores' fp32 FMA peak in the widest vectors compiled in — AVX-512 or
-// AVX2 — no memory traffic) where they are.
+// `ceiling/fma` (the cores' fp32 FMA peak in Eigen's widest packet — AVX-512 or AVX2 — no
+// memory traffic) where FMA is compiled in.
 //
 // FLOPs are counted as in SPEC §3 (see flops.hpp: the WY chunk form; the recurrent
 // engine is charged its own 7·K·V per token and head); bytes are the fewest
@@ -24,9 +24,6 @@
 
 #include <cstdlib>
 #include <cstring>
-#if defined(__AVX512F__) || (defined(__AVX__) && defined(__FMA__))
-#include <immintrin.h>
-#endif
 #include <memory>
 #include <thread>
 
@@ -93,39 +90,26 @@ void ceiling_memcpy(benchmark::State& st) {
   set_rates(st, 0, 2.0 * double(bytes));
 }
 
-#if defined(__AVX512F__)
-// the widest fp32 vector compiled in: the FMA ceiling must use what sgemm can use
-using VecF = __m512;
-constexpr int kLanes = 16;
-inline VecF vset(float x) { return _mm512_set1_ps(x); }
-inline VecF vfma(VecF a, VecF b, VecF c) { return _mm512_fmadd_ps(a, b, c); }
-inline VecF vadd(VecF a, VecF b) { return _mm512_add_ps(a, b); }
-inline float vfirst(VecF a) { return _mm512_cvtss_f32(a); }
-#define GDR2_BENCH_FMA 1
-#elif defined(__AVX__) && defined(__FMA__)
-using VecF = __m256;
-constexpr int kLanes = 8;
-inline VecF vset(float x) { return _mm256_set1_ps(x); }
-inline VecF vfma(VecF a, VecF b, VecF c) { return _mm256_fmadd_ps(a, b, c); }
-inline VecF vadd(VecF a, VecF b) { return _mm256_add_ps(a, b); }
-inline float vfirst(VecF a) { return _mm256_cvtss_f32(a); }
-#define GDR2_BENCH_FMA 1
-#endif
+#if defined(EIGEN_VECTORIZE_FMA)
+// The widest fp32 packet Eigen was compiled for (the one sgemm and small_gemm use): the FMA
+// ceiling must use what the engines can use.
+using VecF = gdr2::detail::GemmTile<float>::Packet;
+constexpr int kLanes = gdr2::detail::GemmTile<float>::lanes;
 
-#ifdef GDR2_BENCH_FMA
 /// 12 independent kLanes-wide FMA chains (enough to cover the FMA latency on two pipes), no
 /// memory traffic: the fp32 FLOP peak of the cores, an upper bound no engine can pass.
 __attribute__((noinline)) float fma_chains(long n) {
-  const VecF m = vset(0.99999f), c = vset(1e-7f);
+  using namespace Eigen::internal;
+  const VecF m = pset1<VecF>(0.99999f), c = pset1<VecF>(1e-7f);
   VecF a[12];
-  for (int i = 0; i < 12; ++i) a[i] = vset(float(i));
+  for (int i = 0; i < 12; ++i) a[i] = pset1<VecF>(float(i));
   for (long k = 0; k < n; ++k) {
 #pragma GCC unroll 12
-    for (int i = 0; i < 12; ++i) a[i] = vfma(a[i], m, c);
+    for (int i = 0; i < 12; ++i) a[i] = pmadd(a[i], m, c);
   }
   VecF s = a[0];
-  for (int i = 1; i < 12; ++i) s = vadd(s, a[i]);
-  return vfirst(s);
+  for (int i = 1; i < 12; ++i) s = padd(s, a[i]);
+  return pfirst(s);
 }
 
 /// `ceiling/fma`: the cores' peak fp32 FMA rate (2 FLOPs per lane per FMA), all threads.
@@ -260,7 +244,7 @@ void register_all() {
   const int T = bench_threads();
   benchmark::RegisterBenchmark("ceiling/sgemm", ceiling_sgemm)->Arg(T)->UseRealTime()->Unit(benchmark::kMillisecond);
   benchmark::RegisterBenchmark("ceiling/sgemm/threads:1", ceiling_sgemm)->Arg(1)->UseRealTime()->Unit(benchmark::kMillisecond);
-#ifdef GDR2_BENCH_FMA
+#if defined(EIGEN_VECTORIZE_FMA)
   benchmark::RegisterBenchmark("ceiling/fma", ceiling_fma)->Arg(T)->UseRealTime()->Unit(benchmark::kMillisecond);
 #endif
   benchmark::RegisterBenchmark("ceiling/memcpy", ceiling_memcpy)->Arg(T)->UseRealTime()->Unit(benchmark::kMillisecond);
