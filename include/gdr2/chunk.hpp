@@ -20,8 +20,8 @@ namespace detail {
 /// Sub-block height of the decay-weighted Gram matrices.
 constexpr Index kSubBlock = 16;
 
-/// Per-chunk decay factors shared by every decay-weighted product of one chunk.
-///   G    cumulative log-decay within the chunk, G_r = Σ_{i≤r} g_i      (n×K)
+/// Per-chunk decay factors shared by every decay-weighted product of one chunk, in
+/// terms of the cumulative log-decay G_r = Σ_{i≤r} g_i (never formed itself):
 ///   Gam  γ_r = exp(G_r)                                                (n×K)
 ///   E    per-token factor exp(g_r)                                     (n×K)
 ///   Fin  exp(G_r − G_{a(r)}), a(r) = last row of the previous sub-block (n×K)
@@ -29,22 +29,16 @@ constexpr Index kSubBlock = 16;
 ///   Fout exp(G_{e(s)} − G_s), e(s) = last row of s's own sub-block     (n×K)
 template <class Acc>
 struct ChunkDecay {
-  RowMat<Acc> G, Gam, E, Fin, Fout;
-  ChunkDecay(Index C, Index K) : G(C, K), Gam(C, K), E(C, K), Fin(C, K), Fout(C, K) {}
+  RowMat<Acc> Gam, E, Fin, Fout;
+  ChunkDecay(Index C, Index K) : Gam(C, K), E(C, K), Fin(C, K), Fout(C, K) {}
   /// Elements held.
-  Index size() const { return G.size() + Gam.size() + E.size() + Fin.size() + Fout.size(); }
+  Index size() const { return Gam.size() + E.size() + Fin.size() + Fout.size(); }
 
-  /// Fill G, Gam, E, Fin, Fout from log-decays g (first n rows used). One exponential
-  /// per element (E); the rest are running products of E within each sub-block (and
-  /// across them for γ), each factor ≤ 1: as accurate as exponentials of differences of
+  /// Fill Gam, E, Fin, Fout from log-decays g (first n rows used). One exponential per
+  /// element (E); the rest are running products of E within each sub-block (and across
+  /// them for γ), each factor ≤ 1: as accurate as exponentials of differences of
   /// rounded cumulative sums, at a multiply each.
   void build(const RowMat<Acc>& g, Index n) {
-    for (Index r = 0; r < n; ++r) {
-      if (r == 0)
-        G.row(0) = g.row(0);
-      else
-        G.row(r) = G.row(r - 1) + g.row(r);
-    }
     E.topRows(n) = g.topRows(n).array().exp();
     for (Index b0 = 0; b0 < n; b0 += kSubBlock) {
       const Index b1 = std::min(n, b0 + kSubBlock);
@@ -57,6 +51,15 @@ struct ChunkDecay {
       else
         Gam.middleRows(b0, b1 - b0) = Fin.middleRows(b0, b1 - b0).array().rowwise() * Gam.row(b0 - 1).array();
     }
+  }
+
+  /// p = exp(G_a − G_b) (K) between two sub-block ends b ≤ a (a may be the chunk's last
+  /// row): the product of the totals Fin(end(j)) of the sub-blocks after b up to a,
+  /// each ≤ 1, so no exponential and no cumulative sum is needed.
+  template <class P>
+  void span(Index a, Index b, P& p) const {
+    p.setOnes();
+    for (Index s = b + 1; s <= a; s += kSubBlock) p.array() *= Fin.row(std::min(s + kSubBlock - 1, a)).transpose().array();
   }
 };
 
@@ -82,7 +85,7 @@ void anchored_blocks(const RowMat<Acc>& X, const ChunkDecay<Acc>& dc, Index i0, 
     auto blk = XB.middleRows(j0, kSubBlock);
     blk = X.middleRows(j0, kSubBlock).cwiseProduct(dc.Fout.middleRows(j0, kSubBlock));
     if (jend != i0 - 1) {
-      p = (dc.G.row(i0 - 1) - dc.G.row(jend)).transpose().array().exp();
+      dc.span(i0 - 1, jend, p);
       blk.array().rowwise() *= p.transpose().array();
     }
   }
@@ -136,7 +139,7 @@ void decayed_grams(const std::array<GramTerm<Acc>, M>& terms, const RowMat<Acc>&
         if (j0 + kSubBlock == i0) {
           blk = BFt.block(0, j0, K, kSubBlock);
         } else {
-          p = (dc.G.row(i0 - 1) - dc.G.row(j0 + kSubBlock - 1)).transpose().array().exp();
+          dc.span(i0 - 1, j0 + kSubBlock - 1, p);
           blk = BFt.block(0, j0, K, kSubBlock).array().colwise() * p.array();
         }
       }
@@ -269,7 +272,7 @@ void chunk_factors(ChunkScratch<Acc>& ws, Index n, Acc scale) {
   // Ktail_r = k_r ⊙ exp(G_{n−1} − G_r) = k_r ⊙ Fout_r ⊙ exp(G_{n−1} − G_{end(r)}).
   for (Index b0 = 0; b0 < n; b0 += kSubBlock) {
     const Index b1 = std::min(n, b0 + kSubBlock);
-    ws.p = (dc.G.row(n - 1) - dc.G.row(b1 - 1)).transpose().array().exp();
+    dc.span(n - 1, b1 - 1, ws.p);
     ws.Kt.middleRows(b0, b1 - b0) = ws.Kc.middleRows(b0, b1 - b0).cwiseProduct(dc.Fout.middleRows(b0, b1 - b0));
     ws.Kt.middleRows(b0, b1 - b0).array().rowwise() *= ws.p.transpose().array();
   }

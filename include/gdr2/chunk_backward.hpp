@@ -176,7 +176,7 @@ void decayed_apply2_t(const RowMat<Acc>& M1, const RowMat<Acc>& X1, const RowMat
         b1 = X1.middleRows(i0, ni).cwiseProduct(dc.Fin.middleRows(i0, ni));
         b2 = X2.middleRows(i0, ni).cwiseProduct(dc.Fin.middleRows(i0, ni));
         if (i0 - 1 != jend) {
-          p = (dc.G.row(i0 - 1) - dc.G.row(jend)).transpose().array().exp();
+          dc.span(i0 - 1, jend, p);
           b1.array().rowwise() *= p.transpose().array();
           b2.array().rowwise() *= p.transpose().array();
         }
@@ -243,7 +243,7 @@ void chunk_recompute(ChunkBackwardScratch<Acc>& ws, Index n, Acc scale) {
   // Kf_r = exp(G_{n−1} − G_r) = Fout_r ⊙ exp(G_{n−1} − G_{end(r)}); Ktail = k ⊙ Kf.
   for (Index b0 = 0; b0 < n; b0 += kSubBlock) {
     const Index nb = std::min(n, b0 + kSubBlock) - b0;
-    ws.p = (dc.G.row(n - 1) - dc.G.row(b0 + nb - 1)).transpose().array().exp();
+    dc.span(n - 1, b0 + nb - 1, ws.p);
     ws.Kf.middleRows(b0, nb) = dc.Fout.middleRows(b0, nb);
     ws.Kf.middleRows(b0, nb).array().rowwise() *= ws.p.transpose().array();
   }
