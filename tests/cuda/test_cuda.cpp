@@ -374,6 +374,8 @@ TEMPLATE_TEST_CASE("cuda decode matches the fp64 recurrence", "[cuda][decode]", 
   run_decode_case<TestType, bf16>(5, 2, 128, false, 45, 32);
   run_decode_case<TestType, bf16>(5, 2, 128, false, 46, 128);
   run_decode_case<TestType, f16>(3, 5, 128, true, 47, 128);
+  // more blocks (1200) than fit on the GPU at once: several waves over the state pool
+  run_decode_case<TestType, bf16>(300, 2, 128, false, 48, 128);
 }
 
 // ---- argument validation (runs without a GPU: fails before any device work) ---------------
