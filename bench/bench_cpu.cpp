@@ -5,6 +5,7 @@
 // `--benchmark_format=json` output reads as ratios to the ceilings measured in the
 // same binary: `ceiling/sgemm` (Eigen's own fp32 GEMM, one independent product per
 // thread) and `ceiling/memcpy` (bytes read + written per second, all threads), plus
+// `ceiling/token_rows` (the rate at which the engines' strided input rows can be read),
 // `ceiling/fma` (the cores' fp32 FMA peak in Eigen's widest packet — AVX-512 or AVX2 — no
 // memory traffic) where FMA is compiled in.
 //
@@ -88,6 +89,29 @@ void ceiling_memcpy(benchmark::State& st) {
     benchmark::ClobberMemory();
   }
   set_rates(st, 0, 2.0 * double(bytes));
+}
+
+/// `ceiling/token_rows`: how fast the engines' input reads can go — six fp32 tensors of the
+/// prefill shape ([1, 4096, 16, 128], token-major) read as the chunk engine reads them, a
+/// 64-token chunk of one head at a time (64 rows of 512 bytes, 8 KB apart) into a scratch
+/// that stays in cache, heads in parallel over all threads (gdr2::copy_rows, as the
+/// engines' TokenReader). Bytes: the tensors, read once.
+void ceiling_token_rows(benchmark::State& st) {
+  const int threads = int(st.range(0));
+  const Index T = 4096, H = 16, K = 128, C = 64, tensors = 6;
+  std::vector<std::vector<float>> src(size_t(tensors), std::vector<float>(size_t(T * H * K), 1.f));
+  std::vector<std::vector<float>> scratch(size_t(threads), std::vector<float>(size_t(tensors * C * K)));
+  const Executor& ex = pool_for(threads).executor();
+  for (auto _ : st) {
+    parallel_for(ex, H, [&](Index h, int slot) {
+      float* dst = scratch[size_t(slot)].data();
+      for (Index t0 = 0; t0 < T; t0 += C)
+        for (Index m = 0; m < tensors; ++m)
+          copy_rows(make_view<const float>(src[size_t(m)].data(), 1, T, H, K), 0, t0, C, h, K, dst + m * C * K, K);
+    });
+    benchmark::ClobberMemory();
+  }
+  set_rates(st, 0, double(tensors * T * H * K) * 4);
 }
 
 #if defined(EIGEN_VECTORIZE_FMA)
@@ -248,6 +272,7 @@ void register_all() {
   benchmark::RegisterBenchmark("ceiling/fma", ceiling_fma)->Arg(T)->UseRealTime()->Unit(benchmark::kMillisecond);
 #endif
   benchmark::RegisterBenchmark("ceiling/memcpy", ceiling_memcpy)->Arg(T)->UseRealTime()->Unit(benchmark::kMillisecond);
+  benchmark::RegisterBenchmark("ceiling/token_rows", ceiling_token_rows)->Arg(T)->UseRealTime()->Unit(benchmark::kMillisecond);
 #define GDR2_FWD(POL, TY, tag)                                                                                   \
   benchmark::RegisterBenchmark("chunk/forward/" #tag, forward<POL, TY>)->Args({kChunk, T})->UseRealTime()->Unit( \
       benchmark::kMillisecond);                                                                                  \

@@ -25,6 +25,7 @@ def main(path):
     sgemm1 = find("ceiling/sgemm/threads:1")
     memcpy = find("ceiling/memcpy")
     fma = find("ceiling/fma")
+    rows_ceiling = find("ceiling/token_rows")
     ctx = data["context"]
     reps = f", median of {next(iter(medians.values()))['repetitions']} repetitions" if medians else ""
     print(f"machine: {ctx.get('host_name', '?')}, {ctx['num_cpus']} CPUs @ {ctx['mhz_per_cpu']} MHz, "
@@ -32,7 +33,9 @@ def main(path):
     print(f"ceilings: sgemm {sgemm['flops'] / 1e9:.1f} GFLOP/s (all threads), "
           f"{sgemm1['flops'] / 1e9:.1f} GFLOP/s (1 thread); memcpy {memcpy['bytes'] / 1e9:.1f} GB/s"
           + (f"; FMA peak {fma['flops'] / 1e9:.1f} GFLOP/s (all threads, sgemm = {sgemm['flops'] / fma['flops']:.0%} of it)"
-             if fma else "") + "\n")
+             if fma else "")
+          + (f"; token rows {rows_ceiling['bytes'] / 1e9:.1f} GB/s (the engines' input reads)" if rows_ceiling else "")
+          + "\n")
     print("| case | time | GFLOP/s | / sgemm | GB/s | / memcpy |")
     print("|---|---|---|---|---|---|")
     for name, b in rows.items():
