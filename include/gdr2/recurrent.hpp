@@ -7,7 +7,6 @@
 
 #include "problem.hpp"
 
-#include <Eigen/Core>
 
 namespace gdr2 {
 namespace detail {

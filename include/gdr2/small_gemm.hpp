@@ -13,7 +13,6 @@
 
 #include "tensor.hpp"
 
-#include <Eigen/Core>
 
 #include <algorithm>
 #include <type_traits>

@@ -9,7 +9,7 @@
 // reference helpers; the engines themselves only take Views.
 #pragma once
 
-#include <Eigen/Core>
+#include "eigen.hpp"
 
 #include <algorithm>
 #include <array>
@@ -19,9 +19,6 @@
 #include <string>
 #include <type_traits>
 #include <vector>
-#if defined(__SSE2__)
-#include <immintrin.h>
-#endif
 
 namespace gdr2 {
 
