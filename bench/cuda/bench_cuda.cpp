@@ -4,6 +4,8 @@
 // the median implies. Ceilings measured in the same run:
 //   copy/1GiB      cudaMemcpyAsync device→device, bytes read + written per second
 //   gemm/bf16      cublasGemmEx 8192³ bf16 → fp32 accumulate, FLOP/s
+//   state_roundtrip  the decode's access pattern without its arithmetic: 256 × 16 fp32
+//                  states of 64 KB, each read whole by one block and written back in place
 // Forward inputs (≈1 GB) and the 256-sequence decode pool (268 MB) exceed the 50 MB L2;
 // the one-sequence decode rotates over 256 pool slots (64 MB) so no run finds its
 // state in L2.
@@ -11,6 +13,7 @@
 #include <gdr2/gdr2.hpp>
 
 #include "bench_util.hpp"
+#include "state_roundtrip.hpp"
 
 #include <benchmark/benchmark.h>
 #include <cublas_v2.h>
@@ -43,6 +46,24 @@ void BM_copy(benchmark::State& state) {
   state.counters["GBps"] = 2.0 * bytes / (med * 1e-3) / 1e9;
   CK(cudaFree(a));
   CK(cudaFree(b));
+  CK(cudaStreamDestroy(s));
+}
+
+/// Decode's memory pattern alone (state_roundtrip.cu) on the 256 × 16 pool of BM_decode.
+void BM_state_roundtrip(benchmark::State& state) {
+  const int count = 256 * 16;
+  float* S;
+  CK(cudaMalloc(&S, std::size_t(count) * 128 * 128 * sizeof(float)));
+  CK(cudaMemset(S, 0, std::size_t(count) * 128 * 128 * sizeof(float)));
+  cudaStream_t s;
+  CK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  for (int i = 0; i < 3; ++i) CK(state_roundtrip(S, count, s));
+  Timer t;
+  for (auto _ : state) t.iteration(state, s, [&] { CK(state_roundtrip(S, count, s)); });
+  const double med = t.median();
+  state.counters["median_us"] = med * 1e3;
+  state.counters["GBps"] = 2.0 * count * 128 * 128 * 4 / (med * 1e-3) / 1e9;
+  CK(cudaFree(S));
   CK(cudaStreamDestroy(s));
 }
 
@@ -207,6 +228,7 @@ void BM_decode(benchmark::State& state) {
 
 BENCHMARK(BM_copy)->UseManualTime()->Iterations(50)->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_gemm_bf16)->UseManualTime()->Iterations(30)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_state_roundtrip)->UseManualTime()->Iterations(200)->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_forward)
     ->ArgNames({"B", "T", "H", "path", "vs", "ov"})
     ->Args({8, 4096, 16, 0, 0, 1})
