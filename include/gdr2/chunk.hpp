@@ -61,6 +61,17 @@ struct ChunkDecay {
     p.setOnes();
     for (Index s = b + 1; s <= a; s += kSubBlock) p.array() *= Fin.row(std::min(s + kSubBlock - 1, a)).transpose().array();
   }
+
+  /// Rows [0, n) of out = exp(G_{n−1} − G_r), the decay from token r to the chunk's last
+  /// token: Fout_r ⊙ span(n − 1, end(r)). p: scratch of K.
+  template <class M, class P>
+  void to_end(Index n, M& out, P& p) const {
+    for (Index b0 = 0; b0 < n; b0 += kSubBlock) {
+      const Index nb = std::min(n, b0 + kSubBlock) - b0;
+      span(n - 1, b0 + nb - 1, p);
+      out.middleRows(b0, nb) = Fout.middleRows(b0, nb).array().rowwise() * p.transpose().array();
+    }
+  }
 };
 
 /// One decay-weighted Gram to build: out(r, s) = Σ_d A(r,d)·B(s,d)·exp(G_r[d] − G_s[d])
@@ -269,13 +280,9 @@ void chunk_factors(ChunkScratch<Acc>& ws, Index n, Acc scale) {
   chunk_wy(ws, n, scale);
   const auto& dc = ws.dc;
   ws.AF.topRows(n) = ws.Qs.topRows(n).cwiseProduct(dc.Gam.topRows(n));
-  // Ktail_r = k_r ⊙ exp(G_{n−1} − G_r) = k_r ⊙ Fout_r ⊙ exp(G_{n−1} − G_{end(r)}).
-  for (Index b0 = 0; b0 < n; b0 += kSubBlock) {
-    const Index b1 = std::min(n, b0 + kSubBlock);
-    dc.span(n - 1, b1 - 1, ws.p);
-    ws.Kt.middleRows(b0, b1 - b0) = ws.Kc.middleRows(b0, b1 - b0).cwiseProduct(dc.Fout.middleRows(b0, b1 - b0));
-    ws.Kt.middleRows(b0, b1 - b0).array().rowwise() *= ws.p.transpose().array();
-  }
+  // Ktail_r = k_r ⊙ exp(G_{n−1} − G_r)
+  dc.to_end(n, ws.Kt, ws.p);
+  ws.Kt.topRows(n).array() *= ws.Kc.topRows(n).array();
   ws.gammaC = dc.Gam.row(n - 1).transpose();
 }
 

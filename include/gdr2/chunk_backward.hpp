@@ -240,13 +240,8 @@ void chunk_recompute(ChunkBackwardScratch<Acc>& ws, Index n, Acc scale) {
   auto R = ws.R.topRows(n);
   R = YU.rightCols(V);
   small_gemm<Update::sub>(n, V, K, strided(ws.YU), ws.S.data(), V, ws.R.data(), ws.R.cols());
-  // Kf_r = exp(G_{n−1} − G_r) = Fout_r ⊙ exp(G_{n−1} − G_{end(r)}); Ktail = k ⊙ Kf.
-  for (Index b0 = 0; b0 < n; b0 += kSubBlock) {
-    const Index nb = std::min(n, b0 + kSubBlock) - b0;
-    dc.span(n - 1, b0 + nb - 1, ws.p);
-    ws.Kf.middleRows(b0, nb) = dc.Fout.middleRows(b0, nb);
-    ws.Kf.middleRows(b0, nb).array().rowwise() *= ws.p.transpose().array();
-  }
+  // Kf_r = exp(G_{n−1} − G_r); Ktail = k ⊙ Kf.
+  dc.to_end(n, ws.Kf, ws.p);
   ws.Kt.topRows(n) = ws.Kc.topRows(n).cwiseProduct(ws.Kf.topRows(n));
 }
 

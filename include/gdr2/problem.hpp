@@ -376,5 +376,4 @@ Status validate_gradients(const GradOutputs<T>& up, const Gradients<accum_t<T>>&
   return {};
 }
 
-
 }  // namespace gdr2

@@ -7,7 +7,6 @@
 
 #include "problem.hpp"
 
-
 namespace gdr2 {
 namespace detail {
 

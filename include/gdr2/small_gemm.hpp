@@ -13,7 +13,6 @@
 
 #include "tensor.hpp"
 
-
 #include <algorithm>
 #include <type_traits>
 #include <utility>
