@@ -197,6 +197,49 @@ TEST_CASE("forward: threads give the same result as serial", "[forward][parallel
   CHECK(rel_error(o2.view(), o0.view()) == 0.0);
 }
 
+TEST_CASE("forward: head groups of the pair schedule match the reference", "[forward][parallel]") {
+  // The pair schedule walks groups of adjacent value heads in lockstep (head_group).
+  // Hv = 6 makes groups of 4 + 2 (serial, 2 slots) and 2 + 2 + 2 (7 slots): a partial last
+  // group, groups that straddle key heads (Hk = 3), and varlen sequences of different
+  // lengths. Each head's arithmetic is that of a lone pair, so every schedule must agree
+  // with the others bit for bit, and with fp64 to the fp32 tolerance.
+  ProblemConfig cfg;
+  cfg.Hk = 3;
+  cfg.Hv = 6;
+  cfg.seqlens = {70, 5, 131};
+  cfg.b_max = 2.0;
+  RandomProblem<GDR2, float> rp(cfg);
+  const auto ref = reference_forward<GDR2>(rp.problem());
+  Dims d;
+  d.Hk = 3;
+  d.Hv = 6;
+  d.N = 3;
+  CHECK(detail::head_group(d, 1) == 4);
+  CHECK(detail::head_group(d, 2) == 4);
+  CHECK(detail::head_group(d, 6) == 4);
+  CHECK(detail::head_group(d, 7) == 2);
+  CHECK(detail::head_group(d, 10) == 1);
+  Eigen::ThreadPool pool(6);
+  ThreadPoolExecutor tp(pool);  // 7 slots
+  const FunctionExecutor two = last_slot_first(2);
+  Tensor<float> o0 = rp.make_output(), s0 = rp.make_state();
+  REQUIRE(chunk_forward<GDR2>(rp.problem(), Outputs<float, float>{o0.view(), s0.view()}).ok());
+  CHECK(rel_error(o0.view(), ref.o.view()) <= 1e-5);
+  CHECK(rel_error(s0.view(), ref.final_state.view()) <= 1e-5);
+  for (const Executor* ex : {static_cast<const Executor*>(&two), static_cast<const Executor*>(&tp)}) {
+    INFO("executor slots " << ex->concurrency());
+    auto o = rp.make_output();
+    auto s = rp.make_state();
+    o.fill(NAN);
+    s.fill(NAN);
+    Options opt;
+    opt.executor = ex;
+    REQUIRE(chunk_forward<GDR2>(rp.problem(), Outputs<float, float>{o.view(), s.view()}, opt).ok());
+    CHECK(rel_error(o.view(), o0.view()) == 0.0);
+    CHECK(rel_error(s.view(), s0.view()) == 0.0);
+  }
+}
+
 TEST_CASE("forward: chunk-parallel schedule (few heads, long sequences) matches the reference", "[forward][parallel]") {
   // 1-2 (sequence, head) pairs on 4 slots: phase 1 runs over chunks, the state pass
   // over value-column slices; the state is updated in place to catch slice races.
