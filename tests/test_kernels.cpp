@@ -37,6 +37,12 @@ void check_small_gemm(Index m, Index n, Index k, Tri tri) {
   C = C0;
   small_gemm<Update::sub>(m, n, k, strided(A), B.data(), n, C.data(), n, tri);
   CHECK((C - (C0 - AB)).norm() <= tol<Acc>() * (C0 - AB).norm());
+  // scale_add: C's rows scaled first (factors in [-1, 1], a row tile's rows each their own).
+  const Vec<Acc> rs = Vec<Acc>::Random(m);
+  const RowMat<Acc> scaled = rs.asDiagonal() * C0 + AB;
+  C = C0;
+  small_gemm<Update::scale_add>(m, n, k, strided(A), B.data(), n, C.data(), n, tri, false, rs.data());
+  CHECK((C - scaled).norm() <= tol<Acc>() * scaled.norm());
   // lower_c: C's lower triangle is the product's (what lies above is not specified).
   C = C0;
   small_gemm<Update::add>(m, n, k, strided(A), B.data(), n, C.data(), n, tri, /*lower_c=*/true);

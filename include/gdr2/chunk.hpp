@@ -289,28 +289,27 @@ void chunk_factors(ChunkScratch<Acc>& ws, Index n, Acc scale) {
 /// Phase 2 of a chunk on state columns [j0, j0+w) — the columns of S evolve
 /// independently, so the state pass can be split over value slices:
 ///   R = U − Y S_0 ;  O = Qγ S_0 + Aqk R ;  S_C = Diag(γ_n) S_0 + Ktailᵀ R.
-/// S (K×V) is updated in place; O[:, j0:j0+w) gets the chunk outputs; R is scratch.
+/// S (K×V) is updated in place; O[:, j0:j0+w) gets the chunk outputs; R is formed in
+/// place of U's columns [j0, j0+w) of YU (U is not read again).
 template <class Acc>
-void chunk_state_pass(const RowMat<Acc>& YU, const RowMat<Acc>& Aqk, const RowMat<Acc>& Qg, const RowMat<Acc>& Kt,
-                      const Vec<Acc>& gammaC, Index n, Index j0, Index w, RowMat<Acc>& S, RowMat<Acc>& R,
-                      RowMat<Acc>& O) {
-  const Index K = S.rows(), ldS = S.cols(), ldR = R.cols(), ldO = O.cols();
+void chunk_state_pass(RowMat<Acc>& YU, const RowMat<Acc>& Aqk, const RowMat<Acc>& Qg, const RowMat<Acc>& Kt,
+                      const Vec<Acc>& gammaC, Index n, Index j0, Index w, RowMat<Acc>& S, RowMat<Acc>& O) {
+  const Index K = S.rows(), ldS = S.cols(), ldR = YU.cols(), ldO = O.cols();
   Acc* S0 = S.data() + j0;
-  Acc* Rb = R.data() + j0;
+  Acc* Rb = YU.data() + K + j0;
   Acc* Ob = O.data() + j0;
-  R.block(0, j0, n, w) = YU.block(0, K + j0, n, w);
   small_gemm<Update::sub>(n, w, K, strided(YU), S0, ldS, Rb, ldR);  // R = U − Y S0
   small_gemm<Update::set>(n, w, K, strided(Qg), S0, ldS, Ob, ldO);  // O = Qγ S0
   small_gemm<Update::add>(n, w, n, strided(Aqk), Rb, ldR, Ob, ldO, Tri::lower);  // O += Aqk R
-  S.middleCols(j0, w).array().colwise() *= gammaC.array();
-  small_gemm<Update::add>(K, w, n, strided_t(Kt), Rb, ldR, S0, ldS);  // S += Ktailᵀ R
+  small_gemm<Update::scale_add>(K, w, n, strided_t(Kt), Rb, ldR, S0, ldS, Tri::full, false,
+                                gammaC.data());  // S = Diag(γ_n) S0 + Ktailᵀ R
 }
 
 /// One whole chunk of SPEC §3 on ws.S in place (S_0 → S_C); chunk outputs into ws.O.
 template <class Acc>
 void chunk_forward_step(ChunkScratch<Acc>& ws, Index n, Acc scale) {
   chunk_factors(ws, n, scale);
-  chunk_state_pass(ws.YU, ws.Aqk, ws.AF, ws.Kt, ws.gammaC, n, 0, ws.S.cols(), ws.S, ws.R, ws.O);
+  chunk_state_pass(ws.YU, ws.Aqk, ws.AF, ws.Kt, ws.gammaC, n, 0, ws.S.cols(), ws.S, ws.O);
 }
 
 /// Phase-1 results of one chunk kept for the chunk-parallel schedule.
@@ -498,8 +497,8 @@ Status chunk_forward(const Problem<T>& p, const Outputs<TO, accum_t<T>>& out, co
         ws.S(i, j) = p.initial_state.given() ? p.initial_state(state_slot, hv, i, j) : Acc(0);
     for (Index c = first_chunk[size_t(pair)]; c < first_chunk[size_t(pair + 1)]; ++c) {
       const auto& ch = chunks[size_t(c)];
-      const auto& f = factors[size_t(c)];
-      detail::chunk_state_pass(f.YU, f.Aqk, f.Qg, f.Kt, f.gammaC, ch.len, j0, w, ws.S, ws.R, ws.O);
+      auto& f = factors[size_t(c)];  // this slice's columns of U become R
+      detail::chunk_state_pass(f.YU, f.Aqk, f.Qg, f.Kt, f.gammaC, ch.len, j0, w, ws.S, ws.O);
       detail::write_rows(out.o, b, ch.t0, ch.len, hv, ws.O, j0, w);
     }
     if (out.final_state.given()) {

@@ -20,8 +20,9 @@
 namespace gdr2 {
 namespace detail {
 
-/// How a product lands in C.
-enum class Update { set, add, sub };
+/// How a product lands in C: C = AB, C += AB, C −= AB, or C = Diag(row_scale)·C + AB
+/// (row r of C scaled by row_scale[r] first; small_gemm's `row_scale` argument).
+enum class Update { set, add, sub, scale_add };
 
 /// A read-only strided matrix operand: element (r, c) at p[r·rs + c·cs].
 template <class Acc>
@@ -45,7 +46,8 @@ struct GemmTile {
 
 /// One MR × (NP packets) tile of C over k ∈ [0, k).
 template <int MR, int NP, Update U, class Acc>
-inline void gemm_tile(const Strided<Acc>& A, const Acc* B, Index ldb, Acc* C, Index ldc, Index k) {
+inline void gemm_tile(const Strided<Acc>& A, const Acc* B, Index ldb, Acc* C, Index ldc, Index k,
+                      const Acc* row_scale) {
   using namespace Eigen::internal;
   using Packet = typename GemmTile<Acc>::Packet;
   constexpr int L = GemmTile<Acc>::lanes;
@@ -67,6 +69,8 @@ inline void gemm_tile(const Strided<Acc>& A, const Acc* B, Index ldb, Acc* C, In
         pstoreu(c, acc[r][q]);
       else if constexpr (U == Update::add)
         pstoreu(c, padd(ploadu<Packet>(c), acc[r][q]));
+      else if constexpr (U == Update::scale_add)
+        pstoreu(c, pmadd(pset1<Packet>(row_scale[r]), ploadu<Packet>(c), acc[r][q]));
       else
         pstoreu(c, psub(ploadu<Packet>(c), acc[r][q]));
     }
@@ -89,16 +93,17 @@ inline std::pair<Index, Index> tile_k_range(Tri tri, Index r0, Index rows, Index
 /// `rows` ≤ MR rows of one column panel of NP packets over kk terms (pointers already
 /// at the tile's first row and first k).
 template <int NP, Update U, class Acc>
-inline void gemm_rows(Index rows, Index kk, const Strided<Acc>& At, const Acc* Bt, Index ldb, Acc* Ct, Index ldc) {
+inline void gemm_rows(Index rows, Index kk, const Strided<Acc>& At, const Acc* Bt, Index ldb, Acc* Ct, Index ldc,
+                      const Acc* rs) {
   constexpr int MR = GemmTile<Acc>::rows;
   switch (rows) {
-    case MR: gemm_tile<MR, NP, U>(At, Bt, ldb, Ct, ldc, kk); break;
-    case 1: gemm_tile<1, NP, U>(At, Bt, ldb, Ct, ldc, kk); break;
-    case 2: gemm_tile<2, NP, U>(At, Bt, ldb, Ct, ldc, kk); break;
-    case 3: gemm_tile<3, NP, U>(At, Bt, ldb, Ct, ldc, kk); break;
+    case MR: gemm_tile<MR, NP, U>(At, Bt, ldb, Ct, ldc, kk, rs); break;
+    case 1: gemm_tile<1, NP, U>(At, Bt, ldb, Ct, ldc, kk, rs); break;
+    case 2: gemm_tile<2, NP, U>(At, Bt, ldb, Ct, ldc, kk, rs); break;
+    case 3: gemm_tile<3, NP, U>(At, Bt, ldb, Ct, ldc, kk, rs); break;
     default:  // 4 ≤ rows < MR (only when MR = 8)
-      gemm_tile<(MR > 4 ? 4 : 1), NP, U>(At, Bt, ldb, Ct, ldc, kk);
-      if (rows > 4) gemm_rows<NP, U>(rows - 4, kk, At.offset(4, 0), Bt, ldb, Ct + 4 * ldc, ldc);
+      gemm_tile<(MR > 4 ? 4 : 1), NP, U>(At, Bt, ldb, Ct, ldc, kk, rs);
+      if (rows > 4) gemm_rows<NP, U>(rows - 4, kk, At.offset(4, 0), Bt, ldb, Ct + 4 * ldc, ldc, rs ? rs + 4 : rs);
       break;
   }
 }
@@ -107,10 +112,11 @@ inline void gemm_rows(Index rows, Index kk, const Strided<Acc>& At, const Acc* B
 /// with leading dimension ldb; C: row-major, ldc. `tri`: the triangle of A that is
 /// read (Tri); the zeros stored outside it make skipping it exact. `lower_c`: only C's
 /// lower triangle (c ≤ r) is wanted; register tiles wholly above it are skipped (left
-/// as they were), those across the diagonal are computed whole.
+/// as they were), those across the diagonal are computed whole. `row_scale` (m, only
+/// for Update::scale_add): the factors of C's rows.
 template <Update U, class Acc>
 void small_gemm(Index m, Index n, Index k, const Strided<Acc>& A, const Acc* B, Index ldb, Acc* C, Index ldc,
-                Tri tri = Tri::full, bool lower_c = false) {
+                Tri tri = Tri::full, bool lower_c = false, const Acc* row_scale = nullptr) {
   constexpr int L = GemmTile<Acc>::lanes, MR = GemmTile<Acc>::rows;
   auto panel = [&](auto np, Index c0) {
     for (Index r0 = 0; r0 < m; r0 += MR) {
@@ -118,7 +124,7 @@ void small_gemm(Index m, Index n, Index k, const Strided<Acc>& A, const Acc* B, 
       if (lower_c && c0 > r0 + rows - 1) continue;
       const auto [kb, ke] = tile_k_range(tri, r0, rows, k);
       gemm_rows<decltype(np)::value, U>(rows, ke - kb, A.offset(r0, kb), B + kb * ldb + c0, ldb, C + r0 * ldc + c0,
-                                        ldc);
+                                        ldc, row_scale ? row_scale + r0 : row_scale);
     }
   };
   Index c0 = 0;
@@ -130,7 +136,7 @@ void small_gemm(Index m, Index n, Index k, const Strided<Acc>& A, const Acc* B, 
       Acc s(0);
       for (Index j = kb; j < ke; ++j) s += A(r, j) * B[j * ldb + c0];
       Acc& c = C[r * ldc + c0];
-      c = U == Update::set ? s : U == Update::add ? c + s : c - s;
+      c = U == Update::set ? s : U == Update::add ? c + s : U == Update::sub ? c - s : row_scale[r] * c + s;
     }
 }
 
