@@ -107,13 +107,23 @@ struct View {
 /// dst[0..n) ← src[0..n), for output rows that nothing reads soon: non-temporal stores
 /// where the destination is 16-byte aligned (x86 SSE2 and up; the destination lines are
 /// not read for ownership first: half the memory traffic of plain stores to memory that
-/// is not in cache), plain stores elsewhere. 16-byte stores, not wider: buffers from
-/// malloc are only 16-byte aligned, and write-combining merges them into whole lines.
+/// is not in cache), plain stores elsewhere. Whole 64-byte lines per store where the
+/// destination is line-aligned (AVX-512; Tensor's storage is), 16-byte stores where it
+/// is only 16-byte aligned (malloc's buffers): write-combining merges those into lines.
 /// Callers that hand the results to another thread end with store_fence()
 /// (parallel_for does, after every task).
 template <class Acc>
 inline void stream_row(Acc* dst, const Acc* src, Index n) {
   Index i = 0;
+#if defined(__AVX512F__)
+  if (reinterpret_cast<std::uintptr_t>(dst) % 64 == 0) {
+    if constexpr (std::is_same_v<Acc, float>) {
+      for (; i + 16 <= n; i += 16) _mm512_stream_ps(dst + i, _mm512_loadu_ps(src + i));
+    } else if constexpr (std::is_same_v<Acc, double>) {
+      for (; i + 8 <= n; i += 8) _mm512_stream_pd(dst + i, _mm512_loadu_pd(src + i));
+    }
+  }
+#endif
 #if defined(__SSE2__)
   if (reinterpret_cast<std::uintptr_t>(dst) % 16 == 0) {
     if constexpr (std::is_same_v<Acc, float>) {
@@ -219,7 +229,9 @@ inline std::string shape_string(const std::array<Index, 4>& s) {
 // Tensor: owning, contiguous, rank 4.
 // ---------------------------------------------------------------------------
 
-/// Owning contiguous rank-4 buffer (zero-initialised). Rank-3 data uses d3 = 1.
+/// Owning contiguous rank-4 buffer (zero-initialised), aligned to Eigen's largest packet
+/// (64 bytes with AVX-512): a 512-byte feature row then spans 8 cache lines, not 9.
+/// Rank-3 data uses d3 = 1.
 template <class T>
 class Tensor {
  public:
@@ -255,7 +267,7 @@ class Tensor {
 
  private:
   std::array<Index, 4> shape_{0, 0, 0, 0};
-  std::vector<T> data_;
+  std::vector<T, Eigen::aligned_allocator<T>> data_;  // aligned as Eigen's packets (64 bytes with AVX-512)
 };
 
 /// Copy any view (of any element type) into a contiguous Tensor<U>.
