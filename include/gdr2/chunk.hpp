@@ -199,11 +199,13 @@ struct ChunkWY {
 /// Per-slot scratch of the chunk forward.
 template <class Acc>
 struct ChunkScratch : ChunkWY<Acc> {
-  RowMat<Acc> O, S;
+  RowMat<Acc> Qg, O, S;
   Vec<Acc> gammaC;
-  ChunkScratch(Index C, Index K, Index V) : ChunkWY<Acc>(C, K, V), O(C, V), S(K, V), gammaC(K) {}
+  ChunkScratch(Index C, Index K, Index V) : ChunkWY<Acc>(C, K, V), Qg(C, K), O(C, V), S(K, V), gammaC(K) {}
   /// Bytes held (for Workspace::bytes).
-  std::size_t bytes() const { return sizeof(Acc) * std::size_t(ChunkWY<Acc>::size() + O.size() + S.size() + gammaC.size()); }
+  std::size_t bytes() const {
+    return sizeof(Acc) * std::size_t(ChunkWY<Acc>::size() + Qg.size() + O.size() + S.size() + gammaC.size());
+  }
 };
 
 /// A = (I + L)⁻¹ on the n×n block at (off, off) of a strictly lower L (its diagonal and
@@ -241,9 +243,11 @@ void unit_lower_inverse(const LMat& L, Index off, Index n, AMat& A, XMat& X) {
 /// the backward's recompute: decays (ws.dc), Bk = b ⊙ k, Qs = scale·q, the
 /// decay-weighted Grams T (strict) and Aqk, A = (I + T)⁻¹ and
 /// [Y U] = A [Ē Z] with Ē = γ ⊙ b ⊙ k, Z = w ⊙ v (EZ holds [Ē Z]; AF, AF2, BFt, Yt, p
-/// are used as scratch).
-template <class Acc>
-void chunk_wy(ChunkWY<Acc>& ws, Index n, Acc scale) {
+/// are used as scratch). `row_hook(r)` runs in the pass over the rows, after row r's
+/// products (ws.dc complete, Bk and Qs row r formed), for a caller's own row-wise
+/// products while the row is in L1.
+template <class Acc, class RowHook>
+void chunk_wy(ChunkWY<Acc>& ws, Index n, Acc scale, RowHook&& row_hook) {
   const Index K = ws.Q.cols(), V = ws.Vv.cols();
   auto& dc = ws.dc;
   dc.build(ws.g, n);
@@ -259,6 +263,7 @@ void chunk_wy(ChunkWY<Acc>& ws, Index n, Acc scale) {
     ws.AF2.row(r) = qs.cwiseProduct(dc.Fin.row(r));
     ws.EZ.row(r).head(K) = bk.cwiseProduct(dc.Gam.row(r));
     ws.EZ.row(r).tail(V) = ws.Wg.row(r).cwiseProduct(ws.Vv.row(r));
+    row_hook(r);
   }
   // T (strict) and Aqk (with diagonal): decay-weighted Grams against the keys.
   decayed_grams<Acc, 2>({GramTerm<Acc>{&ws.Bk, &ws.T, /*strict=*/true, &ws.AF},
@@ -271,18 +276,27 @@ void chunk_wy(ChunkWY<Acc>& ws, Index n, Acc scale) {
                           Tri::lower);
 }
 
+/// chunk_wy without a row hook.
+template <class Acc>
+void chunk_wy(ChunkWY<Acc>& ws, Index n, Acc scale) {
+  chunk_wy(ws, n, scale, [](Index) {});
+}
+
 /// Phase 1 of a chunk (SPEC §3): everything that does not depend on the incoming
 /// state. From the loaded chunk it leaves in ws
 ///   A = (I + T)⁻¹ (n×n),  YU = [Y U] = A [Ē Z]  (n×(K+V)),  Aqk (n×n, lower),
-///   AF = Qγ = scale·q ⊙ γ (n×K),  Kt = Ktail = exp(G_n − G_r) ⊙ k (n×K),  gammaC = γ_n (K).
+///   Qg = Qγ = scale·q ⊙ γ (n×K),  Kt = Ktail = exp(G_n − G_r) ⊙ k (n×K),  gammaC = γ_n (K).
+/// Qγ and Ktail are formed in chunk_wy's pass over the rows.
 template <class Acc>
 void chunk_factors(ChunkScratch<Acc>& ws, Index n, Acc scale) {
-  chunk_wy(ws, n, scale);
   const auto& dc = ws.dc;
-  ws.AF.topRows(n) = ws.Qs.topRows(n).cwiseProduct(dc.Gam.topRows(n));
-  // Ktail_r = k_r ⊙ exp(G_{n−1} − G_r)
-  dc.to_end(n, ws.Kt, ws.p);
-  ws.Kt.topRows(n).array() *= ws.Kc.topRows(n).array();
+  chunk_wy(ws, n, scale, [&](Index r) {
+    // Ktail_r = k_r ⊙ Fout_r ⊙ exp(G_{n−1} − G_{end(r)}), the last factor (ChunkDecay::span)
+    // once per sub-block.
+    if (r % kSubBlock == 0) dc.span(n - 1, std::min(n, r + kSubBlock) - 1, ws.p);
+    ws.Qg.row(r) = ws.Qs.row(r).cwiseProduct(dc.Gam.row(r));
+    ws.Kt.row(r) = ws.Kc.row(r).cwiseProduct(dc.Fout.row(r)).cwiseProduct(ws.p.transpose());
+  });
   ws.gammaC = dc.Gam.row(n - 1).transpose();
 }
 
@@ -309,7 +323,7 @@ void chunk_state_pass(RowMat<Acc>& YU, const RowMat<Acc>& Aqk, const RowMat<Acc>
 template <class Acc>
 void chunk_forward_step(ChunkScratch<Acc>& ws, Index n, Acc scale) {
   chunk_factors(ws, n, scale);
-  chunk_state_pass(ws.YU, ws.Aqk, ws.AF, ws.Kt, ws.gammaC, n, 0, ws.S.cols(), ws.S, ws.O);
+  chunk_state_pass(ws.YU, ws.Aqk, ws.Qg, ws.Kt, ws.gammaC, n, 0, ws.S.cols(), ws.S, ws.O);
 }
 
 /// Phase-1 results of one chunk kept for the chunk-parallel schedule.
@@ -323,7 +337,7 @@ struct ChunkFactors {
   void take(ChunkScratch<Acc>& ws) {
     YU.swap(ws.YU);
     Aqk.swap(ws.Aqk);
-    Qg.swap(ws.AF);
+    Qg.swap(ws.Qg);
     Kt.swap(ws.Kt);
     gammaC.swap(ws.gammaC);
   }
