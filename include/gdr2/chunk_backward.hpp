@@ -238,7 +238,7 @@ void chunk_recompute(ChunkBackwardScratch<Acc>& ws, Index n, Acc scale) {
   const auto& dc = ws.dc;
   auto YU = ws.YU.topRows(n);
   auto R = ws.R.topRows(n);
-  R = YU.rightCols(V);
+  R = YU.middleCols(K, V);
   small_gemm<Update::sub>(n, V, K, strided(ws.YU), ws.S.data(), V, ws.R.data(), ws.R.cols());
   // Kf_r = exp(G_{n−1} − G_r); Ktail = k ⊙ Kf.
   dc.to_end(n, ws.Kf, ws.p);
@@ -618,7 +618,7 @@ Status chunk_forward_save(const Problem<T>& p, const Outputs<TO, accum_t<T>>& ou
 
   // Without state_indices every pair has a state slot, so every chunk start is saved.
   detail::chunk_forward_pairs<Policy>(p, out, d, opt, [&](Index n, Index c, Index hv, const detail::RowMat<Acc>& S) {
-    Eigen::Map<detail::RowMat<Acc>>(ctx.state(n, c, hv), d.K, d.V) = S;
+    Eigen::Map<detail::RowMat<Acc>>(ctx.state(n, c, hv), d.K, d.V) = S.leftCols(d.V);
   });
   return {};
 }

@@ -56,8 +56,8 @@ struct TokenReader {
 };
 
 /// S ← state slot (zeros when none is given).
-template <class Acc>
-void load_state(const View<const Acc>& src, Index slot, Index hv, RowMat<Acc>& S) {
+template <class Acc, class M>
+void load_state(const View<const Acc>& src, Index slot, Index hv, M&& S) {
   if (!src.given()) {
     S.setZero();
     return;
@@ -66,8 +66,8 @@ void load_state(const View<const Acc>& src, Index slot, Index hv, RowMat<Acc>& S
     for (Index j = 0; j < S.cols(); ++j) S(i, j) = src(slot, hv, i, j);
 }
 
-template <class Acc>
-void store_state(const View<Acc>& dst, Index slot, Index hv, const RowMat<Acc>& S) {
+template <class Acc, class M>
+void store_state(const View<Acc>& dst, Index slot, Index hv, const M& S) {
   if (!dst.given()) return;
   for (Index i = 0; i < S.rows(); ++i)
     for (Index j = 0; j < S.cols(); ++j) dst(slot, hv, i, j) = S(i, j);
