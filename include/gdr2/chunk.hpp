@@ -185,13 +185,15 @@ void decayed_grams(const std::array<GramTerm<Acc>, M>& terms, const RowMat<Acc>&
 template <class Acc>
 struct ChunkWY {
   RowMat<Acc> Q, Kc, g, Bg, Vv, Wg;  // raw chunk inputs (Bg, Wg: erase / write gates)
-  RowMat<Acc> Bk, Qs, T, Aqk, EZ, YU, R, Kt, AF, AF2, BFt, Yt;  // YU = [Y U]: K + V columns used (padded_cols)
+  // EZ, YU: K + V columns used, BFt, Yt: C (padded_cols: they are small_gemm's B operands)
+  RowMat<Acc> Bk, Qs, T, Aqk, EZ, YU, R, Kt, AF, AF2, BFt, Yt;
   RowMat<Acc> A, AX;  // (I + T)⁻¹ (unit lower, zeros above), and the scratch of its recursion
   ChunkDecay<Acc> dc;
   Vec<Acc> p;
   ChunkWY(Index C, Index K, Index V)
       : Q(C, K), Kc(C, K), g(C, K), Bg(C, K), Vv(C, V), Wg(C, V), Bk(C, K), Qs(C, K), T(C, C), Aqk(C, C),
-        EZ(C, K + V), YU(C, padded_cols<Acc>(K + V)), R(C, V), Kt(C, K), AF(C, K), AF2(C, K), BFt(K, C), Yt(K, C), A(C, C), AX(C, C), dc(C, K), p(K) {}
+        EZ(C, padded_cols<Acc>(K + V)), YU(C, padded_cols<Acc>(K + V)), R(C, V), Kt(C, K), AF(C, K), AF2(C, K),
+        BFt(K, padded_cols<Acc>(C)), Yt(K, padded_cols<Acc>(C)), A(C, C), AX(C, C), dc(C, K), p(K) {}
 
   /// Elements held by the members above (for the scratch types' bytes()).
   Index size() const {
@@ -276,7 +278,7 @@ void chunk_wy(ChunkWY<Acc>& ws, Index n, Acc scale, RowHook&& row_hook) {
     ws.AF.row(r) = bk.cwiseProduct(dc.Fin.row(r));
     ws.AF2.row(r) = qs.cwiseProduct(dc.Fin.row(r));
     ws.EZ.row(r).head(K) = bk.cwiseProduct(dc.Gam.row(r));
-    ws.EZ.row(r).tail(V) = ws.Wg.row(r).cwiseProduct(ws.Vv.row(r));
+    ws.EZ.row(r).segment(K, V) = ws.Wg.row(r).cwiseProduct(ws.Vv.row(r));
     row_hook(r);
   }
   // T (strict) and Aqk (with diagonal): decay-weighted Grams against the keys.

@@ -317,8 +317,8 @@ void chunk_backward_step(ChunkBackwardScratch<Acc>& ws, Index n, Acc scale) {
   // [Y U] = A [Ē Z]: [dĒ dZ] = Aᵀ [dY dU] with dY = −dR S_0ᵀ, dU = dR, and
   // dT = −strict_lower([dĒ dZ] [Y U]ᵀ) (A = (I+T)⁻¹, dA = [dY dU][Ē Z]ᵀ).
   dEZin.leftCols(K) = -P.bottomRows(n);
-  dEZin.rightCols(V) = dR;
-  small_gemm<Update::set>(n, K + V, n, strided_t(ws.A), ws.EZ.data(), K + V, ws.dEZ.data(), K + V, Tri::upper);
+  dEZin.middleCols(K, V) = dR;
+  small_gemm<Update::set>(n, K + V, n, strided_t(ws.A), ws.EZ.data(), ws.EZ.cols(), ws.dEZ.data(), K + V, Tri::upper);
   transpose_into(ws.YU, n, K + V, ws.YUt);
   dT.setZero();
   small_gemm<Update::sub>(n, n, K + V, strided(ws.dEZ), ws.YUt.data(), ws.YUt.cols(), ws.dT.data(), ws.dT.cols(),
