@@ -51,17 +51,23 @@ struct ChunkDecay {
   /// them for γ), each factor ≤ 1: as accurate as exponentials of differences of
   /// rounded cumulative sums, at a multiply each.
   void build(const RowMat<Acc>& g, Index n) {
-    E.topRows(n) = g.topRows(n).array().exp();
+    // Sub-block by sub-block, each row's factors while its E row is in L1: forward
+    // (E, Fin, γ), then backward (Fout).
     for (Index b0 = 0; b0 < n; b0 += kSubBlock) {
       const Index b1 = std::min(n, b0 + kSubBlock);
-      Fin.row(b0) = E.row(b0);
-      for (Index r = b0 + 1; r < b1; ++r) Fin.row(r) = Fin.row(r - 1).cwiseProduct(E.row(r));
+      for (Index r = b0; r < b1; ++r) {
+        E.row(r) = g.row(r).array().exp();
+        if (r == b0)
+          Fin.row(r) = E.row(r);
+        else
+          Fin.row(r) = Fin.row(r - 1).cwiseProduct(E.row(r));
+        if (b0 == 0)
+          Gam.row(r) = Fin.row(r);
+        else
+          Gam.row(r) = Fin.row(r).cwiseProduct(Gam.row(b0 - 1));
+      }
       Fout.row(b1 - 1).setOnes();
       for (Index r = b1 - 2; r >= b0; --r) Fout.row(r) = Fout.row(r + 1).cwiseProduct(E.row(r + 1));
-      if (b0 == 0)
-        Gam.middleRows(b0, b1 - b0) = Fin.middleRows(b0, b1 - b0);
-      else
-        Gam.middleRows(b0, b1 - b0) = Fin.middleRows(b0, b1 - b0).array().rowwise() * Gam.row(b0 - 1).array();
     }
   }
 
