@@ -325,8 +325,9 @@ void chunk_factors(ChunkScratch<Acc>& ws, Index n, Acc scale) {
 /// Phase 2 of a chunk on state columns [j0, j0+w) — the columns of S evolve
 /// independently, so the state pass can be split over value slices:
 ///   R = U − Y S_0 ;  O = Qγ S_0 + Aqk R ;  S_C = Diag(γ_n) S_0 + Ktailᵀ R.
-/// S (K rows, leading dimension S.cols() ≥ j0 + w) is updated in place; O[:, j0:j0+w) gets the chunk outputs; R is formed in
-/// place of U's columns [j0, j0+w) of YU (U is not read again).
+/// S (K rows, leading dimension S.cols() ≥ j0 + w) is updated in place; O[:, j0:j0+w)
+/// gets the chunk outputs; R is formed in place of U's columns [j0, j0+w) of YU (U is
+/// not read again).
 template <class Acc>
 void chunk_state_pass(RowMat<Acc>& YU, const RowMat<Acc>& Aqk, const RowMat<Acc>& Qg, const RowMat<Acc>& Kt,
                       const Vec<Acc>& gammaC, Index n, Index j0, Index w, RowMat<Acc>& S, RowMat<Acc>& O) {
@@ -353,7 +354,8 @@ template <class Acc>
 struct ChunkFactors {
   RowMat<Acc> YU, Aqk, Qg, Kt;
   Vec<Acc> gammaC;
-  ChunkFactors(Index C, Index K, Index V) : YU(C, padded_cols<Acc>(K + V)), Aqk(C, C), Qg(C, K), Kt(C, K), gammaC(K) {}
+  ChunkFactors(Index C, Index K, Index V)
+      : YU(C, padded_cols<Acc>(K + V)), Aqk(C, C), Qg(C, K), Kt(C, K), gammaC(K) {}
   std::size_t bytes() const { return sizeof(Acc) * std::size_t(YU.size() + Aqk.size() + Qg.size() + Kt.size() + gammaC.size()); }
   /// Take the phase-1 results out of a scratch (O(1) buffer swaps, no copies).
   void take(ChunkScratch<Acc>& ws) {
@@ -436,8 +438,8 @@ inline Index head_group(const Dims& d, int concurrency) {
 /// chunk_forward_save: groups of adjacent value heads of one sequence (head_group)
 /// run in parallel, each walking its chunks and, per chunk, its heads on its slot's
 /// scratch. `at_chunk(n, c, hv, S)` is called with the state S (its first V columns;
-/// see padded_cols) at the start of chunk c of sequence n, before the chunk advances it (a template parameter, so that it
-/// inlines; the plain forward passes a no-op).
+/// see padded_cols) at the start of chunk c of sequence n, before the chunk advances
+/// it (a template parameter, so that it inlines; the plain forward passes a no-op).
 template <class Policy, class T, class TO, class AtChunk>
 void chunk_forward_pairs(const Problem<T>& p, const Outputs<TO, accum_t<T>>& out, const Dims& d, const Options& opt,
                          AtChunk&& at_chunk) {
