@@ -37,6 +37,23 @@ namespace detail {
 constexpr int kC = 64;         // chunk length
 constexpr int kThreads = 256;  // prep / fused block size
 
+#if defined(GDR2_FWD_PHASES)
+// Profiling build only (cuda/src/forward_phases.cu): thread 0 of block 0 adds the cycles
+// since its previous mark to phase `id` (a mark with id < 0 only restarts the clock).
+__device__ long long gdr2_fwd_cycles[32];
+__device__ long long gdr2_fwd_last;
+__device__ __forceinline__ void gdr2_fwd_mark(int id) {
+  if (blockIdx.x == 0 && threadIdx.x == 0) {
+    const long long t = clock64();
+    if (id >= 0) gdr2_fwd_cycles[id] += t - gdr2_fwd_last;
+    gdr2_fwd_last = t;
+  }
+}
+#define GDR2_FWD_MARK(id) gdr2_fwd_mark(id)
+#else
+#define GDR2_FWD_MARK(id)
+#endif
+
 /// Shared-memory map of the prep (and fused) kernels. Byte offsets.
 template <int D, bool CH_DECAY, bool CH_GATES, bool WITH_V>
 struct PrepLayout {
@@ -169,6 +186,7 @@ struct Prep {
       }
     }
     __syncthreads();
+    GDR2_FWD_MARK(1);
     if (active) {
       float2 s[4];
 #pragma unroll
@@ -223,6 +241,7 @@ struct Prep {
       }
     }
     __syncthreads();  // every read of g done
+    GDR2_FWD_MARK(2);
     if (active) {
 #pragma unroll
       for (int rr = 0; rr < 16; ++rr) {
@@ -233,6 +252,7 @@ struct Prep {
       }
     }
     __syncthreads();
+    GDR2_FWD_MARK(3);
   }
 
   // ---- Grams: T (strict lower) into t32, Aqk into aqk16 -------------------------------------
@@ -387,6 +407,7 @@ struct Prep {
       }
     }
     __syncthreads();
+    GDR2_FWD_MARK(4);
   }
 
   // ---- Solve A = (I + T)^-1, transforms, Y = A Ē -----------------------------------------
@@ -449,6 +470,7 @@ struct Prep {
       *pk = vk;
     }
     __syncthreads();
+    GDR2_FWD_MARK(5);
     // (2) block substitution by distance L = i − j:  X_ij = Σ_{k=j}^{i−1} T_ik A_kj,
     //     A_ij = −A_ii X_ij.  X_ij is kept in T32 block (j, i) (upper, unused).
 #pragma unroll 1
@@ -470,6 +492,7 @@ struct Prep {
         *reinterpret_cast<float4*>(t32 + (16 * j + r) * PF + 16 * i + c) = acc;
       }
       __syncthreads();
+      GDR2_FWD_MARK(4 + 2 * Ld);
       for (int e = tid; e < nel; e += kThreads) {
         const int i = Ld + (e >> 6), j = i - Ld, r = (e >> 2) & 15, c = 4 * (e & 3);
         const float* arow = a32 + (16 * i + r) * PF + 16 * i;
@@ -484,6 +507,7 @@ struct Prep {
         *reinterpret_cast<float4*>(a32 + (16 * i + r) * PF + 16 * j + c) = make_float4(-acc.x, -acc.y, -acc.z, -acc.w);
       }
       __syncthreads();
+      GDR2_FWD_MARK(5 + 2 * Ld);
     }
     // (3) A → fp16 (lower blocks and diagonal blocks)
     for (int i = tid; i < kC * kC / 2; i += kThreads) {
@@ -492,6 +516,7 @@ struct Prep {
         *reinterpret_cast<__half2*>(a16 + r * PC + c) = __floats2half2_rn(a32[r * PF + c], a32[r * PF + c + 1]);
     }
     __syncthreads();
+    GDR2_FWD_MARK(12);
   }
 
   /// acc += A·X for this warp's tile: rows 16·(w/2).., channel half w%2 (acc[nt] holds
@@ -538,6 +563,7 @@ struct Prep {
     float acc[D / 16][4] = {};
     apply_a(sm, he, acc);
     __syncthreads();
+    GDR2_FWD_MARK(13);
     const int g8 = lane >> 2, q4 = lane & 3;
 #pragma unroll
     for (int nt = 0; nt < D / 16; ++nt) {
@@ -549,6 +575,7 @@ struct Prep {
       }
     }
     __syncthreads();
+    GDR2_FWD_MARK(14);
   }
 };
 
@@ -837,6 +864,7 @@ __global__ void __launch_bounds__(kThreads, 1) fused_forward_kernel(const Forwar
     cp_async_wait<0>();
     ld.land_a(sm);
     __syncthreads();
+    GDR2_FWD_MARK(c == 0 ? -1 : 0);
     P::gstep(sm, p.scale);
     P::grams(sm, p.scale);
     ld.issue_b(p, sm, sp.batch, t0, len, hv);
@@ -849,11 +877,13 @@ __global__ void __launch_bounds__(kThreads, 1) fused_forward_kernel(const Forwar
     P::solve_and_y(sm);
     cp_async_wait<1>();
     __syncthreads();
+    GDR2_FWD_MARK(15);
     if (owner) {
       Tin* out = const_cast<Tin*>(row_ptr<Tin>(p.o, p.so, sp.batch, t0, hv)) + 16 * w;
       state_step<Tin, D, false>(S, in, len, stage, out, p.so.t, lane);
     }
     __syncthreads();
+    GDR2_FWD_MARK(16);
   }
   cp_async_wait<0>();
   if (owner) store_state<D>(S, p.sT, p.sT_stride, slot, hv, 16 * w, lane);
@@ -963,6 +993,7 @@ __device__ void prep_body(const ForwardParams& p, char* sm, long long first, lon
     cp_async_wait<0>();
     ld.land_a(sm);
     __syncthreads();
+    GDR2_FWD_MARK(cur == first ? -1 : 0);
     P::gstep(sm, p.scale);
     P::grams(sm, p.scale);
     // next item's inputs while this one finishes
@@ -997,6 +1028,7 @@ __device__ void prep_body(const ForwardParams& p, char* sm, long long first, lon
     if (GATES == 1 && tid < kC / 4)
       reinterpret_cast<float4*>(rec + R::beta)[tid] = reinterpret_cast<const float4*>(sm + L::rb)[tid];
     __syncthreads();  // smem reads done before the next item's prep writes
+    GDR2_FWD_MARK(17);
     if (flags && tid == 0) {  // publish: every thread's record stores happen-before (barrier, fence)
       __threadfence();
       asm volatile("st.release.gpu.global.b32 [%0], %1;\n" ::"l"(flags + cur), "r"(1) : "memory");

@@ -1,0 +1,110 @@
+// gdr2 CUDA forward — profiling driver (not part of the library or of CI): the forward
+// kernels built with GDR2_FWD_PHASES, where thread 0 of block 0 adds the cycles of every
+// barrier-to-barrier phase of the chunk prep and of the fused kernel's chunk loop to a
+// per-phase sum; prints cycles per chunk and phase for GDR-2, bf16, K = V = 128:
+//   fused  B=8 T=4096 H=16 (block 0 walks the 64 chunks of (sequence 0, head 0) and
+//          shares its SM with no other block)
+//   split  B=1 T=32768 H=16, sequential (prep kernel, then state pass): block 0 of the
+//          persistent prep kernel walks items 0, grid, 2·grid, ...
+//
+//   nvcc -O3 -std=c++17 --expt-relaxed-constexpr -gencode=arch=compute_90a,code=sm_90a \
+//        -Icuda/include -Iinclude cuda/src/forward_phases.cu -o fwd_phases
+#define GDR2_FWD_PHASES 1
+#include "launch.cuh"
+
+#include <cstdio>
+#include <vector>
+
+using namespace gdr2::cuda::detail;
+
+#define CK(x)                                                                               \
+  do {                                                                                      \
+    cudaError_t e_ = (x);                                                                   \
+    if (e_ != cudaSuccess) {                                                                \
+      std::printf("%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_));      \
+      std::exit(1);                                                                         \
+    }                                                                                       \
+  } while (0)
+
+template <class X>
+static X* dev_random(std::size_t n, float lo, float hi, unsigned seed) {
+  std::vector<X> h(n);
+  unsigned s = seed * 2654435761u + 1;
+  for (auto& x : h) {
+    s = s * 1664525u + 1013904223u;
+    x = X(lo + (hi - lo) * float(s >> 8) / 16777216.f);
+  }
+  X* d = nullptr;
+  CK(cudaMalloc(&d, n * sizeof(X)));
+  CK(cudaMemcpy(d, h.data(), n * sizeof(X), cudaMemcpyHostToDevice));
+  return d;
+}
+
+static const char* kNames[18] = {"wait q k b g",   "G-step: block sums", "G-step: rows", "G-step: g -> e",
+                                 "Grams + leaves", "diag inverses + transforms",
+                                 "subst L1 X",     "subst L1 A",         "subst L2 X",   "subst L2 A",
+                                 "subst L3 X",     "subst L3 A",         "A -> fp16",    "Y = A E",
+                                 "Y store",        "wait v w",           "state pass",   "record stores"};
+
+static void run(int B, int T, int H, Path path) {
+  const int D = 128;
+  const std::size_t nt = std::size_t(B) * T * H * D;
+  ForwardParams f;
+  f.q = dev_random<__nv_bfloat16>(nt, -.15f, .15f, 1);
+  f.k = dev_random<__nv_bfloat16>(nt, -.15f, .15f, 2);
+  f.v = dev_random<__nv_bfloat16>(nt, -1.7f, 1.7f, 3);
+  f.b = dev_random<__nv_bfloat16>(nt, 0.f, 1.f, 4);
+  f.w = dev_random<__nv_bfloat16>(nt, 0.f, 1.f, 5);
+  f.g = dev_random<float>(nt, -1.f, 0.f, 6);
+  const Strides3 s3{(long long)T * H * D, (long long)H * D, D};
+  f.sq = f.sk = f.sv = f.sb = f.sw = f.sg = f.so = s3;
+  f.hg_g = f.hg_b = f.hg_w = H;
+  f.B = B, f.T = T, f.Hk = H, f.Hv = H, f.N = B, f.group = 1, f.scale = 0.0883883f;
+  f.K = f.V = D;
+  CK(cudaMalloc(&f.o, nt * 2));
+  float* st = nullptr;
+  CK(cudaMalloc(&st, std::size_t(B) * H * D * D * 4));
+  CK(cudaMemset(st, 0, std::size_t(B) * H * D * D * 4));
+  f.s0 = st;
+  f.sT = st;
+  const long long ss[4] = {(long long)H * D * D, (long long)D * D, D, 1};
+  for (int i = 0; i < 4; ++i) f.s0_stride[i] = f.sT_stride[i] = ss[i];
+  f.chunks_per_seq = (T + 63) / 64;
+  f.total_chunks = (long long)B * f.chunks_per_seq;
+  CK(cudaDeviceGetAttribute(&f.num_sms, cudaDevAttrMultiProcessorCount, 0));
+  if (path == Path::split) {
+    f.vslice = 64;
+    CK(cudaMalloc(&f.records, std::size_t(f.total_chunks) * H * Record<D>::bytes(false)));
+  }
+  cudaEvent_t e0, e1;
+  CK(cudaEventCreate(&e0));
+  CK(cudaEventCreate(&e1));
+  long long cyc[32];
+  float ms = 0.f;
+  for (int rep = 0; rep < 3; ++rep) {  // the last run is the one reported (warm)
+    const long long zero[33] = {};
+    CK(cudaMemcpyToSymbol(gdr2_fwd_cycles, zero, sizeof(long long) * 32));
+    CK(cudaEventRecord(e0));
+    CK((launch_chunk_forward<0, 0>(f, DType::bf16, path, nullptr)));
+    CK(cudaEventRecord(e1));
+    CK(cudaDeviceSynchronize());
+    CK(cudaEventElapsedTime(&ms, e0, e1));
+    CK(cudaMemcpyFromSymbol(cyc, gdr2_fwd_cycles, sizeof cyc));
+  }
+  const int items = path == Path::fused ? f.chunks_per_seq
+                                        : int((f.total_chunks * H + f.num_sms - 1) / f.num_sms);
+  std::printf("\n%s B=%d T=%d H=%d: %.3f ms (with the marks); block 0: %d chunks\n",
+              path == Path::fused ? "fused" : "split (sequential)", B, T, H, ms, items);
+  long long tot = 0;
+  for (int i = 0; i < 18; ++i) tot += cyc[i];
+  std::printf("%-28s %10s %6s\n", "phase", "cyc/chunk", "share");
+  for (int i = 0; i < 18; ++i)
+    if (cyc[i]) std::printf("%-28s %10.0f %5.1f%%\n", kNames[i], double(cyc[i]) / items, 100.0 * cyc[i] / tot);
+  std::printf("%-28s %10.0f\n", "total", double(tot) / items);
+}
+
+int main() {
+  run(8, 4096, 16, Path::fused);
+  run(1, 32768, 16, Path::split);
+  return 0;
+}
