@@ -359,9 +359,12 @@ struct Prep {
           P[m] = make_float4(1.f, 1.f, 1.f, 1.f);
         }
       };
+      // All nine steps unrolled, each lane's partial sums kept, and the 8-lane reductions
+      // done together at the end: no step waits on its shuffles.
+      float pT[9], pA[9];
       int r = 7 - p, s = r;  // row within the leaf, then the column walked down from it
       start_row(8 * leaf + r);
-#pragma unroll 1
+#pragma unroll
       for (int step = 0; step < 9; ++step) {
         if (step == 8 - p) {  // warp-uniform: second row of the pair
           r = p;
@@ -385,17 +388,27 @@ struct Prep {
             P[m] = make_float4(P[m].x * es, P[m].y * es, P[m].z * es, P[m].w * es);
           }
         }
-#pragma unroll
-        for (int o = 1; o < 8; o <<= 1) {
-          aT += __shfl_xor_sync(0xffffffffu, aT, o);
-          aA += __shfl_xor_sync(0xffffffffu, aA, o);
-        }
-        if (cg == 0) {
-          const int row = 8 * leaf + r, col = 8 * leaf + s;
-          if (s < r) t32[row * PF + col] = aT;
-          aqk[row * PC + col] = __float2half_rn(scale * aA);
-        }
+        pT[step] = aT;
+        pA[step] = aA;
         --s;
+      }
+#pragma unroll
+      for (int o = 1; o < 8; o <<= 1)
+#pragma unroll
+        for (int step = 0; step < 9; ++step) {
+          pT[step] += __shfl_xor_sync(0xffffffffu, pT[step], o);
+          pA[step] += __shfl_xor_sync(0xffffffffu, pA[step], o);
+        }
+      // every lane of the leaf holds all nine sums; lane cg stores step cg (lane 0 also 8).
+      // Step t is pair (7 − p, 7 − p − t) for t < 8 − p, else (p, 8 − t).
+#pragma unroll
+      for (int step = 0; step < 9; ++step) {
+        if (step == cg || (step == 8 && cg == 0)) {
+          const int rr = step < 8 - p ? 7 - p : p, ss = step < 8 - p ? 7 - p - step : 8 - step;
+          const int row = 8 * leaf + rr, col = 8 * leaf + ss;
+          if (ss < rr) t32[row * PF + col] = pT[step];
+          aqk[row * PC + col] = __float2half_rn(scale * pA[step]);
+        }
       }
       // zeros of Aqk's diagonal 16×16 blocks: the upper triangle of leaf w and, for even
       // leaves, the upper-right 8×8 quadrant of its block
