@@ -191,12 +191,11 @@ struct Prep {
       float2 s[4];
 #pragma unroll
       for (int l = 0; l < 4; ++l) s[l] = *reinterpret_cast<const float2*>(reinterpret_cast<const float*>(sm + L::a32) + l * D + d);
-      float2 off = make_float2(0.f, 0.f), after = off, sj = off;
+      float2 off = make_float2(0.f, 0.f), after = off;
 #pragma unroll
       for (int l = 0; l < 4; ++l) {
         if (l < j) off = make_float2(off.x + s[l].x, off.y + s[l].y);
         if (l > j) after = make_float2(after.x + s[l].x, after.y + s[l].y);
-        if (l == j) sj = s[l];
       }
       *reinterpret_cast<float2*>(ga(sm) + j * D + d) = make_float2(ex2_nonpos(off.x), ex2_nonpos(off.y));
       *reinterpret_cast<float2*>(tf(sm) + j * D + d) = make_float2(ex2_nonpos(after.x), ex2_nonpos(after.y));
@@ -208,36 +207,40 @@ struct Prep {
         *reinterpret_cast<float2*>(gc(sm) + d) = make_float2(ex2_nonpos(s[0].x + s[1].x + s[2].x + s[3].x),
                                                              ex2_nonpos(s[0].y + s[1].y + s[2].y + s[3].y));
       }
-      float2 Lc = make_float2(0.f, 0.f), L7 = Lc, Lr[8];
+      // One exponential per element, e_r = 2^{g_r}; every factor of the block is a running
+      // product of them (≤ 16 factors, as the leaves'): Fin_r = e_a+1···e_r forward,
+      // Fout_r = e_r+1···e_end backward, and the quadrant's ql (rows 8..15, from row 7) and
+      // qr (rows 0..7, to row 7) likewise.
+      float2 fin = make_float2(1.f, 1.f), ql = fin;
 #pragma unroll
       for (int rr = 0; rr < 16; ++rr) {
         const int r = j * 16 + rr;
         const float2 v = G2(r);
-        Lc.x += v.x;
-        Lc.y += v.y;
-        const float2 fin = make_float2(ex2_nonpos(Lc.x), ex2_nonpos(Lc.y));
-        const float2 fout = make_float2(ex2_nonpos(sj.x - Lc.x), ex2_nonpos(sj.y - Lc.y));
         ex[rr] = make_float2(ex2_nonpos(v.x), ex2_nonpos(v.y));
+        fin = make_float2(fin.x * ex[rr].x, fin.y * ex[rr].y);
         const float2 q2 = load2(q + r * PH + d), k2 = load2(k + r * PH + d);
         const float2 b2 = CH_GATES ? load2(bt + r * PH + d) : make_float2(beta[r], beta[r]);
         const float2 bk = make_float2(b2.x * k2.x, b2.y * k2.y), qs = make_float2(scale * q2.x, scale * q2.y);
         *reinterpret_cast<__half2*>(hq + r * PH + d) = h2(qs.x * fin.x, qs.y * fin.y);
         *reinterpret_cast<__half2*>(he + r * PH + d) = h2(bk.x * fin.x, bk.y * fin.y);
-        *reinterpret_cast<__half2*>(hk + r * PH + d) = h2(k2.x * fout.x, k2.y * fout.y);
-        if (rr < 8) Lr[rr] = Lc;
-        if (rr == 7) L7 = Lc;
         if (rr >= 8) {  // left operands of the 8×8 quadrant, anchored at row 7 of the block
-          const float2 ql = make_float2(ex2_nonpos(Lc.x - L7.x), ex2_nonpos(Lc.y - L7.y));
+          ql = make_float2(ql.x * ex[rr].x, ql.y * ex[rr].y);
           const int qi = (j * 8 + rr - 8) * PH + d;
           *reinterpret_cast<__half2*>(qbk(sm) + qi) = h2(bk.x * ql.x, bk.y * ql.y);
           *reinterpret_cast<__half2*>(qq(sm) + qi) = h2(qs.x * ql.x, qs.y * ql.y);
         }
       }
+      float2 fout = make_float2(1.f, 1.f), qr = fout;
 #pragma unroll
-      for (int rr = 0; rr < 8; ++rr) {  // right operands of the quadrant
-        const float2 qr = make_float2(ex2_nonpos(L7.x - Lr[rr].x), ex2_nonpos(L7.y - Lr[rr].y));
-        const float2 k2 = load2(k + (j * 16 + rr) * PH + d);
-        *reinterpret_cast<__half2*>(qk(sm) + (j * 8 + rr) * PH + d) = h2(k2.x * qr.x, k2.y * qr.y);
+      for (int rr = 15; rr >= 0; --rr) {
+        const int r = j * 16 + rr;
+        const float2 k2 = load2(k + r * PH + d);
+        *reinterpret_cast<__half2*>(hk + r * PH + d) = h2(k2.x * fout.x, k2.y * fout.y);
+        fout = make_float2(fout.x * ex[rr].x, fout.y * ex[rr].y);
+        if (rr < 8) {  // right operands of the quadrant
+          *reinterpret_cast<__half2*>(qk(sm) + (j * 8 + rr) * PH + d) = h2(k2.x * qr.x, k2.y * qr.y);
+          qr = make_float2(qr.x * ex[rr].x, qr.y * ex[rr].y);
+        }
       }
     }
     __syncthreads();  // every read of g done
