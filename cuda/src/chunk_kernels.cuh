@@ -455,7 +455,10 @@ struct Prep {
         x[r] = acc;
       }
 #pragma unroll
-      for (int r = 0; r < 16; ++r) a32[(16 * blk + r) * PF + 16 * blk + c] = x[r];
+      for (int r = 0; r < 16; ++r) {
+        a32[(16 * blk + r) * PF + 16 * blk + c] = x[r];
+        a16[(16 * blk + r) * PC + 16 * blk + c] = __float2half_rn(x[r]);
+      }
     }
     // (1') in place, 8 values per thread: Ē = BkFin·γ_a, Qγ = QFin·γ_a, Ktail = KFo·tail
     for (int i = tid; TRANSFORM && i < kC * D / 8; i += kThreads) {
@@ -487,52 +490,53 @@ struct Prep {
     }
     __syncthreads();
     GDR2_FWD_MARK(5);
-    // (2) block substitution by distance L = i − j:  X_ij = Σ_{k=j}^{i−1} T_ik A_kj,
-    //     A_ij = −A_ii X_ij.  X_ij is kept in T32 block (j, i) (upper, unused).
+    // (2) N_ik = A_ii T_ik for the six blocks i > k, kept in T32's unused upper block (k, i);
+    //     an item is 1×8 elements (two float4 chains), a warp per block.
+    if (tid < 6 * 32) {
+      const int bi = tid >> 5, r = (tid >> 1) & 15, c = 8 * (tid & 1);
+      // bi → (i, k): (1,0) (2,1) (3,2) (2,0) (3,1) (3,0)
+      const int i = bi < 3 ? bi + 1 : (bi == 3 ? 2 : 3), k = bi < 3 ? bi : (bi == 4 ? 1 : 0);
+      const float* arow = a32 + (16 * i + r) * PF + 16 * i;
+      const float* tcol = t32 + (16 * i) * PF + 16 * k + c;
+      float4 lo = make_float4(0.f, 0.f, 0.f, 0.f), hi = lo;
+#pragma unroll
+      for (int u = 0; u < 16; ++u) {
+        const float t = arow[u];
+        const float4 x0 = *reinterpret_cast<const float4*>(tcol + u * PF);
+        const float4 x1 = *reinterpret_cast<const float4*>(tcol + u * PF + 4);
+        lo = make_float4(fmaf(t, x0.x, lo.x), fmaf(t, x0.y, lo.y), fmaf(t, x0.z, lo.z), fmaf(t, x0.w, lo.w));
+        hi = make_float4(fmaf(t, x1.x, hi.x), fmaf(t, x1.y, hi.y), fmaf(t, x1.z, hi.z), fmaf(t, x1.w, hi.w));
+      }
+      float* dst = t32 + (16 * k + r) * PF + 16 * i + c;
+      *reinterpret_cast<float4*>(dst) = lo;
+      *reinterpret_cast<float4*>(dst + 4) = hi;
+    }
+    __syncthreads();
+    GDR2_FWD_MARK(6);
+    // (3) by distance L = i − j:  A_ij = −Σ_{k=j}^{i−1} N_ik A_kj  ((I + T) A = I below the
+    //     diagonal blocks), items of 1×4 elements; A also as fp16 (a16) where it is formed.
 #pragma unroll 1
     for (int Ld = 1; Ld <= 3; ++Ld) {
-      const int nel = (4 - Ld) * 64;  // items of 1×4 elements
-      for (int e = tid; e < nel; e += kThreads) {
-        const int i = Ld + (e >> 6), j = i - Ld, r = (e >> 2) & 15, c = 4 * (e & 3);
+      if (tid < (4 - Ld) * 64) {
+        const int i = Ld + (tid >> 6), j = i - Ld, r = (tid >> 2) & 15, c = 4 * (tid & 3);
         float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
         for (int kb = j; kb < i; ++kb) {
-          const float* trow = t32 + (16 * i + r) * PF + 16 * kb;
+          const float* nrow = t32 + (16 * kb + r) * PF + 16 * i;
           const float* acol = a32 + (16 * kb) * PF + 16 * j + c;
 #pragma unroll
           for (int u = 0; u < 16; ++u) {
-            const float t = trow[u];
+            const float t = nrow[u];
             const float4 a = *reinterpret_cast<const float4*>(acol + u * PF);
             acc = make_float4(fmaf(t, a.x, acc.x), fmaf(t, a.y, acc.y), fmaf(t, a.z, acc.z), fmaf(t, a.w, acc.w));
           }
         }
-        *reinterpret_cast<float4*>(t32 + (16 * j + r) * PF + 16 * i + c) = acc;
-      }
-      __syncthreads();
-      GDR2_FWD_MARK(4 + 2 * Ld);
-      for (int e = tid; e < nel; e += kThreads) {
-        const int i = Ld + (e >> 6), j = i - Ld, r = (e >> 2) & 15, c = 4 * (e & 3);
-        const float* arow = a32 + (16 * i + r) * PF + 16 * i;
-        const float* xcol = t32 + (16 * j) * PF + 16 * i + c;
-        float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
-#pragma unroll
-        for (int u = 0; u < 16; ++u) {
-          const float t = arow[u];
-          const float4 x = *reinterpret_cast<const float4*>(xcol + u * PF);
-          acc = make_float4(fmaf(t, x.x, acc.x), fmaf(t, x.y, acc.y), fmaf(t, x.z, acc.z), fmaf(t, x.w, acc.w));
-        }
         *reinterpret_cast<float4*>(a32 + (16 * i + r) * PF + 16 * j + c) = make_float4(-acc.x, -acc.y, -acc.z, -acc.w);
+        *reinterpret_cast<__half2*>(a16 + (16 * i + r) * PC + 16 * j + c) = __floats2half2_rn(-acc.x, -acc.y);
+        *reinterpret_cast<__half2*>(a16 + (16 * i + r) * PC + 16 * j + c + 2) = __floats2half2_rn(-acc.z, -acc.w);
       }
       __syncthreads();
-      GDR2_FWD_MARK(5 + 2 * Ld);
+      GDR2_FWD_MARK(6 + Ld);
     }
-    // (3) A → fp16 (lower blocks and diagonal blocks)
-    for (int i = tid; i < kC * kC / 2; i += kThreads) {
-      const int r = i / 32, c = 2 * (i % 32);
-      if ((c >> 4) <= (r >> 4))
-        *reinterpret_cast<__half2*>(a16 + r * PC + c) = __floats2half2_rn(a32[r * PF + c], a32[r * PF + c + 1]);
-    }
-    __syncthreads();
-    GDR2_FWD_MARK(12);
   }
 
   /// acc += A·X for this warp's tile: rows 16·(w/2).., channel half w%2 (acc[nt] holds

@@ -42,8 +42,8 @@ static X* dev_random(std::size_t n, float lo, float hi, unsigned seed) {
 
 static const char* kNames[18] = {"wait q k b g",   "G-step: block sums", "G-step: rows", "G-step: g -> e",
                                  "Grams + leaves", "diag inverses + transforms",
-                                 "subst L1 X",     "subst L1 A",         "subst L2 X",   "subst L2 A",
-                                 "subst L3 X",     "subst L3 A",         "A -> fp16",    "Y = A E",
+                                 "N = A_ii T_ik",  "A distance 1",       "A distance 2", "A distance 3",
+                                 "(unused)",       "(unused)",           "(unused)",    "Y = A E",
                                  "Y store",        "wait v w",           "state pass",   "record stores"};
 
 static void run(int B, int T, int H, Path path) {
