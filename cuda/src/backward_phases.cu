@@ -12,26 +12,13 @@
 #include <gdr2/gdr2.hpp>
 
 #include "backward_kernels.cu"
+#include "profiling_inputs.hpp"
 
 #include <cstdio>
 #include <vector>
 
 using namespace gdr2;
 using bf16 = Eigen::bfloat16;
-
-template <class X>
-static X* dev_random(std::size_t n, float lo, float hi, unsigned seed) {
-  std::vector<X> h(n);
-  unsigned s = seed * 2654435761u + 1;
-  for (auto& x : h) {
-    s = s * 1664525u + 1013904223u;
-    x = X(lo + (hi - lo) * float(s >> 8) / 16777216.f);
-  }
-  X* d = nullptr;
-  cudaMalloc(&d, n * sizeof(X));
-  cudaMemcpy(d, h.data(), n * sizeof(X), cudaMemcpyHostToDevice);
-  return d;
-}
 
 int main() {
   const Index B = 1, T = 2048, H = 16, D = 128;

@@ -11,34 +11,14 @@
 //        -Icuda/include -Iinclude cuda/src/forward_phases.cu -o fwd_phases
 #define GDR2_FWD_PHASES 1
 #include "launch.cuh"
+#include "profiling_inputs.hpp"
 
 #include <cstdio>
 #include <vector>
 
 using namespace gdr2::cuda::detail;
 
-#define CK(x)                                                                               \
-  do {                                                                                      \
-    cudaError_t e_ = (x);                                                                   \
-    if (e_ != cudaSuccess) {                                                                \
-      std::printf("%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_));      \
-      std::exit(1);                                                                         \
-    }                                                                                       \
-  } while (0)
-
-template <class X>
-static X* dev_random(std::size_t n, float lo, float hi, unsigned seed) {
-  std::vector<X> h(n);
-  unsigned s = seed * 2654435761u + 1;
-  for (auto& x : h) {
-    s = s * 1664525u + 1013904223u;
-    x = X(lo + (hi - lo) * float(s >> 8) / 16777216.f);
-  }
-  X* d = nullptr;
-  CK(cudaMalloc(&d, n * sizeof(X)));
-  CK(cudaMemcpy(d, h.data(), n * sizeof(X), cudaMemcpyHostToDevice));
-  return d;
-}
+#define CK(x) GDR2_PROFILING_CHECK(x)
 
 static const char* kNames[18] = {"wait q k b g",   "G-step: block sums", "G-step: rows", "G-step: g -> e",
                                  "Grams + leaves", "diag inverses + transforms",
