@@ -7,12 +7,15 @@
 //              Fin_r  = exp(G_r − G_{a(r)})   a(r) = last row of the previous sub-block
 //              Fout_r = exp(G_{e(r)} − G_r)   e(r) = last row of r's own sub-block
 //              e_r    = exp(g_r)
-//            written as fp16 operands  QFin = scale·q⊙Fin, BkFin = b⊙k⊙Fin, KFo = k⊙Fout.
+//            (Fin, Fout as running products of e within the sub-block: one exponential
+//            per element), written as fp16 operands  QFin = scale·q⊙Fin, BkFin = b⊙k⊙Fin,
+//            KFo = k⊙Fout.
 //   Grams    T (strict) and Aqk (with diagonal): off-diagonal 16×16 blocks are tensor-
 //            core products with an anchor between the blocks (the right operand gets the
 //            bridge exp(G_{a_i} − G_{e_j}) <= 1); diagonal blocks are exact running
 //            products of e_r on the CUDA cores.
-//   Solve    A = (I + T)^-1 in fp32 (16×16 diagonal inverses + block substitution).
+//   Solve    A = (I + T)^-1 in fp32 (16×16 diagonal inverses A_ii, N_ik = A_ii T_ik, then
+//            A_ij = −Σ_k N_ik A_kj one block distance at a time).
 //   Y        Ē = γ⊙b⊙k (γ_r = Fin_r·γ_{a(r)}), Y = A Ē (tensor cores); Qγ = scale·γ⊙q and
 //            Ktail = k⊙exp(G_C − G_r) in place.
 // The state pass then runs per warp on 16 value columns with the state transposed in
@@ -333,7 +336,7 @@ struct Prep {
     // have 9, so warp w takes the row pair p = w & 3 (rows 7 − p then p) of the four leaves
     // 4(w >> 2) .. +3, a leaf per 8 lanes, a quarter of the channels per lane: every lane
     // walks the same 9 pair steps (none predicated off) and switches rows at the same step.
-    // Per step the 8 lanes of a leaf sum their channels by shuffles and one lane stores.
+    // The 8 lanes of a leaf sum their channels by shuffles once all nine steps are done.
     {
       constexpr int NM = D / 32;  // float4 channel groups per lane
       const int leaf = 4 * (w >> 2) + (lane >> 3), cg = lane & 7, p = w & 3;
