@@ -586,7 +586,7 @@ struct Prep {
     float acc[D / 16][4] = {};
     apply_a(sm, he, acc);
     __syncthreads();
-    GDR2_FWD_MARK(13);
+    GDR2_FWD_MARK(10);
     const int g8 = lane >> 2, q4 = lane & 3;
 #pragma unroll
     for (int nt = 0; nt < D / 16; ++nt) {
@@ -598,7 +598,7 @@ struct Prep {
       }
     }
     __syncthreads();
-    GDR2_FWD_MARK(14);
+    GDR2_FWD_MARK(11);
   }
 };
 
@@ -900,13 +900,13 @@ __global__ void __launch_bounds__(kThreads, 1) fused_forward_kernel(const Forwar
     P::solve_and_y(sm);
     cp_async_wait<1>();
     __syncthreads();
-    GDR2_FWD_MARK(15);
+    GDR2_FWD_MARK(12);
     if (owner) {
       Tin* out = const_cast<Tin*>(row_ptr<Tin>(p.o, p.so, sp.batch, t0, hv)) + 16 * w;
       state_step<Tin, D, false>(S, in, len, stage, out, p.so.t, lane);
     }
     __syncthreads();
-    GDR2_FWD_MARK(16);
+    GDR2_FWD_MARK(13);
   }
   cp_async_wait<0>();
   if (owner) store_state<D>(S, p.sT, p.sT_stride, slot, hv, 16 * w, lane);
@@ -1051,7 +1051,7 @@ __device__ void prep_body(const ForwardParams& p, char* sm, long long first, lon
     if (GATES == 1 && tid < kC / 4)
       reinterpret_cast<float4*>(rec + R::beta)[tid] = reinterpret_cast<const float4*>(sm + L::rb)[tid];
     __syncthreads();  // smem reads done before the next item's prep writes
-    GDR2_FWD_MARK(17);
+    GDR2_FWD_MARK(14);
     if (flags && tid == 0) {  // publish: every thread's record stores happen-before (barrier, fence)
       __threadfence();
       asm volatile("st.release.gpu.global.b32 [%0], %1;\n" ::"l"(flags + cur), "r"(1) : "memory");

@@ -20,11 +20,12 @@ using namespace gdr2::cuda::detail;
 
 #define CK(x) GDR2_PROFILING_CHECK(x)
 
-static const char* kNames[18] = {"wait q k b g",   "G-step: block sums", "G-step: rows", "G-step: g -> e",
-                                 "Grams + leaves", "diag inverses + transforms",
-                                 "N = A_ii T_ik",  "A distance 1",       "A distance 2", "A distance 3",
-                                 "(unused)",       "(unused)",           "(unused)",    "Y = A E",
-                                 "Y store",        "wait v w",           "state pass",   "record stores"};
+static const char* kNames[] = {"wait q k b g",      "G-step: block sums", "G-step: rows",  "G-step: g -> e",
+                               "Grams + leaves",    "diag inverses + transforms",
+                               "N = A_ii T_ik",     "A distance 1",       "A distance 2",  "A distance 3",
+                               "Y = A E",           "Y store",            "wait v w",      "state pass",
+                               "record stores"};
+constexpr int kPhases = int(sizeof(kNames) / sizeof(kNames[0]));  // the ids of GDR2_FWD_MARK
 
 static void run(int B, int T, int H, Path path) {
   const int D = 128;
@@ -76,9 +77,9 @@ static void run(int B, int T, int H, Path path) {
   std::printf("\n%s B=%d T=%d H=%d: %.3f ms (with the marks); block 0: %d chunks\n",
               path == Path::fused ? "fused" : "split (sequential)", B, T, H, ms, items);
   long long tot = 0;
-  for (int i = 0; i < 18; ++i) tot += cyc[i];
+  for (int i = 0; i < kPhases; ++i) tot += cyc[i];
   std::printf("%-28s %10s %6s\n", "phase", "cyc/chunk", "share");
-  for (int i = 0; i < 18; ++i)
+  for (int i = 0; i < kPhases; ++i)
     if (cyc[i]) std::printf("%-28s %10.0f %5.1f%%\n", kNames[i], double(cyc[i]) / items, 100.0 * cyc[i] / tot);
   std::printf("%-28s %10.0f\n", "total", double(tot) / items);
 }
