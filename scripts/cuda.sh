@@ -74,12 +74,12 @@ copy = get("BM_copy"); gemm = get("BM_gemm_bf16")
 bw = copy["GBps"] if copy else float("nan")
 print(f"\n{gpu}")
 print(f"ceilings: device copy {bw:.0f} GB/s (read+write), cuBLAS bf16 GEMM {gemm['TFLOPs'] if gemm else float('nan'):.0f} TFLOP/s")
-print(f"{'case':46s} {'median':>10s} {'rate':>12s} {'of copy':>8s}  target")
+print(f"{'case':56s} {'median':>10s} {'rate':>12s} {'of copy':>8s}  target")
 for n, r in by.items():
     if n.startswith("BM_forward"):
         p = {"1": "fused", "2": "split", "0": "auto"}[n.split("path:")[1].split("/")[0]]
         tgt = "<= 0.6 ms" if "B:8/" in n else "<= 0.8 ms"
-        print(f"{n.split('/manual')[0] + ' ' + p:46s} {r['median_ms']:8.3f}ms {r['GBps']:8.0f}GB/s {r['GBps']/bw:7.0%}  {tgt}")
+        print(f"{n.split('/manual')[0] + ' ' + p:56s} {r['median_ms']:8.3f}ms {r['GBps']:8.0f}GB/s {r['GBps']/bw:7.0%}  {tgt}")
     if n.startswith("BM_state_roundtrip"):
         print(f"{'decode pattern alone (state read, written back)':46s} {r['median_us']:8.1f}us {r['GBps']:8.0f}GB/s {r['GBps']/bw:7.0%}  (ceiling)")
     if n.startswith("BM_decode"):

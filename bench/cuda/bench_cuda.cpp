@@ -103,12 +103,14 @@ void BM_gemm_bf16(benchmark::State& state) {
 }
 
 /// GDR-2 chunk forward, bf16, K = V = 128; args: B, T, H, path (0 auto, 1 fused, 2 split),
-/// value slice of the split path's state pass (0 = automatic).
+/// value slice of the split path's state pass (0 = automatic), overlap (split path), tma
+/// (1: input tiles by tensor maps, 0: by cp.async; ChunkOptions::tma).
 void BM_forward(benchmark::State& state) {
   const Index B = state.range(0), T = state.range(1), H = state.range(2), D = 128;
   const auto path = static_cast<cuda::ForwardPath>(state.range(3));
   const int vslice = int(state.range(4));
   const bool overlap = state.range(5) != 0;
+  const bool tma = state.range(6) != 0;
   const std::size_t nt = std::size_t(B * T * H * D);
   auto* q = device_random<bf16>(nt, -0.15, 0.15, 11);
   auto* k = device_random<bf16>(nt, -0.15, 0.15, 12);
@@ -130,7 +132,7 @@ void BM_forward(benchmark::State& state) {
   p.g = make_view<const float>(g, B, T, H, D);
   p.initial_state = make_view<const float>(s0, B, H, D, D);
   Outputs<bf16, float> out{make_view(o, B, T, H, D), make_view(sT, B, H, D, D)};
-  cuda::ChunkOptions opt{path, vslice, overlap};
+  cuda::ChunkOptions opt{path, vslice, overlap, tma};
   std::size_t ws_bytes = 0;
   check(cuda::chunk_forward_workspace_size<GDR2>(p, ws_bytes, opt));
   void* ws = nullptr;
@@ -230,14 +232,17 @@ BENCHMARK(BM_copy)->UseManualTime()->Iterations(50)->Unit(benchmark::kMillisecon
 BENCHMARK(BM_gemm_bf16)->UseManualTime()->Iterations(30)->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_state_roundtrip)->UseManualTime()->Iterations(200)->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_forward)
-    ->ArgNames({"B", "T", "H", "path", "vs", "ov"})
-    ->Args({8, 4096, 16, 0, 0, 1})
-    ->Args({8, 4096, 16, 1, 0, 1})
-    ->Args({8, 4096, 16, 2, 0, 1})
-    ->Args({1, 32768, 16, 0, 0, 1})
-    ->Args({1, 32768, 16, 2, 16, 0})
-    ->Args({1, 32768, 16, 2, 64, 0})  // the overlapped case's slices, prep and state pass one after the other
-    ->Args({1, 32768, 16, 2, 64, 1})
+    ->ArgNames({"B", "T", "H", "path", "vs", "ov", "tma"})
+    ->Args({8, 4096, 16, 0, 0, 1, 1})
+    ->Args({8, 4096, 16, 1, 0, 1, 1})
+    ->Args({8, 4096, 16, 1, 0, 1, 0})  // input tiles by cp.async
+    ->Args({8, 4096, 16, 2, 0, 1, 1})
+    ->Args({1, 32768, 16, 0, 0, 1, 1})
+    ->Args({1, 32768, 16, 0, 0, 1, 0})
+    ->Args({1, 32768, 16, 2, 16, 0, 1})
+    ->Args({1, 32768, 16, 2, 64, 0, 1})  // the overlapped case's slices, prep and state pass one after the other
+    ->Args({1, 32768, 16, 2, 64, 0, 0})
+    ->Args({1, 32768, 16, 2, 64, 1, 1})
     ->UseManualTime()
     ->Iterations(30)
     ->Unit(benchmark::kMillisecond);

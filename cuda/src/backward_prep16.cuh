@@ -16,6 +16,7 @@
 
 #include "backward_kernels.cuh"
 #include "chunk_kernels.cuh"
+#include "tile_maps.hpp"
 
 namespace gdr2 {
 namespace cuda {
@@ -30,12 +31,12 @@ inline ForwardParams loader_params(const BackwardParams& b) {
 }
 
 template <int DECAY, int GATES, class Tin, int D>
-__global__ void __launch_bounds__(detail::kThreads, 1) prep16_kernel(const BackwardParams p, const ForwardParams fp) {
+__global__ void __launch_bounds__(detail::kThreads, 1) prep16_kernel(const BackwardParams p, const __grid_constant__ ForwardParams fp) {
   using Pr = Prep<DECAY, GATES, Tin, D, true>;
   using L = typename Pr::L;
   using R = Rec<D>;
-  constexpr int PH = L::PH, PC = L::PC, PF = L::PF, NT = detail::kThreads, PS = D + 8;  // PS: fp32 staging pitch
-  extern __shared__ __align__(128) char sm[];
+  constexpr int PH = L::PH, PR = L::PR, PC = L::PC, PF = L::PF, NT = detail::kThreads;
+  extern __shared__ __align__(1024) char sm[];
   const int tid = threadIdx.x, w = tid >> 5, lane = tid & 31, g8 = lane >> 2, q4 = lane & 3;
   const long long items = p.total_chunks * p.Hv;
   ChunkLoader<DECAY, GATES, Tin, D, true> ld;
@@ -44,24 +45,27 @@ __global__ void __launch_bounds__(detail::kThreads, 1) prep16_kernel(const Backw
     ld.issue_a(fp, sm, cl.bb, cl.t0, cl.len, int(it % p.Hv));
     cp_async_commit();
   };
-  // this warp's accumulator tile (Prep::apply_a) → fp32 staging [64][PS]
+  // fp32 staging [64][D], 16-byte pieces XOR-swizzled by row (conflict-free float2 writes
+  // of the accumulator layout and float4 row reads)
+  auto st_at = [](int r, int c) { return r * D + ((((c >> 2) ^ (r & 7))) << 2) + (c & 3); };
+  // this warp's accumulator tile (Prep::apply_a) → staging
   auto stage = [&](const float (&acc)[D / 16][4], float* dst) {
     const int mt = w >> 1, nh = w & 1;
 #pragma unroll
     for (int nt = 0; nt < D / 16; ++nt)
 #pragma unroll
       for (int h = 0; h < 2; ++h)
-        *reinterpret_cast<float2*>(dst + (16 * mt + g8 + 8 * h) * PS + nh * (D / 2) + 8 * nt + 2 * q4) =
+        *reinterpret_cast<float2*>(dst + st_at(16 * mt + g8 + 8 * h, nh * (D / 2) + 8 * nt + 2 * q4)) =
             make_float2(acc[nt][2 * h], acc[nt][2 * h + 1]);
   };
+  ld.init(fp, sm);
   if (blockIdx.x < items) issue_a(blockIdx.x);
 #pragma unroll 1
   for (long long it = blockIdx.x; it < items; it += gridDim.x) {
     const ChunkLoc cl = chunk_loc(p, it / p.Hv);
     const int hv = int(it % p.Hv);
     float* rec = p.rec + it * R::floats;
-    cp_async_wait<0>();
-    ld.land_a(sm);
+    ld.wait_a(sm, cl.len);
     __syncthreads();
     Pr::gstep(sm, p.scale);
     Pr::grams(sm, p.scale);
@@ -93,16 +97,16 @@ __global__ void __launch_bounds__(detail::kThreads, 1) prep16_kernel(const Backw
           const float2 x = E2(r);
           P = make_float2(P.x * x.x, P.y * x.y);
         }
-        const float2 q2 = load2(q + r * PH + d), k2 = load2(k + r * PH + d);
-        const float2 b2 = GATES == 0 ? load2(bt + r * PH + d) : make_float2(beta[r], beta[r]);
+        const float2 q2 = load2(q + r * PR + d), k2 = load2(k + r * PR + d);
+        const float2 b2 = GATES == 0 ? load2(bt + r * PR + d) : make_float2(beta[r], beta[r]);
         *reinterpret_cast<float2*>(rec + R::Qg + r * D + d) = make_float2(q2.x * qg.x * P.x, q2.y * qg.y * P.y);
-        *reinterpret_cast<__half2*>(eb + r * PH + d) = __floats2half2_rn(b2.x * k2.x * P.x, b2.y * k2.y * P.y);
+        *reinterpret_cast<__half2*>(eb + Pr::hx(r, d)) = __floats2half2_rn(b2.x * k2.x * P.x, b2.y * k2.y * P.y);
       }
       float2 Q = *reinterpret_cast<const float2*>(Pr::tf(sm) + j * D + d);  // 2^{G_C − G_r}, r from the block's end
 #pragma unroll 4
       for (int rr = 15; rr >= 0; --rr) {
         const int r = 16 * j + rr;
-        const float2 k2 = load2(k + r * PH + d), x = E2(r);
+        const float2 k2 = load2(k + r * PR + d), x = E2(r);
         *reinterpret_cast<float2*>(rec + R::Kt + r * D + d) = make_float2(k2.x * Q.x, k2.y * Q.y);
         Q = make_float2(Q.x * x.x, Q.y * x.y);
       }
@@ -128,11 +132,11 @@ __global__ void __launch_bounds__(detail::kThreads, 1) prep16_kernel(const Backw
       for (int i = tid; i < D / 4; i += NT)
         reinterpret_cast<float4*>(rec + R::gC)[i] = reinterpret_cast<const float4*>(Pr::gc(sm))[i];
     }
-    float* sY = reinterpret_cast<float*>(sm + L::hq);   // [64][PS] over QFin, KFo (2 dead fp16 tiles)
-    float* sU = reinterpret_cast<float*>(sm + L::t32);  // [64][PS] over T, A (2 [64][PF] fp32 tiles, A
+    float* sY = reinterpret_cast<float*>(sm + L::hq);   // [64][D] over QFin, KFo (2 dead fp16 tiles)
+    float* sU = reinterpret_cast<float*>(sm + L::t32);  // [64][D] over T, A (2 [64][PF] fp32 tiles, A
                                                         // read above: ordered by the barrier after Y)
-    static_assert(L::hk == L::hq + L::TILE && 2 * L::TILE == kC * PS * 4, "Y staging");
-    static_assert(L::a32 == L::t32 + kC * PF * 4 && kC * PS * 4 <= 2 * kC * PF * 4 && L::vec == L::a32 + kC * PF * 4,
+    static_assert(L::hk == L::hq + L::HTILE && 2 * L::HTILE == kC * D * 4, "Y staging");
+    static_assert(L::a32 == L::t32 + kC * PF * 4 && kC * D * 4 <= 2 * kC * PF * 4 && L::vec == L::a32 + kC * PF * 4,
                   "U staging");
     {  // Y = A Ē = Σ_blocks γ_f ⊙ (A[:, block] Ē'[block])
       float acc[D / 16][4] = {};
@@ -167,14 +171,14 @@ __global__ void __launch_bounds__(detail::kThreads, 1) prep16_kernel(const Backw
     __syncthreads();
     {
       float acc[D / 16][4] = {};
-      Pr::apply_a(sm, reinterpret_cast<const __half*>(sm + L::rv), acc);
+      Pr::template apply_a<false, true>(sm, reinterpret_cast<const __half*>(sm + L::rv), acc);
       stage(acc, sU);
     }
     __syncthreads();
     for (int i = tid; i < 2 * kC * D / 4; i += NT) {  // Y, U → record, 16-byte stores
       const int m = i / (kC * D / 4), r = (i / (D / 4)) % kC, c = 4 * (i % (D / 4));
       *reinterpret_cast<float4*>(rec + (m ? R::U : R::Y) + r * D + c) =
-          *reinterpret_cast<const float4*>((m ? sU : sY) + r * PS + c);
+          *reinterpret_cast<const float4*>((m ? sU : sY) + st_at(r, c));
     }
     // (the next item's first barrier orders these reads before its writes)
   }
@@ -188,7 +192,10 @@ cudaError_t launch_prep16_k(const BackwardParams& p, cudaStream_t st) {
   cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (e != cudaSuccess) return e;
   const long long items = p.total_chunks * p.Hv, sms = p.num_sms > 0 ? p.num_sms : 132;
-  kern<<<unsigned(items < sms ? items : sms), detail::kThreads, smem, st>>>(p, loader_params(p));
+  ForwardParams fp = loader_params(p);
+  fp.K = D;
+  encode_input_maps(fp, GATES == 0, DECAY == 0);  // q, k, b, g tiles by tensor maps when possible
+  kern<<<unsigned(items < sms ? items : sms), detail::kThreads, smem, st>>>(p, fp);
   return cudaGetLastError();
 }
 

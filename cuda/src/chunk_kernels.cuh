@@ -9,7 +9,7 @@
 //              e_r    = exp(g_r)
 //            (Fin, Fout as running products of e within the sub-block: one exponential
 //            per element), written as fp16 operands  QFin = scale·q⊙Fin, BkFin = b⊙k⊙Fin,
-//            KFo = k⊙Fout.
+//            KFo = k⊙Fout (operand tiles in the 128-byte-swizzle layout of wgmma, swz128).
 //   Grams    T (strict) and Aqk (with diagonal): off-diagonal 16×16 blocks are tensor-
 //            core products with an anchor between the blocks (the right operand gets the
 //            bridge exp(G_{a_i} − G_{e_j}) <= 1); diagonal blocks are exact running
@@ -20,12 +20,15 @@
 //            Ktail = k⊙exp(G_C − G_r) in place.
 // The state pass then runs per warp on 16 value columns with the state transposed in
 // registers (Sᵀ, fp32, in the mma accumulator layout, which is also the A-operand
-// layout of the next product):
+// layout of the next product); the products with Y, Qγ and Ktail are warpgroup MMAs
+// (wgmma: four warps, 64 value columns, B operands read once per warpgroup) wherever
+// the owner warps form whole warpgroups:
 //   Uᵀ = Zᵀ Aᵀ (Z = w⊙v),  Rᵀ = Uᵀ − S0ᵀ Yᵀ,  Oᵀ = S0ᵀ Qγᵀ + Rᵀ Aqkᵀ,
 //   Sᵀ ← Sᵀ Diag(γ_C) + Rᵀ Ktail.
 // Engines built from these pieces:
 //   fused  one block per (sequence, value head) walks its chunks: prep + state pass,
-//          the next chunk's inputs prefetched (cp.async) while the current one computes.
+//          the next chunk's q, k, b, g prefetched (tensor-map copies, TMA) while the
+//          current one computes.
 //   split  a persistent prep kernel writes one record per (chunk, head) to the
 //          workspace; a state-pass kernel per (sequence, head, value slice) streams them.
 #pragma once
@@ -60,15 +63,18 @@ __device__ __forceinline__ void gdr2_fwd_mark(int id) {
 /// Shared-memory map of the prep (and fused) kernels. Byte offsets.
 template <int D, bool CH_DECAY, bool CH_GATES, bool WITH_V>
 struct PrepLayout {
-  static constexpr int PH = D + 8;  // pitch (elements) of [64][D] 16-bit tiles
+  static constexpr int PH = D + 8;  // pitch (elements) of [64][D] 16-bit tiles read by ldmatrix
+  static constexpr int PR = D;      // pitch of the raw q, k, b, g tiles (dense: tensor-map copies)
   static constexpr int PC = 72;     // pitch of [64][64] fp16 tiles
   static constexpr int PF = 68;     // pitch of [64][64] fp32 tiles (16-byte rows)
   static constexpr int TILE = kC * PH * 2;
+  static constexpr int RAW = kC * PR * 2;
+  static constexpr int HTILE = kC * D * 2;  // an operand tile he, hq, hk (swz128 layout, 1024-aligned)
   static constexpr int QUAD = 3 * 4 * 8 * PH * 2;  // quadrant operands qBk, qQ, qK: [4][8][PH] fp16 each
   static constexpr int rq = 0;
-  static constexpr int rk = rq + TILE;
-  static constexpr int rb = rk + TILE;  // b tile, or β as 64 floats
-  static constexpr int rg = rb + (CH_GATES ? TILE : 256);  // g (then e = exp g), fp32
+  static constexpr int rk = rq + RAW;
+  static constexpr int rb = rk + RAW;  // b tile, or β as 64 floats
+  static constexpr int rg = rb + (CH_GATES ? RAW : 256);  // g (then e = exp g), fp32
   static constexpr int rv = rg + (CH_DECAY ? kC * D * 4 : 256);
   static constexpr int rw = rv + (WITH_V ? TILE : 0);
   static constexpr int after_v = rw + ((WITH_V && CH_GATES) ? TILE : 0);
@@ -76,15 +82,16 @@ struct PrepLayout {
   // tiles exist they share their space (v, w are then loaded after the Grams).
   static constexpr bool QUAD_ALIAS = WITH_V && CH_GATES;
   static constexpr int quad = QUAD_ALIAS ? rv : after_v;
-  static constexpr int hq = QUAD_ALIAS ? after_v : after_v + QUAD;  // QFin → Qγ
-  static constexpr int hk = hq + TILE;                                // KFo → Ktail
-  static constexpr int he = hk + TILE;                                // BkFin → Y
-  static constexpr int a16 = he + TILE;
+  static constexpr int hq = ((QUAD_ALIAS ? after_v : after_v + QUAD) + 1023) / 1024 * 1024;  // QFin → Qγ
+  static constexpr int hk = hq + HTILE;                                                    // KFo → Ktail
+  static constexpr int he = hk + HTILE;                                                    // BkFin → Y
+  static constexpr int a16 = he + HTILE;
   static constexpr int aqk16 = a16 + kC * PC * 2;
   static constexpr int t32 = aqk16 + kC * PC * 2;  // T (fp32); later: output staging
   static constexpr int a32 = t32 + kC * PF * 4;    // A (fp32)
   static constexpr int vec = a32 + kC * PF * 4;    // ga[4][D], tf[4][D], br[3][D], gc[D]
-  static constexpr int bytes = vec + 12 * D * 4;
+  static constexpr int bar = vec + 12 * D * 4;     // mbarrier of the q, k, b, g tile copies
+  static constexpr int bytes = bar + 16;
   static_assert(!QUAD_ALIAS || QUAD <= 2 * TILE, "quadrant operands must fit in the v, w tiles");
   static_assert(bytes <= 232448, "prep shared memory exceeds 227 KB");
 };
@@ -140,8 +147,11 @@ struct Prep {
   static constexpr bool CH_DECAY = DECAY == 0;
   static constexpr bool CH_GATES = GATES == 0;
   using L = PrepLayout<D, CH_DECAY, CH_GATES, WITH_V>;
-  static constexpr int PH = L::PH, PC = L::PC, PF = L::PF;
+  static constexpr int PH = L::PH, PR = L::PR, PC = L::PC, PF = L::PF;
 
+  /// Element offset of (row r, channel c) in an operand tile he, hq, hk ([64][D] fp16):
+  /// swz128(r, c), the 128-byte-swizzle layout of wgmma operands (device_common.cuh).
+  static __device__ __forceinline__ int hx(int r, int c) { return swz128(r, c); }
   static __device__ float* ga(char* sm) { return reinterpret_cast<float*>(sm + L::vec); }
   static __device__ float* tf(char* sm) { return reinterpret_cast<float*>(sm + L::vec) + 4 * D; }
   static __device__ float* br(char* sm) { return reinterpret_cast<float*>(sm + L::vec) + 8 * D; }
@@ -221,11 +231,11 @@ struct Prep {
         const float2 v = G2(r);
         ex[rr] = make_float2(ex2_nonpos(v.x), ex2_nonpos(v.y));
         fin = make_float2(fin.x * ex[rr].x, fin.y * ex[rr].y);
-        const float2 q2 = load2(q + r * PH + d), k2 = load2(k + r * PH + d);
-        const float2 b2 = CH_GATES ? load2(bt + r * PH + d) : make_float2(beta[r], beta[r]);
+        const float2 q2 = load2(q + r * PR + d), k2 = load2(k + r * PR + d);
+        const float2 b2 = CH_GATES ? load2(bt + r * PR + d) : make_float2(beta[r], beta[r]);
         const float2 bk = make_float2(b2.x * k2.x, b2.y * k2.y), qs = make_float2(scale * q2.x, scale * q2.y);
-        *reinterpret_cast<__half2*>(hq + r * PH + d) = h2(qs.x * fin.x, qs.y * fin.y);
-        *reinterpret_cast<__half2*>(he + r * PH + d) = h2(bk.x * fin.x, bk.y * fin.y);
+        *reinterpret_cast<__half2*>(hq + hx(r, d)) = h2(qs.x * fin.x, qs.y * fin.y);
+        *reinterpret_cast<__half2*>(he + hx(r, d)) = h2(bk.x * fin.x, bk.y * fin.y);
         if (rr >= 8) {  // left operands of the 8×8 quadrant, anchored at row 7 of the block
           ql = make_float2(ql.x * ex[rr].x, ql.y * ex[rr].y);
           const int qi = (j * 8 + rr - 8) * PH + d;
@@ -237,8 +247,8 @@ struct Prep {
 #pragma unroll
       for (int rr = 15; rr >= 0; --rr) {
         const int r = j * 16 + rr;
-        const float2 k2 = load2(k + r * PH + d);
-        *reinterpret_cast<__half2*>(hk + r * PH + d) = h2(k2.x * fout.x, k2.y * fout.y);
+        const float2 k2 = load2(k + r * PR + d);
+        *reinterpret_cast<__half2*>(hk + hx(r, d)) = h2(k2.x * fout.x, k2.y * fout.y);
         fout = make_float2(fout.x * ex[rr].x, fout.y * ex[rr].y);
         if (rr < 8) {  // right operands of the quadrant
           *reinterpret_cast<__half2*>(qk(sm) + (j * 8 + rr) * PH + d) = h2(k2.x * qr.x, k2.y * qr.y);
@@ -283,9 +293,9 @@ struct Prep {
 #pragma unroll
       for (int kc = 0; kc < D / 16; ++kc) {
         std::uint32_t aT[4], aQ[4], b[4];
-        ldsm_x4(aT, he + (16 * i + lrow_a(lane)) * PH + 16 * kc + lcol_a(lane));
-        ldsm_x4(aQ, hq + (16 * i + lrow_a(lane)) * PH + 16 * kc + lcol_a(lane));
-        ldsm_x4(b, hk + (16 * j + lrow_bn(lane)) * PH + 16 * kc + lcol_bn(lane));
+        ldsm_x4(aT, he + hx(16 * i + lrow_a(lane), 16 * kc + lcol_a(lane)));
+        ldsm_x4(aQ, hq + hx(16 * i + lrow_a(lane), 16 * kc + lcol_a(lane)));
+        ldsm_x4(b, hk + hx(16 * j + lrow_bn(lane), 16 * kc + lcol_bn(lane)));
         if (P) {
           const int k0 = 16 * kc + 2 * q4;
           const std::uint32_t pl = pack_half2(P[k0], P[k0 + 1]), ph = pack_half2(P[k0 + 8], P[k0 + 9]);
@@ -354,14 +364,14 @@ struct Prep {
 #pragma unroll
         for (int m = 0; m < NM; ++m) {
           const int c = chan(m);
-          const float4 kr = load4(k + row * PH + c);
+          const float4 kr = load4(k + row * PR + c);
           if (CH_GATES) {
-            const float4 bb = load4(bt + row * PH + c);
+            const float4 bb = load4(bt + row * PR + c);
             bk[m] = make_float4(bb.x * kr.x, bb.y * kr.y, bb.z * kr.z, bb.w * kr.w);
           } else {
             bk[m] = make_float4(brow * kr.x, brow * kr.y, brow * kr.z, brow * kr.w);
           }
-          qr[m] = load4(q + row * PH + c);
+          qr[m] = load4(q + row * PR + c);
           P[m] = make_float4(1.f, 1.f, 1.f, 1.f);
         }
       };
@@ -382,7 +392,7 @@ struct Prep {
 #pragma unroll
         for (int m = 0; m < NM; ++m) {
           const int c = chan(m);
-          const float4 ks = load4(k + srow * PH + c);
+          const float4 ks = load4(k + srow * PR + c);
           const float4 x = make_float4(ks.x * P[m].x, ks.y * P[m].y, ks.z * P[m].z, ks.w * P[m].w);
           aT = fmaf(bk[m].w, x.w, fmaf(bk[m].z, x.z, fmaf(bk[m].y, x.y, fmaf(bk[m].x, x.x, aT))));
           aA = fmaf(qr[m].w, x.w, fmaf(qr[m].z, x.z, fmaf(qr[m].y, x.y, fmaf(qr[m].x, x.x, aA))));
@@ -471,9 +481,9 @@ struct Prep {
       const float4 g0 = gp[0], g1 = gp[1], t0 = tp[0], t1 = tp[1];
       const float gv[8] = {g0.x, g0.y, g0.z, g0.w, g1.x, g1.y, g1.z, g1.w};
       const float tv[8] = {t0.x, t0.y, t0.z, t0.w, t1.x, t1.y, t1.z, t1.w};
-      uint4* pe = reinterpret_cast<uint4*>(he + r * PH + c);
-      uint4* pq = reinterpret_cast<uint4*>(hq + r * PH + c);
-      uint4* pk = reinterpret_cast<uint4*>(hk + r * PH + c);
+      uint4* pe = reinterpret_cast<uint4*>(he + hx(r, c));
+      uint4* pq = reinterpret_cast<uint4*>(hq + hx(r, c));
+      uint4* pk = reinterpret_cast<uint4*>(hk + hx(r, c));
       uint4 ve = *pe, vq = *pq, vk = *pk;
       std::uint32_t* ue = &ve.x;
       std::uint32_t* uq = &vq.x;
@@ -543,10 +553,11 @@ struct Prep {
   }
 
   /// acc += A·X for this warp's tile: rows 16·(w/2).., channel half w%2 (acc[nt] holds
-  /// columns (w%2)·D/2 + 8·nt.., the mma accumulator layout). X: [64][PH] fp16, rows = tokens.
+  /// columns (w%2)·D/2 + 8·nt.., the mma accumulator layout). X: [64][D] fp16, rows =
+  /// tokens, an operand tile (hx layout) or, with X_PADDED, rows of pitch PH.
   /// SCALED: acc += Σ_b diag(scale[b][:]) applied to A[:, block b]·X[block b] (fp32 per
   /// 16-row block b and column: X then keeps only each block's relative magnitudes).
-  template <bool SCALED = false>
+  template <bool SCALED = false, bool X_PADDED = false>
   static __device__ void apply_a(const char* sm, const __half* x, float (&acc)[D / 16][4],
                                  const float* scale = nullptr) {
     const int w = threadIdx.x >> 5, lane = threadIdx.x & 31, mt = w >> 1, nh = w & 1, q4 = lane & 3;
@@ -561,7 +572,8 @@ struct Prep {
 #pragma unroll
         for (int np = 0; np < D / 32; ++np) {
           std::uint32_t b[4];
-          ldsm_x4_t(b, x + (16 * ks + lrow_a(lane)) * PH + nh * (D / 2) + 16 * np + lcol_a(lane));
+          const int xr = 16 * ks + lrow_a(lane), xc = nh * (D / 2) + 16 * np + lcol_a(lane);
+          ldsm_x4_t(b, x + (X_PADDED ? xr * PH + xc : hx(xr, xc)));
           mma16816(dst[2 * np], a, b[0], b[1]);
           mma16816(dst[2 * np + 1], a, b[2], b[3]);
         }
@@ -594,7 +606,7 @@ struct Prep {
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         const int row = 16 * mt + g8 + 8 * h;
-        *reinterpret_cast<__half2*>(he + row * PH + col) = __floats2half2_rn(acc[nt][2 * h], acc[nt][2 * h + 1]);
+        *reinterpret_cast<__half2*>(he + hx(row, col)) = __floats2half2_rn(acc[nt][2 * h], acc[nt][2 * h + 1]);
       }
     }
     __syncthreads();
@@ -605,13 +617,19 @@ struct Prep {
 // =====================================================================================
 // State pass of one chunk for one warp: 16 value columns, state Sᵀ in registers.
 // =====================================================================================
-/// Address of element (row, col) of a 16-bit tile, col a multiple of 8. Padded tiles: `ld`
-/// is the row pitch in elements. Swizzled tiles (the workspace records): `ld` is the number
-/// of 16-byte chunks per row and chunk c of row r sits at position c ^ (r & 7).
-template <bool SWZ>
+/// Layouts of the 16-bit tiles the state pass reads.
+///   padded  `ld` is the row pitch in elements
+///   record  the workspace records: `ld` 16-byte chunks per row, chunk c of row r at c ^ (r & 7)
+///   swz128  the prep's operand tiles (swz128, device_common.cuh; `ld` unused)
+enum class TileLayout { padded, record, swz128 };
+
+/// Address of element (row, col) of a 16-bit tile, col a multiple of 8.
+template <TileLayout TL>
 __device__ __forceinline__ const __half* tile_at(const __half* base, int ld, int row, int col) {
-  if constexpr (SWZ)
+  if constexpr (TL == TileLayout::record)
     return base + ((row * ld + ((col >> 3) ^ (row & 7))) << 3);
+  else if constexpr (TL == TileLayout::swz128)
+    return base + swz128(row, col);
   else
     return base + row * ld + col;
 }
@@ -631,7 +649,21 @@ struct StepInputs {
   int pv, vcol;
 };
 
-template <class Tin, int D, bool SWZ>
+/// wgmma descriptors of the swz128 operand tiles Y, Qγ, Ktail ([64 tokens][D], atoms of 64
+/// channels 8 KB apart, 8-row groups 1024 B apart): as B = Xᵀ (K = channels, K-contiguous)
+/// for channels 16·kc.., and as B = X (K = tokens, N = channels contiguous) for tokens 16·ks..
+__device__ __forceinline__ std::uint64_t desc_channels(const __half* x, int kc) {
+  return wgmma_desc(x + (kc >> 2) * (64 * 64) + (kc & 3) * 16, 16, 1024);
+}
+__device__ __forceinline__ std::uint64_t desc_tokens(const __half* x, int ks) {
+  return wgmma_desc(x + ks * 16 * 64, kWgmmaMnLbo, kWgmmaMnSbo);
+}
+
+/// HL: layout of Y, Qγ, Ktail; AL: layout of A, Aqk. WG: the products with Y, Qγ and
+/// Ktail as warpgroup MMAs (HL = swz128; the owner warps form whole warpgroups, warp w of
+/// a group holding its rows 16·(w mod 4).. of the group's 64 value columns): the operand
+/// tiles are read once per warpgroup instead of once per warp.
+template <class Tin, int D, TileLayout HL, TileLayout AL, bool WG = false>
 __device__ __forceinline__ void state_step(float (&S)[D / 8][4], const StepInputs& in, int n, void* stage,
                                            Tin* out, long long out_tstride, int lane) {
   const int g8 = lane >> 2, q4 = lane & 3;
@@ -665,7 +697,7 @@ __device__ __forceinline__ void state_step(float (&S)[D / 8][4], const StepInput
     for (int np = 0; np < 4; ++np) {
       if (np >= ks) {
         std::uint32_t b[4];
-        ldsm_x4(b, tile_at<SWZ>(in.A, in.pc, 16 * np + lrow_bn(lane), 16 * ks + lcol_bn(lane)));
+        ldsm_x4(b, tile_at<AL>(in.A, in.pc, 16 * np + lrow_bn(lane), 16 * ks + lcol_bn(lane)));
         mma16816(R[2 * np], z, b[0], b[1]);
         mma16816(R[2 * np + 1], z, b[2], b[3]);
       }
@@ -673,24 +705,43 @@ __device__ __forceinline__ void state_step(float (&S)[D / 8][4], const StepInput
   }
   // Rᵀ −= S0ᵀ Yᵀ ;  Oᵀ = S0ᵀ Qγᵀ
   float O[8][4] = {};
+  if constexpr (WG) {
+    static_assert(HL == TileLayout::swz128, "warpgroup MMAs read swz128 tiles");
+    std::uint32_t sa[D / 16][4];
 #pragma unroll
-  for (int kc = 0; kc < D / 16; ++kc) {
-    std::uint32_t a[4], an[4];
-    a[0] = pack_half2(S[2 * kc][0], S[2 * kc][1]);
-    a[1] = pack_half2(S[2 * kc][2], S[2 * kc][3]);
-    a[2] = pack_half2(S[2 * kc + 1][0], S[2 * kc + 1][1]);
-    a[3] = pack_half2(S[2 * kc + 1][2], S[2 * kc + 1][3]);
+    for (int kc = 0; kc < D / 16; ++kc) {
+      sa[kc][0] = pack_half2(S[2 * kc][0], S[2 * kc][1]);
+      sa[kc][1] = pack_half2(S[2 * kc][2], S[2 * kc][3]);
+      sa[kc][2] = pack_half2(S[2 * kc + 1][0], S[2 * kc + 1][1]);
+      sa[kc][3] = pack_half2(S[2 * kc + 1][2], S[2 * kc + 1][3]);
+    }
+    wgmma_fence();
 #pragma unroll
-    for (int i = 0; i < 4; ++i) an[i] = hneg2_u32(a[i]);
+    for (int kc = 0; kc < D / 16; ++kc) wgmma_f16<64, 0>(R, sa[kc], desc_channels(in.Y, kc), true);
 #pragma unroll
-    for (int np = 0; np < 4; ++np) {
-      std::uint32_t b[4];
-      ldsm_x4(b, tile_at<SWZ>(in.Y, in.ph, 16 * np + lrow_bn(lane), 16 * kc + lcol_bn(lane)));
-      mma16816(R[2 * np], an, b[0], b[1]);
-      mma16816(R[2 * np + 1], an, b[2], b[3]);
-      ldsm_x4(b, tile_at<SWZ>(in.Qg, in.ph, 16 * np + lrow_bn(lane), 16 * kc + lcol_bn(lane)));
-      mma16816(O[2 * np], a, b[0], b[1]);
-      mma16816(O[2 * np + 1], a, b[2], b[3]);
+    for (int kc = 0; kc < D / 16; ++kc) wgmma_f16<64, 0>(O, sa[kc], desc_channels(in.Qg, kc), false);
+    wgmma_commit();
+    wgmma_wait_all();
+  } else {
+#pragma unroll
+    for (int kc = 0; kc < D / 16; ++kc) {
+      std::uint32_t a[4], an[4];
+      a[0] = pack_half2(S[2 * kc][0], S[2 * kc][1]);
+      a[1] = pack_half2(S[2 * kc][2], S[2 * kc][3]);
+      a[2] = pack_half2(S[2 * kc + 1][0], S[2 * kc + 1][1]);
+      a[3] = pack_half2(S[2 * kc + 1][2], S[2 * kc + 1][3]);
+#pragma unroll
+      for (int i = 0; i < 4; ++i) an[i] = hneg2_u32(a[i]);
+#pragma unroll
+      for (int np = 0; np < 4; ++np) {
+        std::uint32_t b[4];
+        ldsm_x4(b, tile_at<HL>(in.Y, in.ph, 16 * np + lrow_bn(lane), 16 * kc + lcol_bn(lane)));
+        mma16816(R[2 * np], an, b[0], b[1]);
+        mma16816(R[2 * np + 1], an, b[2], b[3]);
+        ldsm_x4(b, tile_at<HL>(in.Qg, in.ph, 16 * np + lrow_bn(lane), 16 * kc + lcol_bn(lane)));
+        mma16816(O[2 * np], a, b[0], b[1]);
+        mma16816(O[2 * np + 1], a, b[2], b[3]);
+      }
     }
   }
   // Rᵀ as fp16 A operands (k = tokens)
@@ -709,7 +760,7 @@ __device__ __forceinline__ void state_step(float (&S)[D / 8][4], const StepInput
     for (int np = 0; np < 4; ++np) {
       if (np >= ks) {
         std::uint32_t b[4];
-        ldsm_x4(b, tile_at<SWZ>(in.Aqk, in.pc, 16 * np + lrow_bn(lane), 16 * ks + lcol_bn(lane)));
+        ldsm_x4(b, tile_at<AL>(in.Aqk, in.pc, 16 * np + lrow_bn(lane), 16 * ks + lcol_bn(lane)));
         mma16816(O[2 * np], rf[ks], b[0], b[1]);
         mma16816(O[2 * np + 1], rf[ks], b[2], b[3]);
       }
@@ -724,14 +775,22 @@ __device__ __forceinline__ void state_step(float (&S)[D / 8][4], const StepInput
     S[nt][2] *= gcv.x;
     S[nt][3] *= gcv.y;
   }
+  if constexpr (WG) {
+    wgmma_fence();
 #pragma unroll
-  for (int ks = 0; ks < 4; ++ks) {
+    for (int ks = 0; ks < 4; ++ks) wgmma_f16<D, 1>(S, rf[ks], desc_tokens(in.Kt, ks), false);
+    wgmma_commit();
+    wgmma_wait_all();
+  } else {
 #pragma unroll
-    for (int cp = 0; cp < D / 16; ++cp) {
-      std::uint32_t b[4];
-      ldsm_x4_t(b, tile_at<SWZ>(in.Kt, in.ph, 16 * ks + lrow_a(lane), 16 * cp + lcol_a(lane)));
-      mma16816(S[2 * cp], rf[ks], b[0], b[1]);
-      mma16816(S[2 * cp + 1], rf[ks], b[2], b[3]);
+    for (int ks = 0; ks < 4; ++ks) {
+#pragma unroll
+      for (int cp = 0; cp < D / 16; ++cp) {
+        std::uint32_t b[4];
+        ldsm_x4_t(b, tile_at<HL>(in.Kt, in.ph, 16 * ks + lrow_a(lane), 16 * cp + lcol_a(lane)));
+        mma16816(S[2 * cp], rf[ks], b[0], b[1]);
+        mma16816(S[2 * cp + 1], rf[ks], b[2], b[3]);
+      }
     }
   }
   // output: stage [64 tokens][16 columns] then 16-byte stores of the valid rows
@@ -791,39 +850,92 @@ __device__ __forceinline__ void store_state(const float (&S)[D / 8][4], float* s
 
 // =====================================================================================
 // Input loading for one chunk of (sequence span, value head): group A = q, k, b|β, g;
-// group B = v, w. 16-byte cp.async for tiles; per-token scalars through registers.
+// group B = v, w. Group A's tiles by tensor-map copies (TMA: one instruction per tile,
+// issued by thread 0, completing an mbarrier) when p.tma, else by 16-byte cp.async from
+// every thread; group B by cp.async (its tiles are padded for the state pass's ldmatrix);
+// per-token scalars (β, scalar g) through registers.
+// Protocol per chunk: issue_a · cp_async_commit ... wait_a · __syncthreads ... issue_b ·
+// cp_async_commit ... cp_async_wait. Group A's waits must follow its issues one for one.
 // =====================================================================================
 template <int DECAY, int GATES, class Tin, int D, bool WITH_V>
 struct ChunkLoader {
   using L = PrepLayout<D, DECAY == 0, GATES == 0, WITH_V>;
+  static constexpr int kBytesA = kC * D * (2 * sizeof(Tin) + (GATES == 0 ? sizeof(Tin) : 0) + (DECAY == 0 ? 4 : 0));
   float pre_beta = 0.f, pre_g = 0.f;  // per-token scalars in flight (threads < 64)
+  bool tma = false;
+  std::uint32_t waits = 0;  // group-A copies waited for (the mbarrier's phase parity)
+
+  /// With tensor maps: thread 0 sets up the mbarrier. Ends synchronised.
+  __device__ void init(const ForwardParams& p, char* sm) {
+    tma = p.tma != 0;
+    if (tma && threadIdx.x == 0) mbar_init(sm + L::bar, 1);
+    __syncthreads();
+  }
 
   __device__ void issue_a(const ForwardParams& p, char* sm, int batch, int t0, int len, int hv) {
     const int tid = threadIdx.x;
     const int hk = hv / p.group;
-    load_rows<D * 2>(sm + L::rq, L::PH * 2, reinterpret_cast<const char*>(row_ptr<Tin>(p.q, p.sq, batch, t0, hk)),
-                     p.sq.t * 2, len, tid, kThreads);
-    load_rows<D * 2>(sm + L::rk, L::PH * 2, reinterpret_cast<const char*>(row_ptr<Tin>(p.k, p.sk, batch, t0, hk)),
-                     p.sk.t * 2, len, tid, kThreads);
-    if (GATES == 0) {
-      const int hb = gate_head(hv, p.hg_b, p.Hv);
-      load_rows<D * 2>(sm + L::rb, L::PH * 2, reinterpret_cast<const char*>(row_ptr<Tin>(p.b, p.sb, batch, t0, hb)),
-                       p.sb.t * 2, len, tid, kThreads);
-    } else if (tid < kC) {
-      const int hb = gate_head(hv, p.hg_beta, p.Hv);
-      pre_beta = tid < len ? In16<Tin>::to_float(*row_ptr<Tin>(p.beta, p.sbeta, batch, t0 + tid, hb)) : 0.f;
-    }
+    const int hb = gate_head(hv, GATES == 0 ? p.hg_b : p.hg_beta, p.Hv);
     const int hgg = gate_head(hv, p.hg_g, p.Hv);
-    if (DECAY == 0) {
-      load_rows<D * 4>(sm + L::rg, D * 4, reinterpret_cast<const char*>(row_ptr<float>(p.g, p.sg, batch, t0, hgg)),
-                       p.sg.t * 4, len, tid, kThreads);
-    } else if (tid < kC) {
-      pre_g = tid < len ? *row_ptr<float>(p.g, p.sg, batch, t0 + tid, hgg) : 0.f;
+    if (tma) {
+      if (tid == 0) {
+        // every thread's generic accesses to these tiles precede this by a barrier; the
+        // proxy fence orders them before the copy engine's writes
+        fence_proxy_async();
+        void* bar = sm + L::bar;
+        mbar_expect_tx(bar, kBytesA);
+        auto tile = [&](int off, int map, int head) {
+          const TileMap& m = p.maps[map];
+          const int x[3] = {t0, head, batch};
+          tma_load_4d(sm + off, m.desc, 0, x[m.dim[0]], x[m.dim[1]], x[m.dim[2]], bar);
+        };
+        tile(L::rq, kMapQ, hk);
+        tile(L::rk, kMapK, hk);
+        if (GATES == 0) tile(L::rb, kMapB, hb);
+        if (DECAY == 0) tile(L::rg, kMapG, hgg);
+      }
+    } else {
+      load_rows<D * 2>(sm + L::rq, L::PR * 2, reinterpret_cast<const char*>(row_ptr<Tin>(p.q, p.sq, batch, t0, hk)),
+                       p.sq.t * 2, len, tid, kThreads);
+      load_rows<D * 2>(sm + L::rk, L::PR * 2, reinterpret_cast<const char*>(row_ptr<Tin>(p.k, p.sk, batch, t0, hk)),
+                       p.sk.t * 2, len, tid, kThreads);
+      if (GATES == 0)
+        load_rows<D * 2>(sm + L::rb, L::PR * 2, reinterpret_cast<const char*>(row_ptr<Tin>(p.b, p.sb, batch, t0, hb)),
+                         p.sb.t * 2, len, tid, kThreads);
+      if (DECAY == 0)
+        load_rows<D * 4>(sm + L::rg, D * 4, reinterpret_cast<const char*>(row_ptr<float>(p.g, p.sg, batch, t0, hgg)),
+                         p.sg.t * 4, len, tid, kThreads);
     }
+    if (GATES == 1 && tid < kC)
+      pre_beta = tid < len ? In16<Tin>::to_float(*row_ptr<Tin>(p.beta, p.sbeta, batch, t0 + tid, hb)) : 0.f;
+    if (DECAY == 1 && tid < kC) pre_g = tid < len ? *row_ptr<float>(p.g, p.sg, batch, t0 + tid, hgg) : 0.f;
   }
-  /// Move the per-token scalars into shared memory (after the wait, before the sync).
-  __device__ void land_a(char* sm) {
+  /// Wait for group A of the chunk of `len` tokens; rows >= len zeroed (a tile copy reads
+  /// whole boxes: past a packed sequence's end come the next one's tokens), the per-token
+  /// scalars moved into shared memory. Follow with __syncthreads.
+  __device__ void wait_a(char* sm, int len) {
     const int tid = threadIdx.x;
+    if (tma) {
+      mbar_wait(sm + L::bar, waits & 1);
+      ++waits;
+      if (len < kC) {
+        constexpr int CR = D * 2 / 16;  // 16-byte pieces per 16-bit row (fp32 g: 2·CR)
+        const int nz = (kC - len) * CR;
+        const uint4 z = make_uint4(0u, 0u, 0u, 0u);
+        for (int i = tid; i < nz; i += kThreads) {
+          const int off = len * D * 2 + i * 16;
+          *reinterpret_cast<uint4*>(sm + L::rq + off) = z;
+          *reinterpret_cast<uint4*>(sm + L::rk + off) = z;
+          if (GATES == 0) *reinterpret_cast<uint4*>(sm + L::rb + off) = z;
+          if (DECAY == 0) {
+            *reinterpret_cast<uint4*>(sm + L::rg + 2 * len * D * 2 + 2 * i * 16) = z;
+            *reinterpret_cast<uint4*>(sm + L::rg + 2 * len * D * 2 + 2 * i * 16 + 16) = z;
+          }
+        }
+      }
+    } else {
+      cp_async_wait<0>();
+    }
     if (tid < kC) {
       if (GATES == 1) reinterpret_cast<float*>(sm + L::rb)[tid] = pre_beta;
       if (DECAY == 1) reinterpret_cast<float*>(sm + L::rg)[tid] = pre_g;
@@ -845,10 +957,10 @@ struct ChunkLoader {
 // Fused kernel: one block per (sequence, value head).
 // =====================================================================================
 template <int DECAY, int GATES, class Tin, int D>
-__global__ void __launch_bounds__(kThreads, 1) fused_forward_kernel(const ForwardParams p) {
+__global__ void __launch_bounds__(kThreads, 1) fused_forward_kernel(const __grid_constant__ ForwardParams p) {
   using P = Prep<DECAY, GATES, Tin, D, true>;
   using L = typename P::L;
-  extern __shared__ __align__(128) char sm[];
+  extern __shared__ __align__(1024) char sm[];
   const int n = blockIdx.x / p.Hv, hv = blockIdx.x % p.Hv;
   const int slot = seq_slot(p, n);
   if (slot < 0) return;
@@ -859,6 +971,7 @@ __global__ void __launch_bounds__(kThreads, 1) fused_forward_kernel(const Forwar
   if (owner) load_state<D>(S, p.s0, p.s0_stride, slot, hv, 16 * w, lane);
   const int nch = (sp.eos - sp.bos + kC - 1) / kC;
   ChunkLoader<DECAY, GATES, Tin, D, true> ld;
+  ld.init(p, sm);
   if (nch > 0) {
     ld.issue_a(p, sm, sp.batch, sp.bos, min(kC, sp.eos - sp.bos), hv);
     cp_async_commit();
@@ -867,7 +980,7 @@ __global__ void __launch_bounds__(kThreads, 1) fused_forward_kernel(const Forwar
   in.Y = reinterpret_cast<const __half*>(sm + L::he);
   in.Qg = reinterpret_cast<const __half*>(sm + L::hq);
   in.Kt = reinterpret_cast<const __half*>(sm + L::hk);
-  in.ph = L::PH;
+  in.ph = 0;  // swz128
   in.A = reinterpret_cast<const __half*>(sm + L::a16);
   in.Aqk = reinterpret_cast<const __half*>(sm + L::aqk16);
   in.pc = L::PC;
@@ -884,8 +997,7 @@ __global__ void __launch_bounds__(kThreads, 1) fused_forward_kernel(const Forwar
 #pragma unroll 1
   for (int c = 0; c < nch; ++c) {
     const int t0 = sp.bos + c * kC, len = min(kC, sp.eos - t0);
-    cp_async_wait<0>();
-    ld.land_a(sm);
+    ld.wait_a(sm, len);
     __syncthreads();
     GDR2_FWD_MARK(c == 0 ? -1 : 0);
     P::gstep(sm, p.scale);
@@ -899,11 +1011,12 @@ __global__ void __launch_bounds__(kThreads, 1) fused_forward_kernel(const Forwar
     cp_async_commit();
     P::solve_and_y(sm);
     cp_async_wait<1>();
+    fence_proxy_async();  // the operand tiles' generic writes, before the warpgroup MMAs read them
     __syncthreads();
     GDR2_FWD_MARK(12);
     if (owner) {
       Tin* out = const_cast<Tin*>(row_ptr<Tin>(p.o, p.so, sp.batch, t0, hv)) + 16 * w;
-      state_step<Tin, D, false>(S, in, len, stage, out, p.so.t, lane);
+      state_step<Tin, D, TileLayout::swz128, TileLayout::padded, true>(S, in, len, stage, out, p.so.t, lane);
     }
     __syncthreads();
     GDR2_FWD_MARK(13);
@@ -916,8 +1029,9 @@ __global__ void __launch_bounds__(kThreads, 1) fused_forward_kernel(const Forwar
 // Split path.
 // =====================================================================================
 /// Record layout in the workspace (also the shared-memory image the state pass copies
-/// with one bulk copy): Y, Qγ, Ktail [64][K] fp16 and A, Aqk [64][64] fp16, each with
-/// 16-byte chunks XOR-swizzled by row (tile_at<true>); γ_C [K] fp32; β [64] fp32 (tied).
+/// with one bulk copy, 1024-byte aligned): Y, Qγ, Ktail [64][K] fp16 as the prep's swz128
+/// operand tiles (byte copies of them), A, Aqk [64][64] fp16 with 16-byte chunks
+/// XOR-swizzled by row (TileLayout::record); γ_C [K] fp32; β [64] fp32 (tied).
 template <int D>
 struct Record {
   static constexpr int y = 0, qg = kC * D * 2, kt = 2 * kC * D * 2, a = 3 * kC * D * 2, aqk = a + kC * kC * 2,
@@ -1008,13 +1122,13 @@ __device__ void prep_body(const ForwardParams& p, char* sm, long long first, lon
     it += stride;
   }
   if (it >= items) return;
+  ld.init(p, sm);
   ld.issue_a(p, sm, batch, t0, len, hv);
   cp_async_commit();
 #pragma unroll 1
   while (it < items) {
     const long long cur = it;
-    cp_async_wait<0>();
-    ld.land_a(sm);
+    ld.wait_a(sm, len);
     __syncthreads();
     GDR2_FWD_MARK(cur == first ? -1 : 0);
     P::gstep(sm, p.scale);
@@ -1029,15 +1143,14 @@ __device__ void prep_body(const ForwardParams& p, char* sm, long long first, lon
     if (it < items) ld.issue_a(p, sm, batch, t0, len, hv);
     cp_async_commit();
     P::solve_and_y(sm);
-    // write the record (swizzled 16-byte chunks)
+    // write the record: the operand tiles as they are, A and Aqk swizzled
     char* rec = static_cast<char*>(p.records) + cur * (long long)rbytes;
-    constexpr int CPR = D * 2 / 16;  // 16-byte pieces per [64][D] row
-    for (int i = tid; i < 3 * kC * CPR; i += kThreads) {
-      const int m = i / (kC * CPR), r = (i / CPR) % kC, c = i % CPR;
+    constexpr int PIECES = kC * D * 2 / 16;  // 16-byte pieces per operand tile
+    for (int i = tid; i < 3 * PIECES; i += kThreads) {
+      const int m = i / PIECES, c = i % PIECES;
       const int src = m == 0 ? L::he : m == 1 ? L::hq : L::hk;
       const int dst = m == 0 ? R::y : m == 1 ? R::qg : R::kt;
-      *reinterpret_cast<uint4*>(rec + dst + (r * CPR + (c ^ (r & 7))) * 16) =
-          *reinterpret_cast<const uint4*>(sm + src + r * L::PH * 2 + c * 16);
+      *reinterpret_cast<uint4*>(rec + dst + c * 16) = *reinterpret_cast<const uint4*>(sm + src + c * 16);
     }
     for (int i = tid; i < 2 * kC * 8; i += kThreads) {
       const int m = i / (kC * 8), r = (i / 8) % kC, c = i % 8;
@@ -1061,8 +1174,8 @@ __device__ void prep_body(const ForwardParams& p, char* sm, long long first, lon
 }
 
 template <int DECAY, int GATES, class Tin, int D>
-__global__ void __launch_bounds__(kThreads, 1) prep_kernel(const ForwardParams p) {
-  extern __shared__ __align__(128) char sm[];
+__global__ void __launch_bounds__(kThreads, 1) prep_kernel(const __grid_constant__ ForwardParams p) {
+  extern __shared__ __align__(1024) char sm[];
   prep_body<DECAY, GATES, Tin, D>(p, sm, blockIdx.x, gridDim.x, nullptr);
 }
 
@@ -1077,7 +1190,7 @@ struct StateLayout {
     rec = 0;
     rv = (rbytes + 127) / 128 * 128;
     rw = rv + kC * pv * 2;
-    stage_bytes = (rw + kC * pv * 2 + 127) / 128 * 128;
+    stage_bytes = (rw + kC * pv * 2 + 1023) / 1024 * 1024;  // records 1024-aligned (swz128 tiles)
     bars = 2 * stage_bytes;
     ostage = bars + 128;
     bytes = ostage + nwarps * kC * 16 * 2;
@@ -1156,7 +1269,7 @@ __device__ void state_body(const ForwardParams& p, char* sm, int n, int hv, int 
     in.Y = reinterpret_cast<const __half*>(st + Ls.rec + R::y);
     in.Qg = reinterpret_cast<const __half*>(st + Ls.rec + R::qg);
     in.Kt = reinterpret_cast<const __half*>(st + Ls.rec + R::kt);
-    in.ph = D / 8;
+    in.ph = 0;  // swz128
     in.A = reinterpret_cast<const __half*>(st + Ls.rec + R::a);
     in.Aqk = reinterpret_cast<const __half*>(st + Ls.rec + R::aqk);
     in.pc = 8;
@@ -1168,7 +1281,12 @@ __device__ void state_body(const ForwardParams& p, char* sm, int n, int hv, int 
     in.vcol = 16 * w;
     const int t0 = sp.bos + c * kC, len = min(kC, sp.eos - t0);
     Tin* out = const_cast<Tin*>(row_ptr<Tin>(p.o, p.so, sp.batch, t0, hv)) + v0 + 16 * w;
-    if (owner) state_step<Tin, D, true>(S, in, len, ostage, out, p.so.t, lane);
+    if (owner) {
+      if (p.vslice >= 64)  // whole warpgroups of owner warps
+        state_step<Tin, D, TileLayout::swz128, TileLayout::record, true>(S, in, len, ostage, out, p.so.t, lane);
+      else
+        state_step<Tin, D, TileLayout::swz128, TileLayout::record, false>(S, in, len, ostage, out, p.so.t, lane);
+    }
     fence_proxy_async();  // this stage is rewritten by a bulk copy after the barrier
     __syncthreads();
   }
@@ -1178,7 +1296,7 @@ __device__ void state_body(const ForwardParams& p, char* sm, int n, int hv, int 
 
 template <int DECAY, int GATES, class Tin, int D>
 __global__ void __launch_bounds__(256) state_kernel(const ForwardParams p) {
-  extern __shared__ __align__(128) char sm[];
+  extern __shared__ __align__(1024) char sm[];
   state_body<DECAY, GATES, Tin, D>(p, sm, blockIdx.x / p.Hv, blockIdx.x % p.Hv, blockIdx.y * p.vslice, nullptr);
 }
 
@@ -1188,8 +1306,8 @@ __global__ void __launch_bounds__(256) state_kernel(const ForwardParams p) {
 /// at most one block per SM and the prep blocks never wait, so every wait is on work that
 /// is running or will run.
 template <int DECAY, int GATES, class Tin, int D>
-__global__ void __launch_bounds__(kThreads, 1) overlapped_kernel(const ForwardParams p) {
-  extern __shared__ __align__(128) char sm[];
+__global__ void __launch_bounds__(kThreads, 1) overlapped_kernel(const __grid_constant__ ForwardParams p) {
+  extern __shared__ __align__(1024) char sm[];
   const int nsl = D / p.vslice, nstate = p.N * p.Hv * nsl;
   const int b = blockIdx.x;
   if (b < nstate) {

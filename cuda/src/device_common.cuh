@@ -66,7 +66,15 @@ __device__ __forceinline__ int lcol_a(int l) { return (l >> 4) * 8; }
 __device__ __forceinline__ int lrow_bn(int l) { return (l & 7) + (l >> 4) * 8; }
 __device__ __forceinline__ int lcol_bn(int l) { return ((l >> 3) & 1) * 8; }
 
-// ---- mbarrier + bulk copy (TMA, 1-D) ----------------------------------------------
+// ---- the 128-byte-swizzle tile layout (wgmma operands; conflict-free ldmatrix rows) ------
+/// Element offset of (row r, column c) in a [rows][C] 16-bit tile stored as C/64 atoms of
+/// [rows][64] (128-byte rows, atoms rows·64 elements apart; here rows = 64), 16-byte pieces
+/// at position (c/8 mod 8) XOR (r mod 8) within the row. The tile must be 1024-byte aligned.
+__device__ __forceinline__ int swz128(int r, int c) {
+  return (c >> 6) * (64 * 64) + r * 64 + ((((c >> 3) & 7) ^ (r & 7)) << 3) + (c & 7);
+}
+
+// ---- mbarrier + bulk copies (TMA: 1-D, tensor map) ---------------------------------
 __device__ __forceinline__ void mbar_init(void* bar, int count) {
   asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_u32(bar)), "r"(count));
   asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
@@ -81,6 +89,16 @@ __device__ __forceinline__ void bulk_g2s(void* dst, const void* src, std::uint32
       "l"(src), "r"(bytes), "r"(smem_u32(bar))
       : "memory");
 }
+/// Tensor-map tile copy (TMA) of one box at coordinates (c0..c3) into shared memory,
+/// completing `bar`'s transaction count. `map`: generic address of a CUtensorMap in the
+/// kernel parameters (__grid_constant__), constant or global memory.
+__device__ __forceinline__ void tma_load_4d(void* dst, const void* map, int c0, int c1, int c2, int c3, void* bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.4d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4, %5}], "
+      "[%6];\n" ::"r"(smem_u32(dst)),
+      "l"(map), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(smem_u32(bar))
+      : "memory");
+}
 __device__ __forceinline__ void mbar_wait(void* bar, std::uint32_t parity) {
   std::uint32_t ok = 0;
   while (!ok) {
@@ -90,6 +108,93 @@ __device__ __forceinline__ void mbar_wait(void* bar, std::uint32_t parity) {
         : "r"(smem_u32(bar)), "r"(parity)
         : "memory");
   }
+}
+
+// ---- wgmma: warpgroup MMA, f32 += f16 (A: registers) × f16 (B: shared memory) ---------
+// A fragments and accumulators of one warp are those of mma.sync m16n8k16 for the warp's
+// 16 rows of the warpgroup's 64 (accumulator column block j = d[j][0..3]).
+/// Shared-memory matrix descriptor of a swz128 operand (128-byte swizzle): start address,
+/// leading- and stride-dimension byte offsets.
+__device__ __forceinline__ std::uint64_t wgmma_desc(const void* p, std::uint32_t lbo, std::uint32_t sbo) {
+  return std::uint64_t((smem_u32(p) & 0x3FFFF) >> 4) | (std::uint64_t((lbo & 0x3FFFF) >> 4) << 16) |
+         (std::uint64_t((sbo & 0x3FFFF) >> 4) << 32) | (std::uint64_t(1) << 62);
+}
+/// Leading / stride byte offsets of an N-contiguous ("MN-major") swz128 B operand: between
+/// 64-column atoms (8 KB: [64 rows][64] tiles) and between 8-row groups (1024 B).
+constexpr std::uint32_t kWgmmaMnLbo = 8192, kWgmmaMnSbo = 1024;
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_wait_all() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
+/// d (m64 × N: this warp's 16 rows) += ±A (m64 × k16) · B (k16 × N), the sign − when `neg`;
+/// TRANS: B stored N-contiguous ("MN-major") instead of K-contiguous.
+template <int N, int TRANS>
+__device__ __forceinline__ void wgmma_f16(float (&d)[N / 8][4], const std::uint32_t (&a)[4], std::uint64_t b,
+                                          bool neg);
+template <>
+__device__ __forceinline__ void wgmma_f16<64, 0>(float (&d)[8][4], const std::uint32_t (&a)[4],
+                                                  std::uint64_t b, bool neg) {
+#define GDR2_WGMMA_64_0(SA)                                          \
+  asm volatile(                                                         \
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {"           \
+      "%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15," \
+      "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31" \
+      "}, {%32,%33,%34,%35}, %36, 1, " SA ", 1, 0;\n"                         \
+      : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]), \
+      "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]), \
+      "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]), \
+      "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3]) \
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b))
+  if (neg)
+    GDR2_WGMMA_64_0("-1");
+  else
+    GDR2_WGMMA_64_0("1");
+#undef GDR2_WGMMA_64_0
+}
+template <>
+__device__ __forceinline__ void wgmma_f16<64, 1>(float (&d)[8][4], const std::uint32_t (&a)[4],
+                                                  std::uint64_t b, bool neg) {
+#define GDR2_WGMMA_64_1(SA)                                          \
+  asm volatile(                                                         \
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {"           \
+      "%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15," \
+      "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31" \
+      "}, {%32,%33,%34,%35}, %36, 1, " SA ", 1, 1;\n"                         \
+      : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]), \
+      "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]), \
+      "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]), \
+      "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3]) \
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b))
+  if (neg)
+    GDR2_WGMMA_64_1("-1");
+  else
+    GDR2_WGMMA_64_1("1");
+#undef GDR2_WGMMA_64_1
+}
+template <>
+__device__ __forceinline__ void wgmma_f16<128, 1>(float (&d)[16][4], const std::uint32_t (&a)[4],
+                                                  std::uint64_t b, bool neg) {
+#define GDR2_WGMMA_128_1(SA)                                          \
+  asm volatile(                                                         \
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {"           \
+      "%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15," \
+      "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31," \
+      "%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47," \
+      "%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63" \
+      "}, {%64,%65,%66,%67}, %68, 1, " SA ", 1, 1;\n"                         \
+      : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]), \
+      "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]), \
+      "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]), \
+      "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3]), \
+      "+f"(d[8][0]), "+f"(d[8][1]), "+f"(d[8][2]), "+f"(d[8][3]), "+f"(d[9][0]), "+f"(d[9][1]), "+f"(d[9][2]), "+f"(d[9][3]), \
+      "+f"(d[10][0]), "+f"(d[10][1]), "+f"(d[10][2]), "+f"(d[10][3]), "+f"(d[11][0]), "+f"(d[11][1]), "+f"(d[11][2]), "+f"(d[11][3]), \
+      "+f"(d[12][0]), "+f"(d[12][1]), "+f"(d[12][2]), "+f"(d[12][3]), "+f"(d[13][0]), "+f"(d[13][1]), "+f"(d[13][2]), "+f"(d[13][3]), \
+      "+f"(d[14][0]), "+f"(d[14][1]), "+f"(d[14][2]), "+f"(d[14][3]), "+f"(d[15][0]), "+f"(d[15][1]), "+f"(d[15][2]), "+f"(d[15][3]) \
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b))
+  if (neg)
+    GDR2_WGMMA_128_1("-1");
+  else
+    GDR2_WGMMA_128_1("1");
+#undef GDR2_WGMMA_128_1
 }
 
 // ---- mma.sync m16n8k16, fp16 inputs, fp32 accumulators ----------------------------

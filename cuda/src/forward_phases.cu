@@ -12,6 +12,7 @@
 #define GDR2_FWD_PHASES 1
 #include "launch.cuh"
 #include "profiling_inputs.hpp"
+#include "tile_maps.hpp"
 
 #include <cstdio>
 #include <vector>
@@ -27,7 +28,7 @@ static const char* kNames[] = {"wait q k b g",      "G-step: block sums", "G-ste
                                "record stores"};
 constexpr int kPhases = int(sizeof(kNames) / sizeof(kNames[0]));  // the ids of GDR2_FWD_MARK
 
-static void run(int B, int T, int H, Path path) {
+static void run(int B, int T, int H, Path path, bool tma) {
   const int D = 128;
   const std::size_t nt = std::size_t(B) * T * H * D;
   ForwardParams f;
@@ -53,6 +54,7 @@ static void run(int B, int T, int H, Path path) {
   f.chunks_per_seq = (T + 63) / 64;
   f.total_chunks = (long long)B * f.chunks_per_seq;
   CK(cudaDeviceGetAttribute(&f.num_sms, cudaDevAttrMultiProcessorCount, 0));
+  if (tma) encode_input_maps(f, true, true);
   if (path == Path::split) {
     f.vslice = 64;
     CK(cudaMalloc(&f.records, std::size_t(f.total_chunks) * H * Record<D>::bytes(false)));
@@ -74,8 +76,9 @@ static void run(int B, int T, int H, Path path) {
   }
   const int items = path == Path::fused ? f.chunks_per_seq
                                         : int((f.total_chunks * H + f.num_sms - 1) / f.num_sms);
-  std::printf("\n%s B=%d T=%d H=%d: %.3f ms (with the marks); block 0: %d chunks\n",
-              path == Path::fused ? "fused" : "split (sequential)", B, T, H, ms, items);
+  std::printf("\n%s B=%d T=%d H=%d, q k b g by %s: %.3f ms (with the marks); block 0: %d chunks\n",
+              path == Path::fused ? "fused" : "split (sequential)", B, T, H, f.tma ? "tensor maps" : "cp.async", ms,
+              items);
   long long tot = 0;
   for (int i = 0; i < kPhases; ++i) tot += cyc[i];
   std::printf("%-28s %10s %6s\n", "phase", "cyc/chunk", "share");
@@ -85,7 +88,9 @@ static void run(int B, int T, int H, Path path) {
 }
 
 int main() {
-  run(8, 4096, 16, Path::fused);
-  run(1, 32768, 16, Path::split);
+  for (bool tma : {false, true}) {
+    run(8, 4096, 16, Path::fused, tma);
+    run(1, 32768, 16, Path::split, tma);
+  }
   return 0;
 }

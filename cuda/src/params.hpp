@@ -14,6 +14,14 @@ namespace gdr2 {
 namespace cuda {
 namespace detail {
 
+/// A tensor map (CUtensorMap, opaque) over one [B, T, H, D] input for 64-token tile copies,
+/// and which of (token, head, batch) each of its outer dimensions is (the host orders
+/// them by stride).
+struct alignas(64) TileMap {
+  unsigned char desc[128];
+  int dim[3];
+};
+
 /// Everything a forward or decode kernel reads, in device pointers and element strides:
 /// the inputs (InputViews: 16-bit q, k, v, b, w, β; fp32 g), then outputs and states.
 struct ForwardParams : InputViews {
@@ -37,7 +45,12 @@ struct ForwardParams : InputViews {
   int* flags = nullptr;                 // workspace: one publish flag per record (overlapped split)
   int overlap = 0;                      // 1: prep and state pass in one overlapped launch
   int num_sms = 0;
+  // chunked engine: q, k, b (channel gates) and g (channel decay) tiles copied by tensor
+  // maps (TMA) when tma = 1, else by cp.async; maps are kernel parameters (__grid_constant__)
+  int tma = 0;
+  TileMap maps[4];  // kMapQ, kMapK, kMapB, kMapG
 };
+enum : int { kMapQ = 0, kMapK = 1, kMapB = 2, kMapG = 3 };
 
 enum class DType : int { bf16 = 0, f16 = 1 };
 enum class Path : int { automatic = 0, fused = 1, split = 2 };

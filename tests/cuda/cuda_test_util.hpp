@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <utility>
+#include <vector>
 
 namespace gdr2::test {
 
@@ -87,6 +88,29 @@ template <class X>
 View<X> dview(const DBuf<X>& d, const Tensor<X>& t) {
   if (t.empty()) return {};
   return View<X>(d.p, t.shape(), contiguous_strides(t.shape()));
+}
+
+/// A device copy of a [B, T, H, D] host tensor stored head-major, [B, H, T, D]: the
+/// layout of many attention kernels, whose views have non-monotonic strides.
+template <class X>
+DBuf<X> to_device_head_major(const Tensor<X>& t) {
+  const auto& s = t.shape();
+  std::vector<X> h(std::size_t(t.size()));
+  for (Index b = 0; b < s[0]; ++b)
+    for (Index i = 0; i < s[1]; ++i)
+      for (Index j = 0; j < s[2]; ++j)
+        for (Index d = 0; d < s[3]; ++d) h[std::size_t(((b * s[2] + j) * s[1] + i) * s[3] + d)] = t.view()(b, i, j, d);
+  DBuf<X> d(h.size());
+  if (!h.empty()) d.upload(h.data());
+  return d;
+}
+
+/// The [B, T, H, D] view of a to_device_head_major copy.
+template <class X>
+View<X> dview_head_major(const DBuf<X>& d, const Tensor<X>& t) {
+  if (t.empty()) return {};
+  const auto& s = t.shape();
+  return View<X>(d.p, s, {s[1] * s[2] * s[3], s[3], s[1] * s[3], 1});
 }
 
 }  // namespace gdr2::test

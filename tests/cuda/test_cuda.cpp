@@ -26,7 +26,8 @@ using f16 = Eigen::half;
 
 namespace {
 
-/// A RandomProblem's inputs on the device, as a Problem of device views.
+/// A RandomProblem's inputs on the device, as a Problem of device views; with
+/// `head_major`, q k v b w g stored [B, H, T, D] (to_device_head_major).
 template <class Policy, class T>
 struct DeviceProblem {
   DBuf<T> q, k, v, b, w, beta;
@@ -34,18 +35,28 @@ struct DeviceProblem {
   DBuf<std::int32_t> cu, idx;
   Problem<T> p;
   cuda::DeviceSequences dev;
-  DeviceProblem(const RandomProblem<Policy, T>& rp, const std::vector<std::int32_t>* slots = nullptr)
-      : q(to_device(rp.q)), k(to_device(rp.k)), v(to_device(rp.v)), b(to_device(rp.b)), w(to_device(rp.w)),
-        beta(to_device(rp.beta)), g(to_device(rp.g)), s0(to_device(rp.initial_state)) {
+  template <class X>
+  static DBuf<X> copy(const Tensor<X>& t, bool head_major) {
+    return head_major ? to_device_head_major(t) : to_device(t);
+  }
+  template <class X>
+  static View<X> view(const DBuf<X>& d, const Tensor<X>& t, bool head_major) {
+    return head_major ? dview_head_major(d, t) : dview(d, t);
+  }
+  DeviceProblem(const RandomProblem<Policy, T>& rp, const std::vector<std::int32_t>* slots = nullptr,
+                bool head_major = false)
+      : q(copy(rp.q, head_major)), k(copy(rp.k, head_major)), v(copy(rp.v, head_major)), b(copy(rp.b, head_major)),
+        w(copy(rp.w, head_major)), beta(to_device(rp.beta)), g(copy(rp.g, head_major)),
+        s0(to_device(rp.initial_state)) {
     const Problem<T> hp = rp.problem();
     p = hp;
-    p.q = dview(q, rp.q);
-    p.k = dview(k, rp.k);
-    p.v = dview(v, rp.v);
-    p.b = dview(b, rp.b);
-    p.w = dview(w, rp.w);
+    p.q = view(q, rp.q, head_major);
+    p.k = view(k, rp.k, head_major);
+    p.v = view(v, rp.v, head_major);
+    p.b = view(b, rp.b, head_major);
+    p.w = view(w, rp.w, head_major);
     p.beta = dview(beta, rp.beta);
-    p.g = dview(g, rp.g);
+    p.g = view(g, rp.g, head_major);
     p.initial_state = dview(s0, rp.initial_state);
     if (!rp.cu_seqlens.empty()) {
       cu = DBuf<std::int32_t>(rp.cu_seqlens.size());
@@ -86,9 +97,17 @@ struct DeviceOutputs {
   }
 };
 
+/// Departures from the default engine options and input layout.
+struct Variant {
+  bool tma = true;          // ChunkOptions::tma
+  bool head_major = false;  // inputs stored [B, H, T, D]
+  int value_slice = 0;      // ChunkOptions::value_slice (split path)
+};
+
 template <class Policy, class T>
 void run_forward_case(const ProblemConfig& cfg, cuda::ForwardPath path, bool with_state = true,
-                      const std::vector<std::int32_t>* slots = nullptr, Index pool = 0, bool overlap = true) {
+                      const std::vector<std::int32_t>* slots = nullptr, Index pool = 0, bool overlap = true,
+                      Variant iv = {}) {
   RandomProblem<Policy, T> rp(cfg);
   // state pool: replace the per-sequence initial state by a larger pool
   if (slots) {
@@ -102,12 +121,14 @@ void run_forward_case(const ProblemConfig& cfg, cuda::ForwardPath path, bool wit
   const auto ref = reference_forward<Policy>(hp);
   REQUIRE(ref.status.ok());
 
-  DeviceProblem<Policy, T> dp(rp, slots);
+  DeviceProblem<Policy, T> dp(rp, slots, iv.head_major);
   const Index NS = slots ? pool : rp.N;
   DeviceOutputs<T> out(rp.B, rp.T_, cfg.Hv, cfg.V, NS, cfg.K, with_state);
   cuda::ChunkOptions opt;
   opt.path = path;
   opt.overlap = overlap;
+  opt.tma = iv.tma;
+  opt.value_slice = iv.value_slice;
   std::size_t ws_bytes = 0;
   const Status wst = cuda::chunk_forward_workspace_size<Policy>(dp.p, ws_bytes, opt);
   INFO(wst.to_string());
@@ -153,8 +174,9 @@ void run_forward_case(const ProblemConfig& cfg, cuda::ForwardPath path, bool wit
   const double eo = rel_error(o_got.view(), o_cmp.view());
   const double es = with_state ? rel_error(out.s_h.view(), ref.final_state.view()) : 0.0;
   CAPTURE(eo, es, ws_bytes);
-  std::printf("[accuracy] %-5s %-8s %-7s %-48s output %.2e  state %.2e\n", Policy::name(), dtype_name<T>(),
-              path == cuda::ForwardPath::fused ? "fused" : overlap ? "split-o" : "split", describe(cfg).c_str(), eo, es);
+  std::printf("[accuracy] %-5s %-8s %-7s %-5s vs%-3d %-48s output %.2e  state %.2e\n", Policy::name(),
+              dtype_name<T>(), path == cuda::ForwardPath::fused ? "fused" : overlap ? "split-o" : "split",
+              iv.tma ? (iv.head_major ? "tma-h" : "tma") : "cp", iv.value_slice, describe(cfg).c_str(), eo, es);
   CHECK(skipped_untouched);
   CHECK(eo <= 4e-3);
   CHECK(es <= 3e-3);
@@ -184,30 +206,40 @@ TEMPLATE_TEST_CASE("cuda chunk forward matches the fp64 recurrence", "[cuda][for
   INFO("GDR2_TEST_SEED=" << base_seed());
   std::mt19937_64 rng(base_seed() ^ std::hash<std::string>{}(TestType::name()));
   auto pick = [&](Index lo, Index hi) { return lo + Index(rng() % std::uint64_t(hi - lo + 1)); };
-  for (int variant = 0; variant < 3; ++variant) {
-    const auto path = variant == 0 ? cuda::ForwardPath::fused : cuda::ForwardPath::split;
-    const bool ov = variant == 1;  // split: overlapped (1) and sequential (2) launches
-    SECTION(std::string("path ") + path_name(path) + (variant == 2 ? " sequential" : "")) {
+  for (int variant = 0; variant < 7; ++variant) {
+    // fused (0); split overlapped (1) and sequential (2); the fused path with the input
+    // tiles by cp.async (3); head-major inputs, fused (4) and split (5); split with
+    // 64-column state-pass slices (6: one warpgroup per block)
+    const bool split = variant == 1 || variant == 2 || variant >= 5;
+    const auto path = split ? cuda::ForwardPath::split : cuda::ForwardPath::fused;
+    const bool ov = variant != 2;
+    Variant iv;
+    iv.tma = variant != 3;
+    iv.head_major = variant == 4 || variant == 5;
+    iv.value_slice = variant == 6 ? 64 : 0;
+    static const char* names[] = {"fused",           "split",           "split sequential",     "fused, cp.async",
+                                  "fused, head-major", "split, head-major", "split, 64-column slices"};
+    SECTION(std::string("path ") + names[variant]) {
       // odd T, grouped value heads, b up to 2, moderate decay
       Index T = pick(130, 330) | 1;
       auto c1 = make_cfg(1, 2, T, 2, 4, 128, -2.0);
       INFO("cfg1 " << describe(c1));
-      run_forward_case<TestType, bf16>(c1, path, true, nullptr, 0, ov);
+      run_forward_case<TestType, bf16>(c1, path, true, nullptr, 0, ov, iv);
       // strong decays (down to -20 per token), gates per key head, fp16 inputs
       auto c2 = make_cfg(2, 1, pick(65, 200) | 1, 2, 2, 128, -20.0);
       c2.gates_per_key_head = true;
       INFO("cfg2 " << describe(c2));
-      run_forward_case<TestType, f16>(c2, path, true, nullptr, 0, ov);
+      run_forward_case<TestType, f16>(c2, path, true, nullptr, 0, ov, iv);
       // K = V = 64, no initial state, no final state
       auto c3 = make_cfg(3, 2, pick(10, 150), 1, 3, 64, -3.0);
       c3.initial_state = false;
       INFO("cfg3 " << describe(c3));
-      run_forward_case<TestType, bf16>(c3, path, /*with_state=*/false, nullptr, 0, ov);
+      run_forward_case<TestType, bf16>(c3, path, /*with_state=*/false, nullptr, 0, ov, iv);
       // packed varlen: empty, one-token, exact-chunk and multi-chunk sequences
       auto c4 = make_cfg(4, 1, 0, 1, 2, 128, -5.0);
       c4.seqlens = {1, 64, 0, Index(pick(130, 260)), 37, 129};
       INFO("cfg4 " << describe(c4));
-      run_forward_case<TestType, bf16>(c4, path, true, nullptr, 0, ov);
+      run_forward_case<TestType, bf16>(c4, path, true, nullptr, 0, ov, iv);
     }
   }
 }
@@ -234,6 +266,13 @@ TEST_CASE("cuda chunk forward: fused and split agree on a long sequence", "[cuda
   run_forward_case<GDR2, bf16>(c, cuda::ForwardPath::fused);
   run_forward_case<GDR2, bf16>(c, cuda::ForwardPath::split);
   run_forward_case<GDR2, bf16>(c, cuda::ForwardPath::split, true, nullptr, 0, /*overlap=*/false);
+  // state passes of whole warpgroups (64 and 128 value columns per block), both launches
+  for (int vs : {64, 128}) {
+    Variant v;
+    v.value_slice = vs;
+    run_forward_case<GDR2, bf16>(c, cuda::ForwardPath::split, true, nullptr, 0, /*overlap=*/true, v);
+    run_forward_case<GDR2, bf16>(c, cuda::ForwardPath::split, true, nullptr, 0, /*overlap=*/false, v);
+  }
 }
 
 TEST_CASE("cuda chunk forward accuracy at model-like sizes", "[cuda][forward][accuracy]") {

@@ -64,6 +64,10 @@ struct ChunkOptions {
   /// Split path with few (sequence, head) pairs: run the state pass concurrently with the
   /// chunk preparation in one launch (records published through flags in the workspace).
   bool overlap = true;
+  /// Copy the q, k, b, g input tiles with tensor maps (Hopper TMA: one copy per 64-token
+  /// tile) when the views can be described by one (16-byte rows always can); false: 16-byte
+  /// cp.async copies from every thread (slower; kept as the fallback and for comparison).
+  bool tma = true;
 };
 
 /// Workspace bytes `chunk_forward` needs for this problem and options (0 for the fused
