@@ -473,8 +473,9 @@ struct Prep {
         a16[(16 * blk + r) * PC + 16 * blk + c] = __float2half_rn(x[r]);
       }
     }
-    // (1') in place, 8 values per thread: Ē = BkFin·γ_a, Qγ = QFin·γ_a, Ktail = KFo·tail
-    for (int i = tid; TRANSFORM && i < kC * D / 8; i += kThreads) {
+    // (1') in place, 8 values per thread, on warps 2.. (warps 0, 1 hold the inverses'
+    //      serial chains, which bound the phase): Ē = BkFin·γ_a, Qγ = QFin·γ_a, Ktail = KFo·tail
+    for (int i = tid - 64; TRANSFORM && i >= 0 && i < kC * D / 8; i += kThreads - 64) {
       const int r = i / (D / 8), c = 8 * (i % (D / 8)), blk = r >> 4;
       const float4* gp = reinterpret_cast<const float4*>(ga(sm) + blk * D + c);
       const float4* tp = reinterpret_cast<const float4*>(tf(sm) + blk * D + c);
@@ -659,18 +660,13 @@ __device__ __forceinline__ std::uint64_t desc_tokens(const __half* x, int ks) {
   return wgmma_desc(x + ks * 16 * 64, kWgmmaMnLbo, kWgmmaMnSbo);
 }
 
-/// HL: layout of Y, Qγ, Ktail; AL: layout of A, Aqk. WG: the products with Y, Qγ and
-/// Ktail as warpgroup MMAs (HL = swz128; the owner warps form whole warpgroups, warp w of
-/// a group holding its rows 16·(w mod 4).. of the group's 64 value columns): the operand
-/// tiles are read once per warpgroup instead of once per warp.
-template <class Tin, int D, TileLayout HL, TileLayout AL, bool WG = false>
-__device__ __forceinline__ void state_step(float (&S)[D / 8][4], const StepInputs& in, int n, void* stage,
-                                           Tin* out, long long out_tstride, int lane) {
-  const int g8 = lane >> 2, q4 = lane & 3;
+/// Uᵀ += Zᵀ Aᵀ (Z = w⊙v or β⊙v; 16 value columns × 64 tokens, k = tokens; A lower
+/// block-triangular, so block np only takes k-steps ks <= np).
+template <class Tin, TileLayout AL>
+__device__ __forceinline__ void step_u(float (&R)[8][4], const StepInputs& in, int lane) {
+  const int q4 = lane & 3;
   const Tin* Rv = static_cast<const Tin*>(in.Rv);
   const Tin* Rw = static_cast<const Tin*>(in.Rw);
-  // Uᵀ = Zᵀ Aᵀ  (16 columns × 64 tokens)
-  float R[8][4] = {};
 #pragma unroll
   for (int ks = 0; ks < 4; ++ks) {
     std::uint32_t zv[4], z[4];
@@ -703,10 +699,92 @@ __device__ __forceinline__ void state_step(float (&S)[D / 8][4], const StepInput
       }
     }
   }
-  // Rᵀ −= S0ᵀ Yᵀ ;  Oᵀ = S0ᵀ Qγᵀ
+}
+
+/// Rᵀ as fp16 A operands (k = tokens).
+__device__ __forceinline__ void pack_r(std::uint32_t (&rf)[4][4], const float (&R)[8][4]) {
+#pragma unroll
+  for (int ks = 0; ks < 4; ++ks) {
+    rf[ks][0] = pack_half2(R[2 * ks][0], R[2 * ks][1]);
+    rf[ks][1] = pack_half2(R[2 * ks][2], R[2 * ks][3]);
+    rf[ks][2] = pack_half2(R[2 * ks + 1][0], R[2 * ks + 1][1]);
+    rf[ks][3] = pack_half2(R[2 * ks + 1][2], R[2 * ks + 1][3]);
+  }
+}
+
+/// Oᵀ += Rᵀ Aqkᵀ (Aqk lower block-triangular).
+template <TileLayout AL>
+__device__ __forceinline__ void step_o_intra(float (&O)[8][4], const std::uint32_t (&rf)[4][4], const StepInputs& in,
+                                             int lane) {
+#pragma unroll
+  for (int ks = 0; ks < 4; ++ks) {
+#pragma unroll
+    for (int np = 0; np < 4; ++np) {
+      if (np >= ks) {
+        std::uint32_t b[4];
+        ldsm_x4(b, tile_at<AL>(in.Aqk, in.pc, 16 * np + lrow_bn(lane), 16 * ks + lcol_bn(lane)));
+        mma16816(O[2 * np], rf[ks], b[0], b[1]);
+        mma16816(O[2 * np + 1], rf[ks], b[2], b[3]);
+      }
+    }
+  }
+}
+
+/// Sᵀ ← Sᵀ Diag(γ_C).
+template <int D>
+__device__ __forceinline__ void step_decay(float (&S)[D / 8][4], const float* gammaC, int lane) {
+  const int q4 = lane & 3;
+#pragma unroll
+  for (int nt = 0; nt < D / 8; ++nt) {
+    const float2 gcv = *reinterpret_cast<const float2*>(gammaC + 8 * nt + 2 * q4);
+    S[nt][0] *= gcv.x;
+    S[nt][1] *= gcv.y;
+    S[nt][2] *= gcv.x;
+    S[nt][3] *= gcv.y;
+  }
+}
+
+/// Output: Oᵀ staged as [64 tokens][16 columns] in `stage`, then 16-byte stores of the
+/// `n` valid rows.
+template <class Tin>
+__device__ __forceinline__ void step_store(const float (&O)[8][4], int n, void* stage, Tin* out, long long out_tstride,
+                                           int lane) {
+  const int g8 = lane >> 2, q4 = lane & 3;
+  Tin* st = static_cast<Tin*>(stage);
+  __syncwarp();
+#pragma unroll
+  for (int nt = 0; nt < 8; ++nt) {
+    const int t = 8 * nt + 2 * q4;
+    st[t * 16 + g8] = In16<Tin>::from_float(O[nt][0]);
+    st[(t + 1) * 16 + g8] = In16<Tin>::from_float(O[nt][1]);
+    st[t * 16 + g8 + 8] = In16<Tin>::from_float(O[nt][2]);
+    st[(t + 1) * 16 + g8 + 8] = In16<Tin>::from_float(O[nt][3]);
+  }
+  __syncwarp();
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int id = lane + 32 * i, row = id >> 1, hh = id & 1;
+    if (row < n)
+      *reinterpret_cast<uint4*>(out + row * out_tstride + 8 * hh) = *reinterpret_cast<const uint4*>(st + row * 16 + 8 * hh);
+  }
+  __syncwarp();
+}
+
+/// HL: layout of Y, Qγ, Ktail; AL: layout of A, Aqk. WG: the products with Y, Qγ and
+/// Ktail as warpgroup MMAs (HL = swz128; the owner warps form whole warpgroups, warp w of
+/// a group holding its rows 16·(w mod 4).. of the group's 64 value columns): the operand
+/// tiles are read once per warpgroup instead of once per warp, and each warpgroup MMA
+/// runs while the warp does its mma.sync work (Oᵀ = S0ᵀ Qγᵀ during Uᵀ; the S update during
+/// Oᵀ += Rᵀ Aqkᵀ and the output stores).
+template <class Tin, int D, TileLayout HL, TileLayout AL, bool WG = false>
+__device__ __forceinline__ void state_step(float (&S)[D / 8][4], const StepInputs& in, int n, void* stage,
+                                           Tin* out, long long out_tstride, int lane) {
+  float R[8][4] = {};
   float O[8][4] = {};
+  std::uint32_t rf[4][4];
   if constexpr (WG) {
     static_assert(HL == TileLayout::swz128, "warpgroup MMAs read swz128 tiles");
+    // S0ᵀ as fp16 A operands (k = channels); registers read by the MMAs until the wait
     std::uint32_t sa[D / 16][4];
 #pragma unroll
     for (int kc = 0; kc < D / 16; ++kc) {
@@ -715,14 +793,33 @@ __device__ __forceinline__ void state_step(float (&S)[D / 8][4], const StepInput
       sa[kc][2] = pack_half2(S[2 * kc + 1][0], S[2 * kc + 1][1]);
       sa[kc][3] = pack_half2(S[2 * kc + 1][2], S[2 * kc + 1][3]);
     }
+    // Oᵀ = S0ᵀ Qγᵀ (in flight) ‖ Uᵀ = Zᵀ Aᵀ (mma.sync) ; then Rᵀ = Uᵀ − S0ᵀ Yᵀ
     wgmma_fence();
-#pragma unroll
-    for (int kc = 0; kc < D / 16; ++kc) wgmma_f16<64, 0>(R, sa[kc], desc_channels(in.Y, kc), true);
 #pragma unroll
     for (int kc = 0; kc < D / 16; ++kc) wgmma_f16<64, 0>(O, sa[kc], desc_channels(in.Qg, kc), false);
     wgmma_commit();
+    step_u<Tin, AL>(R, in, lane);
+    wgmma_fence();
+#pragma unroll
+    for (int kc = 0; kc < D / 16; ++kc) wgmma_f16<64, 0>(R, sa[kc], desc_channels(in.Y, kc), true);
+    wgmma_commit();
     wgmma_wait_all();
+    wgmma_fence_operands(O);
+    wgmma_fence_operands(R);
+    // Sᵀ ← Sᵀ Diag(γ_C) + Rᵀ Ktail (in flight) ‖ Oᵀ += Rᵀ Aqkᵀ and the output stores
+    pack_r(rf, R);
+    step_decay<D>(S, in.gammaC, lane);
+    wgmma_fence();
+#pragma unroll
+    for (int ks = 0; ks < 4; ++ks) wgmma_f16<D, 1>(S, rf[ks], desc_tokens(in.Kt, ks), false);
+    wgmma_commit();
+    step_o_intra<AL>(O, rf, in, lane);
+    step_store<Tin>(O, n, stage, out, out_tstride, lane);
+    wgmma_wait_all();
+    wgmma_fence_operands(S);
   } else {
+    step_u<Tin, AL>(R, in, lane);
+    // Rᵀ −= S0ᵀ Yᵀ ;  Oᵀ = S0ᵀ Qγᵀ
 #pragma unroll
     for (int kc = 0; kc < D / 16; ++kc) {
       std::uint32_t a[4], an[4];
@@ -743,45 +840,10 @@ __device__ __forceinline__ void state_step(float (&S)[D / 8][4], const StepInput
         mma16816(O[2 * np + 1], a, b[2], b[3]);
       }
     }
-  }
-  // Rᵀ as fp16 A operands (k = tokens)
-  std::uint32_t rf[4][4];
-#pragma unroll
-  for (int ks = 0; ks < 4; ++ks) {
-    rf[ks][0] = pack_half2(R[2 * ks][0], R[2 * ks][1]);
-    rf[ks][1] = pack_half2(R[2 * ks][2], R[2 * ks][3]);
-    rf[ks][2] = pack_half2(R[2 * ks + 1][0], R[2 * ks + 1][1]);
-    rf[ks][3] = pack_half2(R[2 * ks + 1][2], R[2 * ks + 1][3]);
-  }
-  // Oᵀ += Rᵀ Aqkᵀ
-#pragma unroll
-  for (int ks = 0; ks < 4; ++ks) {
-#pragma unroll
-    for (int np = 0; np < 4; ++np) {
-      if (np >= ks) {
-        std::uint32_t b[4];
-        ldsm_x4(b, tile_at<AL>(in.Aqk, in.pc, 16 * np + lrow_bn(lane), 16 * ks + lcol_bn(lane)));
-        mma16816(O[2 * np], rf[ks], b[0], b[1]);
-        mma16816(O[2 * np + 1], rf[ks], b[2], b[3]);
-      }
-    }
-  }
-  // Sᵀ ← Sᵀ Diag(γ_C) + Rᵀ Ktail
-#pragma unroll
-  for (int nt = 0; nt < D / 8; ++nt) {
-    const float2 gcv = *reinterpret_cast<const float2*>(in.gammaC + 8 * nt + 2 * q4);
-    S[nt][0] *= gcv.x;
-    S[nt][1] *= gcv.y;
-    S[nt][2] *= gcv.x;
-    S[nt][3] *= gcv.y;
-  }
-  if constexpr (WG) {
-    wgmma_fence();
-#pragma unroll
-    for (int ks = 0; ks < 4; ++ks) wgmma_f16<D, 1>(S, rf[ks], desc_tokens(in.Kt, ks), false);
-    wgmma_commit();
-    wgmma_wait_all();
-  } else {
+    pack_r(rf, R);
+    step_o_intra<AL>(O, rf, in, lane);
+    // Sᵀ ← Sᵀ Diag(γ_C) + Rᵀ Ktail
+    step_decay<D>(S, in.gammaC, lane);
 #pragma unroll
     for (int ks = 0; ks < 4; ++ks) {
 #pragma unroll
@@ -792,26 +854,8 @@ __device__ __forceinline__ void state_step(float (&S)[D / 8][4], const StepInput
         mma16816(S[2 * cp + 1], rf[ks], b[2], b[3]);
       }
     }
+    step_store<Tin>(O, n, stage, out, out_tstride, lane);
   }
-  // output: stage [64 tokens][16 columns] then 16-byte stores of the valid rows
-  Tin* st = static_cast<Tin*>(stage);
-  __syncwarp();
-#pragma unroll
-  for (int nt = 0; nt < 8; ++nt) {
-    const int t = 8 * nt + 2 * q4;
-    st[t * 16 + g8] = In16<Tin>::from_float(O[nt][0]);
-    st[(t + 1) * 16 + g8] = In16<Tin>::from_float(O[nt][1]);
-    st[t * 16 + g8 + 8] = In16<Tin>::from_float(O[nt][2]);
-    st[(t + 1) * 16 + g8 + 8] = In16<Tin>::from_float(O[nt][3]);
-  }
-  __syncwarp();
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const int id = lane + 32 * i, row = id >> 1, hh = id & 1;
-    if (row < n)
-      *reinterpret_cast<uint4*>(out + row * out_tstride + 8 * hh) = *reinterpret_cast<const uint4*>(st + row * 16 + 8 * hh);
-  }
-  __syncwarp();
 }
 
 /// Load / store this warp's 16 rows of Sᵀ (value columns v0..v0+15) from a state view.
@@ -965,7 +1009,7 @@ __global__ void __launch_bounds__(kThreads, 1) fused_forward_kernel(const __grid
   const int slot = seq_slot(p, n);
   if (slot < 0) return;
   const SeqSpan sp = seq_span(p, n);
-  const int tid = threadIdx.x, w = tid >> 5, lane = tid & 31;
+  const int tid = threadIdx.x, w = warp_index_uniform(), lane = tid & 31;
   const bool owner = w < D / 16;  // warps that hold state columns
   float S[D / 8][4];
   if (owner) load_state<D>(S, p.s0, p.s0_stride, slot, hv, 16 * w, lane);
@@ -1197,17 +1241,24 @@ struct StateLayout {
   }
 };
 
-/// Spin until a record is published (acquire); traps after ~10 s instead of hanging.
-__device__ __forceinline__ void wait_published(const int* flag) {
+/// Ends the kernel with an error (the launch fails with cudaErrorLaunchFailure). Out of
+/// line: ptxas treats everything after an inlined trap as divergent.
+static __device__ __noinline__ void trap_out_of_line() { __trap(); }
+
+/// Spin until a record is published (acquire); false after ~10 s without it (the caller
+/// traps block-wide: a trap on this one thread's path would make ptxas treat all later
+/// code as divergent and serialize the warpgroup MMAs).
+__device__ __forceinline__ bool wait_published(const int* flag) {
   long long spins = 0;
   int v = 0;
   while (true) {
     asm volatile("ld.acquire.gpu.global.b32 %0, [%1];\n" : "=r"(v) : "l"(flag) : "memory");
     if (v) break;
     __nanosleep(64);
-    if (++spins > (1ll << 27)) __trap();
+    if (++spins > (1ll << 27)) return false;
   }
   asm volatile("fence.proxy.async.global;\n" ::: "memory");  // the bulk copy reads it through the async proxy
+  return true;
 }
 
 /// State-pass role of the split path for (sequence n, value head hv, columns v0..v0+vslice);
@@ -1215,7 +1266,7 @@ __device__ __forceinline__ void wait_published(const int* flag) {
 template <int DECAY, int GATES, class Tin, int D>
 __device__ void state_body(const ForwardParams& p, char* sm, int n, int hv, int v0, const int* flags) {
   using R = Record<D>;
-  const int tid = threadIdx.x, w = tid >> 5, lane = tid & 31, nthr = blockDim.x;
+  const int tid = threadIdx.x, w = warp_index_uniform(), lane = tid & 31, nthr = blockDim.x;
   const bool owner = w < p.vslice / 16;
   const int rbytes = R::bytes(GATES == 1);
   const StateLayout<D> Ls(p.vslice, nthr / 32, rbytes);
@@ -1234,11 +1285,12 @@ __device__ void state_body(const ForwardParams& p, char* sm, int n, int hv, int 
   float S[D / 8][4];
   if (owner) load_state<D>(S, p.s0, p.s0_stride, slot, hv, v0 + 16 * w, lane);
   const int hw = gate_head(hv, p.hg_w, p.Hv);
+  bool stuck = false;  // thread 0: a record was not published in time
   auto issue = [&](int c) {
     char* st = sm + (c & 1) * Ls.stage_bytes;
     if (tid == 0) {
       const long long ri = (cbase + c) * p.Hv + hv;
-      if (flags) wait_published(flags + ri);
+      if (flags && !wait_published(flags + ri)) stuck = true;
       const char* rec = static_cast<const char*>(p.records) + ri * (long long)rbytes;
       mbar_expect_tx(bars + (c & 1), std::uint32_t(rbytes));
       bulk_g2s(st + Ls.rec, rec, std::uint32_t(rbytes), bars + (c & 1));
@@ -1263,7 +1315,7 @@ __device__ void state_body(const ForwardParams& p, char* sm, int n, int hv, int 
     cp_async_commit();
     cp_async_wait<1>();
     mbar_wait(bars + (c & 1), (c >> 1) & 1);
-    __syncthreads();
+    if (__syncthreads_or(stuck)) trap_out_of_line();  // the records never came: fail loudly, not hang
     const char* st = sm + (c & 1) * Ls.stage_bytes;
     StepInputs in;
     in.Y = reinterpret_cast<const __half*>(st + Ls.rec + R::y);

@@ -110,6 +110,11 @@ __device__ __forceinline__ void mbar_wait(void* bar, std::uint32_t parity) {
   }
 }
 
+/// This thread's warp index, known to the compiler as warp-uniform (a shuffle from lane 0):
+/// branches on it are not divergent within a warp, so warpgroup MMAs inside them are not
+/// serialized by ptxas.
+__device__ __forceinline__ int warp_index_uniform() { return __shfl_sync(0xffffffffu, int(threadIdx.x >> 5), 0); }
+
 // ---- wgmma: warpgroup MMA, f32 += f16 (A: registers) × f16 (B: shared memory) ---------
 // A fragments and accumulators of one warp are those of mma.sync m16n8k16 for the warp's
 // 16 rows of the warpgroup's 64 (accumulator column block j = d[j][0..3]).
@@ -125,6 +130,15 @@ constexpr std::uint32_t kWgmmaMnLbo = 8192, kWgmmaMnSbo = 1024;
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_wait_all() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
+/// After a wait: the accumulators' values are defined here for the compiler, so that no
+/// read of them is scheduled above the wait (the MMAs write them asynchronously).
+template <int M, int N>
+__device__ __forceinline__ void wgmma_fence_operands(float (&d)[M][N]) {
+#pragma unroll
+  for (int i = 0; i < M; ++i)
+#pragma unroll
+    for (int j = 0; j < N; ++j) asm volatile("" : "+f"(d[i][j])::"memory");
+}
 /// d (m64 × N: this warp's 16 rows) += ±A (m64 × k16) · B (k16 × N), the sign − when `neg`;
 /// TRANS: B stored N-contiguous ("MN-major") instead of K-contiguous.
 template <int N, int TRANS>
