@@ -35,7 +35,7 @@ __global__ void __launch_bounds__(detail::kThreads, 1) prep16_kernel(const Backw
   using Pr = Prep<DECAY, GATES, Tin, D, true>;
   using L = typename Pr::L;
   using R = Rec<D>;
-  constexpr int PH = L::PH, PR = L::PR, PC = L::PC, PF = L::PF, NT = detail::kThreads;
+  constexpr int PR = L::PR, PC = L::PC, PF = L::PF, NT = detail::kThreads;
   extern __shared__ __align__(1024) char sm[];
   const int tid = threadIdx.x, w = tid >> 5, lane = tid & 31, g8 = lane >> 2, q4 = lane & 3;
   const long long items = p.total_chunks * p.Hv;
@@ -143,7 +143,7 @@ __global__ void __launch_bounds__(detail::kThreads, 1) prep16_kernel(const Backw
       Pr::template apply_a<true>(sm, reinterpret_cast<const __half*>(sm + L::he), acc, Pr::ga(sm));
       stage(acc, sY);
     }
-    cp_async_wait<1>();  // v, w of this item
+    ld.wait_b(sm, cl.len);  // v, w of this item
     __syncthreads();
     {  // Z = w ⊙ v (tied gates: β_r v_r) as fp16, in place of v
       const Tin* v = reinterpret_cast<const Tin*>(sm + L::rv);
@@ -151,9 +151,9 @@ __global__ void __launch_bounds__(detail::kThreads, 1) prep16_kernel(const Backw
       const float* beta = reinterpret_cast<const float*>(sm + L::rb);
       for (int i = tid; i < kC * D / 8; i += NT) {
         const int r = i / (D / 8), c = 8 * (i % (D / 8));
-        const uint4 vv = *reinterpret_cast<const uint4*>(v + r * PH + c);
+        const uint4 vv = *reinterpret_cast<const uint4*>(v + swz128(r, c));
         uint4 ww = vv;
-        if (GATES == 0) ww = *reinterpret_cast<const uint4*>(wt + r * PH + c);
+        if (GATES == 0) ww = *reinterpret_cast<const uint4*>(wt + swz128(r, c));
         const float bt = GATES == 1 ? beta[r] : 0.f;
         const std::uint32_t* pv = &vv.x;
         const std::uint32_t* pw = &ww.x;
@@ -165,13 +165,13 @@ __global__ void __launch_bounds__(detail::kThreads, 1) prep16_kernel(const Backw
           const float2 b = GATES == 0 ? In16<Tin>::to_float2(pw[h]) : make_float2(bt, bt);
           pz[h] = pack_half2(a.x * b.x, a.y * b.y);
         }
-        *reinterpret_cast<uint4*>(sm + L::rv + (r * PH + c) * 2) = z;
+        *reinterpret_cast<uint4*>(sm + L::rv + swz128(r, c) * 2) = z;
       }
     }
     __syncthreads();
     {
       float acc[D / 16][4] = {};
-      Pr::template apply_a<false, true>(sm, reinterpret_cast<const __half*>(sm + L::rv), acc);
+      Pr::template apply_a<false, false>(sm, reinterpret_cast<const __half*>(sm + L::rv), acc);
       stage(acc, sU);
     }
     __syncthreads();
@@ -194,7 +194,8 @@ cudaError_t launch_prep16_k(const BackwardParams& p, cudaStream_t st) {
   const long long items = p.total_chunks * p.Hv, sms = p.num_sms > 0 ? p.num_sms : 132;
   ForwardParams fp = loader_params(p);
   fp.K = D;
-  encode_input_maps(fp, GATES == 0, DECAY == 0);  // q, k, b, g tiles by tensor maps when possible
+  fp.V = D;
+  encode_input_maps(fp, GATES == 0, DECAY == 0);  // input tiles by tensor maps when possible
   kern<<<unsigned(items < sms ? items : sms), detail::kThreads, smem, st>>>(p, fp);
   return cudaGetLastError();
 }

@@ -67,7 +67,6 @@ struct PrepLayout {
   static constexpr int PR = D;      // pitch of the raw q, k, b, g tiles (dense: tensor-map copies)
   static constexpr int PC = 72;     // pitch of [64][64] fp16 tiles
   static constexpr int PF = 68;     // pitch of [64][64] fp32 tiles (16-byte rows)
-  static constexpr int TILE = kC * PH * 2;
   static constexpr int RAW = kC * PR * 2;
   static constexpr int HTILE = kC * D * 2;  // an operand tile he, hq, hk (swz128 layout, 1024-aligned)
   static constexpr int QUAD = 3 * 4 * 8 * PH * 2;  // quadrant operands qBk, qQ, qK: [4][8][PH] fp16 each
@@ -75,9 +74,10 @@ struct PrepLayout {
   static constexpr int rk = rq + RAW;
   static constexpr int rb = rk + RAW;  // b tile, or β as 64 floats
   static constexpr int rg = rb + (CH_GATES ? RAW : 256);  // g (then e = exp g), fp32
-  static constexpr int rv = rg + (CH_DECAY ? kC * D * 4 : 256);
-  static constexpr int rw = rv + (WITH_V ? TILE : 0);
-  static constexpr int after_v = rw + ((WITH_V && CH_GATES) ? TILE : 0);
+  // v, w tiles as swz128 operand tiles (tensor-map copies in the 128-byte swizzle)
+  static constexpr int rv = (rg + (CH_DECAY ? kC * D * 4 : 256) + 1023) / 1024 * 1024;
+  static constexpr int rw = rv + (WITH_V ? HTILE : 0);
+  static constexpr int after_v = rw + ((WITH_V && CH_GATES) ? HTILE : 0);
   // The quadrant operands live only from the G-step to the end of the Grams; when v and w
   // tiles exist they share their space (v, w are then loaded after the Grams).
   static constexpr bool QUAD_ALIAS = WITH_V && CH_GATES;
@@ -90,9 +90,9 @@ struct PrepLayout {
   static constexpr int t32 = aqk16 + kC * PC * 2;  // T (fp32); later: output staging
   static constexpr int a32 = t32 + kC * PF * 4;    // A (fp32)
   static constexpr int vec = a32 + kC * PF * 4;    // ga[4][D], tf[4][D], br[3][D], gc[D]
-  static constexpr int bar = vec + 12 * D * 4;     // mbarrier of the q, k, b, g tile copies
+  static constexpr int bar = vec + 12 * D * 4;     // mbarriers of the q, k, b, g and of the v, w tile copies
   static constexpr int bytes = bar + 16;
-  static_assert(!QUAD_ALIAS || QUAD <= 2 * TILE, "quadrant operands must fit in the v, w tiles");
+  static_assert(!QUAD_ALIAS || QUAD <= 2 * HTILE, "quadrant operands must fit in the v, w tiles");
   static_assert(bytes <= 232448, "prep shared memory exceeds 227 KB");
 };
 
@@ -135,6 +135,19 @@ __device__ __forceinline__ void load_rows(char* dst, int dst_pitch, const char* 
     const int r = i / CPR, c = i % CPR;
     const bool ok = r < rows_valid;
     cp_async16(dst + r * dst_pitch + c * 16, src + (ok ? r * src_pitch : 0) + c * 16, ok);
+  }
+}
+
+/// Issue cp.async copies of a [T, D] slice's first 64 rows (`rows_valid` of them, zero-
+/// filled up to 64) into a swz128 tile (the layout a 128-byte-swizzle tensor-map copy makes).
+template <int D>
+__device__ __forceinline__ void load_rows_swz128(char* dst, const char* src, long long src_pitch, int rows_valid,
+                                                 int tid, int nthreads) {
+  constexpr int CPR = D * 2 / 16;
+  for (int i = tid; i < kC * CPR; i += nthreads) {
+    const int r = i / CPR, c = i % CPR;
+    const bool ok = r < rows_valid;
+    cp_async16(dst + 2 * swz128(r, 8 * c), src + (ok ? r * src_pitch : 0) + c * 16, ok);
   }
 }
 
@@ -625,8 +638,8 @@ struct Prep {
 enum class TileLayout { padded, record, swz128 };
 
 /// Address of element (row, col) of a 16-bit tile, col a multiple of 8.
-template <TileLayout TL>
-__device__ __forceinline__ const __half* tile_at(const __half* base, int ld, int row, int col) {
+template <TileLayout TL, class T>
+__device__ __forceinline__ const T* tile_at(const T* base, int ld, int row, int col) {
   if constexpr (TL == TileLayout::record)
     return base + ((row * ld + ((col >> 3) ^ (row & 7))) << 3);
   else if constexpr (TL == TileLayout::swz128)
@@ -644,7 +657,7 @@ struct StepInputs {
   const __half* Aqk;  // [64][64]
   int pc;
   const float* gammaC;  // [K]
-  const void* Rv;       // raw v tile [64][pv], columns from vcol
+  const void* Rv;       // raw v tile [64][V] (see tile_at: pitch pv, or swz128), columns from vcol
   const void* Rw;       // raw w tile (channel gates) or null
   const float* beta;    // [64] (tied gates) or null
   int pv, vcol;
@@ -662,7 +675,7 @@ __device__ __forceinline__ std::uint64_t desc_tokens(const __half* x, int ks) {
 
 /// Uᵀ += Zᵀ Aᵀ (Z = w⊙v or β⊙v; 16 value columns × 64 tokens, k = tokens; A lower
 /// block-triangular, so block np only takes k-steps ks <= np).
-template <class Tin, TileLayout AL>
+template <class Tin, TileLayout AL, TileLayout VL>
 __device__ __forceinline__ void step_u(float (&R)[8][4], const StepInputs& in, int lane) {
   const int q4 = lane & 3;
   const Tin* Rv = static_cast<const Tin*>(in.Rv);
@@ -670,10 +683,10 @@ __device__ __forceinline__ void step_u(float (&R)[8][4], const StepInputs& in, i
 #pragma unroll
   for (int ks = 0; ks < 4; ++ks) {
     std::uint32_t zv[4], z[4];
-    ldsm_x4_t(zv, Rv + (16 * ks + lrow_bn(lane)) * in.pv + in.vcol + lcol_bn(lane));
+    ldsm_x4_t(zv, tile_at<VL>(Rv, in.pv, 16 * ks + lrow_bn(lane), in.vcol + lcol_bn(lane)));
     if (Rw) {
       std::uint32_t zw[4];
-      ldsm_x4_t(zw, Rw + (16 * ks + lrow_bn(lane)) * in.pv + in.vcol + lcol_bn(lane));
+      ldsm_x4_t(zw, tile_at<VL>(Rw, in.pv, 16 * ks + lrow_bn(lane), in.vcol + lcol_bn(lane)));
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
         const float2 a = In16<Tin>::to_float2(zv[i]), b = In16<Tin>::to_float2(zw[i]);
@@ -770,13 +783,13 @@ __device__ __forceinline__ void step_store(const float (&O)[8][4], int n, void* 
   __syncwarp();
 }
 
-/// HL: layout of Y, Qγ, Ktail; AL: layout of A, Aqk. WG: the products with Y, Qγ and
+/// HL: layout of Y, Qγ, Ktail; AL: layout of A, Aqk; VL: layout of the v, w tiles. WG: the products with Y, Qγ and
 /// Ktail as warpgroup MMAs (HL = swz128; the owner warps form whole warpgroups, warp w of
 /// a group holding its rows 16·(w mod 4).. of the group's 64 value columns): the operand
 /// tiles are read once per warpgroup instead of once per warp, and each warpgroup MMA
 /// runs while the warp does its mma.sync work (Oᵀ = S0ᵀ Qγᵀ during Uᵀ; the S update during
 /// Oᵀ += Rᵀ Aqkᵀ and the output stores).
-template <class Tin, int D, TileLayout HL, TileLayout AL, bool WG = false>
+template <class Tin, int D, TileLayout HL, TileLayout AL, bool WG = false, TileLayout VL = TileLayout::padded>
 __device__ __forceinline__ void state_step(float (&S)[D / 8][4], const StepInputs& in, int n, void* stage,
                                            Tin* out, long long out_tstride, int lane) {
   float R[8][4] = {};
@@ -798,7 +811,7 @@ __device__ __forceinline__ void state_step(float (&S)[D / 8][4], const StepInput
 #pragma unroll
     for (int kc = 0; kc < D / 16; ++kc) wgmma_f16<64, 0>(O, sa[kc], desc_channels(in.Qg, kc), false);
     wgmma_commit();
-    step_u<Tin, AL>(R, in, lane);
+    step_u<Tin, AL, VL>(R, in, lane);
     wgmma_fence();
 #pragma unroll
     for (int kc = 0; kc < D / 16; ++kc) wgmma_f16<64, 0>(R, sa[kc], desc_channels(in.Y, kc), true);
@@ -818,7 +831,7 @@ __device__ __forceinline__ void state_step(float (&S)[D / 8][4], const StepInput
     wgmma_wait_all();
     wgmma_fence_operands(S);
   } else {
-    step_u<Tin, AL>(R, in, lane);
+    step_u<Tin, AL, VL>(R, in, lane);
     // Rᵀ −= S0ᵀ Yᵀ ;  Oᵀ = S0ᵀ Qγᵀ
 #pragma unroll
     for (int kc = 0; kc < D / 16; ++kc) {
@@ -894,25 +907,30 @@ __device__ __forceinline__ void store_state(const float (&S)[D / 8][4], float* s
 
 // =====================================================================================
 // Input loading for one chunk of (sequence span, value head): group A = q, k, b|β, g;
-// group B = v, w. Group A's tiles by tensor-map copies (TMA: one instruction per tile,
-// issued by thread 0, completing an mbarrier) when p.tma, else by 16-byte cp.async from
-// every thread; group B by cp.async (its tiles are padded for the state pass's ldmatrix);
-// per-token scalars (β, scalar g) through registers.
+// group B = v, w (swz128 tiles: the state pass's ldmatrix reads them conflict-free). With
+// p.tma every tile is a tensor-map copy (TMA: one instruction per tile or 64-channel atom,
+// issued by thread 0, completing the group's mbarrier), else 16-byte cp.async from every
+// thread; per-token scalars (β, scalar g) through registers.
 // Protocol per chunk: issue_a · cp_async_commit ... wait_a · __syncthreads ... issue_b ·
-// cp_async_commit ... cp_async_wait. Group A's waits must follow its issues one for one.
+// cp_async_commit ... (issue_a of the next chunk · cp_async_commit) ... wait_b ·
+// __syncthreads. Each group's waits follow its issues one for one.
 // =====================================================================================
 template <int DECAY, int GATES, class Tin, int D, bool WITH_V>
 struct ChunkLoader {
   using L = PrepLayout<D, DECAY == 0, GATES == 0, WITH_V>;
   static constexpr int kBytesA = kC * D * (2 * sizeof(Tin) + (GATES == 0 ? sizeof(Tin) : 0) + (DECAY == 0 ? 4 : 0));
+  static constexpr int kBytesB = kC * D * sizeof(Tin) * (GATES == 0 ? 2 : 1);
   float pre_beta = 0.f, pre_g = 0.f;  // per-token scalars in flight (threads < 64)
   bool tma = false;
-  std::uint32_t waits = 0;  // group-A copies waited for (the mbarrier's phase parity)
+  std::uint32_t waits = 0, waits_b = 0;  // copies waited for (the mbarriers' phase parities)
 
-  /// With tensor maps: thread 0 sets up the mbarrier. Ends synchronised.
+  /// With tensor maps: thread 0 sets up the mbarriers. Ends synchronised.
   __device__ void init(const ForwardParams& p, char* sm) {
     tma = p.tma != 0;
-    if (tma && threadIdx.x == 0) mbar_init(sm + L::bar, 1);
+    if (tma && threadIdx.x == 0) {
+      mbar_init(sm + L::bar, 1);
+      mbar_init(sm + L::bar + 8, 1);
+    }
     __syncthreads();
   }
 
@@ -985,14 +1003,53 @@ struct ChunkLoader {
       if (DECAY == 1) reinterpret_cast<float*>(sm + L::rg)[tid] = pre_g;
     }
   }
+  /// Issue group B (v, w) of a chunk. Every thread's accesses to their tiles precede this
+  /// by a barrier.
   __device__ void issue_b(const ForwardParams& p, char* sm, int batch, int t0, int len, int hv) {
     const int tid = threadIdx.x;
-    load_rows<D * 2>(sm + L::rv, L::PH * 2, reinterpret_cast<const char*>(row_ptr<Tin>(p.v, p.sv, batch, t0, hv)),
-                     p.sv.t * 2, len, tid, kThreads);
-    if (GATES == 0) {
-      const int hw = gate_head(hv, p.hg_w, p.Hv);
-      load_rows<D * 2>(sm + L::rw, L::PH * 2, reinterpret_cast<const char*>(row_ptr<Tin>(p.w, p.sw, batch, t0, hw)),
-                       p.sw.t * 2, len, tid, kThreads);
+    const int hw = gate_head(hv, p.hg_w, p.Hv);
+    if (tma) {
+      if (tid == 0) {
+        fence_proxy_async();
+        void* bar = sm + L::bar + 8;
+        mbar_expect_tx(bar, kBytesB);
+        auto tile = [&](int off, int map, int head) {
+          const TileMap& m = p.maps[map];
+          const int x[3] = {t0, head, batch};
+#pragma unroll
+          for (int a = 0; a < D / 64; ++a)
+            tma_load_4d(sm + off + a * (kC * 64 * 2), m.desc, 64 * a, x[m.dim[0]], x[m.dim[1]], x[m.dim[2]], bar);
+        };
+        tile(L::rv, kMapV, hv);
+        if (GATES == 0) tile(L::rw, kMapW, hw);
+      }
+    } else {
+      load_rows_swz128<D>(sm + L::rv, reinterpret_cast<const char*>(row_ptr<Tin>(p.v, p.sv, batch, t0, hv)),
+                          p.sv.t * 2, len, tid, kThreads);
+      if (GATES == 0)
+        load_rows_swz128<D>(sm + L::rw, reinterpret_cast<const char*>(row_ptr<Tin>(p.w, p.sw, batch, t0, hw)),
+                            p.sw.t * 2, len, tid, kThreads);
+    }
+  }
+  /// Wait for group B of the chunk of `len` tokens (rows >= len zeroed: past a packed
+  /// sequence's end come the next one's tokens). With cp.async the newest commit group
+  /// (the next chunk's group A) stays in flight. Follow with __syncthreads.
+  __device__ void wait_b(char* sm, int len) {
+    if (tma) {
+      mbar_wait(sm + L::bar + 8, waits_b & 1);
+      ++waits_b;
+      if (len < kC) {
+        constexpr int ATOM = kC * 64 * 2;  // bytes of one 64-channel atom; row r at r·128
+        const int nz = (kC - len) * 8;     // 16-byte pieces past row len in one atom
+        const uint4 z = make_uint4(0u, 0u, 0u, 0u);
+        for (int i = threadIdx.x; i < (D / 64) * nz; i += kThreads) {
+          const int off = (i / nz) * ATOM + len * 128 + (i % nz) * 16;
+          *reinterpret_cast<uint4*>(sm + L::rv + off) = z;
+          if (GATES == 0) *reinterpret_cast<uint4*>(sm + L::rw + off) = z;
+        }
+      }
+    } else {
+      cp_async_wait<1>();
     }
   }
 };
@@ -1032,7 +1089,7 @@ __global__ void __launch_bounds__(kThreads, 1) fused_forward_kernel(const __grid
   in.Rv = sm + L::rv;
   in.Rw = GATES == 0 ? static_cast<const void*>(sm + L::rw) : nullptr;
   in.beta = GATES == 1 ? reinterpret_cast<const float*>(sm + L::rb) : nullptr;
-  in.pv = L::PH;
+  in.pv = 0;  // swz128
   in.vcol = 16 * w;
   Tin* stage = reinterpret_cast<Tin*>(sm + L::t32) + w * (kC * 16);
   // Per chunk: wait for q, k, b, g (group A) → G-step, Grams → issue v, w of this chunk
@@ -1054,13 +1111,14 @@ __global__ void __launch_bounds__(kThreads, 1) fused_forward_kernel(const __grid
     }
     cp_async_commit();
     P::solve_and_y(sm);
-    cp_async_wait<1>();
+    ld.wait_b(sm, len);
     fence_proxy_async();  // the operand tiles' generic writes, before the warpgroup MMAs read them
     __syncthreads();
     GDR2_FWD_MARK(12);
     if (owner) {
       Tin* out = const_cast<Tin*>(row_ptr<Tin>(p.o, p.so, sp.batch, t0, hv)) + 16 * w;
-      state_step<Tin, D, TileLayout::swz128, TileLayout::padded, true>(S, in, len, stage, out, p.so.t, lane);
+      state_step<Tin, D, TileLayout::swz128, TileLayout::padded, true, TileLayout::swz128>(S, in, len, stage, out,
+                                                                                          p.so.t, lane);
     }
     __syncthreads();
     GDR2_FWD_MARK(13);

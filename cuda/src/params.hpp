@@ -45,12 +45,13 @@ struct ForwardParams : InputViews {
   int* flags = nullptr;                 // workspace: one publish flag per record (overlapped split)
   int overlap = 0;                      // 1: prep and state pass in one overlapped launch
   int num_sms = 0;
-  // chunked engine: q, k, b (channel gates) and g (channel decay) tiles copied by tensor
-  // maps (TMA) when tma = 1, else by cp.async; maps are kernel parameters (__grid_constant__)
+  // chunked engine: q, k, b (channel gates), g (channel decay), v and w (channel gates)
+  // tiles copied by tensor maps (TMA) when tma = 1, else by cp.async; maps are kernel
+  // parameters (__grid_constant__). v, w land in the 128-byte swizzle (swz128).
   int tma = 0;
-  TileMap maps[4];  // kMapQ, kMapK, kMapB, kMapG
+  TileMap maps[6];  // kMapQ, kMapK, kMapB, kMapG, kMapV, kMapW
 };
-enum : int { kMapQ = 0, kMapK = 1, kMapB = 2, kMapG = 3 };
+enum : int { kMapQ = 0, kMapK = 1, kMapB = 2, kMapG = 3, kMapV = 4, kMapW = 5 };
 
 enum class DType : int { bf16 = 0, f16 = 1 };
 enum class Path : int { automatic = 0, fused = 1, split = 2 };

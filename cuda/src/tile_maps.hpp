@@ -30,11 +30,13 @@ inline PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
 
 /// Map `m` over a [B, T, H, D] view (element strides s of `esize`-byte elements, unit
 /// channel stride) whose box is 64 tokens × D channels of one (batch, head), landing in
-/// shared memory as a dense [64][D] tile; tokens past T read as zeros. The outer
-/// dimensions are ordered by stride (extent-1 ones last). False when the view cannot be
-/// described (the caller then copies with cp.async).
+/// shared memory as a dense [64][D] tile; tokens past T read as zeros. With `swizzle128`
+/// (16-bit elements) the box is 64 tokens × 64 channels in the 128-byte swizzle, one copy
+/// per 64-channel atom of a swz128 tile. The outer dimensions are ordered by stride
+/// (extent-1 ones last). False when the view cannot be described (the caller then copies
+/// with cp.async).
 inline bool encode_tile_map(TileMap& m, const void* base, int esize, int D, const Strides3& s, long long B,
-                            long long T, long long H) {
+                            long long T, long long H, bool swizzle128 = false) {
   const auto encode = tensor_map_encoder();
   if (!encode || !base || B < 1 || T < 1 || H < 1) return false;
   struct Dim {
@@ -47,7 +49,8 @@ inline bool encode_tile_map(TileMap& m, const void* base, int esize, int D, cons
     return a.stride < b.stride;
   });
   cuuint64_t dims[4] = {cuuint64_t(D)}, strides[3];
-  cuuint32_t box[4] = {cuuint32_t(D)}, estr[4] = {1, 1, 1, 1};
+  if (swizzle128 && (esize != 2 || D % 64 != 0)) return false;
+  cuuint32_t box[4] = {cuuint32_t(swizzle128 ? 64 : D)}, estr[4] = {1, 1, 1, 1};
   long long span = (long long)D * esize;  // bytes covered by the dimensions so far
   for (int i = 0; i < 3; ++i) {
     // an extent-1 dimension's coordinate is always 0: any stride that keeps the order does
@@ -62,17 +65,21 @@ inline bool encode_tile_map(TileMap& m, const void* base, int esize, int D, cons
   const CUresult r = encode(reinterpret_cast<CUtensorMap*>(m.desc),
                             esize == 2 ? CU_TENSOR_MAP_DATA_TYPE_UINT16 : CU_TENSOR_MAP_DATA_TYPE_UINT32, 4,
                             const_cast<void*>(base), dims, strides, box, estr, CU_TENSOR_MAP_INTERLEAVE_NONE,
-                            CU_TENSOR_MAP_SWIZZLE_NONE, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                            swizzle128 ? CU_TENSOR_MAP_SWIZZLE_128B : CU_TENSOR_MAP_SWIZZLE_NONE,
+                            CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
                             CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   return r == CUDA_SUCCESS;
 }
 
-/// The forward's tile maps: q, k, then b with channel gates and g with channel decay;
-/// p.tma = 1 only when every one of them could be encoded.
+/// The forward's tile maps: q, k, v, then b and w with channel gates and g with channel
+/// decay; p.tma = 1 only when every one of them could be encoded.
 inline void encode_input_maps(ForwardParams& p, bool channel_gates, bool channel_decay) {
   bool ok = encode_tile_map(p.maps[kMapQ], p.q, 2, p.K, p.sq, p.B, p.T, p.Hk) &&
-            encode_tile_map(p.maps[kMapK], p.k, 2, p.K, p.sk, p.B, p.T, p.Hk);
-  if (channel_gates) ok = ok && encode_tile_map(p.maps[kMapB], p.b, 2, p.K, p.sb, p.B, p.T, p.hg_b);
+            encode_tile_map(p.maps[kMapK], p.k, 2, p.K, p.sk, p.B, p.T, p.Hk) &&
+            encode_tile_map(p.maps[kMapV], p.v, 2, p.V, p.sv, p.B, p.T, p.Hv, true);
+  if (channel_gates)
+    ok = ok && encode_tile_map(p.maps[kMapB], p.b, 2, p.K, p.sb, p.B, p.T, p.hg_b) &&
+         encode_tile_map(p.maps[kMapW], p.w, 2, p.V, p.sw, p.B, p.T, p.hg_w, true);
   if (channel_decay) ok = ok && encode_tile_map(p.maps[kMapG], p.g, 4, p.K, p.sg, p.B, p.T, p.hg_g);
   p.tma = ok ? 1 : 0;
 }
