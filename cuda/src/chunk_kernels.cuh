@@ -673,20 +673,32 @@ __device__ __forceinline__ std::uint64_t desc_tokens(const __half* x, int ks) {
   return wgmma_desc(x + ks * 16 * 64, kWgmmaMnLbo, kWgmmaMnSbo);
 }
 
+/// What a state step is compiled for: HL, AL, VL the layouts of Y/Qγ/Ktail, of A/Aqk and
+/// of the v, w tiles; WG: the products with Y, Qγ and Ktail as warpgroup MMAs (HL =
+/// swz128; the owner warps form whole warpgroups, warp w of a group holding its rows
+/// 16·(w mod 4).. of the group's 64 value columns); TIED: Z = β⊙v (else w⊙v). Every
+/// branch of the step is then resolved at compile time: a warpgroup MMA in flight across a
+/// runtime branch makes ptxas wait for it there.
+template <TileLayout HL_, TileLayout AL_, TileLayout VL_, bool WG_, bool TIED_>
+struct StepKind {
+  static constexpr TileLayout HL = HL_, AL = AL_, VL = VL_;
+  static constexpr bool WG = WG_, TIED = TIED_;
+};
+
 /// Uᵀ += Zᵀ Aᵀ (Z = w⊙v or β⊙v; 16 value columns × 64 tokens, k = tokens; A lower
 /// block-triangular, so block np only takes k-steps ks <= np).
-template <class Tin, TileLayout AL, TileLayout VL>
+template <class Tin, class K>
 __device__ __forceinline__ void step_u(float (&R)[8][4], const StepInputs& in, int lane) {
+  constexpr TileLayout AL = K::AL, VL = K::VL;
   const int q4 = lane & 3;
   const Tin* Rv = static_cast<const Tin*>(in.Rv);
-  const Tin* Rw = static_cast<const Tin*>(in.Rw);
 #pragma unroll
   for (int ks = 0; ks < 4; ++ks) {
     std::uint32_t zv[4], z[4];
     ldsm_x4_t(zv, tile_at<VL>(Rv, in.pv, 16 * ks + lrow_bn(lane), in.vcol + lcol_bn(lane)));
-    if (Rw) {
+    if constexpr (!K::TIED) {
       std::uint32_t zw[4];
-      ldsm_x4_t(zw, tile_at<VL>(Rw, in.pv, 16 * ks + lrow_bn(lane), in.vcol + lcol_bn(lane)));
+      ldsm_x4_t(zw, tile_at<VL>(static_cast<const Tin*>(in.Rw), in.pv, 16 * ks + lrow_bn(lane), in.vcol + lcol_bn(lane)));
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
         const float2 a = In16<Tin>::to_float2(zv[i]), b = In16<Tin>::to_float2(zw[i]);
@@ -783,19 +795,18 @@ __device__ __forceinline__ void step_store(const float (&O)[8][4], int n, void* 
   __syncwarp();
 }
 
-/// HL: layout of Y, Qγ, Ktail; AL: layout of A, Aqk; VL: layout of the v, w tiles. WG: the products with Y, Qγ and
-/// Ktail as warpgroup MMAs (HL = swz128; the owner warps form whole warpgroups, warp w of
-/// a group holding its rows 16·(w mod 4).. of the group's 64 value columns): the operand
+/// One chunk step of this warp's 16 value columns (K: a StepKind). With K::WG the operand
 /// tiles are read once per warpgroup instead of once per warp, and each warpgroup MMA
 /// runs while the warp does its mma.sync work (Oᵀ = S0ᵀ Qγᵀ during Uᵀ; the S update during
 /// Oᵀ += Rᵀ Aqkᵀ and the output stores).
-template <class Tin, int D, TileLayout HL, TileLayout AL, bool WG = false, TileLayout VL = TileLayout::padded>
+template <class Tin, int D, class K>
 __device__ __forceinline__ void state_step(float (&S)[D / 8][4], const StepInputs& in, int n, void* stage,
                                            Tin* out, long long out_tstride, int lane) {
   float R[8][4] = {};
-  float O[8][4] = {};
+  float O[8][4];
   std::uint32_t rf[4][4];
-  if constexpr (WG) {
+  constexpr TileLayout HL = K::HL, AL = K::AL;
+  if constexpr (K::WG) {
     static_assert(HL == TileLayout::swz128, "warpgroup MMAs read swz128 tiles");
     // S0ᵀ as fp16 A operands (k = channels); registers read by the MMAs until the wait
     std::uint32_t sa[D / 16][4];
@@ -806,13 +817,12 @@ __device__ __forceinline__ void state_step(float (&S)[D / 8][4], const StepInput
       sa[kc][2] = pack_half2(S[2 * kc + 1][0], S[2 * kc + 1][1]);
       sa[kc][3] = pack_half2(S[2 * kc + 1][2], S[2 * kc + 1][3]);
     }
-    // Oᵀ = S0ᵀ Qγᵀ (in flight) ‖ Uᵀ = Zᵀ Aᵀ (mma.sync) ; then Rᵀ = Uᵀ − S0ᵀ Yᵀ
+    // Uᵀ = Zᵀ Aᵀ (mma.sync, nothing in flight); then Oᵀ = S0ᵀ Qγᵀ and Rᵀ += −S0ᵀ Yᵀ
+    step_u<Tin, K>(R, in, lane);
     wgmma_fence();
+    wgmma_f16_first_64(O, sa[0], desc_channels(in.Qg, 0), false);
 #pragma unroll
-    for (int kc = 0; kc < D / 16; ++kc) wgmma_f16<64, 0>(O, sa[kc], desc_channels(in.Qg, kc), false);
-    wgmma_commit();
-    step_u<Tin, AL, VL>(R, in, lane);
-    wgmma_fence();
+    for (int kc = 1; kc < D / 16; ++kc) wgmma_f16<64, 0>(O, sa[kc], desc_channels(in.Qg, kc), false);
 #pragma unroll
     for (int kc = 0; kc < D / 16; ++kc) wgmma_f16<64, 0>(R, sa[kc], desc_channels(in.Y, kc), true);
     wgmma_commit();
@@ -831,7 +841,9 @@ __device__ __forceinline__ void state_step(float (&S)[D / 8][4], const StepInput
     wgmma_wait_all();
     wgmma_fence_operands(S);
   } else {
-    step_u<Tin, AL, VL>(R, in, lane);
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt) O[nt][0] = O[nt][1] = O[nt][2] = O[nt][3] = 0.f;
+    step_u<Tin, K>(R, in, lane);
     // Rᵀ −= S0ᵀ Yᵀ ;  Oᵀ = S0ᵀ Qγᵀ
 #pragma unroll
     for (int kc = 0; kc < D / 16; ++kc) {
@@ -1117,8 +1129,8 @@ __global__ void __launch_bounds__(kThreads, 1) fused_forward_kernel(const __grid
     GDR2_FWD_MARK(12);
     if (owner) {
       Tin* out = const_cast<Tin*>(row_ptr<Tin>(p.o, p.so, sp.batch, t0, hv)) + 16 * w;
-      state_step<Tin, D, TileLayout::swz128, TileLayout::padded, true, TileLayout::swz128>(S, in, len, stage, out,
-                                                                                          p.so.t, lane);
+      using K = StepKind<TileLayout::swz128, TileLayout::padded, TileLayout::swz128, true, GATES == 1>;
+      state_step<Tin, D, K>(S, in, len, stage, out, p.so.t, lane);
     }
     __syncthreads();
     GDR2_FWD_MARK(13);
@@ -1393,9 +1405,11 @@ __device__ void state_body(const ForwardParams& p, char* sm, int n, int hv, int 
     Tin* out = const_cast<Tin*>(row_ptr<Tin>(p.o, p.so, sp.batch, t0, hv)) + v0 + 16 * w;
     if (owner) {
       if (p.vslice >= 64)  // whole warpgroups of owner warps
-        state_step<Tin, D, TileLayout::swz128, TileLayout::record, true>(S, in, len, ostage, out, p.so.t, lane);
+        state_step<Tin, D, StepKind<TileLayout::swz128, TileLayout::record, TileLayout::padded, true, GATES == 1>>(
+            S, in, len, ostage, out, p.so.t, lane);
       else
-        state_step<Tin, D, TileLayout::swz128, TileLayout::record, false>(S, in, len, ostage, out, p.so.t, lane);
+        state_step<Tin, D, StepKind<TileLayout::swz128, TileLayout::record, TileLayout::padded, false, GATES == 1>>(
+            S, in, len, ostage, out, p.so.t, lane);
     }
     fence_proxy_async();  // this stage is rewritten by a bulk copy after the barrier
     __syncthreads();

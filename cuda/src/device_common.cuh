@@ -164,6 +164,32 @@ __device__ __forceinline__ void wgmma_f16<64, 0>(float (&d)[8][4], const std::ui
     GDR2_WGMMA_64_0("1");
 #undef GDR2_WGMMA_64_0
 }
+/// d (m64 × 64, this warp's 16 rows) = ±A (m64 × k16) · B (k16 × 64, K-contiguous): the
+/// first k-step of a product, the accumulators only written (scale-d = 0). Used for
+/// products issued while the warp runs mma.sync work: accumulators that an MMA only
+/// writes, and that no other instruction writes before the next product, let ptxas keep
+/// them in flight (a register written by both mma.sync and a later wgmma made it wait for
+/// the MMAs in flight before the mma.sync, serialising the two).
+__device__ __forceinline__ void wgmma_f16_first_64(float (&d)[8][4], const std::uint32_t (&a)[4], std::uint64_t b,
+                                                   bool neg) {
+#define GDR2_WGMMA_FIRST_64(SA)                                                                                 \
+  asm volatile(                                                                                                \
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {"                                                  \
+      "%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"                                                \
+      "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31"                                       \
+      "}, {%32,%33,%34,%35}, %36, 0, " SA ", 1, 0;\n"                                                          \
+      : "=f"(d[0][0]), "=f"(d[0][1]), "=f"(d[0][2]), "=f"(d[0][3]), "=f"(d[1][0]), "=f"(d[1][1]), "=f"(d[1][2]), \
+        "=f"(d[1][3]), "=f"(d[2][0]), "=f"(d[2][1]), "=f"(d[2][2]), "=f"(d[2][3]), "=f"(d[3][0]), "=f"(d[3][1]), \
+        "=f"(d[3][2]), "=f"(d[3][3]), "=f"(d[4][0]), "=f"(d[4][1]), "=f"(d[4][2]), "=f"(d[4][3]), "=f"(d[5][0]), \
+        "=f"(d[5][1]), "=f"(d[5][2]), "=f"(d[5][3]), "=f"(d[6][0]), "=f"(d[6][1]), "=f"(d[6][2]), "=f"(d[6][3]), \
+        "=f"(d[7][0]), "=f"(d[7][1]), "=f"(d[7][2]), "=f"(d[7][3])                                               \
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b))
+  if (neg)
+    GDR2_WGMMA_FIRST_64("-1");
+  else
+    GDR2_WGMMA_FIRST_64("1");
+#undef GDR2_WGMMA_FIRST_64
+}
 template <>
 __device__ __forceinline__ void wgmma_f16<64, 1>(float (&d)[8][4], const std::uint32_t (&a)[4],
                                                   std::uint64_t b, bool neg) {
