@@ -28,7 +28,7 @@
 // Engines built from these pieces:
 //   fused  one block per (sequence, value head) walks its chunks: prep + state pass,
 //          the next chunk's q, k, b, g prefetched (tensor-map copies, TMA) while the
-//          current one computes.
+//          current one computes, its v, w (128-byte-swizzled TMA) during the solve.
 //   split  a persistent prep kernel writes one record per (chunk, head) to the
 //          workspace; a state-pass kernel per (sequence, head, value slice) streams them.
 #pragma once
