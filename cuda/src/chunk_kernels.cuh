@@ -486,34 +486,40 @@ struct Prep {
         a16[(16 * blk + r) * PC + 16 * blk + c] = __float2half_rn(x[r]);
       }
     }
-    // (1') in place, 8 values per thread, on warps 2.. (warps 0, 1 hold the inverses'
-    //      serial chains, which bound the phase): Ē = BkFin·γ_a, Qγ = QFin·γ_a, Ktail = KFo·tail
-    for (int i = tid - 64; TRANSFORM && i >= 0 && i < kC * D / 8; i += kThreads - 64) {
-      const int r = i / (D / 8), c = 8 * (i % (D / 8)), blk = r >> 4;
+    // (1') in place, 8 channels of RPT rows of one 16-row block per thread (the block's
+    //      factors loaded once): Ē = BkFin·γ_a, Qγ = QFin·γ_a, Ktail = KFo·tail
+    if (TRANSFORM) {
+      constexpr int RPT = kC * D / 8 / kThreads;  // 4 (D = 128) or 2 (D = 64)
+      static_assert(RPT * kThreads * 8 == kC * D && 16 % RPT == 0, "whole rows of one block per thread");
+      const int r0 = RPT * (tid / (D / 8)), c = 8 * (tid % (D / 8)), blk = r0 >> 4;
       const float4* gp = reinterpret_cast<const float4*>(ga(sm) + blk * D + c);
       const float4* tp = reinterpret_cast<const float4*>(tf(sm) + blk * D + c);
       const float4 g0 = gp[0], g1 = gp[1], t0 = tp[0], t1 = tp[1];
       const float gv[8] = {g0.x, g0.y, g0.z, g0.w, g1.x, g1.y, g1.z, g1.w};
       const float tv[8] = {t0.x, t0.y, t0.z, t0.w, t1.x, t1.y, t1.z, t1.w};
-      uint4* pe = reinterpret_cast<uint4*>(he + hx(r, c));
-      uint4* pq = reinterpret_cast<uint4*>(hq + hx(r, c));
-      uint4* pk = reinterpret_cast<uint4*>(hk + hx(r, c));
-      uint4 ve = *pe, vq = *pq, vk = *pk;
-      std::uint32_t* ue = &ve.x;
-      std::uint32_t* uq = &vq.x;
-      std::uint32_t* uk = &vk.x;
 #pragma unroll
-      for (int h = 0; h < 4; ++h) {
-        float2 x = __half22float2(*reinterpret_cast<__half2*>(ue + h));
-        ue[h] = pack_half2(x.x * gv[2 * h], x.y * gv[2 * h + 1]);
-        x = __half22float2(*reinterpret_cast<__half2*>(uq + h));
-        uq[h] = pack_half2(x.x * gv[2 * h], x.y * gv[2 * h + 1]);
-        x = __half22float2(*reinterpret_cast<__half2*>(uk + h));
-        uk[h] = pack_half2(x.x * tv[2 * h], x.y * tv[2 * h + 1]);
+      for (int j = 0; j < RPT; ++j) {
+        const int r = r0 + j;
+        uint4* pe = reinterpret_cast<uint4*>(he + hx(r, c));
+        uint4* pq = reinterpret_cast<uint4*>(hq + hx(r, c));
+        uint4* pk = reinterpret_cast<uint4*>(hk + hx(r, c));
+        uint4 ve = *pe, vq = *pq, vk = *pk;
+        std::uint32_t* ue = &ve.x;
+        std::uint32_t* uq = &vq.x;
+        std::uint32_t* uk = &vk.x;
+#pragma unroll
+        for (int h = 0; h < 4; ++h) {
+          float2 x = __half22float2(*reinterpret_cast<__half2*>(ue + h));
+          ue[h] = pack_half2(x.x * gv[2 * h], x.y * gv[2 * h + 1]);
+          x = __half22float2(*reinterpret_cast<__half2*>(uq + h));
+          uq[h] = pack_half2(x.x * gv[2 * h], x.y * gv[2 * h + 1]);
+          x = __half22float2(*reinterpret_cast<__half2*>(uk + h));
+          uk[h] = pack_half2(x.x * tv[2 * h], x.y * tv[2 * h + 1]);
+        }
+        *pe = ve;
+        *pq = vq;
+        *pk = vk;
       }
-      *pe = ve;
-      *pq = vq;
-      *pk = vk;
     }
     __syncthreads();
     GDR2_FWD_MARK(5);
