@@ -139,30 +139,50 @@ __device__ __forceinline__ void wgmma_fence_operands(float (&d)[M][N]) {
 #pragma unroll
     for (int j = 0; j < N; ++j) asm volatile("" : "+f"(d[i][j])::"memory");
 }
+// Operand lists of the wrappers below: accumulator registers d[j][0..3] under constraint
+// CS ("+f": accumulate, "=f": write only), the matching PTX register lists, A and B.
+#define GDR2_ACC4(CS, d, j) CS(d[j][0]), CS(d[j][1]), CS(d[j][2]), CS(d[j][3])
+#define GDR2_ACC32(CS, d)                                                                                \
+  GDR2_ACC4(CS, d, 0), GDR2_ACC4(CS, d, 1), GDR2_ACC4(CS, d, 2), GDR2_ACC4(CS, d, 3), GDR2_ACC4(CS, d, 4), \
+      GDR2_ACC4(CS, d, 5), GDR2_ACC4(CS, d, 6), GDR2_ACC4(CS, d, 7)
+#define GDR2_ACC64(CS, d)                                                                                   \
+  GDR2_ACC32(CS, d), GDR2_ACC4(CS, d, 8), GDR2_ACC4(CS, d, 9), GDR2_ACC4(CS, d, 10), GDR2_ACC4(CS, d, 11), \
+      GDR2_ACC4(CS, d, 12), GDR2_ACC4(CS, d, 13), GDR2_ACC4(CS, d, 14), GDR2_ACC4(CS, d, 15)
+#define GDR2_REGS32                                                                  \
+  "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21," \
+  "%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, {%32,%33,%34,%35}, %36, "
+#define GDR2_REGS64                                                                                   \
+  "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25," \
+  "%26,%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,"    \
+  "%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, {%64,%65,%66,%67}, %68, "
+#define GDR2_AB "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b)
+// One instruction: SHAPE (m64nNk16), the accumulators' registers REGS and constraint list
+// ACC, scale-d SD (1 accumulate, 0 overwrite), the sign of A, B transposed (TB 1: N-major).
+#define GDR2_WGMMA(SHAPE, REGS, ACC, SD, TB)                                                                  \
+  if (neg)                                                                                                    \
+    asm volatile("wgmma.mma_async.sync.aligned." SHAPE ".f32.f16.f16 " REGS SD ", -1, 1, " TB ";\n" : ACC : GDR2_AB); \
+  else                                                                                                        \
+    asm volatile("wgmma.mma_async.sync.aligned." SHAPE ".f32.f16.f16 " REGS SD ", 1, 1, " TB ";\n" : ACC : GDR2_AB)
+
 /// d (m64 × N: this warp's 16 rows) += ±A (m64 × k16) · B (k16 × N), the sign − when `neg`;
 /// TRANS: B stored N-contiguous ("MN-major") instead of K-contiguous.
 template <int N, int TRANS>
 __device__ __forceinline__ void wgmma_f16(float (&d)[N / 8][4], const std::uint32_t (&a)[4], std::uint64_t b,
                                           bool neg);
 template <>
-__device__ __forceinline__ void wgmma_f16<64, 0>(float (&d)[8][4], const std::uint32_t (&a)[4],
-                                                  std::uint64_t b, bool neg) {
-#define GDR2_WGMMA_64_0(SA)                                          \
-  asm volatile(                                                         \
-      "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {"           \
-      "%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15," \
-      "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31" \
-      "}, {%32,%33,%34,%35}, %36, 1, " SA ", 1, 0;\n"                         \
-      : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]), \
-      "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]), \
-      "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]), \
-      "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3]) \
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b))
-  if (neg)
-    GDR2_WGMMA_64_0("-1");
-  else
-    GDR2_WGMMA_64_0("1");
-#undef GDR2_WGMMA_64_0
+__device__ __forceinline__ void wgmma_f16<64, 0>(float (&d)[8][4], const std::uint32_t (&a)[4], std::uint64_t b,
+                                                  bool neg) {
+  GDR2_WGMMA("m64n64k16", GDR2_REGS32, GDR2_ACC32("+f", d), "1", "0");
+}
+template <>
+__device__ __forceinline__ void wgmma_f16<64, 1>(float (&d)[8][4], const std::uint32_t (&a)[4], std::uint64_t b,
+                                                  bool neg) {
+  GDR2_WGMMA("m64n64k16", GDR2_REGS32, GDR2_ACC32("+f", d), "1", "1");
+}
+template <>
+__device__ __forceinline__ void wgmma_f16<128, 1>(float (&d)[16][4], const std::uint32_t (&a)[4], std::uint64_t b,
+                                                  bool neg) {
+  GDR2_WGMMA("m64n128k16", GDR2_REGS64, GDR2_ACC64("+f", d), "1", "1");
 }
 /// d (m64 × 64, this warp's 16 rows) = ±A (m64 × k16) · B (k16 × 64, K-contiguous): the
 /// first k-step of a product, the accumulators only written (scale-d = 0). Used for
@@ -172,70 +192,15 @@ __device__ __forceinline__ void wgmma_f16<64, 0>(float (&d)[8][4], const std::ui
 /// the MMAs in flight before the mma.sync, serialising the two).
 __device__ __forceinline__ void wgmma_f16_first_64(float (&d)[8][4], const std::uint32_t (&a)[4], std::uint64_t b,
                                                    bool neg) {
-#define GDR2_WGMMA_FIRST_64(SA)                                                                                 \
-  asm volatile(                                                                                                \
-      "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {"                                                  \
-      "%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"                                                \
-      "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31"                                       \
-      "}, {%32,%33,%34,%35}, %36, 0, " SA ", 1, 0;\n"                                                          \
-      : "=f"(d[0][0]), "=f"(d[0][1]), "=f"(d[0][2]), "=f"(d[0][3]), "=f"(d[1][0]), "=f"(d[1][1]), "=f"(d[1][2]), \
-        "=f"(d[1][3]), "=f"(d[2][0]), "=f"(d[2][1]), "=f"(d[2][2]), "=f"(d[2][3]), "=f"(d[3][0]), "=f"(d[3][1]), \
-        "=f"(d[3][2]), "=f"(d[3][3]), "=f"(d[4][0]), "=f"(d[4][1]), "=f"(d[4][2]), "=f"(d[4][3]), "=f"(d[5][0]), \
-        "=f"(d[5][1]), "=f"(d[5][2]), "=f"(d[5][3]), "=f"(d[6][0]), "=f"(d[6][1]), "=f"(d[6][2]), "=f"(d[6][3]), \
-        "=f"(d[7][0]), "=f"(d[7][1]), "=f"(d[7][2]), "=f"(d[7][3])                                               \
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b))
-  if (neg)
-    GDR2_WGMMA_FIRST_64("-1");
-  else
-    GDR2_WGMMA_FIRST_64("1");
-#undef GDR2_WGMMA_FIRST_64
+  GDR2_WGMMA("m64n64k16", GDR2_REGS32, GDR2_ACC32("=f", d), "0", "0");
 }
-template <>
-__device__ __forceinline__ void wgmma_f16<64, 1>(float (&d)[8][4], const std::uint32_t (&a)[4],
-                                                  std::uint64_t b, bool neg) {
-#define GDR2_WGMMA_64_1(SA)                                          \
-  asm volatile(                                                         \
-      "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {"           \
-      "%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15," \
-      "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31" \
-      "}, {%32,%33,%34,%35}, %36, 1, " SA ", 1, 1;\n"                         \
-      : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]), \
-      "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]), \
-      "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]), \
-      "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3]) \
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b))
-  if (neg)
-    GDR2_WGMMA_64_1("-1");
-  else
-    GDR2_WGMMA_64_1("1");
-#undef GDR2_WGMMA_64_1
-}
-template <>
-__device__ __forceinline__ void wgmma_f16<128, 1>(float (&d)[16][4], const std::uint32_t (&a)[4],
-                                                  std::uint64_t b, bool neg) {
-#define GDR2_WGMMA_128_1(SA)                                          \
-  asm volatile(                                                         \
-      "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {"           \
-      "%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15," \
-      "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31," \
-      "%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47," \
-      "%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63" \
-      "}, {%64,%65,%66,%67}, %68, 1, " SA ", 1, 1;\n"                         \
-      : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]), \
-      "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]), \
-      "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]), \
-      "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3]), \
-      "+f"(d[8][0]), "+f"(d[8][1]), "+f"(d[8][2]), "+f"(d[8][3]), "+f"(d[9][0]), "+f"(d[9][1]), "+f"(d[9][2]), "+f"(d[9][3]), \
-      "+f"(d[10][0]), "+f"(d[10][1]), "+f"(d[10][2]), "+f"(d[10][3]), "+f"(d[11][0]), "+f"(d[11][1]), "+f"(d[11][2]), "+f"(d[11][3]), \
-      "+f"(d[12][0]), "+f"(d[12][1]), "+f"(d[12][2]), "+f"(d[12][3]), "+f"(d[13][0]), "+f"(d[13][1]), "+f"(d[13][2]), "+f"(d[13][3]), \
-      "+f"(d[14][0]), "+f"(d[14][1]), "+f"(d[14][2]), "+f"(d[14][3]), "+f"(d[15][0]), "+f"(d[15][1]), "+f"(d[15][2]), "+f"(d[15][3]) \
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b))
-  if (neg)
-    GDR2_WGMMA_128_1("-1");
-  else
-    GDR2_WGMMA_128_1("1");
-#undef GDR2_WGMMA_128_1
-}
+#undef GDR2_WGMMA
+#undef GDR2_AB
+#undef GDR2_REGS64
+#undef GDR2_REGS32
+#undef GDR2_ACC64
+#undef GDR2_ACC32
+#undef GDR2_ACC4
 
 // ---- mma.sync m16n8k16, fp16 inputs, fp32 accumulators ----------------------------
 __device__ __forceinline__ void mma16816(float (&c)[4], const std::uint32_t (&a)[4], std::uint32_t b0,
