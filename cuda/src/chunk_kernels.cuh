@@ -802,9 +802,9 @@ __device__ __forceinline__ void step_store(const float (&O)[8][4], int n, void* 
 }
 
 /// One chunk step of this warp's 16 value columns (K: a StepKind). With K::WG the operand
-/// tiles are read once per warpgroup instead of once per warp, and each warpgroup MMA
-/// runs while the warp does its mma.sync work (Oᵀ = S0ᵀ Qγᵀ during Uᵀ; the S update during
-/// Oᵀ += Rᵀ Aqkᵀ and the output stores).
+/// tiles are read once per warpgroup instead of once per warp; Uᵀ (mma.sync) is formed
+/// before any warpgroup MMA is in flight, and the S update (warpgroup MMAs) runs while the
+/// warp does Oᵀ += Rᵀ Aqkᵀ and the output stores (why in this order: cuda/NOTES.md, v9).
 template <class Tin, int D, class K>
 __device__ __forceinline__ void state_step(float (&S)[D / 8][4], const StepInputs& in, int n, void* stage,
                                            Tin* out, long long out_tstride, int lane) {
