@@ -126,28 +126,18 @@ __device__ __forceinline__ const T* row_ptr(const void* base, const Strides3& s,
   return static_cast<const T*>(base) + (long long)b * s.b + (long long)t * s.t + (long long)h * s.h;
 }
 
-/// Issue cp.async copies of `rows_valid` rows (zero-filled up to 64) of a [T, D] slice.
-template <int ROW_BYTES>
+/// Issue cp.async copies of `rows_valid` rows (zero-filled up to 64) of a [T, D] slice:
+/// rows `dst_pitch` bytes apart, or with SWZ128 (16-bit rows) into a swz128 tile (the
+/// layout a 128-byte-swizzle tensor-map copy makes; `dst_pitch` unused).
+template <int ROW_BYTES, bool SWZ128 = false>
 __device__ __forceinline__ void load_rows(char* dst, int dst_pitch, const char* src, long long src_pitch,
                                           int rows_valid, int tid, int nthreads) {
   constexpr int CPR = ROW_BYTES / 16;
   for (int i = tid; i < kC * CPR; i += nthreads) {
     const int r = i / CPR, c = i % CPR;
     const bool ok = r < rows_valid;
-    cp_async16(dst + r * dst_pitch + c * 16, src + (ok ? r * src_pitch : 0) + c * 16, ok);
-  }
-}
-
-/// Issue cp.async copies of a [T, D] slice's first 64 rows (`rows_valid` of them, zero-
-/// filled up to 64) into a swz128 tile (the layout a 128-byte-swizzle tensor-map copy makes).
-template <int D>
-__device__ __forceinline__ void load_rows_swz128(char* dst, const char* src, long long src_pitch, int rows_valid,
-                                                 int tid, int nthreads) {
-  constexpr int CPR = D * 2 / 16;
-  for (int i = tid; i < kC * CPR; i += nthreads) {
-    const int r = i / CPR, c = i % CPR;
-    const bool ok = r < rows_valid;
-    cp_async16(dst + 2 * swz128(r, 8 * c), src + (ok ? r * src_pitch : 0) + c * 16, ok);
+    char* d = SWZ128 ? dst + 2 * swz128(r, 8 * c) : dst + r * dst_pitch + c * 16;
+    cp_async16(d, src + (ok ? r * src_pitch : 0) + c * 16, ok);
   }
 }
 
@@ -942,6 +932,17 @@ struct ChunkLoader {
   bool tma = false;
   std::uint32_t waits = 0, waits_b = 0;  // copies waited for (the mbarriers' phase parities)
 
+  /// One tensor-map copy of the 64-token tile at `t0` of (batch, head) into `off`, in
+  /// `atoms` boxes of D / atoms channels (atoms > 1: the swz128 atoms, 8 KB apart),
+  /// completing `bar`.
+  static __device__ void tma_tile(const ForwardParams& p, char* sm, int off, int map, int t0, int head, int batch,
+                                  int atoms, void* bar) {
+    const TileMap& m = p.maps[map];
+    const int x[3] = {t0, head, batch};
+    for (int a = 0; a < atoms; ++a)
+      tma_load_4d(sm + off + a * (kC * 64 * 2), m.desc, a * (D / atoms), x[m.dim[0]], x[m.dim[1]], x[m.dim[2]], bar);
+  }
+
   /// With tensor maps: thread 0 sets up the mbarriers. Ends synchronised.
   __device__ void init(const ForwardParams& p, char* sm) {
     tma = p.tma != 0;
@@ -964,15 +965,10 @@ struct ChunkLoader {
         fence_proxy_async();
         void* bar = sm + L::bar;
         mbar_expect_tx(bar, kBytesA);
-        auto tile = [&](int off, int map, int head) {
-          const TileMap& m = p.maps[map];
-          const int x[3] = {t0, head, batch};
-          tma_load_4d(sm + off, m.desc, 0, x[m.dim[0]], x[m.dim[1]], x[m.dim[2]], bar);
-        };
-        tile(L::rq, kMapQ, hk);
-        tile(L::rk, kMapK, hk);
-        if (GATES == 0) tile(L::rb, kMapB, hb);
-        if (DECAY == 0) tile(L::rg, kMapG, hgg);
+        tma_tile(p, sm, L::rq, kMapQ, t0, hk, batch, 1, bar);
+        tma_tile(p, sm, L::rk, kMapK, t0, hk, batch, 1, bar);
+        if (GATES == 0) tma_tile(p, sm, L::rb, kMapB, t0, hb, batch, 1, bar);
+        if (DECAY == 0) tma_tile(p, sm, L::rg, kMapG, t0, hgg, batch, 1, bar);
       }
     } else {
       load_rows<D * 2>(sm + L::rq, L::PR * 2, reinterpret_cast<const char*>(row_ptr<Tin>(p.q, p.sq, batch, t0, hk)),
@@ -1031,22 +1027,15 @@ struct ChunkLoader {
         fence_proxy_async();
         void* bar = sm + L::bar + 8;
         mbar_expect_tx(bar, kBytesB);
-        auto tile = [&](int off, int map, int head) {
-          const TileMap& m = p.maps[map];
-          const int x[3] = {t0, head, batch};
-#pragma unroll
-          for (int a = 0; a < D / 64; ++a)
-            tma_load_4d(sm + off + a * (kC * 64 * 2), m.desc, 64 * a, x[m.dim[0]], x[m.dim[1]], x[m.dim[2]], bar);
-        };
-        tile(L::rv, kMapV, hv);
-        if (GATES == 0) tile(L::rw, kMapW, hw);
+        tma_tile(p, sm, L::rv, kMapV, t0, hv, batch, D / 64, bar);
+        if (GATES == 0) tma_tile(p, sm, L::rw, kMapW, t0, hw, batch, D / 64, bar);
       }
     } else {
-      load_rows_swz128<D>(sm + L::rv, reinterpret_cast<const char*>(row_ptr<Tin>(p.v, p.sv, batch, t0, hv)),
-                          p.sv.t * 2, len, tid, kThreads);
+      load_rows<D * 2, true>(sm + L::rv, 0, reinterpret_cast<const char*>(row_ptr<Tin>(p.v, p.sv, batch, t0, hv)),
+                             p.sv.t * 2, len, tid, kThreads);
       if (GATES == 0)
-        load_rows_swz128<D>(sm + L::rw, reinterpret_cast<const char*>(row_ptr<Tin>(p.w, p.sw, batch, t0, hw)),
-                            p.sw.t * 2, len, tid, kThreads);
+        load_rows<D * 2, true>(sm + L::rw, 0, reinterpret_cast<const char*>(row_ptr<Tin>(p.w, p.sw, batch, t0, hw)),
+                               p.sw.t * 2, len, tid, kThreads);
     }
   }
   /// Wait for group B of the chunk of `len` tokens (rows >= len zeroed: past a packed
