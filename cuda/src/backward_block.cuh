@@ -44,6 +44,7 @@ namespace bwd {
 
 constexpr int kC = 64;         ///< chunk length of the backward
 constexpr int kSub = 16;       ///< sub-block of the anchored decay products
+constexpr int kKS = 32;        ///< key channels of one grad-2 applies block
 constexpr int kThreads = 512;  ///< threads of every backward kernel (16 warps)
 constexpr float kLog2e = 1.4426950408889634f;
 

@@ -37,9 +37,20 @@ __global__ void __launch_bounds__(kThreads, 1) grad1_kernel(BackwardParams p) {
   grad1_body<D, MATH>(bk, p, (long long)blockIdx.x, int(blockIdx.y), sm);
 }
 template <int D, int MATH>
-__global__ void __launch_bounds__(kThreads, 1) grad2_kernel(BackwardParams p) {
+__global__ void __launch_bounds__(kWyThreads, 2) wy_kernel(BackwardParams p) {
   GDR2_BWD_BLOCK
-  grad2_body<D, MATH>(bk, p, (long long)blockIdx.x, int(blockIdx.y), sm);
+  wy_body<D, MATH>(bk, p, (long long)blockIdx.x, int(blockIdx.y), sm);
+}
+template <int D, int MATH>
+__global__ void __launch_bounds__(kApplyThreads, 2) apply_kernel(BackwardParams p) {
+  GDR2_BWD_BLOCK
+  constexpr int ns = D / kKS;  // the slices of one chunk-head are neighbours (dT, dAqk from L2)
+  apply_body<D, MATH>(bk, p, (long long)(blockIdx.x / ns), int(blockIdx.y), int(blockIdx.x % ns), sm);
+}
+template <int D>
+__global__ void __launch_bounds__(kThreads) token_kernel(BackwardParams p, long long count) {
+  for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < count; i += (long long)gridDim.x * blockDim.x)
+    token_elem<D>(p, i);
 }
 __global__ void __launch_bounds__(kThreads) reduce_kernel(BackwardParams p, int which, long long count) {
   for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < count; i += (long long)gridDim.x * blockDim.x)
@@ -49,10 +60,11 @@ __global__ void __launch_bounds__(kThreads) reduce_kernel(BackwardParams p, int 
 #undef GDR2_BWD_BLOCK
 
 template <class K>
-cudaError_t launch_with_smem(K kernel, dim3 grid, int smem, cudaStream_t st, const BackwardParams& p) {
+cudaError_t launch_with_smem(K kernel, dim3 grid, int smem, cudaStream_t st, const BackwardParams& p,
+                             int threads = kThreads) {
   cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (e != cudaSuccess) return e;
-  kernel<<<grid, kThreads, smem, st>>>(p);
+  kernel<<<grid, threads, smem, st>>>(p);
   return cudaGetLastError();
 }
 
@@ -87,8 +99,16 @@ cudaError_t launch_d(const BackwardParams& p, cudaStream_t st) {
     if (e != cudaSuccess) return e;
   }
   if (p.total_chunks > 0 && p.stages >= 4) {
-    e = launch_with_smem(grad2_kernel<D, MATH>, chunk_grid, Grad2Layout<D>::floats * 4, st, p);
+    e = launch_with_smem(wy_kernel<D, MATH>, chunk_grid, WyLayout<D>::floats * 4, st, p, kWyThreads);
     if (e != cudaSuccess) return e;
+    const dim3 slice_grid(unsigned(p.total_chunks * (D / kKS)), unsigned(p.Hv));
+    e = launch_with_smem(apply_kernel<D, MATH>, slice_grid, ApplyLayout::floats * 4, st, p, kApplyThreads);
+    if (e != cudaSuccess) return e;
+    if (p.tied || p.scalar_decay) {
+      const long long count = p.total_chunks * p.Hv * kC;
+      token_kernel<D><<<unsigned(std::min<long long>((count + kThreads - 1) / kThreads, 65536)), kThreads, 0, st>>>(p, count);
+      if ((e = cudaGetLastError()) != cudaSuccess) return e;
+    }
   }
   for (int r = 0; r < p.nred && p.stages >= 5; ++r) {
     const long long count = reduce_count(p, p.red[r]);
@@ -111,7 +131,8 @@ template <int D>
 void run_host_d(const BackwardParams& p) {
   const Blk bk{0, 1};
   const StateLayout<D> L(p.vs);
-  const int floats = std::max({PrepLayout<D>::floats, L.floats, Grad1Layout<D>::floats, Grad2Layout<D>::floats, kThreads});
+  const int floats = std::max({PrepLayout<D>::floats, L.floats, Grad1Layout<D>::floats, WyLayout<D>::floats,
+                               ApplyLayout::floats, kThreads});
   std::vector<float> smem(std::size_t(floats) + 4);
   float* sm = smem.data();
   if (p.chunk_offsets) offsets_body(bk, p, sm);
@@ -123,7 +144,12 @@ void run_host_d(const BackwardParams& p) {
   for (long long cg = 0; cg < p.total_chunks; ++cg)
     for (int hv = 0; hv < p.Hv; ++hv) grad1_body<D, kFp32>(bk, p, cg, hv, sm);
   for (long long cg = 0; cg < p.total_chunks; ++cg)
-    for (int hv = 0; hv < p.Hv; ++hv) grad2_body<D, kFp32>(bk, p, cg, hv, sm);
+    for (int hv = 0; hv < p.Hv; ++hv) {
+      wy_body<D, kFp32>(bk, p, cg, hv, sm);
+      for (int sl = 0; sl < D / kKS; ++sl) apply_body<D, kFp32>(bk, p, cg, hv, sl, sm);
+    }
+  if (p.tied || p.scalar_decay)
+    for (long long i = 0; i < p.total_chunks * p.Hv * kC; ++i) token_elem<D>(p, i);
   for (int r = 0; r < p.nred; ++r) {
     const long long count = reduce_count(p, p.red[r]);
     for (long long i = 0; i < count; ++i) reduce_elem(p, p.red[r], i);

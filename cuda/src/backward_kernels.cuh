@@ -134,10 +134,14 @@ struct Rec {
   static constexpr long long A = 0, Aqk = kC * kC, Y = 2 * kC * kC, U = Y + kC * D, Qg = U + kC * D, Kt = Qg + kC * D,
                              gC = Kt + kC * D, floats = gC + D;
 };
+/// grad-1's outputs per chunk-head (fp32); grad-2's WY kernel (4a) writes dĒ over dY and
+/// dT over dU once it has read them, and the per-row sums of the tied/scalar gates.
 template <int D>
 struct G1 {
   static constexpr long long dQ = 0, X = kC * D, dY = 2 * kC * D, dU = 3 * kC * D, dAqk = 4 * kC * D,
-                             rs = dAqk + kC * kC, floats = rs + D;
+                             rs = dAqk + kC * kC, bw = rs + D, tok = bw + kC, floats = tok + 2 * kC * (D / kKS);
+  static constexpr long long dE = dY, dT = dU;
+  static_assert(floats == bwd_g1_floats(D), "G1 layout and bwd_g1_floats disagree");
 };
 
 constexpr int kPC = kC + 4;  // pitch of C×C fp32 tiles
@@ -650,275 +654,298 @@ GDR2_HD void grad1_body(const Blk& bk, const P& p, long long cg, int hv, float* 
 }
 
 // =============================================================================================
-// 4. grad-2: block (chunk, value head); the WY backward, decayed applies, dG, outputs
+// 4. grad-2 in three kernels (cuda/NOTES.md backward v13: one 222 KB block per SM left every
+//    load phase exposed; these run two blocks of ≤ 110 KB per SM):
+//    4a. WY, block (chunk, value head): [dĒ dZ] = Aᵀ[dY dU], dT, dv, dw, Σ dw per row;
+//    4b. applies, block (chunk, value head, slice of kKS key channels): everything else is
+//        per key channel — decayed applies, dq dk db, dG and its reverse cumulative sum;
+//    4c. token sums (tied or scalar gates only): the 4b slices' per-row sums, in order.
 // =============================================================================================
 template <int D>
-struct Grad2Layout {
-  static constexpr int PD = D + 4, P1 = 2 * D + 8, P2 = 2 * D + 4, PI = D + 8;  // PI: 16-bit tiles
-  static constexpr int R0 = 0;                 // A, then dT                    [C][PC]
-  static constexpr int R1 = R0 + kC * kPC;     // [dY dU] → [Y U] → G | X2      [C][P1]
-  static constexpr int X2 = R1 + kC * PD;      //                               [C][PD]
-  static constexpr int R2 = R1 + kC * P1;      // [dĒ dZ] → [dBk dQs] → [dG db] [C][P2]
-  static constexpr int dAqk = R2 + kC * P2;    //                               [C][PC]
-  static constexpr int In = dAqk + kC * kPC;   // q, k, b as 16-bit (not fp32)  3 × [C][PI]
-  static constexpr int rs = In + 3 * kC * PI / 2;
-  static constexpr int diag = rs + D, bw = diag + kC, floats = bw + kC;
+struct WyLayout {
+  static constexpr int PD = D + 4;
+  static constexpr int A = 0;               // A                                [C][PC]
+  static constexpr int X = A + kC * kPC;    // dY, then Y; dU, then U, then dw  [C][PD]
+  static constexpr int Z = X + kC * PD;     // dĒ, then dZ                      [C][PD]
+  static constexpr int T = Z + kC * PD;     // dĒ Yᵀ + dZ Uᵀ                    [C][PC]
+  static constexpr int floats = T + kC * kPC;
+};
+constexpr int kWyThreads = 256, kApplyThreads = 256;
+
+template <int D, int MATH>
+GDR2_HD void wy_body(const Blk& bk, const P& p, long long cg, int hv, float* sm) {
+  using L = WyLayout<D>;
+  constexpr int PD = L::PD, D4 = D / 4;
+  const ChunkLoc cl = chunk_loc(p, cg);
+  const long long base = cg * p.Hv + hv;
+  const float* rec = p.rec + base * Rec<D>::floats;
+  float* g1 = p.g1 + base * G1<D>::floats;
+  float *sA = sm + L::A, *sX = sm + L::X, *sZ = sm + L::Z, *sT = sm + L::T;
+  copy_tile(bk, sA, kPC, rec + Rec<D>::A, kC, kC, kC);
+  // half 0: dĒ = Aᵀ dY (stored over dY), sT = dĒ Yᵀ; half 1: dZ = Aᵀ dU, sT += dZ Uᵀ
+  for (int half = 0; half < 2; ++half) {
+    copy_tile(bk, sX, PD, g1 + (half ? G1<D>::dU : G1<D>::dY), D, kC, D);
+    bk.sync();
+    mm<4, MATH>(
+        bk, kC, D, kC, [&](int r, int s) { return sA[s * kPC + r]; }, [&](int s, int n) { return sX[s * PD + n]; },
+        [&](int r, int n, float v) { sZ[r * PD + n] = v; });
+    copy_tile(bk, sX, PD, rec + (half ? Rec<D>::U : Rec<D>::Y), D, kC, D);
+    if (!half)
+      for (int i = bk.tid; i < kC * D4; i += bk.nthr) {
+        const int r = i / D4, j = (i % D4) * 4;
+        st4(g1 + G1<D>::dE + r * D + j, ld4(sZ + r * PD + j));
+      }
+    bk.sync();
+    mm<2, MATH, true>(
+        bk, kC, kC, D, [&](int r, int n) { return sZ[r * PD + n]; }, [&](int n, int s) { return sX[s * PD + n]; },
+        [&](int r, int s, float v) { sT[r * kPC + s] = half ? sT[r * kPC + s] + v : v; });
+  }
+  // dT = −strict_lower(sT) over dU's slot; dv = dZ ⊙ w, dw = dZ ⊙ v (dw kept for the row sums)
+  for (int i = bk.tid; i < kC * kC / 4; i += bk.nthr) {
+    const int r = i / (kC / 4), s = (i % (kC / 4)) * 4;
+    const F4 t = ld4(sT + r * kPC + s);
+    st4(g1 + G1<D>::dT + r * kC + s,
+        {s < r ? -t.x : 0.f, s + 1 < r ? -t.y : 0.f, s + 2 < r ? -t.z : 0.f, s + 3 < r ? -t.w : 0.f});
+  }
+  struct VW {
+    F4 v, w;
+  };
+  bk.par_ld<4>(
+      kC * D4,
+      [&](int i) {
+        const int r = i / D4, d = (i % D4) * 4, t = cl.t0 + r;
+        return r < cl.len ? VW{in_v4(p, cl.bb, t, hv, d), in_w4(p, cl.bb, t, hv, d)} : VW{splat(0.f), splat(0.f)};
+      },
+      [&](int i, const VW& x) {
+        const int r = i / D4, d = (i % D4) * 4, t = cl.t0 + r;
+        const F4 dz = ld4(sZ + r * PD + d), dw = mul4(dz, x.v);
+        if (r < cl.len) {
+          put4(p, p.dv, cl.bb, t, hv, d, mul4(dz, x.w));
+          if (!p.tied) put4(p, p.dw, cl.bb, t, hv, d, dw);
+        }
+        st4(sX + r * PD + d, dw);
+      });
+  bk.sync();
+  if (p.tied)
+    bk.par(kC, [&](int r) {
+      float s = 0.f;
+      for (int j = 0; j < D; ++j) s += sX[r * PD + j];
+      g1[G1<D>::bw + r] = s;
+    });
+}
+
+/// Shared memory of an applies block: kKS key channels of one chunk-head.
+struct ApplyLayout {
+  static constexpr int KS = kKS, PS = KS + 4;
+  static constexpr int T = 0;                // dT                                    [C][PC]
+  static constexpr int Aqk = T + kC * kPC;   // dAqk (diagonal moved to `diag`)        [C][PC]
+  static constexpr int G = Aqk + kC * kPC;   // cumulative log2-decays                 [C][PS]
+  static constexpr int Bk = G + kC * PS;     // dĒ → dBk → dG → its reverse cumsum    [C][PS]
+  static constexpr int Qs = Bk + kC * PS;    // dO Sᵀ → dQs → db ⊙ k                   [C][PS]
+  static constexpr int X2 = Qs + kC * PS;    // column applies → dKtail ⊙ Ktail        [C][PS]
+  static constexpr int Xk = X2 + kC * PS;    // dKtail                                 [C][PS]
+  static constexpr int q = Xk + kC * PS;     // scale·q                                [C][PS]
+  static constexpr int k = q + kC * PS;      //                                        [C][PS]
+  static constexpr int b = k + kC * PS;      // (β for tied gates)                     [C][PS]
+  static constexpr int rs = b + kC * PS;     // Σ dS⊙S                                 [KS]
+  static constexpr int diag = rs + KS, floats = diag + kC;
 };
 
 template <int D, int MATH>
-GDR2_HD void grad2_body(const Blk& bk, const P& p, long long cg, int hv, float* sm) {
-  using L = Grad2Layout<D>;
-  constexpr int PD = L::PD, P1 = L::P1, P2 = L::P2, PI = L::PI;
+GDR2_HD void apply_body(const Blk& bk, const P& p, long long cg, int hv, int slice, float* sm) {
+  using L = ApplyLayout;
+  constexpr int KS = L::KS, PS = L::PS, K4 = KS / 4;
   const ChunkLoc cl = chunk_loc(p, cg);
-  const int last = cl.len - 1, bb = cl.bb, t0 = cl.t0;
+  const int last = cl.len - 1, bb = cl.bb, t0 = cl.t0, len = cl.len, c0 = KS * slice;
   const long long base = cg * p.Hv + hv;
-  const float* rec = p.rec + base * Rec<D>::floats;
-  const float* g1 = p.g1 + base * G1<D>::floats;
-  float *R0 = sm + L::R0, *R1 = sm + L::R1, *sG = sm + L::R1, *sX2 = sm + L::X2, *R2 = sm + L::R2,
-        *sdAqk = sm + L::dAqk, *rsv = sm + L::rs, *diag = sm + L::diag, *bw = sm + L::bw;
-  // q, k, b of the chunk: 16-bit inputs as raw patterns in shared memory; fp32 inputs
-  // straight from global memory (through L1: tiles of twice the bytes do not fit at
-  // D = 128 beside the rest, 222 of the 227 KB), rows past the chunk read as zeros.
-  std::uint16_t* q16 = reinterpret_cast<std::uint16_t*>(sm + L::In);
-  std::uint16_t* k16 = q16 + kC * PI;
-  std::uint16_t* b16 = k16 + kC * PI;
-  const int dt = p.dtype, hk = hv / p.group;
-  const float scale = p.scale;
-  const long long oq = act(p.sq, bb, t0, hk), ok = act(p.sk, bb, t0, hk);
-  const long long ob = p.tied ? act(p.sbeta, bb, t0, ghead(hv, p.hg_beta, p.Hv)) : act(p.sb, bb, t0, ghead(hv, p.hg_b, p.Hv));
-  const long long stb = p.tied ? p.sbeta.t : p.sb.t, sdb = p.tied ? 0 : 1;
-  const void* gb = p.tied ? p.beta : p.b;
-  const int len = cl.len;
-  auto Kc = [&](int r, int d) {
-    if (dt != kF32) return cvt16(k16[r * PI + d], dt);
-    return r < len ? static_cast<const float*>(p.k)[ok + r * p.sk.t + d] : 0.f;
-  };
-  auto Qs = [&](int r, int d) {
-    if (dt != kF32) return scale * cvt16(q16[r * PI + d], dt);
-    return r < len ? scale * static_cast<const float*>(p.q)[oq + r * p.sq.t + d] : 0.f;
-  };
-  auto Bg = [&](int r, int d) {
-    if (dt != kF32) return cvt16(b16[r * PI + d], dt);
-    return r < len ? static_cast<const float*>(gb)[ob + r * stb + d * sdb] : 0.f;
-  };
+  float* g1 = p.g1 + base * G1<D>::floats;
+  float *sT = sm + L::T, *sAqk = sm + L::Aqk, *sG = sm + L::G, *sBk = sm + L::Bk, *sQs = sm + L::Qs, *sX2 = sm + L::X2,
+        *sXk = sm + L::Xk, *sq = sm + L::q, *sk = sm + L::k, *sb = sm + L::b, *rsv = sm + L::rs, *diag = sm + L::diag;
 
-  // a. loads (only the lower triangle of dAqk is ever read)
-  copy_tile(bk, R0, kPC, rec + Rec<D>::A, kC, kC, kC);
-  copy_tile(bk, sdAqk, kPC, g1 + G1<D>::dAqk, kC, kC, kC);
-  copy_tile(bk, R1, P1, g1 + G1<D>::dY, D, kC, D);
-  copy_tile(bk, R1 + D, P1, g1 + G1<D>::dU, D, kC, D);
-  copy_tile(bk, rsv, D, g1 + G1<D>::rs, D, 1, D);
-  struct Raw3 {
-    U4 q, k, b;
-  };
-  constexpr int D4 = D / 4;
-  if (dt != kF32) {
-    bk.par_ld<8>(
-        kC * D4,
-        [&](int i) {
-          const int r = i / D4, d = (i % D4) * 4;
-          if (r >= len) return Raw3{};
-          const std::uint16_t beta = p.tied ? static_cast<const std::uint16_t*>(p.beta)[ob + r * stb] : 0;
-          return Raw3{ld_raw4(p.q, oq + r * p.sq.t + d, p.vec), ld_raw4(p.k, ok + r * p.sk.t + d, p.vec),
-                      p.tied ? U4{beta, beta, beta, beta} : ld_raw4(p.b, ob + r * stb + d, p.vec)};
-        },
-        [&](int i, const Raw3& x) {
-          const int o = (i / D4) * PI + (i % D4) * 4;
-          std::memcpy(q16 + o, &x.q, 8);
-          std::memcpy(k16 + o, &x.k, 8);
-          std::memcpy(b16 + o, &x.b, 8);
-        });
-  }
-  bk.sync();
-  // b. [dĒ dZ] = Aᵀ [dY dU]
-  mm<4, MATH>(
-      bk, kC, 2 * D, kC, [&](int r, int s) { return R0[s * kPC + r]; }, [&](int s, int n) { return R1[s * P1 + n]; },
-      [&](int r, int n, float v) { R2[r * P2 + n] = v; });
-  // c. [Y U] into R1; dT ← 0
-  copy_tile(bk, R1, P1, rec + Rec<D>::Y, D, kC, D);
-  copy_tile(bk, R1 + D, P1, rec + Rec<D>::U, D, kC, D);
-  bk.par(kC * kC, [&](int i) { R0[(i / kC) * kPC + i % kC] = 0.f; });
-  // d. dT = −strict_lower([dĒ dZ] [Y U]ᵀ)
-  mm<2, MATH, true>(
-      bk, kC, kC, 2 * D, [&](int r, int n) { return R2[r * P2 + n]; }, [&](int n, int s) { return R1[s * P1 + n]; },
-      [&](int r, int s, float v) { R0[r * kPC + s] = s < r ? -v : 0.f; });
-  // e. log-decays (log2 units) over the dead [Y U]; dv = dZ ⊙ w, dw = dZ ⊙ v (kept in
-  //    place of dZ for the tied gates' row sums)
-  struct GVW {
-    F4 g, v, w;
+  // a. loads: the chunk-head's dT and dAqk; this slice's columns of dĒ, dO Sᵀ, dKtail,
+  //    Σ dS⊙S; its q k b g (rows past the chunk as zeros, g = 0 there)
+  copy_tile(bk, sT, kPC, g1 + G1<D>::dT, kC, kC, kC);
+  copy_tile(bk, sAqk, kPC, g1 + G1<D>::dAqk, kC, kC, kC);
+  copy_tile(bk, sBk, PS, g1 + G1<D>::dE + c0, D, kC, KS);
+  copy_tile(bk, sQs, PS, g1 + G1<D>::dQ + c0, D, kC, KS);
+  copy_tile(bk, sXk, PS, g1 + G1<D>::X + c0, D, kC, KS);
+  copy_tile(bk, rsv, KS, g1 + G1<D>::rs + c0, KS, 1, KS);
+  struct QKBG {
+    F4 q, k, b, g;
   };
   bk.par_ld<4>(
-      cl.len * D4,
+      kC * K4,
       [&](int i) {
-        const int r = i / D4, d = (i % D4) * 4, t = t0 + r;
-        return GVW{in_g4(p, bb, t, hv, d), in_v4(p, bb, t, hv, d), in_w4(p, bb, t, hv, d)};
+        const int r = i / K4, d = c0 + (i % K4) * 4, t = t0 + r;
+        if (r >= len) return QKBG{splat(0.f), splat(0.f), splat(0.f), splat(0.f)};
+        return QKBG{in_q4(p, bb, t, hv, d), in_k4(p, bb, t, hv, d), in_b4(p, bb, t, hv, d), in_g4(p, bb, t, hv, d)};
       },
-      [&](int i, const GVW& x) {
-        const int r = i / D4, d0 = (i % D4) * 4, t = t0 + r;
-        st4(sG + r * PD + d0, x.g);
-        const F4 dz = ld4(R2 + r * P2 + D + d0), dw = mul4(dz, x.v);
-        put4(p, p.dv, bb, t, hv, d0, mul4(dz, x.w));
-        if (!p.tied) put4(p, p.dw, bb, t, hv, d0, dw);
-        st4(R2 + r * P2 + D + d0, dw);
-      });
-  bk.par((kC - cl.len) * D, [&](int i) {
-    const int r = cl.len + i / D, d = i % D;
-    sG[r * PD + d] = 0.f;
-    R2[r * P2 + D + d] = 0.f;
-  });
-  // cumulative sums; dAqk's diagonal apart; tied gates: bw_r = Σ_j dw_j
-  bk.par(D + kC, [&](int i) {
-    if (i < D) {
-      float s = 0.f;
-      for (int r = 0; r < kC; ++r) {
-        s += sG[r * PD + i];
-        sG[r * PD + i] = s;
-      }
-    } else {
-      const int r = i - D;
-      diag[r] = sdAqk[r * kPC + r];
-      sdAqk[r * kPC + r] = 0.f;
-      float s = 0.f;
-      if (p.tied)
-        for (int j = 0; j < D; ++j) s += R2[r * P2 + D + j];
-      bw[r] = s;
-    }
-  });
-  // f. dBk = dĒ ⊙ γ; dQs = (dO Sᵀ) ⊙ γ; X2 ← 0
-  bk.par_ld<8>(
-      kC * D, [&](int i) { return g1[G1<D>::dQ + i]; },
-      [&](int i, float dq) {
-        const int r = i / D, d = i % D;
-        const float gam = ex2n(sG[r * PD + d]);
-        R2[r * P2 + d] *= gam;
-        R2[r * P2 + D + d] = dq * gam;
-        sX2[r * PD + d] = 0.f;
+      [&](int i, const QKBG& x) {
+        const int o = (i / K4) * PS + (i % K4) * 4;
+        st4(sq + o, {p.scale * x.q.x, p.scale * x.q.y, p.scale * x.q.z, p.scale * x.q.w});
+        st4(sk + o, x.k);
+        st4(sb + o, x.b);
+        st4(sG + o, x.g);
       });
   bk.sync();
-  // g. decayed applies, off-diagonal sub-blocks (anchored products)
+  // b. cumulative sums; dAqk's diagonal apart
+  bk.par(KS + kC, [&](int i) {
+    if (i < KS) {
+      float s = 0.f;
+      for (int r = 0; r < kC; ++r) {
+        s += sG[r * PS + i];
+        sG[r * PS + i] = s;
+      }
+    } else {
+      const int r = i - KS;
+      diag[r] = sAqk[r * kPC + r];
+      sAqk[r * kPC + r] = 0.f;
+    }
+  });
+  // c. dBk = dĒ ⊙ γ; dQs = (dO Sᵀ) ⊙ γ; X2 ← 0
+  bk.par(kC * KS, [&](int i) {
+    const int r = i / KS, d = i % KS;
+    const float gam = ex2n(sG[r * PS + d]);
+    sBk[r * PS + d] *= gam;
+    sQs[r * PS + d] *= gam;
+    sX2[r * PS + d] = 0.f;
+  });
+  // d. decayed applies, off-diagonal sub-blocks (anchored products; 16×8 tiles)
   for (int ib = 1; ib < kC / kSub; ++ib) {
     const int a = kSub * ib - 1;
-    mm<2, MATH>(  // 16×16 tiles: 2·D/16 of them, a tile per warp at D = 128
-        bk, 32, D, kSub * ib,
+    mm<1, MATH>(
+        bk, 32, KS, kSub * ib,
         [&](int m, int s) {
           const int r = kSub * ib + (m & 15);
-          return m < 16 ? R0[r * kPC + s] : sdAqk[r * kPC + s];
+          return m < 16 ? sT[r * kPC + s] : sAqk[r * kPC + s];
         },
-        [&](int s, int d) { return Kc(s, d) * ex2n(sG[a * PD + d] - sG[s * PD + d]); },
+        [&](int s, int d) { return sk[s * PS + d] * ex2n(sG[a * PS + d] - sG[s * PS + d]); },
         [&](int m, int d, float v) {
           const int r = kSub * ib + (m & 15);
-          R2[r * P2 + (m < 16 ? 0 : D) + d] += v * ex2n(sG[r * PD + d] - sG[a * PD + d]);
+          (m < 16 ? sBk : sQs)[r * PS + d] += v * ex2n(sG[r * PS + d] - sG[a * PS + d]);
         });
   }
   for (int jb = 0; jb + 1 < kC / kSub; ++jb) {
     const int e = kSub * jb + 15, r0 = kSub * (jb + 1), Lr = kC - r0;
-    mm<1, MATH>(  // 16×8 tiles: D/8 of them, a tile per warp at D = 128
-        bk, 16, D, 2 * Lr,
+    mm<1, MATH>(
+        bk, 16, KS, 2 * Lr,
         [&](int m, int k) {
           const int s = kSub * jb + m;
-          return k < Lr ? R0[(r0 + k) * kPC + s] : sdAqk[(r0 + k - Lr) * kPC + s];
+          return k < Lr ? sT[(r0 + k) * kPC + s] : sAqk[(r0 + k - Lr) * kPC + s];
         },
         [&](int k, int d) {
           const int r = r0 + (k < Lr ? k : k - Lr);
-          const float x = k < Lr ? Bg(r, d) * Kc(r, d) : Qs(r, d);
-          return x * ex2n(sG[r * PD + d] - sG[e * PD + d]);
+          const float x = k < Lr ? sb[r * PS + d] * sk[r * PS + d] : sq[r * PS + d];
+          return x * ex2n(sG[r * PS + d] - sG[e * PS + d]);
         },
         [&](int m, int d, float v) {
           const int s = kSub * jb + m;
-          sX2[s * PD + d] += v * ex2n(sG[e * PD + d] - sG[s * PD + d]);
+          sX2[s * PS + d] += v * ex2n(sG[e * PS + d] - sG[s * PS + d]);
         });
   }
-  // h. decayed applies, diagonal sub-blocks: one thread per (sub-block, channel), both
+  // e. decayed applies, diagonal sub-blocks: one thread per (sub-block, channel), both
   //    sides from one exponential per pair: rows dBk_r, dQs_r += Σ_{s<r} …, columns
   //    X2_s += Σ_{r>s} … (accumulated in registers)
-  bk.par((kC / kSub) * D, [&](int item) {
-    const int o = kSub * (item / D), d = item % D;
+  bk.par((kC / kSub) * KS, [&](int item) {
+    const int o = kSub * (item / KS), d = item % KS;
     float Gs[16], ks[16], ax[16];
     GDR2_UNROLL
     for (int i = 0; i < 16; ++i) {
-      Gs[i] = sG[(o + i) * PD + d];
-      ks[i] = Kc(o + i, d);
+      Gs[i] = sG[(o + i) * PS + d];
+      ks[i] = sk[(o + i) * PS + d];
       ax[i] = 0.f;
     }
     GDR2_UNROLL
     for (int r = 1; r < 16; ++r) {
-      const float bkr = Bg(o + r, d) * ks[r], qr = Qs(o + r, d);
+      const float bkr = sb[(o + r) * PS + d] * ks[r], qr = sq[(o + r) * PS + d];
       float ab = 0.f, aq = 0.f;
       GDR2_UNROLL
       for (int s = 0; s < r; ++s) {
         const float e = ex2n(Gs[r] - Gs[s]), ke = ks[s] * e;
-        const float t = R0[(o + r) * kPC + o + s], a = sdAqk[(o + r) * kPC + o + s];
+        const float t = sT[(o + r) * kPC + o + s], a = sAqk[(o + r) * kPC + o + s];
         ab += t * ke;
         aq += a * ke;
         ax[s] += (t * bkr + a * qr) * e;
       }
-      R2[(o + r) * P2 + d] += ab;
-      R2[(o + r) * P2 + D + d] += aq;
+      sBk[(o + r) * PS + d] += ab;
+      sQs[(o + r) * PS + d] += aq;
     }
     GDR2_UNROLL
-    for (int s = 0; s < 15; ++s) sX2[(o + s) * PD + d] += ax[s];
+    for (int s = 0; s < 15; ++s) sX2[(o + s) * PS + d] += ax[s];
   });
-  // i. dq, dk, db per element; dG (before its cumulative sum) into R2's left half,
-  //    db into its right half, dKtail ⊙ Ktail into X2 (for the last row's column sum)
-  bk.par(kC * D - cl.len * D, [&](int i) {
-    const int r = cl.len + i / D, d = i % D;
-    R2[r * P2 + d] = 0.f;
-    R2[r * P2 + D + d] = 0.f;
-    sX2[r * PD + d] = 0.f;
+  // f. dq, dk, db per element (four channels per item); dG (before its cumulative sum)
+  //    over dBk, db ⊙ k over dQs, dKtail ⊙ Ktail over X2 (for the last row's column sum);
+  //    rows past the chunk: zeros
+  bk.par(kC * K4, [&](int i) {
+    const int r = i / K4, d0 = (i % K4) * 4, t = t0 + r;
+    if (r >= len) {
+      st4(sBk + r * PS + d0, splat(0.f));
+      st4(sQs + r * PS + d0, splat(0.f));
+      st4(sX2 + r * PS + d0, splat(0.f));
+      return;
+    }
+    float oq[4], ok[4], ob[4];
+    GDR2_UNROLL
+    for (int u = 0; u < 4; ++u) {
+      const int x = r * PS + d0 + u;
+      const float kk = sk[x], qs = sq[x], bg = sb[x], bkv = bg * kk, xk = sXk[x];
+      const float kf = ex2n(sG[last * PS + d0 + u] - sG[x]);
+      const float dqs = sQs[x], dbk = sBk[x], x2 = sX2[x];
+      const float xt = xk * kk * kf;  // dKtail ⊙ Ktail
+      oq[u] = p.scale * (dqs + diag[r] * kk);
+      ok[u] = xk * kf + x2 + diag[r] * qs + dbk * bg;
+      ob[u] = dbk * kk;
+      sBk[x] = qs * dqs + bkv * dbk - kk * x2 - (r < last ? xt : 0.f);
+      sQs[x] = dbk * kk;
+      sX2[x] = r < last ? xt : 0.f;
+    }
+    put4(p, p.dq, bb, t, hv, c0 + d0, {oq[0], oq[1], oq[2], oq[3]});
+    put4(p, p.dk, bb, t, hv, c0 + d0, {ok[0], ok[1], ok[2], ok[3]});
+    if (!p.tied) put4(p, p.db, bb, t, hv, c0 + d0, {ob[0], ob[1], ob[2], ob[3]});
   });
-  bk.par_ld<4>(
-      cl.len * D4, [&](int i) { return ld4(g1 + G1<D>::X + i * 4); },
-      [&](int i, const F4& xk4) {  // xk: dKtail, four channels per item
-        const int r = i / D4, d0 = (i % D4) * 4;
-        const int t = t0 + r;
-        float oq[4], ok[4], ob[4];
-        GDR2_UNROLL
-        for (int u = 0; u < 4; ++u) {
-          const int d = d0 + u;
-          const float xk = at4(xk4, u);
-          const float kk = Kc(r, d), qs = Qs(r, d), bg = Bg(r, d), bkv = bg * kk;
-          const float kf = ex2n(sG[last * PD + d] - sG[r * PD + d]);
-          const float dqs = R2[r * P2 + D + d], dbk = R2[r * P2 + d], x2 = sX2[r * PD + d];
-          const float xt = xk * kk * kf;  // dKtail ⊙ Ktail
-          const float dG = qs * dqs + bkv * dbk - kk * x2 - (r < last ? xt : 0.f);
-          oq[u] = scale * (dqs + diag[r] * kk);
-          ok[u] = xk * kf + x2 + diag[r] * qs + dbk * bg;
-          ob[u] = dbk * kk;
-          R2[r * P2 + d] = dG;
-          R2[r * P2 + D + d] = dbk * kk;
-          sX2[r * PD + d] = r < last ? xt : 0.f;
-        }
-        put4(p, p.dq, bb, t, hv, d0, {oq[0], oq[1], oq[2], oq[3]});
-        put4(p, p.dk, bb, t, hv, d0, {ok[0], ok[1], ok[2], ok[3]});
-        if (!p.tied) put4(p, p.db, bb, t, hv, d0, {ob[0], ob[1], ob[2], ob[3]});
-      });
-  bk.sync();
-  // j. the last row's terms, then dg = reverse cumulative sum of dG
-  bk.par(D, [&](int d) {
-    if (cl.len <= 0) return;
+  // g. the last row's terms, then dg = reverse cumulative sum of dG
+  bk.par(KS, [&](int d) {
+    if (len <= 0) return;
     float tot = 0.f;
-    for (int r = 0; r < last; ++r) tot += sX2[r * PD + d];
-    R2[last * P2 + d] += tot + rsv[d] * ex2n(sG[last * PD + d]);
+    for (int r = 0; r < last; ++r) tot += sX2[r * PS + d];
+    sBk[last * PS + d] += tot + rsv[d] * ex2n(sG[last * PS + d]);
     float run = 0.f;
     for (int r = last; r >= 0; --r) {
-      run += R2[r * P2 + d];
-      R2[r * P2 + d] = run;
-      if (!p.scalar_decay) put(p.dg, bb, t0 + r, hv, d, run);
+      run += sBk[r * PS + d];
+      sBk[r * PS + d] = run;
+      if (!p.scalar_decay) put(p.dg, bb, t0 + r, hv, c0 + d, run);
     }
   });
-  // k. per-token reductions of tied / scalar gates
-  if (p.tied || p.scalar_decay) {
+  // h. tied / scalar gates: this slice's per-row sums of dg and db ⊙ k (4c adds the slices)
+  if (p.tied || p.scalar_decay)
     bk.par(kC, [&](int r) {
-      if (r >= cl.len) return;
-      float sg = 0.f, sb = 0.f;
-      for (int d = 0; d < D; ++d) {
-        sg += R2[r * P2 + d];
-        sb += R2[r * P2 + D + d];
+      float sg = 0.f, sbk = 0.f;
+      for (int d = 0; d < KS; ++d) {
+        sg += sBk[r * PS + d];
+        sbk += sQs[r * PS + d];
       }
-      if (p.scalar_decay) put(p.dg, bb, t0 + r, hv, 0, sg);
-      if (p.tied) put(p.dbeta, bb, t0 + r, hv, 0, sb + bw[r]);
+      g1[G1<D>::tok + (2 * slice) * kC + r] = sg;
+      g1[G1<D>::tok + (2 * slice + 1) * kC + r] = sbk;
     });
+}
+
+/// 4c. one token row r of chunk-head `item` = (cg·Hv + hv)·kC + r: scalar dg = Σ over the
+/// slices of their dg sums; dβ = Σ of their db ⊙ k sums + Σ dw (from 4a). Fixed order.
+template <int D>
+GDR2_HD void token_elem(const P& p, long long item) {
+  const int r = int(item % kC), hv = int((item / kC) % p.Hv);
+  const long long cg = item / kC / p.Hv;
+  const ChunkLoc cl = chunk_loc(p, cg);
+  if (r >= cl.len) return;
+  const float* tok = p.g1 + (cg * p.Hv + hv) * G1<D>::floats + G1<D>::tok;
+  float sg = 0.f, sbk = 0.f;
+  for (int s = 0; s < D / kKS; ++s) {
+    sg += tok[(2 * s) * kC + r];
+    sbk += tok[(2 * s + 1) * kC + r];
   }
+  const float* bw = p.g1 + (cg * p.Hv + hv) * G1<D>::floats + G1<D>::bw;
+  if (p.scalar_decay) put(p.dg, cl.bb, cl.t0 + r, hv, 0, sg);
+  if (p.tied) put(p.dbeta, cl.bb, cl.t0 + r, hv, 0, sbk + bw[r]);
 }
 
 // =============================================================================================

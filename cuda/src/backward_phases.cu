@@ -52,7 +52,7 @@ int main() {
   cudaMemcpyFromSymbol(cnt, cuda::detail::bwd::gdr2_bwd_nclk, sizeof cnt);
   std::vector<long long> all(2 * 8192);
   cudaMemcpyFromSymbol(all.data(), cuda::detail::bwd::gdr2_bwd_clk, all.size() * 8);
-  const char* names[] = {"prep", "states", "grad1", "grad2", "reduce"};
+  const char* names[] = {"prep", "states", "grad1", "wy", "apply", "reduce"};
   for (int tr = 0; tr < 2; ++tr) {
     const int n = cnt[tr] < 8192 ? cnt[tr] : 8192;
     const long long* c = all.data() + tr * 8192;
@@ -64,7 +64,7 @@ int main() {
       if (k < 0) return;
       long long tot = 0;
       for (long long x : ph) tot += x;
-      std::printf("%-7s %lld cycles, %zu phases:", k < 5 ? names[k] : "?", tot, ph.size());
+      std::printf("%-7s %lld cycles, %zu phases:", k < 6 ? names[k] : "?", tot, ph.size());
       for (std::size_t i = 0; i < ph.size() && i < 40; ++i) std::printf(" %lld", ph[i]);
       std::printf("\n");
     };

@@ -39,12 +39,14 @@
 //             d_initial_state) — both only read records, so they run side by side.
 //   3. grad-1 (chunk-parallel): everything that touches S or dS: R = U − Y S,
 //             dR = Aqkᵀ dO + Ktail dS, dO Sᵀ, dKtail = R dSᵀ, dY = −dR Sᵀ, dAqk, Σ dS⊙S.
-//   4. grad-2 (chunk-parallel): [dĒ dZ] = Aᵀ[dY dU], dT, the decayed applies (anchored
-//             off-diagonal sub-blocks as products, diagonal sub-blocks exactly), dG and
-//             its reverse cumulative sum, the policy reductions over channels.
+//   4. grad-2 (chunk-parallel, three kernels): the WY part [dĒ dZ] = Aᵀ[dY dU], dT, dv,
+//             dw per chunk-head; then, per chunk-head and slice of 32 key channels, the
+//             decayed applies (anchored off-diagonal sub-blocks as products, diagonal
+//             sub-blocks exactly), dq dk db, dG and its reverse cumulative sum; then the
+//             per-token sums of the tied/scalar gates over the slices, in order.
 //   5. reduce (only when some gradient has fewer heads than Hv): fixed-order head sums.
 // Workspace (fp32, per chunk-head of 64 tokens, K = V = D): record 2·64² + 4·64·D + D,
-// states and dstates 2·D², grad-1 outputs 4·64·D + 64² + D floats — 440 KB at
+// states and dstates 2·D², grad-1/grad-2 buffers 4·64·D + 64² + D + 64 + 4·D floats — 446 KB at
 // D = 128 — plus per-value-head gradient buffers when a head reduction is needed. See
 // chunk_backward_workspace_size; cuda/NOTES.md "Backward" for the measured figures.
 #pragma once
@@ -115,7 +117,8 @@ struct BackwardParams : InputViews {
 
 /// Floats of one record / one grad-1 block output, per chunk-head (K = V = D).
 constexpr long long bwd_rec_floats(int D) { return 2LL * 64 * 64 + 4LL * 64 * D + D; }
-constexpr long long bwd_g1_floats(int D) { return 4LL * 64 * D + 64LL * 64 + D; }
+/// grad-1's outputs + the per-row sums of grad-2's slices (cuda/src/backward_kernels.cuh G1)
+constexpr long long bwd_g1_floats(int D) { return 4LL * 64 * D + 64LL * 64 + D + 64 + 2LL * 64 * (D / 32); }
 
 /// Enqueue every backward kernel (device pointers in p) on `stream`.
 cudaError_t launch_backward(const BackwardParams& p, cudaStream_t stream);
