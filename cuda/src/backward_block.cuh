@@ -308,13 +308,14 @@ __device__ __forceinline__ void mma_tf32(float (&c)[4], std::uint32_t a0, std::u
 /// Block matrix product over an M×N output (M a multiple of 16, N of 8·NT, KD of 8):
 /// fo(m, n, Σ_k fa(m, k)·fb(k, n)) for every (m, n) of every computed tile, then a
 /// barrier. Tiles of 16 × 8·NT go round-robin to the warps. LOWER skips the tiles that
-/// lie entirely above the diagonal (every n > m): fo is not called for them.
+/// lie entirely above the diagonal (every n > m): fo is not called for them. SYNC = false
+/// leaves out the barrier (two products with disjoint outputs in one phase).
 ///
 /// Device fragment layout of mma.m16n8k8 (tf32), g = lane / 4, t = lane % 4:
 ///   A: a0 (g, t), a1 (g+8, t), a2 (g, t+4), a3 (g+8, t+4)
 ///   B: b0 (k = t, n = g), b1 (k = t+4, n = g)
 ///   C: c0 (g, 2t), c1 (g, 2t+1), c2 (g+8, 2t), c3 (g+8, 2t+1)
-template <int NT, int MATH, bool LOWER = false, class FA, class FB, class FO>
+template <int NT, int MATH, bool LOWER = false, bool SYNC = true, class FA, class FB, class FO>
 GDR2_HD void mm(const Blk& bk, int M, int N, int KD, FA&& fa, FB&& fb, FO&& fo) {
   const int tn = N / (8 * NT), tiles = (M / 16) * tn;
 #if defined(__CUDA_ARCH__)
@@ -393,7 +394,7 @@ GDR2_HD void mm(const Blk& bk, int M, int N, int KD, FA&& fa, FB&& fb, FO&& fo) 
       for (int n = 0; n < 8 * NT; ++n) fo(m0 + m, n0 + n, acc[m][n]);
   }
 #endif
-  bk.sync();
+  if (SYNC) bk.sync();
 }
 
 /// mm with the widest tiles (16×32, 16×16 or 16×8) that still give each of the SM's four

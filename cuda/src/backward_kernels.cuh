@@ -734,33 +734,39 @@ GDR2_HD void wy_body(const Blk& bk, const P& p, long long cg, int hv, float* sm)
     });
 }
 
-/// Shared memory of an applies block: kKS key channels of one chunk-head.
+/// Shared memory of an applies block: kKS key channels of one chunk-head. The tiles read
+/// as B operands of the anchored products (k-major: lanes t index rows, g columns) have a
+/// pitch ≡ 8 (mod 32) so that those fragment reads are free of bank conflicts; the others
+/// ≡ 4, as the C×C tiles read as A operands.
 struct ApplyLayout {
-  static constexpr int KS = kKS, PS = KS + 4;
+  static constexpr int KS = kKS, PS = KS + 4, PB = KS + 8, NSEG = kC / 8;
   static constexpr int T = 0;                // dT                                    [C][PC]
   static constexpr int Aqk = T + kC * kPC;   // dAqk (diagonal moved to `diag`)        [C][PC]
-  static constexpr int G = Aqk + kC * kPC;   // cumulative log2-decays                 [C][PS]
-  static constexpr int Bk = G + kC * PS;     // dĒ → dBk → dG → its reverse cumsum    [C][PS]
+  static constexpr int G = Aqk + kC * kPC;   // cumulative log2-decays                 [C][PB]
+  static constexpr int q = G + kC * PB;      // scale·q                                [C][PB]
+  static constexpr int k = q + kC * PB;      //                                        [C][PB]
+  static constexpr int b = k + kC * PB;      // (β for tied gates)                     [C][PB]
+  static constexpr int Bk = b + kC * PB;     // dĒ → dBk → dG → dg                     [C][PS]
   static constexpr int Qs = Bk + kC * PS;    // dO Sᵀ → dQs → db ⊙ k                   [C][PS]
   static constexpr int X2 = Qs + kC * PS;    // column applies → dKtail ⊙ Ktail        [C][PS]
   static constexpr int Xk = X2 + kC * PS;    // dKtail                                 [C][PS]
-  static constexpr int q = Xk + kC * PS;     // scale·q                                [C][PS]
-  static constexpr int k = q + kC * PS;      //                                        [C][PS]
-  static constexpr int b = k + kC * PS;      // (β for tied gates)                     [C][PS]
-  static constexpr int rs = b + kC * PS;     // Σ dS⊙S                                 [KS]
-  static constexpr int diag = rs + KS, floats = diag + kC;
+  static constexpr int rs = Xk + kC * PS;    // Σ dS⊙S                                 [KS]
+  static constexpr int diag = rs + KS;       // dAqk's diagonal                        [C]
+  static constexpr int seg = diag + kC;      // column sums of 8-row segments          2 × [NSEG][KS]
+  static constexpr int floats = seg + 2 * NSEG * KS;
 };
 
 template <int D, int MATH>
 GDR2_HD void apply_body(const Blk& bk, const P& p, long long cg, int hv, int slice, float* sm) {
   using L = ApplyLayout;
-  constexpr int KS = L::KS, PS = L::PS, K4 = KS / 4;
+  constexpr int KS = L::KS, PS = L::PS, PB = L::PB, K4 = KS / 4, NSEG = L::NSEG;
   const ChunkLoc cl = chunk_loc(p, cg);
   const int last = cl.len - 1, bb = cl.bb, t0 = cl.t0, len = cl.len, c0 = KS * slice;
   const long long base = cg * p.Hv + hv;
   float* g1 = p.g1 + base * G1<D>::floats;
   float *sT = sm + L::T, *sAqk = sm + L::Aqk, *sG = sm + L::G, *sBk = sm + L::Bk, *sQs = sm + L::Qs, *sX2 = sm + L::X2,
-        *sXk = sm + L::Xk, *sq = sm + L::q, *sk = sm + L::k, *sb = sm + L::b, *rsv = sm + L::rs, *diag = sm + L::diag;
+        *sXk = sm + L::Xk, *sq = sm + L::q, *sk = sm + L::k, *sb = sm + L::b, *rsv = sm + L::rs, *diag = sm + L::diag,
+        *seg = sm + L::seg;
 
   // a. loads: the chunk-head's dT and dAqk; this slice's columns of dĒ, dO Sᵀ, dKtail,
   //    Σ dS⊙S; its q k b g (rows past the chunk as zeros, g = 0 there)
@@ -781,52 +787,58 @@ GDR2_HD void apply_body(const Blk& bk, const P& p, long long cg, int hv, int sli
         return QKBG{in_q4(p, bb, t, hv, d), in_k4(p, bb, t, hv, d), in_b4(p, bb, t, hv, d), in_g4(p, bb, t, hv, d)};
       },
       [&](int i, const QKBG& x) {
-        const int o = (i / K4) * PS + (i % K4) * 4;
+        const int o = (i / K4) * PB + (i % K4) * 4;
         st4(sq + o, {p.scale * x.q.x, p.scale * x.q.y, p.scale * x.q.z, p.scale * x.q.w});
         st4(sk + o, x.k);
         st4(sb + o, x.b);
         st4(sG + o, x.g);
       });
   bk.sync();
-  // b. cumulative sums; dAqk's diagonal apart
-  bk.par(KS + kC, [&](int i) {
-    if (i < KS) {
-      float s = 0.f;
-      for (int r = 0; r < kC; ++r) {
-        s += sG[r * PS + i];
-        sG[r * PS + i] = s;
-      }
-    } else {
-      const int r = i - KS;
-      diag[r] = sAqk[r * kPC + r];
-      sAqk[r * kPC + r] = 0.f;
+  // b. cumulative sums of the log-decays as a blocked scan (item: 8-row segment × channel;
+  //    chains of 8, not 64): sums within each segment; dAqk's diagonal apart
+  bk.par(NSEG * KS, [&](int i) {
+    const int sg = i / KS, d = i % KS;
+    float s = 0.f;
+    for (int r = 8 * sg; r < 8 * sg + 8; ++r) {
+      s += sG[r * PB + d];
+      sG[r * PB + d] = s;
+    }
+    seg[sg * KS + d] = s;
+    if (i < kC) {
+      diag[i] = sAqk[i * kPC + i];
+      sAqk[i * kPC + i] = 0.f;
     }
   });
-  // c. dBk = dĒ ⊙ γ; dQs = (dO Sᵀ) ⊙ γ; X2 ← 0
-  bk.par(kC * KS, [&](int i) {
-    const int r = i / KS, d = i % KS;
-    const float gam = ex2n(sG[r * PS + d]);
-    sBk[r * PS + d] *= gam;
-    sQs[r * PS + d] *= gam;
-    sX2[r * PS + d] = 0.f;
+  // c. the earlier segments' totals added; dBk = dĒ ⊙ γ; dQs = (dO Sᵀ) ⊙ γ; X2 ← 0
+  bk.par(NSEG * KS, [&](int i) {
+    const int sg = i / KS, d = i % KS;
+    float off = 0.f;
+    for (int j = 0; j < sg; ++j) off += seg[j * KS + d];
+    for (int r = 8 * sg; r < 8 * sg + 8; ++r) {
+      const float G = sG[r * PB + d] + off, gam = ex2n(G);
+      sG[r * PB + d] = G;
+      sBk[r * PS + d] *= gam;
+      sQs[r * PS + d] *= gam;
+      sX2[r * PS + d] = 0.f;
+    }
   });
-  // d. decayed applies, off-diagonal sub-blocks (anchored products; 16×8 tiles)
+  // d. decayed applies, off-diagonal sub-blocks (anchored products, 16×8 tiles): rows of
+  //    sub-block ib (into dBk, dQs) and columns of sub-block jb = ib − 1 (into X2) share a
+  //    phase (disjoint outputs, one barrier)
   for (int ib = 1; ib < kC / kSub; ++ib) {
     const int a = kSub * ib - 1;
-    mm<1, MATH>(
+    mm<1, MATH, false, false>(
         bk, 32, KS, kSub * ib,
         [&](int m, int s) {
           const int r = kSub * ib + (m & 15);
           return m < 16 ? sT[r * kPC + s] : sAqk[r * kPC + s];
         },
-        [&](int s, int d) { return sk[s * PS + d] * ex2n(sG[a * PS + d] - sG[s * PS + d]); },
+        [&](int s, int d) { return sk[s * PB + d] * ex2n(sG[a * PB + d] - sG[s * PB + d]); },
         [&](int m, int d, float v) {
           const int r = kSub * ib + (m & 15);
-          (m < 16 ? sBk : sQs)[r * PS + d] += v * ex2n(sG[r * PS + d] - sG[a * PS + d]);
+          (m < 16 ? sBk : sQs)[r * PS + d] += v * ex2n(sG[r * PB + d] - sG[a * PB + d]);
         });
-  }
-  for (int jb = 0; jb + 1 < kC / kSub; ++jb) {
-    const int e = kSub * jb + 15, r0 = kSub * (jb + 1), Lr = kC - r0;
+    const int jb = ib - 1, e = kSub * jb + 15, r0 = kSub * (jb + 1), Lr = kC - r0;
     mm<1, MATH>(
         bk, 16, KS, 2 * Lr,
         [&](int m, int k) {
@@ -835,12 +847,12 @@ GDR2_HD void apply_body(const Blk& bk, const P& p, long long cg, int hv, int sli
         },
         [&](int k, int d) {
           const int r = r0 + (k < Lr ? k : k - Lr);
-          const float x = k < Lr ? sb[r * PS + d] * sk[r * PS + d] : sq[r * PS + d];
-          return x * ex2n(sG[r * PS + d] - sG[e * PS + d]);
+          const float x = k < Lr ? sb[r * PB + d] * sk[r * PB + d] : sq[r * PB + d];
+          return x * ex2n(sG[r * PB + d] - sG[e * PB + d]);
         },
         [&](int m, int d, float v) {
           const int s = kSub * jb + m;
-          sX2[s * PS + d] += v * ex2n(sG[e * PS + d] - sG[s * PS + d]);
+          sX2[s * PS + d] += v * ex2n(sG[e * PB + d] - sG[s * PB + d]);
         });
   }
   // e. decayed applies, diagonal sub-blocks: one thread per (sub-block, channel), both
@@ -851,13 +863,13 @@ GDR2_HD void apply_body(const Blk& bk, const P& p, long long cg, int hv, int sli
     float Gs[16], ks[16], ax[16];
     GDR2_UNROLL
     for (int i = 0; i < 16; ++i) {
-      Gs[i] = sG[(o + i) * PS + d];
-      ks[i] = sk[(o + i) * PS + d];
+      Gs[i] = sG[(o + i) * PB + d];
+      ks[i] = sk[(o + i) * PB + d];
       ax[i] = 0.f;
     }
     GDR2_UNROLL
     for (int r = 1; r < 16; ++r) {
-      const float bkr = sb[(o + r) * PS + d] * ks[r], qr = sq[(o + r) * PS + d];
+      const float bkr = sb[(o + r) * PB + d] * ks[r], qr = sq[(o + r) * PB + d];
       float ab = 0.f, aq = 0.f;
       GDR2_UNROLL
       for (int s = 0; s < r; ++s) {
@@ -887,9 +899,9 @@ GDR2_HD void apply_body(const Blk& bk, const P& p, long long cg, int hv, int sli
     float oq[4], ok[4], ob[4];
     GDR2_UNROLL
     for (int u = 0; u < 4; ++u) {
-      const int x = r * PS + d0 + u;
-      const float kk = sk[x], qs = sq[x], bg = sb[x], bkv = bg * kk, xk = sXk[x];
-      const float kf = ex2n(sG[last * PS + d0 + u] - sG[x]);
+      const int x = r * PS + d0 + u, y = r * PB + d0 + u;
+      const float kk = sk[y], qs = sq[y], bg = sb[y], bkv = bg * kk, xk = sXk[x];
+      const float kf = ex2n(sG[last * PB + d0 + u] - sG[y]);
       const float dqs = sQs[x], dbk = sBk[x], x2 = sX2[x];
       const float xt = xk * kk * kf;  // dKtail ⊙ Ktail
       oq[u] = p.scale * (dqs + diag[r] * kk);
@@ -903,17 +915,32 @@ GDR2_HD void apply_body(const Blk& bk, const P& p, long long cg, int hv, int sli
     put4(p, p.dk, bb, t, hv, c0 + d0, {ok[0], ok[1], ok[2], ok[3]});
     if (!p.tied) put4(p, p.db, bb, t, hv, c0 + d0, {ob[0], ob[1], ob[2], ob[3]});
   });
-  // g. the last row's terms, then dg = reverse cumulative sum of dG
-  bk.par(KS, [&](int d) {
-    if (len <= 0) return;
-    float tot = 0.f;
-    for (int r = 0; r < last; ++r) tot += sX2[r * PS + d];
-    sBk[last * PS + d] += tot + rsv[d] * ex2n(sG[last * PS + d]);
-    float run = 0.f;
-    for (int r = last; r >= 0; --r) {
+  // g. dg = reverse cumulative sum of dG with the last row's terms (Σ_{r<last} dKtail ⊙
+  //    Ktail and Σ dS⊙S ⊙ γ_last) added to row `last`, as a blocked scan: segment sums of
+  //    dG and of X2 first, then each segment from its end with the later segments' total
+  float* segx = seg + NSEG * KS;
+  bk.par(NSEG * KS, [&](int i) {
+    const int sg = i / KS, d = i % KS;
+    float sdg = 0.f, sx = 0.f;
+    for (int r = 8 * sg; r < 8 * sg + 8; ++r) {
+      sdg += sBk[r * PS + d];
+      sx += sX2[r * PS + d];  // zero at and past `last`
+    }
+    seg[sg * KS + d] = sdg;
+    segx[sg * KS + d] = sx;
+  });
+  bk.par(NSEG * KS, [&](int i) {
+    const int sg = i / KS, d = i % KS;
+    if (len <= 0 || 8 * sg > last) return;
+    float extra = rsv[d] * ex2n(sG[last * PB + d]), run = 0.f;
+    for (int j = 0; j < NSEG; ++j) extra += segx[j * KS + d];
+    for (int j = sg + 1; j < NSEG; ++j) run += seg[j * KS + d];
+    for (int r = 8 * sg + 7; r >= 8 * sg; --r) {
       run += sBk[r * PS + d];
-      sBk[r * PS + d] = run;
-      if (!p.scalar_decay) put(p.dg, bb, t0 + r, hv, c0 + d, run);
+      if (r > last) continue;  // (dG is zero there)
+      const float v = run + extra;
+      sBk[r * PS + d] = v;
+      if (!p.scalar_decay) put(p.dg, bb, t0 + r, hv, c0 + d, v);
     }
   });
   // h. tied / scalar gates: this slice's per-row sums of dg and db ⊙ k (4c adds the slices)
