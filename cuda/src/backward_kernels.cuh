@@ -77,55 +77,81 @@ GDR2_HD long long act(const Strides3& s, int bb, int t, int h) {
 }
 GDR2_HD int ghead(int hv, int hg, int Hv) { return int((long long)hv * hg / Hv); }
 
-// Inputs are read four channels at a time (d a multiple of 4), through ld_in4.
+// Inputs are read four channels at a time (d a multiple of 4), through ld_in4: per block
+// through InRows (below); dO, read per chunk of a sequence in the state passes, per access.
 GDR2_HD F4 splat(float x) { return {x, x, x, x}; }
-GDR2_HD F4 in_q4(const P& p, int bb, int t, int hv, int d) {
-  return ld_in4(p.q, act(p.sq, bb, t, hv / p.group) + d, p.dtype, p.vec);
-}
-GDR2_HD F4 in_k4(const P& p, int bb, int t, int hv, int d) {
-  return ld_in4(p.k, act(p.sk, bb, t, hv / p.group) + d, p.dtype, p.vec);
-}
-GDR2_HD F4 in_v4(const P& p, int bb, int t, int hv, int d) { return ld_in4(p.v, act(p.sv, bb, t, hv) + d, p.dtype, p.vec); }
 GDR2_HD F4 in_do4(const P& p, int bb, int t, int hv, int d) {
   return ld_in4(p.d_o, act(p.sdo, bb, t, hv) + d, p.dtype, p.vec);
-}
-GDR2_HD float in_beta(const P& p, int bb, int t, int hv) {
-  return ld_in(p.beta, act(p.sbeta, bb, t, ghead(hv, p.hg_beta, p.Hv)), p.dtype);
-}
-GDR2_HD F4 in_b4(const P& p, int bb, int t, int hv, int d) {
-  return p.tied ? splat(in_beta(p, bb, t, hv))
-                : ld_in4(p.b, act(p.sb, bb, t, ghead(hv, p.hg_b, p.Hv)) + d, p.dtype, p.vec);
-}
-GDR2_HD F4 in_w4(const P& p, int bb, int t, int hv, int d) {
-  return p.tied ? splat(in_beta(p, bb, t, hv))
-                : ld_in4(p.w, act(p.sw, bb, t, ghead(hv, p.hg_w, p.Hv)) + d, p.dtype, p.vec);
-}
-/// log-decays in log2 units
-GDR2_HD F4 in_g4(const P& p, int bb, int t, int hv, int d) {
-  const long long o = act(p.sg, bb, t, ghead(hv, p.hg_g, p.Hv));
-  if (p.scalar_decay) return splat(p.g[o] * kLog2e);
-  const F4 x = ld_in4(p.g, o + d, kF32, p.vec);
-  return {x.x * kLog2e, x.y * kLog2e, x.z * kLog2e, x.w * kLog2e};
 }
 GDR2_HD F4 mul4(const F4& a, const F4& b) { return {a.x * b.x, a.y * b.y, a.z * b.z, a.w * b.w}; }
 GDR2_HD float at4(const F4& v, int i) { return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w; }
 
-GDR2_HD void put(const BwdSink& s, int bb, int t, int hv, int i, float v) {
-  if (s.p) s.p[(long long)bb * s.sb + (long long)t * s.st + (long long)hv * s.sh + i] = v;
-}
-/// Four consecutive channels i..i+3 of one gradient row: a 16-byte store when every
-/// per-channel sink is 16-byte aligned row by row (BackwardParams::vec_out).
-GDR2_HD void put4(const P& p, const BwdSink& s, int bb, int t, int hv, int i, const F4& v) {
-  if (!s.p) return;
-  float* o = s.p + (long long)bb * s.sb + (long long)t * s.st + (long long)hv * s.sh + i;
-  if (p.vec_out) {
-    st4(o, v);
-  } else {
-    o[0] = v.x;
-    o[1] = v.y;
-    o[2] = v.z;
-    o[3] = v.w;
+/// One input's rows of a chunk-head: element (r, d) at base[off + r·st + d], read four
+/// channels at a time (d a multiple of 4) and multiplied by `mul`; `one`: a single value
+/// per row (β of tied gates, the scalar decay). The offsets are formed once per block
+/// instead of per access (64-bit head and token arithmetic).
+struct InRows {
+  const void* base;
+  long long off, st;
+  int dt, vec, one;
+  float mul;
+  GDR2_HD F4 at(int r, int d) const {
+    const long long o = off + r * st;
+    if (one) return splat(ld_in(base, o, dt) * mul);
+    const F4 x = ld_in4(base, o + d, dt, vec);
+    return {x.x * mul, x.y * mul, x.z * mul, x.w * mul};
   }
+};
+GDR2_HD InRows rows_q(const P& p, const ChunkLoc& c, int hv) {
+  return {p.q, act(p.sq, c.bb, c.t0, hv / p.group), p.sq.t, p.dtype, p.vec, 0, p.scale};
+}
+GDR2_HD InRows rows_k(const P& p, const ChunkLoc& c, int hv) {
+  return {p.k, act(p.sk, c.bb, c.t0, hv / p.group), p.sk.t, p.dtype, p.vec, 0, 1.f};
+}
+GDR2_HD InRows rows_v(const P& p, const ChunkLoc& c, int hv) {
+  return {p.v, act(p.sv, c.bb, c.t0, hv), p.sv.t, p.dtype, p.vec, 0, 1.f};
+}
+GDR2_HD InRows rows_beta(const P& p, const ChunkLoc& c, int hv) {
+  return {p.beta, act(p.sbeta, c.bb, c.t0, ghead(hv, p.hg_beta, p.Hv)), p.sbeta.t, p.dtype, p.vec, 1, 1.f};
+}
+GDR2_HD InRows rows_b(const P& p, const ChunkLoc& c, int hv) {
+  if (p.tied) return rows_beta(p, c, hv);
+  return {p.b, act(p.sb, c.bb, c.t0, ghead(hv, p.hg_b, p.Hv)), p.sb.t, p.dtype, p.vec, 0, 1.f};
+}
+GDR2_HD InRows rows_w(const P& p, const ChunkLoc& c, int hv) {
+  if (p.tied) return rows_beta(p, c, hv);
+  return {p.w, act(p.sw, c.bb, c.t0, ghead(hv, p.hg_w, p.Hv)), p.sw.t, p.dtype, p.vec, 0, 1.f};
+}
+/// log-decays in log2 units
+GDR2_HD InRows rows_g(const P& p, const ChunkLoc& c, int hv) {
+  return {p.g, act(p.sg, c.bb, c.t0, ghead(hv, p.hg_g, p.Hv)), p.sg.t, kF32, p.vec, p.scalar_decay, kLog2e};
+}
+
+/// One gradient's rows of a chunk-head (value head hv): element (r, i) at row0 + r·st + i;
+/// nothing when the gradient is not asked for.
+struct OutRows {
+  float* row0;
+  long long st;
+  int vec;
+  GDR2_HD void put(int r, int i, float v) const {
+    if (row0) row0[r * st + i] = v;
+  }
+  /// four consecutive channels (a 16-byte store when BackwardParams::vec_out)
+  GDR2_HD void put4(int r, int i, const F4& v) const {
+    if (!row0) return;
+    float* o = row0 + r * st + i;
+    if (vec) {
+      st4(o, v);
+    } else {
+      o[0] = v.x;
+      o[1] = v.y;
+      o[2] = v.z;
+      o[3] = v.w;
+    }
+  }
+};
+GDR2_HD OutRows out_rows(const P& p, const BwdSink& s, const ChunkLoc& c, int hv) {
+  return {s.p ? s.p + (long long)c.bb * s.sb + (long long)c.t0 * s.st + (long long)hv * s.sh : nullptr, s.st, p.vec_out};
 }
 
 // ---- record layout (fp32, row-major, per chunk-head) ---------------------------------------
@@ -200,18 +226,18 @@ GDR2_HD void prep_body(const Blk& bk, const P& p, long long cg, int hv, float* s
     F4 q, k, b, g, z;
   };
   constexpr int D4 = D / 4;
+  const InRows iq = rows_q(p, cl, hv), ik = rows_k(p, cl, hv), ib = rows_b(p, cl, hv), ig = rows_g(p, cl, hv),
+               iw = rows_w(p, cl, hv), iv = rows_v(p, cl, hv);
   bk.par_ld<4>(
       cl.len * D4,
       [&](int i) {
-        const int r = i / D4, d = (i % D4) * 4, t = cl.t0 + r;
+        const int r = i / D4, d = (i % D4) * 4;
         // every input of the chunk in one round trip (Z = w ⊙ v too)
-        return Quad4{in_q4(p, cl.bb, t, hv, d), in_k4(p, cl.bb, t, hv, d), in_b4(p, cl.bb, t, hv, d),
-                     in_g4(p, cl.bb, t, hv, d), mul4(in_w4(p, cl.bb, t, hv, d), in_v4(p, cl.bb, t, hv, d))};
+        return Quad4{iq.at(r, d), ik.at(r, d), ib.at(r, d), ig.at(r, d), mul4(iw.at(r, d), iv.at(r, d))};
       },
       [&](int i, const Quad4& x) {
         const int o = (i / D4) * PD + (i % D4) * 4;
-        const float sc = p.scale;
-        st4(sQ + o, {sc * x.q.x, sc * x.q.y, sc * x.q.z, sc * x.q.w});
+        st4(sQ + o, x.q);
         st4(sK + o, x.k);
         st4(sBk + o, mul4(x.b, x.k));
         st4(sG + o, x.g);
@@ -710,18 +736,20 @@ GDR2_HD void wy_body(const Blk& bk, const P& p, long long cg, int hv, float* sm)
   struct VW {
     F4 v, w;
   };
+  const InRows iv = rows_v(p, cl, hv), iw = rows_w(p, cl, hv);
+  const OutRows odv = out_rows(p, p.dv, cl, hv), odw = out_rows(p, p.tied ? BwdSink{} : p.dw, cl, hv);
   bk.par_ld<4>(
       kC * D4,
       [&](int i) {
-        const int r = i / D4, d = (i % D4) * 4, t = cl.t0 + r;
-        return r < cl.len ? VW{in_v4(p, cl.bb, t, hv, d), in_w4(p, cl.bb, t, hv, d)} : VW{splat(0.f), splat(0.f)};
+        const int r = i / D4, d = (i % D4) * 4;
+        return r < cl.len ? VW{iv.at(r, d), iw.at(r, d)} : VW{splat(0.f), splat(0.f)};
       },
       [&](int i, const VW& x) {
-        const int r = i / D4, d = (i % D4) * 4, t = cl.t0 + r;
+        const int r = i / D4, d = (i % D4) * 4;
         const F4 dz = ld4(sZ + r * PD + d), dw = mul4(dz, x.v);
         if (r < cl.len) {
-          put4(p, p.dv, cl.bb, t, hv, d, mul4(dz, x.w));
-          if (!p.tied) put4(p, p.dw, cl.bb, t, hv, d, dw);
+          odv.put4(r, d, mul4(dz, x.w));
+          odw.put4(r, d, dw);
         }
         st4(sX + r * PD + d, dw);
       });
@@ -761,7 +789,7 @@ GDR2_HD void apply_body(const Blk& bk, const P& p, long long cg, int hv, int sli
   using L = ApplyLayout;
   constexpr int KS = L::KS, PS = L::PS, PB = L::PB, K4 = KS / 4, NSEG = L::NSEG;
   const ChunkLoc cl = chunk_loc(p, cg);
-  const int last = cl.len - 1, bb = cl.bb, t0 = cl.t0, len = cl.len, c0 = KS * slice;
+  const int last = cl.len - 1, len = cl.len, c0 = KS * slice;
   const long long base = cg * p.Hv + hv;
   float* g1 = p.g1 + base * G1<D>::floats;
   float *sT = sm + L::T, *sAqk = sm + L::Aqk, *sG = sm + L::G, *sBk = sm + L::Bk, *sQs = sm + L::Qs, *sX2 = sm + L::X2,
@@ -779,16 +807,17 @@ GDR2_HD void apply_body(const Blk& bk, const P& p, long long cg, int hv, int sli
   struct QKBG {
     F4 q, k, b, g;
   };
+  const InRows iq = rows_q(p, cl, hv), ik = rows_k(p, cl, hv), ib_ = rows_b(p, cl, hv), ig = rows_g(p, cl, hv);
   bk.par_ld<4>(
       kC * K4,
       [&](int i) {
-        const int r = i / K4, d = c0 + (i % K4) * 4, t = t0 + r;
+        const int r = i / K4, d = c0 + (i % K4) * 4;
         if (r >= len) return QKBG{splat(0.f), splat(0.f), splat(0.f), splat(0.f)};
-        return QKBG{in_q4(p, bb, t, hv, d), in_k4(p, bb, t, hv, d), in_b4(p, bb, t, hv, d), in_g4(p, bb, t, hv, d)};
+        return QKBG{iq.at(r, d), ik.at(r, d), ib_.at(r, d), ig.at(r, d)};
       },
       [&](int i, const QKBG& x) {
         const int o = (i / K4) * PB + (i % K4) * 4;
-        st4(sq + o, {p.scale * x.q.x, p.scale * x.q.y, p.scale * x.q.z, p.scale * x.q.w});
+        st4(sq + o, x.q);
         st4(sk + o, x.k);
         st4(sb + o, x.b);
         st4(sG + o, x.g);
@@ -888,8 +917,11 @@ GDR2_HD void apply_body(const Blk& bk, const P& p, long long cg, int hv, int sli
   // f. dq, dk, db per element (four channels per item); dG (before its cumulative sum)
   //    over dBk, db ⊙ k over dQs, dKtail ⊙ Ktail over X2 (for the last row's column sum);
   //    rows past the chunk: zeros
+  const OutRows odq = out_rows(p, p.dq, cl, hv), odk = out_rows(p, p.dk, cl, hv),
+                odb = out_rows(p, p.tied ? BwdSink{} : p.db, cl, hv),
+                odg = out_rows(p, p.scalar_decay ? BwdSink{} : p.dg, cl, hv);
   bk.par(kC * K4, [&](int i) {
-    const int r = i / K4, d0 = (i % K4) * 4, t = t0 + r;
+    const int r = i / K4, d0 = (i % K4) * 4;
     if (r >= len) {
       st4(sBk + r * PS + d0, splat(0.f));
       st4(sQs + r * PS + d0, splat(0.f));
@@ -911,9 +943,9 @@ GDR2_HD void apply_body(const Blk& bk, const P& p, long long cg, int hv, int sli
       sQs[x] = dbk * kk;
       sX2[x] = r < last ? xt : 0.f;
     }
-    put4(p, p.dq, bb, t, hv, c0 + d0, {oq[0], oq[1], oq[2], oq[3]});
-    put4(p, p.dk, bb, t, hv, c0 + d0, {ok[0], ok[1], ok[2], ok[3]});
-    if (!p.tied) put4(p, p.db, bb, t, hv, c0 + d0, {ob[0], ob[1], ob[2], ob[3]});
+    odq.put4(r, c0 + d0, {oq[0], oq[1], oq[2], oq[3]});
+    odk.put4(r, c0 + d0, {ok[0], ok[1], ok[2], ok[3]});
+    odb.put4(r, c0 + d0, {ob[0], ob[1], ob[2], ob[3]});
   });
   // g. dg = reverse cumulative sum of dG with the last row's terms (Σ_{r<last} dKtail ⊙
   //    Ktail and Σ dS⊙S ⊙ γ_last) added to row `last`, as a blocked scan: segment sums of
@@ -940,7 +972,7 @@ GDR2_HD void apply_body(const Blk& bk, const P& p, long long cg, int hv, int sli
       if (r > last) continue;  // (dG is zero there)
       const float v = run + extra;
       sBk[r * PS + d] = v;
-      if (!p.scalar_decay) put(p.dg, bb, t0 + r, hv, c0 + d, v);
+      odg.put(r, c0 + d, v);
     }
   });
   // h. tied / scalar gates: this slice's per-row sums of dg and db ⊙ k (4c adds the slices)
@@ -971,8 +1003,8 @@ GDR2_HD void token_elem(const P& p, long long item) {
     sbk += tok[(2 * s + 1) * kC + r];
   }
   const float* bw = p.g1 + (cg * p.Hv + hv) * G1<D>::floats + G1<D>::bw;
-  if (p.scalar_decay) put(p.dg, cl.bb, cl.t0 + r, hv, 0, sg);
-  if (p.tied) put(p.dbeta, cl.bb, cl.t0 + r, hv, 0, sbk + bw[r]);
+  if (p.scalar_decay) out_rows(p, p.dg, cl, hv).put(r, 0, sg);
+  if (p.tied) out_rows(p, p.dbeta, cl, hv).put(r, 0, sbk + bw[r]);
 }
 
 // =============================================================================================
