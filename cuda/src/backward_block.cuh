@@ -110,16 +110,20 @@ GDR2_HD float ld_in(const void* base, long long off, int dt) {
 
 #if defined(GDR2_BWD_PHASES) && defined(__CUDACC__)
 // Profiling build only (cuda/src/backward_phases.cu): block (0, 0) of every kernel (trace
-// 0) and block (0, last y) (trace 1: the reverse role of the state passes) record
-// clock64() at their entry (negated) and after every barrier, in launch order.
+// 0) and block (0, last y) (trace 1: the reverse role of the state passes; the same block
+// for one-row grids) record clock64() at their entry (negated) and after every barrier,
+// in launch order.
 __device__ long long gdr2_bwd_clk[2][8192];
 __device__ int gdr2_bwd_nclk[2];
 __device__ __forceinline__ void gdr2_bwd_mark(bool entry) {
 #if defined(__CUDA_ARCH__)
-  if (blockIdx.x == 0 && threadIdx.x == 0 && (blockIdx.y == 0 || blockIdx.y == gridDim.y - 1)) {
-    const int tr = blockIdx.y == 0 ? 0 : 1;
-    const int i = gdr2_bwd_nclk[tr]++;
-    if (i < 8192) gdr2_bwd_clk[tr][i] = entry ? -clock64() : clock64();
+  if (blockIdx.x == 0 && threadIdx.x == 0) {
+    const long long c = clock64();
+    for (int tr = 0; tr < 2; ++tr) {
+      if (blockIdx.y != (tr ? gridDim.y - 1 : 0)) continue;
+      const int i = gdr2_bwd_nclk[tr]++;
+      if (i < 8192) gdr2_bwd_clk[tr][i] = entry ? -c : c;
+    }
   }
 #endif
 }

@@ -1,8 +1,9 @@
 // gdr2 CUDA backward — profiling driver (not part of the library or of CI): the backward
 // kernels built with GDR2_BWD_PHASES, where block (0, 0) of each kernel records clock64()
-// after every barrier; prints the cycles of each barrier-to-barrier phase of prep,
-// grad-1 and grad-2 and the per-chunk step of the state passes, for one GDR-2 problem
-// B=1 T=2048 H=16 K=V=128 bf16 (block (0, 0) shares its SM with no other block).
+// after every barrier; prints the cycles of each barrier-to-barrier phase of grad-1 and
+// grad-2 (WY, applies), the per-chunk step of the state passes and the whole persistent
+// prep block (one phase), for one GDR-2 problem B=1 T=2048 H=16 K=V=128 bf16. The WY and
+// applies blocks share their SM with one other block: their phases include its share.
 //
 //   nvcc -O3 -std=c++17 --expt-relaxed-constexpr -gencode=arch=compute_90a,code=sm_90a \
 //        -DGDR2_BWD_PHASES -Icuda/include -Iinclude -isystem /usr/include/eigen3 \

@@ -37,6 +37,7 @@ __global__ void __launch_bounds__(detail::kThreads, 1) prep16_kernel(const Backw
   using R = Rec<D>;
   constexpr int PR = L::PR, PC = L::PC, PF = L::PF, NT = detail::kThreads;
   extern __shared__ __align__(1024) char sm[];
+  GDR2_BWD_MARK(true);  // (profiling builds: the whole persistent block is one phase)
   const int tid = threadIdx.x, w = tid >> 5, lane = tid & 31, g8 = lane >> 2, q4 = lane & 3;
   const long long items = p.total_chunks * p.Hv;
   ChunkLoader<DECAY, GATES, Tin, D, true> ld;
@@ -183,6 +184,7 @@ __global__ void __launch_bounds__(detail::kThreads, 1) prep16_kernel(const Backw
     // (the next item's first barrier orders these reads before its writes)
   }
   cp_async_wait<0>();
+  GDR2_BWD_MARK(false);
 }
 
 template <int DECAY, int GATES, class Tin, int D>
