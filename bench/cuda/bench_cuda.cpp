@@ -103,14 +103,14 @@ void BM_gemm_bf16(benchmark::State& state) {
 }
 
 /// GDR-2 chunk forward, bf16, K = V = 128; args: B, T, H, path (0 auto, 1 fused, 2 split),
-/// value slice of the split path's state pass (0 = automatic), overlap (split path), tma
-/// (1: input tiles by tensor maps, 0: by cp.async; ChunkOptions::tma).
+/// value slice of the split path's state pass (0 = automatic), overlap (split path), copy
+/// (ChunkOptions::input_copy: 0 automatic, 1 tensor maps, 2 cp.async).
 void BM_forward(benchmark::State& state) {
   const Index B = state.range(0), T = state.range(1), H = state.range(2), D = 128;
   const auto path = static_cast<cuda::ForwardPath>(state.range(3));
   const int vslice = int(state.range(4));
   const bool overlap = state.range(5) != 0;
-  const bool tma = state.range(6) != 0;
+  const auto copy = static_cast<cuda::InputCopy>(state.range(6));
   const std::size_t nt = std::size_t(B * T * H * D);
   auto* q = device_random<bf16>(nt, -0.15, 0.15, 11);
   auto* k = device_random<bf16>(nt, -0.15, 0.15, 12);
@@ -132,7 +132,7 @@ void BM_forward(benchmark::State& state) {
   p.g = make_view<const float>(g, B, T, H, D);
   p.initial_state = make_view<const float>(s0, B, H, D, D);
   Outputs<bf16, float> out{make_view(o, B, T, H, D), make_view(sT, B, H, D, D)};
-  cuda::ChunkOptions opt{path, vslice, overlap, tma};
+  cuda::ChunkOptions opt{path, vslice, overlap, copy};
   std::size_t ws_bytes = 0;
   check(cuda::chunk_forward_workspace_size<GDR2>(p, ws_bytes, opt));
   void* ws = nullptr;
@@ -232,17 +232,17 @@ BENCHMARK(BM_copy)->UseManualTime()->Iterations(50)->Unit(benchmark::kMillisecon
 BENCHMARK(BM_gemm_bf16)->UseManualTime()->Iterations(30)->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_state_roundtrip)->UseManualTime()->Iterations(200)->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_forward)
-    ->ArgNames({"B", "T", "H", "path", "vs", "ov", "tma"})
-    ->Args({8, 4096, 16, 0, 0, 1, 1})
+    ->ArgNames({"B", "T", "H", "path", "vs", "ov", "copy"})
+    ->Args({8, 4096, 16, 0, 0, 1, 0})  // everything automatic (→ fused, tensor maps)
     ->Args({8, 4096, 16, 1, 0, 1, 1})
-    ->Args({8, 4096, 16, 1, 0, 1, 0})  // input tiles by cp.async
-    ->Args({8, 4096, 16, 2, 0, 1, 1})
-    ->Args({1, 32768, 16, 0, 0, 1, 1})
-    ->Args({1, 32768, 16, 0, 0, 1, 0})
-    ->Args({1, 32768, 16, 2, 16, 0, 1})
-    ->Args({1, 32768, 16, 2, 64, 0, 1})  // the overlapped case's slices, prep and state pass one after the other
-    ->Args({1, 32768, 16, 2, 64, 0, 0})
-    ->Args({1, 32768, 16, 2, 64, 1, 1})
+    ->Args({8, 4096, 16, 1, 0, 1, 2})  // input tiles by cp.async
+    ->Args({8, 4096, 16, 2, 0, 1, 0})
+    ->Args({1, 32768, 16, 0, 0, 1, 0})  // automatic (→ overlapped split, cp.async)
+    ->Args({1, 32768, 16, 0, 0, 1, 1})  // the same with tensor maps
+    ->Args({1, 32768, 16, 2, 16, 0, 0})
+    ->Args({1, 32768, 16, 2, 64, 0, 0})  // the overlapped case's slices, prep and state pass one after the other
+    ->Args({1, 32768, 16, 2, 64, 0, 2})
+    ->Args({1, 32768, 16, 2, 64, 1, 0})
     ->UseManualTime()
     ->Iterations(30)
     ->Unit(benchmark::kMillisecond);

@@ -99,7 +99,7 @@ struct DeviceOutputs {
 
 /// Departures from the default engine options and input layout.
 struct Variant {
-  bool tma = true;          // ChunkOptions::tma
+  cuda::InputCopy copy = cuda::InputCopy::automatic;  // ChunkOptions::input_copy
   bool head_major = false;  // inputs stored [B, H, T, D]
   int value_slice = 0;      // ChunkOptions::value_slice (split path)
 };
@@ -127,7 +127,7 @@ void run_forward_case(const ProblemConfig& cfg, cuda::ForwardPath path, bool wit
   cuda::ChunkOptions opt;
   opt.path = path;
   opt.overlap = overlap;
-  opt.tma = iv.tma;
+  opt.input_copy = iv.copy;
   opt.value_slice = iv.value_slice;
   std::size_t ws_bytes = 0;
   const Status wst = cuda::chunk_forward_workspace_size<Policy>(dp.p, ws_bytes, opt);
@@ -176,7 +176,9 @@ void run_forward_case(const ProblemConfig& cfg, cuda::ForwardPath path, bool wit
   CAPTURE(eo, es, ws_bytes);
   std::printf("[accuracy] %-5s %-8s %-7s %-5s vs%-3d %-48s output %.2e  state %.2e\n", Policy::name(),
               dtype_name<T>(), path == cuda::ForwardPath::fused ? "fused" : overlap ? "split-o" : "split",
-              iv.tma ? (iv.head_major ? "tma-h" : "tma") : "cp", iv.value_slice, describe(cfg).c_str(), eo, es);
+              iv.copy == cuda::InputCopy::automatic     ? (iv.head_major ? "auto-h" : "auto")
+              : iv.copy == cuda::InputCopy::tensor_maps ? (iv.head_major ? "tma-h" : "tma")
+                                                        : "cp", iv.value_slice, describe(cfg).c_str(), eo, es);
   CHECK(skipped_untouched);
   CHECK(eo <= 4e-3);
   CHECK(es <= 3e-3);
@@ -214,7 +216,11 @@ TEMPLATE_TEST_CASE("cuda chunk forward matches the fp64 recurrence", "[cuda][for
     const auto path = split ? cuda::ForwardPath::split : cuda::ForwardPath::fused;
     const bool ov = variant != 2;
     Variant iv;
-    iv.tma = variant != 3;
+    // (automatic copies: tensor maps, cp.async on the overlapped split path; variant 5
+    // asks for tensor maps there)
+    iv.copy = variant == 3 ? cuda::InputCopy::cp_async
+              : variant == 5 ? cuda::InputCopy::tensor_maps
+                             : cuda::InputCopy::automatic;
     iv.head_major = variant == 4 || variant == 5;
     iv.value_slice = variant == 6 ? 64 : 0;
     static const char* names[] = {"fused",           "split",           "split sequential",     "fused, cp.async",

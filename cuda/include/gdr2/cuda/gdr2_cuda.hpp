@@ -55,6 +55,15 @@ enum class ForwardPath {
   split,      ///< chunk-parallel preparation into the workspace, then a state pass split over V
 };
 
+/// How the chunk forward copies its input tiles (q, k, b, g, v, w) into shared memory.
+enum class InputCopy {
+  automatic,    ///< tensor maps, except on the overlapped split path, where cp.async
+                ///< measured faster on an H200 (B=1 T=32768 H=16: 1.21 against 1.24–1.27 ms)
+  tensor_maps,  ///< Hopper TMA, one copy per 64-token tile, when the views can be described
+                ///< by one (16-byte rows always can); else cp.async
+  cp_async,     ///< 16-byte cp.async copies from every thread
+};
+
 /// Options of the CUDA chunk forward.
 struct ChunkOptions {
   ForwardPath path = ForwardPath::automatic;
@@ -64,10 +73,8 @@ struct ChunkOptions {
   /// Split path with few (sequence, head) pairs: run the state pass concurrently with the
   /// chunk preparation in one launch (records published through flags in the workspace).
   bool overlap = true;
-  /// Copy the q, k, b, g input tiles with tensor maps (Hopper TMA: one copy per 64-token
-  /// tile) when the views can be described by one (16-byte rows always can); false: 16-byte
-  /// cp.async copies from every thread (slower; kept as the fallback and for comparison).
-  bool tma = true;
+  /// How the input tiles are copied (InputCopy).
+  InputCopy input_copy = InputCopy::automatic;
 };
 
 /// Workspace bytes `chunk_forward` needs for this problem and options (0 for the fused
