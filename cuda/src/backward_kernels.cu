@@ -59,6 +59,11 @@ __global__ void __launch_bounds__(kThreads) reduce_kernel(BackwardParams p, int 
 
 #undef GDR2_BWD_BLOCK
 
+/// Blocks of kThreads for a grid-stride kernel over `count` elements (token sums, head sums).
+unsigned elem_blocks(long long count) {
+  return unsigned(std::min<long long>((count + kThreads - 1) / kThreads, 65536));
+}
+
 template <class K>
 cudaError_t launch_with_smem(K kernel, dim3 grid, int smem, cudaStream_t st, const BackwardParams& p,
                              int threads = kThreads) {
@@ -106,15 +111,14 @@ cudaError_t launch_d(const BackwardParams& p, cudaStream_t st) {
     if (e != cudaSuccess) return e;
     if (p.tied || p.scalar_decay) {
       const long long count = p.total_chunks * p.Hv * kC;
-      token_kernel<D><<<unsigned(std::min<long long>((count + kThreads - 1) / kThreads, 65536)), kThreads, 0, st>>>(p, count);
+      token_kernel<D><<<elem_blocks(count), kThreads, 0, st>>>(p, count);
       if ((e = cudaGetLastError()) != cudaSuccess) return e;
     }
   }
   for (int r = 0; r < p.nred && p.stages >= 5; ++r) {
     const long long count = reduce_count(p, p.red[r]);
     if (count == 0) continue;
-    const long long blocks = std::min<long long>((count + kThreads - 1) / kThreads, 65536);
-    reduce_kernel<<<unsigned(blocks), kThreads, 0, st>>>(p, r, count);
+    reduce_kernel<<<elem_blocks(count), kThreads, 0, st>>>(p, r, count);
     if ((e = cudaGetLastError()) != cudaSuccess) return e;
   }
   return cudaSuccess;

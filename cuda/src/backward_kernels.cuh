@@ -996,15 +996,14 @@ GDR2_HD void token_elem(const P& p, long long item) {
   const long long cg = item / kC / p.Hv;
   const ChunkLoc cl = chunk_loc(p, cg);
   if (r >= cl.len) return;
-  const float* tok = p.g1 + (cg * p.Hv + hv) * G1<D>::floats + G1<D>::tok;
+  const float* g1 = p.g1 + (cg * p.Hv + hv) * G1<D>::floats;
   float sg = 0.f, sbk = 0.f;
   for (int s = 0; s < D / kKS; ++s) {
-    sg += tok[(2 * s) * kC + r];
-    sbk += tok[(2 * s + 1) * kC + r];
+    sg += g1[G1<D>::tok + (2 * s) * kC + r];
+    sbk += g1[G1<D>::tok + (2 * s + 1) * kC + r];
   }
-  const float* bw = p.g1 + (cg * p.Hv + hv) * G1<D>::floats + G1<D>::bw;
   if (p.scalar_decay) out_rows(p, p.dg, cl, hv).put(r, 0, sg);
-  if (p.tied) out_rows(p, p.dbeta, cl, hv).put(r, 0, sbk + bw[r]);
+  if (p.tied) out_rows(p, p.dbeta, cl, hv).put(r, 0, sbk + g1[G1<D>::bw + r]);
 }
 
 // =============================================================================================
