@@ -309,6 +309,28 @@ __device__ __forceinline__ void mma_tf32(float (&c)[4], std::uint32_t a0, std::u
 }
 #endif
 
+#if defined(__CUDA_ARCH__)
+/// The epilogue of a 16 × 8·NT accumulator tile at (m0, n0): fo(m, n, value) per element
+/// (GlobalOut: one 8-byte store or reduction per lane pair of columns).
+template <int NT, class FO>
+__device__ __forceinline__ void mm_out(const float (&c)[NT][4], int m0, int n0, int lane, FO& fo) {
+  const int g = lane >> 2, t = lane & 3;
+#pragma unroll
+  for (int j = 0; j < NT; ++j) {
+    const int n = n0 + 8 * j + 2 * t;
+    if constexpr (std::is_same_v<std::decay_t<FO>, GlobalOut>) {
+      fo.pair(m0 + g, n, c[j][0], c[j][1]);
+      fo.pair(m0 + g + 8, n, c[j][2], c[j][3]);
+    } else {
+      fo(m0 + g, n, c[j][0]);
+      fo(m0 + g, n + 1, c[j][1]);
+      fo(m0 + g + 8, n, c[j][2]);
+      fo(m0 + g + 8, n + 1, c[j][3]);
+    }
+  }
+}
+#endif
+
 /// Block matrix product over an M×N output (M a multiple of 16, N of 8·NT, KD of 8):
 /// fo(m, n, Σ_k fa(m, k)·fb(k, n)) for every (m, n) of every computed tile, then a
 /// barrier. Tiles of 16 × 8·NT go round-robin to the warps. LOWER skips the tiles that
@@ -367,19 +389,7 @@ GDR2_HD void mm(const Blk& bk, int M, int N, int KD, FA&& fa, FB&& fb, FO&& fo) 
         }
       }
     }
-#pragma unroll
-    for (int j = 0; j < NT; ++j) {
-      const int n = n0 + 8 * j + 2 * t;
-      if constexpr (std::is_same_v<std::decay_t<FO>, GlobalOut>) {
-        fo.pair(m0 + g, n, c[j][0], c[j][1]);
-        fo.pair(m0 + g + 8, n, c[j][2], c[j][3]);
-      } else {
-        fo(m0 + g, n, c[j][0]);
-        fo(m0 + g, n + 1, c[j][1]);
-        fo(m0 + g + 8, n, c[j][2]);
-        fo(m0 + g + 8, n + 1, c[j][3]);
-      }
-    }
+    mm_out<NT>(c, m0, n0, lane, fo);
   }
 #else
   (void)MATH;
@@ -415,6 +425,217 @@ GDR2_HD void mm_auto(const Blk& bk, int M, int N, int KD, FA&& fa, FB&& fb, FO&&
     mm<2, MATH>(bk, M, N, KD, fa, fb, fo);
   else
     mm<1, MATH>(bk, M, N, KD, fa, fb, fo);
+}
+
+// ---- tile products: operands as plain shared-memory tiles ----------------------------------
+//
+// mm reads its operands through functors: every fragment element costs its index math and
+// a cvt, and no load can be widened (≈ 50 instructions per 16×32 tile and k-step, issue-
+// bound: cuda/NOTES.md backward v14). mmt takes the operands as tiles (base, pitch,
+// orientation), so that a fragment is one `ldmatrix` where the contraction index runs along
+// a tile row, and plain loads from one pointer per k-step otherwise.
+
+/// A shared-memory operand of mmt: element (i, k) — i the free index (a row of A, a column
+/// of B), k the contraction index — at p[i·ld + k] (KMinor: k along a tile row; its fragments
+/// are read by ldmatrix, so p and ld are multiples of 4 floats) or at p[k·ld + i] (KMajor).
+template <bool KMAJOR>
+struct View {
+  static constexpr bool kmajor = KMAJOR;
+  const float* p;
+  int ld;
+  GDR2_HD float at(int i, int k) const { return KMAJOR ? p[k * ld + i] : p[i * ld + k]; }
+};
+using KMinor = View<false>;
+using KMajor = View<true>;
+
+/// One term of an mmt sum: ±A·B over K contraction indices (A: M×K, B: K×N, both as (i, k)).
+template <class VA, class VB>
+struct Term {
+  VA a;
+  VB b;
+  int K;
+  bool neg;
+};
+template <class VA, class VB>
+GDR2_HD Term<VA, VB> term(VA a, VB b, int K, bool neg = false) {
+  return {a, b, K, neg};
+}
+
+#if defined(__CUDA_ARCH__)
+__device__ __forceinline__ void ldsm_x4(unsigned addr, std::uint32_t (&r)[4]) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+__device__ __forceinline__ void ldsm_x2(unsigned addr, std::uint32_t& r0, std::uint32_t& r1) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0, %1}, [%2];\n" : "=r"(r0), "=r"(r1) : "r"(addr));
+}
+
+/// c += ±A·B of one term for the 16 × 8·NT tile at (m0, n0), on the tensor cores.
+///
+/// Within one k-step of m16n8k8 the 8 k values may be ordered freely if A and B use the
+/// same order. A KMinor A is read by ldmatrix, which gives lane (g, t) the k values t and
+/// t + 4 (the order of the fragment layout); a KMajor A is read as k = 2t, 2t + 1, so that
+/// the KMajor fragment reads (rows 2t, 2t+1, columns g) are free of bank conflicts at a
+/// pitch ≡ 4 (mod 16) — with k = t, t + 4 they need a pitch ≡ 8 (mod 32), as for a KMajor
+/// B after a KMinor A. KMinor B fragments: ldmatrix (order t, t+4), or one 8-byte load
+/// (order 2t, 2t+1).
+template <int NT, int MATH, class VA, class VB>
+__device__ __forceinline__ void mmt_term(float (&c)[NT][4], const Term<VA, VB>& tm, int m0, int n0, int lane) {
+  const int g = lane >> 2, t = lane & 3;
+  constexpr bool PAIR = VA::kmajor;
+  const int k1 = PAIR ? 2 * t : t, k2 = PAIR ? 2 * t + 1 : t + 4;
+  const float *pa = tm.a.p, *pb = tm.b.p;
+  const int la = tm.a.ld, lb = tm.b.ld;
+  // ldmatrix row addresses: A matrices (rows 0–7 | 8–15) × (k 0–3 | 4–7); B matrices
+  // (k 0–3 | 4–7) × (columns 8j … | 8(j+1) …)
+  const unsigned sa = unsigned(__cvta_generic_to_shared(pa + (m0 + (lane & 7) + 8 * ((lane >> 3) & 1)) * la +
+                                                        4 * (lane >> 4)));
+  const unsigned sb = unsigned(__cvta_generic_to_shared(pb + (n0 + (lane & 7) + 8 * (lane >> 4)) * lb +
+                                                        4 * ((lane >> 3) & 1)));
+  const std::uint32_t sign = tm.neg ? 0x80000000u : 0u;
+#pragma unroll 2
+  for (int k0 = 0; k0 < tm.K; k0 += 8) {
+    float a[4];
+    if constexpr (VA::kmajor) {
+      const float *r1 = pa + (k0 + k1) * la + m0 + g, *r2 = pa + (k0 + k2) * la + m0 + g;
+      a[0] = r1[0];
+      a[1] = r1[8];
+      a[2] = r2[0];
+      a[3] = r2[8];
+    } else {
+      std::uint32_t r[4];
+      ldsm_x4(sa + 4u * unsigned(k0), r);
+#pragma unroll
+      for (int i = 0; i < 4; ++i) a[i] = __uint_as_float(r[i]);
+    }
+    float b[NT][2];
+    if constexpr (VB::kmajor) {
+      const float *r1 = pb + (k0 + k1) * lb + n0 + g, *r2 = pb + (k0 + k2) * lb + n0 + g;
+#pragma unroll
+      for (int j = 0; j < NT; ++j) {
+        b[j][0] = r1[8 * j];
+        b[j][1] = r2[8 * j];
+      }
+    } else if constexpr (PAIR) {
+#pragma unroll
+      for (int j = 0; j < NT; ++j) {
+        const float2 v = *reinterpret_cast<const float2*>(pb + (n0 + 8 * j + g) * lb + k0 + 2 * t);
+        b[j][0] = v.x;
+        b[j][1] = v.y;
+      }
+    } else if constexpr (NT == 1) {
+      std::uint32_t r0, r1;
+      ldsm_x2(sb + 4u * unsigned(k0), r0, r1);
+      b[0][0] = __uint_as_float(r0);
+      b[0][1] = __uint_as_float(r1);
+    } else {
+#pragma unroll
+      for (int j = 0; j < NT; j += 2) {
+        std::uint32_t r[4];
+        ldsm_x4(sb + 4u * unsigned(k0 + 8 * j * lb), r);
+        b[j][0] = __uint_as_float(r[0]);
+        b[j][1] = __uint_as_float(r[1]);
+        b[j + 1][0] = __uint_as_float(r[2]);
+        b[j + 1][1] = __uint_as_float(r[3]);
+      }
+    }
+    std::uint32_t ah[4], al[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      ah[i] = tf32_bits(a[i]);
+      if (MATH == kTf32x3) al[i] = tf32_bits(a[i] - __uint_as_float(ah[i])) ^ sign;
+      ah[i] ^= sign;
+    }
+#pragma unroll
+    for (int j = 0; j < NT; ++j) {
+      const std::uint32_t bh0 = tf32_bits(b[j][0]), bh1 = tf32_bits(b[j][1]);
+      if (MATH == kTf32x3) {
+        const std::uint32_t bl0 = tf32_bits(b[j][0] - __uint_as_float(bh0)),
+                            bl1 = tf32_bits(b[j][1] - __uint_as_float(bh1));
+        mma_tf32(c[j], al[0], al[1], al[2], al[3], bh0, bh1);
+        mma_tf32(c[j], ah[0], ah[1], ah[2], ah[3], bl0, bl1);
+      }
+      mma_tf32(c[j], ah[0], ah[1], ah[2], ah[3], bh0, bh1);
+    }
+  }
+}
+
+/// The same on the CUDA cores in fp32 (kFp32), element order as mm's fp32 path.
+template <int NT, class VA, class VB>
+__device__ __forceinline__ void mmt_term_fp32(float (&c)[NT][4], const Term<VA, VB>& tm, int m0, int n0, int lane) {
+  const int g = lane >> 2, t = lane & 3;
+  const float s = tm.neg ? -1.f : 1.f;
+  for (int k = 0; k < tm.K; ++k) {
+    const float alo = s * tm.a.at(m0 + g, k), ahi = s * tm.a.at(m0 + g + 8, k);
+#pragma unroll
+    for (int j = 0; j < NT; ++j) {
+      const float b0 = tm.b.at(n0 + 8 * j + 2 * t, k), b1 = tm.b.at(n0 + 8 * j + 2 * t + 1, k);
+      c[j][0] = fmaf(alo, b0, c[j][0]);
+      c[j][1] = fmaf(alo, b1, c[j][1]);
+      c[j][2] = fmaf(ahi, b0, c[j][2]);
+      c[j][3] = fmaf(ahi, b1, c[j][3]);
+    }
+  }
+}
+#endif
+
+/// Block tile product over an M×N output (M a multiple of 16, N of 8·NT, every K of 8):
+/// fo(m, n, Σ_terms ±Σ_k A(m, k)·B(k, n)), the terms in their order, for every (m, n) of
+/// every computed tile, then a barrier (not with SYNC = false); LOWER as in mm. Tiles of
+/// 16 × 8·NT go round-robin to the warps. The host computes it in fp32, term by term.
+template <int NT, int MATH, bool LOWER = false, bool SYNC = true, class FO, class... Ts>
+GDR2_HD void mmt(const Blk& bk, int M, int N, FO&& fo, const Ts&... terms) {
+  const int tn = N / (8 * NT), tiles = (M / 16) * tn;
+#if defined(__CUDA_ARCH__)
+  const int warp = bk.tid >> 5, lane = bk.tid & 31, nw = bk.nthr >> 5;
+  for (int tile = warp; tile < tiles; tile += nw) {
+    const int m0 = (tile / tn) * 16, n0 = (tile % tn) * 8 * NT;
+    if (LOWER && n0 > m0 + 15) continue;
+    float c[NT][4];
+#pragma unroll
+    for (int j = 0; j < NT; ++j) c[j][0] = c[j][1] = c[j][2] = c[j][3] = 0.f;
+    if constexpr (MATH == kFp32)
+      (mmt_term_fp32<NT>(c, terms, m0, n0, lane), ...);
+    else
+      (mmt_term<NT, MATH>(c, terms, m0, n0, lane), ...);
+    mm_out<NT>(c, m0, n0, lane, fo);
+  }
+#else
+  (void)MATH;
+  for (int tile = 0; tile < tiles; ++tile) {
+    const int m0 = (tile / tn) * 16, n0 = (tile % tn) * 8 * NT;
+    if (LOWER && n0 > m0 + 15) continue;
+    float acc[16][8 * NT];
+    for (int m = 0; m < 16; ++m)
+      for (int n = 0; n < 8 * NT; ++n) {
+        float s = 0.f;
+        auto add = [&](const auto& tm) {
+          for (int k = 0; k < tm.K; ++k) {
+            const float v = tm.a.at(m0 + m, k) * tm.b.at(n0 + n, k);
+            s += tm.neg ? -v : v;
+          }
+        };
+        (add(terms), ...);
+        acc[m][n] = s;
+      }
+    for (int m = 0; m < 16; ++m)
+      for (int n = 0; n < 8 * NT; ++n) fo(m0 + m, n0 + n, acc[m][n]);
+  }
+#endif
+  if (SYNC) bk.sync();
+}
+
+/// mmt with mm_auto's choice of tile width.
+template <int MATH, class FO, class... Ts>
+GDR2_HD void mmt_auto(const Blk& bk, int M, int N, FO&& fo, const Ts&... terms) {
+  const int nw = bk.nthr / 32 / 4;
+  if (N % 32 == 0 && (M / 16) * (N / 32) >= nw)
+    mmt<4, MATH>(bk, M, N, fo, terms...);
+  else if (N % 16 == 0 && (M / 16) * (N / 16) >= nw)
+    mmt<2, MATH>(bk, M, N, fo, terms...);
+  else
+    mmt<1, MATH>(bk, M, N, fo, terms...);
 }
 
 }  // namespace bwd

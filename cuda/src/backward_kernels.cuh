@@ -386,15 +386,19 @@ GDR2_HD void prep_body(const Blk& bk, const P& p, long long cg, int hv, float* s
 // =============================================================================================
 // 2. state passes: block (sequence·Hv + head, value slice, role); role 0 forward S, 1 reverse dS
 // =============================================================================================
+/// Pitches: every tile ≡ 4 (mod 16) floats — conflict-free for ldmatrix (Y, Ktail as KMinor
+/// A operands) and for KMajor reads of paired k (mmt) — except S / dS (PS ≡ 8 mod 32): it is
+/// also read as a KMajor B operand after a KMinor A (k = t, t + 4).
 template <int D>
 struct StateLayout {
   static constexpr int PD = D + 4;
   static constexpr int kMaxFloats = 227 * 1024 / 4;  // the opt-in shared memory of a block
-  int PV, S, A1, A2, Aqk, dO, dR, g, Qg, floats;     // the forward role keeps U's slice in dO
+  int PV, PS, S, A1, A2, Aqk, dO, dR, g, Qg, floats;  // the forward role keeps U's slice in dO
   GDR2_HD explicit StateLayout(int vs) {
     PV = vs + 4;
+    PS = vs + 8;
     S = 0;
-    A1 = S + D * PV;
+    A1 = S + D * PS;
     A2 = A1 + kC * PD;
     Aqk = A2 + kC * PD;
     dO = Aqk + kC * kPC;
@@ -413,7 +417,7 @@ GDR2_HD void state_body(const Blk& bk, const P& p, int pair, int slice, int role
   // (slices of one sequence-head are neighbours in the grid: they read the same records)
   const StateLayout<D> L(p.vs);
   constexpr int PD = StateLayout<D>::PD;
-  const int VS = p.vs, PV = L.PV, j0 = slice * VS;
+  const int VS = p.vs, PV = L.PV, PS = L.PS, j0 = slice * VS;
   const int n = pair / p.Hv, hv = pair % p.Hv;
   const SeqLoc sq = seq_loc(p, n);
   float *sS = sm + L.S, *sA1 = sm + L.A1, *sA2 = sm + L.A2, *sAqk = sm + L.Aqk, *sdO = sm + L.dO, *sdR = sm + L.dR,
@@ -427,7 +431,7 @@ GDR2_HD void state_body(const Blk& bk, const P& p, int pair, int slice, int role
           const int kk = i / VS, j = i % VS;
           return p.s0 ? p.s0[n * p.s0s[0] + hv * p.s0s[1] + kk * p.s0s[2] + (j0 + j) * p.s0s[3]] : 0.f;
         },
-        [&](int i, float x) { sS[(i / VS) * PV + i % VS] = x; });
+        [&](int i, float x) { sS[(i / VS) * PS + i % VS] = x; });
     bk.sync();
     // software pipeline: chunk c+1's Y and U slice (group A) are copied during chunk c's
     // S update, its Ktail and γ_C (group B) during the next R; barriers leave the newest
@@ -452,14 +456,14 @@ GDR2_HD void state_body(const Blk& bk, const P& p, int pair, int slice, int role
       const long long base = (sq.cg0 + c) * p.Hv + hv;
       bq.par(D * VS / 4, [&](int i) {  // ends waiting for group A of chunk c
         const int kk = i / (VS / 4), j = (i % (VS / 4)) * 4;
-        st4(p.states + base * DD + kk * D + j0 + j, ld4(sS + kk * PV + j));
+        st4(p.states + base * DD + kk * D + j0 + j, ld4(sS + kk * PS + j));
       });
       if (c == sq.nc - 1) break;
       const bool next = c + 1 < sq.nc - 1;  // chunk c+1 has a step (tiles) too
       // R = U − Y S (slice), then S ← γ_C ⊙ S + Ktailᵀ R
-      mm_auto<MATH>(
-          bq, kC, VS, D, [&](int r, int k) { return sA1[r * PD + k]; }, [&](int k, int j) { return sS[k * PV + j]; },
-          [&](int r, int j, float v) { sdR[r * PV + j] = sdO[r * PV + j] - v; });
+      mmt_auto<MATH>(
+          bq, kC, VS, [&](int r, int j, float v) { sdR[r * PV + j] = sdO[r * PV + j] - v; },
+          term(KMinor{sA1, PD}, KMajor{sS, PS}, D));
       if (next) {
         tilesA(c + 1);  // Y, U are dead
         bk.commit();
@@ -467,9 +471,9 @@ GDR2_HD void state_body(const Blk& bk, const P& p, int pair, int slice, int role
       } else {
         bk.sync();
       }
-      mm_auto<MATH>(
-          bq, D, VS, kC, [&](int m, int r) { return sA2[r * PD + m]; }, [&](int r, int j) { return sdR[r * PV + j]; },
-          [&](int m, int j, float v) { sS[m * PV + j] = sg[m] * sS[m * PV + j] + v; });
+      mmt_auto<MATH>(
+          bq, D, VS, [&](int m, int j, float v) { sS[m * PS + j] = sg[m] * sS[m * PS + j] + v; },
+          term(KMajor{sA2, PD}, KMajor{sdR, PV}, kC));
       if (next) {
         tilesB(c + 1);  // Ktail, γ_C are dead
         bk.commit();
@@ -484,7 +488,7 @@ GDR2_HD void state_body(const Blk& bk, const P& p, int pair, int slice, int role
         const int kk = i / VS, j = i % VS;
         return p.dsT ? p.dsT[n * p.dsTs[0] + hv * p.dsTs[1] + kk * p.dsTs[2] + (j0 + j) * p.dsTs[3]] : 0.f;
       },
-      [&](int i, float x) { sS[(i / VS) * PV + i % VS] = x; });
+      [&](int i, float x) { sS[(i / VS) * PS + i % VS] = x; });
   bk.sync();
   // Software pipeline when Qγ has its own tile (value slices ≤ 64 at D = 128): the tiles
   // of chunk c−1 are copied while chunk c is computed — Ktail, Aqk (group A) during the
@@ -549,16 +553,15 @@ GDR2_HD void state_body(const Blk& bk, const P& p, int pair, int slice, int role
     }
     for (int i = bk.tid; i < D * VS / 4; i += bk.nthr) {
       const int kk = i / (VS / 4), j = (i % (VS / 4)) * 4;
-      st4(p.dstates + base * DD + kk * D + j0 + j, ld4(sS + kk * PV + j));
+      st4(p.dstates + base * DD + kk * D + j0 + j, ld4(sS + kk * PS + j));
     }
     dO_store();
     if (pipe && c > 0) dO_load(c - 1);
     bq.sync();  // group A of chunk c (and dO) in place
     // dR = Aqkᵀ dO + Ktail dS
-    mm_auto<MATH>(
-        bq, kC, VS, kC + D, [&](int r, int k) { return k < kC ? sAqk[k * kPC + r] : sA1[r * PD + k - kC]; },
-        [&](int k, int j) { return k < kC ? sdO[k * PV + j] : sS[(k - kC) * PV + j]; },
-        [&](int r, int j, float v) { sdR[r * PV + j] = v; });
+    mmt_auto<MATH>(
+        bq, kC, VS, [&](int r, int j, float v) { sdR[r * PV + j] = v; }, term(KMajor{sAqk, kPC}, KMajor{sdO, PV}, kC),
+        term(KMinor{sA1, PD}, KMajor{sS, PS}, D));
     if (pipe) {
       if (c > 0) {
         tilesA(c - 1);  // Ktail, Aqk are dead
@@ -568,20 +571,18 @@ GDR2_HD void state_body(const Blk& bk, const P& p, int pair, int slice, int role
         bk.sync();
       }
       // dS ← γ_C ⊙ dS + Qγᵀ dO − Yᵀ dR
-      mm_auto<MATH>(
-          bq, D, VS, 2 * kC, [&](int m, int k) { return k < kC ? sQg[k * PD + m] : -sA2[(k - kC) * PD + m]; },
-          [&](int k, int j) { return k < kC ? sdO[k * PV + j] : sdR[(k - kC) * PV + j]; },
-          [&](int m, int j, float v) { sS[m * PV + j] = sg[m] * sS[m * PV + j] + v; });
+      mmt_auto<MATH>(
+          bq, D, VS, [&](int m, int j, float v) { sS[m * PS + j] = sg[m] * sS[m * PS + j] + v; },
+          term(KMajor{sQg, PD}, KMajor{sdO, PV}, kC), term(KMajor{sA2, PD}, KMajor{sdR, PV}, kC, true));
     } else {
       // Qγ over Ktail, in flight during the first half of the update (dS ← γ_C ⊙ dS − Yᵀ
       // dR), whose closing barrier waits for it; then dS += Qγᵀ dO
       copy_tile(bk, sQg, PD, recp(c) + Rec<D>::Qg, D, kC, D);
-      mm_auto<MATH>(
-          bk, D, VS, kC, [&](int m, int k) { return -sA2[k * PD + m]; }, [&](int k, int j) { return sdR[k * PV + j]; },
-          [&](int m, int j, float v) { sS[m * PV + j] = sg[m] * sS[m * PV + j] + v; });
-      mm_auto<MATH>(
-          bk, D, VS, kC, [&](int m, int k) { return sQg[k * PD + m]; }, [&](int k, int j) { return sdO[k * PV + j]; },
-          [&](int m, int j, float v) { sS[m * PV + j] += v; });
+      mmt_auto<MATH>(
+          bk, D, VS, [&](int m, int j, float v) { sS[m * PS + j] = sg[m] * sS[m * PS + j] + v; },
+          term(KMajor{sA2, PD}, KMajor{sdR, PV}, kC, true));
+      mmt_auto<MATH>(
+          bk, D, VS, [&](int m, int j, float v) { sS[m * PS + j] += v; }, term(KMajor{sQg, PD}, KMajor{sdO, PV}, kC));
     }
     if (pipe && c > 0) {
       tilesB(c - 1);  // Y, Qγ, γ_C are dead
@@ -591,7 +592,7 @@ GDR2_HD void state_body(const Blk& bk, const P& p, int pair, int slice, int role
   if (p.ds0) {
     bk.par(D * VS, [&](int i) {
       const int kk = i / VS, j = i % VS;
-      p.ds0[n * p.ds0s[0] + hv * p.ds0s[1] + kk * p.ds0s[2] + (j0 + j) * p.ds0s[3]] = sS[kk * PV + j];
+      p.ds0[n * p.ds0s[0] + hv * p.ds0s[1] + kk * p.ds0s[2] + (j0 + j) * p.ds0s[3]] = sS[kk * PS + j];
     });
   }
 }
@@ -643,33 +644,23 @@ GDR2_HD void grad1_body(const Blk& bk, const P& p, long long cg, int hv, float* 
     bk.sync();
     // R = U − Y S  (16×32 tiles: 8 of 16 warps busy, but 3 operand loads per mma instead
     // of 4 — measured faster than 16 of 16×16, see cuda/NOTES.md backward v12)
-    mm<4, MATH>(
-        bk, kC, H, D, [&](int r, int k) { return sY[r * PD + k]; }, [&](int k, int j) { return sS[k * PH + j]; },
-        [&](int r, int j, float v) { sUR[r * PH + j] -= v; });
+    mmt<4, MATH>(
+        bk, kC, H, [&](int r, int j, float v) { sUR[r * PH + j] -= v; }, term(KMinor{sY, PD}, KMajor{sS, PH}, D));
     // dR = Aqkᵀ dO + Ktail dS  (= dU), 16×32 tiles as R
-    mm<4, MATH>(
-        bk, kC, H, kC + D, [&](int r, int k) { return k < kC ? sAqk[k * kPC + r] : sKt[r * PD + k - kC]; },
-        [&](int k, int j) { return k < kC ? sdO[k * PH + j] : sdS[(k - kC) * PH + j]; },
-        [&](int r, int j, float v) { sdR[r * PH + j] = v; });
+    mmt<4, MATH>(
+        bk, kC, H, [&](int r, int j, float v) { sdR[r * PH + j] = v; }, term(KMajor{sAqk, kPC}, KMajor{sdO, PH}, kC),
+        term(KMinor{sKt, PD}, KMajor{sdS, PH}, D));
     for (int i = bk.tid; i < kC * H / 4; i += bk.nthr) {  // dU → out, 16-byte stores (no barrier:
       const int r = i / (H / 4), j = (i % (H / 4)) * 4;     // sdR is only read from here on)
       st4(out + G1<D>::dU + r * D + j0 + j, ld4(sdR + r * PH + j));
     }
     // dO Sᵀ, dKtail = R dSᵀ, dY = −dR Sᵀ (partial sums over the value halves)
-    mm<4, MATH>(
-        bk, kC, D, H, [&](int r, int j) { return sdO[r * PH + j]; }, [&](int j, int d) { return sS[d * PH + j]; },
-        GlobalOut{out + G1<D>::dQ, D, h, 1.f});
-    mm<4, MATH>(
-        bk, kC, D, H, [&](int r, int j) { return sUR[r * PH + j]; }, [&](int j, int d) { return sdS[d * PH + j]; },
-        GlobalOut{out + G1<D>::X, D, h, 1.f});
-    mm<4, MATH>(
-        bk, kC, D, H, [&](int r, int j) { return sdR[r * PH + j]; }, [&](int j, int d) { return sS[d * PH + j]; },
-        GlobalOut{out + G1<D>::dY, D, h, -1.f});
+    mmt<4, MATH>(bk, kC, D, GlobalOut{out + G1<D>::dQ, D, h, 1.f}, term(KMinor{sdO, PH}, KMinor{sS, PH}, H));
+    mmt<4, MATH>(bk, kC, D, GlobalOut{out + G1<D>::X, D, h, 1.f}, term(KMinor{sUR, PH}, KMinor{sdS, PH}, H));
+    mmt<4, MATH>(bk, kC, D, GlobalOut{out + G1<D>::dY, D, h, -1.f}, term(KMinor{sdR, PH}, KMinor{sS, PH}, H));
     // dAqk = dO Rᵀ on and below the diagonal
     // (the strictly upper part of the diagonal tiles is written too: grad-2 never reads it)
-    mm<2, MATH, true>(
-        bk, kC, kC, H, [&](int r, int j) { return sdO[r * PH + j]; }, [&](int j, int s) { return sUR[s * PH + j]; },
-        GlobalOut{out + G1<D>::dAqk, kC, h, 1.f});
+    mmt<2, MATH, true>(bk, kC, kC, GlobalOut{out + G1<D>::dAqk, kC, h, 1.f}, term(KMinor{sdO, PH}, KMinor{sUR, PH}, H));
     // Σ_j dS ⊙ S per key channel
     bk.par(D, [&](int d) {
       float s = 0.f;
