@@ -309,6 +309,31 @@ __device__ __forceinline__ void mma_tf32(float (&c)[4], std::uint32_t a0, std::u
 }
 #endif
 
+/// x rounded to tf32 as a tf32 product rounds its operands (cvt.rna: to nearest, ties away
+/// from zero), as a float.
+GDR2_HD float tf32_round(float x) {
+#if defined(__CUDA_ARCH__)
+  return __uint_as_float(tf32_bits(x));
+#else
+  std::uint32_t u;
+  std::memcpy(&u, &x, 4);
+  if ((u & 0x7f800000u) != 0x7f800000u) u = (u + 0x1000u) & 0xffffe000u;
+  std::memcpy(&x, &u, 4);
+  return x;
+#endif
+}
+/// A value that is only ever read as a product operand, as its producer stores it: rounded
+/// to tf32 once in the tf32 mode (its readers then skip the cvt: mmt's rounded views),
+/// unchanged otherwise. The same products either way: cvt.rna is idempotent.
+template <int MATH>
+GDR2_HD float op_round(float x) {
+  return MATH == kTf32 ? tf32_round(x) : x;
+}
+template <int MATH>
+GDR2_HD F4 op_round4(const F4& v) {
+  return {op_round<MATH>(v.x), op_round<MATH>(v.y), op_round<MATH>(v.z), op_round<MATH>(v.w)};
+}
+
 #if defined(__CUDA_ARCH__)
 /// The epilogue of a 16 × 8·NT accumulator tile at (m0, n0): fo(m, n, value) per element
 /// (GlobalOut: one 8-byte store or reduction per lane pair of columns).
@@ -438,15 +463,19 @@ GDR2_HD void mm_auto(const Blk& bk, int M, int N, int KD, FA&& fa, FB&& fb, FO&&
 /// A shared-memory operand of mmt: element (i, k) — i the free index (a row of A, a column
 /// of B), k the contraction index — at p[i·ld + k] (KMinor: k along a tile row; its fragments
 /// are read by ldmatrix, so p and ld are multiples of 4 floats) or at p[k·ld + i] (KMajor).
-template <bool KMAJOR>
+/// ROUNDED: its producer stored it through op_round, so in the tf32 mode it is read without
+/// a cvt.
+template <bool KMAJOR, bool ROUNDED = false>
 struct View {
-  static constexpr bool kmajor = KMAJOR;
+  static constexpr bool kmajor = KMAJOR, rounded = ROUNDED;
   const float* p;
   int ld;
   GDR2_HD float at(int i, int k) const { return KMAJOR ? p[k * ld + i] : p[i * ld + k]; }
 };
 using KMinor = View<false>;
 using KMajor = View<true>;
+using KMinorR = View<false, true>;
+using KMajorR = View<true, true>;
 
 /// One term of an mmt sum: ±A·B over K contraction indices (A: M×K, B: K×N, both as (i, k)).
 template <class VA, class VB>
@@ -540,16 +569,18 @@ __device__ __forceinline__ void mmt_term(float (&c)[NT][4], const Term<VA, VB>& 
         b[j + 1][1] = __uint_as_float(r[3]);
       }
     }
+    constexpr bool RA = MATH == kTf32 && VA::rounded, RB = MATH == kTf32 && VB::rounded;
     std::uint32_t ah[4], al[4];
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
-      ah[i] = tf32_bits(a[i]);
+      ah[i] = RA ? __float_as_uint(a[i]) : tf32_bits(a[i]);
       if (MATH == kTf32x3) al[i] = tf32_bits(a[i] - __uint_as_float(ah[i])) ^ sign;
       ah[i] ^= sign;
     }
 #pragma unroll
     for (int j = 0; j < NT; ++j) {
-      const std::uint32_t bh0 = tf32_bits(b[j][0]), bh1 = tf32_bits(b[j][1]);
+      const std::uint32_t bh0 = RB ? __float_as_uint(b[j][0]) : tf32_bits(b[j][0]),
+                          bh1 = RB ? __float_as_uint(b[j][1]) : tf32_bits(b[j][1]);
       if (MATH == kTf32x3) {
         const std::uint32_t bl0 = tf32_bits(b[j][0] - __uint_as_float(bh0)),
                             bl1 = tf32_bits(b[j][1] - __uint_as_float(bh1));

@@ -264,9 +264,12 @@ GDR2_HD void prep_body(const Blk& bk, const P& p, long long cg, int hv, float* s
     if (i < kC * D4) {
       const int r = i / D4, d = (i % D4) * 4, o = r * PD + d;
       const F4 G = ld4(sG + o), Gl = ld4(sG + last * PD + d), q = ld4(sQ + o), k = ld4(sK + o);
-      st4(rec + Rec<D>::Qg + r * D + d, {q.x * ex2n(G.x), q.y * ex2n(G.y), q.z * ex2n(G.z), q.w * ex2n(G.w)});
+      // (Qγ, Ktail, Aqk, A, Y are read only as product operands: op_round)
+      st4(rec + Rec<D>::Qg + r * D + d,
+          op_round4<MATH>({q.x * ex2n(G.x), q.y * ex2n(G.y), q.z * ex2n(G.z), q.w * ex2n(G.w)}));
       st4(rec + Rec<D>::Kt + r * D + d,
-          r <= last ? F4{k.x * ex2n(Gl.x - G.x), k.y * ex2n(Gl.y - G.y), k.z * ex2n(Gl.z - G.z), k.w * ex2n(Gl.w - G.w)}
+          r <= last ? op_round4<MATH>({k.x * ex2n(Gl.x - G.x), k.y * ex2n(Gl.y - G.y), k.z * ex2n(Gl.z - G.z),
+                                       k.w * ex2n(Gl.w - G.w)})
                     : splat(0.f));
     } else {
       rec[Rec<D>::gC + (i - kC * D4)] = ex2n(sG[last * PD + (i - kC * D4)]);
@@ -325,7 +328,7 @@ GDR2_HD void prep_body(const Blk& bk, const P& p, long long cg, int hv, float* s
   bk.par(kC * D4, [&](int i) {
     const int r = i / D4, d = (i % D4) * 4, o = r * PD + d;
     if (d < kC) {
-      st4(rec + Rec<D>::Aqk + r * kC + d, ld4(sAqk + r * kPC + d));
+      st4(rec + Rec<D>::Aqk + r * kC + d, op_round4<MATH>(ld4(sAqk + r * kPC + d)));
       st4(sA + r * kPC + d, splat(0.f));
     }
     const F4 G = ld4(sG + o), b = ld4(sBk + o);
@@ -363,7 +366,7 @@ GDR2_HD void prep_body(const Blk& bk, const P& p, long long cg, int hv, float* s
   // A → record
   bk.par(kC * kC / 4, [&](int i) {
     const int r = i / (kC / 4), s = (i % (kC / 4)) * 4;
-    st4(rec + Rec<D>::A + r * kC + s, ld4(sA + r * kPC + s));
+    st4(rec + Rec<D>::A + r * kC + s, op_round4<MATH>(ld4(sA + r * kPC + s)));
   });
   // [Y U] = A [γ⊙Bk, Z]
   mm<4, MATH>(
@@ -379,7 +382,8 @@ GDR2_HD void prep_body(const Blk& bk, const P& p, long long cg, int hv, float* s
   //   cost ≈ 4× the product itself: phase clocks, cuda/NOTES.md)
   bk.par(2 * kC * D4, [&](int i) {
     const int h = i / (kC * D4), j = i % (kC * D4), r = j / D4, d = (j % D4) * 4;
-    st4(rec + (h ? Rec<D>::U : Rec<D>::Y) + r * D + d, ld4((h ? sK : sQ) + r * PD + d));
+    const F4 x = ld4((h ? sK : sQ) + r * PD + d);  // U exact (it is also read elementwise)
+    st4(rec + (h ? Rec<D>::U : Rec<D>::Y) + r * D + d, h ? x : op_round4<MATH>(x));
   });
 }
 
@@ -462,8 +466,8 @@ GDR2_HD void state_body(const Blk& bk, const P& p, int pair, int slice, int role
       const bool next = c + 1 < sq.nc - 1;  // chunk c+1 has a step (tiles) too
       // R = U − Y S (slice), then S ← γ_C ⊙ S + Ktailᵀ R
       mmt_auto<MATH>(
-          bq, kC, VS, [&](int r, int j, float v) { sdR[r * PV + j] = sdO[r * PV + j] - v; },
-          term(KMinor{sA1, PD}, KMajor{sS, PS}, D));
+          bq, kC, VS, [&](int r, int j, float v) { sdR[r * PV + j] = op_round<MATH>(sdO[r * PV + j] - v); },
+          term(KMinorR{sA1, PD}, KMajor{sS, PS}, D));
       if (next) {
         tilesA(c + 1);  // Y, U are dead
         bk.commit();
@@ -473,7 +477,7 @@ GDR2_HD void state_body(const Blk& bk, const P& p, int pair, int slice, int role
       }
       mmt_auto<MATH>(
           bq, D, VS, [&](int m, int j, float v) { sS[m * PS + j] = sg[m] * sS[m * PS + j] + v; },
-          term(KMajor{sA2, PD}, KMajor{sdR, PV}, kC));
+          term(KMajorR{sA2, PD}, KMajorR{sdR, PV}, kC));
       if (next) {
         tilesB(c + 1);  // Ktail, γ_C are dead
         bk.commit();
@@ -531,10 +535,10 @@ GDR2_HD void state_body(const Blk& bk, const P& p, int pair, int slice, int role
     GDR2_UNROLL
     for (int u = 0; u < 4; ++u) {
       const int i = bk.tid + u * bk.nthr;
-      if (i < kC * V4) st4(sdO + (i / V4) * PV + (i % V4) * 4, ahead[u]);
+      if (i < kC * V4) st4(sdO + (i / V4) * PV + (i % V4) * 4, op_round4<MATH>(ahead[u]));
     }
 #else
-    for (int i = 0; i < kC * V4; ++i) st4(sdO + (i / V4) * PV + (i % V4) * 4, dO_item(ahead_c, i));
+    for (int i = 0; i < kC * V4; ++i) st4(sdO + (i / V4) * PV + (i % V4) * 4, op_round4<MATH>(dO_item(ahead_c, i)));
 #endif
   };
   if (pipe && sq.nc > 0) {
@@ -560,8 +564,8 @@ GDR2_HD void state_body(const Blk& bk, const P& p, int pair, int slice, int role
     bq.sync();  // group A of chunk c (and dO) in place
     // dR = Aqkᵀ dO + Ktail dS
     mmt_auto<MATH>(
-        bq, kC, VS, [&](int r, int j, float v) { sdR[r * PV + j] = v; }, term(KMajor{sAqk, kPC}, KMajor{sdO, PV}, kC),
-        term(KMinor{sA1, PD}, KMajor{sS, PS}, D));
+        bq, kC, VS, [&](int r, int j, float v) { sdR[r * PV + j] = op_round<MATH>(v); },
+        term(KMajorR{sAqk, kPC}, KMajorR{sdO, PV}, kC), term(KMinorR{sA1, PD}, KMajor{sS, PS}, D));
     if (pipe) {
       if (c > 0) {
         tilesA(c - 1);  // Ktail, Aqk are dead
@@ -573,16 +577,16 @@ GDR2_HD void state_body(const Blk& bk, const P& p, int pair, int slice, int role
       // dS ← γ_C ⊙ dS + Qγᵀ dO − Yᵀ dR
       mmt_auto<MATH>(
           bq, D, VS, [&](int m, int j, float v) { sS[m * PS + j] = sg[m] * sS[m * PS + j] + v; },
-          term(KMajor{sQg, PD}, KMajor{sdO, PV}, kC), term(KMajor{sA2, PD}, KMajor{sdR, PV}, kC, true));
+          term(KMajorR{sQg, PD}, KMajorR{sdO, PV}, kC), term(KMajorR{sA2, PD}, KMajorR{sdR, PV}, kC, true));
     } else {
       // Qγ over Ktail, in flight during the first half of the update (dS ← γ_C ⊙ dS − Yᵀ
       // dR), whose closing barrier waits for it; then dS += Qγᵀ dO
       copy_tile(bk, sQg, PD, recp(c) + Rec<D>::Qg, D, kC, D);
       mmt_auto<MATH>(
           bk, D, VS, [&](int m, int j, float v) { sS[m * PS + j] = sg[m] * sS[m * PS + j] + v; },
-          term(KMajor{sA2, PD}, KMajor{sdR, PV}, kC, true));
+          term(KMajorR{sA2, PD}, KMajorR{sdR, PV}, kC, true));
       mmt_auto<MATH>(
-          bk, D, VS, [&](int m, int j, float v) { sS[m * PS + j] += v; }, term(KMajor{sQg, PD}, KMajor{sdO, PV}, kC));
+          bk, D, VS, [&](int m, int j, float v) { sS[m * PS + j] += v; }, term(KMajorR{sQg, PD}, KMajorR{sdO, PV}, kC));
     }
     if (pipe && c > 0) {
       tilesB(c - 1);  // Y, Qγ, γ_C are dead
@@ -640,27 +644,28 @@ GDR2_HD void grad1_body(const Blk& bk, const P& p, long long cg, int hv, float* 
           const int r = i / H4;
           return r < cl.len ? in_do4(p, cl.bb, cl.t0 + r, hv, j0 + (i % H4) * 4) : splat(0.f);
         },
-        [&](int i, const F4& x) { st4(sdO + (i / H4) * PH + (i % H4) * 4, x); });
+        [&](int i, const F4& x) { st4(sdO + (i / H4) * PH + (i % H4) * 4, op_round4<MATH>(x)); });
     bk.sync();
     // R = U − Y S  (16×32 tiles: 8 of 16 warps busy, but 3 operand loads per mma instead
     // of 4 — measured faster than 16 of 16×16, see cuda/NOTES.md backward v12)
     mmt<4, MATH>(
-        bk, kC, H, [&](int r, int j, float v) { sUR[r * PH + j] -= v; }, term(KMinor{sY, PD}, KMajor{sS, PH}, D));
+        bk, kC, H, [&](int r, int j, float v) { sUR[r * PH + j] = op_round<MATH>(sUR[r * PH + j] - v); },
+        term(KMinorR{sY, PD}, KMajor{sS, PH}, D));
     // dR = Aqkᵀ dO + Ktail dS  (= dU), 16×32 tiles as R
     mmt<4, MATH>(
-        bk, kC, H, [&](int r, int j, float v) { sdR[r * PH + j] = v; }, term(KMajor{sAqk, kPC}, KMajor{sdO, PH}, kC),
-        term(KMinor{sKt, PD}, KMajor{sdS, PH}, D));
+        bk, kC, H, [&](int r, int j, float v) { sdR[r * PH + j] = v; }, term(KMajorR{sAqk, kPC}, KMajorR{sdO, PH}, kC),
+        term(KMinorR{sKt, PD}, KMajor{sdS, PH}, D));
     for (int i = bk.tid; i < kC * H / 4; i += bk.nthr) {  // dU → out, 16-byte stores (no barrier:
       const int r = i / (H / 4), j = (i % (H / 4)) * 4;     // sdR is only read from here on)
       st4(out + G1<D>::dU + r * D + j0 + j, ld4(sdR + r * PH + j));
     }
     // dO Sᵀ, dKtail = R dSᵀ, dY = −dR Sᵀ (partial sums over the value halves)
-    mmt<4, MATH>(bk, kC, D, GlobalOut{out + G1<D>::dQ, D, h, 1.f}, term(KMinor{sdO, PH}, KMinor{sS, PH}, H));
-    mmt<4, MATH>(bk, kC, D, GlobalOut{out + G1<D>::X, D, h, 1.f}, term(KMinor{sUR, PH}, KMinor{sdS, PH}, H));
+    mmt<4, MATH>(bk, kC, D, GlobalOut{out + G1<D>::dQ, D, h, 1.f}, term(KMinorR{sdO, PH}, KMinor{sS, PH}, H));
+    mmt<4, MATH>(bk, kC, D, GlobalOut{out + G1<D>::X, D, h, 1.f}, term(KMinorR{sUR, PH}, KMinor{sdS, PH}, H));
     mmt<4, MATH>(bk, kC, D, GlobalOut{out + G1<D>::dY, D, h, -1.f}, term(KMinor{sdR, PH}, KMinor{sS, PH}, H));
     // dAqk = dO Rᵀ on and below the diagonal
     // (the strictly upper part of the diagonal tiles is written too: grad-2 never reads it)
-    mmt<2, MATH, true>(bk, kC, kC, GlobalOut{out + G1<D>::dAqk, kC, h, 1.f}, term(KMinor{sdO, PH}, KMinor{sUR, PH}, H));
+    mmt<2, MATH, true>(bk, kC, kC, GlobalOut{out + G1<D>::dAqk, kC, h, 1.f}, term(KMinorR{sdO, PH}, KMinorR{sUR, PH}, H));
     // Σ_j dS ⊙ S per key channel
     bk.par(D, [&](int d) {
       float s = 0.f;
@@ -703,9 +708,7 @@ GDR2_HD void wy_body(const Blk& bk, const P& p, long long cg, int hv, float* sm)
   for (int half = 0; half < 2; ++half) {
     copy_tile(bk, sX, PD, g1 + (half ? G1<D>::dU : G1<D>::dY), D, kC, D);
     bk.sync();
-    mm<4, MATH>(
-        bk, kC, D, kC, [&](int r, int s) { return sA[s * kPC + r]; }, [&](int s, int n) { return sX[s * PD + n]; },
-        [&](int r, int n, float v) { sZ[r * PD + n] = v; });
+    mmt<4, MATH>(bk, kC, D, [&](int r, int n, float v) { sZ[r * PD + n] = v; }, term(KMajorR{sA, kPC}, KMajor{sX, PD}, kC));
     copy_tile(bk, sX, PD, rec + (half ? Rec<D>::U : Rec<D>::Y), D, kC, D);
     if (!half)
       for (int i = bk.tid; i < kC * D4; i += bk.nthr) {
@@ -713,9 +716,11 @@ GDR2_HD void wy_body(const Blk& bk, const P& p, long long cg, int hv, float* sm)
         st4(g1 + G1<D>::dE + r * D + j, ld4(sZ + r * PD + j));
       }
     bk.sync();
-    mm<2, MATH, true>(
-        bk, kC, kC, D, [&](int r, int n) { return sZ[r * PD + n]; }, [&](int n, int s) { return sX[s * PD + n]; },
-        [&](int r, int s, float v) { sT[r * kPC + s] = half ? sT[r * kPC + s] + v : v; });
+    auto to_T = [&](int r, int s, float v) { sT[r * kPC + s] = half ? sT[r * kPC + s] + v : v; };
+    if (half)  // U is exact (not rounded: it is also read elementwise), Y rounded
+      mmt<2, MATH, true>(bk, kC, kC, to_T, term(KMinor{sZ, PD}, KMinor{sX, PD}, D));
+    else
+      mmt<2, MATH, true>(bk, kC, kC, to_T, term(KMinor{sZ, PD}, KMinorR{sX, PD}, D));
   }
   // dT = −strict_lower(sT) over dU's slot; dv = dZ ⊙ w, dw = dZ ⊙ v (dw kept for the row sums)
   for (int i = bk.tid; i < kC * kC / 4; i += bk.nthr) {

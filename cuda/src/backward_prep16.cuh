@@ -49,6 +49,9 @@ __global__ void __launch_bounds__(detail::kThreads, 1) prep16_kernel(const Backw
   // fp32 staging [64][D], 16-byte pieces XOR-swizzled by row (conflict-free float2 writes
   // of the accumulator layout and float4 row reads)
   auto st_at = [](int r, int c) { return r * D + ((((c >> 2) ^ (r & 7))) << 2) + (c & 3); };
+  // record parts read only as tf32 product operands (Qγ, Ktail, A, Y) are stored rounded
+  // (op_round; Aqk is fp16, already exact in tf32)
+  auto round4 = [](float4 x) { return make_float4(tf32_round(x.x), tf32_round(x.y), tf32_round(x.z), tf32_round(x.w)); };
   // this warp's accumulator tile (Prep::apply_a) → staging
   auto stage = [&](const float (&acc)[D / 16][4], float* dst) {
     const int mt = w >> 1, nh = w & 1;
@@ -100,7 +103,8 @@ __global__ void __launch_bounds__(detail::kThreads, 1) prep16_kernel(const Backw
         }
         const float2 q2 = load2(q + r * PR + d), k2 = load2(k + r * PR + d);
         const float2 b2 = GATES == 0 ? load2(bt + r * PR + d) : make_float2(beta[r], beta[r]);
-        *reinterpret_cast<float2*>(rec + R::Qg + r * D + d) = make_float2(q2.x * qg.x * P.x, q2.y * qg.y * P.y);
+        *reinterpret_cast<float2*>(rec + R::Qg + r * D + d) =
+            make_float2(tf32_round(q2.x * qg.x * P.x), tf32_round(q2.y * qg.y * P.y));
         *reinterpret_cast<__half2*>(eb + Pr::hx(r, d)) = __floats2half2_rn(b2.x * k2.x * P.x, b2.y * k2.y * P.y);
       }
       float2 Q = *reinterpret_cast<const float2*>(Pr::tf(sm) + j * D + d);  // 2^{G_C − G_r}, r from the block's end
@@ -108,7 +112,7 @@ __global__ void __launch_bounds__(detail::kThreads, 1) prep16_kernel(const Backw
       for (int rr = 15; rr >= 0; --rr) {
         const int r = 16 * j + rr;
         const float2 k2 = load2(k + r * PR + d), x = E2(r);
-        *reinterpret_cast<float2*>(rec + R::Kt + r * D + d) = make_float2(k2.x * Q.x, k2.y * Q.y);
+        *reinterpret_cast<float2*>(rec + R::Kt + r * D + d) = make_float2(tf32_round(k2.x * Q.x), tf32_round(k2.y * Q.y));
         Q = make_float2(Q.x * x.x, Q.y * x.y);
       }
     }
@@ -127,7 +131,7 @@ __global__ void __launch_bounds__(detail::kThreads, 1) prep16_kernel(const Backw
       for (int i = tid; i < 2 * kC * kC / 4; i += NT) {
         const int m = i / (kC * kC / 4), r = (i / (kC / 4)) % kC, c = 4 * (i % (kC / 4));
         float4 x = make_float4(0.f, 0.f, 0.f, 0.f);
-        if ((c >> 4) <= (r >> 4)) x = m ? load4(aqk + r * PC + c) : *reinterpret_cast<const float4*>(a32 + r * PF + c);
+        if ((c >> 4) <= (r >> 4)) x = m ? load4(aqk + r * PC + c) : round4(*reinterpret_cast<const float4*>(a32 + r * PF + c));
         *reinterpret_cast<float4*>(rec + (m ? R::Aqk : R::A) + r * kC + c) = x;
       }
       for (int i = tid; i < D / 4; i += NT)
@@ -178,8 +182,8 @@ __global__ void __launch_bounds__(detail::kThreads, 1) prep16_kernel(const Backw
     __syncthreads();
     for (int i = tid; i < 2 * kC * D / 4; i += NT) {  // Y, U → record, 16-byte stores
       const int m = i / (kC * D / 4), r = (i / (D / 4)) % kC, c = 4 * (i % (D / 4));
-      *reinterpret_cast<float4*>(rec + (m ? R::U : R::Y) + r * D + c) =
-          *reinterpret_cast<const float4*>((m ? sU : sY) + st_at(r, c));
+      const float4 x = *reinterpret_cast<const float4*>((m ? sU : sY) + st_at(r, c));
+      *reinterpret_cast<float4*>(rec + (m ? R::U : R::Y) + r * D + c) = m ? x : round4(x);
     }
     // (the next item's first barrier orders these reads before its writes)
   }
