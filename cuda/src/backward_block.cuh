@@ -6,7 +6,10 @@
 //   par(n, f)   f(i) for i in [0, n), spread over the block's threads, then a barrier;
 //   mm(...)     a block matrix product C = A·B whose operands are read through functors
 //               fa(m, k), fb(k, n) and whose result goes to a functor fo(m, n, value),
-//               each (m, n) handed to fo exactly once, followed by a barrier.
+//               each (m, n) handed to fo exactly once, followed by a barrier;
+//   mmt(...)    the same with operands that are plain shared-memory tiles (View: base,
+//               pitch, orientation) — a sum of terms ±A·B — read with ldmatrix and
+//               vector loads (the products of the state passes, grad-1 and WY).
 // No state lives in a thread across two such steps (everything shared is in shared
 // memory), so the same body runs unchanged on the host with one "thread" that executes
 // every i in order (`tid = 0, nthr = 1`, barriers are no-ops). That host execution is

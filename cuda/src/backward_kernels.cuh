@@ -460,7 +460,7 @@ GDR2_HD void state_body(const Blk& bk, const P& p, int pair, int slice, int role
       const long long base = (sq.cg0 + c) * p.Hv + hv;
       bq.par(D * VS / 4, [&](int i) {  // ends waiting for group A of chunk c
         const int kk = i / (VS / 4), j = (i % (VS / 4)) * 4;
-        st4(p.states + base * DD + kk * D + j0 + j, ld4(sS + kk * PS + j));
+        st4(p.states + base * DD + kk * D + j0 + j, op_round4<MATH>(ld4(sS + kk * PS + j)));
       });
       if (c == sq.nc - 1) break;
       const bool next = c + 1 < sq.nc - 1;  // chunk c+1 has a step (tiles) too
@@ -557,7 +557,7 @@ GDR2_HD void state_body(const Blk& bk, const P& p, int pair, int slice, int role
     }
     for (int i = bk.tid; i < D * VS / 4; i += bk.nthr) {
       const int kk = i / (VS / 4), j = (i % (VS / 4)) * 4;
-      st4(p.dstates + base * DD + kk * D + j0 + j, ld4(sS + kk * PS + j));
+      st4(p.dstates + base * DD + kk * D + j0 + j, op_round4<MATH>(ld4(sS + kk * PS + j)));
     }
     dO_store();
     if (pipe && c > 0) dO_load(c - 1);
@@ -650,23 +650,23 @@ GDR2_HD void grad1_body(const Blk& bk, const P& p, long long cg, int hv, float* 
     // of 4 — measured faster than 16 of 16×16, see cuda/NOTES.md backward v12)
     mmt<4, MATH>(
         bk, kC, H, [&](int r, int j, float v) { sUR[r * PH + j] = op_round<MATH>(sUR[r * PH + j] - v); },
-        term(KMinorR{sY, PD}, KMajor{sS, PH}, D));
+        term(KMinorR{sY, PD}, KMajorR{sS, PH}, D));
     // dR = Aqkᵀ dO + Ktail dS  (= dU), 16×32 tiles as R
     mmt<4, MATH>(
         bk, kC, H, [&](int r, int j, float v) { sdR[r * PH + j] = v; }, term(KMajorR{sAqk, kPC}, KMajorR{sdO, PH}, kC),
-        term(KMinorR{sKt, PD}, KMajor{sdS, PH}, D));
+        term(KMinorR{sKt, PD}, KMajorR{sdS, PH}, D));
     for (int i = bk.tid; i < kC * H / 4; i += bk.nthr) {  // dU → out, 16-byte stores (no barrier:
       const int r = i / (H / 4), j = (i % (H / 4)) * 4;     // sdR is only read from here on)
       st4(out + G1<D>::dU + r * D + j0 + j, ld4(sdR + r * PH + j));
     }
     // dO Sᵀ, dKtail = R dSᵀ, dY = −dR Sᵀ (partial sums over the value halves)
-    mmt<4, MATH>(bk, kC, D, GlobalOut{out + G1<D>::dQ, D, h, 1.f}, term(KMinorR{sdO, PH}, KMinor{sS, PH}, H));
-    mmt<4, MATH>(bk, kC, D, GlobalOut{out + G1<D>::X, D, h, 1.f}, term(KMinorR{sUR, PH}, KMinor{sdS, PH}, H));
-    mmt<4, MATH>(bk, kC, D, GlobalOut{out + G1<D>::dY, D, h, -1.f}, term(KMinor{sdR, PH}, KMinor{sS, PH}, H));
+    mmt<4, MATH>(bk, kC, D, GlobalOut{out + G1<D>::dQ, D, h, 1.f}, term(KMinorR{sdO, PH}, KMinorR{sS, PH}, H));
+    mmt<4, MATH>(bk, kC, D, GlobalOut{out + G1<D>::X, D, h, 1.f}, term(KMinorR{sUR, PH}, KMinorR{sdS, PH}, H));
+    mmt<4, MATH>(bk, kC, D, GlobalOut{out + G1<D>::dY, D, h, -1.f}, term(KMinor{sdR, PH}, KMinorR{sS, PH}, H));
     // dAqk = dO Rᵀ on and below the diagonal
     // (the strictly upper part of the diagonal tiles is written too: grad-2 never reads it)
     mmt<2, MATH, true>(bk, kC, kC, GlobalOut{out + G1<D>::dAqk, kC, h, 1.f}, term(KMinorR{sdO, PH}, KMinorR{sUR, PH}, H));
-    // Σ_j dS ⊙ S per key channel
+    // Σ_j dS ⊙ S per key channel (tf32 mode: of the tf32-rounded S, dS the state passes stored)
     bk.par(D, [&](int d) {
       float s = 0.f;
       for (int j = 0; j < H; ++j) s += sS[d * PH + j] * sdS[d * PH + j];

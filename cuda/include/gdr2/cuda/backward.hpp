@@ -45,6 +45,11 @@
 //             sub-blocks exactly), dq dk db, dG and its reverse cumulative sum; then the
 //             per-token sums of the tied/scalar gates over the slices, in order.
 //   5. reduce (only when some gradient has fewer heads than Hv): fixed-order head sums.
+// With tf32 products (BackwardOptions::math), what is read only as a product operand —
+// the record's Qγ, Ktail, A, Y — is stored rounded to tf32 once by its producer instead of
+// at every read (cvt.rna is idempotent: the same products); so are the stored S_c and dS_c,
+// whose one other use, grad-1's Σ dS⊙S (a row dot product), then sees the tf32 values
+// that the products see.
 // Workspace (fp32, per chunk-head of 64 tokens, K = V = D): record 2·64² + 4·64·D + D,
 // states and dstates 2·D², grad-1/grad-2 buffers 4·64·D + 64² + D + 64 + 4·D floats — 446 KB at
 // D = 128 — plus per-value-head gradient buffers when a head reduction is needed. See
