@@ -176,6 +176,8 @@ BENCHMARK(BM_backward_vs)
     ->ArgNames({"B", "T", "H", "math", "stages", "vs"})
     ->Args({1, 32768, 16, 0, 2, 16})
     ->Args({1, 32768, 16, 0, 2, 64})
+    ->Args({8, 4096, 16, 0, 2, 32})
+    ->Args({8, 4096, 16, 0, 2, 64})
     ->UseManualTime()
     ->Iterations(10)
     ->Unit(benchmark::kMillisecond);
