@@ -359,6 +359,25 @@ __device__ __forceinline__ void mm_out(const float (&c)[NT][4], int m0, int n0, 
 }
 #endif
 
+#if !defined(__CUDA_ARCH__)
+/// The host execution of a block product (mm, mmt): every computed 16 × 8·NT tile of the
+/// M×N output in order, element (m, n) = dot(m, n) in fp32; a tile's results are handed to
+/// fo only after the whole tile is computed, as on the device. LOWER as in mm.
+template <int NT, bool LOWER, class FO, class DOT>
+inline void host_tiles(int M, int N, FO& fo, const DOT& dot) {
+  const int tn = N / (8 * NT), tiles = (M / 16) * tn;
+  for (int tile = 0; tile < tiles; ++tile) {
+    const int m0 = (tile / tn) * 16, n0 = (tile % tn) * 8 * NT;
+    if (LOWER && n0 > m0 + 15) continue;
+    float acc[16][8 * NT];
+    for (int m = 0; m < 16; ++m)
+      for (int n = 0; n < 8 * NT; ++n) acc[m][n] = dot(m0 + m, n0 + n);
+    for (int m = 0; m < 16; ++m)
+      for (int n = 0; n < 8 * NT; ++n) fo(m0 + m, n0 + n, acc[m][n]);
+  }
+}
+#endif
+
 /// Block matrix product over an M×N output (M a multiple of 16, N of 8·NT, KD of 8):
 /// fo(m, n, Σ_k fa(m, k)·fb(k, n)) for every (m, n) of every computed tile, then a
 /// barrier. Tiles of 16 × 8·NT go round-robin to the warps. LOWER skips the tiles that
@@ -371,8 +390,8 @@ __device__ __forceinline__ void mm_out(const float (&c)[NT][4], int m0, int n0, 
 ///   C: c0 (g, 2t), c1 (g, 2t+1), c2 (g+8, 2t), c3 (g+8, 2t+1)
 template <int NT, int MATH, bool LOWER = false, bool SYNC = true, class FA, class FB, class FO>
 GDR2_HD void mm(const Blk& bk, int M, int N, int KD, FA&& fa, FB&& fb, FO&& fo) {
-  const int tn = N / (8 * NT), tiles = (M / 16) * tn;
 #if defined(__CUDA_ARCH__)
+  const int tn = N / (8 * NT), tiles = (M / 16) * tn;
   const int warp = bk.tid >> 5, lane = bk.tid & 31, g = lane >> 2, t = lane & 3, nw = bk.nthr >> 5;
   for (int tile = warp; tile < tiles; tile += nw) {
     const int m0 = (tile / tn) * 16, n0 = (tile % tn) * 8 * NT;
@@ -421,20 +440,11 @@ GDR2_HD void mm(const Blk& bk, int M, int N, int KD, FA&& fa, FB&& fb, FO&& fo) 
   }
 #else
   (void)MATH;
-  for (int tile = 0; tile < tiles; ++tile) {
-    const int m0 = (tile / tn) * 16, n0 = (tile % tn) * 8 * NT;
-    if (LOWER && n0 > m0 + 15) continue;
-    float acc[16][8 * NT];
-    for (int m = 0; m < 16; ++m)
-      for (int n = 0; n < 8 * NT; ++n) {
-        float s = 0.f;
-        for (int k = 0; k < KD; ++k) s += fa(m0 + m, k) * fb(k, n0 + n);
-        acc[m][n] = s;
-      }
-    // results are handed out only after the whole tile is computed, as on the device
-    for (int m = 0; m < 16; ++m)
-      for (int n = 0; n < 8 * NT; ++n) fo(m0 + m, n0 + n, acc[m][n]);
-  }
+  host_tiles<NT, LOWER>(M, N, fo, [&](int m, int n) {
+    float s = 0.f;
+    for (int k = 0; k < KD; ++k) s += fa(m, k) * fb(k, n);
+    return s;
+  });
 #endif
   if (SYNC) bk.sync();
 }
@@ -620,8 +630,8 @@ __device__ __forceinline__ void mmt_term_fp32(float (&c)[NT][4], const Term<VA, 
 /// 16 × 8·NT go round-robin to the warps. The host computes it in fp32, term by term.
 template <int NT, int MATH, bool LOWER = false, bool SYNC = true, class FO, class... Ts>
 GDR2_HD void mmt(const Blk& bk, int M, int N, FO&& fo, const Ts&... terms) {
-  const int tn = N / (8 * NT), tiles = (M / 16) * tn;
 #if defined(__CUDA_ARCH__)
+  const int tn = N / (8 * NT), tiles = (M / 16) * tn;
   const int warp = bk.tid >> 5, lane = bk.tid & 31, nw = bk.nthr >> 5;
   for (int tile = warp; tile < tiles; tile += nw) {
     const int m0 = (tile / tn) * 16, n0 = (tile % tn) * 8 * NT;
@@ -637,25 +647,17 @@ GDR2_HD void mmt(const Blk& bk, int M, int N, FO&& fo, const Ts&... terms) {
   }
 #else
   (void)MATH;
-  for (int tile = 0; tile < tiles; ++tile) {
-    const int m0 = (tile / tn) * 16, n0 = (tile % tn) * 8 * NT;
-    if (LOWER && n0 > m0 + 15) continue;
-    float acc[16][8 * NT];
-    for (int m = 0; m < 16; ++m)
-      for (int n = 0; n < 8 * NT; ++n) {
-        float s = 0.f;
-        auto add = [&](const auto& tm) {
-          for (int k = 0; k < tm.K; ++k) {
-            const float v = tm.a.at(m0 + m, k) * tm.b.at(n0 + n, k);
-            s += tm.neg ? -v : v;
-          }
-        };
-        (add(terms), ...);
-        acc[m][n] = s;
+  host_tiles<NT, LOWER>(M, N, fo, [&](int m, int n) {
+    float s = 0.f;
+    auto add = [&](const auto& tm) {
+      for (int k = 0; k < tm.K; ++k) {
+        const float v = tm.a.at(m, k) * tm.b.at(n, k);
+        s += tm.neg ? -v : v;
       }
-    for (int m = 0; m < 16; ++m)
-      for (int n = 0; n < 8 * NT; ++n) fo(m0 + m, n0 + n, acc[m][n]);
-  }
+    };
+    (add(terms), ...);
+    return s;
+  });
 #endif
   if (SYNC) bk.sync();
 }
