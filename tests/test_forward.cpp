@@ -103,6 +103,53 @@ TEST_CASE("forward: state in/out round trip equals one long sequence", "[forward
   CHECK(rel_error(o2.view(), ref_tail) <= 1e-12);
 }
 
+TEST_CASE("reference_chunk_states: every row is the fp64 state after that many tokens", "[forward][reference]") {
+  // Row j of sequence n must equal the final state of the fp64 recurrence run on the
+  // sequence's first j·chunk tokens alone (row 0: the initial state). Packed varlen with
+  // an empty, an exact-chunk and partial-chunk sequences; chunk 32 keeps it small.
+  ProblemConfig cfg;
+  cfg.K = 12;
+  cfg.V = 10;
+  cfg.seqlens = {70, 0, 32, 101};
+  RandomProblem<KDA, float> rp(cfg);
+  const Problem<float> p = rp.problem();
+  const Index chunk = 32;
+  const auto got = reference_chunk_states<KDA>(p, chunk);
+  REQUIRE(got.status.ok());
+  REQUIRE(got.states.shape() == std::array<Index, 4>{3 + 0 + 1 + 4, cfg.Hv, cfg.K, cfg.V});
+  const Index HKV = cfg.Hv * cfg.K * cfg.V;
+  Index row = 0;
+  for (Index n = 0; n < Index(cfg.seqlens.size()); ++n) {
+    const Index bos = rp.cu_seqlens[size_t(n)], len = cfg.seqlens[size_t(n)];
+    for (Index j = 0; j * chunk < len; ++j, ++row) {
+      INFO("sequence " << n << " chunk " << j);
+      const View<const double> at(got.states.data() + row * HKV, {1, cfg.Hv, cfg.K, cfg.V},
+                                  contiguous_strides({1, cfg.Hv, cfg.K, cfg.V}));
+      if (j == 0) {  // the initial state, exactly
+        View<const float> s0 = rp.initial_state.view();
+        s0.data += n * s0.stride[0];
+        s0.shape[0] = 1;
+        CHECK(rel_error(at, s0) == 0.0);
+        continue;
+      }
+      Problem<float> q = p;
+      q.cu_seqlens = {};
+      for (auto* v : {&q.q, &q.k, &q.v, &q.beta}) {
+        v->data += bos * v->stride[1];
+        v->shape[1] = j * chunk;
+      }
+      q.g.data += bos * q.g.stride[1];
+      q.g.shape[1] = j * chunk;
+      q.initial_state.data += n * q.initial_state.stride[0];
+      q.initial_state.shape[0] = 1;
+      const auto ref = reference_forward<KDA>(q);
+      REQUIRE(ref.status.ok());
+      CHECK(rel_error(at, ref.final_state.view()) <= 1e-12);  // the same fp64 recurrence, chunk by chunk
+    }
+  }
+  CHECK(row == got.states.shape()[0]);
+}
+
 TEST_CASE("forward: V-major state layout and in-place state update", "[forward]") {
   ProblemConfig cfg;
   cfg.T = 50;

@@ -198,6 +198,74 @@ ReferenceForward reference_forward(const Problem<T>& p) {
   return r;
 }
 
+/// Result of reference_chunk_states.
+struct ReferenceChunkStates {
+  Status status;
+  Tensor<double> states;  ///< [C, Hv, K, V], C = Σ_n ceil(T_n / chunk)
+};
+
+/// The fp64 state at the start of every `chunk`-token chunk of every sequence (what a
+/// chunked kernel hands from its forward to its backward): chunk j of sequence n at row
+/// Σ_{m<n} ceil(T_m / chunk) + j, row 0 of a sequence being its initial state. Sequences
+/// with state slot −1 (state_indices) keep zero rows. One pass of the fp64 recurrence
+/// (SPEC §1), chunk by chunk, each chunk starting from the previous one's final state.
+template <class Policy, class T>
+ReferenceChunkStates reference_chunk_states(const Problem<T>& p, Index chunk = 64) {
+  ReferenceChunkStates r;
+  Dims d;
+  if (chunk < 1) {
+    r.status = {Code::invalid_argument, "chunk must be positive"};
+    return r;
+  }
+  if (!(r.status = validate_problem<Policy>(p, Options{}, /*chunked=*/false, d)).ok()) return r;
+  ProblemCopy<double> c(p);
+  Index rows = 0;
+  for (Index n = 0; n < d.N; ++n) rows += (d.seq(n).end - d.seq(n).begin + chunk - 1) / chunk;
+  r.states = Tensor<double>(rows, d.Hv, d.K, d.V);
+  // tokens [t0, t0 + len) of batch row bb as a one-sequence view (token-indexed inputs)
+  auto cut = [](auto v, Index bb, Index t0, Index len) {
+    if (!v.given()) return v;
+    v.data += bb * v.stride[0] + t0 * v.stride[1];
+    v.shape[0] = 1;
+    v.shape[1] = len;
+    return v;
+  };
+  const Index HKV = d.Hv * d.K * d.V;
+  Tensor<double> state(1, d.Hv, d.K, d.V), o;
+  Index row = 0;
+  for (Index n = 0; n < d.N; ++n) {
+    const Dims::Span sp = d.seq(n);
+    const Index nch = (sp.end - sp.begin + chunk - 1) / chunk, slot = d.slot(n);
+    if (slot < 0) {
+      row += nch;
+      continue;
+    }
+    for (Index i = 0; i < HKV; ++i) state[i] = c.p.initial_state.given() ? c.initial_state[slot * HKV + i] : 0.0;
+    for (Index j = 0; j < nch; ++j) {
+      for (Index i = 0; i < HKV; ++i) r.states[(row + j) * HKV + i] = state[i];
+      if (j + 1 == nch) break;  // the last chunk's end state is the final state, not a row
+      const Index t0 = sp.begin + j * chunk;
+      Problem<double> q = c.p;
+      q.cu_seqlens = {};
+      q.state_indices = nullptr;
+      q.q = cut(q.q, sp.batch, t0, chunk);
+      q.k = cut(q.k, sp.batch, t0, chunk);
+      q.v = cut(q.v, sp.batch, t0, chunk);
+      q.g = cut(q.g, sp.batch, t0, chunk);
+      q.b = cut(q.b, sp.batch, t0, chunk);
+      q.w = cut(q.w, sp.batch, t0, chunk);
+      q.beta = cut(q.beta, sp.batch, t0, chunk);
+      q.gate_x = cut(q.gate_x, sp.batch, t0, chunk);
+      Tensor<double> start = state;
+      q.initial_state = start.view();
+      o = Tensor<double>(1, chunk, d.Hv, d.V);
+      if (!(r.status = recurrent_forward<Policy>(q, Outputs<double, double>{o.view(), state.view()})).ok()) return r;
+    }
+    row += nch;
+  }
+  return r;
+}
+
 /// GDR-2 inputs equivalent to a problem of another policy: the decay broadcast to
 /// [.., K] and tied β expanded to b = β·1 [.., K], w = β·1 [.., V].
 template <class Policy, class T>
