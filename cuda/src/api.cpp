@@ -82,6 +82,7 @@ struct Plan {
   ForwardParams f;
   detail::Path path = detail::Path::fused;
   std::size_t records_bytes = 0, offsets_bytes = 0, flags_bytes = 0, workspace_bytes = 0;
+  std::size_t chunk_states_bytes = 0;  // ChunkOptions::chunk_states
 };
 
 constexpr std::size_t align256(std::size_t x) { return (x + 255) / 256 * 256; }
@@ -131,6 +132,7 @@ Status plan_forward(const Problem<T>& p, const Outputs<T, float>* out, const Chu
       total = (long long)d.N * f.chunks_per_seq;
     }
     f.total_chunks = total;
+    plan.chunk_states_bytes = std::size_t(total) * std::size_t(d.Hv) * std::size_t(d.K) * std::size_t(d.V) * 4;
     const int sms = device_sm_count();
     f.num_sms = sms > 0 ? sms : 132;
 
@@ -202,6 +204,14 @@ Status chunk_forward_workspace_size(const Problem<T>& p, std::size_t& bytes, con
 }
 
 template <class Policy, class T>
+Status chunk_states_size(const Problem<T>& p, std::size_t& bytes) {
+  Plan plan;
+  GDR2_RETURN_IF_ERROR(plan_forward<Policy>(p, static_cast<const Outputs<T, float>*>(nullptr), ChunkOptions{}, plan));
+  bytes = plan.chunk_states_bytes;
+  return {};
+}
+
+template <class Policy, class T>
 Status chunk_forward(const Problem<T>& p, const Outputs<T, float>& out, const DeviceSequences& dev, void* workspace,
                      std::size_t workspace_bytes, cudaStream_t stream, const ChunkOptions& opt) {
   Plan plan;
@@ -221,7 +231,17 @@ Status chunk_forward(const Problem<T>& p, const Outputs<T, float>& out, const De
   }
   if (plan.workspace_bytes > 0 && (!workspace || reinterpret_cast<std::uintptr_t>(workspace) % 256 != 0))
     return {Code::invalid_argument, "workspace must be a non-null, 256-byte aligned device pointer"};
+  if (opt.chunk_states) {
+    if (reinterpret_cast<std::uintptr_t>(opt.chunk_states) % 16 != 0)
+      return {Code::invalid_argument, "chunk_states must be 16-byte aligned"};
+    if (opt.chunk_states_bytes < plan.chunk_states_bytes)
+      return {Code::invalid_argument, "chunk_states of " + std::to_string(opt.chunk_states_bytes) + " bytes, " +
+                                          std::to_string(plan.chunk_states_bytes) + " needed (chunk_states_size)"};
+  } else if (opt.chunk_states_bytes != 0) {
+    return {Code::invalid_argument, "chunk_states_bytes given without chunk_states"};
+  }
   ForwardParams& f = plan.f;
+  f.chunk_states = opt.chunk_states;
   f.cu_seqlens = dev.cu_seqlens;
   f.cu_wide = p.cu_seqlens.wide ? 1 : 0;
   f.state_indices = dev.state_indices;
@@ -303,6 +323,7 @@ Status decode(const Problem<T>& p, const Outputs<T, float>& out, const std::int3
 #define GDR2_CUDA_API(POLICY, TYPE)                                                                            \
   template Status chunk_forward_workspace_size<POLICY, TYPE>(const Problem<TYPE>&, std::size_t&,                \
                                                             const ChunkOptions&);                              \
+  template Status chunk_states_size<POLICY, TYPE>(const Problem<TYPE>&, std::size_t&);                         \
   template Status chunk_forward<POLICY, TYPE>(const Problem<TYPE>&, const Outputs<TYPE, float>&,                \
                                               const DeviceSequences&, void*, std::size_t, cudaStream_t,          \
                                               const ChunkOptions&);                                            \

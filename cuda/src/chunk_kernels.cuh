@@ -791,6 +791,28 @@ __device__ __forceinline__ void step_store(const float (&O)[8][4], int n, void* 
   __syncwarp();
 }
 
+/// Training (ForwardParams::chunk_states): this warp's 16 rows of Sᵀ — the state at the
+/// start of the chunk at row `row`, value columns v0..v0+15 — into the [K][V] state of
+/// (row, hv), rounded to tf32 (cvt.rna, as the backward's tf32 products round their
+/// operands). For a fixed register the warp writes four key rows × 8 consecutive value
+/// columns: whole 32-byte sectors. (Staging through shared memory into 512-byte pieces
+/// measured no faster: cuda/NOTES.md, chunk states.)
+template <int D>
+__device__ __forceinline__ void save_chunk_state(const float (&S)[D / 8][4], float* cs, long long row, int Hv, int hv,
+                                                 int v0, int lane) {
+  const int g8 = lane >> 2, q4 = lane & 3;
+  float* base = cs + (row * Hv + hv) * (long long)(D * D);
+#pragma unroll
+  for (int nt = 0; nt < D / 8; ++nt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int kk = 8 * nt + 2 * q4 + (e & 1), vv = v0 + g8 + 8 * (e >> 1);
+      std::uint32_t r;
+      asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(S[nt][e]));
+      base[kk * D + vv] = __uint_as_float(r);
+    }
+}
+
 /// One chunk step of this warp's 16 value columns (K: a StepKind). With K::WG the operand
 /// tiles are read once per warpgroup instead of once per warp; Uᵀ (mma.sync) is formed
 /// before any warpgroup MMA is in flight, and the S update (warpgroup MMAs) runs while the
@@ -911,6 +933,25 @@ __device__ __forceinline__ void store_state(const float (&S)[D / 8][4], float* s
       const int kk = 8 * nt + 2 * q4 + (e & 1), vv = v0 + g8 + 8 * (e >> 1);
       base[kk * st[2] + vv * st[3]] = S[nt][e];
     }
+}
+
+/// Σ_{m<n} ceil(len_m / 64): the chunk row of sequence n's first chunk, by the whole block
+/// (every thread gets it; `scratch`: 32 floats of shared memory free until the next barrier).
+__device__ __forceinline__ long long block_chunk_base(const ForwardParams& p, int n, void* scratch) {
+  if (!p.cu_seqlens) return (long long)n * p.chunks_per_seq;
+  long long part = 0;
+  for (int m = threadIdx.x; m < n; m += blockDim.x) {
+    const SeqSpan s = seq_span(p, m);
+    part += (s.eos - s.bos + kC - 1) / kC;
+  }
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) part += __shfl_xor_sync(0xffffffffu, part, o);
+  long long* red = static_cast<long long*>(scratch);
+  if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = part;
+  __syncthreads();
+  long long sum = 0;
+  for (int i = 0; i < int(blockDim.x >> 5); ++i) sum += red[i];
+  return sum;
 }
 
 // =====================================================================================
@@ -1078,6 +1119,8 @@ __global__ void __launch_bounds__(kThreads, 1) fused_forward_kernel(const __grid
   float S[D / 8][4];
   if (owner) load_state<D>(S, p.s0, p.s0_stride, slot, hv, 16 * w, lane);
   const int nch = (sp.eos - sp.bos + kC - 1) / kC;
+  // (the prep's fp32 T tile is free until the first chunk's barrier)
+  const long long cbase = p.chunk_states ? block_chunk_base(p, n, sm + L::t32) : 0;
   ChunkLoader<DECAY, GATES, Tin, D, true> ld;
   ld.init(p, sm);
   if (nch > 0) {
@@ -1125,6 +1168,7 @@ __global__ void __launch_bounds__(kThreads, 1) fused_forward_kernel(const __grid
     if (owner) {
       Tin* out = const_cast<Tin*>(row_ptr<Tin>(p.o, p.so, sp.batch, t0, hv)) + 16 * w;
       using K = StepKind<TileLayout::swz128, TileLayout::padded, TileLayout::swz128, true, GATES == 1>;
+      if (p.chunk_states) save_chunk_state<D>(S, p.chunk_states, cbase + c, p.Hv, hv, 16 * w, lane);
       state_step<Tin, D, K>(S, in, len, stage, out, p.so.t, lane);
     }
     __syncthreads();
@@ -1399,6 +1443,7 @@ __device__ void state_body(const ForwardParams& p, char* sm, int n, int hv, int 
     const int t0 = sp.bos + c * kC, len = min(kC, sp.eos - t0);
     Tin* out = const_cast<Tin*>(row_ptr<Tin>(p.o, p.so, sp.batch, t0, hv)) + v0 + 16 * w;
     if (owner) {
+      if (p.chunk_states) save_chunk_state<D>(S, p.chunk_states, cbase + c, p.Hv, hv, v0 + 16 * w, lane);
       if (p.vslice >= 64)  // whole warpgroups of owner warps
         state_step<Tin, D, StepKind<TileLayout::swz128, TileLayout::record, TileLayout::padded, true, GATES == 1>>(
             S, in, len, ostage, out, p.so.t, lane);

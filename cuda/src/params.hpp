@@ -45,6 +45,9 @@ struct ForwardParams : InputViews {
   int* flags = nullptr;                 // workspace: one publish flag per record (overlapped split)
   int overlap = 0;                      // 1: prep and state pass in one overlapped launch
   int num_sms = 0;
+  // chunked engine, training: the state at the start of every chunk, [C, Hv, K, V] fp32
+  // (tf32-rounded), chunk j of sequence n at row chunk_base(n) + j; or null
+  float* chunk_states = nullptr;
   // chunked engine: q, k, b (channel gates), g (channel decay), v and w (channel gates)
   // tiles copied by tensor maps (TMA) when tma = 1, else by cp.async; maps are kernel
   // parameters (__grid_constant__). v, w land in the 128-byte swizzle (swz128).

@@ -75,7 +75,25 @@ struct ChunkOptions {
   bool overlap = true;
   /// How the input tiles are copied (InputCopy).
   InputCopy input_copy = InputCopy::automatic;
+  /// Training: where to also write the state at the start of every chunk, for
+  /// chunk_backward (BackwardOptions::chunk_states), which then skips its own forward
+  /// state pass. Device memory of chunk_states_size() bytes, 16-byte aligned: fp32
+  /// [C, Hv, K, V] — C = Σ_n ceil(T_n / 64) states, chunk j of sequence n at row
+  /// Σ_{m<n} ceil(T_m / 64) + j — every value rounded to tf32 (10-bit mantissa: what the
+  /// backward's tf32 products read). States of sequences skipped by state_indices are
+  /// left untouched. Null (the default): not written. Measured on an H200 (cuda/NOTES.md,
+  /// chunk states): worth it when the forward takes the fused path (B=8 T=4096 H=16:
+  /// forward +0.09 ms, backward −0.64 ms); on the split path (few sequence-heads) the
+  /// state blocks pay about what the backward saves (B=1 T=32768 H=16: +0.36 / −0.34 ms).
+  float* chunk_states = nullptr;
+  /// Bytes at chunk_states (checked against chunk_states_size).
+  std::size_t chunk_states_bytes = 0;
 };
+
+/// Bytes of the chunk-start states of a problem (ChunkOptions::chunk_states):
+/// Σ_n ceil(T_n / 64) · Hv · K · V · 4. Reads only host memory.
+template <class Policy, class T>
+Status chunk_states_size(const Problem<T>& p, std::size_t& bytes);
 
 /// Workspace bytes `chunk_forward` needs for this problem and options (0 for the fused
 /// path). Reads only host memory (shapes, the host copy of cu_seqlens).
