@@ -8,7 +8,7 @@
 #   GDR2_CUDA_BENCH_FILTER=regex                     only these benchmarks (default: all)
 #   GDR2_CUDA_SANITIZE=1                             also compute-sanitizer (GDR2_CUDA_SANITIZE_TOOLS,
 #                                                    default memcheck racecheck)
-#                                                    on the small graph-capture test
+#                                                    on the small graph-capture and chunk-state tests
 # Logs, bench.json and the accuracy lines go to $OUT when set (the device tool), else
 # build-cudabwd/logs.
 set -uo pipefail
@@ -38,7 +38,7 @@ import sys, collections
 worst = collections.defaultdict(dict)
 for line in open(sys.argv[1]):
     f = line.split()
-    math = f[4] + (" fp32-in" if f[3] == "float32" else " 16b-in")
+    math = f[4] + (" fp32-in" if f[3] == "float32" else " 16b-in") + (" fwd-states" if f[1] == "dev+st" else "")
     # gradient name / value pairs are the last tokens: name value name value ...
     pairs = []
     i = len(f) - 2
@@ -72,18 +72,23 @@ for r in runs:
     n = r["name"].split("/manual")[0]
     a = dict(kv.split(":") for kv in n.split("/")[1:])
     if n.startswith("BM_backward"):
-        dt = " fp32-in" if n.startswith("BM_backward_f32") else ""
+        dt = " fp32-in" if n.startswith("BM_backward_f32") else " given states" if n.startswith("BM_backward_states") else ""
         vs = f" vs={a['vs']}" if "vs" in a else ""
         label = f"backward B={a['B']} T={a['T']} {math[a['math']]}{dt} {stage[a['stages']]}{vs}"
         print(f"{label:52s} {r['median_ms']:7.3f}ms {r['GBps']:7.0f}")
+    elif n.startswith("BM_forward"):
+        st = " writing chunk states" if a.get("states") == "1" else ""
+        label = f"forward B={a['B']} T={a['T']}{st}"
+        print(f"{label:52s} {r['median_ms']:7.3f}ms")
     else:
         tgt = "<= 3.5 ms" if a["B"] == "8" else "<= 4.5 ms"
-        label = f"forward+backward B={a['B']} T={a['T']} {math[a['math']]}"
+        st = " (chunk states handed over)" if a.get("states") == "1" else ""
+        label = f"forward+backward B={a['B']} T={a['T']} {math[a['math']]}{st}"
         print(f"{label:52s} {r['median_ms']:7.3f}ms {'':7s}  {tgt}")
 PY
 if [ "${GDR2_CUDA_SANITIZE:-0}" = 1 ] && command -v compute-sanitizer >/dev/null; then
   for tool in ${GDR2_CUDA_SANITIZE_TOOLS:-memcheck racecheck}; do
-    timeout ${GDR2_CUDA_SANITIZE_TIMEOUT:-150} compute-sanitizer --tool $tool --error-exitcode 9 "$TEST" "[graph]" >"$LOG/sanitize_$tool.log" 2>&1
+    timeout ${GDR2_CUDA_SANITIZE_TIMEOUT:-150} compute-sanitizer --tool $tool --error-exitcode 9 "$TEST" "[graph],[sanitize]" >"$LOG/sanitize_$tool.log" 2>&1
     echo "compute-sanitizer $tool: rc=$? ($(grep -c -E "ERROR|hazard" "$LOG/sanitize_$tool.log") error lines)"
     grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$LOG/sanitize_$tool.log" | tail -2
   done

@@ -8,7 +8,12 @@
 //                                     first s stages (differences = cost of each stage)
 //   BM_backward_vs/.../vs:n           the same with a given value slice of the state passes
 //   BM_backward_f32/...               the same with fp32 inputs (default math: split tf32)
-//   BM_fwd_bwd                        cuda::chunk_forward (automatic path) + chunk_backward
+//   BM_backward_states/...            the same given the forward's chunk states (written once
+//                                     by chunk_forward before the timing)
+//   BM_forward/.../states:s           cuda::chunk_forward alone (automatic path); states:1 also
+//                                     writes the chunk states for the backward
+//   BM_fwd_bwd/.../states:s           cuda::chunk_forward (automatic path) + chunk_backward;
+//                                     states:1 = the forward hands its chunk states over
 // Counters: GBps = fewest bytes (inputs read once, gradients written once) / median.
 #include <gdr2/cuda/backward.hpp>
 #include <gdr2/gdr2.hpp>
@@ -40,6 +45,7 @@ struct Setup {
   Gradients<float> gr;
   X* o = nullptr;
   float* sT = nullptr;
+  float* chunk_states = nullptr;  // allocated by the first case that asks for them
   template <class Y>
   Y* rnd(std::size_t n, double lo, double hi, std::uint64_t seed) {
     Y* x = device_random<Y>(n, lo, hi, seed);
@@ -90,13 +96,53 @@ Setup<X>& setup(Index B, Index T, Index H) {
   return *all.back();
 }
 
+/// Device buffer for the chunk states of su's problem, and the forward's options that
+/// write them (ChunkOptions::chunk_states).
 template <class X>
-void BM_backward_t(benchmark::State& state, int value_slice = 0) {
+cuda::ChunkOptions forward_with_states(Setup<X>& su) {
+  cuda::ChunkOptions fo;
+  check(cuda::chunk_states_size<GDR2>(su.p, fo.chunk_states_bytes));
+  if (!su.chunk_states) su.chunk_states = su.template out<float>(fo.chunk_states_bytes / 4);
+  fo.chunk_states = su.chunk_states;
+  return fo;
+}
+
+/// The forward of su's problem on `s` (allocating its workspace once per call site).
+template <class X>
+struct Forward {
+  Setup<X>& su;
+  cuda::ChunkOptions opt;
+  std::size_t bytes = 0;
+  void* ws = nullptr;
+  Forward(Setup<X>& su_, const cuda::ChunkOptions& o) : su(su_), opt(o) {
+    check(cuda::chunk_forward_workspace_size<GDR2>(su.p, bytes, opt));
+    if (bytes) CK(cudaMalloc(&ws, bytes));
+  }
+  ~Forward() {
+    if (ws) cudaFree(ws);
+  }
+  void operator()(cudaStream_t s) const {
+    const Outputs<X, float> out{make_view(su.o, su.B, su.T, su.H, su.D), make_view(su.sT, su.B, su.H, su.D, su.D)};
+    check(cuda::chunk_forward<GDR2>(su.p, out, {}, ws, bytes, s, opt));
+  }
+};
+
+template <class X>
+void BM_backward_t(benchmark::State& state, int value_slice = 0, bool with_states = false) {
   Setup<X>& su = setup<X>(state.range(0), state.range(1), state.range(2));
   cuda::BackwardOptions opt;
   opt.math = static_cast<cuda::BackwardMath>(state.range(3));
   opt.stages = int(state.range(4));
   opt.value_slice = value_slice;
+  if constexpr (!std::is_same_v<X, float>) {
+    if (with_states) {  // written once, before the timing
+      const Forward<X> fwd(su, forward_with_states(su));
+      fwd(nullptr);
+      CK(cudaDeviceSynchronize());
+      opt.chunk_states = fwd.opt.chunk_states;
+      opt.chunk_states_bytes = fwd.opt.chunk_states_bytes;
+    }
+  }
   std::size_t bytes = 0;
   check(cuda::chunk_backward_workspace_size<GDR2>(su.p, bytes, opt));
   void* ws = nullptr;
@@ -122,22 +168,41 @@ void BM_backward(benchmark::State& state) { BM_backward_t<bf16>(state); }
 void BM_backward_vs(benchmark::State& state) { BM_backward_t<bf16>(state, int(state.range(5))); }
 /// fp32 inputs (math 3 = automatic: split tf32)
 void BM_backward_f32(benchmark::State& state) { BM_backward_t<float>(state); }
+/// given the forward's chunk states (vs: value slice of the state pass, 0 = automatic)
+void BM_backward_states(benchmark::State& state) { BM_backward_t<bf16>(state, int(state.range(5)), true); }
+
+/// The forward alone; with states:1 it also writes the chunk states.
+void BM_forward(benchmark::State& state) {
+  Setup<bf16>& su = setup<bf16>(state.range(0), state.range(1), state.range(2));
+  const Forward<bf16> fwd(su, state.range(3) ? forward_with_states(su) : cuda::ChunkOptions{});
+  cudaStream_t s;
+  CK(cudaStreamCreate(&s));
+  auto run = [&] { fwd(s); };
+  for (int i = 0; i < 2; ++i) run();
+  CK(cudaStreamSynchronize(s));
+  Timer t;
+  for (auto _ : state) t.iteration(state, s, run);
+  CK(cudaGetLastError());
+  state.counters["median_ms"] = t.median();
+  CK(cudaStreamDestroy(s));
+}
 
 void BM_fwd_bwd(benchmark::State& state) {
   Setup<bf16>& su = setup<bf16>(state.range(0), state.range(1), state.range(2));
+  const bool states = state.range(4) != 0;
+  const Forward<bf16> fwd(su, states ? forward_with_states(su) : cuda::ChunkOptions{});
   cuda::BackwardOptions bopt;
   bopt.math = static_cast<cuda::BackwardMath>(state.range(3));
-  std::size_t fbytes = 0, bbytes = 0;
-  check(cuda::chunk_forward_workspace_size<GDR2>(su.p, fbytes));
+  bopt.chunk_states = fwd.opt.chunk_states;
+  bopt.chunk_states_bytes = fwd.opt.chunk_states_bytes;
+  std::size_t bbytes = 0;
   check(cuda::chunk_backward_workspace_size<GDR2>(su.p, bbytes, bopt));
-  void *fws = nullptr, *bws = nullptr;
-  if (fbytes) CK(cudaMalloc(&fws, fbytes));
+  void* bws = nullptr;
   CK(cudaMalloc(&bws, bbytes));
   cudaStream_t s;
   CK(cudaStreamCreate(&s));
-  const Outputs<bf16, float> out{make_view(su.o, su.B, su.T, su.H, su.D), make_view(su.sT, su.B, su.H, su.D, su.D)};
   auto run = [&] {
-    check(cuda::chunk_forward<GDR2>(su.p, out, {}, fws, fbytes, s));
+    fwd(s);
     check(cuda::chunk_backward<GDR2>(su.p, su.up, su.gr, {}, bws, bbytes, s, bopt));
   };
   for (int i = 0; i < 2; ++i) run();
@@ -147,7 +212,7 @@ void BM_fwd_bwd(benchmark::State& state) {
   CK(cudaGetLastError());
   const double med = t.median();
   state.counters["median_ms"] = med;
-  if (fws) CK(cudaFree(fws));
+  state.counters["workspace_GB"] = double(bbytes) / 1e9;
   CK(cudaFree(bws));
   CK(cudaStreamDestroy(s));
 }
@@ -187,10 +252,33 @@ BENCHMARK(BM_backward_f32)
     ->UseManualTime()
     ->Iterations(10)
     ->Unit(benchmark::kMillisecond);
-BENCHMARK(BM_fwd_bwd)
-    ->ArgNames({"B", "T", "H", "math"})
+BENCHMARK(BM_backward_states)
+    ->ArgNames({"B", "T", "H", "math", "stages", "vs"})
+    ->Args({8, 4096, 16, 0, 1, 0})
+    ->Args({8, 4096, 16, 0, 2, 0})
+    ->Args({8, 4096, 16, 0, 0, 0})
+    ->Args({1, 32768, 16, 0, 1, 0})
+    ->Args({1, 32768, 16, 0, 2, 0})
+    ->Args({1, 32768, 16, 0, 2, 32})
+    ->Args({1, 32768, 16, 0, 0, 0})
+    ->UseManualTime()
+    ->Iterations(10)
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_forward)
+    ->ArgNames({"B", "T", "H", "states"})
     ->Args({8, 4096, 16, 0})
+    ->Args({8, 4096, 16, 1})
     ->Args({1, 32768, 16, 0})
+    ->Args({1, 32768, 16, 1})
+    ->UseManualTime()
+    ->Iterations(10)
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_fwd_bwd)
+    ->ArgNames({"B", "T", "H", "math", "states"})
+    ->Args({8, 4096, 16, 0, 0})
+    ->Args({8, 4096, 16, 0, 1})
+    ->Args({1, 32768, 16, 0, 0})
+    ->Args({1, 32768, 16, 0, 1})
     ->UseManualTime()
     ->Iterations(10)
     ->Unit(benchmark::kMillisecond);

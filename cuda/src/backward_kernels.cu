@@ -29,7 +29,7 @@ template <int D, int MATH>
 __global__ void __launch_bounds__(kThreads, 1) state_kernel(BackwardParams p) {
   GDR2_BWD_BLOCK
   const int ns = p.D / p.vs;
-  state_body<D, MATH>(bk, p, int(blockIdx.x) / ns, int(blockIdx.x) % ns, int(blockIdx.y), sm);
+  state_body<D, MATH>(bk, p, int(blockIdx.x) / ns, int(blockIdx.x) % ns, int(blockIdx.y) + p.saved_states, sm);
 }
 template <int D, int MATH>
 __global__ void __launch_bounds__(kThreads, 1) grad1_kernel(BackwardParams p) {
@@ -95,7 +95,8 @@ cudaError_t launch_d(const BackwardParams& p, cudaStream_t st) {
   }
   if (p.stages >= 2) {
     const StateLayout<D> L(p.vs);
-    const dim3 grid(unsigned(p.N * p.Hv * (D / p.vs)), 2u);
+    // roles: forward S (unless the forward's chunk states are given) and reverse dS
+    const dim3 grid(unsigned(p.N * p.Hv * (D / p.vs)), p.saved_states ? 1u : 2u);
     e = launch_with_smem(state_kernel<D, MATH>, grid, L.floats * 4, st, p);
     if (e != cudaSuccess) return e;
   }
@@ -142,7 +143,7 @@ void run_host_d(const BackwardParams& p) {
   if (p.chunk_offsets) offsets_body(bk, p, sm);
   for (long long cg = 0; cg < p.total_chunks; ++cg)
     for (int hv = 0; hv < p.Hv; ++hv) prep_body<D, kFp32>(bk, p, cg, hv, sm);
-  for (int role = 0; role < 2; ++role)
+  for (int role = p.saved_states; role < 2; ++role)
     for (int pair = 0; pair < p.N * p.Hv; ++pair)
       for (int sl = 0; sl < D / p.vs; ++sl) state_body<D, kFp32>(bk, p, pair, sl, role, sm);
   for (long long cg = 0; cg < p.total_chunks; ++cg)

@@ -93,9 +93,17 @@ struct Result {
 };
 
 /// Run the backward of problem `hp` (host views of rp) where asked; results into `out`.
+/// Chunk states (BackwardOptions::chunk_states): on the host, `states` are given to the
+/// backward; on the device, with `forward_states`, the CUDA forward writes them first
+/// (ChunkOptions::chunk_states) and they are returned in `states`.
 template <class Policy, class T>
 void execute(const RandomProblem<Policy, T>& rp, const Problem<T>& hp, const RandomUpstream<T>& up, Where where,
-             const cuda::BackwardOptions& opt, GradientBuffers<float>& out) {
+             cuda::BackwardOptions opt, GradientBuffers<float>& out, std::vector<float>* states = nullptr,
+             cuda::ForwardPath path = cuda::ForwardPath::automatic) {
+  if (where == Where::host && states) {
+    opt.chunk_states = states->data();
+    opt.chunk_states_bytes = states->size() * 4;
+  }
   out = GradientBuffers<float>(hp);
   out.fill(std::numeric_limits<float>::quiet_NaN());
   std::size_t bytes = 0;
@@ -143,9 +151,39 @@ void execute(const RandomProblem<Policy, T>& rp, const Problem<T>& hp, const Ran
     views.push_back(t->size() ? View<float>(bufs.back().p, t->shape(), contiguous_strides(t->shape())) : View<float>());
   }
   const Gradients<float> dg = gradients_of(views);
-  DBuf<char> ws(bytes);
   cudaStream_t s;
   CUDA_OK(cudaStreamCreate(&s));
+  DBuf<float> cs;
+  if constexpr (!std::is_same_v<T, float>) {
+    if (states) {  // the forward writes the chunk states (NaN first: every row must be written)
+      std::size_t sbytes = 0, fbytes = 0;
+      REQUIRE(cuda::chunk_states_size<Policy>(dp, sbytes).ok());
+      cs = DBuf<float>(sbytes / 4);
+      CUDA_OK(cudaMemset(cs.p, 0xFF, sbytes));
+      cuda::ChunkOptions fo;
+      fo.path = path;
+      fo.chunk_states = cs.p;
+      fo.chunk_states_bytes = sbytes;
+      REQUIRE(cuda::chunk_forward_workspace_size<Policy>(dp, fbytes, fo).ok());
+      DBuf<char> fws(fbytes);
+      DBuf<T> o(std::size_t(rp.v.size()));
+      const Outputs<T, float> fout{View<T>(o.p, rp.v.shape(), contiguous_strides(rp.v.shape())), {}};
+      const Status fst = cuda::chunk_forward<Policy>(dp, fout, dev, fws.p, fbytes, s, fo);
+      INFO(fst.to_string());
+      REQUIRE(fst.ok());
+      CUDA_OK(cudaStreamSynchronize(s));
+      states->resize(cs.n);
+      cs.download(states->data());
+      opt.chunk_states = cs.p;
+      opt.chunk_states_bytes = sbytes;
+    }
+  }
+  {
+    const Status st = cuda::chunk_backward_workspace_size<Policy>(hp, bytes, opt);
+    INFO(st.to_string());
+    REQUIRE(st.ok());
+  }
+  DBuf<char> ws(bytes);
   const Status st = cuda::chunk_backward<Policy>(dp, dup, dg, dev, ws.p, bytes, s, opt);
   INFO(st.to_string());
   REQUIRE(st.ok());
@@ -159,10 +197,13 @@ void execute(const RandomProblem<Policy, T>& rp, const Problem<T>& hp, const Ran
   }
 }
 
-/// One execution of the backward: where, and with which products.
+/// One execution of the backward: where, with which products, and whether the chunk
+/// states are given (host: the fp64 reference's; device: the CUDA forward's).
 struct Exec {
   Where where;
   cuda::BackwardMath math;
+  bool forward_states = false;
+  cuda::ForwardPath path = cuda::ForwardPath::automatic;  // of the forward that writes them
 };
 
 /// One problem: the fp64 reference once, then each execution's per-gradient errors
@@ -176,15 +217,38 @@ void run_case(const ProblemConfig& cfg, const std::vector<Exec>& execs, bool wit
   REQUIRE(ref.status.ok());
   auto refs = const_cast<GradientBuffers<double>&>(ref.grads).all();
   for (const Exec& ex : execs) {
-    INFO((ex.where == Where::host ? "host " : "device ") << math_name(ex.math) << " vs=" << vslice);
+    INFO((ex.where == Where::host ? "host " : "device ") << math_name(ex.math) << " vs=" << vslice
+                                                         << (ex.forward_states ? " with chunk states" : ""));
     GradientBuffers<float> got;
     cuda::BackwardOptions opt;
     opt.math = ex.math;
     opt.value_slice = vslice;
-    execute<Policy>(rp, hp, up, ex.where, opt, got);
+    std::vector<float> states;
+    std::string line;
+    if (ex.forward_states) {
+      const auto rs = reference_chunk_states<Policy>(hp);
+      REQUIRE(rs.status.ok());
+      if (ex.where == Where::host)  // the fp64 states in fp32: the backward's logic, not their rounding
+        states.assign(rs.states.data(), rs.states.data() + rs.states.size());
+      const std::vector<float> given = states;
+      execute<Policy>(rp, hp, up, ex.where, opt, got, &states, ex.path);
+      if (ex.where == Where::host) CHECK(states == given);  // read, never written (no forward state pass)
+      // the forward's states (tf32-rounded): within the forward's final-state bound (issue 5)
+      const std::array<Index, 4> sh = rs.states.shape();
+      Tensor<float> gs(sh[0], sh[1], sh[2], sh[3]);
+      REQUIRE(std::size_t(gs.size()) == states.size());
+      std::copy(states.begin(), states.end(), gs.data());
+      const double es = rel_error(gs.view(), rs.states.view());
+      char buf[64];
+      std::snprintf(buf, sizeof buf, " states %.2e", es);
+      line += buf;
+      INFO("chunk states relative error " << es);
+      CHECK(es <= (ex.where == Where::host ? 1e-7 : 3e-3));
+    } else {
+      execute<Policy>(rp, hp, up, ex.where, opt, got);
+    }
     auto outs = got.all();
     const double tol = bound(ex.where, ex.math, std::is_same_v<T, float>);
-    std::string line;
     for (std::size_t i = 0; i < outs.size(); ++i) {
       REQUIRE(refs[i].second->size() == outs[i].second->size());
       if (outs[i].second->empty()) continue;
@@ -195,15 +259,23 @@ void run_case(const ProblemConfig& cfg, const std::vector<Exec>& execs, bool wit
       INFO(outs[i].first << " relative error " << e << " (bound " << tol << ")");
       CHECK(e <= tol);  // NaN (an element not written) fails too
     }
-    std::printf("[bwd-accuracy] %-6s %-4s %-8s %-6s vs=%-3d %-44s%s\n", ex.where == Where::host ? "host" : "device",
-                Policy::name(), dtype_name<T>(), math_name(ex.math), vslice, describe(cfg).c_str(), line.c_str());
+    std::printf("[bwd-accuracy] %-6s %-4s %-8s %-6s vs=%-3d %-44s%s\n",
+                ex.where == Where::host ? "host" : ex.forward_states ? "dev+st" : "device", Policy::name(),
+                dtype_name<T>(), math_name(ex.math), vslice, describe(cfg).c_str(), line.c_str());
   }
 }
 
 const std::vector<Exec> kHost = {{Where::host, cuda::BackwardMath::fp32}};
+/// the host execution given the fp64 chunk states (chunk states need tf32 products; the
+/// host execution runs fp32 whatever the mode)
+const std::vector<Exec> kHostStates = {{Where::host, cuda::BackwardMath::tf32, true}};
+/// 16-bit inputs on the device: the three product modes, then the chunk states written by
+/// the CUDA forward on both its paths (the test sizes take the split path automatically)
 const std::vector<Exec> kDevice = {{Where::device, cuda::BackwardMath::tf32},
                                    {Where::device, cuda::BackwardMath::tf32x3},
-                                   {Where::device, cuda::BackwardMath::fp32}};
+                                   {Where::device, cuda::BackwardMath::fp32},
+                                   {Where::device, cuda::BackwardMath::tf32, true, cuda::ForwardPath::split},
+                                   {Where::device, cuda::BackwardMath::tf32, true, cuda::ForwardPath::fused}};
 const std::vector<Exec> kDeviceTf32 = {{Where::device, cuda::BackwardMath::tf32}};
 /// fp32 inputs on the device: the default (split tf32) against the issue's 1e-3, and fp32
 const std::vector<Exec> kDeviceF32 = {{Where::device, cuda::BackwardMath::automatic},
@@ -252,6 +324,16 @@ void policy_cases(const std::vector<Exec>& execs, const std::vector<Exec>& execs
 TEMPLATE_TEST_CASE("cuda backward kernel bodies (host execution) match the fp64 BPTT", "[cuda][backward][host]",
                    GDR2, KDA, GDN) {
   policy_cases<TestType>(kHost, kHost, /*large=*/false);
+}
+
+TEMPLATE_TEST_CASE("cuda backward (host execution): given chunk states replace the forward state pass",
+                   "[cuda][backward][host]", GDR2, KDA, GDN) {
+  INFO("GDR2_TEST_SEED=" << base_seed());
+  auto c1 = make_cfg(12, 2, 99, 2, 4, 64, -2.0);  // grouped heads, odd T
+  run_case<TestType, bf16>(c1, kHostStates);
+  auto c2 = make_cfg(13, 1, 0, 1, 2, 128, -5.0);  // packed varlen with empty and exact-chunk sequences
+  c2.seqlens = {1, 64, 0, 150, 37};
+  run_case<TestType, bf16>(c2, kHostStates, true, 32);
 }
 
 TEST_CASE("cuda backward (host execution): value slices of the state passes", "[cuda][backward][host]") {
@@ -317,6 +399,16 @@ TEST_CASE("cuda chunk backward: value slices, long sequence, strong decays", "[c
   auto c2 = make_cfg(7, 2, 1024 + 5, 2, 2, 128, -20.0);
   INFO(describe(c2));
   run_case<GDR2, bf16>(c2, kDevice);
+}
+
+TEST_CASE("cuda chunk backward given the forward's chunk states (small, for the sanitizers)",
+          "[cuda][backward][device][sanitize]") {
+  SKIP_WITHOUT_GPU();
+  INFO("GDR2_TEST_SEED=" << base_seed());
+  auto c = make_cfg(14, 1, 0, 1, 2, 128, -1.0);
+  c.seqlens = {70, 0, 64, 9};  // varlen: the fused path sums the chunk rows of earlier sequences
+  run_case<KDA, bf16>(c, {{Where::device, cuda::BackwardMath::tf32, true, cuda::ForwardPath::fused},
+                          {Where::device, cuda::BackwardMath::tf32, true, cuda::ForwardPath::split}});
 }
 
 TEST_CASE("cuda chunk backward is deterministic and capturable in a CUDA graph", "[cuda][backward][device][graph]") {
@@ -451,6 +543,38 @@ TEST_CASE("cuda backward rejects bad arguments with clear statuses", "[cuda][bac
     const Status st = cuda::chunk_backward<GDR2>(p, up.grad_outputs(), gr, {}, nullptr, bytes, nullptr);
     CHECK(st.code() == Code::invalid_argument);
     CHECK(st.message().find("dq has shape") != std::string::npos);
+  }
+  SECTION("chunk states: tf32 products only, big enough, aligned") {
+    std::size_t sb = 0;
+    REQUIRE(cuda::chunk_states_size<GDR2>(p, sb).ok());
+    CHECK(sb == std::size_t(1 * 1 * 128 * 128 * 4));  // one chunk of 40 tokens, one head
+    std::vector<float> cs(sb / 4 + 1);
+    cuda::BackwardOptions opt;
+    opt.chunk_states = cs.data();
+    opt.chunk_states_bytes = sb;
+    CHECK(cuda::chunk_backward_workspace_size<GDR2>(p, bytes, opt).ok());
+    opt.math = cuda::BackwardMath::tf32x3;
+    Status st = cuda::chunk_backward_workspace_size<GDR2>(p, bytes, opt);
+    CHECK(st.code() == Code::invalid_argument);
+    CHECK(st.message().find("tf32") != std::string::npos);
+    opt.math = cuda::BackwardMath::automatic;
+    opt.chunk_states_bytes = sb - 4;
+    st = cuda::chunk_backward_workspace_size<GDR2>(p, bytes, opt);
+    CHECK(st.code() == Code::invalid_argument);
+    CHECK(st.message().find("chunk_states_size") != std::string::npos);
+    opt.chunk_states = cs.data() + 1;
+    opt.chunk_states_bytes = sb;
+    st = cuda::chunk_backward_workspace_size<GDR2>(p, bytes, opt);
+    CHECK(st.code() == Code::invalid_argument);
+    CHECK(st.message().find("aligned") != std::string::npos);
+    cuda::ChunkOptions fo;
+    fo.path = cuda::ForwardPath::fused;  // no workspace
+    fo.chunk_states = cs.data();
+    fo.chunk_states_bytes = sb - 4;
+    Tensor<bf16> o(1, 40, 1, 128);
+    st = cuda::chunk_forward<GDR2>(p, Outputs<bf16, float>{o.view(), {}}, {}, nullptr, 0, nullptr, fo);
+    CHECK(st.code() == Code::invalid_argument);
+    CHECK(st.message().find("chunk_states_size") != std::string::npos);
   }
   SECTION("d_o is required, and so is a valid value slice") {
     GradOutputs<bf16> none;

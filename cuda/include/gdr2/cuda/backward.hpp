@@ -25,7 +25,9 @@
 // exponent the kernels form is a non-positive difference of cumulative log-decays,
 // clamped at 0; no 1/γ is formed).
 //
-// Recomputation strategy (nothing saved by the forward is needed):
+// Recomputation strategy (nothing saved by the forward is needed; the forward's chunk
+// states, when it was asked to write them — ChunkOptions::chunk_states — replace the
+// forward role of stage 2):
 //   1. prep   (one block per 64-token chunk and value head, all chunks in parallel):
 //             cumulative decays; the anchored decay Grams T, Aqk (SPEC §5); A = (I+T)⁻¹
 //             in fp32 (16×16 diagonal inverses, block substitution); Y = A Ē, U = A Z,
@@ -37,6 +39,7 @@
 //             in one launch): the forward state pass S_c (start of every chunk) and the
 //             reverse pass dS_c (gradient at every chunk end; dS_0 of the first chunk is
 //             d_initial_state) — both only read records, so they run side by side.
+//             With BackwardOptions::chunk_states only the reverse pass runs.
 //   3. grad-1 (chunk-parallel): everything that touches S or dS: R = U − Y S,
 //             dR = Aqkᵀ dO + Ktail dS, dO Sᵀ, dKtail = R dSᵀ, dY = −dR Sᵀ, dAqk, Σ dS⊙S.
 //   4. grad-2 (chunk-parallel, three kernels): the WY part [dĒ dZ] = Aᵀ[dY dU], dT, dv,
@@ -51,8 +54,9 @@
 // whose one other use, grad-1's Σ dS⊙S (a row dot product), then sees the tf32 values
 // that the products see.
 // Workspace (fp32, per chunk-head of 64 tokens, K = V = D): record 2·64² + 4·64·D + D,
-// states and dstates 2·D², grad-1/grad-2 buffers 4·64·D + 64² + D + 64 + 4·D floats — 446 KB at
-// D = 128 — plus per-value-head gradient buffers when a head reduction is needed. See
+// states and dstates 2·D², grad-1/grad-2 buffers 4·64·D + 64² + D + 64 + 4·D floats — 446 KB
+// at D = 128, 382 KB when the chunk states are given (D² fewer) — plus per-value-head
+// gradient buffers when a head reduction is needed. See
 // chunk_backward_workspace_size; cuda/NOTES.md "Backward" for the measured figures.
 #pragma once
 
@@ -105,6 +109,7 @@ struct BackwardParams : InputViews {
   int math = 0;          // 0 tf32, 1 split tf32, 2 fp32
   int vs = 0;            // value columns per state-pass block
   int stages = 5;        // stages to run (profiling)
+  int saved_states = 0;  // 1: `states` are the forward's chunk states (no forward state pass)
   int num_sms = 0;       // persistent grids (the 16-bit prep)
   BwdSink dq, dk, dv, dg, db, dw, dbeta;
   float* ds0 = nullptr;
@@ -169,6 +174,14 @@ struct BackwardOptions {
   /// grad-1, grad-2, head sums) so that stage costs can be timed by differences; the
   /// gradients are then incomplete. 0 = all (the default).
   int stages = 0;
+  /// The chunk-start states the forward wrote for this problem (ChunkOptions::
+  /// chunk_states: device, fp32 [C, Hv, K, V], tf32-rounded, 16-byte aligned):
+  /// the backward then reads them instead of running its forward state pass, and needs
+  /// D²·4 bytes less workspace per chunk-head. tf32 products only (they are tf32
+  /// values); null (the default): the backward computes the states itself.
+  const float* chunk_states = nullptr;
+  /// Bytes at chunk_states (checked against gdr2::cuda::chunk_states_size).
+  std::size_t chunk_states_bytes = 0;
 };
 
 namespace detail {
@@ -220,8 +233,10 @@ Status plan_backward(const Problem<T>& p, const GradOutputs<T>* up, const Gradie
       const long long pairs = (long long)d.N * d.Hv;
       // the narrowest slice whose blocks (one per SM: 100+ KB of shared memory each) still
       // fit in one wave: every block walks the whole sequence, so a second wave doubles
-      // the pass (B=1, T=32768, H=16: 128 blocks of 32 columns, not 256 of 16)
-      while (vs > 16 && pairs * 2 * (D / (vs / 2)) <= num_sms) vs /= 2;
+      // the pass (B=1, T=32768, H=16: 128 blocks of 32 columns, not 256 of 16); one role
+      // (reverse) when the forward's chunk states are given, else two
+      const int roles = opt.chunk_states ? 1 : 2;
+      while (vs > 16 && pairs * roles * (D / (vs / 2)) <= num_sms) vs /= 2;
     }
 
     BackwardParams& f = bp;
@@ -252,14 +267,28 @@ Status plan_backward(const Problem<T>& p, const GradOutputs<T>* up, const Gradie
       total = (long long)d.N * f.chunks_per_seq;
     }
     f.total_chunks = total;
+    if (opt.chunk_states || opt.chunk_states_bytes) {
+      if (!opt.chunk_states) return {Code::invalid_argument, "chunk_states_bytes given without chunk_states"};
+      if (f.math != 0)
+        return {Code::invalid_argument,
+                "chunk_states are tf32-rounded: they need BackwardOptions::math = tf32 (the automatic choice for "
+                "bfloat16 / float16 inputs)"};
+      if (reinterpret_cast<std::uintptr_t>(opt.chunk_states) % 16 != 0)
+        return {Code::invalid_argument, "chunk_states must be 16-byte aligned"};
+      const std::size_t need = std::size_t(total) * std::size_t(d.Hv) * std::size_t(D) * std::size_t(D) * 4;
+      if (opt.chunk_states_bytes < need)
+        return {Code::invalid_argument, "chunk_states of " + std::to_string(opt.chunk_states_bytes) + " bytes, " +
+                                            std::to_string(need) + " needed (chunk_states_size)"};
+      f.saved_states = 1;
+    }
 
-    // workspace: [offsets][records][states][dstates][grad-1][head buffers]
+    // workspace: [offsets][records][states (unless saved)][dstates][grad-1][head buffers]
     const std::size_t ch = std::size_t(total) * std::size_t(d.Hv);
     std::size_t off = p.cu_seqlens.given() ? bwd_align(std::size_t(d.N + 1) * 4) : 0;
     const std::size_t rec = off;
     off += bwd_align(ch * std::size_t(bwd_rec_floats(D)) * 4);
     const std::size_t st = off;
-    off += bwd_align(ch * std::size_t(D) * D * 4);
+    if (!f.saved_states) off += bwd_align(ch * std::size_t(D) * D * 4);
     const std::size_t dst = off;
     off += bwd_align(ch * std::size_t(D) * D * 4);
     const std::size_t g1 = off;
@@ -267,7 +296,7 @@ Status plan_backward(const Problem<T>& p, const GradOutputs<T>* up, const Gradie
     // Placeholders (offsets into the workspace, turned into pointers by bind_workspace).
     f.chunk_offsets = p.cu_seqlens.given() ? reinterpret_cast<int*>(std::uintptr_t(1)) : nullptr;
     f.rec = reinterpret_cast<float*>(rec);
-    f.states = reinterpret_cast<float*>(st);
+    f.states = f.saved_states ? const_cast<float*>(opt.chunk_states) : reinterpret_cast<float*>(st);
     f.dstates = reinterpret_cast<float*>(dst);
     f.g1 = reinterpret_cast<float*>(g1);
 
@@ -347,7 +376,7 @@ inline void bind_workspace(BackwardParams& f, char* ws, const void* cu_seqlens) 
   f.cu_seqlens = cu_seqlens;
   if (f.chunk_offsets) f.chunk_offsets = reinterpret_cast<int*>(ws);
   f.rec = reinterpret_cast<float*>(at(f.rec));
-  f.states = reinterpret_cast<float*>(at(f.states));
+  if (!f.saved_states) f.states = reinterpret_cast<float*>(at(f.states));
   f.dstates = reinterpret_cast<float*>(at(f.dstates));
   f.g1 = reinterpret_cast<float*>(at(f.g1));
   BwdSink* sinks[] = {&f.dq, &f.dk, &f.dv, &f.dg, &f.db, &f.dw, &f.dbeta};
