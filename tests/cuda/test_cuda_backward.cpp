@@ -99,7 +99,7 @@ struct Result {
 template <class Policy, class T>
 void execute(const RandomProblem<Policy, T>& rp, const Problem<T>& hp, const RandomUpstream<T>& up, Where where,
              cuda::BackwardOptions opt, GradientBuffers<float>& out, std::vector<float>* states = nullptr,
-             cuda::ForwardPath path = cuda::ForwardPath::automatic) {
+             cuda::ForwardPath path = cuda::ForwardPath::automatic, bool overlap = true) {
   if (where == Where::host && states) {
     opt.chunk_states = states->data();
     opt.chunk_states_bytes = states->size() * 4;
@@ -162,6 +162,7 @@ void execute(const RandomProblem<Policy, T>& rp, const Problem<T>& hp, const Ran
       CUDA_OK(cudaMemset(cs.p, 0xFF, sbytes));
       cuda::ChunkOptions fo;
       fo.path = path;
+      fo.overlap = overlap;
       fo.chunk_states = cs.p;
       fo.chunk_states_bytes = sbytes;
       REQUIRE(cuda::chunk_forward_workspace_size<Policy>(dp, fbytes, fo).ok());
@@ -204,6 +205,7 @@ struct Exec {
   cuda::BackwardMath math;
   bool forward_states = false;
   cuda::ForwardPath path = cuda::ForwardPath::automatic;  // of the forward that writes them
+  bool overlap = true;                                   // ChunkOptions::overlap of that forward
 };
 
 /// One problem: the fp64 reference once, then each execution's per-gradient errors
@@ -231,7 +233,7 @@ void run_case(const ProblemConfig& cfg, const std::vector<Exec>& execs, bool wit
       if (ex.where == Where::host)  // the fp64 states in fp32: the backward's logic, not their rounding
         states.assign(rs.states.data(), rs.states.data() + rs.states.size());
       const std::vector<float> given = states;
-      execute<Policy>(rp, hp, up, ex.where, opt, got, &states, ex.path);
+      execute<Policy>(rp, hp, up, ex.where, opt, got, &states, ex.path, ex.overlap);
       if (ex.where == Where::host) CHECK(states == given);  // read, never written (no forward state pass)
       // the forward's states (tf32-rounded): within the forward's final-state bound (issue 5)
       const std::array<Index, 4> sh = rs.states.shape();
@@ -270,11 +272,13 @@ const std::vector<Exec> kHost = {{Where::host, cuda::BackwardMath::fp32}};
 /// host execution runs fp32 whatever the mode)
 const std::vector<Exec> kHostStates = {{Where::host, cuda::BackwardMath::tf32, true}};
 /// 16-bit inputs on the device: the three product modes, then the chunk states written by
-/// the CUDA forward on both its paths (the test sizes take the split path automatically)
+/// the CUDA forward on its fused and split paths (the split path's state blocks with
+/// helper warps when overlapped, without them when not)
 const std::vector<Exec> kDevice = {{Where::device, cuda::BackwardMath::tf32},
                                    {Where::device, cuda::BackwardMath::tf32x3},
                                    {Where::device, cuda::BackwardMath::fp32},
                                    {Where::device, cuda::BackwardMath::tf32, true, cuda::ForwardPath::split},
+                                   {Where::device, cuda::BackwardMath::tf32, true, cuda::ForwardPath::split, false},
                                    {Where::device, cuda::BackwardMath::tf32, true, cuda::ForwardPath::fused}};
 const std::vector<Exec> kDeviceTf32 = {{Where::device, cuda::BackwardMath::tf32}};
 /// fp32 inputs on the device: the default (split tf32) against the issue's 1e-3, and fp32
@@ -408,7 +412,8 @@ TEST_CASE("cuda chunk backward given the forward's chunk states (small, for the 
   auto c = make_cfg(14, 1, 0, 1, 2, 128, -1.0);
   c.seqlens = {70, 0, 64, 9};  // varlen: the fused path sums the chunk rows of earlier sequences
   run_case<KDA, bf16>(c, {{Where::device, cuda::BackwardMath::tf32, true, cuda::ForwardPath::fused},
-                          {Where::device, cuda::BackwardMath::tf32, true, cuda::ForwardPath::split}});
+                          {Where::device, cuda::BackwardMath::tf32, true, cuda::ForwardPath::split},
+                          {Where::device, cuda::BackwardMath::tf32, true, cuda::ForwardPath::split, false}});
 }
 
 TEST_CASE("cuda chunk backward is deterministic and capturable in a CUDA graph", "[cuda][backward][device][graph]") {
