@@ -796,7 +796,7 @@ __device__ __forceinline__ void step_store(const float (&O)[8][4], int n, void* 
 /// (row, hv), rounded to tf32 (cvt.rna, as the backward's tf32 products round their
 /// operands). For a fixed register the warp writes four key rows × 8 consecutive value
 /// columns: whole 32-byte sectors. (Staging through shared memory into 512-byte pieces
-/// measured no faster: cuda/NOTES.md, chunk states.)
+/// measured no faster: cuda/NOTES.md, backward v26.)
 template <int D>
 __device__ __forceinline__ void save_chunk_state(const float (&S)[D / 8][4], float* cs, long long row, int Hv, int hv,
                                                  int v0, int lane) {

@@ -82,7 +82,7 @@ struct ChunkOptions {
   /// Σ_{m<n} ceil(T_m / 64) + j — every value rounded to tf32 (10-bit mantissa: what the
   /// backward's tf32 products read). States of sequences skipped by state_indices are
   /// left untouched. Null (the default): not written. Measured on an H200 (cuda/NOTES.md,
-  /// chunk states): worth it when the forward takes the fused path (B=8 T=4096 H=16:
+  /// backward v26): worth it when the forward takes the fused path (B=8 T=4096 H=16:
   /// forward +0.09 ms, backward −0.64 ms); on the split path (few sequence-heads) the
   /// state blocks pay about what the backward saves (B=1 T=32768 H=16: +0.36 / −0.34 ms).
   float* chunk_states = nullptr;
