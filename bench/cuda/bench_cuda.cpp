@@ -104,8 +104,9 @@ void BM_gemm_bf16(benchmark::State& state) {
 
 /// GDR-2 chunk forward, bf16, K = V = 128; args: B, T, H, path (0 auto, 1 fused, 2 split),
 /// value slice of the split path's state pass (0 = automatic), overlap (split path), copy
-/// (ChunkOptions::input_copy: 0 automatic, 1 tensor maps, 2 cp.async).
-void BM_forward(benchmark::State& state) {
+/// (ChunkOptions::input_copy: 0 automatic, 1 tensor maps, 2 cp.async). With `states` the
+/// forward also writes the chunk states (ChunkOptions::chunk_states) for the backward.
+void forward_case(benchmark::State& state, bool states) {
   const Index B = state.range(0), T = state.range(1), H = state.range(2), D = 128;
   const auto path = static_cast<cuda::ForwardPath>(state.range(3));
   const int vslice = int(state.range(4));
@@ -133,6 +134,12 @@ void BM_forward(benchmark::State& state) {
   p.initial_state = make_view<const float>(s0, B, H, D, D);
   Outputs<bf16, float> out{make_view(o, B, T, H, D), make_view(sT, B, H, D, D)};
   cuda::ChunkOptions opt{path, vslice, overlap, copy};
+  float* cs = nullptr;
+  if (states) {
+    check(cuda::chunk_states_size<GDR2>(p, opt.chunk_states_bytes));
+    CK(cudaMalloc(&cs, opt.chunk_states_bytes));
+    opt.chunk_states = cs;
+  }
   std::size_t ws_bytes = 0;
   check(cuda::chunk_forward_workspace_size<GDR2>(p, ws_bytes, opt));
   void* ws = nullptr;
@@ -150,10 +157,14 @@ void BM_forward(benchmark::State& state) {
   state.counters["median_ms"] = med;
   state.counters["GBps"] = bytes / (med * 1e-3) / 1e9;
   state.counters["workspace_MB"] = double(ws_bytes) / 1e6;
-  for (void* x : {(void*)q, (void*)k, (void*)v, (void*)b, (void*)w, (void*)g, (void*)s0, (void*)o, (void*)sT, ws})
+  for (void* x : {(void*)q, (void*)k, (void*)v, (void*)b, (void*)w, (void*)g, (void*)s0, (void*)o, (void*)sT, ws,
+                  (void*)cs})
     if (x) CK(cudaFree(x));
   CK(cudaStreamDestroy(s));
 }
+void BM_forward(benchmark::State& state) { forward_case(state, false); }
+/// the same, also writing the chunk states for the backward
+void BM_forward_states(benchmark::State& state) { forward_case(state, true); }
 
 /// GDR-2 decode of one token, bf16, K = V = 128, fp32 states; args: sequences, heads,
 /// value slice (0 auto, 32, 128), graph (0: one call timed, launch included; 1: 16 calls
@@ -243,6 +254,14 @@ BENCHMARK(BM_forward)
     ->Args({1, 32768, 16, 2, 64, 0, 0})  // the overlapped case's slices, prep and state pass one after the other
     ->Args({1, 32768, 16, 2, 64, 0, 2})
     ->Args({1, 32768, 16, 2, 64, 1, 0})
+    ->UseManualTime()
+    ->Iterations(30)
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_forward_states)
+    ->ArgNames({"B", "T", "H", "path", "vs", "ov", "copy"})
+    ->Args({8, 4096, 16, 1, 0, 1, 1})   // fused
+    ->Args({1, 32768, 16, 0, 0, 1, 0})  // automatic (→ overlapped split)
+    ->Args({1, 32768, 16, 2, 64, 0, 0})  // split, prep and state pass one after the other
     ->UseManualTime()
     ->Iterations(30)
     ->Unit(benchmark::kMillisecond);
