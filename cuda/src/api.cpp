@@ -132,7 +132,7 @@ Status plan_forward(const Problem<T>& p, const Outputs<T, float>* out, const Chu
       total = (long long)d.N * f.chunks_per_seq;
     }
     f.total_chunks = total;
-    plan.chunk_states_bytes = std::size_t(total) * std::size_t(d.Hv) * std::size_t(d.K) * std::size_t(d.V) * 4;
+    plan.chunk_states_bytes = detail::chunk_states_bytes(total, d.Hv, d.K, d.V);
     const int sms = device_sm_count();
     f.num_sms = sms > 0 ? sms : 132;
 
@@ -231,15 +231,7 @@ Status chunk_forward(const Problem<T>& p, const Outputs<T, float>& out, const De
   }
   if (plan.workspace_bytes > 0 && (!workspace || reinterpret_cast<std::uintptr_t>(workspace) % 256 != 0))
     return {Code::invalid_argument, "workspace must be a non-null, 256-byte aligned device pointer"};
-  if (opt.chunk_states) {
-    if (reinterpret_cast<std::uintptr_t>(opt.chunk_states) % 16 != 0)
-      return {Code::invalid_argument, "chunk_states must be 16-byte aligned"};
-    if (opt.chunk_states_bytes < plan.chunk_states_bytes)
-      return {Code::invalid_argument, "chunk_states of " + std::to_string(opt.chunk_states_bytes) + " bytes, " +
-                                          std::to_string(plan.chunk_states_bytes) + " needed (chunk_states_size)"};
-  } else if (opt.chunk_states_bytes != 0) {
-    return {Code::invalid_argument, "chunk_states_bytes given without chunk_states"};
-  }
+  GDR2_RETURN_IF_ERROR(detail::check_chunk_states(opt.chunk_states, opt.chunk_states_bytes, plan.chunk_states_bytes));
   ForwardParams& f = plan.f;
   f.chunk_states = opt.chunk_states;
   f.cu_seqlens = dev.cu_seqlens;

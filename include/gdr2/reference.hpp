@@ -223,7 +223,7 @@ ReferenceChunkStates reference_chunk_states(const Problem<T>& p, Index chunk = 6
   for (Index n = 0; n < d.N; ++n) rows += (d.seq(n).end - d.seq(n).begin + chunk - 1) / chunk;
   r.states = Tensor<double>(rows, d.Hv, d.K, d.V);
   // tokens [t0, t0 + len) of batch row bb as a one-sequence view (token-indexed inputs)
-  auto cut = [](auto v, Index bb, Index t0, Index len) {
+  auto cut = [](View<const double> v, Index bb, Index t0, Index len) {
     if (!v.given()) return v;
     v.data += bb * v.stride[0] + t0 * v.stride[1];
     v.shape[0] = 1;
@@ -231,7 +231,8 @@ ReferenceChunkStates reference_chunk_states(const Problem<T>& p, Index chunk = 6
     return v;
   };
   const Index HKV = d.Hv * d.K * d.V;
-  Tensor<double> state(1, d.Hv, d.K, d.V), o;
+  // one chunk's start state (in), end state (out) and outputs, reused chunk after chunk
+  Tensor<double> start(1, d.Hv, d.K, d.V), state(1, d.Hv, d.K, d.V), o(1, chunk, d.Hv, d.V);
   Index row = 0;
   for (Index n = 0; n < d.N; ++n) {
     const Dims::Span sp = d.seq(n);
@@ -248,17 +249,10 @@ ReferenceChunkStates reference_chunk_states(const Problem<T>& p, Index chunk = 6
       Problem<double> q = c.p;
       q.cu_seqlens = {};
       q.state_indices = nullptr;
-      q.q = cut(q.q, sp.batch, t0, chunk);
-      q.k = cut(q.k, sp.batch, t0, chunk);
-      q.v = cut(q.v, sp.batch, t0, chunk);
-      q.g = cut(q.g, sp.batch, t0, chunk);
-      q.b = cut(q.b, sp.batch, t0, chunk);
-      q.w = cut(q.w, sp.batch, t0, chunk);
-      q.beta = cut(q.beta, sp.batch, t0, chunk);
-      q.gate_x = cut(q.gate_x, sp.batch, t0, chunk);
-      Tensor<double> start = state;
+      for (View<const double>* v : {&q.q, &q.k, &q.v, &q.g, &q.b, &q.w, &q.beta, &q.gate_x})
+        *v = cut(*v, sp.batch, t0, chunk);
+      for (Index i = 0; i < HKV; ++i) start[i] = state[i];
       q.initial_state = start.view();
-      o = Tensor<double>(1, chunk, d.Hv, d.V);
       if (!(r.status = recurrent_forward<Policy>(q, Outputs<double, double>{o.view(), state.view()})).ok()) return r;
     }
     row += nch;

@@ -267,18 +267,13 @@ Status plan_backward(const Problem<T>& p, const GradOutputs<T>* up, const Gradie
       total = (long long)d.N * f.chunks_per_seq;
     }
     f.total_chunks = total;
-    if (opt.chunk_states || opt.chunk_states_bytes) {
-      if (!opt.chunk_states) return {Code::invalid_argument, "chunk_states_bytes given without chunk_states"};
+    GDR2_RETURN_IF_ERROR(
+        check_chunk_states(opt.chunk_states, opt.chunk_states_bytes, chunk_states_bytes(total, d.Hv, D, D)));
+    if (opt.chunk_states) {
       if (f.math != 0)
         return {Code::invalid_argument,
                 "chunk_states are tf32-rounded: they need BackwardOptions::math = tf32 (the automatic choice for "
                 "bfloat16 / float16 inputs)"};
-      if (reinterpret_cast<std::uintptr_t>(opt.chunk_states) % 16 != 0)
-        return {Code::invalid_argument, "chunk_states must be 16-byte aligned"};
-      const std::size_t need = std::size_t(total) * std::size_t(d.Hv) * std::size_t(D) * std::size_t(D) * 4;
-      if (opt.chunk_states_bytes < need)
-        return {Code::invalid_argument, "chunk_states of " + std::to_string(opt.chunk_states_bytes) + " bytes, " +
-                                            std::to_string(need) + " needed (chunk_states_size)"};
       f.saved_states = 1;
     }
 

@@ -90,6 +90,27 @@ struct ChunkOptions {
   std::size_t chunk_states_bytes = 0;
 };
 
+namespace detail {
+/// Bytes of `chunks` chunk-start states of Hv heads, K×V fp32 each (the chunk-state layout).
+inline std::size_t chunk_states_bytes(long long chunks, long long Hv, long long K, long long V) {
+  return std::size_t(chunks) * std::size_t(Hv) * std::size_t(K) * std::size_t(V) * 4;
+}
+/// The one check of a chunk_states argument, forward and backward: absent, or given with
+/// its size, 16-byte aligned and at least `need` bytes.
+inline Status check_chunk_states(const void* data, std::size_t bytes, std::size_t need) {
+  if (!data) {
+    if (bytes != 0) return {Code::invalid_argument, "chunk_states_bytes given without chunk_states"};
+    return {};
+  }
+  if (reinterpret_cast<std::uintptr_t>(data) % 16 != 0)
+    return {Code::invalid_argument, "chunk_states must be 16-byte aligned"};
+  if (bytes < need)
+    return {Code::invalid_argument, "chunk_states of " + std::to_string(bytes) + " bytes, " + std::to_string(need) +
+                                        " needed (chunk_states_size)"};
+  return {};
+}
+}  // namespace detail
+
 /// Bytes of the chunk-start states of a problem (ChunkOptions::chunk_states):
 /// Σ_n ceil(T_n / 64) · Hv · K · V · 4. Reads only host memory.
 template <class Policy, class T>
