@@ -2,7 +2,8 @@
 // kernels built with GDR2_BWD_PHASES, where block (0, 0) of each kernel records clock64()
 // after every barrier; prints the cycles of each barrier-to-barrier phase of grad-1 and
 // grad-2 (WY, applies), the per-chunk step of the state passes and the whole persistent
-// prep block (one phase), for one GDR-2 problem B=1 T=2048 H=16 K=V=128 bf16. The WY and
+// prep block (one phase), for one GDR-2 problem B=1 T=2048 H=16 K=V=128 bf16 (GDR2_VS=n:
+// value slice n of the state passes). The WY and
 // applies blocks share their SM with one other block: their phases include its share.
 //
 //   nvcc -O3 -std=c++17 --expt-relaxed-constexpr -gencode=arch=compute_90a,code=sm_90a \
@@ -16,6 +17,7 @@
 #include "profiling_inputs.hpp"
 
 #include <cstdio>
+#include <cstdlib>
 #include <vector>
 
 using namespace gdr2;
@@ -39,14 +41,16 @@ int main() {
     cudaMalloc(&x, nt * 4);
     *g = make_view(x, B, T, H, D);
   }
+  cuda::BackwardOptions opt;  // GDR2_VS=n: value slice of the state passes (default automatic)
+  if (const char* vs = std::getenv("GDR2_VS")) opt.value_slice = std::atoi(vs);
   std::size_t bytes = 0;
-  check(cuda::chunk_backward_workspace_size<GDR2>(p, bytes));
+  check(cuda::chunk_backward_workspace_size<GDR2>(p, bytes, opt));
   void* ws = nullptr;
   cudaMalloc(&ws, bytes);
   for (int rep = 0; rep < 2; ++rep) {  // the second run is the one reported (warm)
     const int zero[2] = {0, 0};
     cudaMemcpyToSymbol(cuda::detail::bwd::gdr2_bwd_nclk, zero, sizeof zero);
-    check(cuda::chunk_backward<GDR2>(p, up, gr, {}, ws, bytes, nullptr));
+    check(cuda::chunk_backward<GDR2>(p, up, gr, {}, ws, bytes, nullptr, opt));
     if (cudaDeviceSynchronize() != cudaSuccess) return 1;
   }
   int cnt[2] = {0, 0};
