@@ -186,6 +186,22 @@ struct Blk {
   }
 };
 
+/// The threads of warps [w0, w1) as a block of their own (`g`), for products that run side
+/// by side on disjoint warps (SYNC = false inside: a group never waits at a barrier of its
+/// own); false for the other threads. The host (one thread standing for the block) is in
+/// every group and runs them one after another.
+GDR2_HD bool warp_group(const Blk& bk, int w0, int w1, Blk& g) {
+#if defined(__CUDA_ARCH__)
+  const int w = bk.tid >> 5;
+  if (w < w0 || w >= w1) return false;
+  g = Blk{bk.tid - 32 * w0, 32 * (w1 - w0), bk.keep};
+#else
+  (void)w0, (void)w1;
+  g = bk;
+#endif
+  return true;
+}
+
 /// 16-byte vector of floats (host: plain struct, copied bytewise).
 struct F4 {
   float x, y, z, w;
@@ -238,6 +254,39 @@ GDR2_HD F4 ld_in4(const void* base, long long off, int dt, int vec) {
   }
   const U4 u = ld_raw4(base, off, vec);
   return {cvt16(u.x, dt), cvt16(u.y, dt), cvt16(u.z, dt), cvt16(u.w, dt)};
+}
+
+/// Four consecutive input elements as stored (fp32: 16 bytes; 16-bit inputs: the first
+/// 8), in shared memory: copy_raw4 fills it asynchronously, cvt_in4 converts it.
+struct alignas(16) Raw4 {
+  std::uint32_t w[4];
+};
+/// *dst ← the four elements of `base` from element `off` (4-element aligned: `vec`), by
+/// one asynchronous copy (cp.async, complete at the next barrier, as copy_tile's).
+GDR2_HD void copy_raw4(Raw4* dst, const void* base, long long off, int dt) {
+  const int bytes = dt == kF32 ? 16 : 8;
+  const char* src = static_cast<const char*>(base) + off * (dt == kF32 ? 4 : 2);
+#if defined(__CUDA_ARCH__)
+  const unsigned sa = unsigned(__cvta_generic_to_shared(dst));
+  if (bytes == 16)
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(sa), "l"(src) : "memory");
+  else
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 8;\n" ::"r"(sa), "l"(src) : "memory");
+#else
+  std::memcpy(dst->w, src, std::size_t(bytes));
+#endif
+}
+/// The four elements of r as floats (dt: the input type).
+GDR2_HD F4 cvt_in4(const Raw4& r, int dt) {
+  F4 v;
+  if (dt == kF32) {
+    std::memcpy(&v, r.w, 16);
+  } else {
+    U4 u;
+    std::memcpy(&u, r.w, 8);
+    v = {cvt16(u.x, dt), cvt16(u.y, dt), cvt16(u.z, dt), cvt16(u.w, dt)};
+  }
+  return v;
 }
 
 /// dst[r·dp + c] = src[r·sp + c] for r < rows, c < cols (cols, pitches and both bases
@@ -662,16 +711,16 @@ GDR2_HD void mmt(const Blk& bk, int M, int N, FO&& fo, const Ts&... terms) {
   if (SYNC) bk.sync();
 }
 
-/// mmt with mm_auto's choice of tile width.
-template <int MATH, class FO, class... Ts>
+/// mmt with mm_auto's choice of tile width (SYNC as in mmt).
+template <int MATH, bool SYNC = true, class FO, class... Ts>
 GDR2_HD void mmt_auto(const Blk& bk, int M, int N, FO&& fo, const Ts&... terms) {
   const int nw = bk.nthr / 32 / 4;
   if (N % 32 == 0 && (M / 16) * (N / 32) >= nw)
-    mmt<4, MATH>(bk, M, N, fo, terms...);
+    mmt<4, MATH, false, SYNC>(bk, M, N, fo, terms...);
   else if (N % 16 == 0 && (M / 16) * (N / 16) >= nw)
-    mmt<2, MATH>(bk, M, N, fo, terms...);
+    mmt<2, MATH, false, SYNC>(bk, M, N, fo, terms...);
   else
-    mmt<1, MATH>(bk, M, N, fo, terms...);
+    mmt<1, MATH, false, SYNC>(bk, M, N, fo, terms...);
 }
 
 }  // namespace bwd

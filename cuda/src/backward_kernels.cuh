@@ -83,6 +83,7 @@ GDR2_HD F4 splat(float x) { return {x, x, x, x}; }
 GDR2_HD F4 in_do4(const P& p, int bb, int t, int hv, int d) {
   return ld_in4(p.d_o, act(p.sdo, bb, t, hv) + d, p.dtype, p.vec);
 }
+
 GDR2_HD F4 mul4(const F4& a, const F4& b) { return {a.x * b.x, a.y * b.y, a.z * b.z, a.w * b.w}; }
 GDR2_HD float at4(const F4& v, int i) { return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w; }
 
@@ -398,6 +399,11 @@ struct StateLayout {
   static constexpr int PD = D + 4;
   static constexpr int kMaxFloats = 227 * 1024 / 4;  // the opt-in shared memory of a block
   int PV, PS, S, A1, A2, Aqk, dO, dR, g, Qg, floats;  // the forward role keeps U's slice in dO
+  /// The reverse role's off-chain form (value slices ≤ 32, state_reverse_offchain): dS also
+  /// as stored for the products (Sr), P = Aqkᵀ dO, Q = Qγᵀ dO, a second dO tile and dO's
+  /// rows as loaded (raw).
+  bool offchain;
+  int Sr, P, Q, dO2, raw;  // raw: dO rows as loaded (Raw4 per four columns)
   GDR2_HD explicit StateLayout(int vs) {
     PV = vs + 4;
     PS = vs + 8;
@@ -413,87 +419,143 @@ struct StateLayout {
     // else over Ktail once dR is formed (value slices of 128 at D = 128)
     Qg = floats + kC * PD <= kMaxFloats ? floats : A1;
     if (Qg == floats) floats += kC * PD;
+    Sr = floats;
+    P = Sr + D * PS;
+    Q = P + kC * PV;
+    dO2 = Q + D * PV;
+    raw = dO2 + kC * PV;
+    offchain = vs <= 32 && Qg != A1 && raw + kC * vs <= kMaxFloats;
+    if (offchain) floats = raw + kC * vs;
   }
 };
 
+/// The reverse role at value slices ≤ 32 (StateLayout::offchain), entered with dS_T in sS:
+/// of the step's products only Ktail·dS (in dR = Aqkᵀ dO + Ktail dS) and Yᵀ dR (in the
+/// update dS ← γ_C ⊙ dS + Qγᵀ dO − Yᵀ dR) wait for dS; P = Aqkᵀ dO and Q = Qγᵀ dO are
+/// formed beside them by warps the chain leaves idle (its products have 4 and 8 tiles of
+/// 16 warps), and dS is kept once more as the products read it (Sr: tf32-rounded), so the
+/// chain runs 16 + 8 k-steps without a cvt instead of 24 + 16 with one.
+/// Per step c, warps 0–3 / 4–7 / 8–15:
+///   X: dR = Ktail_c·Sr + P_c  |  dO_{c−1} converted into its tile  |  Q = Qγ_cᵀ dO_c
+///   (barrier; tiles Ktail, Qγ of c−1 copied during Y)
+///   Y: dS ← γ_C ⊙ dS + Q − Y_cᵀ dR (warps 0–7)  |  P = Aqk_{c−1}ᵀ dO_{c−1} (warps 8–11)
+///      |  dO_{c−2} copied as loaded (warps 12–15)
+///   (barrier; tiles Y, γ_C of c−1 and Aqk of c−2 copied during the next X)
 template <int D, int MATH>
-GDR2_HD void state_body(const Blk& bk, const P& p, int pair, int slice, int role, float* sm) {
-  // (slices of one sequence-head are neighbours in the grid: they read the same records)
+GDR2_HD void state_reverse_offchain(const Blk& bk, const P& p, const SeqLoc& sq, int hv, int j0, float* sm) {
+  static_assert(kThreads == 512, "the warp roles below assume 16 warps");
   const StateLayout<D> L(p.vs);
   constexpr int PD = StateLayout<D>::PD;
-  const int VS = p.vs, PV = L.PV, PS = L.PS, j0 = slice * VS;
-  const int n = pair / p.Hv, hv = pair % p.Hv;
-  const SeqLoc sq = seq_loc(p, n);
+  const int VS = p.vs, PV = L.PV, PS = L.PS, V4 = VS / 4;
+  float *sS = sm + L.S, *sSr = sm + L.Sr, *sKt = sm + L.A1, *sY = sm + L.A2, *sAqk = sm + L.Aqk, *sQg = sm + L.Qg,
+        *sdR = sm + L.dR, *sg = sm + L.g, *sP = sm + L.P, *sQ = sm + L.Q;
+  float* const sdO0 = sm + L.dO;  // dO of chunk c in sdO(c)
+  float* const sdO1 = sm + L.dO2;
+  auto sdO = [&](int c) { return c & 1 ? sdO1 : sdO0; };
+  Raw4* const sRaw = reinterpret_cast<Raw4*>(sm + L.raw);
+  const long long DD = (long long)D * D;
+  auto recp = [&](int c) { return p.rec + ((sq.cg0 + c) * p.Hv + hv) * Rec<D>::floats; };
+  auto tilesX = [&](int c) {  // read in phase X of step c
+    copy_tile(bk, sKt, PD, recp(c) + Rec<D>::Kt, D, kC, D);
+    copy_tile(bk, sQg, PD, recp(c) + Rec<D>::Qg, D, kC, D);
+  };
+  auto tilesY = [&](int c) {  // read in phase Y of step c (Aqk: of chunk c − 1)
+    copy_tile(bk, sY, PD, recp(c) + Rec<D>::Y, D, kC, D);
+    copy_tile(bk, sg, D, recp(c) + Rec<D>::gC, D, 1, D);
+    if (c > 0) copy_tile(bk, sAqk, kPC, recp(c - 1) + Rec<D>::Aqk, kC, kC, kC);
+  };
+  // dO of chunk c (this slice): its rows as loaded, by asynchronous copies into sRaw
+  // (dO_fetch, complete at the next barrier), then converted into sdO(c) (dO_put). Loads
+  // into registers would not stay in flight: every barrier waits for this thread's
+  // outstanding loads (cuda/NOTES.md backward v27). Unaligned rows (p.vec = 0) are loaded
+  // at the put instead.
+  auto dO_row = [&](int c, int r) { return sq.bos + kC * c + r < sq.eos; };
+  auto dO_fetch = [&](const Blk& g, int c) {
+    if (!p.vec) return;
+    for (int i = g.tid; i < kC * V4; i += g.nthr)
+      if (dO_row(c, i / V4))
+        copy_raw4(sRaw + i, p.d_o, act(p.sdo, sq.bb, sq.bos + kC * c + i / V4, hv) + j0 + (i % V4) * 4, p.dtype);
+  };
+  auto dO_put = [&](const Blk& g, int c) {
+    for (int i = g.tid; i < kC * V4; i += g.nthr) {
+      const int r = i / V4, d = (i % V4) * 4;
+      F4 v = splat(0.f);
+      if (dO_row(c, r)) v = p.vec ? cvt_in4(sRaw[i], p.dtype) : in_do4(p, sq.bb, sq.bos + kC * c + r, hv, j0 + d);
+      st4(sdO(c) + r * PV + d, op_round4<MATH>(v));
+    }
+  };
+  auto form_P = [&](const Blk& g, int c) {  // P = Aqk_cᵀ dO_c (Aqk_c in sAqk)
+    mmt_auto<MATH, false>(
+        g, kC, VS, [&](int r, int j, float v) { sP[r * PV + j] = v; },
+        term(KMajorR{sAqk, kPC}, KMajorR{sdO(c), PV}, kC));
+  };
+
+  Blk g;
+  const int last = sq.nc - 1;
+  bk.par(D * V4, [&](int i) {
+    const int kk = i / V4, j = (i % V4) * 4;
+    st4(sSr + kk * PS + j, op_round4<MATH>(ld4(sS + kk * PS + j)));
+  });
+  if (last >= 0) {
+    // prologue: dO and P of the last chunk; the tiles of its step and dO of the one
+    // before in flight
+    tilesX(last);
+    copy_tile(bk, sAqk, kPC, recp(last) + Rec<D>::Aqk, kC, kC, kC);
+    dO_fetch(bk, last);
+    bk.sync();
+    dO_put(bk, last);
+    bk.sync();
+    if (last > 0) dO_fetch(bk, last - 1);
+    form_P(bk, last);
+    bk.sync();
+    tilesY(last);
+  }
+  for (int c = last; c >= 0; --c) {
+    const long long base = (sq.cg0 + c) * p.Hv + hv;
+    for (int i = bk.tid; i < D * V4; i += bk.nthr) {
+      const int kk = i / V4, j = (i % V4) * 4;
+      st4(p.dstates + base * DD + kk * D + j0 + j, ld4(sSr + kk * PS + j));
+    }
+    // X
+    if (warp_group(bk, 0, 4, g))
+      mmt_auto<MATH, false>(
+          g, kC, VS, [&](int r, int j, float v) { sdR[r * PV + j] = op_round<MATH>(sP[r * PV + j] + v); },
+          term(KMinorR{sKt, PD}, KMajorR{sSr, PS}, D));
+    if (c > 0 && warp_group(bk, 4, 8, g)) dO_put(g, c - 1);  // (its tile held dO of c + 1, read in the last X)
+    if (warp_group(bk, 8, 16, g))
+      mmt_auto<MATH, false>(
+          g, D, VS, [&](int m, int j, float v) { sQ[m * PV + j] = v; },
+          term(KMajorR{sQg, PD}, KMajorR{sdO(c), PV}, kC));
+    bk.sync();  // dR, Q, dO of c − 1 in place; Y, γ_C of c and Aqk of c − 1 copied
+    if (c > 0) tilesX(c - 1);  // Ktail, Qγ of c are dead
+    // Y
+    if (warp_group(bk, 0, 8, g))
+      mmt_auto<MATH, false>(
+          g, D, VS,
+          [&](int m, int j, float v) {
+            const float x = sg[m] * sS[m * PS + j] + sQ[m * PV + j] + v;
+            sS[m * PS + j] = x;
+            sSr[m * PS + j] = op_round<MATH>(x);
+          },
+          term(KMajorR{sY, PD}, KMajorR{sdR, PV}, kC, true));
+    if (c > 0 && warp_group(bk, 8, 12, g)) form_P(g, c - 1);  // (P of c was read in X)
+    if (c > 1 && warp_group(bk, 12, 16, g)) dO_fetch(g, c - 2);  // (sRaw was put in X)
+    bk.sync();                 // dS, P in place; Ktail, Qγ of c − 1 and dO of c − 2 copied
+    if (c > 0) tilesY(c - 1);  // Y, γ_C of c and Aqk of c − 1 are dead
+  }
+}
+
+/// The reverse role at wider value slices (or without the off-chain layout's room), entered
+/// with dS_T in sS: each step's products as two dependent phases, dR = Aqkᵀ dO + Ktail dS
+/// then dS ← γ_C ⊙ dS + Qγᵀ dO − Yᵀ dR.
+template <int D, int MATH>
+GDR2_HD void state_reverse_inline(const Blk& bk, const P& p, const SeqLoc& sq, int hv, int j0, float* sm) {
+  const StateLayout<D> L(p.vs);
+  constexpr int PD = StateLayout<D>::PD;
+  const int VS = p.vs, PV = L.PV, PS = L.PS;
   float *sS = sm + L.S, *sA1 = sm + L.A1, *sA2 = sm + L.A2, *sAqk = sm + L.Aqk, *sdO = sm + L.dO, *sdR = sm + L.dR,
         *sg = sm + L.g, *sQg = sm + L.Qg;
   const long long DD = (long long)D * D;
-
-  if (role == 0) {
-    bk.par_ld<8>(
-        D * VS,
-        [&](int i) {
-          const int kk = i / VS, j = i % VS;
-          return p.s0 ? p.s0[n * p.s0s[0] + hv * p.s0s[1] + kk * p.s0s[2] + (j0 + j) * p.s0s[3]] : 0.f;
-        },
-        [&](int i, float x) { sS[(i / VS) * PS + i % VS] = x; });
-    bk.sync();
-    // software pipeline: chunk c+1's Y and U slice (group A) are copied during chunk c's
-    // S update, its Ktail and γ_C (group B) during the next R; barriers leave the newest
-    // cp.async group in flight (Blk::keep)
-    const Blk bq{bk.tid, bk.nthr, 1};
-    auto recp = [&](int c) { return p.rec + ((sq.cg0 + c) * p.Hv + hv) * Rec<D>::floats; };
-    auto tilesA = [&](int c) {
-      copy_tile(bk, sA1, PD, recp(c) + Rec<D>::Y, D, kC, D);
-      copy_tile(bk, sdO, PV, recp(c) + Rec<D>::U + j0, D, kC, VS);
-    };
-    auto tilesB = [&](int c) {
-      copy_tile(bk, sA2, PD, recp(c) + Rec<D>::Kt, D, kC, D);
-      copy_tile(bk, sg, D, recp(c) + Rec<D>::gC, D, 1, D);
-    };
-    if (sq.nc > 1) {
-      tilesA(0);
-      bk.commit();
-      tilesB(0);
-      bk.commit();
-    }
-    for (int c = 0; c < sq.nc; ++c) {
-      const long long base = (sq.cg0 + c) * p.Hv + hv;
-      bq.par(D * VS / 4, [&](int i) {  // ends waiting for group A of chunk c
-        const int kk = i / (VS / 4), j = (i % (VS / 4)) * 4;
-        st4(p.states + base * DD + kk * D + j0 + j, op_round4<MATH>(ld4(sS + kk * PS + j)));
-      });
-      if (c == sq.nc - 1) break;
-      const bool next = c + 1 < sq.nc - 1;  // chunk c+1 has a step (tiles) too
-      // R = U − Y S (slice), then S ← γ_C ⊙ S + Ktailᵀ R
-      mmt_auto<MATH>(
-          bq, kC, VS, [&](int r, int j, float v) { sdR[r * PV + j] = op_round<MATH>(sdO[r * PV + j] - v); },
-          term(KMinorR{sA1, PD}, KMajor{sS, PS}, D));
-      if (next) {
-        tilesA(c + 1);  // Y, U are dead
-        bk.commit();
-        bq.sync();  // group B of chunk c in place
-      } else {
-        bk.sync();
-      }
-      mmt_auto<MATH>(
-          bq, D, VS, [&](int m, int j, float v) { sS[m * PS + j] = sg[m] * sS[m * PS + j] + v; },
-          term(KMajorR{sA2, PD}, KMajorR{sdR, PV}, kC));
-      if (next) {
-        tilesB(c + 1);  // Ktail, γ_C are dead
-        bk.commit();
-      }
-    }
-    return;
-  }
-
-  bk.par_ld<8>(
-      D * VS,
-      [&](int i) {
-        const int kk = i / VS, j = i % VS;
-        return p.dsT ? p.dsT[n * p.dsTs[0] + hv * p.dsTs[1] + kk * p.dsTs[2] + (j0 + j) * p.dsTs[3]] : 0.f;
-      },
-      [&](int i, float x) { sS[(i / VS) * PS + i % VS] = x; });
-  bk.sync();
   // Software pipeline when Qγ has its own tile (value slices ≤ 64 at D = 128): the tiles
   // of chunk c−1 are copied while chunk c is computed — Ktail, Aqk (group A) during the
   // dS update, Y, Qγ, γ_C (group B) during the next dR — and dO one chunk ahead in
@@ -592,6 +654,91 @@ GDR2_HD void state_body(const Blk& bk, const P& p, int pair, int slice, int role
       tilesB(c - 1);  // Y, Qγ, γ_C are dead
       bk.commit();
     }
+  }
+}
+
+template <int D, int MATH>
+GDR2_HD void state_body(const Blk& bk, const P& p, int pair, int slice, int role, float* sm) {
+  // (slices of one sequence-head are neighbours in the grid: they read the same records)
+  const StateLayout<D> L(p.vs);
+  constexpr int PD = StateLayout<D>::PD;
+  const int VS = p.vs, PV = L.PV, PS = L.PS, j0 = slice * VS;
+  const int n = pair / p.Hv, hv = pair % p.Hv;
+  const SeqLoc sq = seq_loc(p, n);
+  float *sS = sm + L.S, *sA1 = sm + L.A1, *sA2 = sm + L.A2, *sAqk = sm + L.Aqk, *sdO = sm + L.dO, *sdR = sm + L.dR,
+        *sg = sm + L.g, *sQg = sm + L.Qg;
+  const long long DD = (long long)D * D;
+
+  if (role == 0) {
+    bk.par_ld<8>(
+        D * VS,
+        [&](int i) {
+          const int kk = i / VS, j = i % VS;
+          return p.s0 ? p.s0[n * p.s0s[0] + hv * p.s0s[1] + kk * p.s0s[2] + (j0 + j) * p.s0s[3]] : 0.f;
+        },
+        [&](int i, float x) { sS[(i / VS) * PS + i % VS] = x; });
+    bk.sync();
+    // software pipeline: chunk c+1's Y and U slice (group A) are copied during chunk c's
+    // S update, its Ktail and γ_C (group B) during the next R; barriers leave the newest
+    // cp.async group in flight (Blk::keep)
+    const Blk bq{bk.tid, bk.nthr, 1};
+    auto recp = [&](int c) { return p.rec + ((sq.cg0 + c) * p.Hv + hv) * Rec<D>::floats; };
+    auto tilesA = [&](int c) {
+      copy_tile(bk, sA1, PD, recp(c) + Rec<D>::Y, D, kC, D);
+      copy_tile(bk, sdO, PV, recp(c) + Rec<D>::U + j0, D, kC, VS);
+    };
+    auto tilesB = [&](int c) {
+      copy_tile(bk, sA2, PD, recp(c) + Rec<D>::Kt, D, kC, D);
+      copy_tile(bk, sg, D, recp(c) + Rec<D>::gC, D, 1, D);
+    };
+    if (sq.nc > 1) {
+      tilesA(0);
+      bk.commit();
+      tilesB(0);
+      bk.commit();
+    }
+    for (int c = 0; c < sq.nc; ++c) {
+      const long long base = (sq.cg0 + c) * p.Hv + hv;
+      bq.par(D * VS / 4, [&](int i) {  // ends waiting for group A of chunk c
+        const int kk = i / (VS / 4), j = (i % (VS / 4)) * 4;
+        st4(p.states + base * DD + kk * D + j0 + j, op_round4<MATH>(ld4(sS + kk * PS + j)));
+      });
+      if (c == sq.nc - 1) break;
+      const bool next = c + 1 < sq.nc - 1;  // chunk c+1 has a step (tiles) too
+      // R = U − Y S (slice), then S ← γ_C ⊙ S + Ktailᵀ R
+      mmt_auto<MATH>(
+          bq, kC, VS, [&](int r, int j, float v) { sdR[r * PV + j] = op_round<MATH>(sdO[r * PV + j] - v); },
+          term(KMinorR{sA1, PD}, KMajor{sS, PS}, D));
+      if (next) {
+        tilesA(c + 1);  // Y, U are dead
+        bk.commit();
+        bq.sync();  // group B of chunk c in place
+      } else {
+        bk.sync();
+      }
+      mmt_auto<MATH>(
+          bq, D, VS, [&](int m, int j, float v) { sS[m * PS + j] = sg[m] * sS[m * PS + j] + v; },
+          term(KMajorR{sA2, PD}, KMajorR{sdR, PV}, kC));
+      if (next) {
+        tilesB(c + 1);  // Ktail, γ_C are dead
+        bk.commit();
+      }
+    }
+    return;
+  }
+
+  bk.par_ld<8>(
+      D * VS,
+      [&](int i) {
+        const int kk = i / VS, j = i % VS;
+        return p.dsT ? p.dsT[n * p.dsTs[0] + hv * p.dsTs[1] + kk * p.dsTs[2] + (j0 + j) * p.dsTs[3]] : 0.f;
+      },
+      [&](int i, float x) { sS[(i / VS) * PS + i % VS] = x; });
+  bk.sync();
+  if (L.offchain) {
+    state_reverse_offchain<D, MATH>(bk, p, sq, hv, j0, sm);
+  } else {
+    state_reverse_inline<D, MATH>(bk, p, sq, hv, j0, sm);
   }
   if (p.ds0) {
     bk.par(D * VS, [&](int i) {

@@ -343,7 +343,8 @@ TEMPLATE_TEST_CASE("cuda backward (host execution): given chunk states replace t
 TEST_CASE("cuda backward (host execution): value slices of the state passes", "[cuda][backward][host]") {
   INFO("GDR2_TEST_SEED=" << base_seed());
   auto c = make_cfg(5, 1, 150, 1, 1, 128, -1.0);
-  for (int vs : {16, 32, 128}) {
+  // (16, 32: the reverse role's off-chain form; 64: pipelined inline; 128: one round trip)
+  for (int vs : {16, 32, 64, 128}) {
     INFO("vs=" << vs);
     run_case<GDR2, bf16>(c, kHost, true, vs);
   }
@@ -395,7 +396,7 @@ TEST_CASE("cuda chunk backward: value slices, long sequence, strong decays", "[c
   SKIP_WITHOUT_GPU();
   INFO("GDR2_TEST_SEED=" << base_seed());
   auto c = make_cfg(6, 1, 2048 + 37, 2, 4, 128, -0.2);  // weak decay: dS carries over many chunks
-  // (16, 32, 64: the reverse role pipelined; 128: one round trip per chunk)
+  // (16, 32: the reverse role's off-chain form; 64: pipelined inline; 128: one round trip)
   for (int vs : {16, 32, 64, 128}) {
     INFO("vs=" << vs);
     run_case<GDR2, bf16>(c, kDeviceTf32, true, vs);
