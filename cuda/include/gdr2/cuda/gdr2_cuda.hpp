@@ -82,9 +82,9 @@ struct ChunkOptions {
   /// Σ_{m<n} ceil(T_m / 64) + j — every value rounded to tf32 (10-bit mantissa: what the
   /// backward's tf32 products read). States of sequences skipped by state_indices are
   /// left untouched. Null (the default): not written. Measured on an H200 (cuda/NOTES.md,
-  /// backward v26): worth it when the forward takes the fused path (B=8 T=4096 H=16:
-  /// forward +0.09 ms, backward −0.64 ms); on the split path (few sequence-heads) the
-  /// state blocks pay about what the backward saves (B=1 T=32768 H=16: +0.36 / −0.34 ms).
+  /// backward v26, v27): forward + backward −0.54 ms at B=8 T=4096 H=16 (fused forward
+  /// +0.09 ms, backward −0.63 ms) and −0.28 ms at B=1 T=32768 H=16 (the split forward's
+  /// state blocks pay +0.35 ms of the backward's −0.60 ms).
   float* chunk_states = nullptr;
   /// Bytes at chunk_states (checked against chunk_states_size).
   std::size_t chunk_states_bytes = 0;
