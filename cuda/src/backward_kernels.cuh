@@ -668,16 +668,21 @@ GDR2_HD void state_body(const Blk& bk, const P& p, int pair, int slice, int role
   float *sS = sm + L.S, *sA1 = sm + L.A1, *sA2 = sm + L.A2, *sAqk = sm + L.Aqk, *sdO = sm + L.dO, *sdR = sm + L.dR,
         *sg = sm + L.g, *sQg = sm + L.Qg;
   const long long DD = (long long)D * D;
-
-  if (role == 0) {
+  // this slice of a [N, Hv, K, V] state (S_0 for the forward role, dS_T for the reverse)
+  // into sS; zeros when not given
+  auto load_state = [&](const float* x, const long long* st) {
     bk.par_ld<8>(
         D * VS,
         [&](int i) {
           const int kk = i / VS, j = i % VS;
-          return p.s0 ? p.s0[n * p.s0s[0] + hv * p.s0s[1] + kk * p.s0s[2] + (j0 + j) * p.s0s[3]] : 0.f;
+          return x ? x[n * st[0] + hv * st[1] + kk * st[2] + (j0 + j) * st[3]] : 0.f;
         },
-        [&](int i, float x) { sS[(i / VS) * PS + i % VS] = x; });
+        [&](int i, float v) { sS[(i / VS) * PS + i % VS] = v; });
     bk.sync();
+  };
+
+  if (role == 0) {
+    load_state(p.s0, p.s0s);
     // software pipeline: chunk c+1's Y and U slice (group A) are copied during chunk c's
     // S update, its Ktail and γ_C (group B) during the next R; barriers leave the newest
     // cp.async group in flight (Blk::keep)
@@ -727,14 +732,7 @@ GDR2_HD void state_body(const Blk& bk, const P& p, int pair, int slice, int role
     return;
   }
 
-  bk.par_ld<8>(
-      D * VS,
-      [&](int i) {
-        const int kk = i / VS, j = i % VS;
-        return p.dsT ? p.dsT[n * p.dsTs[0] + hv * p.dsTs[1] + kk * p.dsTs[2] + (j0 + j) * p.dsTs[3]] : 0.f;
-      },
-      [&](int i, float x) { sS[(i / VS) * PS + i % VS] = x; });
-  bk.sync();
+  load_state(p.dsT, p.dsTs);
   if (L.offchain) {
     state_reverse_offchain<D, MATH>(bk, p, sq, hv, j0, sm);
   } else {
