@@ -466,8 +466,8 @@ GDR2_HD void state_reverse_offchain(const Blk& bk, const P& p, const SeqLoc& sq,
   };
   // dO of chunk c (this slice): its rows as loaded, by asynchronous copies into sRaw
   // (dO_fetch, complete at the next barrier), then converted into sdO(c) (dO_put). Loads
-  // into registers would not stay in flight: every barrier waits for this thread's
-  // outstanding loads (cuda/NOTES.md backward v27). Unaligned rows (p.vec = 0) are loaded
+  // into registers, kept from one step to the next, were measured not to stay in flight
+  // across the barriers (cuda/NOTES.md backward v27). Unaligned rows (p.vec = 0) are loaded
   // at the put instead.
   auto dO_row = [&](int c, int r) { return sq.bos + kC * c + r < sq.eos; };
   auto dO_fetch = [&](const Blk& g, int c) {
