@@ -80,10 +80,11 @@ GDR2_HD int ghead(int hv, int hg, int Hv) { return int((long long)hv * hg / Hv);
 // Inputs are read four channels at a time (d a multiple of 4), through ld_in4: per block
 // through InRows (below); dO, read per chunk of a sequence in the state passes, per access.
 GDR2_HD F4 splat(float x) { return {x, x, x, x}; }
+/// Element offset of dO[bb, t, hv, d].
+GDR2_HD long long do_off(const P& p, int bb, int t, int hv, int d) { return act(p.sdo, bb, t, hv) + d; }
 GDR2_HD F4 in_do4(const P& p, int bb, int t, int hv, int d) {
-  return ld_in4(p.d_o, act(p.sdo, bb, t, hv) + d, p.dtype, p.vec);
+  return ld_in4(p.d_o, do_off(p, bb, t, hv, d), p.dtype, p.vec);
 }
-
 GDR2_HD F4 mul4(const F4& a, const F4& b) { return {a.x * b.x, a.y * b.y, a.z * b.z, a.w * b.w}; }
 GDR2_HD float at4(const F4& v, int i) { return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w; }
 
@@ -429,6 +430,12 @@ struct StateLayout {
   }
 };
 
+/// The record of chunk c of a sequence (sq), value head hv: what the state passes read.
+template <int D>
+GDR2_HD const float* seq_rec(const P& p, const SeqLoc& sq, int hv, int c) {
+  return p.rec + ((sq.cg0 + c) * p.Hv + hv) * Rec<D>::floats;
+}
+
 /// The reverse role at value slices ≤ 32 (StateLayout::offchain), entered with dS_T in sS:
 /// of the step's products only Ktail·dS (in dR = Aqkᵀ dO + Ktail dS) and Yᵀ dR (in the
 /// update dS ← γ_C ⊙ dS + Qγᵀ dO − Yᵀ dR) wait for dS; P = Aqkᵀ dO and Q = Qγᵀ dO are
@@ -454,7 +461,7 @@ GDR2_HD void state_reverse_offchain(const Blk& bk, const P& p, const SeqLoc& sq,
   auto sdO = [&](int c) { return c & 1 ? sdO1 : sdO0; };
   Raw4* const sRaw = reinterpret_cast<Raw4*>(sm + L.raw);
   const long long DD = (long long)D * D;
-  auto recp = [&](int c) { return p.rec + ((sq.cg0 + c) * p.Hv + hv) * Rec<D>::floats; };
+  auto recp = [&](int c) { return seq_rec<D>(p, sq, hv, c); };
   auto tilesX = [&](int c) {  // read in phase X of step c
     copy_tile(bk, sKt, PD, recp(c) + Rec<D>::Kt, D, kC, D);
     copy_tile(bk, sQg, PD, recp(c) + Rec<D>::Qg, D, kC, D);
@@ -474,7 +481,7 @@ GDR2_HD void state_reverse_offchain(const Blk& bk, const P& p, const SeqLoc& sq,
     if (!p.vec) return;
     for (int i = g.tid; i < kC * V4; i += g.nthr)
       if (dO_row(c, i / V4))
-        copy_raw4(sRaw + i, p.d_o, act(p.sdo, sq.bb, sq.bos + kC * c + i / V4, hv) + j0 + (i % V4) * 4, p.dtype);
+        copy_raw4(sRaw + i, p.d_o, do_off(p, sq.bb, sq.bos + kC * c + i / V4, hv, j0 + (i % V4) * 4), p.dtype);
   };
   auto dO_put = [&](const Blk& g, int c) {
     for (int i = g.tid; i < kC * V4; i += g.nthr) {
@@ -564,7 +571,7 @@ GDR2_HD void state_reverse_inline(const Blk& bk, const P& p, const SeqLoc& sq, i
   const bool pipe = sQg != sA1;
   const Blk bq{bk.tid, bk.nthr, pipe ? 1 : 0};
   const int V4 = VS / 4;
-  auto recp = [&](int c) { return p.rec + ((sq.cg0 + c) * p.Hv + hv) * Rec<D>::floats; };
+  auto recp = [&](int c) { return seq_rec<D>(p, sq, hv, c); };
   auto tilesA = [&](int c) {
     copy_tile(bk, sA1, PD, recp(c) + Rec<D>::Kt, D, kC, D);
     copy_tile(bk, sAqk, kPC, recp(c) + Rec<D>::Aqk, kC, kC, kC);
@@ -665,8 +672,7 @@ GDR2_HD void state_body(const Blk& bk, const P& p, int pair, int slice, int role
   const int VS = p.vs, PV = L.PV, PS = L.PS, j0 = slice * VS;
   const int n = pair / p.Hv, hv = pair % p.Hv;
   const SeqLoc sq = seq_loc(p, n);
-  float *sS = sm + L.S, *sA1 = sm + L.A1, *sA2 = sm + L.A2, *sAqk = sm + L.Aqk, *sdO = sm + L.dO, *sdR = sm + L.dR,
-        *sg = sm + L.g, *sQg = sm + L.Qg;
+  float *sS = sm + L.S, *sA1 = sm + L.A1, *sA2 = sm + L.A2, *sdO = sm + L.dO, *sdR = sm + L.dR, *sg = sm + L.g;
   const long long DD = (long long)D * D;
   // this slice of a [N, Hv, K, V] state (S_0 for the forward role, dS_T for the reverse)
   // into sS; zeros when not given
@@ -687,7 +693,7 @@ GDR2_HD void state_body(const Blk& bk, const P& p, int pair, int slice, int role
     // S update, its Ktail and γ_C (group B) during the next R; barriers leave the newest
     // cp.async group in flight (Blk::keep)
     const Blk bq{bk.tid, bk.nthr, 1};
-    auto recp = [&](int c) { return p.rec + ((sq.cg0 + c) * p.Hv + hv) * Rec<D>::floats; };
+    auto recp = [&](int c) { return seq_rec<D>(p, sq, hv, c); };
     auto tilesA = [&](int c) {
       copy_tile(bk, sA1, PD, recp(c) + Rec<D>::Y, D, kC, D);
       copy_tile(bk, sdO, PV, recp(c) + Rec<D>::U + j0, D, kC, VS);
