@@ -56,8 +56,19 @@ __device__ __forceinline__ void gdr2_fwd_mark(int id) {
   }
 }
 #define GDR2_FWD_MARK(id) gdr2_fwd_mark(id)
+// State-pass stamps (thread 0 of block (0, 0)): clock64 into shared memory, no global
+// round trip inside the step; state_body sums the differences of consecutive stamps.
+__device__ __forceinline__ long long* gdr2_step_clk() {
+  __shared__ long long clk[16];
+  return clk;
+}
+#define GDR2_STEP_STAMP(i)                                                  \
+  do {                                                                      \
+    if (blockIdx.x == 0 && blockIdx.y == 0 && threadIdx.x == 0) gdr2_step_clk()[i] = clock64(); \
+  } while (0)
 #else
 #define GDR2_FWD_MARK(id)
+#define GDR2_STEP_STAMP(i)
 #endif
 
 /// Shared-memory map of the prep (and fused) kernels. Byte offsets.
@@ -765,31 +776,55 @@ __device__ __forceinline__ void step_decay(float (&S)[D / 8][4], const float* ga
   }
 }
 
-/// Output: Oᵀ staged as [64 tokens][16 columns] in `stage`, then 16-byte stores of the
-/// `n` valid rows.
-template <class Tin>
-__device__ __forceinline__ void step_store(const float (&O)[8][4], int n, void* stage, Tin* out, long long out_tstride,
-                                           int lane) {
-  const int g8 = lane >> 2, q4 = lane & 3;
-  Tin* st = static_cast<Tin*>(stage);
-  __syncwarp();
+/// Oᵀ (this warp's 16 value columns × 64 tokens, mma accumulators) rounded to 16 bits as
+/// [64 tokens][16 columns]: the 16-byte half h (columns 8h..8h+7) of token row t goes to
+/// at(t, h). Four transposing stmatrix instructions.
+template <class Tin, class At>
+__device__ __forceinline__ void stage_o(const float (&O)[8][4], At at, int lane) {
+  const int j = lane & 7, h = (lane >> 3) & 1, sub = lane >> 4;
 #pragma unroll
-  for (int nt = 0; nt < 8; ++nt) {
-    const int t = 8 * nt + 2 * q4;
-    st[t * 16 + g8] = In16<Tin>::from_float(O[nt][0]);
-    st[(t + 1) * 16 + g8] = In16<Tin>::from_float(O[nt][1]);
-    st[t * 16 + g8 + 8] = In16<Tin>::from_float(O[nt][2]);
-    st[(t + 1) * 16 + g8 + 8] = In16<Tin>::from_float(O[nt][3]);
+  for (int nt = 0; nt < 8; nt += 2) {
+    const std::uint32_t r[4] = {In16<Tin>::pack2(O[nt][0], O[nt][1]), In16<Tin>::pack2(O[nt][2], O[nt][3]),
+                                In16<Tin>::pack2(O[nt + 1][0], O[nt + 1][1]),
+                                In16<Tin>::pack2(O[nt + 1][2], O[nt + 1][3])};
+    stsm_x4_t(at(8 * (nt + sub) + j, h), r);
   }
-  __syncwarp();
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const int id = lane + 32 * i, row = id >> 1, hh = id & 1;
-    if (row < n)
-      *reinterpret_cast<uint4*>(out + row * out_tstride + 8 * hh) = *reinterpret_cast<const uint4*>(st + row * 16 + 8 * hh);
-  }
-  __syncwarp();
 }
+
+/// Output sink of the fused kernel: each warp stages its Oᵀ in its own 2 KB tile (32-byte
+/// rows, the halves swapped on rows 4..7 of every 8 so that stmatrix's 8 rows hit distinct
+/// banks), then stores the `n` valid token rows with 16-byte stores.
+template <class Tin>
+struct WarpOut {
+  char* stage;
+  Tin* out;
+  long long tstride;
+  int n;
+  __device__ __forceinline__ static int at(int t, int h) { return t * 32 + 16 * (h ^ ((t >> 2) & 1)); }
+  __device__ __forceinline__ void put(const float (&O)[8][4], int lane) const {
+    __syncwarp();
+    stage_o<Tin>(O, [&](int t, int h) { return stage + at(t, h); }, lane);
+    __syncwarp();
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int id = lane + 32 * i, row = id >> 1, hh = id & 1;
+      if (row < n)
+        *reinterpret_cast<uint4*>(out + row * tstride + 8 * hh) = *reinterpret_cast<const uint4*>(stage + at(row, hh));
+    }
+  }
+};
+
+/// Output sink of the split state pass: warp w stages its Oᵀ into columns 16w.. of the
+/// block's [64 tokens][vs] tile (row pitch `pitch` bytes, 16 bytes more than a row: stmatrix's
+/// 8 rows hit distinct banks); helper warps store the tile (store_staged).
+template <class Tin>
+struct TileOut {
+  char* tile;
+  int pitch, col0;  // bytes; this warp's first column
+  __device__ __forceinline__ void put(const float (&O)[8][4], int lane) const {
+    stage_o<Tin>(O, [&](int t, int h) { return tile + t * pitch + (col0 + 8 * h) * 2; }, lane);
+  }
+};
 
 /// Training (ForwardParams::chunk_states): this warp's 16 rows of Sᵀ — the state at the
 /// start of the chunk at row `row`, value columns v0..v0+15 — into the [K][V] state of
@@ -817,9 +852,8 @@ __device__ __forceinline__ void save_chunk_state(const float (&S)[D / 8][4], flo
 /// tiles are read once per warpgroup instead of once per warp; Uᵀ (mma.sync) is formed
 /// before any warpgroup MMA is in flight, and the S update (warpgroup MMAs) runs while the
 /// warp does Oᵀ += Rᵀ Aqkᵀ and the output stores (why in this order: cuda/NOTES.md, v9).
-template <class Tin, int D, class K>
-__device__ __forceinline__ void state_step(float (&S)[D / 8][4], const StepInputs& in, int n, void* stage,
-                                           Tin* out, long long out_tstride, int lane) {
+template <class Tin, int D, class K, class Sink>
+__device__ __forceinline__ void state_step(float (&S)[D / 8][4], const StepInputs& in, const Sink& sink, int lane) {
   float R[8][4] = {};
   float O[8][4];
   std::uint32_t rf[4][4];
@@ -837,6 +871,7 @@ __device__ __forceinline__ void state_step(float (&S)[D / 8][4], const StepInput
     }
     // Uᵀ = Zᵀ Aᵀ (mma.sync, nothing in flight); then Oᵀ = S0ᵀ Qγᵀ and Rᵀ += −S0ᵀ Yᵀ
     step_u<Tin, K>(R, in, lane);
+    GDR2_STEP_STAMP(4);
     wgmma_fence();
     wgmma_f16_first_64(O, sa[0], desc_channels(in.Qg, 0), false);
 #pragma unroll
@@ -847,6 +882,7 @@ __device__ __forceinline__ void state_step(float (&S)[D / 8][4], const StepInput
     wgmma_wait_all();
     wgmma_fence_operands(O);
     wgmma_fence_operands(R);
+    GDR2_STEP_STAMP(5);
     // Sᵀ ← Sᵀ Diag(γ_C) + Rᵀ Ktail (in flight) ‖ Oᵀ += Rᵀ Aqkᵀ and the output stores
     pack_r(rf, R);
     step_decay<D>(S, in.gammaC, lane);
@@ -854,10 +890,14 @@ __device__ __forceinline__ void state_step(float (&S)[D / 8][4], const StepInput
 #pragma unroll
     for (int ks = 0; ks < 4; ++ks) wgmma_f16<D, 1>(S, rf[ks], desc_tokens(in.Kt, ks), false);
     wgmma_commit();
+    GDR2_STEP_STAMP(6);
     step_o_intra<AL>(O, rf, in, lane);
-    step_store<Tin>(O, n, stage, out, out_tstride, lane);
+    GDR2_STEP_STAMP(7);
+    sink.put(O, lane);
+    GDR2_STEP_STAMP(8);
     wgmma_wait_all();
     wgmma_fence_operands(S);
+    GDR2_STEP_STAMP(9);
   } else {
 #pragma unroll
     for (int nt = 0; nt < 8; ++nt) O[nt][0] = O[nt][1] = O[nt][2] = O[nt][3] = 0.f;
@@ -897,7 +937,7 @@ __device__ __forceinline__ void state_step(float (&S)[D / 8][4], const StepInput
         mma16816(S[2 * cp + 1], rf[ks], b[2], b[3]);
       }
     }
-    step_store<Tin>(O, n, stage, out, out_tstride, lane);
+    sink.put(O, lane);
   }
 }
 
@@ -1169,7 +1209,7 @@ __global__ void __launch_bounds__(kThreads, 1) fused_forward_kernel(const __grid
       Tin* out = const_cast<Tin*>(row_ptr<Tin>(p.o, p.so, sp.batch, t0, hv)) + 16 * w;
       using K = StepKind<TileLayout::swz128, TileLayout::padded, TileLayout::swz128, true, GATES == 1>;
       if (p.chunk_states) save_chunk_state<D>(S, p.chunk_states, cbase + c, p.Hv, hv, 16 * w, lane);
-      state_step<Tin, D, K>(S, in, len, stage, out, p.so.t, lane);
+      state_step<Tin, D, K>(S, in, WarpOut<Tin>{reinterpret_cast<char*>(stage), out, p.so.t, len}, lane);
     }
     __syncthreads();
     GDR2_FWD_MARK(13);
@@ -1332,12 +1372,16 @@ __global__ void __launch_bounds__(kThreads, 1) prep_kernel(const __grid_constant
   prep_body<DECAY, GATES, Tin, D>(p, sm, blockIdx.x, gridDim.x, nullptr);
 }
 
-/// Shared-memory map of the state-pass kernel: two stages, each a record image (one bulk
-/// copy) followed by the v, w slices (cp.async); then two mbarriers and the output staging.
+/// Shared-memory map of the state-pass kernel (a block of kThreads): two stages, each a
+/// record image (one bulk copy) followed by the v, w slices (cp.async, [64][vs] with rows
+/// 16 bytes longer than vs columns); two mbarriers; with helper warps (vs ≤ 64) two output
+/// tiles of the same shape, else a chunk's output is staged in its stage's v tile once the
+/// step has read v (each warp reads and writes only its own 16 columns of it).
 template <int D>
 struct StateLayout {
-  int vs, pv, rec, rv, rw, stage_bytes, bars, ostage, bytes;
-  __host__ __device__ StateLayout(int vslice, int nwarps, int rbytes) {
+  int vs, pv, rec, rv, rw, stage_bytes, bars, ostage, obytes, bytes;
+  bool helpers;  // owner warps (vs/16) leave some of the block's warps free
+  __host__ __device__ StateLayout(int vslice, int rbytes) {
     vs = vslice;
     pv = vs + 8;
     rec = 0;
@@ -1345,10 +1389,18 @@ struct StateLayout {
     rw = rv + kC * pv * 2;
     stage_bytes = (rw + kC * pv * 2 + 1023) / 1024 * 1024;  // records 1024-aligned (swz128 tiles)
     bars = 2 * stage_bytes;
+    helpers = 2 * vs < kThreads;
     ostage = bars + 128;
-    bytes = ostage + nwarps * kC * 16 * 2;
+    obytes = kC * pv * 2;
+    bytes = ostage + (helpers ? 2 * obytes : 0);
   }
 };
+
+
+/// Named barrier of the helper warps (id 1; id 0 is __syncthreads).
+__device__ __forceinline__ void helper_sync(int nthreads) {
+  asm volatile("bar.sync 1, %0;\n" ::"r"(nthreads) : "memory");
+}
 
 /// Ends the kernel with an error (the launch fails with cudaErrorLaunchFailure). Out of
 /// line: ptxas treats everything after an inlined trap as divergent.
@@ -1370,15 +1422,26 @@ __device__ __forceinline__ bool wait_published(const int* flag) {
   return true;
 }
 
-/// State-pass role of the split path for (sequence n, value head hv, columns v0..v0+vslice);
-/// warps beyond vslice/16 only help with the copies. With `flags`, each record is awaited.
+/// State-pass role of the split path for (sequence n, value head hv, columns v0..v0+vslice),
+/// a block of kThreads. Warps 0..vs/16−1 own 16 value columns each (state in registers);
+/// the others are helpers, so that the owners' dependent chain never waits for a flag, an
+/// address computation or a global store. Per chunk c, after one block barrier: the owners
+/// run the step on stage c&1 and stage its output (StateLayout); the helpers refill stage
+/// (c+1)&1 with chunk c+1 (waiting for its record's flag when `flags` is given), store
+/// chunk c−1's output and wait for their copies before the next barrier. At 128 columns
+/// every warp owns and helps, before its step.
 template <int DECAY, int GATES, class Tin, int D>
 __device__ void state_body(const ForwardParams& p, char* sm, int n, int hv, int v0, const int* flags) {
   using R = Record<D>;
   const int tid = threadIdx.x, w = warp_index_uniform(), lane = tid & 31, nthr = blockDim.x;
-  const bool owner = w < p.vslice / 16;
   const int rbytes = R::bytes(GATES == 1);
-  const StateLayout<D> Ls(p.vslice, nthr / 32, rbytes);
+  const StateLayout<D> Ls(p.vslice, rbytes);
+  const int nown = p.vslice / 16;
+  const bool owner = w < nown, helpers = Ls.helpers;
+  const bool helper = !owner || !helpers;
+  const int htid = helpers ? tid - 32 * nown : tid, hthr = helpers ? nthr - 32 * nown : nthr;  // helper role
+  // the thread that waits for each record and copies it: the last warp's (a helper's)
+  const int issuer = helpers ? hthr - 32 : 0;
   const int slot = seq_slot(p, n);
   if (slot < 0) return;
   const SeqSpan sp = seq_span(p, n);
@@ -1394,72 +1457,136 @@ __device__ void state_body(const ForwardParams& p, char* sm, int n, int hv, int 
   float S[D / 8][4];
   if (owner) load_state<D>(S, p.s0, p.s0_stride, slot, hv, v0 + 16 * w, lane);
   const int hw = gate_head(hv, p.hg_w, p.Hv);
-  bool stuck = false;  // thread 0: a record was not published in time
+  bool stuck = false;  // the issuer: a record was not published in time
+  const int cpr = Ls.vs * 2 / 16;  // 16-byte pieces per row of a v, w or output tile
+  auto chunk_rows = [&](int c, int& t0, int& len) {
+    t0 = sp.bos + c * kC;
+    len = min(kC, sp.eos - t0);
+  };
+  // helpers: chunk c's record (bulk copy) and v, w slices (cp.async) into stage c&1
   auto issue = [&](int c) {
     char* st = sm + (c & 1) * Ls.stage_bytes;
-    if (tid == 0) {
+    if (htid == issuer) {
       const long long ri = (cbase + c) * p.Hv + hv;
       if (flags && !wait_published(flags + ri)) stuck = true;
       const char* rec = static_cast<const char*>(p.records) + ri * (long long)rbytes;
       mbar_expect_tx(bars + (c & 1), std::uint32_t(rbytes));
       bulk_g2s(st + Ls.rec, rec, std::uint32_t(rbytes), bars + (c & 1));
     }
-    const int t0 = sp.bos + c * kC, len = min(kC, sp.eos - t0);
-    const int cpr = Ls.vs * 2 / 16;
+    int t0, len;
+    chunk_rows(c, t0, len);
     const Tin* vsrc = row_ptr<Tin>(p.v, p.sv, sp.batch, t0, hv) + v0;
     const Tin* wsrc = GATES == 0 ? row_ptr<Tin>(p.w, p.sw, sp.batch, t0, hw) + v0 : nullptr;
-    for (int i = tid; i < kC * cpr; i += nthr) {
+    for (int i = htid; i < kC * cpr; i += hthr) {
       const int r = i / cpr, cc = i % cpr;
       const bool ok = r < len;
       cp_async16(st + Ls.rv + r * Ls.pv * 2 + cc * 16, vsrc + (ok ? r * p.sv.t : 0) + cc * 8, ok);
       if (GATES == 0) cp_async16(st + Ls.rw + r * Ls.pv * 2 + cc * 16, wsrc + (ok ? r * p.sw.t : 0) + cc * 8, ok);
     }
+    cp_async_commit();
+    if (c + 1 < nch) {  // chunk c+1's v, w rows into L2: its copies then wait on L2, not HBM
+      chunk_rows(c + 1, t0, len);
+      const Tin* vn = row_ptr<Tin>(p.v, p.sv, sp.batch, t0, hv) + v0;
+      const Tin* wn = GATES == 0 ? row_ptr<Tin>(p.w, p.sw, sp.batch, t0, hw) + v0 : nullptr;
+      for (int r = htid; r < len; r += hthr) {
+        prefetch_l2(vn + r * p.sv.t);
+        if (GATES == 0) prefetch_l2(wn + r * p.sw.t);
+      }
+    }
   };
-  if (nch > 0) issue(0);
-  cp_async_commit();
-  Tin* ostage = reinterpret_cast<Tin*>(sm + Ls.ostage) + w * kC * 16;
+  // where chunk c's output is staged
+  auto out_tile = [&](int c) {
+    return helpers ? sm + Ls.ostage + (c & 1) * Ls.obytes : sm + (c & 1) * Ls.stage_bytes + Ls.rv;
+  };
+  // helpers: chunk c's staged output to global memory
+  auto store_out = [&](int c) {
+    const char* tile = out_tile(c);
+    int t0, len;
+    chunk_rows(c, t0, len);
+    Tin* out = const_cast<Tin*>(row_ptr<Tin>(p.o, p.so, sp.batch, t0, hv)) + v0;
+    for (int i = htid; i < len * cpr; i += hthr) {
+      const int r = i / cpr, cc = i % cpr;
+      *reinterpret_cast<uint4*>(out + r * p.so.t + cc * 8) = *reinterpret_cast<const uint4*>(tile + r * Ls.pv * 2 + cc * 16);
+    }
+  };
+  // helper role of chunk c: chunk c+1's inputs in, chunk c−1's output out (from stage
+  // (c+1)&1's v tile without helper warps: first, then a barrier of the helpers)
+  auto help = [&](int c) {
+    if (helpers) {
+      if (c + 1 < nch) issue(c + 1);
+      if (c > 0) store_out(c - 1);
+    } else {
+      if (c > 0) {
+        store_out(c - 1);
+        helper_sync(hthr);  // the staged rows read before the copies overwrite them
+      }
+      if (c + 1 < nch) issue(c + 1);
+    }
+  };
+  if (helper && nch > 0) issue(0);
+#if defined(GDR2_FWD_PHASES)
+  long long step_cyc[10] = {};
+#endif
 #pragma unroll 1
   for (int c = 0; c < nch; ++c) {
-    if (c + 1 < nch) issue(c + 1);
-    cp_async_commit();
-    cp_async_wait<1>();
-    mbar_wait(bars + (c & 1), (c >> 1) & 1);
+    if (helper) cp_async_wait<0>();  // this chunk's v, w
+    GDR2_STEP_STAMP(0);
     if (__syncthreads_or(stuck)) trap_out_of_line();  // the records never came: fail loudly, not hang
-    const char* st = sm + (c & 1) * Ls.stage_bytes;
-    StepInputs in;
-    in.Y = reinterpret_cast<const __half*>(st + Ls.rec + R::y);
-    in.Qg = reinterpret_cast<const __half*>(st + Ls.rec + R::qg);
-    in.Kt = reinterpret_cast<const __half*>(st + Ls.rec + R::kt);
-    in.ph = 0;  // swz128
-    in.A = reinterpret_cast<const __half*>(st + Ls.rec + R::a);
-    in.Aqk = reinterpret_cast<const __half*>(st + Ls.rec + R::aqk);
-    in.pc = 8;
-    in.gammaC = reinterpret_cast<const float*>(st + Ls.rec + R::gc);
-    in.Rv = st + Ls.rv;
-    in.Rw = GATES == 0 ? static_cast<const void*>(st + Ls.rw) : nullptr;
-    in.beta = GATES == 1 ? reinterpret_cast<const float*>(st + Ls.rec + R::beta) : nullptr;
-    in.pv = Ls.pv;
-    in.vcol = 16 * w;
-    const int t0 = sp.bos + c * kC, len = min(kC, sp.eos - t0);
-    Tin* out = const_cast<Tin*>(row_ptr<Tin>(p.o, p.so, sp.batch, t0, hv)) + v0 + 16 * w;
+    GDR2_STEP_STAMP(1);
     if (owner) {
+      if (!helpers) help(c);
+      mbar_wait(bars + (c & 1), (c >> 1) & 1);
+      GDR2_STEP_STAMP(2);
+      char* st = sm + (c & 1) * Ls.stage_bytes;
+      StepInputs in;
+      in.Y = reinterpret_cast<const __half*>(st + Ls.rec + R::y);
+      in.Qg = reinterpret_cast<const __half*>(st + Ls.rec + R::qg);
+      in.Kt = reinterpret_cast<const __half*>(st + Ls.rec + R::kt);
+      in.ph = 0;  // swz128
+      in.A = reinterpret_cast<const __half*>(st + Ls.rec + R::a);
+      in.Aqk = reinterpret_cast<const __half*>(st + Ls.rec + R::aqk);
+      in.pc = 8;
+      in.gammaC = reinterpret_cast<const float*>(st + Ls.rec + R::gc);
+      in.Rv = st + Ls.rv;
+      in.Rw = GATES == 0 ? static_cast<const void*>(st + Ls.rw) : nullptr;
+      in.beta = GATES == 1 ? reinterpret_cast<const float*>(st + Ls.rec + R::beta) : nullptr;
+      in.pv = Ls.pv;
+      in.vcol = 16 * w;
+      const TileOut<Tin> sink{out_tile(c), Ls.pv * 2, 16 * w};
       if (p.chunk_states) save_chunk_state<D>(S, p.chunk_states, cbase + c, p.Hv, hv, v0 + 16 * w, lane);
+      GDR2_STEP_STAMP(3);
       if (p.vslice >= 64)  // whole warpgroups of owner warps
         state_step<Tin, D, StepKind<TileLayout::swz128, TileLayout::record, TileLayout::padded, true, GATES == 1>>(
-            S, in, len, ostage, out, p.so.t, lane);
+            S, in, sink, lane);
       else
         state_step<Tin, D, StepKind<TileLayout::swz128, TileLayout::record, TileLayout::padded, false, GATES == 1>>(
-            S, in, len, ostage, out, p.so.t, lane);
+            S, in, sink, lane);
+      fence_proxy_async();  // this stage is rewritten by a bulk copy after the next barrier
+    } else {
+      help(c);
     }
-    fence_proxy_async();  // this stage is rewritten by a bulk copy after the barrier
-    __syncthreads();
+#if defined(GDR2_FWD_PHASES)
+    if (blockIdx.x == 0 && blockIdx.y == 0 && tid == 0 && p.vslice >= 64) {
+      const long long end = clock64();
+      const long long* t = gdr2_step_clk();
+#pragma unroll
+      for (int i = 0; i < 9; ++i) step_cyc[i] += t[i + 1] - t[i];
+      step_cyc[9] += end - t[9];
+    }
+#endif
   }
-  cp_async_wait<0>();
+#if defined(GDR2_FWD_PHASES)
+  if (blockIdx.x == 0 && blockIdx.y == 0 && tid == 0)
+    for (int i = 0; i < 10; ++i) atomicAdd(reinterpret_cast<unsigned long long*>(gdr2_fwd_cycles + 16 + i),
+                                           (unsigned long long)step_cyc[i]);
+#endif
+  __syncthreads();  // the last chunk's output staged
+  if (helper && nch > 0) store_out(nch - 1);
   if (owner) store_state<D>(S, p.sT, p.sT_stride, slot, hv, v0 + 16 * w, lane);
 }
 
 template <int DECAY, int GATES, class Tin, int D>
-__global__ void __launch_bounds__(256) state_kernel(const ForwardParams p) {
+__global__ void __launch_bounds__(kThreads) state_kernel(const ForwardParams p) {
   extern __shared__ __align__(1024) char sm[];
   state_body<DECAY, GATES, Tin, D>(p, sm, blockIdx.x / p.Hv, blockIdx.x % p.Hv, blockIdx.y * p.vslice, nullptr);
 }

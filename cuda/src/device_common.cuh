@@ -38,6 +38,9 @@ __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
 
+/// Hint: the line holding p into L2.
+__device__ __forceinline__ void prefetch_l2(const void* p) { asm volatile("prefetch.global.L2 [%0];\n" ::"l"(p)); }
+
 // ---- ldmatrix -------------------------------------------------------------------
 __device__ __forceinline__ void ldsm_x4(std::uint32_t (&r)[4], const void* p) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
@@ -51,6 +54,14 @@ __device__ __forceinline__ void ldsm_x4_t(std::uint32_t (&r)[4], const void* p) 
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(smem_u32(p)));
+}
+
+/// stmatrix, transposed: lanes 8m..8m+7 give the row addresses of matrix m (16 bytes each);
+/// register m holds the thread's two consecutive elements of row lane/4 of matrix m.
+__device__ __forceinline__ void stsm_x4_t(void* p, const std::uint32_t (&r)[4]) {
+  asm volatile("stmatrix.sync.aligned.m8n8.x4.trans.shared.b16 [%0], {%1,%2,%3,%4};\n" ::"r"(smem_u32(p)), "r"(r[0]),
+               "r"(r[1]), "r"(r[2]), "r"(r[3])
+               : "memory");
 }
 
 // Lane addressing of the three x4 patterns used here (row/col of the 16×16 tile whose
@@ -232,6 +243,11 @@ struct In16<__nv_bfloat16> {
     return make_float2(__uint_as_float(u << 16), __uint_as_float(u & 0xffff0000u));
   }
   __device__ static __forceinline__ __nv_bfloat16 from_float(float x) { return __float2bfloat16_rn(x); }
+  /// (a, b) rounded, a in the low half
+  __device__ static __forceinline__ std::uint32_t pack2(float a, float b) {
+    const __nv_bfloat162 h = __floats2bfloat162_rn(a, b);
+    return *reinterpret_cast<const std::uint32_t*>(&h);
+  }
 };
 template <>
 struct In16<__half> {
@@ -240,6 +256,11 @@ struct In16<__half> {
     return __half22float2(*reinterpret_cast<__half2*>(&u));
   }
   __device__ static __forceinline__ __half from_float(float x) { return __float2half_rn(x); }
+  /// (a, b) rounded, a in the low half
+  __device__ static __forceinline__ std::uint32_t pack2(float a, float b) {
+    const __half2 h = __floats2half2_rn(a, b);
+    return *reinterpret_cast<const std::uint32_t*>(&h);
+  }
 };
 
 /// Two consecutive 16-bit values (4-byte aligned) as floats.

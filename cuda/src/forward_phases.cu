@@ -28,7 +28,12 @@ static const char* kNames[] = {"wait q k b g",      "G-step: block sums", "G-ste
                                "record stores"};
 constexpr int kPhases = int(sizeof(kNames) / sizeof(kNames[0]));  // the ids of GDR2_FWD_MARK
 
-static void run(int B, int T, int H, Path path, bool tma) {
+static const char* kStepNames[] = {"block barrier",          "record wait (mbarrier)", "chunk state save",
+                                   "U = Z A (mma.sync)",     "O, R wgmma + wait",      "pack R, decay, S issue",
+                                   "O += R Aqk (mma.sync)",  "output staging",         "S update wait",
+                                   "proxy fence, loop"};
+
+static void run(int B, int T, int H, Path path, bool tma, bool overlap = false, int vslice = 64) {
   const int D = 128;
   const std::size_t nt = std::size_t(B) * T * H * D;
   ForwardParams f;
@@ -56,13 +61,17 @@ static void run(int B, int T, int H, Path path, bool tma) {
   CK(cudaDeviceGetAttribute(&f.num_sms, cudaDevAttrMultiProcessorCount, 0));
   if (tma) encode_input_maps(f, true, true);
   if (path == Path::split) {
-    f.vslice = 64;
+    f.vslice = vslice;
     CK(cudaMalloc(&f.records, std::size_t(f.total_chunks) * H * Record<D>::bytes(false)));
+    if (overlap) {
+      f.overlap = 1;
+      CK(cudaMalloc(&f.flags, std::size_t(f.total_chunks) * H * sizeof(int)));
+    }
   }
   cudaEvent_t e0, e1;
   CK(cudaEventCreate(&e0));
   CK(cudaEventCreate(&e1));
-  long long cyc[32];
+  long long cyc[32] = {};
   float ms = 0.f;
   for (int rep = 0; rep < 3; ++rep) {  // the last run is the one reported (warm)
     const long long zero[33] = {};
@@ -76,21 +85,32 @@ static void run(int B, int T, int H, Path path, bool tma) {
   }
   const int items = path == Path::fused ? f.chunks_per_seq
                                         : int((f.total_chunks * H + f.num_sms - 1) / f.num_sms);
-  std::printf("\n%s B=%d T=%d H=%d, q k b g by %s: %.3f ms (with the marks); block 0: %d chunks\n",
-              path == Path::fused ? "fused" : "split (sequential)", B, T, H, f.tma ? "tensor maps" : "cp.async", ms,
-              items);
+  std::printf("\n%s B=%d T=%d H=%d vs=%d, q k b g by %s: %.3f ms (with the marks); block 0: %d chunks\n",
+              path == Path::fused ? "fused" : overlap ? "split (overlapped)" : "split (sequential)", B, T, H,
+              f.vslice, f.tma ? "tensor maps" : "cp.async", ms, items);
   long long tot = 0;
   for (int i = 0; i < kPhases; ++i) tot += cyc[i];
   std::printf("%-28s %10s %6s\n", "phase", "cyc/chunk", "share");
   for (int i = 0; i < kPhases; ++i)
     if (cyc[i]) std::printf("%-28s %10.0f %5.1f%%\n", kNames[i], double(cyc[i]) / items, 100.0 * cyc[i] / tot);
   std::printf("%-28s %10.0f\n", "total", double(tot) / items);
+  long long stot = 0;
+  for (int i = 0; i < 10; ++i) stot += cyc[16 + i];
+  if (stot) {  // state-pass block (0, 0), whole-warpgroup steps: thread 0's stamps
+    std::printf("%-28s %10s %6s\n", "state step (block 0)", "cyc/step", "share");
+    for (int i = 0; i < 10; ++i)
+      std::printf("%-28s %10.0f %5.1f%%\n", kStepNames[i], double(cyc[16 + i]) / f.chunks_per_seq,
+                  100.0 * cyc[16 + i] / stot);
+    std::printf("%-28s %10.0f\n", "total", double(stot) / f.chunks_per_seq);
+  }
 }
 
-int main() {
-  for (bool tma : {false, true}) {
-    run(8, 4096, 16, Path::fused, tma);
-    run(1, 32768, 16, Path::split, tma);
-  }
+int main(int argc, char** argv) {
+  const bool all = argc > 1;  // any argument: also the fused and the cp.async runs
+  if (all) run(8, 4096, 16, Path::fused, true);
+  run(1, 32768, 16, Path::split, true);                // sequential, 64-column slices
+  run(1, 32768, 16, Path::split, false, true);         // overlapped (the automatic path)
+  run(1, 32768, 16, Path::split, false, true);
+  if (all) run(1, 32768, 16, Path::split, false);
   return 0;
 }
