@@ -244,8 +244,7 @@ Status chunk_forward(const Problem<T>& p, const Outputs<T, float>& out, const De
     if (plan.flags_bytes)
       f.flags = reinterpret_cast<int*>(static_cast<char*>(workspace) + plan.records_bytes + plan.offsets_bytes);
   }
-  const bool maps = opt.input_copy == InputCopy::tensor_maps ||
-                    (opt.input_copy == InputCopy::automatic && !(plan.path == detail::Path::split && f.overlap));
+  const bool maps = opt.input_copy != InputCopy::cp_async;
   if (maps) detail::encode_input_maps(f, Policy::gates == Gates::channel, Policy::decay == Decay::channel);
   const cudaError_t e = dispatch_forward<Policy>(f, dtype_of<T>(), plan.path, stream);
   if (e != cudaSuccess) return device_error("gdr2::cuda::chunk_forward", e);
