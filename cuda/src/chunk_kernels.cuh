@@ -105,6 +105,8 @@ struct PrepLayout {
   static constexpr int bytes = bar + 16;
   static_assert(!QUAD_ALIAS || QUAD <= 2 * HTILE, "quadrant operands must fit in the v, w tiles");
   static_assert(bytes <= 232448, "prep shared memory exceeds 227 KB");
+  static_assert(hk == hq + HTILE && he == hk + HTILE && a16 == he + HTILE && aqk16 == a16 + kC * PC * 2,
+                "the record's tiles are one contiguous image (Record)");
 };
 
 /// Location of one sequence's tokens.
@@ -640,16 +642,13 @@ struct Prep {
 // =====================================================================================
 /// Layouts of the 16-bit tiles the state pass reads.
 ///   padded  `ld` is the row pitch in elements
-///   record  the workspace records: `ld` 16-byte chunks per row, chunk c of row r at c ^ (r & 7)
 ///   swz128  the prep's operand tiles (swz128, device_common.cuh; `ld` unused)
-enum class TileLayout { padded, record, swz128 };
+enum class TileLayout { padded, swz128 };
 
 /// Address of element (row, col) of a 16-bit tile, col a multiple of 8.
 template <TileLayout TL, class T>
 __device__ __forceinline__ const T* tile_at(const T* base, int ld, int row, int col) {
-  if constexpr (TL == TileLayout::record)
-    return base + ((row * ld + ((col >> 3) ^ (row & 7))) << 3);
-  else if constexpr (TL == TileLayout::swz128)
+  if constexpr (TL == TileLayout::swz128)
     return base + swz128(row, col);
   else
     return base + row * ld + col;
@@ -1222,13 +1221,15 @@ __global__ void __launch_bounds__(kThreads, 1) fused_forward_kernel(const __grid
 // Split path.
 // =====================================================================================
 /// Record layout in the workspace (also the shared-memory image the state pass copies
-/// with one bulk copy, 1024-byte aligned): Y, Qγ, Ktail [64][K] fp16 as the prep's swz128
-/// operand tiles (byte copies of them), A, Aqk [64][64] fp16 with 16-byte chunks
-/// XOR-swizzled by row (TileLayout::record); γ_C [K] fp32; β [64] fp32 (tied).
+/// with one bulk copy, 1024-byte aligned): a byte image of the prep's tiles hq, hk, he, a16,
+/// aqk16 (PrepLayout, contiguous there too: one bulk copy writes it) — Qγ, Ktail, Y [64][K]
+/// fp16 swz128 operand tiles, A, Aqk [64][64] fp16 with rows PC = 72 elements apart —
+/// then γ_C [K] fp32 and β [64] fp32 (tied).
 template <int D>
 struct Record {
-  static constexpr int y = 0, qg = kC * D * 2, kt = 2 * kC * D * 2, a = 3 * kC * D * 2, aqk = a + kC * kC * 2,
-                       gc = aqk + kC * kC * 2, beta = gc + D * 4;
+  static constexpr int PC = 72;  // = PrepLayout::PC
+  static constexpr int qg = 0, kt = kC * D * 2, y = 2 * kC * D * 2, a = 3 * kC * D * 2, aqk = a + kC * PC * 2,
+                       tiles = aqk + kC * PC * 2, gc = tiles, beta = gc + D * 4;
   __host__ __device__ static constexpr int bytes(bool tied) { return beta + (tied ? kC * 4 : 0); }
 };
 
@@ -1305,9 +1306,17 @@ __device__ void prep_body(const ForwardParams& p, char* sm, long long first, lon
     len = min(kC, sp.eos - t0);
     skip = seq_slot(p, n) < 0;
   };
-  long long it = first;
+  long long it = first, prev = -1;  // prev: the record written last, not yet published
   int batch, t0, len, hv;
   bool skip;
+  // thread 0: record `r`'s bulk copy complete, then its flag set (release; the stores of
+  // every thread happen-before it through the barriers and the fence)
+  auto publish = [&](long long r) {
+    bulk_wait();
+    asm volatile("fence.proxy.async.global;\n" ::: "memory");
+    __threadfence();
+    asm volatile("st.release.gpu.global.b32 [%0], %1;\n" ::"l"(flags + r), "r"(1) : "memory");
+  };
   // advance to the first item that is not skipped
   while (it < items) {
     item_info(it, batch, t0, len, hv, skip);
@@ -1322,6 +1331,7 @@ __device__ void prep_body(const ForwardParams& p, char* sm, long long first, lon
   while (it < items) {
     const long long cur = it;
     ld.wait_a(sm, len);
+    if (tid == 0) bulk_wait_read();  // the previous record's tiles read before the G-step rewrites them
     __syncthreads();
     GDR2_FWD_MARK(cur == first ? -1 : 0);
     P::gstep(sm, p.scale);
@@ -1336,32 +1346,28 @@ __device__ void prep_body(const ForwardParams& p, char* sm, long long first, lon
     if (it < items) ld.issue_a(p, sm, batch, t0, len, hv);
     cp_async_commit();
     P::solve_and_y(sm);
-    // write the record: the operand tiles as they are, A and Aqk swizzled
+    // the record: its tiles by one bulk copy (thread 0), γ_C and β by plain stores; the
+    // previous record is published first, its bulk copy complete by now
     char* rec = static_cast<char*>(p.records) + cur * (long long)rbytes;
-    constexpr int PIECES = kC * D * 2 / 16;  // 16-byte pieces per operand tile
-    for (int i = tid; i < 3 * PIECES; i += kThreads) {
-      const int m = i / PIECES, c = i % PIECES;
-      const int src = m == 0 ? L::he : m == 1 ? L::hq : L::hk;
-      const int dst = m == 0 ? R::y : m == 1 ? R::qg : R::kt;
-      *reinterpret_cast<uint4*>(rec + dst + c * 16) = *reinterpret_cast<const uint4*>(sm + src + c * 16);
-    }
-    for (int i = tid; i < 2 * kC * 8; i += kThreads) {
-      const int m = i / (kC * 8), r = (i / 8) % kC, c = i % 8;
-      const int src = m == 0 ? L::a16 : L::aqk16;
-      const int dst = m == 0 ? R::a : R::aqk;
-      *reinterpret_cast<uint4*>(rec + dst + (r * 8 + (c ^ (r & 7))) * 16) =
-          *reinterpret_cast<const uint4*>(sm + src + r * L::PC * 2 + c * 16);
-    }
     for (int i = tid; i < D / 4; i += kThreads)
       reinterpret_cast<float4*>(rec + R::gc)[i] = reinterpret_cast<const float4*>(P::gc(sm))[i];
     if (GATES == 1 && tid < kC / 4)
       reinterpret_cast<float4*>(rec + R::beta)[tid] = reinterpret_cast<const float4*>(sm + L::rb)[tid];
-    __syncthreads();  // smem reads done before the next item's prep writes
-    GDR2_FWD_MARK(14);
-    if (flags && tid == 0) {  // publish: every thread's record stores happen-before (barrier, fence)
-      __threadfence();
-      asm volatile("st.release.gpu.global.b32 [%0], %1;\n" ::"l"(flags + cur), "r"(1) : "memory");
+    fence_proxy_async();  // the tiles' generic writes, before the bulk copy reads them
+    __syncthreads();
+    if (tid == 0) {
+      if (flags && prev >= 0) publish(prev);
+      bulk_s2g(rec, sm + L::hq, std::uint32_t(R::tiles));
+      bulk_commit();
     }
+    prev = cur;
+    GDR2_FWD_MARK(14);
+  }
+  if (tid == 0) {
+    if (flags && prev >= 0)
+      publish(prev);
+    else
+      bulk_wait();  // the last copy reads this block's shared memory
   }
   cp_async_wait<0>();
 }
@@ -1418,6 +1424,9 @@ __device__ __forceinline__ bool wait_published(const int* flag) {
     __nanosleep(64);
     if (++spins > (1ll << 27)) return false;
   }
+#if defined(GDR2_FWD_PHASES)
+  if (blockIdx.x == 0) gdr2_fwd_cycles[27] += spins;  // polls that found the record unpublished
+#endif
   asm volatile("fence.proxy.async.global;\n" ::: "memory");  // the bulk copy reads it through the async proxy
   return true;
 }
@@ -1545,7 +1554,7 @@ __device__ void state_body(const ForwardParams& p, char* sm, int n, int hv, int 
       in.ph = 0;  // swz128
       in.A = reinterpret_cast<const __half*>(st + Ls.rec + R::a);
       in.Aqk = reinterpret_cast<const __half*>(st + Ls.rec + R::aqk);
-      in.pc = 8;
+      in.pc = R::PC;
       in.gammaC = reinterpret_cast<const float*>(st + Ls.rec + R::gc);
       in.Rv = st + Ls.rv;
       in.Rw = GATES == 0 ? static_cast<const void*>(st + Ls.rw) : nullptr;
@@ -1556,10 +1565,10 @@ __device__ void state_body(const ForwardParams& p, char* sm, int n, int hv, int 
       if (p.chunk_states) save_chunk_state<D>(S, p.chunk_states, cbase + c, p.Hv, hv, v0 + 16 * w, lane);
       GDR2_STEP_STAMP(3);
       if (p.vslice >= 64)  // whole warpgroups of owner warps
-        state_step<Tin, D, StepKind<TileLayout::swz128, TileLayout::record, TileLayout::padded, true, GATES == 1>>(
+        state_step<Tin, D, StepKind<TileLayout::swz128, TileLayout::padded, TileLayout::padded, true, GATES == 1>>(
             S, in, sink, lane);
       else
-        state_step<Tin, D, StepKind<TileLayout::swz128, TileLayout::record, TileLayout::padded, false, GATES == 1>>(
+        state_step<Tin, D, StepKind<TileLayout::swz128, TileLayout::padded, TileLayout::padded, false, GATES == 1>>(
             S, in, sink, lane);
       fence_proxy_async();  // this stage is rewritten by a bulk copy after the next barrier
     } else {

@@ -100,6 +100,19 @@ __device__ __forceinline__ void bulk_g2s(void* dst, const void* src, std::uint32
       "l"(src), "r"(bytes), "r"(smem_u32(bar))
       : "memory");
 }
+/// Bulk copy shared → global (TMA, 16-byte aligned, size a multiple of 16) in this
+/// thread's current bulk group.
+__device__ __forceinline__ void bulk_s2g(void* dst, const void* src, std::uint32_t bytes) {
+  asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;\n" ::"l"(dst), "r"(smem_u32(src)),
+               "r"(bytes)
+               : "memory");
+}
+__device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
+/// This thread's bulk groups have read their shared-memory sources.
+__device__ __forceinline__ void bulk_wait_read() { asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory"); }
+/// This thread's bulk groups are complete (their writes performed).
+__device__ __forceinline__ void bulk_wait() { asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory"); }
+
 /// Tensor-map tile copy (TMA) of one box at coordinates (c0..c3) into shared memory,
 /// completing `bar`'s transaction count. `map`: generic address of a CUtensorMap in the
 /// kernel parameters (__grid_constant__), constant or global memory.

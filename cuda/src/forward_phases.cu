@@ -103,6 +103,8 @@ static void run(int B, int T, int H, Path path, bool tma, bool overlap = false, 
                   100.0 * cyc[16 + i] / stot);
     std::printf("%-28s %10.0f\n", "total", double(stot) / f.chunks_per_seq);
   }
+  if (overlap)  // block 0's waits for records the prep had not published yet
+    std::printf("%-28s %10.2f\n", "unpublished polls per step", double(cyc[27]) / f.chunks_per_seq);
 }
 
 int main(int argc, char** argv) {
