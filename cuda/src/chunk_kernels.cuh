@@ -1435,10 +1435,11 @@ __device__ __forceinline__ bool wait_published(const int* flag) {
 /// a block of kThreads. Warps 0..vs/16−1 own 16 value columns each (state in registers);
 /// the others are helpers, so that the owners' dependent chain never waits for a flag, an
 /// address computation or a global store. Per chunk c, after one block barrier: the owners
-/// run the step on stage c&1 and stage its output (StateLayout); the helpers refill stage
-/// (c+1)&1 with chunk c+1 (waiting for its record's flag when `flags` is given), store
-/// chunk c−1's output and wait for their copies before the next barrier. At 128 columns
-/// every warp owns and helps, before its step.
+/// run the step on stage c&1 (once its mbarrier says the record and every cp.async of v, w
+/// have landed) and stage its output (StateLayout); the helpers refill stage (c+1)&1 with
+/// chunk c+1 (waiting for its record's flag when `flags` is given) and store chunk c−1's
+/// output, never waiting for their copies. At 128 columns every warp owns and helps,
+/// before its step.
 template <int DECAY, int GATES, class Tin, int D>
 __device__ void state_body(const ForwardParams& p, char* sm, int n, int hv, int v0, const int* flags) {
   using R = Record<D>;
@@ -1457,9 +1458,9 @@ __device__ void state_body(const ForwardParams& p, char* sm, int n, int hv, int 
   const int nch = (sp.eos - sp.bos + kC - 1) / kC;
   const long long cbase = chunk_base(p, n);
   std::uint64_t* bars = reinterpret_cast<std::uint64_t*>(sm + Ls.bars);
-  if (tid == 0) {
-    mbar_init(bars, 1);
-    mbar_init(bars + 1, 1);
+  if (tid == 0) {  // a stage is ready when its record's bytes and every copier's cp.asyncs have landed
+    mbar_init(bars, 1 + hthr);
+    mbar_init(bars + 1, 1 + hthr);
     fence_proxy_async();
   }
   __syncthreads();
@@ -1492,7 +1493,7 @@ __device__ void state_body(const ForwardParams& p, char* sm, int n, int hv, int 
       cp_async16(st + Ls.rv + r * Ls.pv * 2 + cc * 16, vsrc + (ok ? r * p.sv.t : 0) + cc * 8, ok);
       if (GATES == 0) cp_async16(st + Ls.rw + r * Ls.pv * 2 + cc * 16, wsrc + (ok ? r * p.sw.t : 0) + cc * 8, ok);
     }
-    cp_async_commit();
+    cp_async_mbar_arrive(bars + (c & 1));
     if (c + 1 < nch) {  // chunk c+1's v, w rows into L2: its copies then wait on L2, not HBM
       chunk_rows(c + 1, t0, len);
       const Tin* vn = row_ptr<Tin>(p.v, p.sv, sp.batch, t0, hv) + v0;
@@ -1538,7 +1539,6 @@ __device__ void state_body(const ForwardParams& p, char* sm, int n, int hv, int 
 #endif
 #pragma unroll 1
   for (int c = 0; c < nch; ++c) {
-    if (helper) cp_async_wait<0>();  // this chunk's v, w
     GDR2_STEP_STAMP(0);
     if (__syncthreads_or(stuck)) trap_out_of_line();  // the records never came: fail loudly, not hang
     GDR2_STEP_STAMP(1);

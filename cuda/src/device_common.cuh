@@ -100,6 +100,12 @@ __device__ __forceinline__ void bulk_g2s(void* dst, const void* src, std::uint32
       "l"(src), "r"(bytes), "r"(smem_u32(bar))
       : "memory");
 }
+/// The mbarrier counts one arrival once every cp.async this thread issued so far has landed
+/// (no pending-count increment: the arrival is part of the barrier's expected count).
+__device__ __forceinline__ void cp_async_mbar_arrive(void* bar) {
+  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(smem_u32(bar)) : "memory");
+}
+
 /// Bulk copy shared → global (TMA, 16-byte aligned, size a multiple of 16) in this
 /// thread's current bulk group.
 __device__ __forceinline__ void bulk_s2g(void* dst, const void* src, std::uint32_t bytes) {
