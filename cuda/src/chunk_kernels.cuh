@@ -815,7 +815,7 @@ struct WarpOut {
 
 /// Output sink of the split state pass: warp w stages its Oᵀ into columns 16w.. of the
 /// block's [64 tokens][vs] tile (row pitch `pitch` bytes, 16 bytes more than a row: stmatrix's
-/// 8 rows hit distinct banks); helper warps store the tile (store_staged).
+/// 8 rows hit distinct banks); helper warps store the tile (state_body).
 template <class Tin>
 struct TileOut {
   char* tile;
