@@ -56,19 +56,44 @@ __device__ __forceinline__ void gdr2_fwd_mark(int id) {
   }
 }
 #define GDR2_FWD_MARK(id) gdr2_fwd_mark(id)
+// gdr2_fwd_cycles slots beside the phases: the state step's parts, and the state pass's
+// polls that found a record unpublished (block 0).
+constexpr int kStepSlots = 16, kStepParts = 10, kUnpublishedSlot = 27;
 // State-pass stamps (thread 0 of block (0, 0)): clock64 into shared memory, no global
-// round trip inside the step; state_body sums the differences of consecutive stamps.
+// round trip inside the step; StepClocks sums the differences of consecutive stamps.
 __device__ __forceinline__ long long* gdr2_step_clk() {
   __shared__ long long clk[16];
   return clk;
 }
-#define GDR2_STEP_STAMP(i)                                                  \
-  do {                                                                      \
+#define GDR2_STEP_STAMP(i)                                                                       \
+  do {                                                                                           \
     if (blockIdx.x == 0 && blockIdx.y == 0 && threadIdx.x == 0) gdr2_step_clk()[i] = clock64(); \
   } while (0)
+/// Thread 0 of state block (0, 0): per part of the step, the cycles between its stamps
+/// (stamps 0..9, the last part ends at step()); flush() adds them to gdr2_fwd_cycles.
+struct StepClocks {
+  long long cyc[kStepParts] = {};
+  __device__ bool mine() const { return blockIdx.x == 0 && blockIdx.y == 0 && threadIdx.x == 0; }
+  __device__ void step() {
+    if (!mine()) return;
+    const long long end = clock64();
+    const long long* t = gdr2_step_clk();
+    for (int i = 0; i + 1 < kStepParts; ++i) cyc[i] += t[i + 1] - t[i];
+    cyc[kStepParts - 1] += end - t[kStepParts - 1];
+  }
+  __device__ void flush() const {
+    if (!mine()) return;
+    for (int i = 0; i < kStepParts; ++i)
+      atomicAdd(reinterpret_cast<unsigned long long*>(gdr2_fwd_cycles + kStepSlots + i), (unsigned long long)cyc[i]);
+  }
+};
 #else
 #define GDR2_FWD_MARK(id)
 #define GDR2_STEP_STAMP(i)
+struct StepClocks {
+  __device__ void step() {}
+  __device__ void flush() const {}
+};
 #endif
 
 /// Shared-memory map of the prep (and fused) kernels. Byte offsets.
@@ -1291,6 +1316,8 @@ __device__ void prep_body(const ForwardParams& p, char* sm, long long first, lon
   using P = Prep<DECAY, GATES, Tin, D, false>;
   using L = typename P::L;
   using R = Record<D>;
+  static_assert(R::PC == L::PC && R::tiles == L::aqk16 + kC * L::PC * 2 - L::hq,
+                "a record's tiles are the byte image of the prep's hq .. aqk16");
   const int tid = threadIdx.x;
   const long long items = p.total_chunks * p.Hv;
   ChunkLoader<DECAY, GATES, Tin, D, false> ld;
@@ -1402,7 +1429,6 @@ struct StateLayout {
   }
 };
 
-
 /// Named barrier of the helper warps (id 1; id 0 is __syncthreads).
 __device__ __forceinline__ void helper_sync(int nthreads) {
   asm volatile("bar.sync 1, %0;\n" ::"r"(nthreads) : "memory");
@@ -1425,7 +1451,7 @@ __device__ __forceinline__ bool wait_published(const int* flag) {
     if (++spins > (1ll << 27)) return false;
   }
 #if defined(GDR2_FWD_PHASES)
-  if (blockIdx.x == 0) gdr2_fwd_cycles[27] += spins;  // polls that found the record unpublished
+  if (blockIdx.x == 0) gdr2_fwd_cycles[kUnpublishedSlot] += spins;
 #endif
   asm volatile("fence.proxy.async.global;\n" ::: "memory");  // the bulk copy reads it through the async proxy
   return true;
@@ -1473,6 +1499,13 @@ __device__ void state_body(const ForwardParams& p, char* sm, int n, int hv, int 
     t0 = sp.bos + c * kC;
     len = min(kC, sp.eos - t0);
   };
+  // chunk c's first v and w rows of this block's columns (w: channel gates only), its length
+  auto vw_rows = [&](int c, const Tin*& vsrc, const Tin*& wsrc, int& len) {
+    int t0;
+    chunk_rows(c, t0, len);
+    vsrc = row_ptr<Tin>(p.v, p.sv, sp.batch, t0, hv) + v0;
+    wsrc = GATES == 0 ? row_ptr<Tin>(p.w, p.sw, sp.batch, t0, hw) + v0 : nullptr;
+  };
   // helpers: chunk c's record (bulk copy) and v, w slices (cp.async) into stage c&1
   auto issue = [&](int c) {
     char* st = sm + (c & 1) * Ls.stage_bytes;
@@ -1483,10 +1516,9 @@ __device__ void state_body(const ForwardParams& p, char* sm, int n, int hv, int 
       mbar_expect_tx(bars + (c & 1), std::uint32_t(rbytes));
       bulk_g2s(st + Ls.rec, rec, std::uint32_t(rbytes), bars + (c & 1));
     }
-    int t0, len;
-    chunk_rows(c, t0, len);
-    const Tin* vsrc = row_ptr<Tin>(p.v, p.sv, sp.batch, t0, hv) + v0;
-    const Tin* wsrc = GATES == 0 ? row_ptr<Tin>(p.w, p.sw, sp.batch, t0, hw) + v0 : nullptr;
+    const Tin *vsrc, *wsrc;
+    int len;
+    vw_rows(c, vsrc, wsrc, len);
     for (int i = htid; i < kC * cpr; i += hthr) {
       const int r = i / cpr, cc = i % cpr;
       const bool ok = r < len;
@@ -1495,9 +1527,8 @@ __device__ void state_body(const ForwardParams& p, char* sm, int n, int hv, int 
     }
     cp_async_mbar_arrive(bars + (c & 1));
     if (c + 1 < nch) {  // chunk c+1's v, w rows into L2: its copies then wait on L2, not HBM
-      chunk_rows(c + 1, t0, len);
-      const Tin* vn = row_ptr<Tin>(p.v, p.sv, sp.batch, t0, hv) + v0;
-      const Tin* wn = GATES == 0 ? row_ptr<Tin>(p.w, p.sw, sp.batch, t0, hw) + v0 : nullptr;
+      const Tin *vn, *wn;
+      vw_rows(c + 1, vn, wn, len);
       for (int r = htid; r < len; r += hthr) {
         prefetch_l2(vn + r * p.sv.t);
         if (GATES == 0) prefetch_l2(wn + r * p.sw.t);
@@ -1534,9 +1565,7 @@ __device__ void state_body(const ForwardParams& p, char* sm, int n, int hv, int 
     }
   };
   if (helper && nch > 0) issue(0);
-#if defined(GDR2_FWD_PHASES)
-  long long step_cyc[10] = {};
-#endif
+  StepClocks clocks;  // profiling builds only
 #pragma unroll 1
   for (int c = 0; c < nch; ++c) {
     GDR2_STEP_STAMP(0);
@@ -1574,21 +1603,9 @@ __device__ void state_body(const ForwardParams& p, char* sm, int n, int hv, int 
     } else {
       help(c);
     }
-#if defined(GDR2_FWD_PHASES)
-    if (blockIdx.x == 0 && blockIdx.y == 0 && tid == 0 && p.vslice >= 64) {
-      const long long end = clock64();
-      const long long* t = gdr2_step_clk();
-#pragma unroll
-      for (int i = 0; i < 9; ++i) step_cyc[i] += t[i + 1] - t[i];
-      step_cyc[9] += end - t[9];
-    }
-#endif
+    if (p.vslice >= 64) clocks.step();  // the whole-warpgroup step carries every stamp
   }
-#if defined(GDR2_FWD_PHASES)
-  if (blockIdx.x == 0 && blockIdx.y == 0 && tid == 0)
-    for (int i = 0; i < 10; ++i) atomicAdd(reinterpret_cast<unsigned long long*>(gdr2_fwd_cycles + 16 + i),
-                                           (unsigned long long)step_cyc[i]);
-#endif
+  clocks.flush();
   __syncthreads();  // the last chunk's output staged
   if (helper && nch > 0) store_out(nch - 1);
   if (owner) store_state<D>(S, p.sT, p.sT_stride, slot, hv, v0 + 16 * w, lane);

@@ -276,10 +276,7 @@ struct In16<__half> {
   }
   __device__ static __forceinline__ __half from_float(float x) { return __float2half_rn(x); }
   /// (a, b) rounded, a in the low half
-  __device__ static __forceinline__ std::uint32_t pack2(float a, float b) {
-    const __half2 h = __floats2half2_rn(a, b);
-    return *reinterpret_cast<const std::uint32_t*>(&h);
-  }
+  __device__ static __forceinline__ std::uint32_t pack2(float a, float b) { return pack_half2(a, b); }
 };
 
 /// Two consecutive 16-bit values (4-byte aligned) as floats.

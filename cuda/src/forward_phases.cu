@@ -1,11 +1,14 @@
 // gdr2 CUDA forward — profiling driver (not part of the library or of CI): the forward
 // kernels built with GDR2_FWD_PHASES, where thread 0 of block 0 adds the cycles of every
 // barrier-to-barrier phase of the chunk prep and of the fused kernel's chunk loop to a
-// per-phase sum; prints cycles per chunk and phase for GDR-2, bf16, K = V = 128:
-//   fused  B=8 T=4096 H=16 (block 0 walks the 64 chunks of (sequence 0, head 0) and
-//          shares its SM with no other block)
-//   split  B=1 T=32768 H=16, sequential (prep kernel, then state pass): block 0 of the
-//          persistent prep kernel walks items 0, grid, 2·grid, ...
+// per-phase sum; prints cycles per chunk and phase for GDR-2, bf16, K = V = 128, and the
+// split state pass's step in parts (StepClocks, state block (0, 0), 64 columns):
+//   split  B=1 T=32768 H=16, sequential (prep kernel, then state pass; tensor maps): block
+//          0 of the persistent prep kernel walks items 0, grid, 2·grid, ...
+//   split  the same overlapped (the automatic path; cp.async), twice for the run-to-run
+//          spread, with the polls that found a record unpublished
+//   with any argument also: fused B=8 T=4096 H=16 (block 0 walks the 64 chunks of
+//          (sequence 0, head 0)) and the sequential split with cp.async
 //
 //   nvcc -O3 -std=c++17 --expt-relaxed-constexpr -gencode=arch=compute_90a,code=sm_90a \
 //        -Icuda/include -Iinclude cuda/src/forward_phases.cu -o fwd_phases
@@ -28,7 +31,7 @@ static const char* kNames[] = {"wait q k b g",      "G-step: block sums", "G-ste
                                "record stores"};
 constexpr int kPhases = int(sizeof(kNames) / sizeof(kNames[0]));  // the ids of GDR2_FWD_MARK
 
-static const char* kStepNames[] = {"block barrier",          "record wait (mbarrier)", "chunk state save",
+static const char* kStepNames[kStepParts] = {"block barrier",          "record wait (mbarrier)", "chunk state save",
                                    "U = Z A (mma.sync)",     "O, R wgmma + wait",      "pack R, decay, S issue",
                                    "O += R Aqk (mma.sync)",  "output staging",         "S update wait",
                                    "proxy fence, loop"};
@@ -94,17 +97,17 @@ static void run(int B, int T, int H, Path path, bool tma, bool overlap = false, 
   for (int i = 0; i < kPhases; ++i)
     if (cyc[i]) std::printf("%-28s %10.0f %5.1f%%\n", kNames[i], double(cyc[i]) / items, 100.0 * cyc[i] / tot);
   std::printf("%-28s %10.0f\n", "total", double(tot) / items);
+  const long long* step = cyc + kStepSlots;
   long long stot = 0;
-  for (int i = 0; i < 10; ++i) stot += cyc[16 + i];
+  for (int i = 0; i < kStepParts; ++i) stot += step[i];
   if (stot) {  // state-pass block (0, 0), whole-warpgroup steps: thread 0's stamps
     std::printf("%-28s %10s %6s\n", "state step (block 0)", "cyc/step", "share");
-    for (int i = 0; i < 10; ++i)
-      std::printf("%-28s %10.0f %5.1f%%\n", kStepNames[i], double(cyc[16 + i]) / f.chunks_per_seq,
-                  100.0 * cyc[16 + i] / stot);
+    for (int i = 0; i < kStepParts; ++i)
+      std::printf("%-28s %10.0f %5.1f%%\n", kStepNames[i], double(step[i]) / f.chunks_per_seq, 100.0 * step[i] / stot);
     std::printf("%-28s %10.0f\n", "total", double(stot) / f.chunks_per_seq);
   }
   if (overlap)  // block 0's waits for records the prep had not published yet
-    std::printf("%-28s %10.2f\n", "unpublished polls per step", double(cyc[27]) / f.chunks_per_seq);
+    std::printf("%-28s %10.2f\n", "unpublished polls per step", double(cyc[kUnpublishedSlot]) / f.chunks_per_seq);
 }
 
 int main(int argc, char** argv) {
