@@ -481,15 +481,20 @@ struct Prep {
   }
 
   // ---- Solve A = (I + T)^-1, transforms, Y = A Ē -----------------------------------------
-  static __device__ void solve_and_y(char* sm) {
-    solve(sm);
+  /// `idle(w)`: run by warps 6 and 7 while warps 0–5 form N (the solve's second phase).
+  struct NoHook {
+    __device__ void operator()(int) const {}
+  };
+  template <class Idle = NoHook>
+  static __device__ void solve_and_y(char* sm, const Idle& idle = Idle{}) {
+    solve<true>(sm, idle);
     y(sm);
   }
 
   /// A = (I + T)^-1 into a32 (fp32) and a16 (fp16: lower and diagonal blocks); with
   /// TRANSFORM, Ē, Qγ, Ktail in place of BkFin, QFin, KFo. Ends synchronised.
-  template <bool TRANSFORM = true>
-  static __device__ void solve(char* sm) {
+  template <bool TRANSFORM = true, class Idle = NoHook>
+  static __device__ void solve(char* sm, const Idle& idle = Idle{}) {
     const int tid = threadIdx.x, w = tid >> 5, lane = tid & 31;
     float* t32 = reinterpret_cast<float*>(sm + L::t32);
     float* a32 = reinterpret_cast<float*>(sm + L::a32);
@@ -571,6 +576,8 @@ struct Prep {
       float* dst = t32 + (16 * k + r) * PF + 16 * i + c;
       *reinterpret_cast<float4*>(dst) = lo;
       *reinterpret_cast<float4*>(dst + 4) = hi;
+    } else {
+      idle(w);
     }
     __syncthreads();
     GDR2_FWD_MARK(6);
@@ -1058,23 +1065,40 @@ struct ChunkLoader {
     __syncthreads();
   }
 
-  __device__ void issue_a(const ForwardParams& p, char* sm, int batch, int t0, int len, int hv) {
+  /// Group A's tiles by tensor maps, issued by the calling thread (one thread). Every
+  /// thread's generic accesses to these tiles precede this by a barrier.
+  __device__ void tma_a(const ForwardParams& p, char* sm, int batch, int t0, int hv) const {
+    const int hk = hv / p.group;
+    const int hb = gate_head(hv, GATES == 0 ? p.hg_b : p.hg_beta, p.Hv);
+    const int hgg = gate_head(hv, p.hg_g, p.Hv);
+    fence_proxy_async();  // orders those accesses before the copy engine's writes
+    void* bar = sm + L::bar;
+    mbar_expect_tx(bar, kBytesA);
+    tma_tile(p, sm, L::rq, kMapQ, t0, hk, batch, 1, bar);
+    tma_tile(p, sm, L::rk, kMapK, t0, hk, batch, 1, bar);
+    if (GATES == 0) tma_tile(p, sm, L::rb, kMapB, t0, hb, batch, 1, bar);
+    if (DECAY == 0) tma_tile(p, sm, L::rg, kMapG, t0, hgg, batch, 1, bar);
+  }
+  /// Group B's tiles (v, w) by tensor maps, issued by the calling thread; as tma_a.
+  __device__ void tma_b(const ForwardParams& p, char* sm, int batch, int t0, int hv) const {
+    const int hw = gate_head(hv, p.hg_w, p.Hv);
+    fence_proxy_async();
+    void* bar = sm + L::bar + 8;
+    mbar_expect_tx(bar, kBytesB);
+    tma_tile(p, sm, L::rv, kMapV, t0, hv, batch, D / 64, bar);
+    if (GATES == 0) tma_tile(p, sm, L::rw, kMapW, t0, hw, batch, D / 64, bar);
+  }
+
+  /// Issue group A (q, k, b, g) of a chunk; called by every thread. With tensor maps the
+  /// tiles come from thread 0, or, with `tiles` false, from a later tma_a; the per-token
+  /// scalars (β, scalar g) are loaded here either way.
+  __device__ void issue_a(const ForwardParams& p, char* sm, int batch, int t0, int len, int hv, bool tiles = true) {
     const int tid = threadIdx.x;
     const int hk = hv / p.group;
     const int hb = gate_head(hv, GATES == 0 ? p.hg_b : p.hg_beta, p.Hv);
     const int hgg = gate_head(hv, p.hg_g, p.Hv);
     if (tma) {
-      if (tid == 0) {
-        // every thread's generic accesses to these tiles precede this by a barrier; the
-        // proxy fence orders them before the copy engine's writes
-        fence_proxy_async();
-        void* bar = sm + L::bar;
-        mbar_expect_tx(bar, kBytesA);
-        tma_tile(p, sm, L::rq, kMapQ, t0, hk, batch, 1, bar);
-        tma_tile(p, sm, L::rk, kMapK, t0, hk, batch, 1, bar);
-        if (GATES == 0) tma_tile(p, sm, L::rb, kMapB, t0, hb, batch, 1, bar);
-        if (DECAY == 0) tma_tile(p, sm, L::rg, kMapG, t0, hgg, batch, 1, bar);
-      }
+      if (tiles && tid == 0) tma_a(p, sm, batch, t0, hv);
     } else {
       load_rows<D * 2>(sm + L::rq, L::PR * 2, reinterpret_cast<const char*>(row_ptr<Tin>(p.q, p.sq, batch, t0, hk)),
                        p.sq.t * 2, len, tid, kThreads);
@@ -1122,19 +1146,14 @@ struct ChunkLoader {
       if (DECAY == 1) reinterpret_cast<float*>(sm + L::rg)[tid] = pre_g;
     }
   }
-  /// Issue group B (v, w) of a chunk. Every thread's accesses to their tiles precede this
-  /// by a barrier.
-  __device__ void issue_b(const ForwardParams& p, char* sm, int batch, int t0, int len, int hv) {
+  /// Issue group B (v, w) of a chunk; called by every thread (with tensor maps and `tiles`
+  /// false: nothing, a later tma_b issues them). Every thread's accesses to their tiles
+  /// precede this by a barrier.
+  __device__ void issue_b(const ForwardParams& p, char* sm, int batch, int t0, int len, int hv, bool tiles = true) {
     const int tid = threadIdx.x;
     const int hw = gate_head(hv, p.hg_w, p.Hv);
     if (tma) {
-      if (tid == 0) {
-        fence_proxy_async();
-        void* bar = sm + L::bar + 8;
-        mbar_expect_tx(bar, kBytesB);
-        tma_tile(p, sm, L::rv, kMapV, t0, hv, batch, D / 64, bar);
-        if (GATES == 0) tma_tile(p, sm, L::rw, kMapW, t0, hw, batch, D / 64, bar);
-      }
+      if (tiles && tid == 0) tma_b(p, sm, batch, t0, hv);
     } else {
       load_rows<D * 2, true>(sm + L::rv, 0, reinterpret_cast<const char*>(row_ptr<Tin>(p.v, p.sv, batch, t0, hv)),
                              p.sv.t * 2, len, tid, kThreads);
@@ -1217,14 +1236,20 @@ __global__ void __launch_bounds__(kThreads, 1) fused_forward_kernel(const __grid
     GDR2_FWD_MARK(c == 0 ? -1 : 0);
     P::gstep(sm, p.scale);
     P::grams(sm, p.scale);
-    ld.issue_b(p, sm, sp.batch, t0, len, hv);
+    ld.issue_b(p, sm, sp.batch, t0, len, hv, false);
     cp_async_commit();
-    if (c + 1 < nch) {
-      const int t1 = t0 + kC;
-      ld.issue_a(p, sm, sp.batch, t1, min(kC, sp.eos - t1), hv);
-    }
+    const int t1 = t0 + kC;
+    if (c + 1 < nch) ld.issue_a(p, sm, sp.batch, t1, min(kC, sp.eos - t1), hv, false);
     cp_async_commit();
-    P::solve_and_y(sm);
+    // with tensor maps, v, w of this chunk and q, k, b, g of the next are issued by the two
+    // warps the solve leaves idle (from thread 0 they held the inverse phase ≈ 1 K cycles
+    // per chunk: cuda/NOTES.md forward v14)
+    P::solve_and_y(sm, [&](int iw) {
+      if (ld.tma && lane == 0) {
+        if (iw == 6) ld.tma_b(p, sm, sp.batch, t0, hv);
+        if (iw == 7 && c + 1 < nch) ld.tma_a(p, sm, sp.batch, t1, hv);
+      }
+    });
     ld.wait_b(sm, len);
     fence_proxy_async();  // the operand tiles' generic writes, before the warpgroup MMAs read them
     __syncthreads();
@@ -1358,9 +1383,10 @@ __device__ void prep_body(const ForwardParams& p, char* sm, long long first, lon
   while (it < items) {
     const long long cur = it;
     ld.wait_a(sm, len);
+    GDR2_FWD_MARK(cur == first ? -1 : 15);
     if (tid == 0) bulk_wait_read();  // the previous record's tiles read before the G-step rewrites them
     __syncthreads();
-    GDR2_FWD_MARK(cur == first ? -1 : 0);
+    GDR2_FWD_MARK(0);
     P::gstep(sm, p.scale);
     P::grams(sm, p.scale);
     // next item's inputs while this one finishes
