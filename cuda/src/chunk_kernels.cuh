@@ -130,8 +130,6 @@ struct PrepLayout {
   static constexpr int bytes = bar + 16;
   static_assert(!QUAD_ALIAS || QUAD <= 2 * HTILE, "quadrant operands must fit in the v, w tiles");
   static_assert(bytes <= 232448, "prep shared memory exceeds 227 KB");
-  static_assert(hk == hq + HTILE && he == hk + HTILE && a16 == he + HTILE && aqk16 == a16 + kC * PC * 2,
-                "the record's tiles are one contiguous image (Record)");
 };
 
 /// Location of one sequence's tokens.
@@ -1065,12 +1063,18 @@ struct ChunkLoader {
     __syncthreads();
   }
 
+  /// Heads that group A (q, k, b or β, g) of value head hv reads.
+  struct HeadsA {
+    int k, b, g;
+  };
+  static __device__ HeadsA heads_a(const ForwardParams& p, int hv) {
+    return {hv / p.group, gate_head(hv, GATES == 0 ? p.hg_b : p.hg_beta, p.Hv), gate_head(hv, p.hg_g, p.Hv)};
+  }
+
   /// Group A's tiles by tensor maps, issued by the calling thread (one thread). Every
   /// thread's generic accesses to these tiles precede this by a barrier.
   __device__ void tma_a(const ForwardParams& p, char* sm, int batch, int t0, int hv) const {
-    const int hk = hv / p.group;
-    const int hb = gate_head(hv, GATES == 0 ? p.hg_b : p.hg_beta, p.Hv);
-    const int hgg = gate_head(hv, p.hg_g, p.Hv);
+    const auto [hk, hb, hgg] = heads_a(p, hv);
     fence_proxy_async();  // orders those accesses before the copy engine's writes
     void* bar = sm + L::bar;
     mbar_expect_tx(bar, kBytesA);
@@ -1094,9 +1098,7 @@ struct ChunkLoader {
   /// scalars (β, scalar g) are loaded here either way.
   __device__ void issue_a(const ForwardParams& p, char* sm, int batch, int t0, int len, int hv, bool tiles = true) {
     const int tid = threadIdx.x;
-    const int hk = hv / p.group;
-    const int hb = gate_head(hv, GATES == 0 ? p.hg_b : p.hg_beta, p.Hv);
-    const int hgg = gate_head(hv, p.hg_g, p.Hv);
+    const auto [hk, hb, hgg] = heads_a(p, hv);
     if (tma) {
       if (tiles && tid == 0) tma_a(p, sm, batch, t0, hv);
     } else {
@@ -1341,8 +1343,10 @@ __device__ void prep_body(const ForwardParams& p, char* sm, long long first, lon
   using P = Prep<DECAY, GATES, Tin, D, false>;
   using L = typename P::L;
   using R = Record<D>;
-  static_assert(R::PC == L::PC && R::tiles == L::aqk16 + kC * L::PC * 2 - L::hq,
-                "a record's tiles are the byte image of the prep's hq .. aqk16");
+  static_assert(R::PC == L::PC && R::qg == 0 && R::kt == L::hk - L::hq && R::y == L::he - L::hq &&
+                    R::a == L::a16 - L::hq && R::aqk == L::aqk16 - L::hq &&
+                    R::tiles == L::aqk16 + kC * L::PC * 2 - L::hq,
+                "a record's tiles are the byte image of the prep's hq .. aqk16 (one bulk copy)");
   const int tid = threadIdx.x;
   const long long items = p.total_chunks * p.Hv;
   ChunkLoader<DECAY, GATES, Tin, D, false> ld;
@@ -1365,7 +1369,7 @@ __device__ void prep_body(const ForwardParams& p, char* sm, long long first, lon
   // every thread happen-before it through the barriers and the fence)
   auto publish = [&](long long r) {
     bulk_wait();
-    asm volatile("fence.proxy.async.global;\n" ::: "memory");
+    fence_proxy_async_global();
     __threadfence();
     asm volatile("st.release.gpu.global.b32 [%0], %1;\n" ::"l"(flags + r), "r"(1) : "memory");
   };
@@ -1479,7 +1483,7 @@ __device__ __forceinline__ bool wait_published(const int* flag) {
 #if defined(GDR2_FWD_PHASES)
   if (blockIdx.x == 0) gdr2_fwd_cycles[kUnpublishedSlot] += spins;
 #endif
-  asm volatile("fence.proxy.async.global;\n" ::: "memory");  // the bulk copy reads it through the async proxy
+  fence_proxy_async_global();  // the bulk copy reads the record through the async proxy
   return true;
 }
 
