@@ -46,7 +46,7 @@ constexpr int kThreads = 256;  // prep / fused block size
 #if defined(GDR2_FWD_PHASES)
 // Profiling build only (cuda/src/forward_phases.cu): thread 0 of block 0 adds the cycles
 // since its previous mark to phase `id` (a mark with id < 0 only restarts the clock).
-__device__ long long gdr2_fwd_cycles[32];
+__device__ long long gdr2_fwd_cycles[48];
 __device__ long long gdr2_fwd_last;
 __device__ __forceinline__ void gdr2_fwd_mark(int id) {
   if (blockIdx.x == 0 && threadIdx.x == 0) {
@@ -58,7 +58,7 @@ __device__ __forceinline__ void gdr2_fwd_mark(int id) {
 #define GDR2_FWD_MARK(id) gdr2_fwd_mark(id)
 // gdr2_fwd_cycles slots beside the phases: the state step's parts, and the state pass's
 // polls that found a record unpublished (block 0).
-constexpr int kStepSlots = 16, kStepParts = 10, kUnpublishedSlot = 27;
+constexpr int kStepSlots = 16, kStepParts = 10, kUnpublishedSlot = 27, kHelpSlots = 32, kHelpParts = 6;
 // State-pass stamps (thread 0 of block (0, 0)): clock64 into shared memory, no global
 // round trip inside the step; StepClocks sums the differences of consecutive stamps.
 __device__ __forceinline__ long long* gdr2_step_clk() {
@@ -1490,12 +1490,15 @@ __device__ __forceinline__ bool wait_published(const int* flag) {
 /// State-pass role of the split path for (sequence n, value head hv, columns v0..v0+vslice),
 /// a block of kThreads. Warps 0..vs/16−1 own 16 value columns each (state in registers);
 /// the others are helpers, so that the owners' dependent chain never waits for a flag, an
-/// address computation or a global store. Per chunk c, after one block barrier: the owners
-/// run the step on stage c&1 (once its mbarrier says the record and every cp.async of v, w
-/// have landed) and stage its output (StateLayout); the helpers refill stage (c+1)&1 with
-/// chunk c+1 (waiting for its record's flag when `flags` is given) and store chunk c−1's
-/// output, never waiting for their copies. At 128 columns every warp owns and helps,
-/// before its step.
+/// address computation or a global store. Per chunk c, after one barrier: the owners run
+/// the step on stage c&1 (once its `full` mbarrier says the record and every cp.async of v,
+/// w have landed) and stage its output (StateLayout); the helpers refill stage (c+1)&1 with
+/// chunk c+1's v, w and store chunk c−1's output, never waiting for their copies. The last
+/// helper warp is the record warp: outside that barrier, it copies record c into stage c&1
+/// once the owners have left step c−2 (`empty` mbarrier) and the record is published (when
+/// `flags` is given), so neither wait holds the other warps (cuda/NOTES.md, forward v17).
+/// At 128 columns every warp owns and helps, before its step, and thread 0 waits for each
+/// record inside the barrier.
 template <int DECAY, int GATES, class Tin, int D>
 __device__ void state_body(const ForwardParams& p, char* sm, int n, int hv, int v0, const int* flags) {
   using R = Record<D>;
@@ -1508,6 +1511,8 @@ __device__ void state_body(const ForwardParams& p, char* sm, int n, int hv, int 
   const int htid = helpers ? tid - 32 * nown : tid, hthr = helpers ? nthr - 32 * nown : nthr;  // helper role
   // the thread that waits for each record and copies it: the last warp's (a helper's)
   const int issuer = helpers ? hthr - 32 : 0;
+  const bool recw = helpers && w == nthr / 32 - 1;  // the record warp (the issuer's)
+  const int cthr = helpers ? hthr - 32 : hthr;      // the helper threads that copy v, w and store outputs
   const int slot = seq_slot(p, n);
   if (slot < 0) return;
   const SeqSpan sp = seq_span(p, n);
@@ -1515,8 +1520,12 @@ __device__ void state_body(const ForwardParams& p, char* sm, int n, int hv, int 
   const long long cbase = chunk_base(p, n);
   std::uint64_t* bars = reinterpret_cast<std::uint64_t*>(sm + Ls.bars);
   if (tid == 0) {  // a stage is ready when its record's bytes and every copier's cp.asyncs have landed
-    mbar_init(bars, 1 + hthr);
-    mbar_init(bars + 1, 1 + hthr);
+    mbar_init(bars, 1 + cthr);
+    mbar_init(bars + 1, 1 + cthr);
+    if (helpers) {  // a stage is free when every owner thread has finished its step on it
+      mbar_init(bars + 2, 32 * nown);
+      mbar_init(bars + 3, 32 * nown);
+    }
     fence_proxy_async();
   }
   __syncthreads();
@@ -1525,6 +1534,10 @@ __device__ void state_body(const ForwardParams& p, char* sm, int n, int hv, int 
   const int hw = gate_head(hv, p.hg_w, p.Hv);
   bool stuck = false;  // the issuer: a record was not published in time
   const int cpr = Ls.vs * 2 / 16;  // 16-byte pieces per row of a v, w or output tile
+  // this helper thread's share of every copy and store of such a tile: piece hcc of rows
+  // hr0, hr0 + hrs, ... (cthr, 96..256 threads, is a multiple of cpr, 2..16, for every value
+  // slice): no division per piece (cuda/NOTES.md, forward v17)
+  const int hcc = htid % cpr, hr0 = htid / cpr, hrs = cthr / cpr;
   auto chunk_rows = [&](int c, int& t0, int& len) {
     t0 = sp.bos + c * kC;
     len = min(kC, sp.eos - t0);
@@ -1536,34 +1549,54 @@ __device__ void state_body(const ForwardParams& p, char* sm, int n, int hv, int 
     vsrc = row_ptr<Tin>(p.v, p.sv, sp.batch, t0, hv) + v0;
     wsrc = GATES == 0 ? row_ptr<Tin>(p.w, p.sw, sp.batch, t0, hw) + v0 : nullptr;
   };
-  // helpers: chunk c's record (bulk copy) and v, w slices (cp.async) into stage c&1
+#if defined(GDR2_FWD_PHASES)
+  // the issuer thread of state block 0: cycles of its parts of the helper role per step
+  long long hclk[kHelpParts] = {}, hlast = clock64();
+  const bool hmine = blockIdx.x == 0 && helper && htid == issuer;
+#define GDR2_HELP(i)                                       \
+  do {                                                     \
+    if (hmine) {                                           \
+      const long long t_ = clock64();                      \
+      hclk[i] += t_ - hlast;                               \
+      hlast = t_;                                          \
+    }                                                      \
+  } while (0)
+#else
+#define GDR2_HELP(i)
+#endif
+  // helpers: chunk c's v, w slices (cp.async) into stage c&1, and its record (bulk copy)
+  // when there is no record warp
   auto issue = [&](int c) {
     char* st = sm + (c & 1) * Ls.stage_bytes;
-    if (htid == issuer) {
+    if (htid == issuer && !helpers) {
       const long long ri = (cbase + c) * p.Hv + hv;
       if (flags && !wait_published(flags + ri)) stuck = true;
+      GDR2_HELP(0);
       const char* rec = static_cast<const char*>(p.records) + ri * (long long)rbytes;
       mbar_expect_tx(bars + (c & 1), std::uint32_t(rbytes));
       bulk_g2s(st + Ls.rec, rec, std::uint32_t(rbytes), bars + (c & 1));
+      GDR2_HELP(1);
     }
     const Tin *vsrc, *wsrc;
     int len;
     vw_rows(c, vsrc, wsrc, len);
-    for (int i = htid; i < kC * cpr; i += hthr) {
-      const int r = i / cpr, cc = i % cpr;
+    for (int r = hr0; r < kC; r += hrs) {
       const bool ok = r < len;
-      cp_async16(st + Ls.rv + r * Ls.pv * 2 + cc * 16, vsrc + (ok ? r * p.sv.t : 0) + cc * 8, ok);
-      if (GATES == 0) cp_async16(st + Ls.rw + r * Ls.pv * 2 + cc * 16, wsrc + (ok ? r * p.sw.t : 0) + cc * 8, ok);
+      const int so = r * Ls.pv * 2 + hcc * 16;
+      cp_async16(st + Ls.rv + so, vsrc + (ok ? r * p.sv.t : 0) + hcc * 8, ok);
+      if (GATES == 0) cp_async16(st + Ls.rw + so, wsrc + (ok ? r * p.sw.t : 0) + hcc * 8, ok);
     }
     cp_async_mbar_arrive(bars + (c & 1));
+    GDR2_HELP(2);
     if (c + 1 < nch) {  // chunk c+1's v, w rows into L2: its copies then wait on L2, not HBM
       const Tin *vn, *wn;
       vw_rows(c + 1, vn, wn, len);
-      for (int r = htid; r < len; r += hthr) {
+      for (int r = htid; r < len; r += cthr) {
         prefetch_l2(vn + r * p.sv.t);
         if (GATES == 0) prefetch_l2(wn + r * p.sw.t);
       }
     }
+    GDR2_HELP(3);
   };
   // where chunk c's output is staged
   auto out_tile = [&](int c) {
@@ -1575,10 +1608,8 @@ __device__ void state_body(const ForwardParams& p, char* sm, int n, int hv, int 
     int t0, len;
     chunk_rows(c, t0, len);
     Tin* out = const_cast<Tin*>(row_ptr<Tin>(p.o, p.so, sp.batch, t0, hv)) + v0;
-    for (int i = htid; i < len * cpr; i += hthr) {
-      const int r = i / cpr, cc = i % cpr;
-      *reinterpret_cast<uint4*>(out + r * p.so.t + cc * 8) = *reinterpret_cast<const uint4*>(tile + r * Ls.pv * 2 + cc * 16);
-    }
+    for (int r = hr0; r < len; r += hrs)
+      *reinterpret_cast<uint4*>(out + r * p.so.t + hcc * 8) = *reinterpret_cast<const uint4*>(tile + r * Ls.pv * 2 + hcc * 16);
   };
   // helper role of chunk c: chunk c+1's inputs in, chunk c−1's output out (from stage
   // (c+1)&1's v tile without helper warps: first, then a barrier of the helpers)
@@ -1586,6 +1617,7 @@ __device__ void state_body(const ForwardParams& p, char* sm, int n, int hv, int 
     if (helpers) {
       if (c + 1 < nch) issue(c + 1);
       if (c > 0) store_out(c - 1);
+      GDR2_HELP(4);
     } else {
       if (c > 0) {
         store_out(c - 1);
@@ -1594,50 +1626,76 @@ __device__ void state_body(const ForwardParams& p, char* sm, int n, int hv, int 
       if (c + 1 < nch) issue(c + 1);
     }
   };
-  if (helper && nch > 0) issue(0);
   StepClocks clocks;  // profiling builds only
+  if (recw) {
+    if (lane == 0)
 #pragma unroll 1
-  for (int c = 0; c < nch; ++c) {
-    GDR2_STEP_STAMP(0);
-    if (__syncthreads_or(stuck)) trap_out_of_line();  // the records never came: fail loudly, not hang
-    GDR2_STEP_STAMP(1);
-    if (owner) {
-      if (!helpers) help(c);
-      mbar_wait(bars + (c & 1), (c >> 1) & 1);
-      GDR2_STEP_STAMP(2);
-      char* st = sm + (c & 1) * Ls.stage_bytes;
-      StepInputs in;
-      in.Y = reinterpret_cast<const __half*>(st + Ls.rec + R::y);
-      in.Qg = reinterpret_cast<const __half*>(st + Ls.rec + R::qg);
-      in.Kt = reinterpret_cast<const __half*>(st + Ls.rec + R::kt);
-      in.ph = 0;  // swz128
-      in.A = reinterpret_cast<const __half*>(st + Ls.rec + R::a);
-      in.Aqk = reinterpret_cast<const __half*>(st + Ls.rec + R::aqk);
-      in.pc = R::PC;
-      in.gammaC = reinterpret_cast<const float*>(st + Ls.rec + R::gc);
-      in.Rv = st + Ls.rv;
-      in.Rw = GATES == 0 ? static_cast<const void*>(st + Ls.rw) : nullptr;
-      in.beta = GATES == 1 ? reinterpret_cast<const float*>(st + Ls.rec + R::beta) : nullptr;
-      in.pv = Ls.pv;
-      in.vcol = 16 * w;
-      const TileOut<Tin> sink{out_tile(c), Ls.pv * 2, 16 * w};
-      if (p.chunk_states) save_chunk_state<D>(S, p.chunk_states, cbase + c, p.Hv, hv, v0 + 16 * w, lane);
-      GDR2_STEP_STAMP(3);
-      if (p.vslice >= 64)  // whole warpgroups of owner warps
-        state_step<Tin, D, StepKind<TileLayout::swz128, TileLayout::padded, TileLayout::padded, true, GATES == 1>>(
-            S, in, sink, lane);
-      else
-        state_step<Tin, D, StepKind<TileLayout::swz128, TileLayout::padded, TileLayout::padded, false, GATES == 1>>(
-            S, in, sink, lane);
-      fence_proxy_async();  // this stage is rewritten by a bulk copy after the next barrier
-    } else {
-      help(c);
+      for (int c = 0; c < nch; ++c) {
+        if (c >= 2) mbar_wait(bars + 2 + (c & 1), ((c - 2) >> 1) & 1);
+        GDR2_HELP(5);
+        const long long ri = (cbase + c) * p.Hv + hv;
+        if (flags && !wait_published(flags + ri)) trap_out_of_line();  // the records never came
+        GDR2_HELP(0);
+        const char* rec = static_cast<const char*>(p.records) + ri * (long long)rbytes;
+        mbar_expect_tx(bars + (c & 1), std::uint32_t(rbytes));
+        bulk_g2s(sm + (c & 1) * Ls.stage_bytes + Ls.rec, rec, std::uint32_t(rbytes), bars + (c & 1));
+        GDR2_HELP(1);
+      }
+    __syncwarp();
+  } else {
+    if (helper && nch > 0) issue(0);
+#pragma unroll 1
+    for (int c = 0; c < nch; ++c) {
+      GDR2_STEP_STAMP(0);
+      if (helpers ? bar_red_or(2, nthr - 32, stuck) : __syncthreads_or(stuck))
+        trap_out_of_line();  // the records never came: fail loudly, not hang
+      GDR2_STEP_STAMP(1);
+      GDR2_HELP(5);
+      if (owner) {
+        if (!helpers) help(c);
+        mbar_wait(bars + (c & 1), (c >> 1) & 1);
+        GDR2_STEP_STAMP(2);
+        char* st = sm + (c & 1) * Ls.stage_bytes;
+        StepInputs in;
+        in.Y = reinterpret_cast<const __half*>(st + Ls.rec + R::y);
+        in.Qg = reinterpret_cast<const __half*>(st + Ls.rec + R::qg);
+        in.Kt = reinterpret_cast<const __half*>(st + Ls.rec + R::kt);
+        in.ph = 0;  // swz128
+        in.A = reinterpret_cast<const __half*>(st + Ls.rec + R::a);
+        in.Aqk = reinterpret_cast<const __half*>(st + Ls.rec + R::aqk);
+        in.pc = R::PC;
+        in.gammaC = reinterpret_cast<const float*>(st + Ls.rec + R::gc);
+        in.Rv = st + Ls.rv;
+        in.Rw = GATES == 0 ? static_cast<const void*>(st + Ls.rw) : nullptr;
+        in.beta = GATES == 1 ? reinterpret_cast<const float*>(st + Ls.rec + R::beta) : nullptr;
+        in.pv = Ls.pv;
+        in.vcol = 16 * w;
+        const TileOut<Tin> sink{out_tile(c), Ls.pv * 2, 16 * w};
+        if (p.chunk_states) save_chunk_state<D>(S, p.chunk_states, cbase + c, p.Hv, hv, v0 + 16 * w, lane);
+        GDR2_STEP_STAMP(3);
+        if (p.vslice >= 64)  // whole warpgroups of owner warps
+          state_step<Tin, D, StepKind<TileLayout::swz128, TileLayout::padded, TileLayout::padded, true, GATES == 1>>(
+              S, in, sink, lane);
+        else
+          state_step<Tin, D, StepKind<TileLayout::swz128, TileLayout::padded, TileLayout::padded, false, GATES == 1>>(
+              S, in, sink, lane);
+        fence_proxy_async();  // this stage is rewritten by a bulk copy (record warp: after this arrival)
+        if (helpers) mbar_arrive(bars + 2 + (c & 1));
+      } else {
+        help(c);
+      }
+      if (p.vslice >= 64) clocks.step();  // the whole-warpgroup step carries every stamp
     }
-    if (p.vslice >= 64) clocks.step();  // the whole-warpgroup step carries every stamp
   }
   clocks.flush();
+#if defined(GDR2_FWD_PHASES)
+  if (hmine)
+    for (int i = 0; i < kHelpParts; ++i)
+      atomicAdd(reinterpret_cast<unsigned long long*>(gdr2_fwd_cycles + kHelpSlots + i), (unsigned long long)hclk[i]);
+#endif
+#undef GDR2_HELP
   __syncthreads();  // the last chunk's output staged
-  if (helper && nch > 0) store_out(nch - 1);
+  if (helper && !recw && nch > 0) store_out(nch - 1);
   if (owner) store_state<D>(S, p.sT, p.sT_stride, slot, hv, v0 + 16 * w, lane);
 }
 

@@ -7,6 +7,9 @@
 //          0 of the persistent prep kernel walks items 0, grid, 2·grid, ...
 //   split  the same overlapped (the automatic path: tensor maps), twice for the run-to-run
 //          spread, with the polls that found a record unpublished
+//   with GDR2_VS128 set also: the overlapped run at 128-column slices (16 state blocks)
+//   state blocks: the issuer thread's parts per step too (poll, record copy, and where it
+//          waits: for the barrier, or as the record warp for a free stage)
 //   with any argument also: fused B=8 T=4096 H=16 (block 0 walks the 64 chunks of
 //          (sequence 0, head 0)) and the sequential split with cp.async
 //
@@ -18,6 +21,7 @@
 #include "tile_maps.hpp"
 
 #include <cstdio>
+#include <cstdlib>
 #include <vector>
 
 using namespace gdr2::cuda::detail;
@@ -85,11 +89,11 @@ static void run(int B, int T, int H, Path path, bool tma, bool overlap = false, 
   cudaEvent_t e0, e1;
   CK(cudaEventCreate(&e0));
   CK(cudaEventCreate(&e1));
-  long long cyc[32] = {};
+  long long cyc[48] = {};
   float ms = 0.f;
   for (int rep = 0; rep < 3; ++rep) {  // the last run is the one reported (warm)
-    const long long zero[33] = {};
-    CK(cudaMemcpyToSymbol(gdr2_fwd_cycles, zero, sizeof(long long) * 32));
+    const long long zero[48] = {};
+    CK(cudaMemcpyToSymbol(gdr2_fwd_cycles, zero, sizeof(long long) * 48));
     CK(cudaEventRecord(e0));
     CK((launch_chunk_forward<0, 0>(f, DType::bf16, path, nullptr)));
     CK(cudaEventRecord(e1));
@@ -117,6 +121,17 @@ static void run(int B, int T, int H, Path path, bool tma, bool overlap = false, 
       std::printf("%-28s %10.0f %5.1f%%\n", kStepNames[i], double(step[i]) / f.chunks_per_seq, 100.0 * step[i] / stot);
     std::printf("%-28s %10.0f\n", "total", double(stot) / f.chunks_per_seq);
   }
+  const long long* help = cyc + kHelpSlots;
+  long long htot = 0;
+  for (int i = 0; i < kHelpParts; ++i) htot += help[i];
+  if (htot) {  // state-pass block 0, the issuer thread (the record warp's lane 0 when there are helpers)
+    static const char* kHelpNames[kHelpParts] = {"poll record flag", "record bulk copy issue", "v w cp.async + arrive",
+                                                 "prefetch next v w", "store previous output", "barrier / stage free"};
+    std::printf("%-28s %10s %6s\n", "helper issuer (block 0)", "cyc/step", "share");
+    for (int i = 0; i < kHelpParts; ++i)
+      std::printf("%-28s %10.0f %5.1f%%\n", kHelpNames[i], double(help[i]) / f.chunks_per_seq, 100.0 * help[i] / htot);
+    std::printf("%-28s %10.0f\n", "total", double(htot) / f.chunks_per_seq);
+  }
   if (overlap)  // block 0's waits for records the prep had not published yet
     std::printf("%-28s %10.2f\n", "unpublished polls per step", double(cyc[kUnpublishedSlot]) / f.chunks_per_seq);
 }
@@ -127,6 +142,7 @@ int main(int argc, char** argv) {
   run(1, 32768, 16, Path::split, true);                // sequential, 64-column slices
   run(1, 32768, 16, Path::split, true, true);          // overlapped (the automatic path)
   run(1, 32768, 16, Path::split, true, true);
+  if (std::getenv("GDR2_VS128")) run(1, 32768, 16, Path::split, true, true, 128);  // fewer state blocks
   if (all) run(1, 32768, 16, Path::split, false);
   return 0;
 }
