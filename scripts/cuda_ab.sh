@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# A/B measurement of CUDA kernel changes in one device call (cuda/NOTES.md: every change is
+# measured against its base in the same call, alternated, because run-to-run spread on the
+# lent GPU is ≈ 1 %). Two steps:
+#
+#   here (no GPU):  bash scripts/cuda_ab.sh pack NAME [BUILD_DIR]
+#       copies the CUDA test / bench binaries (and any fwd_phases* / bwd_phases* next to them
+#       in BUILD_DIR/phases) xz-compressed into .devcarry/NAME, with libbenchmark, so that a
+#       device call can carry them (the device tool's 64 MiB limit: ≈ 30 MB per full set)
+#   on the GPU:     bash scripts/cuda_ab.sh run NAME1 NAME2 ...
+#       unpacks the sets, runs the device tests of the LAST set (the change), then each
+#       set's phase drivers and benchmarks alternated ROUNDS times (default 2), and writes
+#       everything to ONE report, $OUT/ab_report.txt (the device tool returns only a few
+#       files), ending with a table of the median times per case and set.
+#   Filters: GDR2_AB_FWD (bench_cuda), GDR2_AB_BWD (bench_cuda_backward; empty = skip),
+#   GDR2_AB_TESTS (test_cuda tags, default "[forward],[graph],[decode]"), GDR2_AB_SANITIZE=1
+#   adds racecheck on the long-sequence and graph tests.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+cmd=${1:-}
+shift || true
+case "$cmd" in
+pack)
+  name=${1:?name}
+  build=${2:-build}
+  dst=.devcarry/$name
+  rm -rf "$dst" && mkdir -p "$dst" .devcarry/lib
+  for f in bench/cuda/bench_cuda bench/cuda/bench_cuda_backward tests/cuda/test_cuda tests/cuda/test_cuda_backward; do
+    [ -x "$build/$f" ] && cp "$build/$f" "$dst/"
+  done
+  for f in "$build"/phases/fwd_phases* "$build"/phases/bwd_phases*; do [ -x "$f" ] && cp "$f" "$dst/"; done
+  xz -6 -T2 "$dst"/*
+  lib=$(ldd "$build/bench/cuda/bench_cuda" 2>/dev/null | awk '/libbenchmark/ {print $3}')
+  [ -n "$lib" ] && cp -L "$lib" .devcarry/lib/
+  du -sh .devcarry "$dst"
+  ;;
+run)
+  [ $# -ge 1 ] || { echo "usage: $0 run NAME1 [NAME2 ...]"; exit 2; }
+  R=${OUT:-.devcarry}/ab_report.txt
+  : >"$R"
+  export LD_LIBRARY_PATH=$PWD/.devcarry/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
+  export PATH=/usr/local/cuda/bin:$PATH
+  for n in "$@"; do for f in .devcarry/$n/*.xz; do [ -e "$f" ] && xz -dkf -T4 "$f" & done; done
+  wait
+  for n in "$@"; do chmod +x .devcarry/$n/* 2>/dev/null; done
+  nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader >>"$R" 2>&1
+  new=.devcarry/${!#}
+  log() { echo "## $*" | tee -a "$R"; }
+  if [ -x "$new/test_cuda" ]; then
+    log "test_cuda ${GDR2_AB_TESTS:-[forward],[graph],[decode]} ($new)"
+    timeout 300 "$new/test_cuda" "${GDR2_AB_TESTS:-[forward],[graph],[decode]}" >"$R.tmp" 2>&1
+    echo "rc $?" | tee -a "$R"
+    grep -E "FAILED|failed|with expansion|SEED|passed" "$R.tmp" | tail -12 | tee -a "$R"
+    grep "^\[accuracy\]" "$R.tmp" | awk '{o=$(NF-2); s=$NF; if (o>mo) mo=o; if (s>ms) ms=s; n++}
+      END {if (n) printf "accuracy over %d runs: output %.2e, final state %.2e\n", n, mo, ms}' | tee -a "$R"
+  fi
+  if [ -x "$new/test_cuda_backward" ]; then
+    log "test_cuda_backward [device] ($new)"
+    timeout 300 "$new/test_cuda_backward" "[device]" >"$R.tmp" 2>&1
+    echo "rc $?" | tee -a "$R"
+    grep -E "FAILED|failed|with expansion|SEED|passed" "$R.tmp" | tail -12 | tee -a "$R"
+  fi
+  if [ "${GDR2_AB_SANITIZE:-0}" = 1 ] && [ -x "$new/test_cuda" ]; then
+    for t in "cuda chunk forward: fused and split agree on a long sequence" "[graph]"; do
+      timeout 200 compute-sanitizer --tool racecheck --error-exitcode 9 "$new/test_cuda" "$t" >"$R.tmp" 2>&1
+      log "racecheck $t: rc $?"
+      grep -E "SUMMARY" "$R.tmp" | tee -a "$R"
+    done
+  fi
+  rm -f "$R.tmp"
+  for r in $(seq 1 "${ROUNDS:-2}"); do
+    for n in "$@"; do
+      d=.devcarry/$n
+      for ph in "$d"/fwd_phases* "$d"/bwd_phases*; do
+        [ -x "$ph" ] || continue
+        log "phases $n round $r: $(basename "$ph")"
+        timeout 120 "$ph" all >>"$R" 2>&1
+      done
+      if [ -x "$d/bench_cuda" ]; then
+        "$d/bench_cuda" --benchmark_filter="${GDR2_AB_FWD:-BM_copy|BM_forward/B:(8/T:4096/H:16/path:0|1/T:32768/H:16/path:0/vs:0/ov:1/copy:0)|BM_forward_states}" 2>&1 |
+          awk -v n="$n" '/^BM_/ {m=""; for (i = 1; i <= NF; ++i) if ($i ~ /^median_(ms|us)=/) m=$i; print "bench", n, $1, m}' >>"$R"
+      fi
+      if [ -x "$d/bench_cuda_backward" ] && [ -n "${GDR2_AB_BWD-BM_fwd_bwd}" ]; then
+        "$d/bench_cuda_backward" --benchmark_filter="${GDR2_AB_BWD-BM_fwd_bwd}" 2>&1 |
+          awk -v n="$n" '/^BM_/ {m=""; for (i = 1; i <= NF; ++i) if ($i ~ /^median_(ms|us)=/) m=$i; print "bench", n, $1, m}' >>"$R"
+      fi
+    done
+  done
+  log "medians per case (one column per set, rounds separated by /)"
+  python3 - "$R" "$@" <<'PY' | tee "$R.sum"
+import sys, collections
+rep, sets = sys.argv[1], sys.argv[2:]
+t = collections.defaultdict(lambda: collections.defaultdict(list))
+for line in open(rep):
+    f = line.split()
+    if len(f) == 4 and f[0] == "bench" and "=" in f[3]:
+        t[f[2].split("/iterations")[0]][f[1]].append(f[3].split("=")[1])
+w = max([len(c) for c in t] + [10])
+print(f"{'case':{w}s} " + " ".join(f"{s:>18s}" for s in sets))
+for c, by in t.items():
+    print(f"{c:{w}s} " + " ".join(f"{' / '.join(x[:6] for x in by.get(s, [])):>18s}" for s in sets))
+PY
+  cat "$R.sum" >>"$R" && rm -f "$R.sum"
+  ;;
+*)
+  sed -n 2,19p "$0"
+  exit 2
+  ;;
+esac
