@@ -1459,9 +1459,10 @@ struct StateLayout {
   }
 };
 
-/// Named barrier of the helper warps (id 1; id 0 is __syncthreads).
-__device__ __forceinline__ void helper_sync(int nthreads) {
-  asm volatile("bar.sync 1, %0;\n" ::"r"(nthreads) : "memory");
+/// Named barrier `id` of `nthreads` threads, a multiple of 32 (id 0 is __syncthreads): the
+/// state pass's helper warps (1) and all warps but the record warp (2).
+__device__ __forceinline__ void named_sync(int id, int nthreads) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(nthreads) : "memory");
 }
 
 /// Ends the kernel with an error (the launch fails with cudaErrorLaunchFailure). Out of
@@ -1532,7 +1533,7 @@ __device__ void state_body(const ForwardParams& p, char* sm, int n, int hv, int 
   float S[D / 8][4];
   if (owner) load_state<D>(S, p.s0, p.s0_stride, slot, hv, v0 + 16 * w, lane);
   const int hw = gate_head(hv, p.hg_w, p.Hv);
-  bool stuck = false;  // the issuer: a record was not published in time
+  bool stuck = false;  // the issuer without a record warp: a record was not published in time
   const int cpr = Ls.vs * 2 / 16;  // 16-byte pieces per row of a v, w or output tile
   // this helper thread's share of every copy and store of such a tile: piece hcc of rows
   // hr0, hr0 + hrs, ... (cthr, 96..256 threads, is a multiple of cpr, 2..16, for every value
@@ -1564,19 +1565,23 @@ __device__ void state_body(const ForwardParams& p, char* sm, int n, int hv, int 
 #else
 #define GDR2_HELP(i)
 #endif
-  // helpers: chunk c's v, w slices (cp.async) into stage c&1, and its record (bulk copy)
-  // when there is no record warp
+  // the issuer: chunk c's record, once published (when `flags` is given), into stage c&1 by
+  // one bulk copy; false if it was never published
+  auto copy_record = [&](int c) {
+    const long long ri = (cbase + c) * p.Hv + hv;
+    if (flags && !wait_published(flags + ri)) return false;
+    GDR2_HELP(0);
+    const char* rec = static_cast<const char*>(p.records) + ri * (long long)rbytes;
+    mbar_expect_tx(bars + (c & 1), std::uint32_t(rbytes));
+    bulk_g2s(sm + (c & 1) * Ls.stage_bytes + Ls.rec, rec, std::uint32_t(rbytes), bars + (c & 1));
+    GDR2_HELP(1);
+    return true;
+  };
+  // helpers: chunk c's v, w slices (cp.async) into stage c&1, and its record when there is
+  // no record warp
   auto issue = [&](int c) {
     char* st = sm + (c & 1) * Ls.stage_bytes;
-    if (htid == issuer && !helpers) {
-      const long long ri = (cbase + c) * p.Hv + hv;
-      if (flags && !wait_published(flags + ri)) stuck = true;
-      GDR2_HELP(0);
-      const char* rec = static_cast<const char*>(p.records) + ri * (long long)rbytes;
-      mbar_expect_tx(bars + (c & 1), std::uint32_t(rbytes));
-      bulk_g2s(st + Ls.rec, rec, std::uint32_t(rbytes), bars + (c & 1));
-      GDR2_HELP(1);
-    }
+    if (htid == issuer && !helpers && !copy_record(c)) stuck = true;
     const Tin *vsrc, *wsrc;
     int len;
     vw_rows(c, vsrc, wsrc, len);
@@ -1621,7 +1626,7 @@ __device__ void state_body(const ForwardParams& p, char* sm, int n, int hv, int 
     } else {
       if (c > 0) {
         store_out(c - 1);
-        helper_sync(hthr);  // the staged rows read before the copies overwrite them
+        named_sync(1, hthr);  // the staged rows read before the copies overwrite them
       }
       if (c + 1 < nch) issue(c + 1);
     }
@@ -1633,13 +1638,7 @@ __device__ void state_body(const ForwardParams& p, char* sm, int n, int hv, int 
       for (int c = 0; c < nch; ++c) {
         if (c >= 2) mbar_wait(bars + 2 + (c & 1), ((c - 2) >> 1) & 1);
         GDR2_HELP(5);
-        const long long ri = (cbase + c) * p.Hv + hv;
-        if (flags && !wait_published(flags + ri)) trap_out_of_line();  // the records never came
-        GDR2_HELP(0);
-        const char* rec = static_cast<const char*>(p.records) + ri * (long long)rbytes;
-        mbar_expect_tx(bars + (c & 1), std::uint32_t(rbytes));
-        bulk_g2s(sm + (c & 1) * Ls.stage_bytes + Ls.rec, rec, std::uint32_t(rbytes), bars + (c & 1));
-        GDR2_HELP(1);
+        if (!copy_record(c)) trap_out_of_line();  // the records never came: fail loudly, not hang
       }
     __syncwarp();
   } else {
@@ -1647,7 +1646,9 @@ __device__ void state_body(const ForwardParams& p, char* sm, int n, int hv, int 
 #pragma unroll 1
     for (int c = 0; c < nch; ++c) {
       GDR2_STEP_STAMP(0);
-      if (helpers ? bar_red_or(2, nthr - 32, stuck) : __syncthreads_or(stuck))
+      if (helpers)
+        named_sync(2, nthr - 32);  // (the record warp traps by itself)
+      else if (__syncthreads_or(stuck))
         trap_out_of_line();  // the records never came: fail loudly, not hang
       GDR2_STEP_STAMP(1);
       GDR2_HELP(5);

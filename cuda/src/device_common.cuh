@@ -107,16 +107,6 @@ __device__ __forceinline__ void bulk_g2s(void* dst, const void* src, std::uint32
 __device__ __forceinline__ void mbar_arrive(void* bar) {
   asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_u32(bar)) : "memory");
 }
-/// Barrier `id` of `nthreads` threads (a multiple of 32) that also ORs `pred` over them.
-__device__ __forceinline__ bool bar_red_or(int id, int nthreads, bool pred) {
-  std::uint32_t r;
-  asm volatile(
-      "{\n .reg .pred p, q;\n setp.ne.u32 p, %1, 0;\n barrier.red.or.pred q, %2, %3, p;\n selp.u32 %0, 1, 0, q;\n}\n"
-      : "=r"(r)
-      : "r"(std::uint32_t(pred)), "r"(id), "r"(nthreads)
-      : "memory");
-  return r != 0;
-}
 /// The mbarrier counts one arrival once every cp.async this thread issued so far has landed
 /// (no pending-count increment: the arrival is part of the barrier's expected count).
 __device__ __forceinline__ void cp_async_mbar_arrive(void* bar) {
