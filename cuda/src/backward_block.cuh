@@ -17,7 +17,9 @@
 //
 // Device products use mma.sync m16n8k8 with tf32 operands (fp32 accumulation), or
 // three such products per step (split tf32: a = a_hi + a_lo, dropping a_lo·b_lo) for
-// about fp32 accuracy, or plain fp32 FMAs on the CUDA cores. The host path is fp32.
+// about fp32 accuracy, or plain fp32 FMAs on the CUDA cores. The host path is fp32, or in
+// the tf32 mode (run_backward_host asked to emulate it) the same products of tf32-rounded
+// operands, summed in fp32 in the host's order.
 #pragma once
 
 #include <cmath>
@@ -409,6 +411,13 @@ __device__ __forceinline__ void mm_out(const float (&c)[NT][4], int m0, int n0, 
 #endif
 
 #if !defined(__CUDA_ARCH__)
+/// One term of a host product: a·b in fp32, of the tf32-rounded operands in the tf32 mode
+/// (run_backward_host's emulation; split tf32 and fp32 as fp32).
+template <int MATH>
+inline float host_product(float a, float b) {
+  return MATH == kTf32 ? tf32_round(a) * tf32_round(b) : a * b;
+}
+
 /// The host execution of a block product (mm, mmt): every computed 16 × 8·NT tile of the
 /// M×N output in order, element (m, n) = dot(m, n) in fp32; a tile's results are handed to
 /// fo only after the whole tile is computed, as on the device. LOWER as in mm.
@@ -488,10 +497,9 @@ GDR2_HD void mm(const Blk& bk, int M, int N, int KD, FA&& fa, FB&& fb, FO&& fo) 
     mm_out<NT>(c, m0, n0, lane, fo);
   }
 #else
-  (void)MATH;
   host_tiles<NT, LOWER>(M, N, fo, [&](int m, int n) {
     float s = 0.f;
-    for (int k = 0; k < KD; ++k) s += fa(m, k) * fb(k, n);
+    for (int k = 0; k < KD; ++k) s += host_product<MATH>(fa(m, k), fb(k, n));
     return s;
   });
 #endif
@@ -695,12 +703,11 @@ GDR2_HD void mmt(const Blk& bk, int M, int N, FO&& fo, const Ts&... terms) {
     mm_out<NT>(c, m0, n0, lane, fo);
   }
 #else
-  (void)MATH;
   host_tiles<NT, LOWER>(M, N, fo, [&](int m, int n) {
     float s = 0.f;
     auto add = [&](const auto& tm) {
       for (int k = 0; k < tm.K; ++k) {
-        const float v = tm.a.at(m, k) * tm.b.at(n, k);
+        const float v = host_product<MATH>(tm.a.at(m, k), tm.b.at(n, k));
         s += tm.neg ? -v : v;
       }
     };

@@ -132,7 +132,7 @@ cudaError_t launch_m(const BackwardParams& p, cudaStream_t st) {
   return launch_d<D, kTf32>(p, st);
 }
 
-template <int D>
+template <int D, int MATH>
 void run_host_d(const BackwardParams& p) {
   const Blk bk{0, 1};
   const StateLayout<D> L(p.vs);
@@ -142,16 +142,16 @@ void run_host_d(const BackwardParams& p) {
   float* sm = smem.data();
   if (p.chunk_offsets) offsets_body(bk, p, sm);
   for (long long cg = 0; cg < p.total_chunks; ++cg)
-    for (int hv = 0; hv < p.Hv; ++hv) prep_body<D, kFp32>(bk, p, cg, hv, sm);
+    for (int hv = 0; hv < p.Hv; ++hv) prep_body<D, MATH>(bk, p, cg, hv, sm);
   for (int role = p.saved_states; role < 2; ++role)
     for (int pair = 0; pair < p.N * p.Hv; ++pair)
-      for (int sl = 0; sl < D / p.vs; ++sl) state_body<D, kFp32>(bk, p, pair, sl, role, sm);
+      for (int sl = 0; sl < D / p.vs; ++sl) state_body<D, MATH>(bk, p, pair, sl, role, sm);
   for (long long cg = 0; cg < p.total_chunks; ++cg)
-    for (int hv = 0; hv < p.Hv; ++hv) grad1_body<D, kFp32>(bk, p, cg, hv, sm);
+    for (int hv = 0; hv < p.Hv; ++hv) grad1_body<D, MATH>(bk, p, cg, hv, sm);
   for (long long cg = 0; cg < p.total_chunks; ++cg)
     for (int hv = 0; hv < p.Hv; ++hv) {
-      wy_body<D, kFp32>(bk, p, cg, hv, sm);
-      for (int sl = 0; sl < D / kKS; ++sl) apply_body<D, kFp32>(bk, p, cg, hv, sl, sm);
+      wy_body<D, MATH>(bk, p, cg, hv, sm);
+      for (int sl = 0; sl < D / kKS; ++sl) apply_body<D, MATH>(bk, p, cg, hv, sl, sm);
     }
   if (p.tied || p.scalar_decay)
     for (long long i = 0; i < p.total_chunks * p.Hv * kC; ++i) token_elem<D>(p, i);
@@ -167,11 +167,13 @@ cudaError_t launch_backward(const BackwardParams& p, cudaStream_t stream) {
   return p.D == 128 ? bwd::launch_m<128>(p, stream) : bwd::launch_m<64>(p, stream);
 }
 
-void run_backward_host(const BackwardParams& p) {
+void run_backward_host(const BackwardParams& p, bool emulate_tf32) {
+  // the host forms tf32 products only when asked to emulate them (mm / mmt's host path)
+  const bool tf32 = emulate_tf32 && p.math == bwd::kTf32;
   if (p.D == 128)
-    bwd::run_host_d<128>(p);
+    tf32 ? bwd::run_host_d<128, bwd::kTf32>(p) : bwd::run_host_d<128, bwd::kFp32>(p);
   else
-    bwd::run_host_d<64>(p);
+    tf32 ? bwd::run_host_d<64, bwd::kTf32>(p) : bwd::run_host_d<64, bwd::kFp32>(p);
 }
 
 }  // namespace detail

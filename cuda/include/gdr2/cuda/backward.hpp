@@ -132,8 +132,10 @@ constexpr long long bwd_g1_floats(int D) { return 4LL * 64 * D + 64LL * 64 + D +
 
 /// Enqueue every backward kernel (device pointers in p) on `stream`.
 cudaError_t launch_backward(const BackwardParams& p, cudaStream_t stream);
-/// Run the same kernel bodies on the host, block after block (host pointers in p).
-void run_backward_host(const BackwardParams& p);
+/// Run the same kernel bodies on the host, block after block (host pointers in p): with
+/// fp32 products, or, when `emulate_tf32` and p.math is tf32, with the tf32 mode's products
+/// (testing::HostProducts).
+void run_backward_host(const BackwardParams& p, bool emulate_tf32);
 
 }  // namespace detail
 }  // namespace cuda
@@ -457,13 +459,26 @@ Status chunk_backward(const Problem<T>& p, const GradOutputs<T>& up, const Gradi
 
 namespace testing {
 
-/// The CUDA backward's kernel bodies executed on the HOST, block after block, in fp32:
-/// same arguments as chunk_backward but every View (and the workspace, sized by
+/// How chunk_backward_on_host forms its products.
+enum class HostProducts {
+  /// every product in fp32 whatever BackwardOptions::math asks for: the kernels' logic
+  /// (errors ≤ 2e-5 against the fp64 BPTT)
+  fp32,
+  /// as the device does where the host can: in the tf32 mode both operands of every
+  /// product rounded as the tensor cores' cvt.rna rounds them (the device's tf32 accuracy
+  /// without a GPU, up to the order of the fp32 sums and the 16-bit inputs' prep, which
+  /// the host runs in its fp32 form); split tf32 and fp32 products in fp32
+  as_device
+};
+
+/// The CUDA backward's kernel bodies executed on the HOST, block after block: same
+/// arguments as chunk_backward but every View (and the workspace, sized by
 /// chunk_backward_workspace_size) in host memory; Problem::cu_seqlens serves as both
-/// copies. For testing the kernels' logic on machines without a GPU; slow.
+/// copies. For testing the kernels on machines without a GPU; slow.
 template <class Policy, class T>
 Status chunk_backward_on_host(const Problem<T>& p, const GradOutputs<T>& up, const Gradients<float>& gr,
-                              void* workspace, std::size_t workspace_bytes, const BackwardOptions& opt = {}) {
+                              void* workspace, std::size_t workspace_bytes, const BackwardOptions& opt = {},
+                              HostProducts products = HostProducts::fp32) {
   detail::BackwardParams f;
   std::size_t need = 0;
   GDR2_RETURN_IF_ERROR(detail::backward_common<Policy>(p, up, gr, opt, 132, f, need));
@@ -471,7 +486,7 @@ Status chunk_backward_on_host(const Problem<T>& p, const GradOutputs<T>& up, con
     return {Code::invalid_argument, "workspace of " + std::to_string(workspace_bytes) + " bytes, " +
                                         std::to_string(need) + " needed"};
   detail::bind_workspace(f, static_cast<char*>(workspace), p.cu_seqlens.data);
-  detail::run_backward_host(f);
+  detail::run_backward_host(f, products == HostProducts::as_device);
   return {};
 }
 
