@@ -7,14 +7,23 @@
 #       copies the CUDA test / bench binaries (and any fwd_phases* / bwd_phases* next to them
 #       in BUILD_DIR/phases) xz-compressed into .devcarry/NAME, with libbenchmark, so that a
 #       device call can carry them (the device tool's 64 MiB limit: ≈ 30 MB per full set)
+#   here (no GPU):  bash scripts/cuda_ab.sh variant NAME [PATCH ...]
+#       HEAD's tracked files with the patches applied in order (e.g. cuda/experiments/*.patch)
+#       in .devcarry/src-NAME, their CUDA tests and benches built there, then packed as NAME
+#       (no patch: HEAD itself, the base of an A/B)
 #   on the GPU:     bash scripts/cuda_ab.sh run NAME1 NAME2 ...
-#       unpacks the sets, runs the device tests of the LAST set (the change), then each
+#       unpacks the sets, runs the device tests of every set after the first (the changes;
+#       the first is the base), then each
 #       set's phase drivers and benchmarks alternated ROUNDS times (default 2), and writes
 #       everything to ONE report, $OUT/ab_report.txt (the device tool returns only a few
 #       files), ending with a table of the median times per case and set.
+#   Sets: GDR2_AB_PACK (pack, variant) names the binaries to pack (default all four, ≈ 31 MB
+#   xz-compressed; the device tool carries 64 MiB: e.g. "bench_cuda_backward" for a backward
+#   base, "bench_cuda_backward test_cuda_backward" for its change).
 #   Filters: GDR2_AB_FWD (bench_cuda), GDR2_AB_BWD (bench_cuda_backward; empty = skip),
 #   GDR2_AB_TESTS (test_cuda tags, default "[forward],[graph],[decode]"), GDR2_AB_SANITIZE=1
-#   adds racecheck on the long-sequence and graph tests.
+#   adds racecheck on the forward's long-sequence and graph tests and the backward's
+#   sanitizer test.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 cmd=${1:-}
@@ -26,13 +35,31 @@ pack)
   dst=.devcarry/$name
   rm -rf "$dst" && mkdir -p "$dst" .devcarry/lib
   for f in bench/cuda/bench_cuda bench/cuda/bench_cuda_backward tests/cuda/test_cuda tests/cuda/test_cuda_backward; do
-    [ -x "$build/$f" ] && cp "$build/$f" "$dst/"
+    case " ${GDR2_AB_PACK:-bench_cuda bench_cuda_backward test_cuda test_cuda_backward} " in
+    *" $(basename "$f") "*) [ -x "$build/$f" ] && cp "$build/$f" "$dst/" ;;
+    esac
   done
   for f in "$build"/phases/fwd_phases* "$build"/phases/bwd_phases*; do [ -x "$f" ] && cp "$f" "$dst/"; done
   xz -6 -T2 "$dst"/*
   lib=$(ldd "$build/bench/cuda/bench_cuda" 2>/dev/null | awk '/libbenchmark/ {print $3}')
   [ -n "$lib" ] && cp -L "$lib" .devcarry/lib/
-  du -sh .devcarry "$dst"
+  du -sh "$dst" .devcarry/lib
+  ;;
+variant)
+  name=${1:?name}
+  shift
+  src=.devcarry/src-$name
+  rm -rf "$src" && mkdir -p "$src"
+  git archive HEAD | tar -x -C "$src" || exit 1
+  for pf in "$@"; do
+    (cd "$src" && git apply "$OLDPWD/$pf") || { echo "$pf does not apply to HEAD"; exit 1; }
+  done
+  cmake -S "$src" -B "$src/build" -DCMAKE_BUILD_TYPE=Release -DGDR2_BUILD_TESTS=ON -DGDR2_BUILD_BENCH=ON \
+    -DGDR2_NATIVE=OFF >"$src/cmake.log" 2>&1 || { tail -20 "$src/cmake.log"; exit 1; }
+  cmake --build "$src/build" -j "$(nproc)" --target test_cuda test_cuda_backward bench_cuda bench_cuda_backward \
+    >"$src/build.log" 2>&1 || { grep -E "error" "$src/build.log" | head -20; exit 1; }
+  grep -E "spill stores" "$src/build.log" | grep -v " 0 bytes spill" | sort -u | head -5
+  "$0" pack "$name" "$src/build"
   ;;
 run)
   [ $# -ge 1 ] || { echo "usage: $0 run NAME1 [NAME2 ...]"; exit 2; }
@@ -44,29 +71,43 @@ run)
   wait
   for n in "$@"; do chmod +x .devcarry/$n/* 2>/dev/null; done
   nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader >>"$R" 2>&1
-  new=.devcarry/${!#}
   log() { echo "## $*" | tee -a "$R"; }
-  if [ -x "$new/test_cuda" ]; then
-    log "test_cuda ${GDR2_AB_TESTS:-[forward],[graph],[decode]} ($new)"
-    timeout 300 "$new/test_cuda" "${GDR2_AB_TESTS:-[forward],[graph],[decode]}" >"$R.tmp" 2>&1
-    echo "rc $?" | tee -a "$R"
-    grep -E "FAILED|failed|with expansion|SEED|passed" "$R.tmp" | tail -12 | tee -a "$R"
-    grep "^\[accuracy\]" "$R.tmp" | awk '{o=$(NF-2); s=$NF; if (o>mo) mo=o; if (s>ms) ms=s; n++}
-      END {if (n) printf "accuracy over %d runs: output %.2e, final state %.2e\n", n, mo, ms}' | tee -a "$R"
-  fi
-  if [ -x "$new/test_cuda_backward" ]; then
-    log "test_cuda_backward [device] ($new)"
-    timeout 300 "$new/test_cuda_backward" "[device]" >"$R.tmp" 2>&1
-    echo "rc $?" | tee -a "$R"
-    grep -E "FAILED|failed|with expansion|SEED|passed" "$R.tmp" | tail -12 | tee -a "$R"
-  fi
-  if [ "${GDR2_AB_SANITIZE:-0}" = 1 ] && [ -x "$new/test_cuda" ]; then
-    for t in "cuda chunk forward: fused and split agree on a long sequence" "[graph]"; do
-      timeout 200 compute-sanitizer --tool racecheck --error-exitcode 9 "$new/test_cuda" "$t" >"$R.tmp" 2>&1
-      log "racecheck $t: rc $?"
-      grep -E "SUMMARY" "$R.tmp" | tee -a "$R"
-    done
-  fi
+  first=1
+  for n in "$@"; do  # the device tests (and sanitizers) of every set but the first (the base)
+    [ $first = 1 ] && [ $# -gt 1 ] && { first=0; continue; }
+    new=.devcarry/$n
+    if [ -x "$new/test_cuda" ]; then
+      log "test_cuda ${GDR2_AB_TESTS:-[forward],[graph],[decode]} ($new)"
+      timeout 300 "$new/test_cuda" "${GDR2_AB_TESTS:-[forward],[graph],[decode]}" >"$R.tmp" 2>&1
+      echo "rc $?" | tee -a "$R"
+      grep -E "FAILED|failed|with expansion|SEED|passed" "$R.tmp" | tail -12 | tee -a "$R"
+      grep "^\[accuracy\]" "$R.tmp" | awk '{o=$(NF-2); s=$NF; if (o>mo) mo=o; if (s>ms) ms=s; n++}
+        END {if (n) printf "accuracy over %d runs: output %.2e, final state %.2e\n", n, mo, ms}' | tee -a "$R"
+    fi
+    if [ -x "$new/test_cuda_backward" ]; then
+      log "test_cuda_backward [device] ($new)"
+      timeout 300 "$new/test_cuda_backward" "[device]" >"$R.tmp" 2>&1
+      echo "rc $?" | tee -a "$R"
+      grep -E "FAILED|failed|with expansion|SEED|passed" "$R.tmp" | tail -12 | tee -a "$R"
+      grep "^\[bwd-accuracy\] device" "$R.tmp" | awk '{for (i = 1; i < NF; ++i) if ($i ~ /^d[a-z_]+$/ && $(i+1) + 0 > w[$i]) w[$i] = $(i+1) + 0}
+        END {printf "worst over the device rows:"; for (k in w) printf " %s %.2e", k, w[k]; print ""}' | tee -a "$R"
+    fi
+    if [ "${GDR2_AB_SANITIZE:-0}" = 1 ]; then
+      if [ -x "$new/test_cuda" ]; then
+        for t in "cuda chunk forward: fused and split agree on a long sequence" "[graph]"; do
+          timeout 200 compute-sanitizer --tool racecheck --error-exitcode 9 "$new/test_cuda" "$t" >"$R.tmp" 2>&1
+          log "racecheck $n $t: rc $?"
+          grep -E "SUMMARY" "$R.tmp" | tee -a "$R"
+        done
+      fi
+      if [ -x "$new/test_cuda_backward" ]; then
+        t="cuda chunk backward given the forward's chunk states (small, for the sanitizers)"
+        timeout 200 compute-sanitizer --tool racecheck --error-exitcode 9 "$new/test_cuda_backward" "$t" >"$R.tmp" 2>&1
+        log "racecheck $n $t: rc $?"
+        grep -E "SUMMARY" "$R.tmp" | tee -a "$R"
+      fi
+    fi
+  done
   rm -f "$R.tmp"
   for r in $(seq 1 "${ROUNDS:-2}"); do
     for n in "$@"; do
@@ -103,7 +144,7 @@ PY
   cat "$R.sum" >>"$R" && rm -f "$R.sum"
   ;;
 *)
-  sed -n 2,19p "$0"
+  sed -n 2,26p "$0"
   exit 2
   ;;
 esac
