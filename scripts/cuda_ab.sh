@@ -72,40 +72,45 @@ run)
   for n in "$@"; do chmod +x .devcarry/$n/* 2>/dev/null; done
   nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader >>"$R" 2>&1
   log() { echo "## $*" | tee -a "$R"; }
+  # tests BIN TAGS: run them into $R.tmp, report rc and the verdict lines
+  tests() {
+    log "$(basename "$1") $2 ($(dirname "$1"))"
+    timeout 300 "$1" "$2" >"$R.tmp" 2>&1
+    echo "rc $?" | tee -a "$R"
+    grep -E "FAILED|failed|with expansion|SEED|passed" "$R.tmp" | tail -12 | tee -a "$R"
+  }
+  # racecheck SET BIN TEST
+  racecheck() {
+    timeout 200 compute-sanitizer --tool racecheck --error-exitcode 9 "$2" "$3" >"$R.tmp" 2>&1
+    log "racecheck $1 $3: rc $?"
+    grep -E "SUMMARY" "$R.tmp" | tee -a "$R"
+  }
+  # bench SET BIN FILTER: one "bench SET CASE median_…" line per case
+  bench() {
+    "$2" --benchmark_filter="$3" 2>&1 |
+      awk -v n="$1" '/^BM_/ {m=""; for (i = 1; i <= NF; ++i) if ($i ~ /^median_(ms|us)=/) m=$i; print "bench", n, $1, m}' >>"$R"
+  }
   first=1
   for n in "$@"; do  # the device tests (and sanitizers) of every set but the first (the base)
     [ $first = 1 ] && [ $# -gt 1 ] && { first=0; continue; }
     new=.devcarry/$n
     if [ -x "$new/test_cuda" ]; then
-      log "test_cuda ${GDR2_AB_TESTS:-[forward],[graph],[decode]} ($new)"
-      timeout 300 "$new/test_cuda" "${GDR2_AB_TESTS:-[forward],[graph],[decode]}" >"$R.tmp" 2>&1
-      echo "rc $?" | tee -a "$R"
-      grep -E "FAILED|failed|with expansion|SEED|passed" "$R.tmp" | tail -12 | tee -a "$R"
+      tests "$new/test_cuda" "${GDR2_AB_TESTS:-[forward],[graph],[decode]}"
       grep "^\[accuracy\]" "$R.tmp" | awk '{o=$(NF-2); s=$NF; if (o>mo) mo=o; if (s>ms) ms=s; n++}
         END {if (n) printf "accuracy over %d runs: output %.2e, final state %.2e\n", n, mo, ms}' | tee -a "$R"
     fi
     if [ -x "$new/test_cuda_backward" ]; then
-      log "test_cuda_backward [device] ($new)"
-      timeout 300 "$new/test_cuda_backward" "[device]" >"$R.tmp" 2>&1
-      echo "rc $?" | tee -a "$R"
-      grep -E "FAILED|failed|with expansion|SEED|passed" "$R.tmp" | tail -12 | tee -a "$R"
-      grep "^\[bwd-accuracy\] device" "$R.tmp" | awk '{for (i = 1; i < NF; ++i) if ($i ~ /^d[a-z_]+$/ && $(i+1) + 0 > w[$i]) w[$i] = $(i+1) + 0}
+      tests "$new/test_cuda_backward" "[device]"
+      grep "^\[bwd-accuracy\] device" "$R.tmp" | awk '{for (i = 3; i < NF; ++i) if ($i ~ /^d[a-z_]+$/ && $(i+1) + 0 > w[$i]) w[$i] = $(i+1) + 0}
         END {printf "worst over the device rows:"; for (k in w) printf " %s %.2e", k, w[k]; print ""}' | tee -a "$R"
     fi
     if [ "${GDR2_AB_SANITIZE:-0}" = 1 ]; then
       if [ -x "$new/test_cuda" ]; then
-        for t in "cuda chunk forward: fused and split agree on a long sequence" "[graph]"; do
-          timeout 200 compute-sanitizer --tool racecheck --error-exitcode 9 "$new/test_cuda" "$t" >"$R.tmp" 2>&1
-          log "racecheck $n $t: rc $?"
-          grep -E "SUMMARY" "$R.tmp" | tee -a "$R"
-        done
+        racecheck "$n" "$new/test_cuda" "cuda chunk forward: fused and split agree on a long sequence"
+        racecheck "$n" "$new/test_cuda" "[graph]"
       fi
-      if [ -x "$new/test_cuda_backward" ]; then
-        t="cuda chunk backward given the forward's chunk states (small, for the sanitizers)"
-        timeout 200 compute-sanitizer --tool racecheck --error-exitcode 9 "$new/test_cuda_backward" "$t" >"$R.tmp" 2>&1
-        log "racecheck $n $t: rc $?"
-        grep -E "SUMMARY" "$R.tmp" | tee -a "$R"
-      fi
+      [ -x "$new/test_cuda_backward" ] &&
+        racecheck "$n" "$new/test_cuda_backward" "cuda chunk backward given the forward's chunk states (small, for the sanitizers)"
     fi
   done
   rm -f "$R.tmp"
@@ -117,14 +122,10 @@ run)
         log "phases $n round $r: $(basename "$ph")"
         timeout 120 "$ph" all >>"$R" 2>&1
       done
-      if [ -x "$d/bench_cuda" ]; then
-        "$d/bench_cuda" --benchmark_filter="${GDR2_AB_FWD:-BM_copy|BM_forward/B:(8/T:4096/H:16/path:0|1/T:32768/H:16/path:0/vs:0/ov:1/copy:0)|BM_forward_states}" 2>&1 |
-          awk -v n="$n" '/^BM_/ {m=""; for (i = 1; i <= NF; ++i) if ($i ~ /^median_(ms|us)=/) m=$i; print "bench", n, $1, m}' >>"$R"
-      fi
-      if [ -x "$d/bench_cuda_backward" ] && [ -n "${GDR2_AB_BWD-BM_fwd_bwd}" ]; then
-        "$d/bench_cuda_backward" --benchmark_filter="${GDR2_AB_BWD-BM_fwd_bwd}" 2>&1 |
-          awk -v n="$n" '/^BM_/ {m=""; for (i = 1; i <= NF; ++i) if ($i ~ /^median_(ms|us)=/) m=$i; print "bench", n, $1, m}' >>"$R"
-      fi
+      [ -x "$d/bench_cuda" ] &&
+        bench "$n" "$d/bench_cuda" "${GDR2_AB_FWD:-BM_copy|BM_forward/B:(8/T:4096/H:16/path:0|1/T:32768/H:16/path:0/vs:0/ov:1/copy:0)|BM_forward_states}"
+      [ -x "$d/bench_cuda_backward" ] && [ -n "${GDR2_AB_BWD-BM_fwd_bwd}" ] &&
+        bench "$n" "$d/bench_cuda_backward" "${GDR2_AB_BWD-BM_fwd_bwd}"
     done
   done
   log "medians per case (one column per set, rounds separated by /)"
