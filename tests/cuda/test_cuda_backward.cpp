@@ -26,7 +26,6 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
-
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -218,6 +217,16 @@ struct Exec {
   bool overlap = true;                                   // ChunkOptions::overlap of that forward
 };
 
+/// The name an execution's accuracy lines carry: host (fp32 products), host32 (tf32
+/// emulated), device, dev+st (device, given the CUDA forward's chunk states).
+const char* exec_name(const Exec& ex) {
+  switch (ex.where) {
+    case Where::host: return "host";
+    case Where::host_tf32: return "host32";
+    default: return ex.forward_states ? "dev+st" : "device";
+  }
+}
+
 /// One problem: the fp64 reference once, then each execution's per-gradient errors
 /// checked and printed.
 template <class Policy, class T>
@@ -229,9 +238,8 @@ void run_case(const ProblemConfig& cfg, const std::vector<Exec>& execs, bool wit
   REQUIRE(ref.status.ok());
   auto refs = const_cast<GradientBuffers<double>&>(ref.grads).all();
   for (const Exec& ex : execs) {
-    INFO((ex.where == Where::host ? "host " : ex.where == Where::host_tf32 ? "host (tf32 emulated) " : "device ")
-         << math_name(ex.math) << " vs=" << vslice
-                                                         << (ex.forward_states ? " with chunk states" : ""));
+    INFO(exec_name(ex) << " " << math_name(ex.math) << " vs=" << vslice
+                       << (ex.forward_states ? " with chunk states" : ""));
     GradientBuffers<float> got;
     cuda::BackwardOptions opt;
     opt.math = ex.math;
@@ -277,12 +285,7 @@ void run_case(const ProblemConfig& cfg, const std::vector<Exec>& execs, bool wit
     // the emulation is on: tf32 operands leave errors ≥ 2.9e-4 in the largest gradient error
     // of every problem (288 host runs of the device test's 16-bit shapes), fp32 ≤ 2e-5
     if (ex.where == Where::host_tf32) CHECK(worst > 1e-4);
-    std::printf("[bwd-accuracy] %-6s %-4s %-8s %-6s vs=%-3d %-44s%s\n",
-                ex.where == Where::host        ? "host"
-                : ex.where == Where::host_tf32 ? "host32"
-                : ex.forward_states            ? "dev+st"
-                                               : "device",
-                Policy::name(),
+    std::printf("[bwd-accuracy] %-6s %-4s %-8s %-6s vs=%-3d %-44s%s\n", exec_name(ex), Policy::name(),
                 dtype_name<T>(), math_name(ex.math), vslice, describe(cfg).c_str(), line.c_str());
   }
 }
