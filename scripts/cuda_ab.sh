@@ -11,6 +11,8 @@
 #       HEAD's tracked files with the patches applied in order (e.g. cuda/experiments/*.patch)
 #       in .devcarry/src-NAME, their CUDA tests and benches built there, then packed as NAME
 #       (no patch: HEAD itself, the base of an A/B)
+#   here:           bash scripts/cuda_ab.sh check PATCH ...
+#       whether the patches apply to HEAD in this order (what variant does first, no build)
 #   on the GPU:     bash scripts/cuda_ab.sh run NAME1 NAME2 ...
 #       unpacks the sets, runs the device tests of every set after the first (the changes;
 #       the first is the base), then each
@@ -45,15 +47,21 @@ pack)
   [ -n "$lib" ] && cp -L "$lib" .devcarry/lib/
   du -sh "$dst" .devcarry/lib
   ;;
-variant)
-  name=${1:?name}
-  shift
-  src=.devcarry/src-$name
-  rm -rf "$src" && mkdir -p "$src"
+check | variant)
+  if [ "$cmd" = check ]; then
+    name=check src=$(mktemp -d)
+    trap 'rm -rf "$src"' EXIT
+  else
+    name=${1:?name}
+    shift
+    src=.devcarry/src-$name
+    rm -rf "$src" && mkdir -p "$src"
+  fi
   git archive HEAD | tar -x -C "$src" || exit 1
   for pf in "$@"; do
-    (cd "$src" && git apply "$OLDPWD/$pf") || { echo "$pf does not apply to HEAD"; exit 1; }
+    (cd "$src" && git apply "$OLDPWD/$pf") || { echo "$pf does not apply to HEAD after the ones before it"; exit 1; }
   done
+  [ "$cmd" = check ] && { echo "all $# apply to HEAD in this order"; exit 0; }
   cmake -S "$src" -B "$src/build" -DCMAKE_BUILD_TYPE=Release -DGDR2_BUILD_TESTS=ON -DGDR2_BUILD_BENCH=ON \
     -DGDR2_NATIVE=OFF >"$src/cmake.log" 2>&1 || { tail -20 "$src/cmake.log"; exit 1; }
   cmake --build "$src/build" -j "$(nproc)" --target test_cuda test_cuda_backward bench_cuda bench_cuda_backward \
