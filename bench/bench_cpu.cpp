@@ -16,7 +16,8 @@
 // Every engine case passes a Workspace kept across iterations (Options::workspace), as
 // a training or serving loop would: the figures leave out per-call scratch allocation.
 // Threads: GDR2_BENCH_THREADS (default: all cores). Shapes: B=1, T=4096, H=16,
-// K=V=128 for prefill; decode with N = 1, 64, 256 sequences × H=16.
+// K=V=128 for prefill (and the fp64 reference, `reference/...`); decode with N = 1, 64,
+// 256 sequences × H=16.
 #include "flops.hpp"
 
 #include <gdr2/gdr2.hpp>
@@ -26,6 +27,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <string>
 #include <thread>
 
 using namespace gdr2;
@@ -233,6 +235,33 @@ void backward(benchmark::State& st) {
   set_rates(st, flops, bytes);
 }
 
+// --------------------------------------------------------------- reference --
+enum RefDirection { kRefForward = 0, kRefBackward = 1 };
+
+/// The fp64 reference a kernel author checks against (reference.hpp: the recurrence, or
+/// the BPTT, in double on the given inputs), on bf16 inputs at the prefill shape: its cost
+/// on the calling thread and on the executor (its `executor` argument). Charged the
+/// recurrent engine's FLOPs and the inputs' bytes.
+template <class Policy>
+void reference(benchmark::State& st) {
+  const int direction = int(st.range(0)), threads = int(st.range(1));
+  const ProblemConfig cfg = prefill_config();
+  RandomProblem<Policy, Eigen::bfloat16> rp(cfg);
+  const auto p = rp.problem();
+  RandomUpstream<Eigen::bfloat16> up(p, 1);
+  const Executor* ex = threads > 1 ? &pool_for(threads).executor() : nullptr;
+  for (auto _ : st) {
+    const Status r = direction == kRefBackward ? reference_backward<Policy>(p, up.grad_outputs(), ex).status
+                                               : reference_forward<Policy>(p, ex).status;
+    if (!r.ok()) st.SkipWithError(r.to_string().c_str());
+    benchmark::ClobberMemory();
+  }
+  const Shape sh{cfg.B * cfg.T, cfg.Hk, cfg.Hv, cfg.K, cfg.V};
+  const double bytes = forward_bytes<Policy, Eigen::bfloat16>(sh, cfg.B);
+  set_rates(st, direction == kRefBackward ? recurrent_backward_flops(sh) : recurrent_forward_flops(sh),
+            direction == kRefBackward ? 2 * bytes : bytes);
+}
+
 // ------------------------------------------------------------------ decode --
 template <class Policy>
 void decode(benchmark::State& st) {
@@ -307,6 +336,13 @@ void register_all() {
       ->Args({kChunk, 1})
       ->UseRealTime()
       ->Unit(benchmark::kMillisecond);
+  // The fp64 reference (GDR-2, bf16 inputs): serial, then on all threads.
+  for (int dir : {kRefForward, kRefBackward})
+    for (int th : {1, T}) {
+      const std::string name = std::string("reference/") + (dir == kRefForward ? "forward" : "backward") +
+                               "/gdr2/bf16" + (th == 1 ? "/threads:1" : "");
+      benchmark::RegisterBenchmark(name.c_str(), reference<GDR2>)->Args({dir, th})->UseRealTime()->Unit(benchmark::kMillisecond);
+    }
   for (Index N : {1, 64, 256}) {
     benchmark::RegisterBenchmark(("decode/kda/fp32/N:" + std::to_string(N)).c_str(), decode<KDA>)
         ->Args({N, T})

@@ -244,6 +244,45 @@ TEST_CASE("forward: threads give the same result as serial", "[forward][parallel
   CHECK(rel_error(o2.view(), o0.view()) == 0.0);
 }
 
+TEST_CASE("reference: on threads it is the serial fp64 reference bit for bit", "[forward][reference][parallel]") {
+  // What a kernel author gets from the reference_* helpers with an executor must not
+  // depend on it: forward, chunk states and BPTT gradients on 3 threads against serial,
+  // packed varlen with grouped value heads and gates per key head (the gradients of a key
+  // head's value heads are summed in one item).
+  ProblemConfig cfg;
+  cfg.Hk = 2;
+  cfg.Hv = 4;
+  cfg.K = 24;
+  cfg.V = 20;
+  cfg.seqlens = {70, 0, 33, 101};
+  cfg.gates_per_key_head = true;
+  RandomProblem<GDR2, float> rp(cfg);
+  const Problem<float> p = rp.problem();
+  RandomUpstream<float> up(p, 5);
+  Eigen::ThreadPool pool(3);
+  ThreadPoolExecutor tp(pool);
+  const auto f0 = reference_forward<GDR2>(p), f1 = reference_forward<GDR2>(p, &tp);
+  REQUIRE((f0.status.ok() && f1.status.ok()));
+  CHECK(rel_error(f1.o.view(), f0.o.view()) == 0.0);
+  CHECK(rel_error(f1.final_state.view(), f0.final_state.view()) == 0.0);
+  const auto c0 = reference_chunk_states<GDR2>(p, 32), c1 = reference_chunk_states<GDR2>(p, 32, &tp);
+  REQUIRE((c0.status.ok() && c1.status.ok()));
+  CHECK(rel_error(c1.states.view(), c0.states.view()) == 0.0);
+  const auto b0 = reference_backward<GDR2>(p, up.grad_outputs()), b1 = reference_backward<GDR2>(p, up.grad_outputs(), &tp);
+  REQUIRE((b0.status.ok() && b1.status.ok()));
+  auto g0 = const_cast<GradientBuffers<double>&>(b0.grads).all();
+  auto g1 = const_cast<GradientBuffers<double>&>(b1.grads).all();
+  REQUIRE(g0.size() == g1.size());
+  int compared = 0;
+  for (std::size_t i = 0; i < g0.size(); ++i) {
+    if (g0[i].second->empty()) continue;
+    INFO(g0[i].first);
+    CHECK(rel_error(g1[i].second->view(), g0[i].second->view()) == 0.0);
+    ++compared;
+  }
+  CHECK(compared == 7);  // dq dk dv dg db dw dS_0
+}
+
 TEST_CASE("forward: head groups of the pair schedule match the reference", "[forward][parallel]") {
   // The pair schedule walks groups of adjacent value heads in lockstep (head_group).
   // Hv = 6 makes groups of 4 + 2 (serial, 2 slots) and 2 + 2 + 2 (7 slots): a partial last

@@ -183,9 +183,11 @@ struct ReferenceForward {
   Tensor<double> o, final_state;
 };
 
-/// The fp64 recurrence (SPEC §1) on the given inputs, whatever their type.
+/// The fp64 recurrence (SPEC §1) on the given inputs, whatever their type. `executor`
+/// (optional) runs the (sequence, value head) pairs on its threads; each pair's arithmetic
+/// is the same on any thread, so the result is identical bit for bit.
 template <class Policy, class T>
-ReferenceForward reference_forward(const Problem<T>& p) {
+ReferenceForward reference_forward(const Problem<T>& p, const Executor* executor = nullptr) {
   ProblemCopy<double> c(p);
   ReferenceForward r;
   r.o = Tensor<double>(p.v.shape[0], p.v.shape[1], p.v.shape[2], p.v.shape[3]);
@@ -194,7 +196,9 @@ ReferenceForward reference_forward(const Problem<T>& p) {
                                                : p.q.shape[0];
   r.final_state = Tensor<double>(n_state, p.v.shape[2], p.q.shape[3], p.v.shape[3]);
   if (p.state_indices && c.initial_state.size()) r.final_state = c.initial_state.template cast<double>();
-  r.status = recurrent_forward<Policy>(c.p, Outputs<double, double>{r.o.view(), r.final_state.view()});
+  Options opt;
+  opt.executor = executor;
+  r.status = recurrent_forward<Policy>(c.p, Outputs<double, double>{r.o.view(), r.final_state.view()}, opt);
   return r;
 }
 
@@ -208,9 +212,10 @@ struct ReferenceChunkStates {
 /// chunked kernel hands from its forward to its backward): chunk j of sequence n at row
 /// Σ_{m<n} ceil(T_m / chunk) + j, row 0 of a sequence being its initial state. Sequences
 /// with state slot −1 (state_indices) keep zero rows. One pass of the fp64 recurrence
-/// (SPEC §1), chunk by chunk, each chunk starting from the previous one's final state.
+/// (SPEC §1), chunk by chunk, each chunk starting from the previous one's final state;
+/// `executor` (optional) runs each chunk's value heads on its threads (same result).
 template <class Policy, class T>
-ReferenceChunkStates reference_chunk_states(const Problem<T>& p, Index chunk = 64) {
+ReferenceChunkStates reference_chunk_states(const Problem<T>& p, Index chunk = 64, const Executor* executor = nullptr) {
   ReferenceChunkStates r;
   Dims d;
   if (chunk < 1) {
@@ -253,7 +258,9 @@ ReferenceChunkStates reference_chunk_states(const Problem<T>& p, Index chunk = 6
         *v = cut(*v, sp.batch, t0, chunk);
       for (Index i = 0; i < HKV; ++i) start[i] = state[i];
       q.initial_state = start.view();
-      if (!(r.status = recurrent_forward<Policy>(q, Outputs<double, double>{o.view(), state.view()})).ok()) return r;
+      Options opt;
+      opt.executor = executor;
+      if (!(r.status = recurrent_forward<Policy>(q, Outputs<double, double>{o.view(), state.view()}, opt)).ok()) return r;
     }
     row += nch;
   }
@@ -370,15 +377,19 @@ struct ReferenceBackward {
 };
 
 /// The fp64 BPTT (SPEC §2) on the given inputs and upstream gradients, whatever
-/// their type: every gradient of a given input, and dS_0.
+/// their type: every gradient of a given input, and dS_0. `executor` (optional) runs the
+/// (sequence, key head) items on its threads — each item sums its value heads in order, so
+/// the result is identical bit for bit.
 template <class Policy, class T>
-ReferenceBackward reference_backward(const Problem<T>& p, const GradOutputs<T>& up) {
+ReferenceBackward reference_backward(const Problem<T>& p, const GradOutputs<T>& up, const Executor* executor = nullptr) {
   ProblemCopy<double> c(p);
   const Tensor<double> d_o = to_tensor<double>(up.d_o);
   const Tensor<double> d_fin = to_tensor<double>(up.d_final_state);
   ReferenceBackward r;
   r.grads = GradientBuffers<double>(c.p);
-  r.status = recurrent_backward<Policy>(c.p, GradOutputs<double>{d_o.view(), d_fin.view()}, r.grads.views());
+  Options opt;
+  opt.executor = executor;
+  r.status = recurrent_backward<Policy>(c.p, GradOutputs<double>{d_o.view(), d_fin.view()}, r.grads.views(), opt);
   return r;
 }
 
