@@ -37,11 +37,6 @@ __global__ void __launch_bounds__(kThreads, 1) grad1_kernel(BackwardParams p) {
   grad1_body<D, MATH>(bk, p, (long long)blockIdx.x, int(blockIdx.y), sm);
 }
 template <int D, int MATH>
-__global__ void __launch_bounds__(kWyThreads, 2) wy_kernel(BackwardParams p) {
-  GDR2_BWD_BLOCK
-  wy_body<D, MATH>(bk, p, (long long)blockIdx.x, int(blockIdx.y), sm);
-}
-template <int D, int MATH>
 __global__ void __launch_bounds__(kApplyThreads, 2) apply_kernel(BackwardParams p) {
   GDR2_BWD_BLOCK
   constexpr int ns = D / kKS;  // the slices of one chunk-head are neighbours (dT, dAqk from L2)
@@ -105,8 +100,6 @@ cudaError_t launch_d(const BackwardParams& p, cudaStream_t st) {
     if (e != cudaSuccess) return e;
   }
   if (p.total_chunks > 0 && p.stages >= 4) {
-    e = launch_with_smem(wy_kernel<D, MATH>, chunk_grid, WyLayout<D>::floats * 4, st, p, kWyThreads);
-    if (e != cudaSuccess) return e;
     const dim3 slice_grid(unsigned(p.total_chunks * (D / kKS)), unsigned(p.Hv));
     e = launch_with_smem(apply_kernel<D, MATH>, slice_grid, ApplyLayout::floats * 4, st, p, kApplyThreads);
     if (e != cudaSuccess) return e;
@@ -136,8 +129,8 @@ template <int D, int MATH>
 void run_host_d(const BackwardParams& p) {
   const Blk bk{0, 1};
   const StateLayout<D> L(p.vs);
-  const int floats = std::max({PrepLayout<D>::floats, L.floats, Grad1Layout<D>::floats, WyLayout<D>::floats,
-                               ApplyLayout::floats, kThreads});
+  const int floats = std::max({PrepLayout<D>::floats, L.floats, Grad1Layout<D>::floats, ApplyLayout::floats,
+                               kThreads});
   std::vector<float> smem(std::size_t(floats) + 4);
   float* sm = smem.data();
   if (p.chunk_offsets) offsets_body(bk, p, sm);
@@ -149,10 +142,8 @@ void run_host_d(const BackwardParams& p) {
   for (long long cg = 0; cg < p.total_chunks; ++cg)
     for (int hv = 0; hv < p.Hv; ++hv) grad1_body<D, MATH>(bk, p, cg, hv, sm);
   for (long long cg = 0; cg < p.total_chunks; ++cg)
-    for (int hv = 0; hv < p.Hv; ++hv) {
-      wy_body<D, MATH>(bk, p, cg, hv, sm);
+    for (int hv = 0; hv < p.Hv; ++hv)
       for (int sl = 0; sl < D / kKS; ++sl) apply_body<D, MATH>(bk, p, cg, hv, sl, sm);
-    }
   if (p.tied || p.scalar_decay)
     for (long long i = 0; i < p.total_chunks * p.Hv * kC; ++i) token_elem<D>(p, i);
   for (int r = 0; r < p.nred; ++r) {

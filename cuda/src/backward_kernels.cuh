@@ -162,13 +162,12 @@ struct Rec {
   static constexpr long long A = 0, Aqk = kC * kC, Y = 2 * kC * kC, U = Y + kC * D, Qg = U + kC * D, Kt = Qg + kC * D,
                              gC = Kt + kC * D, floats = gC + D;
 };
-/// grad-1's outputs per chunk-head (fp32); grad-2's WY kernel (4a) writes dĒ over dY and
-/// dT over dU once it has read them, and the per-row sums of the tied/scalar gates.
+/// grad-1's outputs per chunk-head (fp32): dO Sᵀ, dKtail, dĒ, dT, dAqk, Σ dS⊙S per key
+/// channel, Σ dw per row (tied gates); then the applies' per-row sums per key slice.
 template <int D>
 struct G1 {
-  static constexpr long long dQ = 0, X = kC * D, dY = 2 * kC * D, dU = 3 * kC * D, dAqk = 4 * kC * D,
+  static constexpr long long dQ = 0, X = kC * D, dE = 2 * kC * D, dT = 3 * kC * D, dAqk = dT + kC * kC,
                              rs = dAqk + kC * kC, bw = rs + D, tok = bw + kC, floats = tok + 2 * kC * (D / kKS);
-  static constexpr long long dE = dY, dT = dU;
   static_assert(floats == bwd_g1_floats(D), "G1 layout and bwd_g1_floats disagree");
 };
 
@@ -753,29 +752,38 @@ GDR2_HD void state_body(const Blk& bk, const P& p, int pair, int slice, int role
 }
 
 // =============================================================================================
-// 3. grad-1: block (chunk, value head); everything that touches S or dS, value halves of 64
+// 3. grad-1: block (chunk, value head); everything that touches S or dS, and the WY part,
+//    value halves of 64. With Z = w⊙v, Y = A Ē, U = A Z and R = U − Y S, the WY gradients
+//    come from dR (= dU) alone: dZ = Aᵀ dR, dĒ = Aᵀ dY = −Aᵀ dR Sᵀ = −dZ Sᵀ, and
+//    dT = −strict_lower(dĒ Yᵀ + dZ Uᵀ) = −strict_lower(dZ (U − Y S)ᵀ) = −strict_lower(dZ Rᵀ):
+//    every term is a sum over value columns, so each value half adds its part and neither
+//    dY nor dU leaves the block.
 // =============================================================================================
 template <int D>
 struct Grad1Layout {
   static constexpr int PD = D + 4, PH = 68, H = 64;
   static constexpr int S = 0, dS = S + D * PH, Y = dS + D * PH, Kt = Y + kC * PD, UR = Kt + kC * PD, dR = UR + kC * PH,
-                       dO = dR + kC * PH, Aqk = dO + kC * PH, floats = Aqk + kC * kPC;
+                       dO = dR + kC * PH, Aqk = dO + kC * PH, A = Aqk + kC * kPC, floats = A + kC * kPC;
 };
 
 template <int D, int MATH>
 GDR2_HD void grad1_body(const Blk& bk, const P& p, long long cg, int hv, float* sm) {
+  static_assert(kThreads == 512, "R and dR below run side by side on two halves of 16 warps");
   using L = Grad1Layout<D>;
-  constexpr int PD = L::PD, PH = L::PH, H = L::H;
+  constexpr int PH = L::PH, H = L::H, H4 = H / 4;
   const ChunkLoc cl = chunk_loc(p, cg);
   const long long base = cg * p.Hv + hv, DD = (long long)D * D;
   const float* rec = p.rec + base * Rec<D>::floats;
   float* out = p.g1 + base * G1<D>::floats;
   float *sS = sm + L::S, *sdS = sm + L::dS, *sY = sm + L::Y, *sKt = sm + L::Kt, *sUR = sm + L::UR, *sdR = sm + L::dR,
-        *sdO = sm + L::dO, *sAqk = sm + L::Aqk;
+        *sdO = sm + L::dO, *sAqk = sm + L::Aqk, *sA = sm + L::A;
+  const InRows iv = rows_v(p, cl, hv), iw = rows_w(p, cl, hv);
+  const OutRows odv = out_rows(p, p.dv, cl, hv), odw = out_rows(p, p.tied ? BwdSink{} : p.dw, cl, hv);
 
-  copy_tile(bk, sY, PD, rec + Rec<D>::Y, D, kC, D);
-  copy_tile(bk, sKt, PD, rec + Rec<D>::Kt, D, kC, D);
+  copy_tile(bk, sY, L::PD, rec + Rec<D>::Y, D, kC, D);
+  copy_tile(bk, sKt, L::PD, rec + Rec<D>::Kt, D, kC, D);
   copy_tile(bk, sAqk, kPC, rec + Rec<D>::Aqk, kC, kC, kC);
+  copy_tile(bk, sA, kPC, rec + Rec<D>::A, kC, kC, kC);
   for (int h = 0; h < D / H; ++h) {
     const int j0 = H * h;
     // the second value half adds to the first half's stored partial sums
@@ -788,7 +796,6 @@ GDR2_HD void grad1_body(const Blk& bk, const P& p, long long cg, int hv, float* 
     copy_tile(bk, sS, PH, p.states + base * DD + j0, D, D, H);
     copy_tile(bk, sdS, PH, p.dstates + base * DD + j0, D, D, H);
     copy_tile(bk, sUR, PH, rec + Rec<D>::U + j0, D, kC, H);
-    constexpr int H4 = H / 4;
     bk.par_ld<8>(
         kC * H4,
         [&](int i) {
@@ -797,117 +804,74 @@ GDR2_HD void grad1_body(const Blk& bk, const P& p, long long cg, int hv, float* 
         },
         [&](int i, const F4& x) { st4(sdO + (i / H4) * PH + (i % H4) * 4, op_round4<MATH>(x)); });
     bk.sync();
-    // R = U − Y S  (16×32 tiles: 8 of 16 warps busy, but 3 operand loads per mma instead
-    // of 4 — measured faster than 16 of 16×16, see cuda/NOTES.md backward v12)
-    mmt<4, MATH>(
-        bk, kC, H, [&](int r, int j, float v) { sUR[r * PH + j] = op_round<MATH>(sUR[r * PH + j] - v); },
-        term(KMinorR{sY, PD}, KMajorR{sS, PH}, D));
-    // dR = Aqkᵀ dO + Ktail dS  (= dU), 16×32 tiles as R
-    mmt<4, MATH>(
-        bk, kC, H, [&](int r, int j, float v) { sdR[r * PH + j] = v; }, term(KMajorR{sAqk, kPC}, KMajorR{sdO, PH}, kC),
-        term(KMinorR{sKt, PD}, KMajorR{sdS, PH}, D));
-    for (int i = bk.tid; i < kC * H / 4; i += bk.nthr) {  // dU → out, 16-byte stores (no barrier:
-      const int r = i / (H / 4), j = (i % (H / 4)) * 4;     // sdR is only read from here on)
-      st4(out + G1<D>::dU + r * D + j0 + j, ld4(sdR + r * PH + j));
-    }
-    // dO Sᵀ, dKtail = R dSᵀ, dY = −dR Sᵀ (partial sums over the value halves)
+    // side by side, 8 tiles of 16×32 each (3 operand loads per mma instead of 4 with 16×16
+    // tiles: cuda/NOTES.md backward v12): R = U − Y S on warps 0–7 | dR = Aqkᵀ dO + Ktail dS
+    // (= dU) on warps 8–15
+    Blk g;
+    if (warp_group(bk, 0, 8, g))
+      mmt<4, MATH, false, false>(
+          g, kC, H, [&](int r, int j, float v) { sUR[r * PH + j] = op_round<MATH>(sUR[r * PH + j] - v); },
+          term(KMinorR{sY, L::PD}, KMajorR{sS, PH}, D));
+    if (warp_group(bk, 8, 16, g))
+      mmt<4, MATH, false, false>(
+          g, kC, H, [&](int r, int j, float v) { sdR[r * PH + j] = v; }, term(KMajorR{sAqk, kPC}, KMajorR{sdO, PH}, kC),
+          term(KMinorR{sKt, L::PD}, KMajorR{sdS, PH}, D));
+    bk.sync();
+    // dO Sᵀ; dAqk = dO Rᵀ on and below the diagonal (partial sums over the value halves;
+    // the strictly upper part of the diagonal tiles is written too: the applies never read it)
     mmt<4, MATH>(bk, kC, D, GlobalOut{out + G1<D>::dQ, D, h, 1.f}, term(KMinorR{sdO, PH}, KMinorR{sS, PH}, H));
-    mmt<4, MATH>(bk, kC, D, GlobalOut{out + G1<D>::X, D, h, 1.f}, term(KMinorR{sUR, PH}, KMinorR{sdS, PH}, H));
-    mmt<4, MATH>(bk, kC, D, GlobalOut{out + G1<D>::dY, D, h, -1.f}, term(KMinor{sdR, PH}, KMinorR{sS, PH}, H));
-    // dAqk = dO Rᵀ on and below the diagonal
-    // (the strictly upper part of the diagonal tiles is written too: grad-2 never reads it)
     mmt<2, MATH, true>(bk, kC, kC, GlobalOut{out + G1<D>::dAqk, kC, h, 1.f}, term(KMinorR{sdO, PH}, KMinorR{sUR, PH}, H));
-    // Σ_j dS ⊙ S per key channel (tf32 mode: of the tf32-rounded S, dS the state passes stored)
+    // dZ = Aᵀ dR over dO's tile (exact: also read elementwise for dv, dw)
+    float* sdZ = sdO;
+    mmt<4, MATH>(bk, kC, H, [&](int r, int j, float v) { sdZ[r * PH + j] = v; }, term(KMajorR{sA, kPC}, KMajor{sdR, PH}, kC));
+    // dKtail = R dSᵀ, dĒ = −dZ Sᵀ; dT = −dZ Rᵀ below the diagonal (as dAqk: the strictly
+    // upper part of the diagonal tiles is written, never read)
+    mmt<4, MATH>(bk, kC, D, GlobalOut{out + G1<D>::X, D, h, 1.f}, term(KMinorR{sUR, PH}, KMinorR{sdS, PH}, H));
+    mmt<4, MATH>(bk, kC, D, GlobalOut{out + G1<D>::dE, D, h, -1.f}, term(KMinor{sdZ, PH}, KMinorR{sS, PH}, H));
+    mmt<2, MATH, true>(bk, kC, kC, GlobalOut{out + G1<D>::dT, kC, h, -1.f}, term(KMinor{sdZ, PH}, KMinorR{sUR, PH}, H));
+    // dv = dZ ⊙ w, dw = dZ ⊙ v (this half's columns; dw also over dR's tile for the row
+    // sums of tied gates); Σ_j dS ⊙ S per key channel (tf32 mode: of the tf32-rounded S,
+    // dS the state passes stored)
+    struct VW {
+      F4 v, w;
+    };
+    bk.par_ld<4>(
+        kC * H4,
+        [&](int i) {
+          const int r = i / H4, d = j0 + (i % H4) * 4;
+          return r < cl.len ? VW{iv.at(r, d), iw.at(r, d)} : VW{splat(0.f), splat(0.f)};
+        },
+        [&](int i, const VW& x) {
+          const int r = i / H4, j = (i % H4) * 4;
+          const F4 dz = ld4(sdZ + r * PH + j), dw = mul4(dz, x.v);
+          if (r < cl.len) {
+            odv.put4(r, j0 + j, mul4(dz, x.w));
+            odw.put4(r, j0 + j, dw);
+          }
+          st4(sdR + r * PH + j, dw);
+        });
     bk.par(D, [&](int d) {
       float s = 0.f;
       for (int j = 0; j < H; ++j) s += sS[d * PH + j] * sdS[d * PH + j];
       acc(G1<D>::rs + d, s);
     });
-  }
-}
-
-// =============================================================================================
-// 4. grad-2 in three kernels (cuda/NOTES.md backward v13: one 222 KB block per SM left every
-//    load phase exposed; these run two blocks of ≤ 110 KB per SM):
-//    4a. WY, block (chunk, value head): [dĒ dZ] = Aᵀ[dY dU], dT, dv, dw, Σ dw per row;
-//    4b. applies, block (chunk, value head, slice of kKS key channels): everything else is
-//        per key channel — decayed applies, dq dk db, dG and its reverse cumulative sum;
-//    4c. token sums (tied or scalar gates only): the 4b slices' per-row sums, in order.
-// =============================================================================================
-template <int D>
-struct WyLayout {
-  static constexpr int PD = D + 4;
-  static constexpr int A = 0;               // A                                [C][PC]
-  static constexpr int X = A + kC * kPC;    // dY, then Y; dU, then U, then dw  [C][PD]
-  static constexpr int Z = X + kC * PD;     // dĒ, then dZ                      [C][PD]
-  static constexpr int T = Z + kC * PD;     // dĒ Yᵀ + dZ Uᵀ                    [C][PC]
-  static constexpr int floats = T + kC * kPC;
-};
-constexpr int kWyThreads = 256, kApplyThreads = 256;
-
-template <int D, int MATH>
-GDR2_HD void wy_body(const Blk& bk, const P& p, long long cg, int hv, float* sm) {
-  using L = WyLayout<D>;
-  constexpr int PD = L::PD, D4 = D / 4;
-  const ChunkLoc cl = chunk_loc(p, cg);
-  const long long base = cg * p.Hv + hv;
-  const float* rec = p.rec + base * Rec<D>::floats;
-  float* g1 = p.g1 + base * G1<D>::floats;
-  float *sA = sm + L::A, *sX = sm + L::X, *sZ = sm + L::Z, *sT = sm + L::T;
-  copy_tile(bk, sA, kPC, rec + Rec<D>::A, kC, kC, kC);
-  // half 0: dĒ = Aᵀ dY (stored over dY), sT = dĒ Yᵀ; half 1: dZ = Aᵀ dU, sT += dZ Uᵀ
-  for (int half = 0; half < 2; ++half) {
-    copy_tile(bk, sX, PD, g1 + (half ? G1<D>::dU : G1<D>::dY), D, kC, D);
-    bk.sync();
-    mmt<4, MATH>(bk, kC, D, [&](int r, int n, float v) { sZ[r * PD + n] = v; }, term(KMajorR{sA, kPC}, KMajor{sX, PD}, kC));
-    copy_tile(bk, sX, PD, rec + (half ? Rec<D>::U : Rec<D>::Y), D, kC, D);
-    if (!half)
-      for (int i = bk.tid; i < kC * D4; i += bk.nthr) {
-        const int r = i / D4, j = (i % D4) * 4;
-        st4(g1 + G1<D>::dE + r * D + j, ld4(sZ + r * PD + j));
-      }
-    bk.sync();
-    auto to_T = [&](int r, int s, float v) { sT[r * kPC + s] = half ? sT[r * kPC + s] + v : v; };
-    if (half)  // U is exact (not rounded: it is also read elementwise), Y rounded
-      mmt<2, MATH, true>(bk, kC, kC, to_T, term(KMinor{sZ, PD}, KMinor{sX, PD}, D));
-    else
-      mmt<2, MATH, true>(bk, kC, kC, to_T, term(KMinor{sZ, PD}, KMinorR{sX, PD}, D));
-  }
-  // dT = −strict_lower(sT) over dU's slot; dv = dZ ⊙ w, dw = dZ ⊙ v (dw kept for the row sums)
-  for (int i = bk.tid; i < kC * kC / 4; i += bk.nthr) {
-    const int r = i / (kC / 4), s = (i % (kC / 4)) * 4;
-    const F4 t = ld4(sT + r * kPC + s);
-    st4(g1 + G1<D>::dT + r * kC + s,
-        {s < r ? -t.x : 0.f, s + 1 < r ? -t.y : 0.f, s + 2 < r ? -t.z : 0.f, s + 3 < r ? -t.w : 0.f});
-  }
-  struct VW {
-    F4 v, w;
-  };
-  const InRows iv = rows_v(p, cl, hv), iw = rows_w(p, cl, hv);
-  const OutRows odv = out_rows(p, p.dv, cl, hv), odw = out_rows(p, p.tied ? BwdSink{} : p.dw, cl, hv);
-  bk.par_ld<4>(
-      kC * D4,
-      [&](int i) {
-        const int r = i / D4, d = (i % D4) * 4;
-        return r < cl.len ? VW{iv.at(r, d), iw.at(r, d)} : VW{splat(0.f), splat(0.f)};
-      },
-      [&](int i, const VW& x) {
-        const int r = i / D4, d = (i % D4) * 4;
-        const F4 dz = ld4(sZ + r * PD + d), dw = mul4(dz, x.v);
-        if (r < cl.len) {
-          odv.put4(r, d, mul4(dz, x.w));
-          odw.put4(r, d, dw);
-        }
-        st4(sX + r * PD + d, dw);
+    if (p.tied)
+      bk.par(kC, [&](int r) {
+        float s = 0.f;
+        for (int j = 0; j < H; ++j) s += sdR[r * PH + j];
+        acc(G1<D>::bw + r, s);
       });
-  bk.sync();
-  if (p.tied)
-    bk.par(kC, [&](int r) {
-      float s = 0.f;
-      for (int j = 0; j < D; ++j) s += sX[r * PD + j];
-      g1[G1<D>::bw + r] = s;
-    });
+  }
 }
+
+// =============================================================================================
+// 4. grad-2 (the WY part is in grad-1):
+//    4a. applies, block (chunk, value head, slice of kKS key channels; two blocks of ≤ 110 KB
+//        per SM): everything that is per key channel — decayed applies, dq dk db, dG and its
+//        reverse cumulative sum;
+//    4b. token sums (tied or scalar gates only): the 4a slices' per-row sums, in order.
+// =============================================================================================
+constexpr int kApplyThreads = 256;
 
 /// Shared memory of an applies block: kKS key channels of one chunk-head. The tiles read
 /// as B operands of the anchored products (k-major: lanes t index rows, g columns) have a
@@ -1122,7 +1086,7 @@ GDR2_HD void apply_body(const Blk& bk, const P& p, long long cg, int hv, int sli
       odg.put(r, c0 + d, v);
     }
   });
-  // h. tied / scalar gates: this slice's per-row sums of dg and db ⊙ k (4c adds the slices)
+  // h. tied / scalar gates: this slice's per-row sums of dg and db ⊙ k (4b adds the slices)
   if (p.tied || p.scalar_decay)
     bk.par(kC, [&](int r) {
       float sg = 0.f, sbk = 0.f;
@@ -1135,8 +1099,8 @@ GDR2_HD void apply_body(const Blk& bk, const P& p, long long cg, int hv, int sli
     });
 }
 
-/// 4c. one token row r of chunk-head `item` = (cg·Hv + hv)·kC + r: scalar dg = Σ over the
-/// slices of their dg sums; dβ = Σ of their db ⊙ k sums + Σ dw (from 4a). Fixed order.
+/// 4b. one token row r of chunk-head `item` = (cg·Hv + hv)·kC + r: scalar dg = Σ over the
+/// slices of their dg sums; dβ = Σ of their db ⊙ k sums + Σ dw (from grad-1). Fixed order.
 template <int D>
 GDR2_HD void token_elem(const P& p, long long item) {
   const int r = int(item % kC), hv = int((item / kC) % p.Hv);

@@ -1,10 +1,10 @@
 // gdr2 CUDA backward — profiling driver (not part of the library or of CI): the backward
 // kernels built with GDR2_BWD_PHASES, where block (0, 0) of each kernel records clock64()
-// after every barrier; prints the cycles of each barrier-to-barrier phase of grad-1 and
-// grad-2 (WY, applies), the per-chunk step of the state passes and the whole persistent
-// prep block (one phase), for one GDR-2 problem B=1 T=2048 H=16 K=V=128 bf16 (GDR2_VS=n:
-// value slice n of the state passes). The WY and
-// applies blocks share their SM with one other block: their phases include its share.
+// after every barrier; prints the cycles of each barrier-to-barrier phase of grad-1 (with
+// the WY part) and the applies, the per-chunk step of the state passes and the whole
+// persistent prep block (one phase), for one GDR-2 problem B=1 T=2048 H=16 K=V=128 bf16
+// (GDR2_VS=n: value slice n of the state passes). The applies blocks share their SM with
+// one other block: their phases include its share.
 //
 //   nvcc -O3 -std=c++17 --expt-relaxed-constexpr -gencode=arch=compute_90a,code=sm_90a \
 //        -DGDR2_BWD_PHASES -Icuda/include -Iinclude -isystem /usr/include/eigen3 \
@@ -57,7 +57,7 @@ int main() {
   cudaMemcpyFromSymbol(cnt, cuda::detail::bwd::gdr2_bwd_nclk, sizeof cnt);
   std::vector<long long> all(2 * 8192);
   cudaMemcpyFromSymbol(all.data(), cuda::detail::bwd::gdr2_bwd_clk, all.size() * 8);
-  const char* names[] = {"prep", "states", "grad1", "wy", "apply", "reduce"};
+  const char* names[] = {"prep", "states", "grad1", "apply", "reduce"};
   for (int tr = 0; tr < 2; ++tr) {
     const int n = cnt[tr] < 8192 ? cnt[tr] : 8192;
     const long long* c = all.data() + tr * 8192;
@@ -69,7 +69,7 @@ int main() {
       if (k < 0) return;
       long long tot = 0;
       for (long long x : ph) tot += x;
-      std::printf("%-7s %lld cycles, %zu phases:", k < 6 ? names[k] : "?", tot, ph.size());
+      std::printf("%-7s %lld cycles, %zu phases:", k < 5 ? names[k] : "?", tot, ph.size());
       for (std::size_t i = 0; i < ph.size() && i < 40; ++i) std::printf(" %lld", ph[i]);
       std::printf("\n");
     };

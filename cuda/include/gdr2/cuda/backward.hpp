@@ -40,11 +40,12 @@
 //             reverse pass dS_c (gradient at every chunk end; dS_0 of the first chunk is
 //             d_initial_state) — both only read records, so they run side by side.
 //             With BackwardOptions::chunk_states only the reverse pass runs.
-//   3. grad-1 (chunk-parallel): everything that touches S or dS: R = U − Y S,
-//             dR = Aqkᵀ dO + Ktail dS, dO Sᵀ, dKtail = R dSᵀ, dY = −dR Sᵀ, dAqk, Σ dS⊙S.
-//   4. grad-2 (chunk-parallel, three kernels): the WY part [dĒ dZ] = Aᵀ[dY dU], dT, dv,
-//             dw per chunk-head; then, per chunk-head and slice of 32 key channels, the
-//             decayed applies (anchored off-diagonal sub-blocks as products, diagonal
+//   3. grad-1 (chunk-parallel): everything that touches S or dS, and the WY part:
+//             R = U − Y S, dR = Aqkᵀ dO + Ktail dS (= dU), dZ = Aᵀ dR, dO Sᵀ,
+//             dKtail = R dSᵀ, dĒ = −dZ Sᵀ (= Aᵀ dY), dT = −strict_lower(dZ Rᵀ), dAqk,
+//             dv = dZ ⊙ w, dw = dZ ⊙ v, Σ dS⊙S — summed over two value halves.
+//   4. grad-2 (chunk-parallel, two kernels): per chunk-head and slice of 32 key channels,
+//             the decayed applies (anchored off-diagonal sub-blocks as products, diagonal
 //             sub-blocks exactly), dq dk db, dG and its reverse cumulative sum; then the
 //             per-token sums of the tied/scalar gates over the slices, in order.
 //   5. reduce (only when some gradient has fewer heads than Hv): fixed-order head sums.
@@ -54,8 +55,8 @@
 // whose one other use, grad-1's Σ dS⊙S (a row dot product), then sees the tf32 values
 // that the products see.
 // Workspace (fp32, per chunk-head of 64 tokens, K = V = D): record 2·64² + 4·64·D + D,
-// states and dstates 2·D², grad-1/grad-2 buffers 4·64·D + 64² + D + 64 + 4·D floats — 446 KB
-// at D = 128, 382 KB when the chunk states are given (D² fewer) — plus per-value-head
+// states and dstates 2·D², grad-1/grad-2 buffers 3·64·D + 2·64² + D + 64 + 4·D floats —
+// 429 KB at D = 128, 364 KB when the chunk states are given (D² fewer) — plus per-value-head
 // gradient buffers when a head reduction is needed. See
 // chunk_backward_workspace_size; cuda/NOTES.md "Backward" for the measured figures.
 #pragma once
@@ -128,7 +129,7 @@ struct BackwardParams : InputViews {
 /// Floats of one record / one grad-1 block output, per chunk-head (K = V = D).
 constexpr long long bwd_rec_floats(int D) { return 2LL * 64 * 64 + 4LL * 64 * D + D; }
 /// grad-1's outputs + the per-row sums of grad-2's slices (cuda/src/backward_kernels.cuh G1)
-constexpr long long bwd_g1_floats(int D) { return 4LL * 64 * D + 64LL * 64 + D + 64 + 2LL * 64 * (D / 32); }
+constexpr long long bwd_g1_floats(int D) { return 3LL * 64 * D + 2LL * 64 * 64 + D + 64 + 2LL * 64 * (D / 32); }
 
 /// Enqueue every backward kernel (device pointers in p) on `stream`.
 cudaError_t launch_backward(const BackwardParams& p, cudaStream_t stream);
