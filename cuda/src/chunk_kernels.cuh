@@ -15,7 +15,7 @@
 //            bridge exp(G_{a_i} − G_{e_j}) <= 1); diagonal blocks are exact running
 //            products of e_r on the CUDA cores.
 //   Solve    A = (I + T)^-1 in fp32 (16×16 diagonal inverses A_ii, N_ik = A_ii T_ik, then
-//            A_ij = −Σ_k N_ik A_kj one block distance at a time).
+//            A_ij = −Σ_k N_ik A_kj as column walks down each column block).
 //   Y        Ē = γ⊙b⊙k (γ_r = Fin_r·γ_{a(r)}), Y = A Ē (tensor cores); Qγ = scale·γ⊙q and
 //            Ktail = k⊙exp(G_C − G_r) in place.
 // The state pass then runs per warp on 16 value columns with the state transposed in
@@ -483,15 +483,17 @@ struct Prep {
   struct NoHook {
     __device__ void operator()(int) const {}
   };
-  template <class Idle = NoHook>
+  /// FENCE: the transformed Qγ, Ktail are final when `idle` runs and may be read by a bulk
+  /// copy it issues (every thread fences its generic writes to them before that barrier).
+  template <bool FENCE = false, class Idle = NoHook>
   static __device__ void solve_and_y(char* sm, const Idle& idle = Idle{}) {
-    solve<true>(sm, idle);
+    solve<true, FENCE>(sm, idle);
     y(sm);
   }
 
   /// A = (I + T)^-1 into a32 (fp32) and a16 (fp16: lower and diagonal blocks); with
   /// TRANSFORM, Ē, Qγ, Ktail in place of BkFin, QFin, KFo. Ends synchronised.
-  template <bool TRANSFORM = true, class Idle = NoHook>
+  template <bool TRANSFORM = true, bool FENCE = false, class Idle = NoHook>
   static __device__ void solve(char* sm, const Idle& idle = Idle{}) {
     const int tid = threadIdx.x, w = tid >> 5, lane = tid & 31;
     float* t32 = reinterpret_cast<float*>(sm + L::t32);
@@ -551,6 +553,7 @@ struct Prep {
         *pq = vq;
         *pk = vk;
       }
+      if (FENCE) fence_proxy_async();
     }
     __syncthreads();
     GDR2_FWD_MARK(5);
@@ -579,29 +582,64 @@ struct Prep {
     }
     __syncthreads();
     GDR2_FWD_MARK(6);
-    // (3) by distance L = i − j:  A_ij = −Σ_{k=j}^{i−1} N_ik A_kj  ((I + T) A = I below the
-    //     diagonal blocks), items of 1×4 elements; A also as fp16 (a16) where it is formed.
-#pragma unroll 1
-    for (int Ld = 1; Ld <= 3; ++Ld) {
-      if (tid < (4 - Ld) * 64) {
-        const int i = Ld + (tid >> 6), j = i - Ld, r = (tid >> 2) & 15, c = 4 * (tid & 3);
-        float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
-        for (int kb = j; kb < i; ++kb) {
-          const float* nrow = t32 + (16 * kb + r) * PF + 16 * i;
-          const float* acol = a32 + (16 * kb) * PF + 16 * j + c;
+    // (3) column walks: A_iJ = −Σ_{k=J}^{i−1} N_ik A_kJ for i = J+1..3, down column block J
+    //     (a half-warp per group of NC columns, a lane per row r of each 16-row block; the
+    //     A_kJ it reads are the half-warp's own earlier rows, shared through a32 and a warp
+    //     sync). The longest walk (J = 0) is three dependent steps of 1, 2, 3 products,
+    //     against four barrier phases by distance before (cuda/NOTES.md, forward v17).
+    {
+      const int hw = tid >> 4, r = lane & 15;
+      if (hw < 8)
+        walk<0, 2>(t32, a32, a16, r, 2 * hw);
+      else if (hw < 12)
+        walk<1, 4>(t32, a32, a16, r, 4 * (hw - 8));
+      else
+        walk<2, 4>(t32, a32, a16, r, 4 * (hw - 12));
+    }
+    __syncthreads();
+    GDR2_FWD_MARK(7);
+  }
+
+  /// One lane's share of the column walk of block J (see solve): columns c0..c0+NC−1 of
+  /// row r of the blocks i > J, in fp32 (a32) and fp16 (a16).
+  template <int J, int NC>
+  static __device__ __forceinline__ void walk(const float* t32, float* a32, __half* a16, int r, int c0) {
 #pragma unroll
-          for (int u = 0; u < 16; ++u) {
-            const float t = nrow[u];
+    for (int i = J + 1; i < 4; ++i) {
+      float acc[NC] = {};
+#pragma unroll
+      for (int k = J; k < i; ++k) {
+        const float* nrow = t32 + (16 * k + r) * PF + 16 * i;  // N_ik row r (upper block (k, i))
+        const float* acol = a32 + (16 * k) * PF + 16 * J + c0;   // A_kJ rows 0..15, our columns
+        float nv[16];
+#pragma unroll
+        for (int q = 0; q < 4; ++q) {
+          const float4 x = *reinterpret_cast<const float4*>(nrow + 4 * q);
+          nv[4 * q] = x.x, nv[4 * q + 1] = x.y, nv[4 * q + 2] = x.z, nv[4 * q + 3] = x.w;
+        }
+#pragma unroll
+        for (int u = 0; u < 16; ++u) {
+          if constexpr (NC == 2) {
+            const float2 a = *reinterpret_cast<const float2*>(acol + u * PF);
+            acc[0] = fmaf(nv[u], a.x, acc[0]);
+            acc[1] = fmaf(nv[u], a.y, acc[1]);
+          } else {
             const float4 a = *reinterpret_cast<const float4*>(acol + u * PF);
-            acc = make_float4(fmaf(t, a.x, acc.x), fmaf(t, a.y, acc.y), fmaf(t, a.z, acc.z), fmaf(t, a.w, acc.w));
+            acc[0] = fmaf(nv[u], a.x, acc[0]);
+            acc[1] = fmaf(nv[u], a.y, acc[1]);
+            acc[2] = fmaf(nv[u], a.z, acc[2]);
+            acc[3] = fmaf(nv[u], a.w, acc[3]);
           }
         }
-        *reinterpret_cast<float4*>(a32 + (16 * i + r) * PF + 16 * j + c) = make_float4(-acc.x, -acc.y, -acc.z, -acc.w);
-        *reinterpret_cast<__half2*>(a16 + (16 * i + r) * PC + 16 * j + c) = __floats2half2_rn(-acc.x, -acc.y);
-        *reinterpret_cast<__half2*>(a16 + (16 * i + r) * PC + 16 * j + c + 2) = __floats2half2_rn(-acc.z, -acc.w);
       }
-      __syncthreads();
-      GDR2_FWD_MARK(6 + Ld);
+      float* dst = a32 + (16 * i + r) * PF + 16 * J + c0;
+      __half* dh = a16 + (16 * i + r) * PC + 16 * J + c0;
+#pragma unroll
+      for (int n = 0; n < NC; n += 2) {
+        *reinterpret_cast<float2*>(dst + n) = make_float2(-acc[n], -acc[n + 1]);
+        *reinterpret_cast<__half2*>(dh + n) = __floats2half2_rn(-acc[n], -acc[n + 1]);
+      }
+      __syncwarp();  // these rows of A_iJ before the half-warp's next step reads them
     }
   }
 
@@ -1348,6 +1386,7 @@ __device__ void prep_body(const ForwardParams& p, char* sm, long long first, lon
                     R::tiles == L::aqk16 + kC * L::PC * 2 - L::hq,
                 "a record's tiles are the byte image of the prep's hq .. aqk16 (one bulk copy)");
   const int tid = threadIdx.x;
+  constexpr int kEarly = 7 * 32;  // warp 7's lane 0: copies Qγ, Ktail out (idle during N)
   const long long items = p.total_chunks * p.Hv;
   ChunkLoader<DECAY, GATES, Tin, D, false> ld;
   const int rbytes = R::bytes(GATES == 1);
@@ -1386,9 +1425,14 @@ __device__ void prep_body(const ForwardParams& p, char* sm, long long first, lon
 #pragma unroll 1
   while (it < items) {
     const long long cur = it;
+    char* rec = static_cast<char*>(p.records) + cur * (long long)rbytes;
     ld.wait_a(sm, len);
     GDR2_FWD_MARK(cur == first ? -1 : 15);
     if (tid == 0) bulk_wait_read();  // the previous record's tiles read before the G-step rewrites them
+    if (tid == kEarly) {             // and its Qγ, Ktail written (long done): before it is published
+      bulk_wait();
+      fence_proxy_async_global();
+    }
     __syncthreads();
     GDR2_FWD_MARK(0);
     P::gstep(sm, p.scale);
@@ -1402,10 +1446,17 @@ __device__ void prep_body(const ForwardParams& p, char* sm, long long first, lon
     }
     if (it < items) ld.issue_a(p, sm, batch, t0, len, hv);
     cp_async_commit();
-    P::solve_and_y(sm);
-    // the record: its tiles by one bulk copy (thread 0), γ_C and β by plain stores; the
-    // previous record is published first, its bulk copy complete by now
-    char* rec = static_cast<char*>(p.records) + cur * (long long)rbytes;
+    // Qγ and Ktail are final after the solve's transforms: copied out by an idle warp while
+    // the solve goes on, so that the copy the next item waits for (before its G-step rewrites
+    // the tiles) is only Y, A, Aqk (cuda/NOTES.md, forward v17)
+    P::template solve_and_y<true>(sm, [&](int) {
+      if (tid == kEarly) {
+        bulk_s2g(rec + R::qg, sm + L::hq, std::uint32_t(R::y - R::qg));
+        bulk_commit();
+      }
+    });
+    // the rest of the record: Y, A, Aqk by one bulk copy (thread 0), γ_C and β by plain
+    // stores; the previous record is published first, its bulk copies complete by now
     for (int i = tid; i < D / 4; i += kThreads)
       reinterpret_cast<float4*>(rec + R::gc)[i] = reinterpret_cast<const float4*>(P::gc(sm))[i];
     if (GATES == 1 && tid < kC / 4)
@@ -1414,12 +1465,17 @@ __device__ void prep_body(const ForwardParams& p, char* sm, long long first, lon
     __syncthreads();
     if (tid == 0) {
       if (flags && prev >= 0) publish(prev);
-      bulk_s2g(rec, sm + L::hq, std::uint32_t(R::tiles));
+      bulk_s2g(rec + R::y, sm + L::he, std::uint32_t(R::tiles - R::y));
       bulk_commit();
     }
     prev = cur;
     GDR2_FWD_MARK(14);
   }
+  if (tid == kEarly) {
+    bulk_wait();
+    fence_proxy_async_global();
+  }
+  __syncthreads();
   if (tid == 0) {
     if (flags && prev >= 0)
       publish(prev);
