@@ -118,7 +118,7 @@ run)
         racecheck "$n" "$new/test_cuda" "[graph]"
       fi
       [ -x "$new/test_cuda_backward" ] &&
-        racecheck "$n" "$new/test_cuda_backward" "cuda chunk backward given the forward's chunk states (small, for the sanitizers)"
+        racecheck "$n" "$new/test_cuda_backward" "[sanitize]"
     fi
   done
   rm -f "$R.tmp"
