@@ -53,6 +53,14 @@ void view_inputs(Problem<T>& p, const Tensors& t) {
   p.dt_bias = t.dt_bias.view();
 }
 
+/// The engines' default options but for the executor (null: the calling thread): what the
+/// reference_* functions run their fp64 engine with.
+inline Options on_executor(const Executor* executor) {
+  Options opt;
+  opt.executor = executor;
+  return opt;
+}
+
 }  // namespace detail
 
 /// Owning random problem for gate policy `Policy` with inputs of type T. Inputs are
@@ -196,9 +204,8 @@ ReferenceForward reference_forward(const Problem<T>& p, const Executor* executor
                                                : p.q.shape[0];
   r.final_state = Tensor<double>(n_state, p.v.shape[2], p.q.shape[3], p.v.shape[3]);
   if (p.state_indices && c.initial_state.size()) r.final_state = c.initial_state.template cast<double>();
-  Options opt;
-  opt.executor = executor;
-  r.status = recurrent_forward<Policy>(c.p, Outputs<double, double>{r.o.view(), r.final_state.view()}, opt);
+  r.status = recurrent_forward<Policy>(c.p, Outputs<double, double>{r.o.view(), r.final_state.view()},
+                                       detail::on_executor(executor));
   return r;
 }
 
@@ -258,9 +265,10 @@ ReferenceChunkStates reference_chunk_states(const Problem<T>& p, Index chunk = 6
         *v = cut(*v, sp.batch, t0, chunk);
       for (Index i = 0; i < HKV; ++i) start[i] = state[i];
       q.initial_state = start.view();
-      Options opt;
-      opt.executor = executor;
-      if (!(r.status = recurrent_forward<Policy>(q, Outputs<double, double>{o.view(), state.view()}, opt)).ok()) return r;
+      if (!(r.status = recurrent_forward<Policy>(q, Outputs<double, double>{o.view(), state.view()},
+                                                 detail::on_executor(executor)))
+               .ok())
+        return r;
     }
     row += nch;
   }
@@ -387,9 +395,8 @@ ReferenceBackward reference_backward(const Problem<T>& p, const GradOutputs<T>& 
   const Tensor<double> d_fin = to_tensor<double>(up.d_final_state);
   ReferenceBackward r;
   r.grads = GradientBuffers<double>(c.p);
-  Options opt;
-  opt.executor = executor;
-  r.status = recurrent_backward<Policy>(c.p, GradOutputs<double>{d_o.view(), d_fin.view()}, r.grads.views(), opt);
+  r.status = recurrent_backward<Policy>(c.p, GradOutputs<double>{d_o.view(), d_fin.view()}, r.grads.views(),
+                                        detail::on_executor(executor));
   return r;
 }
 
