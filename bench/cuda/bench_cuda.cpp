@@ -254,6 +254,10 @@ BENCHMARK(BM_forward)
     ->Args({1, 32768, 16, 2, 64, 0, 0})  // the overlapped case's slices, prep and state pass one after the other
     ->Args({1, 32768, 16, 2, 64, 0, 2})
     ->Args({1, 32768, 16, 2, 64, 1, 0})
+    // the overlapped path's other slices: its state blocks take 16 / 64 SMs instead of 32,
+    // leaving the prep (the bound since v17: cuda/NOTES.md) 116 / 68
+    ->Args({1, 32768, 16, 2, 128, 1, 0})
+    ->Args({1, 32768, 16, 2, 32, 1, 0})
     ->UseManualTime()
     ->Iterations(30)
     ->Unit(benchmark::kMillisecond);
