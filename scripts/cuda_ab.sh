@@ -19,6 +19,12 @@
 #       set's phase drivers and benchmarks alternated ROUNDS times (default 2), and writes
 #       everything to ONE report, $OUT/ab_report.txt (the device tool returns only a few
 #       files), ending with a table of the median times per case and set.
+#   on the GPU:     bash scripts/cuda_ab.sh ncu NAME BIN KERNEL_REGEX BENCH_FILTER [TAG]
+#       Nsight Compute on one launch (the 4th) of the kernels matching KERNEL_REGEX in set
+#       NAME's BIN (bench_cuda or bench_cuda_backward) run with BENCH_FILTER: warp states and
+#       per-instruction stall sampling; writes $OUT/TAG.top.txt (the columns found and the
+#       40 instructions with the most samples, scripts/ncu_top.py), TAG.sass.csv (every
+#       instruction) and TAG.details.csv (the sections). Two builds compared: run it twice.
 #   Sets: GDR2_AB_PACK (pack, variant) names the binaries to pack (default all four, ≈ 31 MB
 #   xz-compressed; the device tool carries 64 MiB: e.g. "bench_cuda_backward" for a backward
 #   base, "bench_cuda_backward test_cuda_backward" for its change).
@@ -152,8 +158,22 @@ for c, by in t.items():
 PY
   cat "$R.sum" >>"$R" && rm -f "$R.sum"
   ;;
+ncu)
+  name=${1:?name} bin=${2:?bin} kern=${3:?kernel regex} filt=${4:?bench filter} tag=${5:-${1}_$2}
+  o=${OUT:-.devcarry}
+  export LD_LIBRARY_PATH=$PWD/.devcarry/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
+  export PATH=/usr/local/cuda/bin:$PATH
+  b=.devcarry/$name/$bin
+  [ -x "$b" ] || { xz -dkf -T4 "$b.xz" && chmod +x "$b"; } || exit 1
+  timeout 300 ncu --clock-control none --kernel-name "regex:$kern" --launch-skip 3 --launch-count 1 \
+    --section WarpStateStats --section SourceCounters --section SpeedOfLight -f -o "/tmp/$tag" \
+    "$b" --benchmark_filter="$filt" >"$o/$tag.log" 2>&1 || { tail -5 "$o/$tag.log"; exit 1; }
+  ncu -i "/tmp/$tag.ncu-rep" --page source --csv --print-source sass >"$o/$tag.sass.csv" 2>&1
+  ncu -i "/tmp/$tag.ncu-rep" --page details --csv >"$o/$tag.details.csv" 2>&1
+  python3 scripts/ncu_top.py "$o/$tag.sass.csv" 40 | tee "$o/$tag.top.txt" | head -60
+  ;;
 *)
-  sed -n 2,26p "$0"
+  sed -n 2,34p "$0"
   exit 2
   ;;
 esac
