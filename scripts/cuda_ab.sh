@@ -24,7 +24,8 @@
 #       NAME's BIN (bench_cuda or bench_cuda_backward) run with BENCH_FILTER: warp states and
 #       per-instruction stall sampling; writes $OUT/TAG.top.txt (the columns found and the
 #       40 instructions with the most samples, scripts/ncu_top.py), TAG.sass.csv (every
-#       instruction) and TAG.details.csv (the sections). Two builds compared: run it twice.
+#       instruction) and TAG.details.csv (the sections); TAG.log only when ncu failed (the
+#       device tool returns at most 8 files). Two builds compared: run it twice.
 #   Sets: GDR2_AB_PACK (pack, variant) names the binaries to pack (default all four, ≈ 31 MB
 #   xz-compressed; the device tool carries 64 MiB: e.g. "bench_cuda_backward" for a backward
 #   base, "bench_cuda_backward test_cuda_backward" for its change).
@@ -167,13 +168,13 @@ ncu)
   [ -x "$b" ] || { xz -dkf -T4 "$b.xz" && chmod +x "$b"; } || exit 1
   timeout 300 ncu --clock-control none --kernel-name "regex:$kern" --launch-skip 3 --launch-count 1 \
     --section WarpStateStats --section SourceCounters --section SpeedOfLight -f -o "/tmp/$tag" \
-    "$b" --benchmark_filter="$filt" >"$o/$tag.log" 2>&1 || { tail -5 "$o/$tag.log"; exit 1; }
+    "$b" --benchmark_filter="$filt" >"/tmp/$tag.log" 2>&1 || { cp "/tmp/$tag.log" "$o/"; tail -5 "$o/$tag.log"; exit 1; }
   ncu -i "/tmp/$tag.ncu-rep" --page source --csv --print-source sass >"$o/$tag.sass.csv" 2>&1
   ncu -i "/tmp/$tag.ncu-rep" --page details --csv >"$o/$tag.details.csv" 2>&1
   python3 scripts/ncu_top.py "$o/$tag.sass.csv" 40 | tee "$o/$tag.top.txt" | head -60
   ;;
 *)
-  sed -n 2,34p "$0"
+  sed -n 2,35p "$0"
   exit 2
   ;;
 esac
