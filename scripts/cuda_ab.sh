@@ -174,7 +174,7 @@ ncu)
   python3 scripts/ncu_top.py "$o/$tag.sass.csv" 40 | tee "$o/$tag.top.txt" | head -60
   ;;
 *)
-  sed -n 2,35p "$0"
+  sed -n '2,/^set -uo/p' "$0" | sed '$d'  # the header comment
   exit 2
   ;;
 esac

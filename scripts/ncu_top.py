@@ -36,7 +36,7 @@ def main():
         print(f"{path}: header but no rows")
         return 1
     cols = list(rows[0].keys())
-    src = next(c for c in cols if c.strip().lower() == "source" or "source" in c.lower())
+    src = next(c for c in cols if "source" in c.lower())
     addr = next((c for c in cols if "address" in c.lower()), None)
     keys = ("sampling", "stall", "samples")
     sampled = [c for c in cols if any(k in c.lower() for k in keys) and any(number(r[c]) is not None for r in rows)]

@@ -18,6 +18,7 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <iterator>
 #include <vector>
 
 using namespace gdr2;
@@ -69,7 +70,7 @@ int main() {
       if (k < 0) return;
       long long tot = 0;
       for (long long x : ph) tot += x;
-      std::printf("%-7s %lld cycles, %zu phases:", k < 5 ? names[k] : "?", tot, ph.size());
+      std::printf("%-7s %lld cycles, %zu phases:", k < int(std::size(names)) ? names[k] : "?", tot, ph.size());
       for (std::size_t i = 0; i < ph.size() && i < 40; ++i) std::printf(" %lld", ph[i]);
       std::printf("\n");
     };

@@ -1387,6 +1387,13 @@ __device__ void prep_body(const ForwardParams& p, char* sm, long long first, lon
                 "a record's tiles are the byte image of the prep's hq .. aqk16 (one bulk copy)");
   const int tid = threadIdx.x;
   constexpr int kEarly = 7 * 32;  // warp 7's lane 0: copies Qγ, Ktail out (idle during N)
+  // its copy of the last Qγ, Ktail written and visible to the record's readers
+  auto early_copy_done = [&] {
+    if (tid == kEarly) {
+      bulk_wait();
+      fence_proxy_async_global();
+    }
+  };
   const long long items = p.total_chunks * p.Hv;
   ChunkLoader<DECAY, GATES, Tin, D, false> ld;
   const int rbytes = R::bytes(GATES == 1);
@@ -1429,10 +1436,7 @@ __device__ void prep_body(const ForwardParams& p, char* sm, long long first, lon
     ld.wait_a(sm, len);
     GDR2_FWD_MARK(cur == first ? -1 : 15);
     if (tid == 0) bulk_wait_read();  // the previous record's tiles read before the G-step rewrites them
-    if (tid == kEarly) {             // and its Qγ, Ktail written (long done): before it is published
-      bulk_wait();
-      fence_proxy_async_global();
-    }
+    early_copy_done();               // and its Qγ, Ktail written (long done): before it is published
     __syncthreads();
     GDR2_FWD_MARK(0);
     P::gstep(sm, p.scale);
@@ -1471,10 +1475,7 @@ __device__ void prep_body(const ForwardParams& p, char* sm, long long first, lon
     prev = cur;
     GDR2_FWD_MARK(14);
   }
-  if (tid == kEarly) {
-    bulk_wait();
-    fence_proxy_async_global();
-  }
+  early_copy_done();
   __syncthreads();
   if (tid == 0) {
     if (flags && prev >= 0)
