@@ -26,6 +26,10 @@
 #       40 instructions with the most samples, scripts/ncu_top.py), TAG.sass.csv (every
 #       instruction) and TAG.details.csv (the sections); TAG.log only when ncu failed (the
 #       device tool returns at most 8 files). Two builds compared: run it twice.
+#   on the GPU:     bash scripts/cuda_ab.sh procs N BIN BENCH_FILTER NAME1 NAME2 ...
+#       each set's BIN run N times as separate processes (alternated between the sets), one
+#       median per process and case: for figures that differ between processes of one binary
+#       more than between its iterations (the B=1 overlapped forward, twelfth session).
 #   Sets: GDR2_AB_PACK (pack, variant) names the binaries to pack (default all four, ≈ 31 MB
 #   xz-compressed; the device tool carries 64 MiB: e.g. "bench_cuda_backward" for a backward
 #   base, "bench_cuda_backward test_cuda_backward" for its change).
@@ -172,6 +176,21 @@ ncu)
   ncu -i "/tmp/$tag.ncu-rep" --page source --csv --print-source sass >"$o/$tag.sass.csv" 2>&1
   ncu -i "/tmp/$tag.ncu-rep" --page details --csv >"$o/$tag.details.csv" 2>&1
   python3 scripts/ncu_top.py "$o/$tag.sass.csv" 40 | tee "$o/$tag.top.txt" | head -60
+  ;;
+procs)
+  n=${1:?count} bin=${2:?bin} filt=${3:?bench filter}
+  shift 3
+  export LD_LIBRARY_PATH=$PWD/.devcarry/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
+  for s in "$@"; do
+    b=.devcarry/$s/$bin
+    [ -x "$b" ] || { xz -dkf -T4 "$b.xz" && chmod +x "$b"; } || exit 1
+  done
+  for i in $(seq 1 "$n"); do
+    for s in "$@"; do
+      .devcarry/$s/$bin --benchmark_filter="$filt" 2>&1 |
+        awk -v s="$s" -v i="$i" '/^BM_/ {m=""; for (k = 1; k <= NF; ++k) if ($k ~ /^median_(ms|us)=/) m=$k; sub(/\/iterations.*/, "", $1); print "proc", i, s, $1, m}'
+    done
+  done
   ;;
 *)
   sed -n '2,/^set -uo/p' "$0" | sed '$d'  # the header comment
