@@ -81,10 +81,10 @@ struct ChunkOptions {
   /// [C, Hv, K, V] — C = Σ_n ceil(T_n / 64) states, chunk j of sequence n at row
   /// Σ_{m<n} ceil(T_m / 64) + j — every value rounded to tf32 (10-bit mantissa: what the
   /// backward's tf32 products read). States of sequences skipped by state_indices are
-  /// left untouched. Null (the default): not written. Measured on an H200 (cuda/NOTES.md,
-  /// backward v26, v27): forward + backward −0.54 ms at B=8 T=4096 H=16 (fused forward
-  /// +0.09 ms, backward −0.63 ms) and −0.28 ms at B=1 T=32768 H=16 (the split forward's
-  /// state blocks pay +0.35 ms of the backward's −0.60 ms).
+  /// left untouched. Null (the default): not written. Measured on an H100 (bench/RESULTS.md,
+  /// twelfth session): forward + backward −0.50 ms at B=8 T=4096 H=16 (fused forward
+  /// +0.10 ms) and −0.11 ms at B=1 T=32768 H=16 (the split forward's state blocks pay
+  /// ≈ +0.5 ms of what the backward saves; why: cuda/NOTES.md, backward v26 and v18).
   float* chunk_states = nullptr;
   /// Bytes at chunk_states (checked against chunk_states_size).
   std::size_t chunk_states_bytes = 0;
