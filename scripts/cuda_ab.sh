@@ -26,6 +26,10 @@
 #       40 instructions with the most samples, scripts/ncu_top.py), TAG.sass.csv (every
 #       instruction) and TAG.details.csv (the sections); TAG.log only when ncu failed (the
 #       device tool returns at most 8 files). Two builds compared: run it twice.
+#       GDR2_AB_NCU_SECTIONS replaces the sections (e.g. "MemoryWorkloadAnalysis
+#       MemoryWorkloadAnalysis_Tables SpeedOfLight" for the L1 / shared-memory wavefronts a
+#       kernel moves: cuda/NOTES.md forward "Next steps" item 00); TAG.top.txt then lists every
+#       metric of those sections instead of the stalls.
 #   on the GPU:     bash scripts/cuda_ab.sh procs N BIN BENCH_FILTER NAME1 NAME2 ...
 #       each set's BIN run N times as separate processes (alternated between the sets), one
 #       median per process and case: for figures that differ between processes of one binary
@@ -170,12 +174,17 @@ ncu)
   export PATH=/usr/local/cuda/bin:$PATH
   b=.devcarry/$name/$bin
   [ -x "$b" ] || { xz -dkf -T4 "$b.xz" && chmod +x "$b"; } || exit 1
+  sections=${GDR2_AB_NCU_SECTIONS:-WarpStateStats SourceCounters SpeedOfLight}
   timeout 300 ncu --clock-control none --kernel-name "regex:$kern" --launch-skip 3 --launch-count 1 \
-    --section WarpStateStats --section SourceCounters --section SpeedOfLight -f -o "/tmp/$tag" \
+    $(printf -- '--section %s ' $sections) -f -o "/tmp/$tag" \
     "$b" --benchmark_filter="$filt" >"/tmp/$tag.log" 2>&1 || { cp "/tmp/$tag.log" "$o/"; tail -5 "$o/$tag.log"; exit 1; }
-  ncu -i "/tmp/$tag.ncu-rep" --page source --csv --print-source sass >"$o/$tag.sass.csv" 2>&1
   ncu -i "/tmp/$tag.ncu-rep" --page details --csv >"$o/$tag.details.csv" 2>&1
-  python3 scripts/ncu_top.py "$o/$tag.sass.csv" 40 | tee "$o/$tag.top.txt" | head -60
+  if [ -z "${GDR2_AB_NCU_SECTIONS:-}" ]; then
+    ncu -i "/tmp/$tag.ncu-rep" --page source --csv --print-source sass >"$o/$tag.sass.csv" 2>&1
+    python3 scripts/ncu_top.py "$o/$tag.sass.csv" 40 | tee "$o/$tag.top.txt" | head -60
+  else
+    python3 scripts/ncu_top.py --details "$o/$tag.details.csv" | tee "$o/$tag.top.txt" | head -80
+  fi
   ;;
 procs)
   n=${1:?count} bin=${2:?bin} filt=${3:?bench filter}

@@ -8,6 +8,9 @@ mentions "Sampling" or a stall reason. Prints the columns found, each sampling c
 total, then the N instructions with the most samples in the largest sampling column, with
 their share of it and the address, so that the instructions a kernel waits at can be
 compared between two builds. Usage: ncu_top.py CSV [N]
+
+With --details: the CSV of `ncu -i REPORT --page details --csv` instead, printed one metric
+a line (section, name, unit, value). Usage: ncu_top.py --details CSV
 """
 import csv
 import sys
@@ -20,7 +23,17 @@ def number(x):
         return None
 
 
+def details(path):
+    with open(path, newline="") as f:
+        lines = [l for l in f.read().splitlines() if l.startswith('"')]  # no ==PROF== lines
+    for r in csv.DictReader(lines):
+        if r.get("Metric Name"):
+            print(f"{r['Section Name'][:34]:34s} {r['Metric Name'][:44]:44s} {r['Metric Unit']:>12s} {r['Metric Value']}")
+
+
 def main():
+    if sys.argv[1] == "--details":
+        return details(sys.argv[2])
     path = sys.argv[1]
     top = int(sys.argv[2]) if len(sys.argv) > 2 else 40
     with open(path, newline="") as f:
