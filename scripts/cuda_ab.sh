@@ -43,6 +43,18 @@
 #   sanitizer test.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+# On the GPU: the carried libbenchmark and CUDA's libraries and tools first in the paths.
+device_env() {
+  export LD_LIBRARY_PATH=$PWD/.devcarry/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
+  export PATH=/usr/local/cuda/bin:$PATH
+}
+# unpacked BIN: BIN unpacked from BIN.xz (a set's binary) unless already there.
+unpacked() { [ -x "$1" ] || { xz -dkf -T4 "$1.xz" && chmod +x "$1"; }; }
+# medians TAG: Google Benchmark's output → one "TAG CASE median_…" line per case.
+medians() {
+  awk -v tag="$1" '/^BM_/ {m=""; for (i = 1; i <= NF; ++i) if ($i ~ /^median_(ms|us)=/) m=$i
+    sub(/\/iterations.*/, "", $1); print tag, $1, m}'
+}
 cmd=${1:-}
 shift || true
 case "$cmd" in
@@ -88,8 +100,7 @@ run)
   [ $# -ge 1 ] || { echo "usage: $0 run NAME1 [NAME2 ...]"; exit 2; }
   R=${OUT:-.devcarry}/ab_report.txt
   : >"$R"
-  export LD_LIBRARY_PATH=$PWD/.devcarry/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
-  export PATH=/usr/local/cuda/bin:$PATH
+  device_env
   for n in "$@"; do for f in .devcarry/$n/*.xz; do [ -e "$f" ] && xz -dkf -T4 "$f" & done; done
   wait
   for n in "$@"; do chmod +x .devcarry/$n/* 2>/dev/null; done
@@ -111,7 +122,7 @@ run)
   # bench SET BIN FILTER: one "bench SET CASE median_…" line per case
   bench() {
     "$2" --benchmark_filter="$3" 2>&1 |
-      awk -v n="$1" '/^BM_/ {m=""; for (i = 1; i <= NF; ++i) if ($i ~ /^median_(ms|us)=/) m=$i; print "bench", n, $1, m}' >>"$R"
+      medians "bench $1" >>"$R"
   }
   first=1
   for n in "$@"; do  # the device tests (and sanitizers) of every set but the first (the base)
@@ -170,10 +181,9 @@ PY
 ncu)
   name=${1:?name} bin=${2:?bin} kern=${3:?kernel regex} filt=${4:?bench filter} tag=${5:-${1}_$2}
   o=${OUT:-.devcarry}
-  export LD_LIBRARY_PATH=$PWD/.devcarry/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
-  export PATH=/usr/local/cuda/bin:$PATH
+  device_env
   b=.devcarry/$name/$bin
-  [ -x "$b" ] || { xz -dkf -T4 "$b.xz" && chmod +x "$b"; } || exit 1
+  unpacked "$b" || exit 1
   sections=${GDR2_AB_NCU_SECTIONS:-WarpStateStats SourceCounters SpeedOfLight}
   timeout 300 ncu --clock-control none --kernel-name "regex:$kern" --launch-skip 3 --launch-count 1 \
     $(printf -- '--section %s ' $sections) -f -o "/tmp/$tag" \
@@ -189,15 +199,14 @@ ncu)
 procs)
   n=${1:?count} bin=${2:?bin} filt=${3:?bench filter}
   shift 3
-  export LD_LIBRARY_PATH=$PWD/.devcarry/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
+  device_env
   for s in "$@"; do
     b=.devcarry/$s/$bin
-    [ -x "$b" ] || { xz -dkf -T4 "$b.xz" && chmod +x "$b"; } || exit 1
+    unpacked "$b" || exit 1
   done
   for i in $(seq 1 "$n"); do
     for s in "$@"; do
-      .devcarry/$s/$bin --benchmark_filter="$filt" 2>&1 |
-        awk -v s="$s" -v i="$i" '/^BM_/ {m=""; for (k = 1; k <= NF; ++k) if ($k ~ /^median_(ms|us)=/) m=$k; sub(/\/iterations.*/, "", $1); print "proc", i, s, $1, m}'
+      .devcarry/$s/$bin --benchmark_filter="$filt" 2>&1 | medians "proc $i $s"
     done
   done
   ;;
