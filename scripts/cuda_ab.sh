@@ -85,8 +85,16 @@ check | variant)
     rm -rf "$src" && mkdir -p "$src"
   fi
   git archive HEAD | tar -x -C "$src" || exit 1
+  # git apply inside this repository's tree (.devcarry/…) would skip every path outside the
+  # current folder without a word (thirteenth session: the twelfth's v19 set was HEAD):
+  # no repository above $src, and each patched file must differ from HEAD's
+  top=$(cd "$src/.." && pwd)
   for pf in "$@"; do
-    (cd "$src" && git apply "$OLDPWD/$pf") || { echo "$pf does not apply to HEAD after the ones before it"; exit 1; }
+    (cd "$src" && GIT_CEILING_DIRECTORIES="$top" git apply "$OLDPWD/$pf") ||
+      { echo "$pf does not apply to HEAD after the ones before it"; exit 1; }
+    for f in $(awk '/^\+\+\+ b\// {print substr($2, 3)}' "$pf"); do
+      git show "HEAD:$f" 2>/dev/null | cmp -s - "$src/$f" && { echo "$pf left $f as in HEAD"; exit 1; }
+    done
   done
   [ "$cmd" = check ] && { echo "all $# apply to HEAD in this order"; exit 0; }
   cmake -S "$src" -B "$src/build" -DCMAKE_BUILD_TYPE=Release -DGDR2_BUILD_TESTS=ON -DGDR2_BUILD_BENCH=ON \
