@@ -30,6 +30,8 @@
 #       MemoryWorkloadAnalysis_Tables SpeedOfLight" for the L1 / shared-memory wavefronts a
 #       kernel moves: cuda/NOTES.md forward "Next steps" item 00); TAG.top.txt then lists every
 #       metric of those sections instead of the stalls.
+#       Per source line or per phase: scripts/ncu_lines.py TAG.sass.csv with the kernel's
+#       `nvdisasm -g -c` listing (cubins from `cuobjdump -xelf all BIN`, on the GPU machine).
 #   on the GPU:     bash scripts/cuda_ab.sh procs N BIN BENCH_FILTER NAME1 NAME2 ...
 #       each set's BIN run N times as separate processes (alternated between the sets), one
 #       median per process and case: for figures that differ between processes of one binary

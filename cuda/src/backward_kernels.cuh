@@ -873,31 +873,214 @@ GDR2_HD void grad1_body(const Blk& bk, const P& p, long long cg, int hv, float* 
 // =============================================================================================
 constexpr int kApplyThreads = 256;
 
-/// Shared memory of an applies block: kKS key channels of one chunk-head. The tiles read
-/// as B operands of the anchored products (k-major: lanes t index rows, g columns) have a
-/// pitch ≡ 8 (mod 32) so that those fragment reads are free of bank conflicts; the others
-/// ≡ 4, as the C×C tiles read as A operands.
+/// Shared memory of an applies block: kKS key channels of one chunk-head. The C×C tiles dT
+/// and dAqk are read as A operands (pitch ≡ 4 mod 16: conflict-free for ldmatrix and for
+/// k-major reads of paired k); q k b G are only read row-wise (dense pitch). The anchored
+/// products' operands (Kh, Bh, Qh: 16 channels at a time, `Half`) share their space with
+/// dKtail, which is copied in only after the products.
 struct ApplyLayout {
-  static constexpr int KS = kKS, PS = KS + 4, PB = KS + 8, NSEG = kC / 8;
-  static constexpr int T = 0;                // dT                                    [C][PC]
-  static constexpr int Aqk = T + kC * kPC;   // dAqk (diagonal moved to `diag`)        [C][PC]
-  static constexpr int G = Aqk + kC * kPC;   // cumulative log2-decays                 [C][PB]
-  static constexpr int q = G + kC * PB;      // scale·q                                [C][PB]
-  static constexpr int k = q + kC * PB;      //                                        [C][PB]
-  static constexpr int b = k + kC * PB;      // (β for tied gates)                     [C][PB]
-  static constexpr int Bk = b + kC * PB;     // dĒ → dBk → dG → dg                     [C][PS]
-  static constexpr int Qs = Bk + kC * PS;    // dO Sᵀ → dQs → db ⊙ k                   [C][PS]
-  static constexpr int X2 = Qs + kC * PS;    // column applies → dKtail ⊙ Ktail        [C][PS]
-  static constexpr int Xk = X2 + kC * PS;    // dKtail                                 [C][PS]
-  static constexpr int rs = Xk + kC * PS;    // Σ dS⊙S                                 [KS]
-  static constexpr int diag = rs + KS;       // dAqk's diagonal                        [C]
+  static constexpr int KS = kKS, PS = KS + 4, PB = KS, NSEG = kC / 8;
+  /// The anchored products' operands for 16 of the slice's channels (offsets in `ops`):
+  /// Kh rows s = 0..55 (pitch ≡ 8 mod 16: read k-major after an ldmatrix A, k = t, t + 4),
+  /// Bh, Qh rows r = 8..63 stored from row 0 (pitch ≡ 4 mod 16: read k-major with paired
+  /// k), F the chain factors of the eight 8-row blocks.
+  struct Half {
+    static constexpr int W = 16, PK = 24, PQ = 20;
+    static constexpr int Kh = 0, Bh = Kh + 56 * PK, Qh = Bh + 56 * PQ, F = Qh + 56 * PQ, floats = F + 8 * W;
+  };
+  static constexpr int T = 0;                // dT                                         [C][PC]
+  static constexpr int Aqk = T + kC * kPC;   // dAqk (its diagonal also in `diag`)         [C][PC]
+  static constexpr int G = Aqk + kC * kPC;   // cumulative log2-decays                     [C][PB]
+  static constexpr int q = G + kC * PB;      // scale·q                                    [C][PB]
+  static constexpr int k = q + kC * PB;      //                                            [C][PB]
+  static constexpr int b = k + kC * PB;      // (β for tied gates)                         [C][PB]
+  static constexpr int Bk = b + kC * PB;     // dĒ → dBk → dG → dg                         [C][PS]
+  static constexpr int Qs = Bk + kC * PS;    // dO Sᵀ → dQs → db ⊙ k                       [C][PS]
+  static constexpr int X2 = Qs + kC * PS;    // column applies → dKtail ⊙ Ktail            [C][PS]
+  static constexpr int ops = X2 + kC * PS;   // the products' operands (Half), then:
+  static constexpr int Xk = ops;             // dKtail                                     [C][PS]
+  static constexpr int rs = ops + (Half::floats > kC * PS ? Half::floats : kC * PS);  // Σ dS⊙S [KS]
+  static constexpr int diag = rs + KS;       // dAqk's diagonal                            [C]
   static constexpr int seg = diag + kC;      // column sums of 8-row segments          2 × [NSEG][KS]
   static constexpr int floats = seg + 2 * NSEG * KS;
 };
 
+/// The anchored (off-diagonal) decayed applies of one chunk-head for 16 channels
+/// c = c0 .. c0 + 15 of an applies block, every pair (r, s) of distinct 8-row blocks (s
+/// in an earlier block than r):
+///   rows     dBk_r += Σ_s dT_rs k_s e^{G_r − G_s},  dQs_r += Σ_s dAqk_rs k_s e^{G_r − G_s}
+///   columns  X2_s  += Σ_r (dT_rs b_r k_r + dAqk_rs q_r) e^{G_r − G_s}
+/// Every factor is formed with a non-positive exponent (SPEC §5): the operands carry the
+/// decay to the nearest 8-row boundary (Kh_s = k_s e^{G_{e(s)} − G_s}, e(s) the last row of
+/// s's block; Bh_r = b_r k_r e^{G_r − G_{f(r)}}, Qh_r likewise, f(r) the row before r's
+/// block), and an accumulator moves its anchor one block boundary at a time by the chain
+/// factor F_j = e^{G_{8j+7} − G_{8j−1}} ≤ 1 (rows: upwards, block j added after the move;
+/// columns: downwards). The two halves of a 16-row output tile stop one block apart (the
+/// block between them is their own 8×8 diagonal block, left to phase e: its A fragments
+/// are zeroed in registers), so a half leaves the last move out and its epilogue factor
+/// uses its own anchor. dT and dAqk below the diagonal blocks are read as stored by phase
+/// b (rounded to tf32 in the tf32 mode). Work: warp
+/// w takes output rows 16·(w / 2).. and channels 8·(w mod 2).. of both products (16 mma
+/// steps each, whatever the rows). Ends with a barrier.
+template <int MATH>
+GDR2_HD void apply_anchored(const Blk& bk, float* sm, int c0) {
+  using L = ApplyLayout;
+  using H = L::Half;
+  constexpr int PS = L::PS, PB = L::PB;
+  const float *sT = sm + L::T, *sAqk = sm + L::Aqk, *sG = sm + L::G, *Kh = sm + L::ops + H::Kh,
+              *Bh = sm + L::ops + H::Bh, *Qh = sm + L::ops + H::Qh, *F = sm + L::ops + H::F;
+  float *sBk = sm + L::Bk, *sQs = sm + L::Qs, *sX2 = sm + L::X2;
+  // epilogue factor e^{G_hi − G_lo} of rows hi ≥ lo (row −1: the chunk start, G = 0)
+  auto fac = [&](int hi, int lo, int c) { return ex2n(sG[hi * PB + c] - (lo < 0 ? 0.f : sG[lo * PB + c])); };
+#if defined(__CUDA_ARCH__)
+  const int lane = bk.tid & 31, g = lane >> 2, t = lane & 3;
+  for (int w = bk.tid >> 5; w < 8; w += bk.nthr >> 5) {
+    const int m0 = 16 * (w >> 1), n0 = 8 * (w & 1), nb = m0 / 8;
+    const int cl = n0 + 2 * t;  // this lane's first accumulator column (within the half)
+    auto mma = [&](float (&c)[4], const float (&a)[4], float b0, float b1) {
+      if constexpr (MATH == kFp32) {
+        (void)c, (void)a, (void)b0, (void)b1;
+      } else {
+        std::uint32_t ah[4], bh0, bh1;
+#pragma unroll
+        for (int i = 0; i < 4; ++i) ah[i] = MATH == kTf32 ? __float_as_uint(a[i]) : tf32_bits(a[i]);
+        bh0 = MATH == kTf32 ? __float_as_uint(b0) : tf32_bits(b0);
+        bh1 = MATH == kTf32 ? __float_as_uint(b1) : tf32_bits(b1);
+        if constexpr (MATH == kTf32x3) {
+          std::uint32_t al[4];
+#pragma unroll
+          for (int i = 0; i < 4; ++i) al[i] = tf32_bits(a[i] - __uint_as_float(ah[i]));
+          const std::uint32_t bl0 = tf32_bits(b0 - __uint_as_float(bh0)), bl1 = tf32_bits(b1 - __uint_as_float(bh1));
+          mma_tf32(c, al[0], al[1], al[2], al[3], bh0, bh1);
+          mma_tf32(c, ah[0], ah[1], ah[2], ah[3], bl0, bl1);
+        }
+        mma_tf32(c, ah[0], ah[1], ah[2], ah[3], bh0, bh1);
+      }
+    };
+    // rows: output rows m0.., contraction over s-blocks 0..nb (block nb: lower half only)
+    {
+      float cT[4] = {0.f, 0.f, 0.f, 0.f}, cA[4] = {0.f, 0.f, 0.f, 0.f};
+      for (int i = 0; i <= nb; ++i) {
+        if (i > 0) {
+          const float f0 = F[i * H::W + cl], f1 = F[i * H::W + cl + 1];
+          if (i < nb) cT[0] *= f0, cT[1] *= f1, cA[0] *= f0, cA[1] *= f1;
+          cT[2] *= f0, cT[3] *= f1, cA[2] *= f0, cA[3] *= f1;
+        }
+        if constexpr (MATH == kFp32) {
+          for (int kk = 0; kk < 8; ++kk) {
+            const int s = 8 * i + kk;
+            const float b0 = Kh[s * H::PK + cl], b1 = Kh[s * H::PK + cl + 1];
+            const bool own = i == nb;  // the upper half's own diagonal block
+            const float tu = own ? 0.f : sT[(m0 + g) * kPC + s], tl = sT[(m0 + g + 8) * kPC + s];
+            const float au = own ? 0.f : sAqk[(m0 + g) * kPC + s], al = sAqk[(m0 + g + 8) * kPC + s];
+            cT[0] = fmaf(tu, b0, cT[0]), cT[1] = fmaf(tu, b1, cT[1]), cT[2] = fmaf(tl, b0, cT[2]), cT[3] = fmaf(tl, b1, cT[3]);
+            cA[0] = fmaf(au, b0, cA[0]), cA[1] = fmaf(au, b1, cA[1]), cA[2] = fmaf(al, b0, cA[2]), cA[3] = fmaf(al, b1, cA[3]);
+          }
+        } else {
+          // A by ldmatrix (k = t, t + 4), B k-major at the same k
+          const int ar = m0 + (lane & 7) + 8 * ((lane >> 3) & 1), ak = 8 * i + 4 * (lane >> 4);
+          std::uint32_t rt[4], ra[4];
+          ldsm_x4(unsigned(__cvta_generic_to_shared(sT + ar * kPC + ak)), rt);
+          ldsm_x4(unsigned(__cvta_generic_to_shared(sAqk + ar * kPC + ak)), ra);
+          // block nb is the upper half's own diagonal block: its rows (a0, a2) count as zeros
+          const bool own = i == nb;
+          const float at[4] = {own ? 0.f : __uint_as_float(rt[0]), __uint_as_float(rt[1]),
+                               own ? 0.f : __uint_as_float(rt[2]), __uint_as_float(rt[3])};
+          const float aa[4] = {own ? 0.f : __uint_as_float(ra[0]), __uint_as_float(ra[1]),
+                               own ? 0.f : __uint_as_float(ra[2]), __uint_as_float(ra[3])};
+          const float b0 = Kh[(8 * i + t) * H::PK + n0 + g], b1 = Kh[(8 * i + t + 4) * H::PK + n0 + g];
+          mma(cT, at, b0, b1);
+          mma(cA, aa, b0, b1);
+        }
+      }
+      const int ru = m0 + g, rl = ru + 8, c = c0 + cl;
+      const float fu0 = fac(ru, m0 - 1, c), fu1 = fac(ru, m0 - 1, c + 1), fl0 = fac(rl, m0 + 7, c),
+                  fl1 = fac(rl, m0 + 7, c + 1);
+      sBk[ru * PS + c] += cT[0] * fu0, sBk[ru * PS + c + 1] += cT[1] * fu1;
+      sBk[rl * PS + c] += cT[2] * fl0, sBk[rl * PS + c + 1] += cT[3] * fl1;
+      sQs[ru * PS + c] += cA[0] * fu0, sQs[ru * PS + c + 1] += cA[1] * fu1;
+      sQs[rl * PS + c] += cA[2] * fl0, sQs[rl * PS + c + 1] += cA[3] * fl1;
+    }
+    // columns: output rows (s) m0.., contraction over r-blocks 7 down to nb + 1 (block
+    // nb + 1: upper half only)
+    {
+      float cx[4] = {0.f, 0.f, 0.f, 0.f};
+      for (int i = 7; i > nb; --i) {
+        if (i < 7) {
+          const float f0 = F[i * H::W + cl], f1 = F[i * H::W + cl + 1];
+          cx[0] *= f0, cx[1] *= f1;
+          if (i > nb + 1) cx[2] *= f0, cx[3] *= f1;
+        }
+        if constexpr (MATH == kFp32) {
+          for (int kk = 0; kk < 8; ++kk) {
+            const int r = 8 * i + kk;
+            const float b0 = Bh[(r - 8) * H::PQ + cl], b1 = Bh[(r - 8) * H::PQ + cl + 1];
+            const float q0 = Qh[(r - 8) * H::PQ + cl], q1 = Qh[(r - 8) * H::PQ + cl + 1];
+            const bool own = i == nb + 1;  // the lower half's own diagonal block
+            const float tu = sT[r * kPC + m0 + g], tl = own ? 0.f : sT[r * kPC + m0 + g + 8];
+            const float au = sAqk[r * kPC + m0 + g], al = own ? 0.f : sAqk[r * kPC + m0 + g + 8];
+            cx[0] = fmaf(tu, b0, fmaf(au, q0, cx[0])), cx[1] = fmaf(tu, b1, fmaf(au, q1, cx[1]));
+            cx[2] = fmaf(tl, b0, fmaf(al, q0, cx[2])), cx[3] = fmaf(tl, b1, fmaf(al, q1, cx[3]));
+          }
+        } else {
+          // A k-major (k = 2t, 2t + 1: conflict-free at pitch ≡ 4 mod 16), B k-major alike
+          // block nb + 1 is the lower half's own diagonal block: its rows (a1, a3) as zeros
+          const int r1 = 8 * i + 2 * t, r2 = r1 + 1;
+          const bool own = i == nb + 1;
+          const float at[4] = {sT[r1 * kPC + m0 + g], own ? 0.f : sT[r1 * kPC + m0 + g + 8], sT[r2 * kPC + m0 + g],
+                               own ? 0.f : sT[r2 * kPC + m0 + g + 8]};
+          const float aa[4] = {sAqk[r1 * kPC + m0 + g], own ? 0.f : sAqk[r1 * kPC + m0 + g + 8],
+                               sAqk[r2 * kPC + m0 + g], own ? 0.f : sAqk[r2 * kPC + m0 + g + 8]};
+          mma(cx, at, Bh[(r1 - 8) * H::PQ + n0 + g], Bh[(r2 - 8) * H::PQ + n0 + g]);
+          mma(cx, aa, Qh[(r1 - 8) * H::PQ + n0 + g], Qh[(r2 - 8) * H::PQ + n0 + g]);
+        }
+      }
+      const int su = m0 + g, sl = su + 8, c = c0 + cl;
+      sX2[su * PS + c] += cx[0] * fac(m0 + 7, su, c), sX2[su * PS + c + 1] += cx[1] * fac(m0 + 7, su, c + 1);
+      sX2[sl * PS + c] += cx[2] * fac(m0 + 15, sl, c), sX2[sl * PS + c + 1] += cx[3] * fac(m0 + 15, sl, c + 1);
+    }
+  }
+#else
+  // the same sums element by element, in the device's order of blocks and moves
+  for (int m0 = 0; m0 < kC; m0 += 16) {
+    const int nb = m0 / 8;
+    for (int m = 0; m < 16; ++m)
+      for (int cl = 0; cl < H::W; ++cl) {
+        const bool upper = m < 8;
+        const int r = m0 + m, c = c0 + cl;
+        float aT = 0.f, aA = 0.f, ax = 0.f;
+        for (int i = 0; i <= nb; ++i) {
+          if (i > 0 && (i < nb || !upper)) aT *= F[i * H::W + cl], aA *= F[i * H::W + cl];
+          if (i == nb && upper) continue;  // its own diagonal block
+          for (int kk = 0; kk < 8; ++kk) {
+            const int s = 8 * i + kk;
+            aT += host_product<MATH>(sT[r * kPC + s], Kh[s * H::PK + cl]);
+            aA += host_product<MATH>(sAqk[r * kPC + s], Kh[s * H::PK + cl]);
+          }
+        }
+        const float fr = fac(r, upper ? m0 - 1 : m0 + 7, c);
+        sBk[r * PS + c] += aT * fr;
+        sQs[r * PS + c] += aA * fr;
+        for (int i = 7; i > nb; --i) {
+          if (i < 7 && (upper || i > nb + 1)) ax *= F[i * H::W + cl];
+          if (i == nb + 1 && !upper) continue;  // its own diagonal block
+          for (int kk = 0; kk < 8; ++kk) {
+            const int q = 8 * i + kk;  // (the row r of the sum over r)
+            ax += host_product<MATH>(sT[q * kPC + r], Bh[(q - 8) * H::PQ + cl]);
+            ax += host_product<MATH>(sAqk[q * kPC + r], Qh[(q - 8) * H::PQ + cl]);
+          }
+        }
+        sX2[r * PS + c] += ax * fac(upper ? m0 + 7 : m0 + 15, r, c);
+      }
+  }
+#endif
+  bk.sync();
+}
+
 template <int D, int MATH>
 GDR2_HD void apply_body(const Blk& bk, const P& p, long long cg, int hv, int slice, float* sm) {
   using L = ApplyLayout;
+  using H = L::Half;
   constexpr int KS = L::KS, PS = L::PS, PB = L::PB, K4 = KS / 4, NSEG = L::NSEG;
   const ChunkLoc cl = chunk_loc(p, cg);
   const int last = cl.len - 1, len = cl.len, c0 = KS * slice;
@@ -905,15 +1088,14 @@ GDR2_HD void apply_body(const Blk& bk, const P& p, long long cg, int hv, int sli
   float* g1 = p.g1 + base * G1<D>::floats;
   float *sT = sm + L::T, *sAqk = sm + L::Aqk, *sG = sm + L::G, *sBk = sm + L::Bk, *sQs = sm + L::Qs, *sX2 = sm + L::X2,
         *sXk = sm + L::Xk, *sq = sm + L::q, *sk = sm + L::k, *sb = sm + L::b, *rsv = sm + L::rs, *diag = sm + L::diag,
-        *seg = sm + L::seg;
+        *seg = sm + L::seg, *ops = sm + L::ops;
 
-  // a. loads: the chunk-head's dT and dAqk; this slice's columns of dĒ, dO Sᵀ, dKtail,
-  //    Σ dS⊙S; its q k b g (rows past the chunk as zeros, g = 0 there)
+  // a. loads: the chunk-head's dT and dAqk; this slice's columns of dĒ, dO Sᵀ, Σ dS⊙S;
+  //    its q k b g (rows past the chunk as zeros, g = 0 there). dKtail comes in phase e.
   copy_tile(bk, sT, kPC, g1 + G1<D>::dT, kC, kC, kC);
   copy_tile(bk, sAqk, kPC, g1 + G1<D>::dAqk, kC, kC, kC);
   copy_tile(bk, sBk, PS, g1 + G1<D>::dE + c0, D, kC, KS);
   copy_tile(bk, sQs, PS, g1 + G1<D>::dQ + c0, D, kC, KS);
-  copy_tile(bk, sXk, PS, g1 + G1<D>::X + c0, D, kC, KS);
   copy_tile(bk, rsv, KS, g1 + G1<D>::rs + c0, KS, 1, KS);
   struct QKBG {
     F4 q, k, b, g;
@@ -935,7 +1117,9 @@ GDR2_HD void apply_body(const Blk& bk, const P& p, long long cg, int hv, int sli
       });
   bk.sync();
   // b. cumulative sums of the log-decays as a blocked scan (item: 8-row segment × channel;
-  //    chains of 8, not 64): sums within each segment; dAqk's diagonal apart
+  //    chains of 8, not 64): sums within each segment. dT and dAqk below their 8×8
+  //    diagonal blocks rounded as the products round them (op_round; the blocks stay exact
+  //    for phase e, what lies above is never read); dAqk's diagonal to `diag`
   bk.par(NSEG * KS, [&](int i) {
     const int sg = i / KS, d = i % KS;
     float s = 0.f;
@@ -944,10 +1128,15 @@ GDR2_HD void apply_body(const Blk& bk, const P& p, long long cg, int hv, int sli
       sG[r * PB + d] = s;
     }
     seg[sg * KS + d] = s;
-    if (i < kC) {
-      diag[i] = sAqk[i * kPC + i];
-      sAqk[i * kPC + i] = 0.f;
-    }
+    if (i < kC) diag[i] = sAqk[i * kPC + i];
+    if (MATH == kTf32)  // item: eight columns 8j.. of a row, j below the row's block
+      for (int e = i; e < 2 * kC * (kC / 8); e += NSEG * KS) {
+        const int tl = e / (kC * (kC / 8)), r = (e / (kC / 8)) % kC, j = e % (kC / 8);
+        if (j >= r / 8) continue;
+        float* x = (tl ? sAqk : sT) + r * kPC + 8 * j;
+        st4(x, op_round4<MATH>(ld4(x)));
+        st4(x + 4, op_round4<MATH>(ld4(x + 4)));
+      }
   });
   // c. the earlier segments' totals added; dBk = dĒ ⊙ γ; dQs = (dO Sᵀ) ⊙ γ; X2 ← 0
   bk.par(NSEG * KS, [&](int i) {
@@ -962,68 +1151,69 @@ GDR2_HD void apply_body(const Blk& bk, const P& p, long long cg, int hv, int sli
       sX2[r * PS + d] = 0.f;
     }
   });
-  // d. decayed applies, off-diagonal sub-blocks (anchored products, 16×8 tiles): rows of
-  //    sub-block ib (into dBk, dQs) and columns of sub-block jb = ib − 1 (into X2) share a
-  //    phase (disjoint outputs, one barrier)
-  for (int ib = 1; ib < kC / kSub; ++ib) {
-    const int a = kSub * ib - 1;
-    mm<1, MATH, false, false>(
-        bk, 32, KS, kSub * ib,
-        [&](int m, int s) {
-          const int r = kSub * ib + (m & 15);
-          return m < 16 ? sT[r * kPC + s] : sAqk[r * kPC + s];
-        },
-        [&](int s, int d) { return sk[s * PB + d] * ex2n(sG[a * PB + d] - sG[s * PB + d]); },
-        [&](int m, int d, float v) {
-          const int r = kSub * ib + (m & 15);
-          (m < 16 ? sBk : sQs)[r * PS + d] += v * ex2n(sG[r * PB + d] - sG[a * PB + d]);
-        });
-    const int jb = ib - 1, e = kSub * jb + 15, r0 = kSub * (jb + 1), Lr = kC - r0;
-    mm<1, MATH>(
-        bk, 16, KS, 2 * Lr,
-        [&](int m, int k) {
-          const int s = kSub * jb + m;
-          return k < Lr ? sT[(r0 + k) * kPC + s] : sAqk[(r0 + k - Lr) * kPC + s];
-        },
-        [&](int k, int d) {
-          const int r = r0 + (k < Lr ? k : k - Lr);
-          const float x = k < Lr ? sb[r * PB + d] * sk[r * PB + d] : sq[r * PB + d];
-          return x * ex2n(sG[r * PB + d] - sG[e * PB + d]);
-        },
-        [&](int m, int d, float v) {
-          const int s = kSub * jb + m;
-          sX2[s * PS + d] += v * ex2n(sG[e * PB + d] - sG[s * PB + d]);
-        });
+  // d. decayed applies between distinct 8-row blocks (apply_anchored), 16 channels at a
+  //    time: their operands formed first (items of four channels)
+  for (int h = 0; h < KS / H::W; ++h) {
+    const int ch = H::W * h;
+    bk.par(56 * (H::W / 4), [&](int i) {
+      const int row = i / (H::W / 4), cq = (i % (H::W / 4)) * 4, d = ch + cq;
+      const int s = row, es = s | 7, r = row + 8, fr = (r & ~7) - 1;
+      const F4 k4 = ld4(sk + s * PB + d), gs = ld4(sG + s * PB + d), ge = ld4(sG + es * PB + d);
+      st4(ops + H::Kh + s * H::PK + cq,
+          op_round4<MATH>({k4.x * ex2n(ge.x - gs.x), k4.y * ex2n(ge.y - gs.y), k4.z * ex2n(ge.z - gs.z),
+                           k4.w * ex2n(ge.w - gs.w)}));
+      const F4 kr = ld4(sk + r * PB + d), br = ld4(sb + r * PB + d), qr = ld4(sq + r * PB + d),
+               gr = ld4(sG + r * PB + d), gf = ld4(sG + fr * PB + d);
+      const F4 e = {ex2n(gr.x - gf.x), ex2n(gr.y - gf.y), ex2n(gr.z - gf.z), ex2n(gr.w - gf.w)};
+      st4(ops + H::Bh + row * H::PQ + cq,
+          op_round4<MATH>({br.x * kr.x * e.x, br.y * kr.y * e.y, br.z * kr.z * e.z, br.w * kr.w * e.w}));
+      st4(ops + H::Qh + row * H::PQ + cq, op_round4<MATH>({qr.x * e.x, qr.y * e.y, qr.z * e.z, qr.w * e.w}));
+      if (row >= 1 && row < 8) {  // F_j = e^{G_{8j+7} − G_{8j−1}}
+        const F4 ga = ld4(sG + (8 * row + 7) * PB + d), gb = ld4(sG + (8 * row - 1) * PB + d);
+        st4(ops + H::F + row * H::W + cq,
+            {ex2n(ga.x - gb.x), ex2n(ga.y - gb.y), ex2n(ga.z - gb.z), ex2n(ga.w - gb.w)});
+      }
+    });
+    apply_anchored<MATH>(bk, sm, ch);
   }
-  // e. decayed applies, diagonal sub-blocks: one thread per (sub-block, channel), both
-  //    sides from one exponential per pair: rows dBk_r, dQs_r += Σ_{s<r} …, columns
-  //    X2_s += Σ_{r>s} … (accumulated in registers)
-  bk.par((kC / kSub) * KS, [&](int item) {
-    const int o = kSub * (item / KS), d = item % KS;
-    float Gs[16], ks[16], ax[16];
+  // e. decayed applies within the 8×8 diagonal blocks: one thread per (block, channel),
+  //    both sides from one factor per pair, formed as a running product of the tokens'
+  //    factors e^{g_t} ≤ 1 (the pairs of a row walked towards its left): rows dBk_r, dQs_r +=
+  //    Σ_{s<r} …, columns X2_s += Σ_{r>s} … (accumulated in registers). dKtail copied in
+  //    meanwhile (over the products' operands).
+  copy_tile(bk, sXk, PS, g1 + G1<D>::X + c0, D, kC, KS);
+  bk.par(8 * KS, [&](int item) {
+    const int o = 8 * (item / KS), d = item % KS;
+    float Gs[8], ks[8], ax[8], ef[8];
     GDR2_UNROLL
-    for (int i = 0; i < 16; ++i) {
+    for (int i = 0; i < 8; ++i) {
       Gs[i] = sG[(o + i) * PB + d];
       ks[i] = sk[(o + i) * PB + d];
       ax[i] = 0.f;
+      ef[i] = i ? ex2n(Gs[i] - Gs[i - 1]) : 1.f;
     }
     GDR2_UNROLL
-    for (int r = 1; r < 16; ++r) {
+    for (int r = 1; r < 8; ++r) {
+      const float* tr = sT + (o + r) * kPC + o;
+      const float* ar = sAqk + (o + r) * kPC + o;
+      const F4 t0 = ld4(tr), t1 = ld4(tr + 4), a0 = ld4(ar), a1 = ld4(ar + 4);
+      const float tv[8] = {t0.x, t0.y, t0.z, t0.w, t1.x, t1.y, t1.z, t1.w};
+      const float av[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
       const float bkr = sb[(o + r) * PB + d] * ks[r], qr = sq[(o + r) * PB + d];
-      float ab = 0.f, aq = 0.f;
+      float ab = 0.f, aq = 0.f, e = 1.f;
       GDR2_UNROLL
-      for (int s = 0; s < r; ++s) {
-        const float e = ex2n(Gs[r] - Gs[s]), ke = ks[s] * e;
-        const float t = sT[(o + r) * kPC + o + s], a = sAqk[(o + r) * kPC + o + s];
-        ab += t * ke;
-        aq += a * ke;
-        ax[s] += (t * bkr + a * qr) * e;
+      for (int s = r - 1; s >= 0; --s) {
+        e *= ef[s + 1];  // e^{G_r − G_s}
+        const float ke = ks[s] * e;
+        ab += tv[s] * ke;
+        aq += av[s] * ke;
+        ax[s] += (tv[s] * bkr + av[s] * qr) * e;
       }
       sBk[(o + r) * PS + d] += ab;
       sQs[(o + r) * PS + d] += aq;
     }
     GDR2_UNROLL
-    for (int s = 0; s < 15; ++s) sX2[(o + s) * PS + d] += ax[s];
+    for (int s = 0; s < 7; ++s) sX2[(o + s) * PS + d] += ax[s];
   });
   // f. dq, dk, db per element (four channels per item); dG (before its cumulative sum)
   //    over dBk, db ⊙ k over dQs, dKtail ⊙ Ktail over X2 (for the last row's column sum);
@@ -1039,21 +1229,32 @@ GDR2_HD void apply_body(const Blk& bk, const P& p, long long cg, int hv, int sli
       st4(sX2 + r * PS + d0, splat(0.f));
       return;
     }
-    float oq[4], ok[4], ob[4];
+    // every operand as one 16-byte shared-memory access (four channels)
+    const int x = r * PS + d0, y = r * PB + d0;
+    const F4 k4 = ld4(sk + y), q4 = ld4(sq + y), b4 = ld4(sb + y), xk4 = ld4(sXk + x), gl4 = ld4(sG + last * PB + d0),
+             gy4 = ld4(sG + y), dq4 = ld4(sQs + x), db4 = ld4(sBk + x), x24 = ld4(sX2 + x);
+    const float K[4] = {k4.x, k4.y, k4.z, k4.w}, Q[4] = {q4.x, q4.y, q4.z, q4.w}, Bg[4] = {b4.x, b4.y, b4.z, b4.w},
+                XK[4] = {xk4.x, xk4.y, xk4.z, xk4.w}, GL[4] = {gl4.x, gl4.y, gl4.z, gl4.w},
+                GY[4] = {gy4.x, gy4.y, gy4.z, gy4.w}, DQ[4] = {dq4.x, dq4.y, dq4.z, dq4.w},
+                DB[4] = {db4.x, db4.y, db4.z, db4.w}, X2v[4] = {x24.x, x24.y, x24.z, x24.w};
+    const float dr = diag[r];
+    float oq[4], ok[4], ob[4], nbk[4], nqs[4], nx2[4];
     GDR2_UNROLL
     for (int u = 0; u < 4; ++u) {
-      const int x = r * PS + d0 + u, y = r * PB + d0 + u;
-      const float kk = sk[y], qs = sq[y], bg = sb[y], bkv = bg * kk, xk = sXk[x];
-      const float kf = ex2n(sG[last * PB + d0 + u] - sG[y]);
-      const float dqs = sQs[x], dbk = sBk[x], x2 = sX2[x];
+      const float kk = K[u], qs = Q[u], bg = Bg[u], bkv = bg * kk, xk = XK[u];
+      const float kf = ex2n(GL[u] - GY[u]);
+      const float dqs = DQ[u], dbk = DB[u], x2 = X2v[u];
       const float xt = xk * kk * kf;  // dKtail ⊙ Ktail
-      oq[u] = p.scale * (dqs + diag[r] * kk);
-      ok[u] = xk * kf + x2 + diag[r] * qs + dbk * bg;
+      oq[u] = p.scale * (dqs + dr * kk);
+      ok[u] = xk * kf + x2 + dr * qs + dbk * bg;
       ob[u] = dbk * kk;
-      sBk[x] = qs * dqs + bkv * dbk - kk * x2 - (r < last ? xt : 0.f);
-      sQs[x] = dbk * kk;
-      sX2[x] = r < last ? xt : 0.f;
+      nbk[u] = qs * dqs + bkv * dbk - kk * x2 - (r < last ? xt : 0.f);
+      nqs[u] = dbk * kk;
+      nx2[u] = r < last ? xt : 0.f;
     }
+    st4(sBk + x, {nbk[0], nbk[1], nbk[2], nbk[3]});
+    st4(sQs + x, {nqs[0], nqs[1], nqs[2], nqs[3]});
+    st4(sX2 + x, {nx2[0], nx2[1], nx2[2], nx2[3]});
     odq.put4(r, c0 + d0, {oq[0], oq[1], oq[2], oq[3]});
     odk.put4(r, c0 + d0, {ok[0], ok[1], ok[2], ok[3]});
     odb.put4(r, c0 + d0, {ob[0], ob[1], ob[2], ob[3]});
