@@ -39,8 +39,7 @@ __global__ void __launch_bounds__(kThreads, 1) grad1_kernel(BackwardParams p) {
 template <int D, int MATH>
 __global__ void __launch_bounds__(kApplyThreads, 2) apply_kernel(BackwardParams p) {
   GDR2_BWD_BLOCK
-  constexpr int ns = D / kKS;  // the slices of one chunk-head are neighbours (dT, dAqk from L2)
-  apply_body<D, MATH>(bk, p, (long long)(blockIdx.x / ns), int(blockIdx.y), int(blockIdx.x % ns), sm);
+  apply_body<D, MATH>(bk, p, (long long)blockIdx.x, int(blockIdx.y), sm);
 }
 template <int D>
 __global__ void __launch_bounds__(kThreads) token_kernel(BackwardParams p, long long count) {
@@ -100,8 +99,7 @@ cudaError_t launch_d(const BackwardParams& p, cudaStream_t st) {
     if (e != cudaSuccess) return e;
   }
   if (p.total_chunks > 0 && p.stages >= 4) {
-    const dim3 slice_grid(unsigned(p.total_chunks * (D / kKS)), unsigned(p.Hv));
-    e = launch_with_smem(apply_kernel<D, MATH>, slice_grid, ApplyLayout::floats * 4, st, p, kApplyThreads);
+    e = launch_with_smem(apply_kernel<D, MATH>, chunk_grid, ApplyLayout::floats * 4, st, p, kApplyThreads);
     if (e != cudaSuccess) return e;
     if (p.tied || p.scalar_decay) {
       const long long count = p.total_chunks * p.Hv * kC;
@@ -142,8 +140,7 @@ void run_host_d(const BackwardParams& p) {
   for (long long cg = 0; cg < p.total_chunks; ++cg)
     for (int hv = 0; hv < p.Hv; ++hv) grad1_body<D, MATH>(bk, p, cg, hv, sm);
   for (long long cg = 0; cg < p.total_chunks; ++cg)
-    for (int hv = 0; hv < p.Hv; ++hv)
-      for (int sl = 0; sl < D / kKS; ++sl) apply_body<D, MATH>(bk, p, cg, hv, sl, sm);
+    for (int hv = 0; hv < p.Hv; ++hv) apply_body<D, MATH>(bk, p, cg, hv, sm);
   if (p.tied || p.scalar_decay)
     for (long long i = 0; i < p.total_chunks * p.Hv * kC; ++i) token_elem<D>(p, i);
   for (int r = 0; r < p.nred; ++r) {

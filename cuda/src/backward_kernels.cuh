@@ -866,9 +866,9 @@ GDR2_HD void grad1_body(const Blk& bk, const P& p, long long cg, int hv, float* 
 
 // =============================================================================================
 // 4. grad-2 (the WY part is in grad-1):
-//    4a. applies, block (chunk, value head, slice of kKS key channels; two blocks of ≤ 110 KB
-//        per SM): everything that is per key channel — decayed applies, dq dk db, dG and its
-//        reverse cumulative sum;
+//    4a. applies, block (chunk, value head), its slices of kKS key channels one after another
+//        (two blocks of ≤ 113 KB per SM): everything that is per key channel — decayed
+//        applies, dq dk db, dG and its reverse cumulative sum;
 //    4b. token sums (tied or scalar gates only): the 4a slices' per-row sums, in order.
 // =============================================================================================
 constexpr int kApplyThreads = 256;
@@ -1077,8 +1077,10 @@ GDR2_HD void apply_anchored(const Blk& bk, float* sm, int c0) {
   bk.sync();
 }
 
+/// One slice (kKS key channels) of an applies block; `first`: the block's first slice, which
+/// also loads and prepares the chunk-head's dT and dAqk (kept for the later slices).
 template <int D, int MATH>
-GDR2_HD void apply_body(const Blk& bk, const P& p, long long cg, int hv, int slice, float* sm) {
+GDR2_HD void apply_slice(const Blk& bk, const P& p, long long cg, int hv, int slice, bool first, float* sm) {
   using L = ApplyLayout;
   using H = L::Half;
   constexpr int KS = L::KS, PS = L::PS, PB = L::PB, K4 = KS / 4, NSEG = L::NSEG;
@@ -1090,10 +1092,13 @@ GDR2_HD void apply_body(const Blk& bk, const P& p, long long cg, int hv, int sli
         *sXk = sm + L::Xk, *sq = sm + L::q, *sk = sm + L::k, *sb = sm + L::b, *rsv = sm + L::rs, *diag = sm + L::diag,
         *seg = sm + L::seg, *ops = sm + L::ops;
 
-  // a. loads: the chunk-head's dT and dAqk; this slice's columns of dĒ, dO Sᵀ, Σ dS⊙S;
-  //    its q k b g (rows past the chunk as zeros, g = 0 there). dKtail comes in phase e.
-  copy_tile(bk, sT, kPC, g1 + G1<D>::dT, kC, kC, kC);
-  copy_tile(bk, sAqk, kPC, g1 + G1<D>::dAqk, kC, kC, kC);
+  // a. loads: the chunk-head's dT and dAqk (first slice); this slice's columns of dĒ, dO Sᵀ,
+  //    Σ dS⊙S; its q k b g (rows past the chunk as zeros, g = 0 there). dKtail comes in
+  //    phase e.
+  if (first) {
+    copy_tile(bk, sT, kPC, g1 + G1<D>::dT, kC, kC, kC);
+    copy_tile(bk, sAqk, kPC, g1 + G1<D>::dAqk, kC, kC, kC);
+  }
   copy_tile(bk, sBk, PS, g1 + G1<D>::dE + c0, D, kC, KS);
   copy_tile(bk, sQs, PS, g1 + G1<D>::dQ + c0, D, kC, KS);
   copy_tile(bk, rsv, KS, g1 + G1<D>::rs + c0, KS, 1, KS);
@@ -1128,8 +1133,8 @@ GDR2_HD void apply_body(const Blk& bk, const P& p, long long cg, int hv, int sli
       sG[r * PB + d] = s;
     }
     seg[sg * KS + d] = s;
-    if (i < kC) diag[i] = sAqk[i * kPC + i];
-    if (MATH == kTf32)  // item: eight columns 8j.. of a row, j below the row's block
+    if (first && i < kC) diag[i] = sAqk[i * kPC + i];
+    if (first && MATH == kTf32)  // item: eight columns 8j.. of a row, j below the row's block
       for (int e = i; e < 2 * kC * (kC / 8); e += NSEG * KS) {
         const int tl = e / (kC * (kC / 8)), r = (e / (kC / 8)) % kC, j = e % (kC / 8);
         if (j >= r / 8) continue;
@@ -1298,6 +1303,13 @@ GDR2_HD void apply_body(const Blk& bk, const P& p, long long cg, int hv, int sli
       g1[G1<D>::tok + (2 * slice) * kC + r] = sg;
       g1[G1<D>::tok + (2 * slice + 1) * kC + r] = sbk;
     });
+}
+
+/// 4a. the applies of chunk-head (cg, hv): its key slices one after another in one block, so
+/// that dT and dAqk are loaded and prepared once per chunk-head (cuda/NOTES.md v36).
+template <int D, int MATH>
+GDR2_HD void apply_body(const Blk& bk, const P& p, long long cg, int hv, float* sm) {
+  for (int slice = 0; slice < D / kKS; ++slice) apply_slice<D, MATH>(bk, p, cg, hv, slice, slice == 0, sm);
 }
 
 /// 4b. one token row r of chunk-head `item` = (cg·Hv + hv)·kC + r: scalar dg = Σ over the
