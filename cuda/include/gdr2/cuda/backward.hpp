@@ -44,10 +44,11 @@
 //             R = U − Y S, dR = Aqkᵀ dO + Ktail dS (= dU), dZ = Aᵀ dR, dO Sᵀ,
 //             dKtail = R dSᵀ, dĒ = −dZ Sᵀ (= Aᵀ dY), dT = −strict_lower(dZ Rᵀ), dAqk,
 //             dv = dZ ⊙ w, dw = dZ ⊙ v, Σ dS⊙S — summed over two value halves.
-//   4. grad-2 (chunk-parallel, two kernels): per chunk-head and slice of 32 key channels,
-//             the decayed applies (anchored off-diagonal sub-blocks as products, diagonal
-//             sub-blocks exactly), dq dk db, dG and its reverse cumulative sum; then the
-//             per-token sums of the tied/scalar gates over the slices, in order.
+//   4. grad-2 (chunk-parallel, two kernels): per chunk-head, its slices of 32 key channels
+//             in turn: the decayed applies (pairs of distinct 8-token blocks as products
+//             on operands anchored at block boundaries, the 8×8 diagonal blocks exactly),
+//             dq dk db, dG and its reverse cumulative sum; then the per-token sums of the
+//             tied/scalar gates over the slices, in order.
 //   5. reduce (only when some gradient has fewer heads than Hv): fixed-order head sums.
 // With tf32 products (BackwardOptions::math), what is read only as a product operand —
 // the record's Qγ, Ktail, A, Y — is stored rounded to tf32 once by its producer instead of
