@@ -919,9 +919,9 @@ struct ApplyLayout {
 /// block between them is their own 8×8 diagonal block, left to phase e: its A fragments
 /// are zeroed in registers), so a half leaves the last move out and its epilogue factor
 /// uses its own anchor. dT and dAqk below the diagonal blocks are read as stored by phase
-/// b (rounded to tf32 in the tf32 mode). Work: warp
-/// w takes output rows 16·(w / 2).. and channels 8·(w mod 2).. of both products (16 mma
-/// steps each, whatever the rows). Ends with a barrier.
+/// b (rounded to tf32 in the tf32 mode). Work: warp w takes output rows 16·(w / 2).. and
+/// channels 8·(w mod 2).. of both products (16 mma steps each, whatever the rows). Ends
+/// with a barrier.
 template <int MATH>
 GDR2_HD void apply_anchored(const Blk& bk, float* sm, int c0) {
   using L = ApplyLayout;
