@@ -30,8 +30,10 @@
 #       MemoryWorkloadAnalysis_Tables SpeedOfLight" for the L1 / shared-memory wavefronts a
 #       kernel moves: cuda/NOTES.md forward "Next steps" item 00); TAG.top.txt then lists every
 #       metric of those sections instead of the stalls.
-#       Per source line or per phase: scripts/ncu_lines.py TAG.sass.csv with the kernel's
-#       `nvdisasm -g -c` listing (cubins from `cuobjdump -xelf all BIN`, on the GPU machine).
+#       Per source line or per phase: GDR2_AB_LINES=1 also writes TAG.lines.txt.xz (the
+#       matching kernels' SASS with line numbers, `nvdisasm -g`), then here
+#       `python3 scripts/ncu_lines.py TAG.sass.csv TAG.lines.txt.xz [--fun NAME] [--phases …]`
+#       (cuda/NOTES.md backward "v32–v34 measured" for the applies' phase ranges).
 #   on the GPU:     bash scripts/cuda_ab.sh procs N BIN BENCH_FILTER NAME1 NAME2 ...
 #       each set's BIN run N times as separate processes (alternated between the sets), one
 #       median per process and case: for figures that differ between processes of one binary
@@ -202,6 +204,13 @@ ncu)
   if [ -z "${GDR2_AB_NCU_SECTIONS:-}" ]; then
     ncu -i "/tmp/$tag.ncu-rep" --page source --csv --print-source sass >"$o/$tag.sass.csv" 2>&1
     python3 scripts/ncu_top.py "$o/$tag.sass.csv" 40 | tee "$o/$tag.top.txt" | head -60
+    if [ "${GDR2_AB_LINES:-0}" = 1 ]; then  # the kernels' SASS with line numbers, for ncu_lines.py
+      d=$(mktemp -d)
+      (cd "$d" && cuobjdump -xelf all "$OLDPWD/$b" >/dev/null 2>&1)
+      for f in "$d"/*.cubin; do nvdisasm -g -c "$f" 2>/dev/null; done |
+        awk -v k="$kern" '/^[[:space:]]*\.section/ {p = ($0 ~ ("\\.text\\..*" k))} p' | xz -T4 >"$o/$tag.lines.txt.xz"
+      rm -rf "$d"
+    fi
   else
     python3 scripts/ncu_top.py --details "$o/$tag.details.csv" | tee "$o/$tag.top.txt" | head -80
   fi
