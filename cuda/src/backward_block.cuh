@@ -361,6 +361,25 @@ __device__ __forceinline__ void mma_tf32(float (&c)[4], std::uint32_t a0, std::u
       : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
       : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
+
+/// An operand element as the tf32 products take it: hi = x rounded to tf32 (as stored when
+/// ROUNDED: its producer rounded it, tf32 mode only), lo = the rest (split tf32 only).
+template <int MATH, bool ROUNDED = false>
+__device__ __forceinline__ void tf32_split(float x, std::uint32_t& hi, std::uint32_t& lo) {
+  hi = ROUNDED && MATH == kTf32 ? __float_as_uint(x) : tf32_bits(x);
+  if (MATH == kTf32x3) lo = tf32_bits(x - __uint_as_float(hi));
+}
+/// c += A·B for split fragments (tf32_split): one mma, or three for split tf32 (a_lo·b_lo
+/// dropped).
+template <int MATH>
+__device__ __forceinline__ void mma_split(float (&c)[4], const std::uint32_t (&ah)[4], const std::uint32_t (&al)[4],
+                                          std::uint32_t bh0, std::uint32_t bh1, std::uint32_t bl0, std::uint32_t bl1) {
+  if (MATH == kTf32x3) {
+    mma_tf32(c, al[0], al[1], al[2], al[3], bh0, bh1);
+    mma_tf32(c, ah[0], ah[1], ah[2], ah[3], bl0, bl1);
+  }
+  mma_tf32(c, ah[0], ah[1], ah[2], ah[3], bh0, bh1);
+}
 #endif
 
 /// x rounded to tf32 as a tf32 product rounds its operands (cvt.rna: to nearest, ties away
@@ -477,20 +496,13 @@ GDR2_HD void mm(const Blk& bk, int M, int N, int KD, FA&& fa, FB&& fb, FO&& fo) 
                             fa(m0 + g + 8, k0 + t + 4)};
         std::uint32_t ah[4], al[4];
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          ah[i] = tf32_bits(a[i]);
-          if (MATH == kTf32x3) al[i] = tf32_bits(a[i] - __uint_as_float(ah[i]));
-        }
+        for (int i = 0; i < 4; ++i) tf32_split<MATH>(a[i], ah[i], al[i]);
 #pragma unroll
         for (int j = 0; j < NT; ++j) {
-          const float b0 = fb(k0 + t, n0 + 8 * j + g), b1 = fb(k0 + t + 4, n0 + 8 * j + g);
-          const std::uint32_t bh0 = tf32_bits(b0), bh1 = tf32_bits(b1);
-          if (MATH == kTf32x3) {
-            const std::uint32_t bl0 = tf32_bits(b0 - __uint_as_float(bh0)), bl1 = tf32_bits(b1 - __uint_as_float(bh1));
-            mma_tf32(c[j], al[0], al[1], al[2], al[3], bh0, bh1);
-            mma_tf32(c[j], ah[0], ah[1], ah[2], ah[3], bl0, bl1);
-          }
-          mma_tf32(c[j], ah[0], ah[1], ah[2], ah[3], bh0, bh1);
+          std::uint32_t bh0, bh1, bl0, bl1;
+          tf32_split<MATH>(fb(k0 + t, n0 + 8 * j + g), bh0, bl0);
+          tf32_split<MATH>(fb(k0 + t + 4, n0 + 8 * j + g), bh1, bl1);
+          mma_split<MATH>(c[j], ah, al, bh0, bh1, bl0, bl1);
         }
       }
     }
@@ -639,25 +651,19 @@ __device__ __forceinline__ void mmt_term(float (&c)[NT][4], const Term<VA, VB>& 
         b[j + 1][1] = __uint_as_float(r[3]);
       }
     }
-    constexpr bool RA = MATH == kTf32 && VA::rounded, RB = MATH == kTf32 && VB::rounded;
     std::uint32_t ah[4], al[4];
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
-      ah[i] = RA ? __float_as_uint(a[i]) : tf32_bits(a[i]);
-      if (MATH == kTf32x3) al[i] = tf32_bits(a[i] - __uint_as_float(ah[i])) ^ sign;
+      tf32_split<MATH, VA::rounded>(a[i], ah[i], al[i]);
+      if (MATH == kTf32x3) al[i] ^= sign;
       ah[i] ^= sign;
     }
 #pragma unroll
     for (int j = 0; j < NT; ++j) {
-      const std::uint32_t bh0 = RB ? __float_as_uint(b[j][0]) : tf32_bits(b[j][0]),
-                          bh1 = RB ? __float_as_uint(b[j][1]) : tf32_bits(b[j][1]);
-      if (MATH == kTf32x3) {
-        const std::uint32_t bl0 = tf32_bits(b[j][0] - __uint_as_float(bh0)),
-                            bl1 = tf32_bits(b[j][1] - __uint_as_float(bh1));
-        mma_tf32(c[j], al[0], al[1], al[2], al[3], bh0, bh1);
-        mma_tf32(c[j], ah[0], ah[1], ah[2], ah[3], bl0, bl1);
-      }
-      mma_tf32(c[j], ah[0], ah[1], ah[2], ah[3], bh0, bh1);
+      std::uint32_t bh0, bh1, bl0, bl1;
+      tf32_split<MATH, VB::rounded>(b[j][0], bh0, bl0);
+      tf32_split<MATH, VB::rounded>(b[j][1], bh1, bl1);
+      mma_split<MATH>(c[j], ah, al, bh0, bh1, bl0, bl1);
     }
   }
 }

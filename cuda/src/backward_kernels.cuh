@@ -937,25 +937,15 @@ GDR2_HD void apply_anchored(const Blk& bk, float* sm, int c0) {
   for (int w = bk.tid >> 5; w < 8; w += bk.nthr >> 5) {
     const int m0 = 16 * (w >> 1), n0 = 8 * (w & 1), nb = m0 / 8;
     const int cl = n0 + 2 * t;  // this lane's first accumulator column (within the half)
+    // c += A·B of one k-step; every operand here was rounded by its producer (phase b, the
+    // operand tiles: op_round)
     auto mma = [&](float (&c)[4], const float (&a)[4], float b0, float b1) {
-      if constexpr (MATH == kFp32) {
-        (void)c, (void)a, (void)b0, (void)b1;
-      } else {
-        std::uint32_t ah[4], bh0, bh1;
+      std::uint32_t ah[4], al[4], bh0, bh1, bl0, bl1;
 #pragma unroll
-        for (int i = 0; i < 4; ++i) ah[i] = MATH == kTf32 ? __float_as_uint(a[i]) : tf32_bits(a[i]);
-        bh0 = MATH == kTf32 ? __float_as_uint(b0) : tf32_bits(b0);
-        bh1 = MATH == kTf32 ? __float_as_uint(b1) : tf32_bits(b1);
-        if constexpr (MATH == kTf32x3) {
-          std::uint32_t al[4];
-#pragma unroll
-          for (int i = 0; i < 4; ++i) al[i] = tf32_bits(a[i] - __uint_as_float(ah[i]));
-          const std::uint32_t bl0 = tf32_bits(b0 - __uint_as_float(bh0)), bl1 = tf32_bits(b1 - __uint_as_float(bh1));
-          mma_tf32(c, al[0], al[1], al[2], al[3], bh0, bh1);
-          mma_tf32(c, ah[0], ah[1], ah[2], ah[3], bl0, bl1);
-        }
-        mma_tf32(c, ah[0], ah[1], ah[2], ah[3], bh0, bh1);
-      }
+      for (int i = 0; i < 4; ++i) tf32_split<MATH, true>(a[i], ah[i], al[i]);
+      tf32_split<MATH, true>(b0, bh0, bl0);
+      tf32_split<MATH, true>(b1, bh1, bl1);
+      mma_split<MATH>(c, ah, al, bh0, bh1, bl0, bl1);
     };
     // rows: output rows m0.., contraction over s-blocks 0..nb (block nb: lower half only)
     {
