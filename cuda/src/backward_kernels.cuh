@@ -1067,17 +1067,16 @@ GDR2_HD void apply_anchored(const Blk& bk, float* sm, int c0) {
   bk.sync();
 }
 
-/// One slice (kKS key channels) of an applies block; `first`: the block's first slice, which
-/// also loads and prepares the chunk-head's dT and dAqk (kept for the later slices).
+/// One slice (kKS key channels) of the applies of chunk-head (cl, hv), its grad-1 outputs
+/// at g1; `first`: the block's first slice, which also loads and prepares the chunk-head's
+/// dT and dAqk (kept for the later slices).
 template <int D, int MATH>
-GDR2_HD void apply_slice(const Blk& bk, const P& p, long long cg, int hv, int slice, bool first, float* sm) {
+GDR2_HD void apply_slice(const Blk& bk, const P& p, const ChunkLoc& cl, int hv, float* g1, int slice, bool first,
+                         float* sm) {
   using L = ApplyLayout;
   using H = L::Half;
   constexpr int KS = L::KS, PS = L::PS, PB = L::PB, K4 = KS / 4, NSEG = L::NSEG;
-  const ChunkLoc cl = chunk_loc(p, cg);
   const int last = cl.len - 1, len = cl.len, c0 = KS * slice;
-  const long long base = cg * p.Hv + hv;
-  float* g1 = p.g1 + base * G1<D>::floats;
   float *sT = sm + L::T, *sAqk = sm + L::Aqk, *sG = sm + L::G, *sBk = sm + L::Bk, *sQs = sm + L::Qs, *sX2 = sm + L::X2,
         *sXk = sm + L::Xk, *sq = sm + L::q, *sk = sm + L::k, *sb = sm + L::b, *rsv = sm + L::rs, *diag = sm + L::diag,
         *seg = sm + L::seg, *ops = sm + L::ops;
@@ -1299,7 +1298,9 @@ GDR2_HD void apply_slice(const Blk& bk, const P& p, long long cg, int hv, int sl
 /// that dT and dAqk are loaded and prepared once per chunk-head (cuda/NOTES.md v36).
 template <int D, int MATH>
 GDR2_HD void apply_body(const Blk& bk, const P& p, long long cg, int hv, float* sm) {
-  for (int slice = 0; slice < D / kKS; ++slice) apply_slice<D, MATH>(bk, p, cg, hv, slice, slice == 0, sm);
+  const ChunkLoc cl = chunk_loc(p, cg);
+  float* g1 = p.g1 + (cg * p.Hv + hv) * G1<D>::floats;
+  for (int slice = 0; slice < D / kKS; ++slice) apply_slice<D, MATH>(bk, p, cl, hv, g1, slice, slice == 0, sm);
 }
 
 /// 4b. one token row r of chunk-head `item` = (cg·Hv + hv)·kC + r: scalar dg = Σ over the
