@@ -14,21 +14,15 @@ helpers (their own lines elsewhere) go to the phase whose code precedes them. Th
 disassembly's function is picked by its instruction sequence; --fun SUBSTRING picks it by
 name instead (instantiations with equal code match equally well).
 """
-import csv
 import re
 import sys
 from collections import defaultdict
 
+from ncu_top import number, sass_rows
+
 FILE_RE = re.compile(r'//## File "([^"]+)", line (\d+)')
 INSN_RE = re.compile(r'/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;')
 FUNC_RE = re.compile(r'^\s*\.section\s+\.text\.(\S+?),')
-
-
-def number(x):
-    try:
-        return float(str(x).replace(",", ""))
-    except ValueError:
-        return 0.0
 
 
 def opcode(text):
@@ -73,27 +67,30 @@ def main():
             del args[i:i + 2]
     csv_path, dis_path = args[0], args[1]
     top = int(args[2]) if len(args) > 2 else 60
-    with open(csv_path, newline="") as f:
-        lines = f.read().splitlines()
-    start = next(i for i, l in enumerate(lines) if l.startswith('"Address"'))
-    rows = list(csv.DictReader(lines[start:]))
+    rows = sass_rows(csv_path)
+    if not rows:
+        return 1
     base = int(rows[0]["Address"], 16)
     ops = [opcode(r["Source"]) for r in rows]
     funcs = disasm(dis_path)
+
+    def agree(fn):  # opcodes of the disassembled function equal to the CSV's, in order
+        return sum(1 for a, b in zip(funcs[fn], ops) if a[1] == b)
+
     if "--fun" in opts:
         best = next(fn for fn in funcs if opts["--fun"] in fn)
     else:
-        best = max(funcs, key=lambda fn: sum(1 for a, b in zip(funcs[fn], ops) if a[1] == b) - abs(len(funcs[fn]) - len(ops)))
+        best = max(funcs, key=lambda fn: agree(fn) - abs(len(funcs[fn]) - len(ops)))
     code = {off: loc for off, _, loc in funcs[best]}
-    match = sum(1 for a, b in zip(funcs[best], ops) if a[1] == b)
-    print(f"{best}: {len(funcs[best])} instructions in the disassembly, {len(rows)} in the CSV, {match} opcodes agree")
+    print(f"{best}: {len(funcs[best])} instructions in the disassembly, {len(rows)} in the CSV, {agree(best)} opcodes agree")
     samp = next((c for c in rows[0] if c.startswith("Warp Stall Sampling (All")), None)
+    # per instruction: its source location, warp instructions executed, stall samples
+    insns = [(code.get(int(r["Address"], 16) - base, ("?", 0)), number(r.get("Instructions Executed")) or 0.0,
+              (number(r.get(samp)) or 0.0) if samp else 0.0) for r in rows]
     per = defaultdict(lambda: [0.0, 0.0])
     perfile = defaultdict(lambda: [0.0, 0.0])
     tot = [0.0, 0.0]
-    for r in rows:
-        loc = code.get(int(r["Address"], 16) - base, ("?", 0))
-        n, s = number(r.get("Instructions Executed", 0)), number(r.get(samp, 0)) if samp else 0.0
+    for loc, n, s in insns:
         for d in (per[loc], perfile[loc[0]], tot):
             d[0] += n
             d[1] += s
@@ -105,12 +102,11 @@ def main():
         pfile, spec[0] = spec[0].split(":", 1)
         ranges = [(n, int(a), int(b)) for n, a, b in (x.split(":") for x in spec)]
         phase, cur = defaultdict(lambda: [0.0, 0.0]), "(before)"
-        for r in rows:
-            fl, ln = code.get(int(r["Address"], 16) - base, ("?", 0))
+        for (fl, ln), n, s in insns:
             if fl == pfile:
-                cur = next((n for n, a, b in ranges if a <= ln <= b), cur)
-            phase[cur][0] += number(r.get("Instructions Executed", 0))
-            phase[cur][1] += number(r.get(samp, 0)) if samp else 0.0
+                cur = next((name for name, a, b in ranges if a <= ln <= b), cur)
+            phase[cur][0] += n
+            phase[cur][1] += s
         print("per phase:")
         for name, (n, s) in sorted(phase.items(), key=lambda x: -x[1][0]):
             print(f"  {name:16s} {n:10.4g} instr {n / tot[0] * 100:5.1f} %  {s / max(tot[1], 1) * 100:5.1f} % samples")

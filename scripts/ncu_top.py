@@ -23,6 +23,23 @@ def number(x):
         return None
 
 
+def sass_rows(path):
+    """The rows of ncu's SASS source page (CSV), ncu's preamble lines skipped; None, with a
+    message, when there are none."""
+    with open(path, newline="") as f:
+        lines = f.read().splitlines()
+    start = next((i for i, l in enumerate(lines) if l.startswith('"') and "Source" in l), None)
+    if start is None:
+        print(f"{path}: no header row with a Source column; first lines:")
+        print("\n".join(lines[:5]))
+        return None
+    rows = list(csv.DictReader(lines[start:]))
+    if not rows:
+        print(f"{path}: header but no rows")
+        return None
+    return rows
+
+
 def details(path):
     with open(path, newline="") as f:
         lines = [l for l in f.read().splitlines() if l.startswith('"')]  # no ==PROF== lines
@@ -36,17 +53,8 @@ def main():
         return details(sys.argv[2])
     path = sys.argv[1]
     top = int(sys.argv[2]) if len(sys.argv) > 2 else 40
-    with open(path, newline="") as f:
-        lines = f.read().splitlines()
-    # skip ncu's preamble lines (==PROF== …) up to the header row
-    start = next((i for i, l in enumerate(lines) if l.startswith('"') and "Source" in l), None)
-    if start is None:
-        print(f"{path}: no header row with a Source column; first lines:")
-        print("\n".join(lines[:5]))
-        return 1
-    rows = list(csv.DictReader(lines[start:]))
+    rows = sass_rows(path)
     if not rows:
-        print(f"{path}: header but no rows")
         return 1
     cols = list(rows[0].keys())
     src = next(c for c in cols if "source" in c.lower())
