@@ -207,6 +207,8 @@ GDR2_HD bool warp_group(const Blk& bk, int w0, int w1, Blk& g) {
 /// 16-byte vector of floats (host: plain struct, copied bytewise).
 struct F4 {
   float x, y, z, w;
+  /// element i (0..3; a constant after unrolling, so no local-memory array)
+  GDR2_HD float operator[](int i) const { return i == 0 ? x : i == 1 ? y : i == 2 ? z : w; }
 };
 GDR2_HD F4 ld4(const float* p) {
 #if defined(__CUDA_ARCH__)

@@ -1190,18 +1190,17 @@ GDR2_HD void apply_slice(const Blk& bk, const P& p, const ChunkLoc& cl, int hv, 
     for (int r = 1; r < 8; ++r) {
       const float* tr = sT + (o + r) * kPC + o;
       const float* ar = sAqk + (o + r) * kPC + o;
-      const F4 t0 = ld4(tr), t1 = ld4(tr + 4), a0 = ld4(ar), a1 = ld4(ar + 4);
-      const float tv[8] = {t0.x, t0.y, t0.z, t0.w, t1.x, t1.y, t1.z, t1.w};
-      const float av[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
+      const F4 tv[2] = {ld4(tr), ld4(tr + 4)}, av[2] = {ld4(ar), ld4(ar + 4)};
       const float bkr = sb[(o + r) * PB + d] * ks[r], qr = sq[(o + r) * PB + d];
       float ab = 0.f, aq = 0.f, e = 1.f;
       GDR2_UNROLL
       for (int s = r - 1; s >= 0; --s) {
         e *= ef[s + 1];  // e^{G_r − G_s}
         const float ke = ks[s] * e;
-        ab += tv[s] * ke;
-        aq += av[s] * ke;
-        ax[s] += (tv[s] * bkr + av[s] * qr) * e;
+        const float t = tv[s / 4][s % 4], a = av[s / 4][s % 4];
+        ab += t * ke;
+        aq += a * ke;
+        ax[s] += (t * bkr + a * qr) * e;
       }
       sBk[(o + r) * PS + d] += ab;
       sQs[(o + r) * PS + d] += aq;
@@ -1227,17 +1226,13 @@ GDR2_HD void apply_slice(const Blk& bk, const P& p, const ChunkLoc& cl, int hv, 
     const int x = r * PS + d0, y = r * PB + d0;
     const F4 k4 = ld4(sk + y), q4 = ld4(sq + y), b4 = ld4(sb + y), xk4 = ld4(sXk + x), gl4 = ld4(sG + last * PB + d0),
              gy4 = ld4(sG + y), dq4 = ld4(sQs + x), db4 = ld4(sBk + x), x24 = ld4(sX2 + x);
-    const float K[4] = {k4.x, k4.y, k4.z, k4.w}, Q[4] = {q4.x, q4.y, q4.z, q4.w}, Bg[4] = {b4.x, b4.y, b4.z, b4.w},
-                XK[4] = {xk4.x, xk4.y, xk4.z, xk4.w}, GL[4] = {gl4.x, gl4.y, gl4.z, gl4.w},
-                GY[4] = {gy4.x, gy4.y, gy4.z, gy4.w}, DQ[4] = {dq4.x, dq4.y, dq4.z, dq4.w},
-                DB[4] = {db4.x, db4.y, db4.z, db4.w}, X2v[4] = {x24.x, x24.y, x24.z, x24.w};
     const float dr = diag[r];
     float oq[4], ok[4], ob[4], nbk[4], nqs[4], nx2[4];
     GDR2_UNROLL
     for (int u = 0; u < 4; ++u) {
-      const float kk = K[u], qs = Q[u], bg = Bg[u], bkv = bg * kk, xk = XK[u];
-      const float kf = ex2n(GL[u] - GY[u]);
-      const float dqs = DQ[u], dbk = DB[u], x2 = X2v[u];
+      const float kk = k4[u], qs = q4[u], bg = b4[u], bkv = bg * kk, xk = xk4[u];
+      const float kf = ex2n(gl4[u] - gy4[u]);
+      const float dqs = dq4[u], dbk = db4[u], x2 = x24[u];
       const float xt = xk * kk * kf;  // dKtail ⊙ Ktail
       oq[u] = p.scale * (dqs + dr * kk);
       ok[u] = xk * kf + x2 + dr * qs + dbk * bg;
