@@ -33,7 +33,8 @@
 #       Per source line or per phase: GDR2_AB_LINES=1 also writes TAG.lines.txt.xz (the
 #       matching kernels' SASS with line numbers, `nvdisasm -g`), then here
 #       `python3 scripts/ncu_lines.py TAG.sass.csv TAG.lines.txt.xz [--fun NAME] [--phases …]`
-#       (cuda/NOTES.md backward "v32–v34 measured" for the applies' phase ranges).
+#       (phase ranges: the lines of a kernel body's phase comments, e.g. apply_slice's a.–h.;
+#       cuda/NOTES.md backward "v32–v34 measured" has such a table).
 #   on the GPU:     bash scripts/cuda_ab.sh procs N BIN BENCH_FILTER NAME1 NAME2 ...
 #       each set's BIN run N times as separate processes (alternated between the sets), one
 #       median per process and case: for figures that differ between processes of one binary
