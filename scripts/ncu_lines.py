@@ -12,7 +12,9 @@ With --phases, instructions are also summed per phase: an instruction belongs to
 of the last line of FILE (in address order) that falls in a phase's line range — inlined
 helpers (their own lines elsewhere) go to the phase whose code precedes them. The
 disassembly's function is picked by its instruction sequence; --fun SUBSTRING picks it by
-name instead (instantiations with equal code match equally well).
+name instead (instantiations with equal code match equally well). --col NAME adds one more
+column of the CSV summed alike (e.g. "L1 Wavefronts Shared": the shared-memory wavefronts of
+each phase, against the SM's one wavefront per cycle).
 """
 import re
 import sys
@@ -60,7 +62,7 @@ def disasm(path):
 def main():
     args = sys.argv[1:]
     opts = {}
-    for key in ("--phases", "--fun"):
+    for key in ("--phases", "--fun", "--col"):
         if key in args:
             i = args.index(key)
             opts[key] = args[i + 1]
@@ -85,33 +87,41 @@ def main():
     print(f"{best}: {len(funcs[best])} instructions in the disassembly, {len(rows)} in the CSV, {agree(best)} opcodes agree")
     samp = next((c for c in rows[0] if c.startswith("Warp Stall Sampling (All")), None)
     # per instruction: its source location, warp instructions executed, stall samples
+    col = opts.get("--col")
     insns = [(code.get(int(r["Address"], 16) - base, ("?", 0)), number(r.get("Instructions Executed")) or 0.0,
-              (number(r.get(samp)) or 0.0) if samp else 0.0) for r in rows]
-    per = defaultdict(lambda: [0.0, 0.0])
-    perfile = defaultdict(lambda: [0.0, 0.0])
-    tot = [0.0, 0.0]
-    for loc, n, s in insns:
+              (number(r.get(samp)) or 0.0) if samp else 0.0, (number(r.get(col)) or 0.0) if col else 0.0)
+             for r in rows]
+    per = defaultdict(lambda: [0.0, 0.0, 0.0])
+    perfile = defaultdict(lambda: [0.0, 0.0, 0.0])
+    tot = [0.0, 0.0, 0.0]
+    for loc, n, s, x in insns:
         for d in (per[loc], perfile[loc[0]], tot):
             d[0] += n
             d[1] += s
+            d[2] += x
+    extra = (lambda x: f"  {x:10.4g} {col}") if col else (lambda x: "")
     print(f"total: {tot[0]:.4g} warp instructions executed, {tot[1]:.4g} stall samples")
-    for fl, (n, s) in sorted(perfile.items(), key=lambda x: -x[1][0]):
-        print(f"  {fl:40s} {n / tot[0] * 100:5.1f} % instr  {s / max(tot[1], 1) * 100:5.1f} % samples")
+    if col:
+        print(f"total {col}: {tot[2]:.4g}")
+    for fl, (n, s, x) in sorted(perfile.items(), key=lambda x: -x[1][0]):
+        print(f"  {fl:40s} {n / tot[0] * 100:5.1f} % instr  {s / max(tot[1], 1) * 100:5.1f} % samples" + extra(x))
     if "--phases" in opts:
         spec = opts["--phases"].split(",")
         pfile, spec[0] = spec[0].split(":", 1)
         ranges = [(n, int(a), int(b)) for n, a, b in (x.split(":") for x in spec)]
-        phase, cur = defaultdict(lambda: [0.0, 0.0]), "(before)"
-        for (fl, ln), n, s in insns:
+        phase, cur = defaultdict(lambda: [0.0, 0.0, 0.0]), "(before)"
+        for (fl, ln), n, s, x in insns:
             if fl == pfile:
                 cur = next((name for name, a, b in ranges if a <= ln <= b), cur)
             phase[cur][0] += n
             phase[cur][1] += s
+            phase[cur][2] += x
         print("per phase:")
-        for name, (n, s) in sorted(phase.items(), key=lambda x: -x[1][0]):
-            print(f"  {name:16s} {n:10.4g} instr {n / tot[0] * 100:5.1f} %  {s / max(tot[1], 1) * 100:5.1f} % samples")
+        for name, (n, s, x) in sorted(phase.items(), key=lambda x: -x[1][0]):
+            print(f"  {name:16s} {n:10.4g} instr {n / tot[0] * 100:5.1f} %  {s / max(tot[1], 1) * 100:5.1f} % samples"
+                  + extra(x))
     print(f"{'file:line':44s} {'instr':>10s} {'%':>6s} {'samples':>9s} {'%':>6s}")
-    for (fl, ln), (n, s) in sorted(per.items(), key=lambda x: -x[1][0])[:top]:
+    for (fl, ln), (n, s, _) in sorted(per.items(), key=lambda x: -x[1][0])[:top]:
         print(f"{fl + ':' + str(ln):44s} {n:10.4g} {n / tot[0] * 100:6.2f} {s:9.4g} {s / max(tot[1], 1) * 100:6.2f}")
 
 
