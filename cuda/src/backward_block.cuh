@@ -311,6 +311,16 @@ GDR2_HD void copy_tile(const Blk& bk, float* dst, int dp, const float* src, long
   }
 }
 
+/// Asks the L2 for the 128-byte line holding p (prefetch.global.L2: no registers, nothing to
+/// wait for), so that a later read finds it there. The host: nothing.
+GDR2_HD void prefetch_line(const void* p) {
+#if defined(__CUDA_ARCH__)
+  asm volatile("prefetch.global.L2 [%0];\n" ::"l"(p));
+#else
+  (void)p;
+#endif
+}
+
 /// *p += v for a partial sum whose first part this thread stored earlier: a fire-and-
 /// forget reduction on the device (two addends onto a stored value: deterministic).
 GDR2_HD void add_partial(float* p, float v) {

@@ -1067,6 +1067,28 @@ GDR2_HD void apply_anchored(const Blk& bk, float* sm, int c0) {
   bk.sync();
 }
 
+/// What a chunk-head's applies read after their first slice's loads, asked of the L2 while
+/// the first slice runs (cuda/NOTES.md backward v38): every row of q, k, b, g (all D
+/// channels: a slice reads 64 or 128 bytes of each) and the G1 tiles dQ, X, dE (X of the first
+/// slice too: it is read in phase e). No barrier; the host does nothing.
+template <int D>
+GDR2_HD void prefetch_applies(const Blk& bk, const P& p, const ChunkLoc& cl, int hv, const float* g1) {
+  constexpr int NL = D * 4 / 128 + 1;  // lines of a row of ≤ D fp32 values at any alignment
+  const InRows in[4] = {rows_q(p, cl, hv), rows_k(p, cl, hv), rows_b(p, cl, hv), rows_g(p, cl, hv)};
+  for (int i = bk.tid; i < 4 * kC * NL; i += bk.nthr) {
+    const int x = i / (kC * NL), r = (i / NL) % kC, l = i % NL;
+    const InRows& ir = in[x];
+    if (r >= cl.len) continue;
+    const int es = ir.dt == kF32 ? 4 : 2;
+    const char* row = static_cast<const char*>(ir.base) + (ir.off + r * ir.st) * es;
+    const std::uintptr_t first = reinterpret_cast<std::uintptr_t>(row) & ~std::uintptr_t(127),
+                         end = reinterpret_cast<std::uintptr_t>(row) + (ir.one ? 1 : D) * es;
+    const std::uintptr_t line = first + 128 * std::uintptr_t(l);
+    if (line < end) prefetch_line(reinterpret_cast<const void*>(line));
+  }
+  for (int i = bk.tid; i < 3 * kC * D / 32; i += bk.nthr) prefetch_line(g1 + G1<D>::dQ + 32 * i);
+}
+
 /// One slice (kKS key channels) of the applies of chunk-head (cl, hv), its grad-1 outputs
 /// at g1; `first`: the block's first slice, which also loads and prepares the chunk-head's
 /// dT and dAqk (kept for the later slices).
@@ -1109,6 +1131,7 @@ GDR2_HD void apply_slice(const Blk& bk, const P& p, const ChunkLoc& cl, int hv, 
         st4(sb + o, x.b);
         st4(sG + o, x.g);
       });
+  if (first) prefetch_applies<D>(bk, p, cl, hv, g1);
   bk.sync();
   // b. cumulative sums of the log-decays as a blocked scan (item: 8-row segment × channel;
   //    chains of 8, not 64): sums within each segment. dT and dAqk below their 8×8
