@@ -120,9 +120,10 @@ def main():
         for name, (n, s, x) in sorted(phase.items(), key=lambda x: -x[1][0]):
             print(f"  {name:16s} {n:10.4g} instr {n / tot[0] * 100:5.1f} %  {s / max(tot[1], 1) * 100:5.1f} % samples"
                   + extra(x))
-    print(f"{'file:line':44s} {'instr':>10s} {'%':>6s} {'samples':>9s} {'%':>6s}")
-    for (fl, ln), (n, s, _) in sorted(per.items(), key=lambda x: -x[1][0])[:top]:
-        print(f"{fl + ':' + str(ln):44s} {n:10.4g} {n / tot[0] * 100:6.2f} {s:9.4g} {s / max(tot[1], 1) * 100:6.2f}")
+    print(f"{'file:line':44s} {'instr':>10s} {'%':>6s} {'samples':>9s} {'%':>6s}" + (f"  {col}" if col else ""))
+    for (fl, ln), (n, s, x) in sorted(per.items(), key=lambda x: -x[1][0])[:top]:
+        print(f"{fl + ':' + str(ln):44s} {n:10.4g} {n / tot[0] * 100:6.2f} {s:9.4g} {s / max(tot[1], 1) * 100:6.2f}"
+              + (f"  {x:10.4g}" if col else ""))
 
 
 if __name__ == "__main__":

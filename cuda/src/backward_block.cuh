@@ -28,6 +28,7 @@
 #include <type_traits>
 
 #if defined(__CUDACC__)
+#include "device_common.cuh"  // the device side of a few helpers (prefetch_l2)
 #define GDR2_HD __host__ __device__ __forceinline__
 #else
 #define GDR2_HD inline
@@ -311,11 +312,11 @@ GDR2_HD void copy_tile(const Blk& bk, float* dst, int dp, const float* src, long
   }
 }
 
-/// Asks the L2 for the 128-byte line holding p (prefetch.global.L2: no registers, nothing to
-/// wait for), so that a later read finds it there. The host: nothing.
+/// Asks the L2 for the 128-byte line holding p (device_common's prefetch_l2: no registers,
+/// nothing to wait for), so that a later read finds it there. The host: nothing.
 GDR2_HD void prefetch_line(const void* p) {
 #if defined(__CUDA_ARCH__)
-  asm volatile("prefetch.global.L2 [%0];\n" ::"l"(p));
+  prefetch_l2(p);
 #else
   (void)p;
 #endif
