@@ -224,20 +224,21 @@ struct Prep {
       return make_float2(v, v);
     };
     auto h2 = [](float a, float b) { return __floats2half2_rn(a, b); };
+    // The thread's own log-decays, read once (registers, then e = 2^g in place): only this
+    // thread reads g[16j .. 16j+15][d, d+1] (scalar decays: every thread of block j reads
+    // g[16j + rr] before the first barrier), so e can be written back during the walk.
     float2 ex[16];
     if (active) {
-      {  // block sums: each thread sums its own sub-block, shares it through the (idle) A32 tile
-        float2 own = make_float2(0.f, 0.f);
+      float2 own = make_float2(0.f, 0.f);  // block sums, shared through the (idle) A32 tile
 #pragma unroll
-        for (int rr = 0; rr < 16; ++rr) {
-          const float2 v = G2(j * 16 + rr);
-          own.x += v.x;
-          own.y += v.y;
-        }
-        *reinterpret_cast<float2*>(reinterpret_cast<float*>(sm + L::a32) + j * D + d) = own;
+      for (int rr = 0; rr < 16; ++rr) {
+        ex[rr] = G2(j * 16 + rr);
+        own.x += ex[rr].x;
+        own.y += ex[rr].y;
       }
+      *reinterpret_cast<float2*>(reinterpret_cast<float*>(sm + L::a32) + j * D + d) = own;
     }
-    __syncthreads();
+    __syncthreads();  // every read of g done
     GDR2_FWD_MARK(1);
     if (active) {
       float2 s[4];
@@ -262,15 +263,20 @@ struct Prep {
       // One exponential per element, e_r = 2^{g_r}; every factor of the block is a running
       // product of them (≤ 16 factors, as the leaves'): Fin_r = e_a+1···e_r forward,
       // Fout_r = e_r+1···e_end backward, and the quadrant's ql (rows 8..15, from row 7) and
-      // qr (rows 0..7, to row 7) likewise.
-      float2 fin = make_float2(1.f, 1.f), ql = fin;
+      // qr (rows 0..7, to row 7) likewise. k's rows are kept for the backward walk.
+      float2 fin = make_float2(1.f, 1.f), ql = fin, kr[16];
 #pragma unroll
       for (int rr = 0; rr < 16; ++rr) {
         const int r = j * 16 + rr;
-        const float2 v = G2(r);
-        ex[rr] = make_float2(ex2_nonpos(v.x), ex2_nonpos(v.y));
+        ex[rr] = make_float2(ex2_nonpos(ex[rr].x), ex2_nonpos(ex[rr].y));
+        if (CH_DECAY)
+          *reinterpret_cast<float2*>(g + r * D + d) = ex[rr];
+        else if (dp == 0)
+          g[r] = ex[rr].x;
         fin = make_float2(fin.x * ex[rr].x, fin.y * ex[rr].y);
-        const float2 q2 = load2(q + r * PR + d), k2 = load2(k + r * PR + d);
+        const float2 q2 = load2(q + r * PR + d);
+        kr[rr] = load2(k + r * PR + d);
+        const float2 k2 = kr[rr];
         const float2 b2 = CH_GATES ? load2(bt + r * PR + d) : make_float2(beta[r], beta[r]);
         const float2 bk = make_float2(b2.x * k2.x, b2.y * k2.y), qs = make_float2(scale * q2.x, scale * q2.y);
         *reinterpret_cast<__half2*>(hq + hx(r, d)) = h2(qs.x * fin.x, qs.y * fin.y);
@@ -286,7 +292,7 @@ struct Prep {
 #pragma unroll
       for (int rr = 15; rr >= 0; --rr) {
         const int r = j * 16 + rr;
-        const float2 k2 = load2(k + r * PR + d);
+        const float2 k2 = kr[rr];
         *reinterpret_cast<__half2*>(hk + hx(r, d)) = h2(k2.x * fout.x, k2.y * fout.y);
         fout = make_float2(fout.x * ex[rr].x, fout.y * ex[rr].y);
         if (rr < 8) {  // right operands of the quadrant
@@ -295,19 +301,8 @@ struct Prep {
         }
       }
     }
-    __syncthreads();  // every read of g done
-    GDR2_FWD_MARK(2);
-    if (active) {
-#pragma unroll
-      for (int rr = 0; rr < 16; ++rr) {
-        if (CH_DECAY)
-          *reinterpret_cast<float2*>(g + (j * 16 + rr) * D + d) = ex[rr];
-        else if (dp == 0)
-          g[j * 16 + rr] = ex[rr].x;
-      }
-    }
     __syncthreads();
-    GDR2_FWD_MARK(3);
+    GDR2_FWD_MARK(2);
   }
 
   // ---- Grams: T (strict lower) into t32, Aqk into aqk16 -------------------------------------

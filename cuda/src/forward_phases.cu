@@ -30,8 +30,8 @@ using namespace gdr2::cuda::detail;
 
 static const char* kNames[] = {"fused: wait q k b g; prep: record read-out",
                                "G-step: block sums",
-                               "G-step: rows",
-                               "G-step: g -> e",
+                               "G-step: rows, g -> e",
+                               "(mark 3: no longer set)",
                                "Grams + leaves",
                                "diag inverses + transforms",
                                "N = A_ii T_ik",
