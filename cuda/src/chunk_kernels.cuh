@@ -305,6 +305,19 @@ struct Prep {
     GDR2_FWD_MARK(2);
   }
 
+  /// One level of a warp's recursive-halving sum of 2H values per lane: lanes with bit H/2
+  /// set keep the upper H values, the others the lower H, each adding its partner's copy
+  /// (the leaves' reduction; H a template argument so that `v` stays in registers).
+  template <int H>
+  static __device__ __forceinline__ void halve(float (&v)[64], int lane) {
+    const bool up = (lane & (H / 2)) != 0;
+#pragma unroll
+    for (int i = 0; i < H; ++i) {
+      const float send = up ? v[i] : v[i + H], keep = up ? v[i + H] : v[i];
+      v[i] = keep + __shfl_xor_sync(0xffffffffu, send, H / 2);
+    }
+  }
+
   // ---- Grams: T (strict lower) into t32, Aqk into aqk16 -------------------------------------
   //  - off-diagonal 16×16 blocks (i > j): tensor cores, anchor at the end of block i−1
   //  - lower-left 8×8 quadrant of each diagonal block: tensor cores, anchor at its row 7
@@ -376,89 +389,84 @@ struct Prep {
       }
     }
     // -- 8×8 diagonal leaves, exact running products of e = exp(g) on the CUDA cores ---------
-    // Leaf L holds rows 8L..8L+7; row r has r + 1 pairs (s ≤ r). Rows r and 7 − r together
-    // have 9, so warp w takes the row pair p = w & 3 (rows 7 − p then p) of the four leaves
-    // 4(w >> 2) .. +3, a leaf per 8 lanes, a quarter of the channels per lane: every lane
-    // walks the same 9 pair steps (none predicated off) and switches rows at the same step.
-    // The 8 lanes of a leaf sum their channels by shuffles once all nine steps are done.
+    // Warp w holds leaf w (rows 8w..8w+7), lane l channels CPL·l..: each row of q, k, b, e
+    // is read once per chunk. Walking the rows r = 0..7 the lane keeps y_s = k_s ⊙ e_{s+1}···e_r
+    // for every s ≤ r (multiplied by e_r on reaching row r), so T_rs = Σ bk_r·y_s and
+    // Aqk_rs = Σ q_r·y_s. Its 64 partial sums sit in an 8×8 grid (T_rs below the diagonal,
+    // Aqk_rs at (s, r) above it, Aqk_rr on it) and are summed over the warp by recursive
+    // halving: after the five shuffle levels lane l holds grid cells 2l and 2l + 1.
     {
-      constexpr int NM = D / 32;  // float4 channel groups per lane
-      const int leaf = 4 * (w >> 2) + (lane >> 3), cg = lane & 7, p = w & 3;
+      constexpr int CPL = D / 32;  // channels per lane (4 or 2)
+      const int c0 = CPL * lane, leaf = w;
       const Tin* q = reinterpret_cast<const Tin*>(sm + L::rq);
       const Tin* k = reinterpret_cast<const Tin*>(sm + L::rk);
       const Tin* bt = reinterpret_cast<const Tin*>(sm + L::rb);
       const float* beta = reinterpret_cast<const float*>(sm + L::rb);
       const float* e = reinterpret_cast<const float*>(sm + L::rg);
-      // channels of group m for this lane; rotated by the leaf so that the four leaves of a
-      // warp read different bank halves of their (bank-aligned) rows
-      auto chan = [&](int m) { return 4 * (cg + 8 * ((m + (lane >> 3)) % NM)); };
-      float4 bk[NM], qr[NM], P[NM];
-      auto start_row = [&](int row) {
-        const float brow = CH_GATES ? 0.f : beta[row];
-#pragma unroll
-        for (int m = 0; m < NM; ++m) {
-          const int c = chan(m);
-          const float4 kr = load4(k + row * PR + c);
-          if (CH_GATES) {
-            const float4 bb = load4(bt + row * PR + c);
-            bk[m] = make_float4(bb.x * kr.x, bb.y * kr.y, bb.z * kr.z, bb.w * kr.w);
-          } else {
-            bk[m] = make_float4(brow * kr.x, brow * kr.y, brow * kr.z, brow * kr.w);
-          }
-          qr[m] = load4(q + row * PR + c);
-          P[m] = make_float4(1.f, 1.f, 1.f, 1.f);
+      auto ld = [&](const Tin* base, int row, float (&x)[CPL]) {
+        if constexpr (CPL == 4) {
+          const float4 v = load4(base + row * PR + c0);
+          x[0] = v.x, x[1] = v.y, x[2] = v.z, x[3] = v.w;
+        } else {
+          const float2 v = load2(base + row * PR + c0);
+          x[0] = v.x, x[1] = v.y;
         }
       };
-      // All nine steps unrolled, each lane's partial sums kept, and the 8-lane reductions
-      // done together at the end: no step waits on its shuffles.
-      float pT[9], pA[9];
-      int r = 7 - p, s = r;  // row within the leaf, then the column walked down from it
-      start_row(8 * leaf + r);
+      float y[8][CPL], grid[64];  // every cell is set once below
 #pragma unroll
-      for (int step = 0; step < 9; ++step) {
-        if (step == 8 - p) {  // warp-uniform: second row of the pair
-          r = p;
-          s = p;
-          start_row(8 * leaf + r);
+      for (int r = 0; r < 8; ++r) {
+        const int row = 8 * leaf + r;
+        float bk[CPL], qr[CPL], er[CPL];
+        ld(k, row, y[r]);
+        ld(q, row, qr);
+        if (CH_GATES) {
+          ld(bt, row, bk);
+#pragma unroll
+          for (int c = 0; c < CPL; ++c) bk[c] *= y[r][c];
+        } else {
+#pragma unroll
+          for (int c = 0; c < CPL; ++c) bk[c] = beta[row] * y[r][c];
         }
-        const int srow = 8 * leaf + s;
-        float aT = 0.f, aA = 0.f;
-#pragma unroll
-        for (int m = 0; m < NM; ++m) {
-          const int c = chan(m);
-          const float4 ks = load4(k + srow * PR + c);
-          const float4 x = make_float4(ks.x * P[m].x, ks.y * P[m].y, ks.z * P[m].z, ks.w * P[m].w);
-          aT = fmaf(bk[m].w, x.w, fmaf(bk[m].z, x.z, fmaf(bk[m].y, x.y, fmaf(bk[m].x, x.x, aT))));
-          aA = fmaf(qr[m].w, x.w, fmaf(qr[m].z, x.z, fmaf(qr[m].y, x.y, fmaf(qr[m].x, x.x, aA))));
-          if (CH_DECAY) {
-            const float4 es = *reinterpret_cast<const float4*>(e + srow * D + c);
-            P[m] = make_float4(P[m].x * es.x, P[m].y * es.y, P[m].z * es.z, P[m].w * es.w);
+        if (CH_DECAY) {
+          if constexpr (CPL == 4) {
+            const float4 v = *reinterpret_cast<const float4*>(e + row * D + c0);
+            er[0] = v.x, er[1] = v.y, er[2] = v.z, er[3] = v.w;
           } else {
-            const float es = e[srow];
-            P[m] = make_float4(P[m].x * es, P[m].y * es, P[m].z * es, P[m].w * es);
+            const float2 v = *reinterpret_cast<const float2*>(e + row * D + c0);
+            er[0] = v.x, er[1] = v.y;
           }
+        } else {
+#pragma unroll
+          for (int c = 0; c < CPL; ++c) er[c] = e[row];
         }
-        pT[step] = aT;
-        pA[step] = aA;
-        --s;
+#pragma unroll
+        for (int s = 0; s <= r; ++s) {
+          if (s < r) {
+#pragma unroll
+            for (int c = 0; c < CPL; ++c) y[s][c] *= er[c];
+          }
+          float aT = 0.f, aA = 0.f;
+#pragma unroll
+          for (int c = 0; c < CPL; ++c) {
+            aT = fmaf(bk[c], y[s][c], aT);
+            aA = fmaf(qr[c], y[s][c], aA);
+          }
+          if (s < r) grid[8 * r + s] = aT;
+          grid[8 * s + r] = aA;
+        }
       }
+      halve<32>(grid, lane);
+      halve<16>(grid, lane);
+      halve<8>(grid, lane);
+      halve<4>(grid, lane);
+      halve<2>(grid, lane);
 #pragma unroll
-      for (int o = 1; o < 8; o <<= 1)
-#pragma unroll
-        for (int step = 0; step < 9; ++step) {
-          pT[step] += __shfl_xor_sync(0xffffffffu, pT[step], o);
-          pA[step] += __shfl_xor_sync(0xffffffffu, pA[step], o);
-        }
-      // every lane of the leaf holds all nine sums; lane cg stores step cg (lane 0 also 8).
-      // Step t is pair (7 − p, 7 − p − t) for t < 8 − p, else (p, 8 − t).
-#pragma unroll
-      for (int step = 0; step < 9; ++step) {
-        if (step == cg || (step == 8 && cg == 0)) {
-          const int rr = step < 8 - p ? 7 - p : p, ss = step < 8 - p ? 7 - p - step : 8 - step;
-          const int row = 8 * leaf + rr, col = 8 * leaf + ss;
-          if (ss < rr) t32[row * PF + col] = pT[step];
-          aqk[row * PC + col] = __float2half_rn(scale * pA[step]);
-        }
+      for (int u = 0; u < 2; ++u) {
+        const int cell = 2 * lane + u, a8 = cell >> 3, b8 = cell & 7;
+        if (a8 > b8)
+          t32[(8 * leaf + a8) * PF + 8 * leaf + b8] = grid[u];
+        else
+          aqk[(8 * leaf + b8) * PC + 8 * leaf + a8] = __float2half_rn(scale * grid[u]);
       }
       // zeros of Aqk's diagonal 16×16 blocks: the upper triangle of leaf w and, for even
       // leaves, the upper-right 8×8 quadrant of its block
