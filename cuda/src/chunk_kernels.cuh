@@ -495,7 +495,7 @@ struct Prep {
   }
 
   /// A = (I + T)^-1 into a32 (fp32) and a16 (fp16: lower and diagonal blocks); with
-  /// TRANSFORM, Ē, Qγ, Ktail in place of BkFin, QFin, KFo. Ends synchronised.
+  /// TRANSFORM, Qγ, Ktail in place of QFin, KFo (BkFin stays: y() forms Ē in its product). Ends synchronised.
   template <bool TRANSFORM = true, bool FENCE = false, class Idle = NoHook>
   static __device__ void solve(char* sm, const Idle& idle = Idle{}) {
     const int tid = threadIdx.x, w = tid >> 5, lane = tid & 31;
@@ -504,7 +504,6 @@ struct Prep {
     __half* a16 = reinterpret_cast<__half*>(sm + L::a16);
     __half* hq = reinterpret_cast<__half*>(sm + L::hq);
     __half* hk = reinterpret_cast<__half*>(sm + L::hk);
-    __half* he = reinterpret_cast<__half*>(sm + L::he);
     // (1) diagonal inverses (warps 0,1: a half-warp per block, a lane per column)
     if (w < 2) {
       const int blk = 2 * w + (lane >> 4), c = lane & 15;
@@ -523,7 +522,8 @@ struct Prep {
       }
     }
     // (1') in place, 8 channels of RPT rows of one 16-row block per thread (the block's
-    //      factors loaded once): Ē = BkFin·γ_a, Qγ = QFin·γ_a, Ktail = KFo·tail
+    //      factors loaded once): Qγ = QFin·γ_a, Ktail = KFo·tail. (Ē = BkFin·γ_a is not
+    //      formed: y() scales each row block's partial product by γ_a instead.)
     if (TRANSFORM) {
       constexpr int RPT = kC * D / 8 / kThreads;  // 4 (D = 128) or 2 (D = 64)
       static_assert(RPT * kThreads * 8 == kC * D && 16 % RPT == 0, "whole rows of one block per thread");
@@ -536,23 +536,18 @@ struct Prep {
 #pragma unroll
       for (int j = 0; j < RPT; ++j) {
         const int r = r0 + j;
-        uint4* pe = reinterpret_cast<uint4*>(he + hx(r, c));
         uint4* pq = reinterpret_cast<uint4*>(hq + hx(r, c));
         uint4* pk = reinterpret_cast<uint4*>(hk + hx(r, c));
-        uint4 ve = *pe, vq = *pq, vk = *pk;
-        std::uint32_t* ue = &ve.x;
+        uint4 vq = *pq, vk = *pk;
         std::uint32_t* uq = &vq.x;
         std::uint32_t* uk = &vk.x;
 #pragma unroll
         for (int h = 0; h < 4; ++h) {
-          float2 x = __half22float2(*reinterpret_cast<__half2*>(ue + h));
-          ue[h] = pack_half2(x.x * gv[2 * h], x.y * gv[2 * h + 1]);
-          x = __half22float2(*reinterpret_cast<__half2*>(uq + h));
+          float2 x = __half22float2(*reinterpret_cast<__half2*>(uq + h));
           uq[h] = pack_half2(x.x * gv[2 * h], x.y * gv[2 * h + 1]);
           x = __half22float2(*reinterpret_cast<__half2*>(uk + h));
           uk[h] = pack_half2(x.x * tv[2 * h], x.y * tv[2 * h + 1]);
         }
-        *pe = ve;
         *pq = vq;
         *pk = vk;
       }
@@ -685,12 +680,13 @@ struct Prep {
     }
   }
 
-  /// Y = A Ē in place of Ē (fp16). Ends synchronised.
+  /// Y = A Ē in place of BkFin (fp16), Ē = BkFin·γ_a formed in the product: each row
+  /// block's partial product scaled by its γ_a. Ends synchronised.
   static __device__ void y(char* sm) {
     const int w = threadIdx.x >> 5, lane = threadIdx.x & 31, mt = w >> 1, nh = w & 1;
     __half* he = reinterpret_cast<__half*>(sm + L::he);
     float acc[D / 16][4] = {};
-    apply_a(sm, he, acc);
+    apply_a<true>(sm, he, acc, ga(sm));
     __syncthreads();
     GDR2_FWD_MARK(10);
     const int g8 = lane >> 2, q4 = lane & 3;
