@@ -165,6 +165,7 @@ run)
     for n in "$@"; do
       d=.devcarry/$n
       for ph in "$d"/fwd_phases* "$d"/bwd_phases*; do
+        case "$ph" in *.xz) continue ;; esac  # (the packed copies are executable after chmod)
         [ -x "$ph" ] || continue
         log "phases $n round $r: $(basename "$ph")"
         timeout 120 "$ph" all >>"$R" 2>&1
