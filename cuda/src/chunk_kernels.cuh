@@ -45,17 +45,35 @@ constexpr int kThreads = 256;  // prep / fused block size
 
 #if defined(GDR2_FWD_PHASES)
 // Profiling build only (cuda/src/forward_phases.cu): thread 0 of block 0 adds the cycles
-// since its previous mark to phase `id` (a mark with id < 0 only restarts the clock).
+// since its previous mark to phase `id` (a mark with id < 0 — the kernel's first — zeroes
+// the sums and restarts the clock). The sums stay in shared memory until the kernel's end
+// (GDR2_FWD_FLUSH adds them to gdr2_fwd_cycles): a mark costs thread 0 a shared-memory
+// update instead of a global load's round trip, which held warp 0 (and so each phase's
+// barrier) — the marked build ran ≈ 7 % slower than the bench (sixteenth session).
+constexpr int kMarkIds = 16;
 __device__ long long gdr2_fwd_cycles[48];
-__device__ long long gdr2_fwd_last;
+__device__ __forceinline__ long long* gdr2_fwd_sums() {  // [0, kMarkIds) sums, [kMarkIds] last mark
+  __shared__ long long sums[kMarkIds + 1];
+  return sums;
+}
 __device__ __forceinline__ void gdr2_fwd_mark(int id) {
   if (blockIdx.x == 0 && threadIdx.x == 0) {
+    long long* a = gdr2_fwd_sums();
     const long long t = clock64();
-    if (id >= 0) gdr2_fwd_cycles[id] += t - gdr2_fwd_last;
-    gdr2_fwd_last = t;
+    if (id >= 0) {
+      a[id] += t - a[kMarkIds];
+    } else {
+      for (int i = 0; i < kMarkIds; ++i) a[i] = 0;
+    }
+    a[kMarkIds] = t;
   }
 }
+__device__ __forceinline__ void gdr2_fwd_flush() {
+  if (blockIdx.x == 0 && threadIdx.x == 0)
+    for (int i = 0; i < kMarkIds; ++i) gdr2_fwd_cycles[i] += gdr2_fwd_sums()[i];
+}
 #define GDR2_FWD_MARK(id) gdr2_fwd_mark(id)
+#define GDR2_FWD_FLUSH() gdr2_fwd_flush()
 // gdr2_fwd_cycles slots beside the phases: the state step's parts, and the state pass's
 // polls that found a record unpublished (block 0).
 constexpr int kStepSlots = 16, kStepParts = 10, kUnpublishedSlot = 27, kHelpSlots = 32, kHelpParts = 6;
@@ -89,6 +107,7 @@ struct StepClocks {
 };
 #else
 #define GDR2_FWD_MARK(id)
+#define GDR2_FWD_FLUSH()
 #define GDR2_STEP_STAMP(i)
 struct StepClocks {
   __device__ void step() {}
@@ -1302,6 +1321,7 @@ __global__ void __launch_bounds__(kThreads, 1) fused_forward_kernel(const __grid
     __syncthreads();
     GDR2_FWD_MARK(13);
   }
+  GDR2_FWD_FLUSH();
   cp_async_wait<0>();
   if (owner) store_state<D>(S, p.sT, p.sT_stride, slot, hv, 16 * w, lane);
 }
@@ -1474,6 +1494,7 @@ __device__ void prep_body(const ForwardParams& p, char* sm, long long first, lon
     prev = cur;
     GDR2_FWD_MARK(14);
   }
+  GDR2_FWD_FLUSH();
   early_copy_done();
   __syncthreads();
   if (tid == 0) {
