@@ -50,7 +50,7 @@ constexpr int kThreads = 256;  // prep / fused block size
 // (GDR2_FWD_FLUSH adds them to gdr2_fwd_cycles): a mark costs thread 0 a shared-memory
 // update instead of a global load's round trip, which held warp 0 (and so each phase's
 // barrier) — the marked build ran ≈ 7 % slower than the bench (sixteenth session).
-constexpr int kMarkIds = 16;
+constexpr int kMarkIds = 16;  // phase ids 0..15: gdr2_fwd_cycles[0, kMarkIds); the step slots follow
 __device__ long long gdr2_fwd_cycles[48];
 __device__ __forceinline__ long long* gdr2_fwd_sums() {  // [0, kMarkIds) sums, [kMarkIds] last mark
   __shared__ long long sums[kMarkIds + 1];
@@ -76,7 +76,7 @@ __device__ __forceinline__ void gdr2_fwd_flush() {
 #define GDR2_FWD_FLUSH() gdr2_fwd_flush()
 // gdr2_fwd_cycles slots beside the phases: the state step's parts, and the state pass's
 // polls that found a record unpublished (block 0).
-constexpr int kStepSlots = 16, kStepParts = 10, kUnpublishedSlot = 27, kHelpSlots = 32, kHelpParts = 6;
+constexpr int kStepSlots = kMarkIds, kStepParts = 10, kUnpublishedSlot = 27, kHelpSlots = 32, kHelpParts = 6;
 // State-pass stamps (thread 0 of block (0, 0)): clock64 into shared memory, no global
 // round trip inside the step; StepClocks sums the differences of consecutive stamps.
 __device__ __forceinline__ long long* gdr2_step_clk() {
@@ -514,7 +514,8 @@ struct Prep {
   }
 
   /// A = (I + T)^-1 into a32 (fp32) and a16 (fp16: lower and diagonal blocks); with
-  /// TRANSFORM, Qγ, Ktail in place of QFin, KFo (BkFin stays: y() forms Ē in its product). Ends synchronised.
+  /// TRANSFORM, Qγ, Ktail in place of QFin, KFo (BkFin stays: y() forms Ē in its
+  /// product). Ends synchronised.
   template <bool TRANSFORM = true, bool FENCE = false, class Idle = NoHook>
   static __device__ void solve(char* sm, const Idle& idle = Idle{}) {
     const int tid = threadIdx.x, w = tid >> 5, lane = tid & 31;
