@@ -514,8 +514,7 @@ struct Prep {
   }
 
   /// A = (I + T)^-1 into a32 (fp32) and a16 (fp16: lower and diagonal blocks); with
-  /// TRANSFORM, Qγ, Ktail in place of QFin, KFo (BkFin stays: y() forms Ē in its
-  /// product). Ends synchronised.
+  /// TRANSFORM, Qγ, Ktail in place of QFin, KFo (BkFin stays: y() forms Ē in its product). Ends synchronised.
   template <bool TRANSFORM = true, bool FENCE = false, class Idle = NoHook>
   static __device__ void solve(char* sm, const Idle& idle = Idle{}) {
     const int tid = threadIdx.x, w = tid >> 5, lane = tid & 31;
