@@ -1642,16 +1642,24 @@ __device__ void state_body(const ForwardParams& p, char* sm, int n, int hv, int 
 #else
 #define GDR2_HELP(i)
 #endif
-  // the issuer: chunk c's record, once published (when `flags` is given), into stage c&1 by
-  // one bulk copy; false if it was never published
-  auto copy_record = [&](int c) {
-    const long long ri = (cbase + c) * p.Hv + hv;
-    if (flags && !wait_published(flags + ri)) return false;
+  // the issuer: whether chunk c's record is published (always, without `flags`); false if it
+  // never was
+  auto record_published = [&](int c) {
+    const bool ok = !flags || wait_published(flags + (cbase + c) * p.Hv + hv);
     GDR2_HELP(0);
+    return ok;
+  };
+  // the issuer: chunk c's record, once published, into stage c&1 by one bulk copy
+  auto issue_record = [&](int c) {
+    const long long ri = (cbase + c) * p.Hv + hv;
     const char* rec = static_cast<const char*>(p.records) + ri * (long long)rbytes;
     mbar_expect_tx(bars + (c & 1), std::uint32_t(rbytes));
     bulk_g2s(sm + (c & 1) * Ls.stage_bytes + Ls.rec, rec, std::uint32_t(rbytes), bars + (c & 1));
     GDR2_HELP(1);
+  };
+  auto copy_record = [&](int c) {
+    if (!record_published(c)) return false;
+    issue_record(c);
     return true;
   };
   // helpers: chunk c's v, w slices (cp.async) into stage c&1, and its record when there is
@@ -1713,9 +1721,12 @@ __device__ void state_body(const ForwardParams& p, char* sm, int n, int hv, int 
     if (lane == 0)
 #pragma unroll 1
       for (int c = 0; c < nch; ++c) {
+        // the flag first: its acquire round trip (≈ 1.4 K cycles while the prep loads the
+        // memory system) overlaps the owners' step c−1 instead of following step c−2's end
+        if (!record_published(c)) trap_out_of_line();  // the records never came: fail loudly, not hang
         if (c >= 2) mbar_wait(bars + 2 + (c & 1), ((c - 2) >> 1) & 1);
         GDR2_HELP(5);
-        if (!copy_record(c)) trap_out_of_line();  // the records never came: fail loudly, not hang
+        issue_record(c);
       }
     __syncwarp();
   } else {
