@@ -753,6 +753,10 @@ struct StepInputs {
   const void* Rw;       // raw w tile (channel gates) or null
   const float* beta;    // [64] (tied gates) or null
   int pv, vcol;
+  // split path: the mbarrier (and its phase parity) on which Y, Qγ, Ktail, Aqk and γ_C land,
+  // after A, β and the v, w rows the first product needs; null: every tile is there
+  const std::uint64_t* rest = nullptr;
+  std::uint32_t rest_parity = 0;
 };
 
 /// wgmma descriptors of the swz128 operand tiles Y, Qγ, Ktail ([64 tokens][D], atoms of 64
@@ -957,6 +961,7 @@ __device__ __forceinline__ void state_step(float (&S)[D / 8][4], const StepInput
     // Uᵀ = Zᵀ Aᵀ (mma.sync, nothing in flight); then Oᵀ = S0ᵀ Qγᵀ and Rᵀ += −S0ᵀ Yᵀ
     step_u<Tin, K>(R, in, lane);
     GDR2_STEP_STAMP(4);
+    if (in.rest) mbar_wait(const_cast<std::uint64_t*>(in.rest), in.rest_parity);
     wgmma_fence();
     wgmma_f16_first_64(O, sa[0], desc_channels(in.Qg, 0), false);
 #pragma unroll
@@ -987,6 +992,7 @@ __device__ __forceinline__ void state_step(float (&S)[D / 8][4], const StepInput
 #pragma unroll
     for (int nt = 0; nt < 8; ++nt) O[nt][0] = O[nt][1] = O[nt][2] = O[nt][3] = 0.f;
     step_u<Tin, K>(R, in, lane);
+    if (in.rest) mbar_wait(const_cast<std::uint64_t*>(in.rest), in.rest_parity);
     // Rᵀ −= S0ᵀ Yᵀ ;  Oᵀ = S0ᵀ Qγᵀ
 #pragma unroll
     for (int kc = 0; kc < D / 16; ++kc) {
@@ -1604,6 +1610,8 @@ __device__ void state_body(const ForwardParams& p, char* sm, int n, int hv, int 
       mbar_init(bars + 2, 32 * nown);
       mbar_init(bars + 3, 32 * nown);
     }
+    mbar_init(bars + 4, 1);  // the rest of a stage's record (StepInputs::rest)
+    mbar_init(bars + 5, 1);
     fence_proxy_async();
   }
   __syncthreads();
@@ -1649,12 +1657,22 @@ __device__ void state_body(const ForwardParams& p, char* sm, int n, int hv, int 
     GDR2_HELP(0);
     return ok;
   };
-  // the issuer: chunk c's record, once published, into stage c&1 by one bulk copy
+  // the issuer: chunk c's record, once published, into stage c&1 by bulk copies in the order
+  // the step reads it: A and β (with v, w: the first product) on the stage's `full`
+  // barrier, the rest (Qγ, Ktail, Y, Aqk, γ_C: ≈ 57 of 66 KB) on its `rest` barrier, so that
+  // the owners start while most of the record is still in flight
   auto issue_record = [&](int c) {
     const long long ri = (cbase + c) * p.Hv + hv;
     const char* rec = static_cast<const char*>(p.records) + ri * (long long)rbytes;
-    mbar_expect_tx(bars + (c & 1), std::uint32_t(rbytes));
-    bulk_g2s(sm + (c & 1) * Ls.stage_bytes + Ls.rec, rec, std::uint32_t(rbytes), bars + (c & 1));
+    char* st = sm + (c & 1) * Ls.stage_bytes + Ls.rec;
+    constexpr std::uint32_t na = R::aqk - R::a, nrest = R::a + (R::beta - R::aqk);
+    const std::uint32_t nbeta = std::uint32_t(rbytes - R::beta);  // tied gates' β, or nothing
+    mbar_expect_tx(bars + (c & 1), na + nbeta);
+    bulk_g2s(st + R::a, rec + R::a, na, bars + (c & 1));
+    if (nbeta) bulk_g2s(st + R::beta, rec + R::beta, nbeta, bars + (c & 1));
+    mbar_expect_tx(bars + 4 + (c & 1), nrest);
+    bulk_g2s(st, rec, R::a, bars + 4 + (c & 1));
+    bulk_g2s(st + R::aqk, rec + R::aqk, R::beta - R::aqk, bars + 4 + (c & 1));
     GDR2_HELP(1);
   };
   auto copy_record = [&](int c) {
@@ -1759,6 +1777,8 @@ __device__ void state_body(const ForwardParams& p, char* sm, int n, int hv, int 
         in.beta = GATES == 1 ? reinterpret_cast<const float*>(st + Ls.rec + R::beta) : nullptr;
         in.pv = Ls.pv;
         in.vcol = 16 * w;
+        in.rest = bars + 4 + (c & 1);
+        in.rest_parity = (c >> 1) & 1;
         const TileOut<Tin> sink{out_tile(c), Ls.pv * 2, 16 * w};
         if (p.chunk_states) save_chunk_state<D>(S, p.chunk_states, cbase + c, p.Hv, hv, v0 + 16 * w, lane);
         GDR2_STEP_STAMP(3);
