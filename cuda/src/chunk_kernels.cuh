@@ -1603,7 +1603,7 @@ __device__ void state_body(const ForwardParams& p, char* sm, int n, int hv, int 
   const int nch = (sp.eos - sp.bos + kC - 1) / kC;
   const long long cbase = chunk_base(p, n);
   std::uint64_t* bars = reinterpret_cast<std::uint64_t*>(sm + Ls.bars);
-  if (tid == 0) {  // a stage is ready when its record's bytes and every copier's cp.asyncs have landed
+  if (tid == 0) {  // a stage is ready when its record's first part and every copier's cp.asyncs have landed
     mbar_init(bars, 1 + cthr);
     mbar_init(bars + 1, 1 + cthr);
     if (helpers) {  // a stage is free when every owner thread has finished its step on it
