@@ -755,8 +755,12 @@ struct StepInputs {
   int pv, vcol;
   // split path: the mbarrier (and its phase parity) on which Y, Qγ, Ktail, Aqk and γ_C land,
   // after A, β and the v, w rows the first product needs; null: every tile is there
-  const std::uint64_t* rest = nullptr;
+  std::uint64_t* rest = nullptr;
   std::uint32_t rest_parity = 0;
+  /// Wait for the tiles behind `rest` (the products with S0 read them; Uᵀ does not).
+  __device__ __forceinline__ void wait_rest() const {
+    if (rest) mbar_wait(rest, rest_parity);
+  }
 };
 
 /// wgmma descriptors of the swz128 operand tiles Y, Qγ, Ktail ([64 tokens][D], atoms of 64
@@ -961,7 +965,7 @@ __device__ __forceinline__ void state_step(float (&S)[D / 8][4], const StepInput
     // Uᵀ = Zᵀ Aᵀ (mma.sync, nothing in flight); then Oᵀ = S0ᵀ Qγᵀ and Rᵀ += −S0ᵀ Yᵀ
     step_u<Tin, K>(R, in, lane);
     GDR2_STEP_STAMP(4);
-    if (in.rest) mbar_wait(const_cast<std::uint64_t*>(in.rest), in.rest_parity);
+    in.wait_rest();
     wgmma_fence();
     wgmma_f16_first_64(O, sa[0], desc_channels(in.Qg, 0), false);
 #pragma unroll
@@ -992,7 +996,7 @@ __device__ __forceinline__ void state_step(float (&S)[D / 8][4], const StepInput
 #pragma unroll
     for (int nt = 0; nt < 8; ++nt) O[nt][0] = O[nt][1] = O[nt][2] = O[nt][3] = 0.f;
     step_u<Tin, K>(R, in, lane);
-    if (in.rest) mbar_wait(const_cast<std::uint64_t*>(in.rest), in.rest_parity);
+    in.wait_rest();
     // Rᵀ −= S0ᵀ Yᵀ ;  Oᵀ = S0ᵀ Qγᵀ
 #pragma unroll
     for (int kc = 0; kc < D / 16; ++kc) {
@@ -1739,7 +1743,7 @@ __device__ void state_body(const ForwardParams& p, char* sm, int n, int hv, int 
     if (lane == 0)
 #pragma unroll 1
       for (int c = 0; c < nch; ++c) {
-        // the flag first: its acquire round trip (≈ 1.4 K cycles while the prep loads the
+        // the flag first: its acquire round trip (≈ 1–2 K cycles while the prep loads the
         // memory system) overlaps the owners' step c−1 instead of following step c−2's end
         if (!record_published(c)) trap_out_of_line();  // the records never came: fail loudly, not hang
         if (c >= 2) mbar_wait(bars + 2 + (c & 1), ((c - 2) >> 1) & 1);
