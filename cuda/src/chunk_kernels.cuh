@@ -74,6 +74,23 @@ __device__ __forceinline__ void gdr2_fwd_flush() {
 }
 #define GDR2_FWD_MARK(id) gdr2_fwd_mark(id)
 #define GDR2_FWD_FLUSH() gdr2_fwd_flush()
+// Per block (fused kernel, blocks < kSpanBlocks): %globaltimer (ns) and clock64 at the
+// kernel's start and end, and the SM, so that the driver can compare every block's span
+// and clock rate with the event-timed kernel (block 0 is the only one with marks).
+constexpr int kSpanBlocks = 1024;
+__device__ long long gdr2_fwd_span[kSpanBlocks][5];  // start ns, end ns, start clock, end clock, smid
+__device__ __forceinline__ void gdr2_fwd_span_mark(int end) {
+  if (threadIdx.x != 0 || blockIdx.x >= kSpanBlocks) return;
+  long long ns;
+  unsigned smid;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(ns));
+  asm volatile("mov.u32 %0, %%smid;" : "=r"(smid));
+  long long* s = gdr2_fwd_span[blockIdx.x];
+  s[end] = ns;
+  s[2 + end] = clock64();
+  s[4] = smid;
+}
+#define GDR2_FWD_SPAN(end) gdr2_fwd_span_mark(end)
 // gdr2_fwd_cycles slots beside the phases: the state step's parts, and the state pass's
 // polls that found a record unpublished (block 0).
 constexpr int kStepSlots = kMarkIds, kStepParts = 10, kUnpublishedSlot = 27, kHelpSlots = 32, kHelpParts = 6;
@@ -108,6 +125,7 @@ struct StepClocks {
 #else
 #define GDR2_FWD_MARK(id)
 #define GDR2_FWD_FLUSH()
+#define GDR2_FWD_SPAN(end)
 #define GDR2_STEP_STAMP(i)
 struct StepClocks {
   __device__ void step() {}
@@ -1264,6 +1282,7 @@ __global__ void __launch_bounds__(kThreads, 1) fused_forward_kernel(const __grid
   const int n = blockIdx.x / p.Hv, hv = blockIdx.x % p.Hv;
   const int slot = seq_slot(p, n);
   if (slot < 0) return;
+  GDR2_FWD_SPAN(0);
   const SeqSpan sp = seq_span(p, n);
   const int tid = threadIdx.x, w = warp_index_uniform(), lane = tid & 31;
   const bool owner = w < D / 16;  // warps that hold state columns
@@ -1334,6 +1353,7 @@ __global__ void __launch_bounds__(kThreads, 1) fused_forward_kernel(const __grid
   GDR2_FWD_FLUSH();
   cp_async_wait<0>();
   if (owner) store_state<D>(S, p.sT, p.sT_stride, slot, hv, 16 * w, lane);
+  GDR2_FWD_SPAN(1);
 }
 
 // =====================================================================================

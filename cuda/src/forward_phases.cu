@@ -20,6 +20,7 @@
 #include "profiling_inputs.hpp"
 #include "tile_maps.hpp"
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <vector>
@@ -50,6 +51,41 @@ static const char* kStepNames[kStepParts] = {"block barrier",          "record w
                                    "U = Z A (mma.sync)",     "O, R wgmma + wait",      "pack R, decay, S issue",
                                    "O += R Aqk (mma.sync)",  "output staging",         "S update wait",
                                    "proxy fence, loop"};
+
+/// The fused kernel's blocks (GDR2_FWD_SPAN): how long each ran (ns), at what clock rate
+/// (its clock64 cycles over its %globaltimer span), and when it started and ended after the
+/// first block's start — against the event-timed kernel (`ms`).
+static void print_spans(int blocks, float ms) {
+  std::vector<long long> sp(std::size_t(kSpanBlocks) * 5);
+  CK(cudaMemcpyFromSymbol(sp.data(), gdr2_fwd_span, sizeof(long long) * sp.size()));
+  blocks = blocks < kSpanBlocks ? blocks : kSpanBlocks;
+  long long t0 = sp[0], t1 = sp[1];
+  for (int i = 0; i < blocks; ++i) {
+    t0 = sp[5 * i] < t0 ? sp[5 * i] : t0;
+    t1 = sp[5 * i + 1] > t1 ? sp[5 * i + 1] : t1;
+  }
+  std::vector<double> dur, mhz, start, end;
+  for (int i = 0; i < blocks; ++i) {
+    const long long* b = &sp[5 * i];
+    dur.push_back(double(b[1] - b[0]) * 1e-3);
+    mhz.push_back(double(b[3] - b[2]) * 1e3 / double(b[1] - b[0]));
+    start.push_back(double(b[0] - t0) * 1e-3);
+    end.push_back(double(b[1] - t0) * 1e-3);
+  }
+  auto q = [](std::vector<double> v, double f) {
+    std::sort(v.begin(), v.end());
+    return v[std::size_t(f * double(v.size() - 1) + 0.5)];
+  };
+  std::printf("blocks (%d; block 0 carries the marks): kernel %.3f ms by events, first start to last end %.3f ms\n",
+              blocks, ms, double(t1 - t0) * 1e-6);
+  std::printf("%-22s %9s %9s %9s %9s %9s\n", "", "min", "10%", "median", "90%", "max");
+  const char* names[4] = {"span (us)", "clock (MHz)", "start (us)", "end (us)"};
+  const std::vector<double>* vs[4] = {&dur, &mhz, &start, &end};
+  for (int k = 0; k < 4; ++k)
+    std::printf("%-22s %9.1f %9.1f %9.1f %9.1f %9.1f\n", names[k], q(*vs[k], 0), q(*vs[k], .1), q(*vs[k], .5),
+                q(*vs[k], .9), q(*vs[k], 1));
+  std::printf("block 0: span %.1f us, clock %.0f MHz\n", dur[0], mhz[0]);
+}
 
 static void run(int B, int T, int H, Path path, bool tma, bool overlap = false, int vslice = 64) {
   const int D = 128;
@@ -132,6 +168,7 @@ static void run(int B, int T, int H, Path path, bool tma, bool overlap = false, 
       std::printf("%-28s %10.0f %5.1f%%\n", kHelpNames[i], double(help[i]) / f.chunks_per_seq, 100.0 * help[i] / htot);
     std::printf("%-28s %10.0f\n", "total", double(htot) / f.chunks_per_seq);
   }
+  if (path == Path::fused) print_spans(B * H, ms);
   if (overlap)  // block 0's waits for records the prep had not published yet
     std::printf("%-28s %10.2f\n", "unpublished polls per step", double(cyc[kUnpublishedSlot]) / f.chunks_per_seq);
 }
