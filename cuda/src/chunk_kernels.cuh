@@ -75,20 +75,16 @@ __device__ __forceinline__ void gdr2_fwd_flush() {
 #define GDR2_FWD_MARK(id) gdr2_fwd_mark(id)
 #define GDR2_FWD_FLUSH() gdr2_fwd_flush()
 // Per block (fused kernel, blocks < kSpanBlocks): %globaltimer (ns) and clock64 at the
-// kernel's start and end, and the SM, so that the driver can compare every block's span
-// and clock rate with the event-timed kernel (block 0 is the only one with marks).
+// kernel's start and end, so that the driver can compare every block's span and clock rate
+// with the event-timed kernel (block 0 is the only one with marks).
 constexpr int kSpanBlocks = 1024;
-__device__ long long gdr2_fwd_span[kSpanBlocks][5];  // start ns, end ns, start clock, end clock, smid
+__device__ long long gdr2_fwd_span[kSpanBlocks][4];  // start ns, end ns, start clock, end clock
 __device__ __forceinline__ void gdr2_fwd_span_mark(int end) {
   if (threadIdx.x != 0 || blockIdx.x >= kSpanBlocks) return;
   long long ns;
-  unsigned smid;
   asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(ns));
-  asm volatile("mov.u32 %0, %%smid;" : "=r"(smid));
-  long long* s = gdr2_fwd_span[blockIdx.x];
-  s[end] = ns;
-  s[2 + end] = clock64();
-  s[4] = smid;
+  gdr2_fwd_span[blockIdx.x][end] = ns;
+  gdr2_fwd_span[blockIdx.x][2 + end] = clock64();
 }
 #define GDR2_FWD_SPAN(end) gdr2_fwd_span_mark(end)
 // gdr2_fwd_cycles slots beside the phases: the state step's parts, and the state pass's

@@ -56,17 +56,17 @@ static const char* kStepNames[kStepParts] = {"block barrier",          "record w
 /// (its clock64 cycles over its %globaltimer span), and when it started and ended after the
 /// first block's start — against the event-timed kernel (`ms`).
 static void print_spans(int blocks, float ms) {
-  std::vector<long long> sp(std::size_t(kSpanBlocks) * 5);
+  std::vector<long long> sp(std::size_t(kSpanBlocks) * 4);
   CK(cudaMemcpyFromSymbol(sp.data(), gdr2_fwd_span, sizeof(long long) * sp.size()));
-  blocks = blocks < kSpanBlocks ? blocks : kSpanBlocks;
+  blocks = std::min(blocks, kSpanBlocks);
   long long t0 = sp[0], t1 = sp[1];
   for (int i = 0; i < blocks; ++i) {
-    t0 = sp[5 * i] < t0 ? sp[5 * i] : t0;
-    t1 = sp[5 * i + 1] > t1 ? sp[5 * i + 1] : t1;
+    t0 = std::min(t0, sp[4 * i]);
+    t1 = std::max(t1, sp[4 * i + 1]);
   }
   std::vector<double> dur, mhz, start, end;
   for (int i = 0; i < blocks; ++i) {
-    const long long* b = &sp[5 * i];
+    const long long* b = &sp[4 * i];
     dur.push_back(double(b[1] - b[0]) * 1e-3);
     mhz.push_back(double(b[3] - b[2]) * 1e3 / double(b[1] - b[0]));
     start.push_back(double(b[0] - t0) * 1e-3);
