@@ -35,7 +35,7 @@ __global__ void __launch_bounds__(detail::kThreads, 1) prep16_kernel(const Backw
   using Pr = Prep<DECAY, GATES, Tin, D, true>;
   using L = typename Pr::L;
   using R = Rec<D>;
-  constexpr int PR = L::PR, PC = L::PC, PF = L::PF, NT = detail::kThreads;
+  constexpr int PR = L::PR, PF = L::PF, NT = detail::kThreads;
   extern __shared__ __align__(1024) char sm[];
   GDR2_BWD_MARK(true);  // (profiling builds: the whole persistent block is one phase)
   const int tid = threadIdx.x, w = tid >> 5, lane = tid & 31, g8 = lane >> 2, q4 = lane & 3;
@@ -131,7 +131,7 @@ __global__ void __launch_bounds__(detail::kThreads, 1) prep16_kernel(const Backw
       for (int i = tid; i < 2 * kC * kC / 4; i += NT) {
         const int m = i / (kC * kC / 4), r = (i / (kC / 4)) % kC, c = 4 * (i % (kC / 4));
         float4 x = make_float4(0.f, 0.f, 0.f, 0.f);
-        if ((c >> 4) <= (r >> 4)) x = m ? load4(aqk + r * PC + c) : round4(*reinterpret_cast<const float4*>(a32 + r * PF + c));
+        if ((c >> 4) <= (r >> 4)) x = m ? load4(aqk + Pr::ax(r, c)) : round4(*reinterpret_cast<const float4*>(a32 + r * PF + c));
         *reinterpret_cast<float4*>(rec + (m ? R::Aqk : R::A) + r * kC + c) = x;
       }
       for (int i = tid; i < D / 4; i += NT)

@@ -134,7 +134,7 @@ template <int D, bool CH_DECAY, bool CH_GATES, bool WITH_V>
 struct PrepLayout {
   static constexpr int PH = D + 8;  // pitch (elements) of [64][D] 16-bit tiles read by ldmatrix
   static constexpr int PR = D;      // pitch of the raw q, k, b, g tiles (dense: tensor-map copies)
-  static constexpr int PC = 72;     // pitch of [64][64] fp16 tiles
+  static constexpr int ATILE = kC * 64 * 2;  // A, Aqk: [64][64] fp16 swz128 tiles (wgmma operands)
   static constexpr int PF = 68;     // pitch of [64][64] fp32 tiles (16-byte rows)
   static constexpr int RAW = kC * PR * 2;
   static constexpr int HTILE = kC * D * 2;  // an operand tile he, hq, hk (swz128 layout, 1024-aligned)
@@ -155,8 +155,8 @@ struct PrepLayout {
   static constexpr int hk = hq + HTILE;                                                    // KFo → Ktail
   static constexpr int he = hk + HTILE;                                                    // BkFin → Y
   static constexpr int a16 = he + HTILE;
-  static constexpr int aqk16 = a16 + kC * PC * 2;
-  static constexpr int t32 = aqk16 + kC * PC * 2;  // T (fp32); later: output staging
+  static constexpr int aqk16 = a16 + ATILE;
+  static constexpr int t32 = aqk16 + ATILE;  // T (fp32); later: output staging
   static constexpr int a32 = t32 + kC * PF * 4;    // A (fp32)
   static constexpr int vec = a32 + kC * PF * 4;    // ga[4][D], tf[4][D], br[3][D], gc[D]
   static constexpr int bar = vec + 12 * D * 4;     // mbarriers of the q, k, b, g and of the v, w tile copies
@@ -219,11 +219,26 @@ struct Prep {
   static constexpr bool CH_DECAY = DECAY == 0;
   static constexpr bool CH_GATES = GATES == 0;
   using L = PrepLayout<D, CH_DECAY, CH_GATES, WITH_V>;
-  static constexpr int PH = L::PH, PR = L::PR, PC = L::PC, PF = L::PF;
+  static constexpr int PH = L::PH, PR = L::PR, PF = L::PF;
 
   /// Element offset of (row r, channel c) in an operand tile he, hq, hk ([64][D] fp16):
   /// swz128(r, c), the 128-byte-swizzle layout of wgmma operands (device_common.cuh).
   static __device__ __forceinline__ int hx(int r, int c) { return swz128(r, c); }
+  /// Element offset of (row r, column c) in the A and Aqk tiles ([64][64] fp16): swz128 too,
+  /// so that the state step's warpgroup MMAs read them (rows = output tokens, K-contiguous).
+  static __device__ __forceinline__ int ax(int r, int c) { return swz128(r, c); }
+  /// Zeros into the upper 16×16 blocks (i < j) of the A and Aqk tiles, which no phase
+  /// writes and the state step's warpgroup MMAs read: once per block, before its first
+  /// chunk's barrier.
+  static __device__ void zero_upper(char* sm) {
+    __half* t[2] = {reinterpret_cast<__half*>(sm + L::a16), reinterpret_cast<__half*>(sm + L::aqk16)};
+    // 2 tiles × 6 blocks × 16 rows × two 16-byte pieces
+    for (int i = threadIdx.x; i < 2 * 6 * 16 * 2; i += blockDim.x) {
+      const int tile = i / 192, b = (i / 32) % 6, r = (i / 2) % 16, h = i & 1;
+      const int bi = b < 3 ? 0 : (b < 5 ? 1 : 2), bj = b < 3 ? b + 1 : (b < 5 ? b - 1 : 3);  // (0,1..3) (1,2..3) (2,3)
+      *reinterpret_cast<uint4*>(t[tile] + ax(16 * bi + r, 16 * bj + 8 * h)) = make_uint4(0u, 0u, 0u, 0u);
+    }
+  }
   static __device__ float* ga(char* sm) { return reinterpret_cast<float*>(sm + L::vec); }
   static __device__ float* tf(char* sm) { return reinterpret_cast<float*>(sm + L::vec) + 4 * D; }
   static __device__ float* br(char* sm) { return reinterpret_cast<float*>(sm + L::vec) + 8 * D; }
@@ -397,7 +412,7 @@ struct Prep {
           const int row = 16 * i + g8 + 8 * h;
           t32[row * PF + col] = accT[nt][2 * h];
           t32[row * PF + col + 1] = accT[nt][2 * h + 1];
-          *reinterpret_cast<__half2*>(aqk + row * PC + col) = __floats2half2_rn(accA[nt][2 * h], accA[nt][2 * h + 1]);
+          *reinterpret_cast<__half2*>(aqk + ax(row, col)) = __floats2half2_rn(accA[nt][2 * h], accA[nt][2 * h + 1]);
         }
       }
     } else {
@@ -418,7 +433,7 @@ struct Prep {
         const int row = 16 * b + 8 + g8, col = 16 * b + 2 * q4;
         t32[row * PF + col] = accT[0];
         t32[row * PF + col + 1] = accT[1];
-        *reinterpret_cast<__half2*>(aqk + row * PC + col) = __floats2half2_rn(accA[0], accA[1]);
+        *reinterpret_cast<__half2*>(aqk + ax(row, col)) = __floats2half2_rn(accA[0], accA[1]);
       }
     }
     // -- 8×8 diagonal leaves, exact running products of e = exp(g) on the CUDA cores ---------
@@ -499,15 +514,15 @@ struct Prep {
         if (a8 > b8)
           t32[(8 * leaf + a8) * PF + 8 * leaf + b8] = grid[u];
         else
-          aqk[(8 * leaf + b8) * PC + 8 * leaf + a8] = __float2half_rn(scale * grid[u]);
+          aqk[ax(8 * leaf + b8, 8 * leaf + a8)] = __float2half_rn(scale * grid[u]);
       }
       // zeros of Aqk's diagonal 16×16 blocks: the upper triangle of leaf w and, for even
       // leaves, the upper-right 8×8 quadrant of its block
 #pragma unroll
       for (int i = lane; i < 64; i += 32) {
         const int rr = i >> 3, ss = i & 7, row = 8 * w + rr;
-        if (ss > rr) aqk[row * PC + 8 * w + ss] = __float2half_rn(0.f);
-        if (!(w & 1)) aqk[row * PC + 8 * w + 8 + ss] = __float2half_rn(0.f);
+        if (ss > rr) aqk[ax(row, 8 * w + ss)] = __float2half_rn(0.f);
+        if (!(w & 1)) aqk[ax(row, 8 * w + 8 + ss)] = __float2half_rn(0.f);
       }
     }
     __syncthreads();
@@ -551,7 +566,7 @@ struct Prep {
 #pragma unroll
       for (int r = 0; r < 16; ++r) {
         a32[(16 * blk + r) * PF + 16 * blk + c] = x[r];
-        a16[(16 * blk + r) * PC + 16 * blk + c] = __float2half_rn(x[r]);
+        a16[ax(16 * blk + r, 16 * blk + c)] = __float2half_rn(x[r]);
       }
     }
     // (1') in place, 8 channels of RPT rows of one 16-row block per thread (the block's
@@ -664,7 +679,7 @@ struct Prep {
         }
       }
       float* dst = a32 + (16 * i + r) * PF + 16 * J + c0;
-      __half* dh = a16 + (16 * i + r) * PC + 16 * J + c0;
+      __half* dh = a16 + ax(16 * i + r, 16 * J + c0);
 #pragma unroll
       for (int n = 0; n < NC; n += 2) {
         *reinterpret_cast<float2*>(dst + n) = make_float2(-acc[n], -acc[n + 1]);
@@ -690,7 +705,7 @@ struct Prep {
         float part[D / 16][4] = {};
         float(&dst)[D / 16][4] = SCALED ? part : acc;
         std::uint32_t a[4];
-        ldsm_x4(a, a16 + (16 * mt + lrow_a(lane)) * PC + 16 * ks + lcol_a(lane));
+        ldsm_x4(a, a16 + ax(16 * mt + lrow_a(lane), 16 * ks + lcol_a(lane)));
 #pragma unroll
         for (int np = 0; np < D / 32; ++np) {
           std::uint32_t b[4];
@@ -759,9 +774,8 @@ struct StepInputs {
   const __half* Qg;   // [64][K]
   const __half* Kt;   // [64][K]
   int ph;             // see tile_at
-  const __half* A;    // [64][64]
-  const __half* Aqk;  // [64][64]
-  int pc;
+  const __half* A;    // [64][64] swz128
+  const __half* Aqk;  // [64][64] swz128
   const float* gammaC;  // [K]
   const void* Rv;       // raw v tile [64][V] (see tile_at: pitch pv, or swz128), columns from vcol
   const void* Rw;       // raw w tile (channel gates) or null
@@ -787,28 +801,28 @@ __device__ __forceinline__ std::uint64_t desc_tokens(const __half* x, int ks) {
   return wgmma_desc(x + ks * 16 * 64, kWgmmaMnLbo, kWgmmaMnSbo);
 }
 
-/// What a state step is compiled for: HL, AL, VL the layouts of Y/Qγ/Ktail, of A/Aqk and
-/// of the v, w tiles; WG: the products with Y, Qγ and Ktail as warpgroup MMAs (HL =
+/// What a state step is compiled for: HL, VL the layouts of Y/Qγ/Ktail and of the v, w
+/// tiles (A and Aqk are swz128); WG: every product as warpgroup MMAs (HL =
 /// swz128; the owner warps form whole warpgroups, warp w of a group holding its rows
 /// 16·(w mod 4).. of the group's 64 value columns); TIED: Z = β⊙v (else w⊙v). Every
 /// branch of the step is then resolved at compile time: a warpgroup MMA in flight across a
 /// runtime branch makes ptxas wait for it there.
-template <TileLayout HL_, TileLayout AL_, TileLayout VL_, bool WG_, bool TIED_>
+template <TileLayout HL_, TileLayout VL_, bool WG_, bool TIED_>
 struct StepKind {
-  static constexpr TileLayout HL = HL_, AL = AL_, VL = VL_;
+  static constexpr TileLayout HL = HL_, VL = VL_;
   static constexpr bool WG = WG_, TIED = TIED_;
 };
 
-/// Uᵀ += Zᵀ Aᵀ (Z = w⊙v or β⊙v; 16 value columns × 64 tokens, k = tokens; A lower
-/// block-triangular, so block np only takes k-steps ks <= np).
+/// Zᵀ (Z = w⊙v or β⊙v) as fp16 A operands (this warp's 16 value columns × 64 tokens, k =
+/// tokens), one per 16-token block.
 template <class Tin, class K>
-__device__ __forceinline__ void step_u(float (&R)[8][4], const StepInputs& in, int lane) {
-  constexpr TileLayout AL = K::AL, VL = K::VL;
+__device__ __forceinline__ void step_z(std::uint32_t (&z)[4][4], const StepInputs& in, int lane) {
+  constexpr TileLayout VL = K::VL;
   const int q4 = lane & 3;
   const Tin* Rv = static_cast<const Tin*>(in.Rv);
 #pragma unroll
   for (int ks = 0; ks < 4; ++ks) {
-    std::uint32_t zv[4], z[4];
+    std::uint32_t zv[4];
     ldsm_x4_t(zv, tile_at<VL>(Rv, in.pv, 16 * ks + lrow_bn(lane), in.vcol + lcol_bn(lane)));
     if constexpr (!K::TIED) {
       std::uint32_t zw[4];
@@ -816,7 +830,7 @@ __device__ __forceinline__ void step_u(float (&R)[8][4], const StepInputs& in, i
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
         const float2 a = In16<Tin>::to_float2(zv[i]), b = In16<Tin>::to_float2(zw[i]);
-        z[i] = pack_half2(a.x * b.x, a.y * b.y);
+        z[ks][i] = pack_half2(a.x * b.x, a.y * b.y);
       }
     } else {
       const float2 b0 = *reinterpret_cast<const float2*>(in.beta + 16 * ks + 2 * q4);
@@ -825,18 +839,45 @@ __device__ __forceinline__ void step_u(float (&R)[8][4], const StepInputs& in, i
       for (int i = 0; i < 4; ++i) {
         const float2 a = In16<Tin>::to_float2(zv[i]);
         const float2 b = i < 2 ? b0 : b1;
-        z[i] = pack_half2(a.x * b.x, a.y * b.y);
+        z[ks][i] = pack_half2(a.x * b.x, a.y * b.y);
       }
     }
+  }
+}
+
+/// acc += X Wᵀ by mma.sync for a lower block-triangular W ([64][64] swz128: A or Aqk) and X
+/// given as fp16 A operands per 16-token block (Zᵀ or Rᵀ): block np only takes k-steps
+/// ks <= np.
+__device__ __forceinline__ void step_tri(float (&acc)[8][4], const std::uint32_t (&x)[4][4], const __half* W,
+                                         int lane) {
+#pragma unroll
+  for (int ks = 0; ks < 4; ++ks) {
 #pragma unroll
     for (int np = 0; np < 4; ++np) {
       if (np >= ks) {
         std::uint32_t b[4];
-        ldsm_x4(b, tile_at<AL>(in.A, in.pc, 16 * np + lrow_bn(lane), 16 * ks + lcol_bn(lane)));
-        mma16816(R[2 * np], z, b[0], b[1]);
-        mma16816(R[2 * np + 1], z, b[2], b[3]);
+        ldsm_x4(b, W + swz128(16 * np + lrow_bn(lane), 16 * ks + lcol_bn(lane)));
+        mma16816(acc[2 * np], x[ks], b[0], b[1]);
+        mma16816(acc[2 * np + 1], x[ks], b[2], b[3]);
       }
     }
+  }
+}
+
+/// acc (+)= X Wᵀ as warpgroup MMAs for a [64][64] swz128 tile W (A or Aqk; its zero upper
+/// blocks are stored zeros: Prep::zero_upper). FIRST: acc is overwritten, not accumulated.
+/// (Skipping the zero blocks — m64n48k16 and narrower on the accumulators' last columns —
+/// made ptxas serialize every warpgroup MMA of the kernel: C7511, "insufficient register
+/// resources for the wgmma pipeline".)
+template <bool FIRST>
+__device__ __forceinline__ void wgmma_lower(float (&acc)[8][4], const std::uint32_t (&x)[4][4], const __half* W) {
+#pragma unroll
+  for (int ks = 0; ks < 4; ++ks) {
+    const std::uint64_t b = wgmma_desc(W + ks * 16, 16, 1024);  // tokens 16·ks.. of every row
+    if (FIRST && ks == 0)
+      wgmma_f16_first_64(acc, x[0], b, false);
+    else
+      wgmma_f16<64, 0>(acc, x[ks], b, false);
   }
 }
 
@@ -848,24 +889,6 @@ __device__ __forceinline__ void pack_r(std::uint32_t (&rf)[4][4], const float (&
     rf[ks][1] = pack_half2(R[2 * ks][2], R[2 * ks][3]);
     rf[ks][2] = pack_half2(R[2 * ks + 1][0], R[2 * ks + 1][1]);
     rf[ks][3] = pack_half2(R[2 * ks + 1][2], R[2 * ks + 1][3]);
-  }
-}
-
-/// Oᵀ += Rᵀ Aqkᵀ (Aqk lower block-triangular).
-template <TileLayout AL>
-__device__ __forceinline__ void step_o_intra(float (&O)[8][4], const std::uint32_t (&rf)[4][4], const StepInputs& in,
-                                             int lane) {
-#pragma unroll
-  for (int ks = 0; ks < 4; ++ks) {
-#pragma unroll
-    for (int np = 0; np < 4; ++np) {
-      if (np >= ks) {
-        std::uint32_t b[4];
-        ldsm_x4(b, tile_at<AL>(in.Aqk, in.pc, 16 * np + lrow_bn(lane), 16 * ks + lcol_bn(lane)));
-        mma16816(O[2 * np], rf[ks], b[0], b[1]);
-        mma16816(O[2 * np + 1], rf[ks], b[2], b[3]);
-      }
-    }
   }
 }
 
@@ -955,18 +978,29 @@ __device__ __forceinline__ void save_chunk_state(const float (&S)[D / 8][4], flo
     }
 }
 
-/// One chunk step of this warp's 16 value columns (K: a StepKind). With K::WG the operand
-/// tiles are read once per warpgroup instead of once per warp; Uᵀ (mma.sync) is formed
-/// before any warpgroup MMA is in flight, and the S update (warpgroup MMAs) runs while the
-/// warp does Oᵀ += Rᵀ Aqkᵀ and the output stores (why in this order: cuda/NOTES.md, v9).
+/// One chunk step of this warp's 16 value columns (K: a StepKind). With K::WG every product
+/// is a warpgroup MMA, its operand tiles read once per warpgroup, in four groups: Uᵀ = Zᵀ Aᵀ;
+/// Oᵀ = S0ᵀ Qγᵀ and Rᵀ = Uᵀ − S0ᵀ Yᵀ; Oᵀ += Rᵀ Aqkᵀ; the S update, in flight while Oᵀ is staged
+/// (why in this order: cuda/NOTES.md, v9 and forward item 14).
 template <class Tin, int D, class K, class Sink>
 __device__ __forceinline__ void state_step(float (&S)[D / 8][4], const StepInputs& in, const Sink& sink, int lane) {
-  float R[8][4] = {};
+  float R[8][4];
   float O[8][4];
-  std::uint32_t rf[4][4];
-  constexpr TileLayout HL = K::HL, AL = K::AL;
+  std::uint32_t z[4][4], rf[4][4];
+  constexpr TileLayout HL = K::HL;
+  step_z<Tin, K>(z, in, lane);
+  GDR2_STEP_STAMP(4);
   if constexpr (K::WG) {
     static_assert(HL == TileLayout::swz128, "warpgroup MMAs read swz128 tiles");
+    // Uᵀ = Zᵀ Aᵀ in a group of its own, waited for before S0ᵀ is packed: packing while it
+    // was in flight made ptxas insert waits (C7517) or serialize the MMAs (C7518), and one
+    // group with the products below held too many registers in flight (spills)
+    wgmma_fence();
+    wgmma_lower<true>(R, z, in.A);
+    wgmma_commit();
+    in.wait_rest();
+    wgmma_wait<0>();
+    wgmma_fence_operands(R);
     // S0ᵀ as fp16 A operands (k = channels); registers read by the MMAs until the wait
     std::uint32_t sa[D / 16][4];
 #pragma unroll
@@ -976,10 +1010,7 @@ __device__ __forceinline__ void state_step(float (&S)[D / 8][4], const StepInput
       sa[kc][2] = pack_half2(S[2 * kc + 1][0], S[2 * kc + 1][1]);
       sa[kc][3] = pack_half2(S[2 * kc + 1][2], S[2 * kc + 1][3]);
     }
-    // Uᵀ = Zᵀ Aᵀ (mma.sync, nothing in flight); then Oᵀ = S0ᵀ Qγᵀ and Rᵀ += −S0ᵀ Yᵀ
-    step_u<Tin, K>(R, in, lane);
-    GDR2_STEP_STAMP(4);
-    in.wait_rest();
+    // Oᵀ = S0ᵀ Qγᵀ, Rᵀ = Uᵀ − S0ᵀ Yᵀ
     wgmma_fence();
     wgmma_f16_first_64(O, sa[0], desc_channels(in.Qg, 0), false);
 #pragma unroll
@@ -991,15 +1022,18 @@ __device__ __forceinline__ void state_step(float (&S)[D / 8][4], const StepInput
     wgmma_fence_operands(O);
     wgmma_fence_operands(R);
     GDR2_STEP_STAMP(5);
-    // Sᵀ ← Sᵀ Diag(γ_C) + Rᵀ Ktail (in flight) ‖ Oᵀ += Rᵀ Aqkᵀ and the output stores
+    // Oᵀ += Rᵀ Aqkᵀ, then Sᵀ ← Sᵀ Diag(γ_C) + Rᵀ Ktail (in flight while Oᵀ is staged)
     pack_r(rf, R);
     step_decay<D>(S, in.gammaC, lane);
     wgmma_fence();
+    wgmma_lower<false>(O, rf, in.Aqk);
+    wgmma_commit();
 #pragma unroll
     for (int ks = 0; ks < 4; ++ks) wgmma_f16<D, 1>(S, rf[ks], desc_tokens(in.Kt, ks), false);
     wgmma_commit();
     GDR2_STEP_STAMP(6);
-    step_o_intra<AL>(O, rf, in, lane);
+    wgmma_wait<1>();
+    wgmma_fence_operands(O);
     GDR2_STEP_STAMP(7);
     sink.put(O, lane);
     GDR2_STEP_STAMP(8);
@@ -1008,8 +1042,11 @@ __device__ __forceinline__ void state_step(float (&S)[D / 8][4], const StepInput
     GDR2_STEP_STAMP(9);
   } else {
 #pragma unroll
-    for (int nt = 0; nt < 8; ++nt) O[nt][0] = O[nt][1] = O[nt][2] = O[nt][3] = 0.f;
-    step_u<Tin, K>(R, in, lane);
+    for (int nt = 0; nt < 8; ++nt) {
+      R[nt][0] = R[nt][1] = R[nt][2] = R[nt][3] = 0.f;
+      O[nt][0] = O[nt][1] = O[nt][2] = O[nt][3] = 0.f;
+    }
+    step_tri(R, z, in.A, lane);  // Uᵀ
     in.wait_rest();
     // Rᵀ −= S0ᵀ Yᵀ ;  Oᵀ = S0ᵀ Qγᵀ
 #pragma unroll
@@ -1033,7 +1070,7 @@ __device__ __forceinline__ void state_step(float (&S)[D / 8][4], const StepInput
       }
     }
     pack_r(rf, R);
-    step_o_intra<AL>(O, rf, in, lane);
+    step_tri(O, rf, in.Aqk, lane);  // Oᵀ += Rᵀ Aqkᵀ
     // Sᵀ ← Sᵀ Diag(γ_C) + Rᵀ Ktail
     step_decay<D>(S, in.gammaC, lane);
 #pragma unroll
@@ -1289,6 +1326,7 @@ __global__ void __launch_bounds__(kThreads, 1) fused_forward_kernel(const __grid
   const long long cbase = p.chunk_states ? block_chunk_base(p, n, sm + L::t32) : 0;
   ChunkLoader<DECAY, GATES, Tin, D, true> ld;
   ld.init(p, sm);
+  P::zero_upper(sm);
   if (nch > 0) {
     ld.issue_a(p, sm, sp.batch, sp.bos, min(kC, sp.eos - sp.bos), hv);
     cp_async_commit();
@@ -1300,7 +1338,6 @@ __global__ void __launch_bounds__(kThreads, 1) fused_forward_kernel(const __grid
   in.ph = 0;  // swz128
   in.A = reinterpret_cast<const __half*>(sm + L::a16);
   in.Aqk = reinterpret_cast<const __half*>(sm + L::aqk16);
-  in.pc = L::PC;
   in.gammaC = P::gc(sm);
   in.Rv = sm + L::rv;
   in.Rw = GATES == 0 ? static_cast<const void*>(sm + L::rw) : nullptr;
@@ -1339,7 +1376,7 @@ __global__ void __launch_bounds__(kThreads, 1) fused_forward_kernel(const __grid
     GDR2_FWD_MARK(12);
     if (owner) {
       Tin* out = const_cast<Tin*>(row_ptr<Tin>(p.o, p.so, sp.batch, t0, hv)) + 16 * w;
-      using K = StepKind<TileLayout::swz128, TileLayout::padded, TileLayout::swz128, true, GATES == 1>;
+      using K = StepKind<TileLayout::swz128, TileLayout::swz128, true, GATES == 1>;
       if (p.chunk_states) save_chunk_state<D>(S, p.chunk_states, cbase + c, p.Hv, hv, 16 * w, lane);
       state_step<Tin, D, K>(S, in, WarpOut<Tin>{reinterpret_cast<char*>(stage), out, p.so.t, len}, lane);
     }
@@ -1358,13 +1395,12 @@ __global__ void __launch_bounds__(kThreads, 1) fused_forward_kernel(const __grid
 /// Record layout in the workspace (also the shared-memory image the state pass copies
 /// with one bulk copy, 1024-byte aligned): a byte image of the prep's tiles hq, hk, he, a16,
 /// aqk16 (PrepLayout, contiguous there too: one bulk copy writes it) — Qγ, Ktail, Y [64][K]
-/// fp16 swz128 operand tiles, A, Aqk [64][64] fp16 with rows PC = 72 elements apart —
+/// fp16 swz128 operand tiles, A, Aqk [64][64] fp16 swz128 tiles —
 /// then γ_C [K] fp32 and β [64] fp32 (tied).
 template <int D>
 struct Record {
-  static constexpr int PC = 72;  // = PrepLayout::PC
-  static constexpr int qg = 0, kt = kC * D * 2, y = 2 * kC * D * 2, a = 3 * kC * D * 2, aqk = a + kC * PC * 2,
-                       tiles = aqk + kC * PC * 2, gc = tiles, beta = gc + D * 4;
+  static constexpr int qg = 0, kt = kC * D * 2, y = 2 * kC * D * 2, a = 3 * kC * D * 2, aqk = a + kC * 64 * 2,
+                       tiles = aqk + kC * 64 * 2, gc = tiles, beta = gc + D * 4;
   __host__ __device__ static constexpr int bytes(bool tied) { return beta + (tied ? kC * 4 : 0); }
 };
 
@@ -1426,9 +1462,8 @@ __device__ void prep_body(const ForwardParams& p, char* sm, long long first, lon
   using P = Prep<DECAY, GATES, Tin, D, false>;
   using L = typename P::L;
   using R = Record<D>;
-  static_assert(R::PC == L::PC && R::qg == 0 && R::kt == L::hk - L::hq && R::y == L::he - L::hq &&
-                    R::a == L::a16 - L::hq && R::aqk == L::aqk16 - L::hq &&
-                    R::tiles == L::aqk16 + kC * L::PC * 2 - L::hq,
+  static_assert(R::qg == 0 && R::kt == L::hk - L::hq && R::y == L::he - L::hq && R::a == L::a16 - L::hq &&
+                    R::aqk == L::aqk16 - L::hq && R::tiles == L::aqk16 + L::ATILE - L::hq,
                 "a record's tiles are the byte image of the prep's hq .. aqk16 (one bulk copy)");
   const int tid = threadIdx.x;
   constexpr int kEarly = 7 * 32;  // warp 7's lane 0: copies Qγ, Ktail out (idle during N)
@@ -1472,6 +1507,7 @@ __device__ void prep_body(const ForwardParams& p, char* sm, long long first, lon
   }
   if (it >= items) return;
   ld.init(p, sm);
+  P::zero_upper(sm);
   ld.issue_a(p, sm, batch, t0, len, hv);
   cp_async_commit();
 #pragma unroll 1
@@ -1790,7 +1826,6 @@ __device__ void state_body(const ForwardParams& p, char* sm, int n, int hv, int 
         in.ph = 0;  // swz128
         in.A = reinterpret_cast<const __half*>(st + Ls.rec + R::a);
         in.Aqk = reinterpret_cast<const __half*>(st + Ls.rec + R::aqk);
-        in.pc = R::PC;
         in.gammaC = reinterpret_cast<const float*>(st + Ls.rec + R::gc);
         in.Rv = st + Ls.rv;
         in.Rw = GATES == 0 ? static_cast<const void*>(st + Ls.rw) : nullptr;
@@ -1803,10 +1838,10 @@ __device__ void state_body(const ForwardParams& p, char* sm, int n, int hv, int 
         if (p.chunk_states) save_chunk_state<D>(S, p.chunk_states, cbase + c, p.Hv, hv, v0 + 16 * w, lane);
         GDR2_STEP_STAMP(3);
         if (p.vslice >= 64)  // whole warpgroups of owner warps
-          state_step<Tin, D, StepKind<TileLayout::swz128, TileLayout::padded, TileLayout::padded, true, GATES == 1>>(
+          state_step<Tin, D, StepKind<TileLayout::swz128, TileLayout::padded, true, GATES == 1>>(
               S, in, sink, lane);
         else
-          state_step<Tin, D, StepKind<TileLayout::swz128, TileLayout::padded, TileLayout::padded, false, GATES == 1>>(
+          state_step<Tin, D, StepKind<TileLayout::swz128, TileLayout::padded, false, GATES == 1>>(
               S, in, sink, lane);
         fence_proxy_async();  // this stage is rewritten by a bulk copy (record warp: after this arrival)
         if (helpers) mbar_arrive(bars + 2 + (c & 1));

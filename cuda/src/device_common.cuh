@@ -231,6 +231,11 @@ __device__ __forceinline__ void wgmma_f16_first_64(float (&d)[8][4], const std::
                                                    bool neg) {
   GDR2_WGMMA("m64n64k16", GDR2_REGS32, GDR2_ACC32("=f", d), "0", "0");
 }
+/// Wait until at most N committed groups of warpgroup MMAs are pending (they complete in order).
+template <int N>
+__device__ __forceinline__ void wgmma_wait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
 #undef GDR2_WGMMA
 #undef GDR2_AB
 #undef GDR2_REGS64

@@ -48,8 +48,8 @@ static const char* kNames[] = {"fused: wait q k b g; prep: record read-out",
 constexpr int kPhases = int(sizeof(kNames) / sizeof(kNames[0]));  // the ids of GDR2_FWD_MARK
 
 static const char* kStepNames[kStepParts] = {"block barrier",          "record wait (mbarrier)", "chunk state save",
-                                   "U = Z A (mma.sync)",     "O, R wgmma + wait",      "pack R, decay, S issue",
-                                   "O += R Aqk (mma.sync)",  "output staging",         "S update wait",
+                                   "Z operands (ldmatrix)",  "U, O, R wgmma + wait",   "pack R, O += R Aqk, S issue",
+                                   "O += R Aqk wait",        "output staging",         "S update wait",
                                    "proxy fence, loop"};
 
 /// The fused kernel's blocks (GDR2_FWD_SPAN): how long each ran (ns), at what clock rate
