@@ -873,7 +873,7 @@ template <bool FIRST>
 __device__ __forceinline__ void wgmma_lower(float (&acc)[8][4], const std::uint32_t (&x)[4][4], const __half* W) {
 #pragma unroll
   for (int ks = 0; ks < 4; ++ks) {
-    const std::uint64_t b = wgmma_desc(W + ks * 16, 16, 1024);  // tokens 16·ks.. of every row
+    const std::uint64_t b = desc_channels(W, ks);  // tokens 16·ks.. of every row (K-contiguous, as channels)
     if (FIRST && ks == 0)
       wgmma_f16_first_64(acc, x[0], b, false);
     else
@@ -999,7 +999,7 @@ __device__ __forceinline__ void state_step(float (&S)[D / 8][4], const StepInput
     wgmma_lower<true>(R, z, in.A);
     wgmma_commit();
     in.wait_rest();
-    wgmma_wait<0>();
+    wgmma_wait_all();
     wgmma_fence_operands(R);
     // S0ᵀ as fp16 A operands (k = channels); registers read by the MMAs until the wait
     std::uint32_t sa[D / 16][4];

@@ -166,7 +166,12 @@ __device__ __forceinline__ std::uint64_t wgmma_desc(const void* p, std::uint32_t
 constexpr std::uint32_t kWgmmaMnLbo = 8192, kWgmmaMnSbo = 1024;
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
-__device__ __forceinline__ void wgmma_wait_all() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
+/// Wait until at most N committed groups of warpgroup MMAs are pending (they complete in order).
+template <int N>
+__device__ __forceinline__ void wgmma_wait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+__device__ __forceinline__ void wgmma_wait_all() { wgmma_wait<0>(); }
 /// After a wait: the accumulators' values are defined here for the compiler, so that no
 /// read of them is scheduled above the wait (the MMAs write them asynchronously).
 template <int M, int N>
@@ -230,11 +235,6 @@ __device__ __forceinline__ void wgmma_f16<128, 1>(float (&d)[16][4], const std::
 __device__ __forceinline__ void wgmma_f16_first_64(float (&d)[8][4], const std::uint32_t (&a)[4], std::uint64_t b,
                                                    bool neg) {
   GDR2_WGMMA("m64n64k16", GDR2_REGS32, GDR2_ACC32("=f", d), "0", "0");
-}
-/// Wait until at most N committed groups of warpgroup MMAs are pending (they complete in order).
-template <int N>
-__device__ __forceinline__ void wgmma_wait() {
-  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
 }
 #undef GDR2_WGMMA
 #undef GDR2_AB
