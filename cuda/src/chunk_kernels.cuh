@@ -1455,8 +1455,40 @@ __global__ void chunk_offsets_kernel(const ForwardParams p, int* out) {
   if (tid == nt - 1) out[p.N] = part[nt - 1];
 }
 
+/// How many chunks ahead of its copy a state block asks L2 for a record and for v, w rows:
+/// under the prep's load a copy takes ≈ 2 µs, more than one ≈ 1.6 µs step (NOTES item 12).
+constexpr int kL2Lead = 3;
+/// The overlapped split path: how many chunks a head's prep may run ahead of its state
+/// blocks. Unbounded, it ends ≈ 90 chunks ahead (≈ 100 MB of records, twice L2), and the
+/// state blocks read their records back from HBM.
+constexpr int kPrepLead = 16;
+
+/// Overlapped split path: the flag a prep item `r` waits on before it starts — that of the
+/// record kPrepLead chunks earlier of the same sequence and head, which the state blocks set
+/// to 2 when they copy it — or null when the item is among its sequence's first kPrepLead.
+__device__ __forceinline__ const int* lead_flag(const ForwardParams& p, const int* flags, long long r) {
+  int n, j;
+  chunk_of(p, r / p.Hv, n, j);
+  return j < kPrepLead ? nullptr : flags + r - (long long)kPrepLead * p.Hv;
+}
+__device__ __forceinline__ bool taken(const int* f) {
+  int v;
+  asm volatile("ld.relaxed.gpu.global.b32 %0, [%1];\n" : "=r"(v) : "l"(f) : "memory");
+  return v >= 2;
+}
+/// Spin until `taken(f)`, at most ≈ 1 s: the wait only paces the prep (records read while
+/// still in L2), so if it ever ran out the prep would go on, slower, never wrong.
+__device__ __forceinline__ void wait_taken(const int* f) {
+  for (long long spins = 0; !taken(f) && spins < (1ll << 22); ++spins) __nanosleep(256);
+}
+
 /// Prep role of the split path: items (chunk, value head) first, first + stride, ...;
-/// each writes its record and, when `flags` is given, then publishes it (release).
+/// each writes its record and, when `flags` is given, then publishes it (release). With
+/// `flags`, an item also waits until its lead flag is taken; a block publishes its previous
+/// record before such a wait, so a waiting block holds no unpublished record and the wait
+/// with the smallest item is always on records that are published or being written by a
+/// block that is not waiting: no cycle (with the record held, a block whose stride exceeds
+/// kPrepLead · Hv items waited on state blocks that waited on it).
 template <int DECAY, int GATES, class Tin, int D>
 __device__ void prep_body(const ForwardParams& p, char* sm, long long first, long long stride, int* flags) {
   using P = Prep<DECAY, GATES, Tin, D, false>;
@@ -1519,6 +1551,14 @@ __device__ void prep_body(const ForwardParams& p, char* sm, long long first, lon
     if (tid == 0) bulk_wait_read();  // the previous record's tiles read before the G-step rewrites them
     early_copy_done();               // and its Qγ, Ktail written (long done): before it is published
     __syncthreads();
+    if (flags && tid == 0) {  // the pace (thread 0 alone: the others go on to the G-step's barriers)
+      const int* lf = lead_flag(p, flags, cur);
+      if (lf && !taken(lf)) {
+        if (prev >= 0) publish(prev);
+        prev = -1;
+        wait_taken(lf);
+      }
+    }
     GDR2_FWD_MARK(0);
     P::gstep(sm, p.scale);
     P::grams(sm, p.scale);
@@ -1640,7 +1680,7 @@ __device__ __forceinline__ bool wait_published(const int* flag) {
 /// At 128 columns every warp owns and helps, before its step, and thread 0 waits for each
 /// record inside the barrier.
 template <int DECAY, int GATES, class Tin, int D>
-__device__ void state_body(const ForwardParams& p, char* sm, int n, int hv, int v0, const int* flags) {
+__device__ void state_body(const ForwardParams& p, char* sm, int n, int hv, int v0, int* flags) {
   using R = Record<D>;
   const int tid = threadIdx.x, w = warp_index_uniform(), lane = tid & 31, nthr = blockDim.x;
   const int rbytes = R::bytes(GATES == 1);
@@ -1729,6 +1769,8 @@ __device__ void state_body(const ForwardParams& p, char* sm, int n, int hv, int 
     mbar_expect_tx(bars + 4 + (c & 1), nrest);
     bulk_g2s(st, rec, R::a, bars + 4 + (c & 1));
     bulk_g2s(st + R::aqk, rec + R::aqk, R::beta - R::aqk, bars + 4 + (c & 1));
+    if (flags)  // taken: the prep may run kPrepLead chunks past it
+      asm volatile("st.relaxed.gpu.global.b32 [%0], %1;\n" ::"l"(flags + ri), "r"(2) : "memory");
     GDR2_HELP(1);
   };
   auto copy_record = [&](int c) {
@@ -1752,9 +1794,9 @@ __device__ void state_body(const ForwardParams& p, char* sm, int n, int hv, int 
     }
     cp_async_mbar_arrive(bars + (c & 1));
     GDR2_HELP(2);
-    if (c + 1 < nch) {  // chunk c+1's v, w rows into L2: its copies then wait on L2, not HBM
+    if (c + kL2Lead < nch) {  // chunk c+lead's v, w rows into L2: its copies then wait on L2, not HBM
       const Tin *vn, *wn;
-      vw_rows(c + 1, vn, wn, len);
+      vw_rows(c + kL2Lead, vn, wn, len);
       for (int r = htid; r < len; r += cthr) {
         prefetch_l2(vn + r * p.sv.t);
         if (GATES == 0) prefetch_l2(wn + r * p.sw.t);
@@ -1801,6 +1843,9 @@ __device__ void state_body(const ForwardParams& p, char* sm, int n, int hv, int 
         if (c >= 2) mbar_wait(bars + 2 + (c & 1), ((c - 2) >> 1) & 1);
         GDR2_HELP(5);
         issue_record(c);
+        if (c + kL2Lead < nch)  // (a hint: if the prep has not written it yet, its stores land in L2 anyway)
+          prefetch_l2_bulk(static_cast<const char*>(p.records) + ((cbase + c + kL2Lead) * p.Hv + hv) * (long long)rbytes,
+                           std::uint32_t(rbytes));
       }
     __syncwarp();
   } else {

@@ -40,6 +40,10 @@ __device__ __forceinline__ void cp_async_wait() {
 
 /// Hint: the line holding p into L2.
 __device__ __forceinline__ void prefetch_l2(const void* p) { asm volatile("prefetch.global.L2 [%0];\n" ::"l"(p)); }
+/// Hint: `bytes` (a multiple of 16) from p (16-byte aligned) into L2, by the copy engine.
+__device__ __forceinline__ void prefetch_l2_bulk(const void* p, std::uint32_t bytes) {
+  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(p), "r"(bytes) : "memory");
+}
 
 // ---- ldmatrix -------------------------------------------------------------------
 __device__ __forceinline__ void ldsm_x4(std::uint32_t (&r)[4], const void* p) {
