@@ -1471,6 +1471,7 @@ __device__ __forceinline__ const int* lead_flag(const ForwardParams& p, const in
   chunk_of(p, r / p.Hv, n, j);
   return j < kPrepLead ? nullptr : flags + r - (long long)kPrepLead * p.Hv;
 }
+/// Whether a record's flag says its state blocks took it (relaxed: the flag only paces).
 __device__ __forceinline__ bool taken(const int* f) {
   int v;
   asm volatile("ld.relaxed.gpu.global.b32 %0, [%1];\n" : "=r"(v) : "l"(f) : "memory");

@@ -285,7 +285,10 @@ TEST_CASE("cuda chunk forward accuracy at model-like sizes", "[cuda][forward][ac
   SKIP_WITHOUT_GPU();
   INFO("GDR2_TEST_SEED=" << base_seed());
   // the issue's accuracy targets (output <= 4e-3, final state <= 3e-3) on a long
-  // multi-head problem: typical decays, and strong ones
+  // multi-head problem: typical decays, and strong ones. (On a 132-SM GPU its split run is
+  // also the case where the overlapped prep's stride, 100 items, exceeds its lead of 16
+  // chunks × 4 heads: a prep block that held its last record while it waited on its lead
+  // deadlocked here — cuda/NOTES.md forward item 16.)
   for (double gmin : {-1.0, -20.0}) {
     auto c = make_cfg(gmin < -2 ? 61 : 62, 2, 2048 + 33, 4, 4, 128, gmin);
     INFO(describe(c));
