@@ -1399,8 +1399,9 @@ __global__ void __launch_bounds__(kThreads, 1) fused_forward_kernel(const __grid
 /// then γ_C [K] fp32 and β [64] fp32 (tied).
 template <int D>
 struct Record {
-  static constexpr int qg = 0, kt = kC * D * 2, y = 2 * kC * D * 2, a = 3 * kC * D * 2, aqk = a + kC * 64 * 2,
-                       tiles = aqk + kC * 64 * 2, gc = tiles, beta = gc + D * 4;
+  static constexpr int atile = kC * 64 * 2;  // A, Aqk: [64][64] fp16
+  static constexpr int qg = 0, kt = kC * D * 2, y = 2 * kC * D * 2, a = 3 * kC * D * 2, aqk = a + atile,
+                       tiles = aqk + atile, gc = tiles, beta = gc + D * 4;
   __host__ __device__ static constexpr int bytes(bool tied) { return beta + (tied ? kC * 4 : 0); }
 };
 
@@ -1463,9 +1464,14 @@ constexpr int kL2Lead = 3;
 /// state blocks read their records back from HBM.
 constexpr int kPrepLead = 16;
 
+/// A record's flag on the overlapped split path (reset to 0 before each launch): the prep
+/// sets kPublished (release) once the record is complete, the state blocks set kTaken
+/// (relaxed) once they have issued its copy.
+enum : int { kPublished = 1, kTaken = 2 };
+
 /// Overlapped split path: the flag a prep item `r` waits on before it starts — that of the
 /// record kPrepLead chunks earlier of the same sequence and head, which the state blocks set
-/// to 2 when they copy it — or null when the item is among its sequence's first kPrepLead.
+/// to kTaken when they copy it — or null when the item is among its sequence's first kPrepLead.
 __device__ __forceinline__ const int* lead_flag(const ForwardParams& p, const int* flags, long long r) {
   int n, j;
   chunk_of(p, r / p.Hv, n, j);
@@ -1475,7 +1481,7 @@ __device__ __forceinline__ const int* lead_flag(const ForwardParams& p, const in
 __device__ __forceinline__ bool taken(const int* f) {
   int v;
   asm volatile("ld.relaxed.gpu.global.b32 %0, [%1];\n" : "=r"(v) : "l"(f) : "memory");
-  return v >= 2;
+  return v >= kTaken;
 }
 /// Spin until `taken(f)`, at most ≈ 1 s: the wait only paces the prep (records read while
 /// still in L2), so if it ever ran out the prep would go on, slower, never wrong.
@@ -1530,7 +1536,7 @@ __device__ void prep_body(const ForwardParams& p, char* sm, long long first, lon
     bulk_wait();
     fence_proxy_async_global();
     __threadfence();
-    asm volatile("st.release.gpu.global.b32 [%0], %1;\n" ::"l"(flags + r), "r"(1) : "memory");
+    asm volatile("st.release.gpu.global.b32 [%0], %1;\n" ::"l"(flags + r), "r"(int(kPublished)) : "memory");
   };
   // advance to the first item that is not skipped
   while (it < items) {
@@ -1657,7 +1663,7 @@ __device__ __forceinline__ bool wait_published(const int* flag) {
   int v = 0;
   while (true) {
     asm volatile("ld.acquire.gpu.global.b32 %0, [%1];\n" : "=r"(v) : "l"(flag) : "memory");
-    if (v) break;
+    if (v) break;  // kPublished, or kTaken already
     __nanosleep(64);
     if (++spins > (1ll << 27)) return false;
   }
@@ -1771,7 +1777,7 @@ __device__ void state_body(const ForwardParams& p, char* sm, int n, int hv, int 
     bulk_g2s(st, rec, R::a, bars + 4 + (c & 1));
     bulk_g2s(st + R::aqk, rec + R::aqk, R::beta - R::aqk, bars + 4 + (c & 1));
     if (flags)  // taken: the prep may run kPrepLead chunks past it
-      asm volatile("st.relaxed.gpu.global.b32 [%0], %1;\n" ::"l"(flags + ri), "r"(2) : "memory");
+      asm volatile("st.relaxed.gpu.global.b32 [%0], %1;\n" ::"l"(flags + ri), "r"(int(kTaken)) : "memory");
     GDR2_HELP(1);
   };
   auto copy_record = [&](int c) {
