@@ -978,6 +978,25 @@ __device__ __forceinline__ void save_chunk_state(const float (&S)[D / 8][4], flo
     }
 }
 
+/// Training, split path with helper warps: this warp's 16 columns of Sᵀ (col0.. of the
+/// block's slice), rounded to tf32 as save_chunk_state rounds them, into a [K][vs] fp32
+/// tile of `pitch` bytes per key row (vs·4 + 16: the lanes of one store hit 32 distinct
+/// banks), which the copier helpers store to the chunk's [K][V] state.
+template <int D>
+__device__ __forceinline__ void stage_chunk_state(const float (&S)[D / 8][4], char* tile, int pitch, int col0,
+                                                  int lane) {
+  const int g8 = lane >> 2, q4 = lane & 3;
+#pragma unroll
+  for (int nt = 0; nt < D / 8; ++nt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int kk = 8 * nt + 2 * q4 + (e & 1), vv = col0 + g8 + 8 * (e >> 1);
+      std::uint32_t r;
+      asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(S[nt][e]));
+      *reinterpret_cast<float*>(tile + kk * pitch + vv * 4) = __uint_as_float(r);
+    }
+}
+
 /// One chunk step of this warp's 16 value columns (K: a StepKind). With K::WG every product
 /// is a warpgroup MMA, its operand tiles read once per warpgroup, in four groups: Uᵀ = Zᵀ Aᵀ;
 /// Oᵀ = S0ᵀ Qγᵀ and Rᵀ = Uᵀ − S0ᵀ Yᵀ; Oᵀ += Rᵀ Aqkᵀ; the S update, in flight while Oᵀ is staged
@@ -1623,14 +1642,19 @@ __global__ void __launch_bounds__(kThreads, 1) prep_kernel(const __grid_constant
 
 /// Shared-memory map of the state-pass kernel (a block of kThreads): two stages, each a
 /// record image (one bulk copy) followed by the v, w slices (cp.async, [64][vs] with rows
-/// 16 bytes longer than vs columns); two mbarriers; with helper warps (vs ≤ 64) two output
+/// 16 bytes longer than vs columns); the mbarriers; with helper warps (vs ≤ 64) two output
 /// tiles of the same shape, else a chunk's output is staged in its stage's v tile once the
-/// step has read v (each warp reads and writes only its own 16 columns of it).
+/// step has read v (each warp reads and writes only its own 16 columns of it). Training
+/// (`save`: ForwardParams::chunk_states) with helper warps: one [K][vs] fp32 tile (rows 16
+/// bytes longer than vs columns) in which the owners stage each chunk's start state for the
+/// copier helpers' 16-byte stores, when it fits the block's shared memory.
 template <int D>
 struct StateLayout {
-  int vs, pv, rec, rv, rw, stage_bytes, bars, ostage, obytes, bytes;
+  static constexpr int kMaxBytes = 227 * 1024;  // the opt-in shared memory of a block
+  int vs, pv, rec, rv, rw, stage_bytes, bars, ostage, obytes, cstage, cpitch, bytes;
   bool helpers;  // owner warps (vs/16) leave some of the block's warps free
-  __host__ __device__ StateLayout(int vslice, int rbytes) {
+  bool stage_states;  // the chunk states go out through the cstage tile
+  __host__ __device__ StateLayout(int vslice, int rbytes, bool save) {
     vs = vslice;
     pv = vs + 8;
     rec = 0;
@@ -1642,6 +1666,10 @@ struct StateLayout {
     ostage = bars + 128;
     obytes = kC * pv * 2;
     bytes = ostage + (helpers ? 2 * obytes : 0);
+    cstage = bytes;
+    cpitch = vs * 4 + 16;
+    stage_states = save && helpers && cstage + D * cpitch <= kMaxBytes;
+    if (stage_states) bytes += D * cpitch;
   }
 };
 
@@ -1691,7 +1719,7 @@ __device__ void state_body(const ForwardParams& p, char* sm, int n, int hv, int 
   using R = Record<D>;
   const int tid = threadIdx.x, w = warp_index_uniform(), lane = tid & 31, nthr = blockDim.x;
   const int rbytes = R::bytes(GATES == 1);
-  const StateLayout<D> Ls(p.vslice, rbytes);
+  const StateLayout<D> Ls(p.vslice, rbytes, p.chunk_states != nullptr);
   const int nown = p.vslice / 16;
   const bool owner = w < nown, helpers = Ls.helpers;
   const bool helper = !owner || !helpers;
@@ -1715,6 +1743,7 @@ __device__ void state_body(const ForwardParams& p, char* sm, int n, int hv, int 
     }
     mbar_init(bars + 4, 1);  // the rest of a stage's record (StepInputs::rest)
     mbar_init(bars + 5, 1);
+    if (Ls.stage_states) mbar_init(bars + 6, 32 * nown);  // a chunk's start state staged
     fence_proxy_async();
   }
   __syncthreads();
@@ -1824,12 +1853,25 @@ __device__ void state_body(const ForwardParams& p, char* sm, int n, int hv, int 
     for (int r = hr0; r < len; r += hrs)
       *reinterpret_cast<uint4*>(out + r * p.so.t + hcc * 8) = *reinterpret_cast<const uint4*>(tile + r * Ls.pv * 2 + hcc * 16);
   };
+  // the copier threads (stage_states): chunk c's start state, once the owners have staged
+  // it, to global memory with 16-byte stores (piece scc of rows sr0, sr0 + srs, ...: cthr is a
+  // multiple of the vs/4 pieces of a row at every slice), read out of the tile before the next
+  // step's barrier, after which the owners rewrite it
+  const int cps = Ls.vs / 4, scc = htid % cps, sr0 = htid / cps, srs = cthr / cps;
+  auto store_states = [&](int c) {
+    mbar_wait(bars + 6, c & 1);
+    float* dst = p.chunk_states + ((cbase + c) * p.Hv + hv) * (long long)(D * D) + v0 + 4 * scc;
+    const char* src = sm + Ls.cstage + 16 * scc;
+    for (int kk = sr0; kk < D; kk += srs)
+      *reinterpret_cast<float4*>(dst + kk * D) = *reinterpret_cast<const float4*>(src + kk * Ls.cpitch);
+  };
   // helper role of chunk c: chunk c+1's inputs in, chunk c−1's output out (from stage
   // (c+1)&1's v tile without helper warps: first, then a barrier of the helpers)
   auto help = [&](int c) {
     if (helpers) {
       if (c + 1 < nch) issue(c + 1);
       if (c > 0) store_out(c - 1);
+      if (Ls.stage_states && htid < cthr) store_states(c);
       GDR2_HELP(4);
     } else {
       if (c > 0) {
@@ -1887,7 +1929,12 @@ __device__ void state_body(const ForwardParams& p, char* sm, int n, int hv, int 
         in.rest = bars + 4 + (c & 1);
         in.rest_parity = (c >> 1) & 1;
         const TileOut<Tin> sink{out_tile(c), Ls.pv * 2, 16 * w};
-        if (p.chunk_states) save_chunk_state<D>(S, p.chunk_states, cbase + c, p.Hv, hv, v0 + 16 * w, lane);
+        if (Ls.stage_states) {  // the tile was read out before this step's barrier (store_states)
+          stage_chunk_state<D>(S, sm + Ls.cstage, Ls.cpitch, 16 * w, lane);
+          mbar_arrive(bars + 6);
+        } else if (p.chunk_states) {
+          save_chunk_state<D>(S, p.chunk_states, cbase + c, p.Hv, hv, v0 + 16 * w, lane);
+        }
         GDR2_STEP_STAMP(3);
         if (p.vslice >= 64)  // whole warpgroups of owner warps
           state_step<Tin, D, StepKind<TileLayout::swz128, TileLayout::padded, true, GATES == 1>>(

@@ -32,7 +32,7 @@ cudaError_t launch_forward_d(const ForwardParams& p, Path path, cudaStream_t st)
     if (items > 0 && (e = cudaMemsetAsync(p.flags, 0, std::size_t(items) * sizeof(int), st)) != cudaSuccess) return e;
     auto kern = overlapped_kernel<DECAY, GATES, Tin, D>;
     const int smem_prep = PrepLayout<D, DECAY == 0, GATES == 0, false>::bytes;
-    const int smem_state = StateLayout<D>(p.vslice, Record<D>::bytes(GATES == 1)).bytes;
+    const int smem_state = StateLayout<D>(p.vslice, Record<D>::bytes(GATES == 1), p.chunk_states != nullptr).bytes;
     const int smem = smem_prep > smem_state ? smem_prep : smem_state;
     if ((e = allow_smem(kern, smem)) != cudaSuccess) return e;
     kern<<<unsigned(p.num_sms), kThreads, smem, st>>>(p);
@@ -48,7 +48,7 @@ cudaError_t launch_forward_d(const ForwardParams& p, Path path, cudaStream_t st)
   }
   {
     auto kern = state_kernel<DECAY, GATES, Tin, D>;
-    const StateLayout<D> Ls(p.vslice, Record<D>::bytes(GATES == 1));
+    const StateLayout<D> Ls(p.vslice, Record<D>::bytes(GATES == 1), p.chunk_states != nullptr);
     if ((e = allow_smem(kern, Ls.bytes)) != cudaSuccess) return e;
     kern<<<dim3(unsigned(p.N * p.Hv), unsigned(D / p.vslice)), kThreads, Ls.bytes, st>>>(p);
     return cudaGetLastError();

@@ -107,7 +107,7 @@ struct Result {
 template <class Policy, class T>
 void execute(const RandomProblem<Policy, T>& rp, const Problem<T>& hp, const RandomUpstream<T>& up, Where where,
              cuda::BackwardOptions opt, GradientBuffers<float>& out, std::vector<float>* states = nullptr,
-             cuda::ForwardPath path = cuda::ForwardPath::automatic, bool overlap = true) {
+             cuda::ForwardPath path = cuda::ForwardPath::automatic, bool overlap = true, int forward_vs = 0) {
   if (on_host(where) && states) {
     opt.chunk_states = states->data();
     opt.chunk_states_bytes = states->size() * 4;
@@ -172,6 +172,7 @@ void execute(const RandomProblem<Policy, T>& rp, const Problem<T>& hp, const Ran
       cuda::ChunkOptions fo;
       fo.path = path;
       fo.overlap = overlap;
+      fo.value_slice = forward_vs;
       fo.chunk_states = cs.p;
       fo.chunk_states_bytes = sbytes;
       REQUIRE(cuda::chunk_forward_workspace_size<Policy>(dp, fbytes, fo).ok());
@@ -215,6 +216,7 @@ struct Exec {
   bool forward_states = false;
   cuda::ForwardPath path = cuda::ForwardPath::automatic;  // of the forward that writes them
   bool overlap = true;                                   // ChunkOptions::overlap of that forward
+  int forward_vs = 0;                                    // ChunkOptions::value_slice of that forward
 };
 
 /// The name an execution's accuracy lines carry: host (fp32 products), host32 (tf32
@@ -239,7 +241,8 @@ void run_case(const ProblemConfig& cfg, const std::vector<Exec>& execs, bool wit
   auto refs = const_cast<GradientBuffers<double>&>(ref.grads).all();
   for (const Exec& ex : execs) {
     INFO(exec_name(ex) << " " << math_name(ex.math) << " vs=" << vslice
-                       << (ex.forward_states ? " with chunk states" : ""));
+                       << (ex.forward_states ? " with chunk states" : "") << " forward vs=" << ex.forward_vs
+                       << (ex.overlap ? "" : " (not overlapped)"));
     GradientBuffers<float> got;
     cuda::BackwardOptions opt;
     opt.math = ex.math;
@@ -252,7 +255,7 @@ void run_case(const ProblemConfig& cfg, const std::vector<Exec>& execs, bool wit
       if (on_host(ex.where))  // the fp64 states in fp32: the backward's logic, not their rounding
         states.assign(rs.states.data(), rs.states.data() + rs.states.size());
       const std::vector<float> given = states;
-      execute<Policy>(rp, hp, up, ex.where, opt, got, &states, ex.path, ex.overlap);
+      execute<Policy>(rp, hp, up, ex.where, opt, got, &states, ex.path, ex.overlap, ex.forward_vs);
       if (on_host(ex.where)) CHECK(states == given);  // read, never written (no forward state pass)
       // the forward's states (tf32-rounded): within the forward's final-state bound (issue 5)
       const std::array<Index, 4> sh = rs.states.shape();
@@ -455,6 +458,23 @@ TEST_CASE("cuda chunk backward given the forward's chunk states (small, for the 
   run_case<KDA, bf16>(c, {{Where::device, cuda::BackwardMath::tf32, true, cuda::ForwardPath::fused},
                           {Where::device, cuda::BackwardMath::tf32, true, cuda::ForwardPath::split},
                           {Where::device, cuda::BackwardMath::tf32, true, cuda::ForwardPath::split, false}});
+}
+
+TEST_CASE("cuda chunk backward given chunk states from the split forward at every value slice",
+          "[cuda][backward][device]") {
+  SKIP_WITHOUT_GPU();
+  INFO("GDR2_TEST_SEED=" << base_seed());
+  // the split forward's state blocks stage the chunk states for a helper's bulk copies at
+  // value slices 16, 32, 64 (helper warps) and store them directly at 128 (none); each
+  // slice overlapped and not (the state kernel alone: four (sequence, head) pairs keep the
+  // state blocks within a quarter of the SMs at every slice, so both forms run); varlen
+  auto c = make_cfg(21, 1, 0, 1, 2, 128, -1.0);
+  c.seqlens = {75, 200};
+  std::vector<Exec> execs;
+  for (int vs : {16, 32, 64, 128})
+    for (bool overlap : {true, false})
+      execs.push_back({Where::device, cuda::BackwardMath::tf32, true, cuda::ForwardPath::split, overlap, vs});
+  run_case<GDR2, bf16>(c, execs);
 }
 
 TEST_CASE("cuda chunk backward is deterministic and capturable in a CUDA graph", "[cuda][backward][device][graph]") {
