@@ -1,6 +1,6 @@
 // gdr2 CUDA backend, backward — kernels, launchers, and the host execution of the same
 // kernel bodies (run_backward_host, for tests on machines without a GPU).
-#include "backward_prep16.cuh"  // (includes backward_kernels.cuh)
+#include "backward_reverse16.cuh"  // (includes backward_prep16.cuh, backward_kernels.cuh)
 
 #include <algorithm>
 #include <vector>
@@ -72,8 +72,12 @@ long long reduce_count(const BackwardParams& p, const BwdReduce& r) {
 }
 
 template <int D, int MATH>
-cudaError_t launch_d(const BackwardParams& p, cudaStream_t st) {
+cudaError_t launch_d(const BackwardParams& p_in, cudaStream_t st) {
   cudaError_t e;
+  // 16-bit inputs in the tf32 mode given the forward's chunk states: the reverse pass on fp16
+  // warpgroup MMAs (backward_reverse16.cuh), its records written by the 16-bit prep
+  BackwardParams p = p_in;
+  p.rev16 = MATH == kTf32 && p.dtype != 2 && p.rows16 && p.do_rows16 && p.saved_states && p.stages >= 2 ? 1 : 0;
   if (p.chunk_offsets) {
     offsets_kernel<<<1, kThreads, kThreads * 4, st>>>(p);
     if ((e = cudaGetLastError()) != cudaSuccess) return e;
@@ -87,7 +91,9 @@ cudaError_t launch_d(const BackwardParams& p, cudaStream_t st) {
       e = launch_with_smem(prep_kernel<D, MATH>, chunk_grid, PrepLayout<D>::floats * 4, st, p);
     if (e != cudaSuccess) return e;
   }
-  if (p.stages >= 2) {
+  if (p.stages >= 2 && p.rev16) {
+    if ((e = launch_reverse16<D>(p, st)) != cudaSuccess) return e;
+  } else if (p.stages >= 2) {
     const StateLayout<D> L(p.vs);
     // roles: forward S (unless the forward's chunk states are given) and reverse dS
     const dim3 grid(unsigned(p.N * p.Hv * (D / p.vs)), p.saved_states ? 1u : 2u);

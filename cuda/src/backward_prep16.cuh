@@ -30,13 +30,27 @@ inline ForwardParams loader_params(const BackwardParams& b) {
   return f;
 }
 
+/// The fp16 record of one chunk-head for the reverse pass (bytes), written by the 16-bit
+/// prep into grad-1's workspace (free until grad-1 runs, after this pass): Qγ·2^{−f},
+/// Ktail, Y·2^{−f} as [64][D] fp16 swz128 tiles, Aqk [64][64] fp16 swz128 (zero above the
+/// diagonal 16-blocks), γ_C·2^{−f} [D] fp32, then f (int32).
+template <int D>
+struct Rec16 {
+  static constexpr int tile = kC * D * 2;
+  static constexpr int qg = 0, kt = tile, y = 2 * tile, aqk = 3 * tile, gc = aqk + kC * kC * 2, f = gc + D * 4,
+                       bytes = f + 16;
+  static_assert(bytes <= bwd_g1_floats(D) * 4, "the fp16 records live in grad-1's workspace");
+};
+
 template <int DECAY, int GATES, class Tin, int D>
 __global__ void __launch_bounds__(detail::kThreads, 1) prep16_kernel(const BackwardParams p, const __grid_constant__ ForwardParams fp) {
   using Pr = Prep<DECAY, GATES, Tin, D, true>;
   using L = typename Pr::L;
   using R = Rec<D>;
+  using R16 = Rec16<D>;
   constexpr int PR = L::PR, PF = L::PF, NT = detail::kThreads;
   extern __shared__ __align__(1024) char sm[];
+  int& s_f = *reinterpret_cast<int*>(sm + L::bytes);  // the item's f (Rec16), past the Prep's map
   GDR2_BWD_MARK(true);  // (profiling builds: the whole persistent block is one phase)
   const int tid = threadIdx.x, w = tid >> 5, lane = tid & 31, g8 = lane >> 2, q4 = lane & 3;
   const long long items = p.total_chunks * p.Hv;
@@ -73,6 +87,27 @@ __global__ void __launch_bounds__(detail::kThreads, 1) prep16_kernel(const Backw
     __syncthreads();
     Pr::gstep(sm, p.scale);
     Pr::grams(sm, p.scale);
+    // the fp16 reverse pass's record (p.rev16): f = ⌊log2 max_d γ_0⌋ (γ_0 = e_0, the largest
+    // decay of the chunk; ≥ −126 so that 2^{−f} is a normal fp32) and the scale 2^{−f}
+    char* r16 = p.rev16 ? reinterpret_cast<char*>(p.g1) + it * (long long)R16::bytes : nullptr;
+    if (p.rev16) {
+      if (w == 0) {
+        const float* e = reinterpret_cast<const float*>(sm + L::rg);
+        float m = 0.f;
+        if (DECAY == 0)
+          for (int d = lane; d < D; d += 32) m = fmaxf(m, e[d]);
+        else
+          m = e[0];
+#pragma unroll
+        for (int o = 16; o; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+        int ex = 0;
+        frexpf(m, &ex);
+        if (lane == 0) s_f = m > 0.f && ex - 1 > -126 ? ex - 1 : -126;
+      }
+      __syncthreads();
+    }
+    const int fi = p.rev16 ? s_f : 0;
+    const float sc = ldexpf(1.f, -fi);
     // Decays kept in fp32 range: Qγ, Ktail exact into the record, and Ē = γ_f ⊙ Ē' with
     // Ē'_r = Bk_r·2^{G_r − G_f} ≤ |Bk_r| (fp16, over the dead BkFin) relative to the first
     // row f of r's 16-row block and γ_f (fp32, over γ_a): fp16 alone would flush γ
@@ -103,8 +138,9 @@ __global__ void __launch_bounds__(detail::kThreads, 1) prep16_kernel(const Backw
         }
         const float2 q2 = load2(q + r * PR + d), k2 = load2(k + r * PR + d);
         const float2 b2 = GATES == 0 ? load2(bt + r * PR + d) : make_float2(beta[r], beta[r]);
-        *reinterpret_cast<float2*>(rec + R::Qg + r * D + d) =
-            make_float2(tf32_round(q2.x * qg.x * P.x), tf32_round(q2.y * qg.y * P.y));
+        const float2 qv = make_float2(q2.x * qg.x * P.x, q2.y * qg.y * P.y);
+        *reinterpret_cast<float2*>(rec + R::Qg + r * D + d) = make_float2(tf32_round(qv.x), tf32_round(qv.y));
+        if (r16) *reinterpret_cast<__half2*>(r16 + R16::qg + 2 * swz128(r, d)) = __floats2half2_rn(qv.x * sc, qv.y * sc);
         *reinterpret_cast<__half2*>(eb + Pr::hx(r, d)) = __floats2half2_rn(b2.x * k2.x * P.x, b2.y * k2.y * P.y);
       }
       float2 Q = *reinterpret_cast<const float2*>(Pr::tf(sm) + j * D + d);  // 2^{G_C − G_r}, r from the block's end
@@ -113,6 +149,7 @@ __global__ void __launch_bounds__(detail::kThreads, 1) prep16_kernel(const Backw
         const int r = 16 * j + rr;
         const float2 k2 = load2(k + r * PR + d), x = E2(r);
         *reinterpret_cast<float2*>(rec + R::Kt + r * D + d) = make_float2(tf32_round(k2.x * Q.x), tf32_round(k2.y * Q.y));
+        if (r16) *reinterpret_cast<__half2*>(r16 + R16::kt + 2 * swz128(r, d)) = __floats2half2_rn(k2.x * Q.x, k2.y * Q.y);
         Q = make_float2(Q.x * x.x, Q.y * x.y);
       }
     }
@@ -133,9 +170,14 @@ __global__ void __launch_bounds__(detail::kThreads, 1) prep16_kernel(const Backw
         float4 x = make_float4(0.f, 0.f, 0.f, 0.f);
         if ((c >> 4) <= (r >> 4)) x = m ? load4(aqk + Pr::ax(r, c)) : round4(*reinterpret_cast<const float4*>(a32 + r * PF + c));
         *reinterpret_cast<float4*>(rec + (m ? R::Aqk : R::A) + r * kC + c) = x;
+        if (m && r16) *reinterpret_cast<uint2*>(r16 + R16::aqk + 2 * swz128(r, c)) = make_uint2(pack_half2(x.x, x.y), pack_half2(x.z, x.w));
       }
-      for (int i = tid; i < D / 4; i += NT)
-        reinterpret_cast<float4*>(rec + R::gC)[i] = reinterpret_cast<const float4*>(Pr::gc(sm))[i];
+      for (int i = tid; i < D / 4; i += NT) {
+        const float4 g = reinterpret_cast<const float4*>(Pr::gc(sm))[i];
+        reinterpret_cast<float4*>(rec + R::gC)[i] = g;
+        if (r16) reinterpret_cast<float4*>(r16 + R16::gc)[i] = make_float4(g.x * sc, g.y * sc, g.z * sc, g.w * sc);
+      }
+      if (r16 && tid == 0) *reinterpret_cast<int*>(r16 + R16::f) = fi;
     }
     float* sY = reinterpret_cast<float*>(sm + L::hq);   // [64][D] over QFin, KFo (2 dead fp16 tiles)
     float* sU = reinterpret_cast<float*>(sm + L::t32);  // [64][D] over T, A (2 [64][PF] fp32 tiles, A
@@ -184,6 +226,9 @@ __global__ void __launch_bounds__(detail::kThreads, 1) prep16_kernel(const Backw
       const int m = i / (kC * D / 4), r = (i / (D / 4)) % kC, c = 4 * (i % (D / 4));
       const float4 x = *reinterpret_cast<const float4*>((m ? sU : sY) + st_at(r, c));
       *reinterpret_cast<float4*>(rec + (m ? R::U : R::Y) + r * D + c) = m ? x : round4(x);
+      if (!m && r16)
+        *reinterpret_cast<uint2*>(r16 + R16::y + 2 * swz128(r, c)) =
+            make_uint2(pack_half2(x.x * sc, x.y * sc), pack_half2(x.z * sc, x.w * sc));
     }
     // (the next item's first barrier orders these reads before its writes)
   }
@@ -194,7 +239,7 @@ __global__ void __launch_bounds__(detail::kThreads, 1) prep16_kernel(const Backw
 template <int DECAY, int GATES, class Tin, int D>
 cudaError_t launch_prep16_k(const BackwardParams& p, cudaStream_t st) {
   auto kern = prep16_kernel<DECAY, GATES, Tin, D>;
-  constexpr int smem = Prep<DECAY, GATES, Tin, D, true>::L::bytes;
+  constexpr int smem = Prep<DECAY, GATES, Tin, D, true>::L::bytes + 16;  // + the record's f
   cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (e != cudaSuccess) return e;
   const long long items = p.total_chunks * p.Hv, sms = p.num_sms > 0 ? p.num_sms : 132;

@@ -979,12 +979,13 @@ __device__ __forceinline__ void save_chunk_state(const float (&S)[D / 8][4], flo
 }
 
 /// Training, split path with helper warps: this warp's 16 columns of Sᵀ (col0.. of the
-/// block's slice), rounded to tf32 as save_chunk_state rounds them, into a [K][vs] fp32
-/// tile of `pitch` bytes per key row (vs·4 + 16: the lanes of one store hit 32 distinct
-/// banks), which the copier helpers store to the chunk's [K][V] state.
+/// block's slice) times `mul`, rounded to tf32 as save_chunk_state rounds them, into a
+/// [K][vs] fp32 tile of `pitch` bytes per key row (vs·4 + 16: the lanes of one store hit 32
+/// distinct banks), which the copier helpers store to the chunk's [K][V] state. (Also the
+/// backward's fp16 reverse pass: dSᵀ and its scale.)
 template <int D>
 __device__ __forceinline__ void stage_chunk_state(const float (&S)[D / 8][4], char* tile, int pitch, int col0,
-                                                  int lane) {
+                                                  int lane, float mul = 1.f) {
   const int g8 = lane >> 2, q4 = lane & 3;
 #pragma unroll
   for (int nt = 0; nt < D / 8; ++nt)
@@ -992,7 +993,7 @@ __device__ __forceinline__ void stage_chunk_state(const float (&S)[D / 8][4], ch
     for (int e = 0; e < 4; ++e) {
       const int kk = 8 * nt + 2 * q4 + (e & 1), vv = col0 + g8 + 8 * (e >> 1);
       std::uint32_t r;
-      asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(S[nt][e]));
+      asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(S[nt][e] * mul));
       *reinterpret_cast<float*>(tile + kk * pitch + vv * 4) = __uint_as_float(r);
     }
 }

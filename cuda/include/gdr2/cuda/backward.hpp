@@ -106,6 +106,9 @@ struct BackwardParams : InputViews {
   int vec_out = 0;       // 1: every per-channel gradient row starts 16-byte aligned (vector stores)
   int rows16 = 0;        // 1: 16-bit inputs whose per-channel rows (and g's) start 16-byte aligned:
                          //    the tf32 prep runs on the forward's fp16 Prep (tile copies)
+  int do_rows16 = 0;     // 1: rows16, and dO's rows start 16-byte aligned too
+  int rev16 = 0;         // set by the launcher: the reverse state pass on fp16 warpgroup MMAs, its
+                         //    records written by the 16-bit prep into grad-1's (still free) space
   int scalar_decay = 0;  // g is one value per token and head (GDN)
   int tied = 0;          // b = w = β (KDA, GDN)
   int math = 0;          // 0 tf32, 1 split tf32, 2 fp32
@@ -412,6 +415,8 @@ Status backward_common(const Problem<T>& p, const GradOutputs<T>& up, const Grad
   f.rows16 = !std::is_same_v<T, float> && rows_aligned([](std::size_t e) { return (long long)(16 / e); }, false)
                  ? 1
                  : 0;
+  // the fp16 reverse pass copies dO's rows the same way
+  f.do_rows16 = f.rows16 && rows_aligned([](std::size_t e) { return (long long)(16 / e); }, true) ? 1 : 0;
   return {};
 }
 

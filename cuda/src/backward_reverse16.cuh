@@ -1,0 +1,262 @@
+// gdr2 CUDA backend, backward — stage 2 (the reverse state pass) on fp16 warpgroup MMAs,
+// for 16-bit inputs in the tf32 mode when the forward's chunk states are given (so only the
+// reverse role runs). Per (sequence, value head, 64 value columns), chunks last to first:
+//   dR = Aqkᵀ dO + Ktail dS,   dS ← γ_C ⊙ dS + Qγᵀ dO − Yᵀ dR,
+// written as the forward's state step writes its products (chunk_kernels.cuh: owner warps
+// holding dSᵀ, 16 value columns each, as warpgroup-MMA accumulators):
+//   dRᵀ = dSᵀ Ktailᵀ + dOᵀ Aqk,   dSᵀ ← dSᵀ Diag(γ_C) + dOᵀ Qγ − dRᵀ Y.
+// Operands are fp16, which carries the tf32 mode's 10-bit significand (cuda/NOTES.md,
+// backward items 8, 9) but not its range; two power-of-2 scales keep every operand in range
+// (backward item 13, checked on the host by cuda/experiments/r13_reverse_fp16_study.cpp):
+//   - the prep stores Qγ, Y and γ_C times 2^{−f_c}, f_c = ⌊log2 max_d γ_0⌋ of the chunk
+//     (every term of the update carries at most γ_0), so the update yields dS·2^{−f_c};
+//   - each owner warp holds dS·2^{−E} and forms dO's operands as dO·2^{−E}, E renewed every
+//     step from the larger of max|dS| and max|dO| over its 16 columns (the columns'
+//     recurrences are independent), then moved by f_c.
+// dS_c goes out as fp32 (dS·2^{E}, tf32-rounded, as the other reverse pass stores it).
+#pragma once
+
+#include "backward_prep16.cuh"
+
+#include <climits>
+
+namespace gdr2 {
+namespace cuda {
+namespace detail {
+namespace bwd {
+
+/// Shared memory of the reverse16 kernel (bytes): two stages, each a record image (one bulk
+/// copy, 1024-aligned: swz128 tiles) then dO's rows [64][kRevCols] (cp.async, rows 16 bytes
+/// longer); the mbarriers; the [D][kRevCols] fp32 tile in which the owners stage dS_c for the
+/// helpers' stores (rows 16 bytes longer than its columns).
+constexpr int kRevCols = 64;  ///< value columns per block: one warpgroup of owner warps
+constexpr int kRevThreads = 256;  ///< warps 0–3 own the columns, warps 4–7 copy and store
+template <int D>
+struct Rev16Layout {
+  static constexpr int PV = kRevCols + 8;  // dO tile pitch (elements)
+  static constexpr int rdo = (Rec16<D>::bytes + 127) / 128 * 128;
+  static constexpr int stage_bytes = (rdo + kC * PV * 2 + 1023) / 1024 * 1024;
+  static constexpr int bars = 2 * stage_bytes;
+  static constexpr int cstage = bars + 64;
+  static constexpr int cpitch = kRevCols * 4 + 16;
+  static constexpr int bytes = cstage + D * cpitch;
+  static_assert(bytes <= 232448, "reverse16 shared memory exceeds 227 KB");
+};
+
+/// max over the warp
+__device__ __forceinline__ float warp_max(float m) {
+#pragma unroll
+  for (int o = 16; o; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+  return m;
+}
+
+/// The exponent e with m ≤ 2^e (m > 0), within [−100, 100] (scales stay normal fp32).
+__device__ __forceinline__ int cover_exponent(float m) {
+  int e;
+  frexpf(m, &e);
+  return e < -100 ? -100 : (e > 100 ? 100 : e);
+}
+
+template <int D, class Tin>
+__global__ void __launch_bounds__(kRevThreads, 1) reverse16_kernel(const BackwardParams p) {
+  using L = Rev16Layout<D>;
+  using R = Rec16<D>;
+  constexpr int PV = L::PV;
+  extern __shared__ __align__(1024) char sm[];
+  const int tid = threadIdx.x, w = warp_index_uniform(), lane = tid & 31;
+  constexpr int ns = D / kRevCols;
+  const int pair = int(blockIdx.x) / ns, j0 = (int(blockIdx.x) % ns) * kRevCols;
+  const int n = pair / p.Hv, hv = pair % p.Hv;
+  const SeqLoc sq = seq_loc(p, n);
+  const bool owner = w < 4;
+  const int htid = tid - 128;  // helper thread index (helpers only)
+  std::uint64_t* bars = reinterpret_cast<std::uint64_t*>(sm + L::bars);
+  if (tid == 0) {
+    mbar_init(bars, 1 + 128);  // a stage: its record's bytes and the helpers' dO rows
+    mbar_init(bars + 1, 1 + 128);
+    mbar_init(bars + 2, 128);  // dS_c staged by the owners
+    fence_proxy_async();
+  }
+  __syncthreads();
+  const char* recs = reinterpret_cast<const char*>(p.g1);
+  auto recp = [&](int c) { return recs + ((sq.cg0 + c) * p.Hv + hv) * (long long)R::bytes; };
+  const Tin* dO = static_cast<const Tin*>(p.d_o);
+  // helpers: piece hcc (16 bytes) of dO rows hr0, hr0 + hrs, ...
+  constexpr int cpr = kRevCols * 2 / 16;
+  const int hcc = htid % cpr, hr0 = htid / cpr, hrs = 128 / cpr;
+  auto chunk_rows = [&](int c, int& t0, int& len) {
+    t0 = sq.bos + kC * c;
+    len = min(kC, sq.eos - t0);
+  };
+  // step i works on chunk nc−1−i in stage i&1
+  auto issue = [&](int i) {
+    const int c = sq.nc - 1 - i;
+    char* st = sm + (i & 1) * L::stage_bytes;
+    if (htid == 0) {
+      mbar_expect_tx(bars + (i & 1), R::bytes);
+      bulk_g2s(st, recp(c), R::bytes, bars + (i & 1));
+    }
+    int t0, len;
+    chunk_rows(c, t0, len);
+    for (int r = hr0; r < kC; r += hrs) {
+      const bool ok = r < len;
+      cp_async16(st + L::rdo + r * PV * 2 + hcc * 16, dO + act(p.sdo, sq.bb, ok ? t0 + r : t0, hv) + j0 + hcc * 8, ok);
+    }
+    cp_async_mbar_arrive(bars + (i & 1));
+    if (i + 3 < sq.nc) {  // three steps ahead into L2 (a copy under load outlasts a step)
+      const int cn = c - 3;
+      if (htid == 0) prefetch_l2_bulk(recp(cn), std::uint32_t(R::bytes));
+      chunk_rows(cn, t0, len);
+      if (htid < len) prefetch_l2(dO + act(p.sdo, sq.bb, t0 + htid, hv) + j0);
+    }
+  };
+  // helpers: dS at the end of chunk c (staged by the owners at step i) to dstates
+  constexpr int cps = kRevCols / 4;
+  const int scc = htid % cps, sr0 = htid / cps, srs = 128 / cps;
+  auto store_ds = [&](int i) {
+    const int c = sq.nc - 1 - i;
+    mbar_wait(bars + 2, i & 1);
+    float* dst = p.dstates + ((sq.cg0 + c) * p.Hv + hv) * (long long)(D * D) + j0 + 4 * scc;
+    const char* src = sm + L::cstage + 16 * scc;
+    for (int kk = sr0; kk < D; kk += srs)
+      *reinterpret_cast<float4*>(dst + kk * D) = *reinterpret_cast<const float4*>(src + kk * L::cpitch);
+  };
+
+  float dS[D / 8][4];
+  int E = 0;  // this warp holds dS·2^{−E}
+  if (owner) {
+    load_state<D>(dS, p.dsT, p.dsTs, n, hv, j0 + 16 * w, lane);
+    float m = 0.f;
+#pragma unroll
+    for (int nt = 0; nt < D / 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) m = fmaxf(m, fabsf(dS[nt][e]));
+    m = warp_max(m);
+    if (m > 0.f) {
+      E = cover_exponent(m);
+      const float s = ldexpf(1.f, -E);
+#pragma unroll
+      for (int nt = 0; nt < D / 8; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) dS[nt][e] *= s;
+    }
+  } else if (sq.nc > 0) {
+    issue(0);
+  }
+#pragma unroll 1
+  for (int i = 0; i < sq.nc; ++i) {
+    __syncthreads();  // stage (i+1)&1 and the dS tile are free
+    if (!owner) {
+      if (i + 1 < sq.nc) issue(i + 1);
+      store_ds(i);
+      continue;
+    }
+    mbar_wait(bars + (i & 1), (i >> 1) & 1);
+    const char* st = sm + (i & 1) * L::stage_bytes;
+    stage_chunk_state<D>(dS, sm + L::cstage, L::cpitch, 16 * w, lane, ldexpf(1.f, E));
+    mbar_arrive(bars + 2);
+    // dOᵀ (this warp's 16 columns × 64 tokens) as loaded, and the exponent renewed
+    std::uint32_t o[4][4];
+    const Tin* tO = reinterpret_cast<const Tin*>(st + L::rdo);
+    float m = 0.f;
+#pragma unroll
+    for (int ks = 0; ks < 4; ++ks) {
+      ldsm_x4_t(o[ks], tile_at<TileLayout::padded>(tO, PV, 16 * ks + lrow_bn(lane), 16 * w + lcol_bn(lane)));
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        const float2 v = In16<Tin>::to_float2(o[ks][k]);
+        m = fmaxf(m, fmaxf(fabsf(v.x), fabsf(v.y)));
+      }
+    }
+    float ms = 0.f;
+#pragma unroll
+    for (int nt = 0; nt < D / 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) ms = fmaxf(ms, fabsf(dS[nt][e]));
+    m = warp_max(fmaxf(m, ms * ldexpf(1.f, E)));
+    if (m > 0.f) {
+      const int En = cover_exponent(m);
+      if (En != E) {
+        const float s = ldexpf(1.f, E - En);
+#pragma unroll
+        for (int nt = 0; nt < D / 8; ++nt)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) dS[nt][e] *= s;
+        E = En;
+      }
+    }
+    const float inv = ldexpf(1.f, -E);
+#pragma unroll
+    for (int ks = 0; ks < 4; ++ks)
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        const float2 v = In16<Tin>::to_float2(o[ks][k]);
+        o[ks][k] = pack_half2(v.x * inv, v.y * inv);
+      }
+    const __half* Qg = reinterpret_cast<const __half*>(st + R::qg);
+    const __half* Kt = reinterpret_cast<const __half*>(st + R::kt);
+    const __half* Y = reinterpret_cast<const __half*>(st + R::y);
+    const __half* Aqk = reinterpret_cast<const __half*>(st + R::aqk);
+    // dSᵀ as fp16 A operands (k = channels), then dSᵀ ← dSᵀ Diag(γ_C·2^{−f})
+    std::uint32_t sa[D / 16][4];
+#pragma unroll
+    for (int kc = 0; kc < D / 16; ++kc) {
+      sa[kc][0] = pack_half2(dS[2 * kc][0], dS[2 * kc][1]);
+      sa[kc][1] = pack_half2(dS[2 * kc][2], dS[2 * kc][3]);
+      sa[kc][2] = pack_half2(dS[2 * kc + 1][0], dS[2 * kc + 1][1]);
+      sa[kc][3] = pack_half2(dS[2 * kc + 1][2], dS[2 * kc + 1][3]);
+    }
+    step_decay<D>(dS, reinterpret_cast<const float*>(st + R::gc), lane);
+    // dRᵀ = dSᵀ Ktailᵀ + dOᵀ Aqk;  dSᵀ += dOᵀ Qγ
+    float dR[8][4];
+    wgmma_fence();
+    wgmma_f16_first_64(dR, sa[0], desc_channels(Kt, 0), false);
+#pragma unroll
+    for (int kc = 1; kc < D / 16; ++kc) wgmma_f16<64, 0>(dR, sa[kc], desc_channels(Kt, kc), false);
+#pragma unroll
+    for (int ks = 0; ks < 4; ++ks) wgmma_f16<64, 1>(dR, o[ks], desc_tokens(Aqk, ks), false);
+#pragma unroll
+    for (int ks = 0; ks < 4; ++ks) wgmma_f16<D, 1>(dS, o[ks], desc_tokens(Qg, ks), false);
+    wgmma_commit();
+    wgmma_wait_all();
+    wgmma_fence_operands(dR);
+    wgmma_fence_operands(dS);
+    // dSᵀ −= dRᵀ Y
+    std::uint32_t rf[4][4];
+    pack_r(rf, dR);
+    wgmma_fence();
+#pragma unroll
+    for (int ks = 0; ks < 4; ++ks) wgmma_f16<D, 1>(dS, rf[ks], desc_tokens(Y, ks), true);
+    wgmma_commit();
+    wgmma_wait_all();
+    wgmma_fence_operands(dS);
+    E += *reinterpret_cast<const int*>(st + R::f);
+    fence_proxy_async();  // this stage is rewritten by a bulk copy after the next barrier
+  }
+  if (owner && p.ds0) {
+    const float s = ldexpf(1.f, E);
+#pragma unroll
+    for (int nt = 0; nt < D / 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) dS[nt][e] *= s;
+    store_state<D>(dS, p.ds0, p.ds0s, n, hv, j0 + 16 * w, lane);
+  }
+  cp_async_wait<0>();
+}
+
+/// The reverse pass on fp16 warpgroup MMAs: a block per (sequence, value head, 64 columns).
+template <int D>
+cudaError_t launch_reverse16(const BackwardParams& p, cudaStream_t st) {
+  auto go = [&](auto kern) {
+    cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, Rev16Layout<D>::bytes);
+    if (e != cudaSuccess) return e;
+    kern<<<unsigned(p.N * p.Hv * (D / kRevCols)), kRevThreads, Rev16Layout<D>::bytes, st>>>(p);
+    return cudaGetLastError();
+  };
+  return p.dtype == 0 ? go(reverse16_kernel<D, __nv_bfloat16>) : go(reverse16_kernel<D, __half>);
+}
+
+}  // namespace bwd
+}  // namespace detail
+}  // namespace cuda
+}  // namespace gdr2
