@@ -139,8 +139,11 @@ __global__ void __launch_bounds__(detail::kThreads, 1) prep16_kernel(const Backw
         const float2 q2 = load2(q + r * PR + d), k2 = load2(k + r * PR + d);
         const float2 b2 = GATES == 0 ? load2(bt + r * PR + d) : make_float2(beta[r], beta[r]);
         const float2 qv = make_float2(q2.x * qg.x * P.x, q2.y * qg.y * P.y);
-        *reinterpret_cast<float2*>(rec + R::Qg + r * D + d) = make_float2(tf32_round(qv.x), tf32_round(qv.y));
-        if (r16) *reinterpret_cast<__half2*>(r16 + R16::qg + 2 * swz128(r, d)) = __floats2half2_rn(qv.x * sc, qv.y * sc);
+        // (with the fp16 reverse pass only its record reads Qγ and γ_C: grad-1 does not)
+        if (r16)
+          *reinterpret_cast<__half2*>(r16 + R16::qg + 2 * swz128(r, d)) = __floats2half2_rn(qv.x * sc, qv.y * sc);
+        else
+          *reinterpret_cast<float2*>(rec + R::Qg + r * D + d) = make_float2(tf32_round(qv.x), tf32_round(qv.y));
         *reinterpret_cast<__half2*>(eb + Pr::hx(r, d)) = __floats2half2_rn(b2.x * k2.x * P.x, b2.y * k2.y * P.y);
       }
       float2 Q = *reinterpret_cast<const float2*>(Pr::tf(sm) + j * D + d);  // 2^{G_C − G_r}, r from the block's end
@@ -174,8 +177,10 @@ __global__ void __launch_bounds__(detail::kThreads, 1) prep16_kernel(const Backw
       }
       for (int i = tid; i < D / 4; i += NT) {
         const float4 g = reinterpret_cast<const float4*>(Pr::gc(sm))[i];
-        reinterpret_cast<float4*>(rec + R::gC)[i] = g;
-        if (r16) reinterpret_cast<float4*>(r16 + R16::gc)[i] = make_float4(g.x * sc, g.y * sc, g.z * sc, g.w * sc);
+        if (r16)
+          reinterpret_cast<float4*>(r16 + R16::gc)[i] = make_float4(g.x * sc, g.y * sc, g.z * sc, g.w * sc);
+        else
+          reinterpret_cast<float4*>(rec + R::gC)[i] = g;
       }
       if (r16 && tid == 0) *reinterpret_cast<int*>(r16 + R16::f) = fi;
     }
