@@ -98,8 +98,7 @@ __global__ void __launch_bounds__(detail::kThreads, 1) prep16_kernel(const Backw
           for (int d = lane; d < D; d += 32) m = fmaxf(m, e[d]);
         else
           m = e[0];
-#pragma unroll
-        for (int o = 16; o; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+        m = warp_max(m);
         int ex = 0;
         frexpf(m, &ex);
         if (lane == 0) s_f = m > 0.f && ex - 1 > -126 ? ex - 1 : -126;

@@ -18,8 +18,6 @@
 
 #include "backward_prep16.cuh"
 
-#include <climits>
-
 namespace gdr2 {
 namespace cuda {
 namespace detail {
@@ -43,13 +41,6 @@ struct Rev16Layout {
   static_assert(bytes <= 232448, "reverse16 shared memory exceeds 227 KB");
 };
 
-/// max over the warp
-__device__ __forceinline__ float warp_max(float m) {
-#pragma unroll
-  for (int o = 16; o; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
-  return m;
-}
-
 /// The exponent e with m ≤ 2^e (m > 0), within [−100, 100] (scales stay normal fp32).
 __device__ __forceinline__ int cover_exponent(float m) {
   int e;
@@ -57,6 +48,9 @@ __device__ __forceinline__ int cover_exponent(float m) {
   return e < -100 ? -100 : (e > 100 ? 100 : e);
 }
 
+/// The reverse pass of one (sequence n, value head hv, columns j0..j0+63) block: dS_T (or
+/// zeros) in, dS at the end of every chunk c out to p.dstates (fp32 [K][V] per chunk-head),
+/// dS at the sequence's start to p.ds0 when asked; records from the 16-bit prep (Rec16).
 template <int D, class Tin>
 __global__ void __launch_bounds__(kRevThreads, 1) reverse16_kernel(const BackwardParams p) {
   using L = Rev16Layout<D>;
