@@ -193,13 +193,7 @@ __global__ void __launch_bounds__(kRevThreads, 1) reverse16_kernel(const Backwar
     const __half* Aqk = reinterpret_cast<const __half*>(st + R::aqk);
     // dSᵀ as fp16 A operands (k = channels), then dSᵀ ← dSᵀ Diag(γ_C·2^{−f})
     std::uint32_t sa[D / 16][4];
-#pragma unroll
-    for (int kc = 0; kc < D / 16; ++kc) {
-      sa[kc][0] = pack_half2(dS[2 * kc][0], dS[2 * kc][1]);
-      sa[kc][1] = pack_half2(dS[2 * kc][2], dS[2 * kc][3]);
-      sa[kc][2] = pack_half2(dS[2 * kc + 1][0], dS[2 * kc + 1][1]);
-      sa[kc][3] = pack_half2(dS[2 * kc + 1][2], dS[2 * kc + 1][3]);
-    }
+    pack_state_a<D>(sa, dS);
     step_decay<D>(dS, reinterpret_cast<const float*>(st + R::gc), lane);
     // dRᵀ = dSᵀ Ktailᵀ + dOᵀ Aqk;  dSᵀ += dOᵀ Qγ
     float dR[8][4];

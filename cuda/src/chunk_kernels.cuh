@@ -956,6 +956,34 @@ struct TileOut {
   }
 };
 
+/// Each of this warp's 16 rows of Sᵀ (accumulators: value column vv = 0..15 of the warp,
+/// key row kk) times `mul`, rounded to tf32 (cvt.rna, as the backward's tf32 products round
+/// their operands), as put(kk, vv, value).
+template <int D, class Put>
+__device__ __forceinline__ void state_tf32(const float (&S)[D / 8][4], int lane, float mul, Put&& put) {
+  const int g8 = lane >> 2, q4 = lane & 3;
+#pragma unroll
+  for (int nt = 0; nt < D / 8; ++nt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      std::uint32_t r;
+      asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(S[nt][e] * mul));
+      put(8 * nt + 2 * q4 + (e & 1), g8 + 8 * (e >> 1), __uint_as_float(r));
+    }
+}
+
+/// Sᵀ (this warp's 16 rows × D channels, accumulators) as fp16 A operands, k = channels.
+template <int D>
+__device__ __forceinline__ void pack_state_a(std::uint32_t (&sa)[D / 16][4], const float (&S)[D / 8][4]) {
+#pragma unroll
+  for (int kc = 0; kc < D / 16; ++kc) {
+    sa[kc][0] = pack_half2(S[2 * kc][0], S[2 * kc][1]);
+    sa[kc][1] = pack_half2(S[2 * kc][2], S[2 * kc][3]);
+    sa[kc][2] = pack_half2(S[2 * kc + 1][0], S[2 * kc + 1][1]);
+    sa[kc][3] = pack_half2(S[2 * kc + 1][2], S[2 * kc + 1][3]);
+  }
+}
+
 /// Training (ForwardParams::chunk_states): this warp's 16 rows of Sᵀ — the state at the
 /// start of the chunk at row `row`, value columns v0..v0+15 — into the [K][V] state of
 /// (row, hv), rounded to tf32 (cvt.rna, as the backward's tf32 products round their
@@ -965,17 +993,8 @@ struct TileOut {
 template <int D>
 __device__ __forceinline__ void save_chunk_state(const float (&S)[D / 8][4], float* cs, long long row, int Hv, int hv,
                                                  int v0, int lane) {
-  const int g8 = lane >> 2, q4 = lane & 3;
   float* base = cs + (row * Hv + hv) * (long long)(D * D);
-#pragma unroll
-  for (int nt = 0; nt < D / 8; ++nt)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      const int kk = 8 * nt + 2 * q4 + (e & 1), vv = v0 + g8 + 8 * (e >> 1);
-      std::uint32_t r;
-      asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(S[nt][e]));
-      base[kk * D + vv] = __uint_as_float(r);
-    }
+  state_tf32<D>(S, lane, 1.f, [&](int kk, int vv, float x) { base[kk * D + v0 + vv] = x; });
 }
 
 /// Training, split path with helper warps: this warp's 16 columns of Sᵀ (col0.. of the
@@ -986,16 +1005,7 @@ __device__ __forceinline__ void save_chunk_state(const float (&S)[D / 8][4], flo
 template <int D>
 __device__ __forceinline__ void stage_chunk_state(const float (&S)[D / 8][4], char* tile, int pitch, int col0,
                                                   int lane, float mul = 1.f) {
-  const int g8 = lane >> 2, q4 = lane & 3;
-#pragma unroll
-  for (int nt = 0; nt < D / 8; ++nt)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      const int kk = 8 * nt + 2 * q4 + (e & 1), vv = col0 + g8 + 8 * (e >> 1);
-      std::uint32_t r;
-      asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(S[nt][e] * mul));
-      *reinterpret_cast<float*>(tile + kk * pitch + vv * 4) = __uint_as_float(r);
-    }
+  state_tf32<D>(S, lane, mul, [&](int kk, int vv, float x) { *reinterpret_cast<float*>(tile + kk * pitch + (col0 + vv) * 4) = x; });
 }
 
 /// One chunk step of this warp's 16 value columns (K: a StepKind). With K::WG every product
@@ -1023,13 +1033,7 @@ __device__ __forceinline__ void state_step(float (&S)[D / 8][4], const StepInput
     wgmma_fence_operands(R);
     // S0ᵀ as fp16 A operands (k = channels); registers read by the MMAs until the wait
     std::uint32_t sa[D / 16][4];
-#pragma unroll
-    for (int kc = 0; kc < D / 16; ++kc) {
-      sa[kc][0] = pack_half2(S[2 * kc][0], S[2 * kc][1]);
-      sa[kc][1] = pack_half2(S[2 * kc][2], S[2 * kc][3]);
-      sa[kc][2] = pack_half2(S[2 * kc + 1][0], S[2 * kc + 1][1]);
-      sa[kc][3] = pack_half2(S[2 * kc + 1][2], S[2 * kc + 1][3]);
-    }
+    pack_state_a<D>(sa, S);
     // Oᵀ = S0ᵀ Qγᵀ, Rᵀ = Uᵀ − S0ᵀ Yᵀ
     wgmma_fence();
     wgmma_f16_first_64(O, sa[0], desc_channels(in.Qg, 0), false);
