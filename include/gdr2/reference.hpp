@@ -364,15 +364,17 @@ struct RandomUpstream {
   Tensor<T> d_o;
   Tensor<Acc> d_final_state;
 
-  RandomUpstream(const Problem<T>& p, std::uint64_t seed, bool with_final_state = true) {
+  /// `scale`: every value times it (a power of 2 keeps the draws exact up to the type's
+  /// range: loss-scaled or tiny upstream gradients).
+  RandomUpstream(const Problem<T>& p, std::uint64_t seed, bool with_final_state = true, double scale = 1.0) {
     std::mt19937_64 rng(seed);
     std::normal_distribution<double> normal(0.0, 1.0);
     d_o = Tensor<T>(p.v.shape[0], p.v.shape[1], p.v.shape[2], p.v.shape[3]);
-    for (Index i = 0; i < d_o.size(); ++i) d_o[i] = convert<T>(normal(rng));
+    for (Index i = 0; i < d_o.size(); ++i) d_o[i] = convert<T>(scale * normal(rng));
     if (with_final_state) {
       const Index N = p.cu_seqlens.given() ? p.cu_seqlens.count - 1 : p.q.shape[0];
       d_final_state = Tensor<Acc>(N, p.v.shape[2], p.q.shape[3], p.v.shape[3]);
-      for (Index i = 0; i < d_final_state.size(); ++i) d_final_state[i] = Acc(normal(rng));
+      for (Index i = 0; i < d_final_state.size(); ++i) d_final_state[i] = Acc(scale * normal(rng));
     }
   }
   GradOutputs<T> grad_outputs() const { return GradOutputs<T>{d_o.view(), d_final_state.view()}; }
