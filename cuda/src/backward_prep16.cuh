@@ -151,7 +151,8 @@ __global__ void __launch_bounds__(detail::kThreads, 1) prep16_kernel(const Backw
         const int r = 16 * j + rr;
         const float2 k2 = load2(k + r * PR + d), x = E2(r);
         *reinterpret_cast<float2*>(rec + R::Kt + r * D + d) = make_float2(tf32_round(k2.x * Q.x), tf32_round(k2.y * Q.y));
-        if (r16) *reinterpret_cast<__half2*>(r16 + R16::kt + 2 * swz128(r, d)) = __floats2half2_rn(k2.x * Q.x, k2.y * Q.y);
+        if (r16)
+          *reinterpret_cast<__half2*>(r16 + R16::kt + 2 * swz128(r, d)) = __floats2half2_rn(k2.x * Q.x, k2.y * Q.y);
         Q = make_float2(Q.x * x.x, Q.y * x.y);
       }
     }
@@ -172,7 +173,9 @@ __global__ void __launch_bounds__(detail::kThreads, 1) prep16_kernel(const Backw
         float4 x = make_float4(0.f, 0.f, 0.f, 0.f);
         if ((c >> 4) <= (r >> 4)) x = m ? load4(aqk + Pr::ax(r, c)) : round4(*reinterpret_cast<const float4*>(a32 + r * PF + c));
         *reinterpret_cast<float4*>(rec + (m ? R::Aqk : R::A) + r * kC + c) = x;
-        if (m && r16) *reinterpret_cast<uint2*>(r16 + R16::aqk + 2 * swz128(r, c)) = make_uint2(pack_half2(x.x, x.y), pack_half2(x.z, x.w));
+        if (m && r16)
+          *reinterpret_cast<uint2*>(r16 + R16::aqk + 2 * swz128(r, c)) =
+              make_uint2(pack_half2(x.x, x.y), pack_half2(x.z, x.w));
       }
       for (int i = tid; i < D / 4; i += NT) {
         const float4 g = reinterpret_cast<const float4*>(Pr::gc(sm))[i];

@@ -1005,7 +1005,8 @@ __device__ __forceinline__ void save_chunk_state(const float (&S)[D / 8][4], flo
 template <int D>
 __device__ __forceinline__ void stage_chunk_state(const float (&S)[D / 8][4], char* tile, int pitch, int col0,
                                                   int lane, float mul = 1.f) {
-  state_tf32<D>(S, lane, mul, [&](int kk, int vv, float x) { *reinterpret_cast<float*>(tile + kk * pitch + (col0 + vv) * 4) = x; });
+  state_tf32<D>(S, lane, mul,
+                [&](int kk, int vv, float x) { *reinterpret_cast<float*>(tile + kk * pitch + (col0 + vv) * 4) = x; });
 }
 
 /// One chunk step of this warp's 16 value columns (K: a StepKind). With K::WG every product
