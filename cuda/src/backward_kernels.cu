@@ -67,6 +67,16 @@ cudaError_t launch_with_smem(K kernel, dim3 grid, int smem, cudaStream_t st, con
   return cudaGetLastError();
 }
 
+/// The reverse pass on fp16 warpgroup MMAs (backward_reverse16.cuh): a block per (sequence,
+/// value head, 64 columns).
+template <int D>
+cudaError_t launch_reverse16(const BackwardParams& p, cudaStream_t st) {
+  const dim3 grid(unsigned(p.N * p.Hv * (D / kRevCols)));
+  constexpr int smem = Rev16Layout<D>::bytes;
+  return p.dtype == 0 ? launch_with_smem(reverse16_kernel<D, __nv_bfloat16>, grid, smem, st, p, kRevThreads)
+                      : launch_with_smem(reverse16_kernel<D, __half>, grid, smem, st, p, kRevThreads);
+}
+
 long long reduce_count(const BackwardParams& p, const BwdReduce& r) {
   return (long long)p.B * p.T * r.heads * r.width;
 }

@@ -397,7 +397,7 @@ GDR2_HD void prep_body(const Blk& bk, const P& p, long long cg, int hv, float* s
 template <int D>
 struct StateLayout {
   static constexpr int PD = D + 4;
-  static constexpr int kMaxFloats = 227 * 1024 / 4;  // the opt-in shared memory of a block
+  static constexpr int kMaxFloats = kSmemOptIn / 4;  // the opt-in shared memory of a block
   int PV, PS, S, A1, A2, Aqk, dO, dR, g, Qg, floats;  // the forward role keeps U's slice in dO
   /// The reverse role's off-chain form (value slices ≤ 32, state_reverse_offchain): dS also
   /// as stored for the products (Sr), P = Aqkᵀ dO, Q = Qγᵀ dO, a second dO tile and dO's

@@ -38,7 +38,7 @@ struct Rev16Layout {
   static constexpr int cstage = bars + 64;
   static constexpr int cpitch = kRevCols * 4 + 16;
   static constexpr int bytes = cstage + D * cpitch;
-  static_assert(bytes <= 232448, "reverse16 shared memory exceeds 227 KB");
+  static_assert(bytes <= kSmemOptIn, "reverse16 shared memory exceeds 227 KB");
 };
 
 /// The exponent e with m ≤ 2^e (m > 0), within [−100, 100] (scales stay normal fp32).
@@ -110,30 +110,37 @@ __global__ void __launch_bounds__(kRevThreads, 1) reverse16_kernel(const Backwar
   auto store_ds = [&](int i) {
     const int c = sq.nc - 1 - i;
     mbar_wait(bars + 2, i & 1);
-    float* dst = p.dstates + ((sq.cg0 + c) * p.Hv + hv) * (long long)(D * D) + j0 + 4 * scc;
-    const char* src = sm + L::cstage + 16 * scc;
-    for (int kk = sr0; kk < D; kk += srs)
-      *reinterpret_cast<float4*>(dst + kk * D) = *reinterpret_cast<const float4*>(src + kk * L::cpitch);
+    store_staged_state<D>(p.dstates + ((sq.cg0 + c) * p.Hv + hv) * (long long)(D * D) + j0, sm + L::cstage, L::cpitch,
+                          scc, sr0, srs);
   };
 
   float dS[D / 8][4];
   int E = 0;  // this warp holds dS·2^{−E}
-  if (owner) {
-    load_state<D>(dS, p.dsT, p.dsTs, n, hv, j0 + 16 * w, lane);
-    float m = 0.f;
+  auto scale = [&](float s) {
 #pragma unroll
     for (int nt = 0; nt < D / 8; ++nt)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) m = fmaxf(m, fabsf(dS[nt][e]));
-    m = warp_max(m);
+      for (int e = 0; e < 4; ++e) dS[nt][e] *= s;
+  };
+  // E renewed to cover the larger of max|dS| and `other` over the warp (kept when both are 0)
+  auto renew = [&](float other) {
+    float ms = 0.f;
+#pragma unroll
+    for (int nt = 0; nt < D / 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) ms = fmaxf(ms, fabsf(dS[nt][e]));
+    const float m = warp_max(fmaxf(other, ms * ldexpf(1.f, E)));
     if (m > 0.f) {
-      E = cover_exponent(m);
-      const float s = ldexpf(1.f, -E);
-#pragma unroll
-      for (int nt = 0; nt < D / 8; ++nt)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) dS[nt][e] *= s;
+      const int En = cover_exponent(m);
+      if (En != E) {
+        scale(ldexpf(1.f, E - En));
+        E = En;
+      }
     }
+  };
+  if (owner) {
+    load_state<D>(dS, p.dsT, p.dsTs, n, hv, j0 + 16 * w, lane);
+    renew(0.f);
   } else if (sq.nc > 0) {
     issue(0);
   }
@@ -162,23 +169,7 @@ __global__ void __launch_bounds__(kRevThreads, 1) reverse16_kernel(const Backwar
         m = fmaxf(m, fmaxf(fabsf(v.x), fabsf(v.y)));
       }
     }
-    float ms = 0.f;
-#pragma unroll
-    for (int nt = 0; nt < D / 8; ++nt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) ms = fmaxf(ms, fabsf(dS[nt][e]));
-    m = warp_max(fmaxf(m, ms * ldexpf(1.f, E)));
-    if (m > 0.f) {
-      const int En = cover_exponent(m);
-      if (En != E) {
-        const float s = ldexpf(1.f, E - En);
-#pragma unroll
-        for (int nt = 0; nt < D / 8; ++nt)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) dS[nt][e] *= s;
-        E = En;
-      }
-    }
+    renew(m);
     const float inv = ldexpf(1.f, -E);
 #pragma unroll
     for (int ks = 0; ks < 4; ++ks)
@@ -222,26 +213,10 @@ __global__ void __launch_bounds__(kRevThreads, 1) reverse16_kernel(const Backwar
     fence_proxy_async();  // this stage is rewritten by a bulk copy after the next barrier
   }
   if (owner && p.ds0) {
-    const float s = ldexpf(1.f, E);
-#pragma unroll
-    for (int nt = 0; nt < D / 8; ++nt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) dS[nt][e] *= s;
+    scale(ldexpf(1.f, E));
     store_state<D>(dS, p.ds0, p.ds0s, n, hv, j0 + 16 * w, lane);
   }
   cp_async_wait<0>();
-}
-
-/// The reverse pass on fp16 warpgroup MMAs: a block per (sequence, value head, 64 columns).
-template <int D>
-cudaError_t launch_reverse16(const BackwardParams& p, cudaStream_t st) {
-  auto go = [&](auto kern) {
-    cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, Rev16Layout<D>::bytes);
-    if (e != cudaSuccess) return e;
-    kern<<<unsigned(p.N * p.Hv * (D / kRevCols)), kRevThreads, Rev16Layout<D>::bytes, st>>>(p);
-    return cudaGetLastError();
-  };
-  return p.dtype == 0 ? go(reverse16_kernel<D, __nv_bfloat16>) : go(reverse16_kernel<D, __half>);
 }
 
 }  // namespace bwd

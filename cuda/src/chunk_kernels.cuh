@@ -162,7 +162,7 @@ struct PrepLayout {
   static constexpr int bar = vec + 12 * D * 4;     // mbarriers of the q, k, b, g and of the v, w tile copies
   static constexpr int bytes = bar + 16;
   static_assert(!QUAD_ALIAS || QUAD <= 2 * HTILE, "quadrant operands must fit in the v, w tiles");
-  static_assert(bytes <= 232448, "prep shared memory exceeds 227 KB");
+  static_assert(bytes <= kSmemOptIn, "prep shared memory exceeds 227 KB");
 };
 
 /// Location of one sequence's tokens.
@@ -1009,6 +1009,17 @@ __device__ __forceinline__ void stage_chunk_state(const float (&S)[D / 8][4], ch
                 [&](int kk, int vv, float x) { *reinterpret_cast<float*>(tile + kk * pitch + (col0 + vv) * 4) = x; });
 }
 
+/// A tile staged by stage_chunk_state (`pitch` bytes per key row) to a [K][V] state whose
+/// row 0 begins at `dst` (the tile's first column), in 16-byte pieces: this thread's piece
+/// `piece` of rows r0, r0 + rs, ... (its share of the threads that store the tile).
+template <int D>
+__device__ __forceinline__ void store_staged_state(float* dst, const char* tile, int pitch, int piece, int r0, int rs) {
+  dst += 4 * piece;
+  tile += 16 * piece;
+  for (int kk = r0; kk < D; kk += rs)
+    *reinterpret_cast<float4*>(dst + kk * D) = *reinterpret_cast<const float4*>(tile + kk * pitch);
+}
+
 /// One chunk step of this warp's 16 value columns (K: a StepKind). With K::WG every product
 /// is a warpgroup MMA, its operand tiles read once per warpgroup, in four groups: Uᵀ = Zᵀ Aᵀ;
 /// Oᵀ = S0ᵀ Qγᵀ and Rᵀ = Uᵀ − S0ᵀ Yᵀ; Oᵀ += Rᵀ Aqkᵀ; the S update, in flight while Oᵀ is staged
@@ -1656,7 +1667,6 @@ __global__ void __launch_bounds__(kThreads, 1) prep_kernel(const __grid_constant
 /// copier helpers' 16-byte stores, when it fits the block's shared memory.
 template <int D>
 struct StateLayout {
-  static constexpr int kMaxBytes = 227 * 1024;  // the opt-in shared memory of a block
   int vs, pv, rec, rv, rw, stage_bytes, bars, ostage, obytes, cstage, cpitch, bytes;
   bool helpers;  // owner warps (vs/16) leave some of the block's warps free
   bool stage_states;  // the chunk states go out through the cstage tile
@@ -1674,7 +1684,7 @@ struct StateLayout {
     bytes = ostage + (helpers ? 2 * obytes : 0);
     cstage = bytes;
     cpitch = vs * 4 + 16;
-    stage_states = save && helpers && cstage + D * cpitch <= kMaxBytes;
+    stage_states = save && helpers && cstage + D * cpitch <= kSmemOptIn;
     if (stage_states) bytes += D * cpitch;
   }
 };
@@ -1866,10 +1876,8 @@ __device__ void state_body(const ForwardParams& p, char* sm, int n, int hv, int 
   const int cps = Ls.vs / 4, scc = htid % cps, sr0 = htid / cps, srs = cthr / cps;
   auto store_states = [&](int c) {
     mbar_wait(bars + 6, c & 1);
-    float* dst = p.chunk_states + ((cbase + c) * p.Hv + hv) * (long long)(D * D) + v0 + 4 * scc;
-    const char* src = sm + Ls.cstage + 16 * scc;
-    for (int kk = sr0; kk < D; kk += srs)
-      *reinterpret_cast<float4*>(dst + kk * D) = *reinterpret_cast<const float4*>(src + kk * Ls.cpitch);
+    store_staged_state<D>(p.chunk_states + ((cbase + c) * p.Hv + hv) * (long long)(D * D) + v0, sm + Ls.cstage,
+                          Ls.cpitch, scc, sr0, srs);
   };
   // helper role of chunk c: chunk c+1's inputs in, chunk c−1's output out (from stage
   // (c+1)&1's v tile without helper warps: first, then a barrier of the helpers)

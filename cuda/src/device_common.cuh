@@ -258,6 +258,9 @@ __device__ __forceinline__ void mma16816(float (&c)[4], const std::uint32_t (&a)
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+/// The opt-in shared memory of one block on sm_90 (bytes).
+constexpr int kSmemOptIn = 227 * 1024;
+
 /// The largest of the warp's 32 values, in every lane.
 __device__ __forceinline__ float warp_max(float m) {
 #pragma unroll
