@@ -84,10 +84,18 @@ long long reduce_count(const BackwardParams& p, const BwdReduce& r) {
 template <int D, int MATH>
 cudaError_t launch_d(const BackwardParams& p_in, cudaStream_t st) {
   cudaError_t e;
-  // 16-bit inputs in the tf32 mode given the forward's chunk states: the reverse pass on fp16
-  // warpgroup MMAs (backward_reverse16.cuh), its records written by the 16-bit prep
+  // 16-bit inputs in the tf32 mode: the reverse pass on fp16 warpgroup MMAs
+  // (backward_reverse16.cuh), its records written by the 16-bit prep. Without the forward's
+  // chunk states the state kernel then runs only its forward role before it — unless both
+  // roles fit in one wave of the state kernel, whose two chains then run side by side
+  // (B=1 T=32768 H=16: one launch 3.1 ms against 2.3 + 1.1 ms one after the other;
+  // cuda/NOTES.md backward item 13, v46)
   BackwardParams p = p_in;
-  p.rev16 = MATH == kTf32 && p.dtype != 2 && p.rows16 && p.do_rows16 && p.saved_states && p.stages >= 2 ? 1 : 0;
+  const bool one_wave = 2LL * p.N * p.Hv * (D / p.vs) <= (p.num_sms > 0 ? p.num_sms : 132);
+  p.rev16 = MATH == kTf32 && p.dtype != 2 && p.rows16 && p.do_rows16 && p.stages >= 2 &&
+                    (p.saved_states || !one_wave)
+                ? 1
+                : 0;
   if (p.chunk_offsets) {
     offsets_kernel<<<1, kThreads, kThreads * 4, st>>>(p);
     if ((e = cudaGetLastError()) != cudaSuccess) return e;
@@ -102,6 +110,11 @@ cudaError_t launch_d(const BackwardParams& p_in, cudaStream_t st) {
     if (e != cudaSuccess) return e;
   }
   if (p.stages >= 2 && p.rev16) {
+    if (!p.saved_states) {  // the chunk states first: the forward role alone (blockIdx.y = 0)
+      const StateLayout<D> L(p.vs);
+      e = launch_with_smem(state_kernel<D, MATH>, dim3(unsigned(p.N * p.Hv * (D / p.vs)), 1u), L.floats * 4, st, p);
+      if (e != cudaSuccess) return e;
+    }
     if ((e = launch_reverse16<D>(p, st)) != cudaSuccess) return e;
   } else if (p.stages >= 2) {
     const StateLayout<D> L(p.vs);

@@ -450,6 +450,22 @@ TEST_CASE("cuda chunk backward: value slices, long sequence, strong decays", "[c
   run_case<GDR2, bf16>(c2, kDevice);
 }
 
+TEST_CASE("cuda chunk backward without chunk states: the reverse pass after or beside the forward role",
+          "[cuda][backward][device]") {
+  SKIP_WITHOUT_GPU();
+  INFO("GDR2_TEST_SEED=" << base_seed());
+  // without the forward's chunk states, the state kernel's two roles run in one launch when
+  // they fit in one wave (2 · pairs · D / vs blocks ≤ SMs); otherwise its forward role runs
+  // alone and the fp16 reverse pass after it. 32 (sequence, head) pairs at value slice 16
+  // need 512 blocks (more than any GPU's SMs: one after the other), at 128 64 blocks (side
+  // by side); strong decays (g ≥ −20) so that the fp16 records' scales matter
+  auto c = make_cfg(41, 2, 190 + 3, 4, 16, 128, -20.0);
+  for (int vs : {16, 128}) {
+    INFO("vs=" << vs);
+    run_case<GDR2, bf16>(c, kDeviceTf32, true, vs);
+  }
+}
+
 TEST_CASE("cuda chunk backward given the forward's chunk states (small, for the sanitizers)",
           "[cuda][backward][device][sanitize]") {
   SKIP_WITHOUT_GPU();
