@@ -779,6 +779,12 @@ GDR2_HD void grad1_body(const Blk& bk, const P& p, long long cg, int hv, float* 
         *sdO = sm + L::dO, *sAqk = sm + L::Aqk, *sA = sm + L::A;
   const InRows iv = rows_v(p, cl, hv), iw = rows_w(p, cl, hv);
   const OutRows odv = out_rows(p, p.dv, cl, hv), odw = out_rows(p, p.tied ? BwdSink{} : p.dw, cl, hv);
+  // 16-bit v and w with 16-byte aligned rows (w per channel): each half's rows are copied
+  // as stored into dR's tile once dZ is formed (dR is dead then), in flight during the
+  // dKtail and dĒ products, instead of being loaded by the threads after dT (their latency
+  // exposed; cuda/NOTES.md backward v47). [2][kC][H] 16-bit elements: 16 KB of dR's 17 KB.
+  const bool vw_tile = p.rows16 && !p.tied;
+  static_assert(2 * kC * H * 2 <= kC * PH * 4, "v and w rows fit dR's tile");
 
   copy_tile(bk, sY, L::PD, rec + Rec<D>::Y, D, kC, D);
   copy_tile(bk, sKt, L::PD, rec + Rec<D>::Kt, D, kC, D);
@@ -824,10 +830,24 @@ GDR2_HD void grad1_body(const Blk& bk, const P& p, long long cg, int hv, float* 
     // dZ = Aᵀ dR over dO's tile (exact: also read elementwise for dv, dw)
     float* sdZ = sdO;
     mmt<4, MATH>(bk, kC, H, [&](int r, int j, float v) { sdZ[r * PH + j] = v; }, term(KMajorR{sA, kPC}, KMajor{sdR, PH}, kC));
+    // this half's v and w rows as stored (vw_tile), a 16-bit row of H elements copied as
+    // H / 2 floats; the barriers of the next two products leave them in flight (`keep`)
+    const char* vw16 = reinterpret_cast<const char*>(sdR);
+    if (vw_tile) {
+      for (int x = 0; x < 2; ++x) {
+        const InRows& ir = x ? iw : iv;
+        copy_tile(bk, sdR + x * kC * H / 2, H / 2,
+                  reinterpret_cast<const float*>(static_cast<const char*>(ir.base) + (ir.off + j0) * 2), ir.st / 2,
+                  cl.len, H / 2);
+      }
+      bk.commit();
+    }
+    Blk bkv = bk;
+    bkv.keep = vw_tile ? 1 : 0;
     // dKtail = R dSᵀ, dĒ = −dZ Sᵀ; dT = −dZ Rᵀ below the diagonal (as dAqk: the strictly
     // upper part of the diagonal tiles is written, never read)
-    mmt<4, MATH>(bk, kC, D, GlobalOut{out + G1<D>::X, D, h, 1.f}, term(KMinorR{sUR, PH}, KMinorR{sdS, PH}, H));
-    mmt<4, MATH>(bk, kC, D, GlobalOut{out + G1<D>::dE, D, h, -1.f}, term(KMinor{sdZ, PH}, KMinorR{sS, PH}, H));
+    mmt<4, MATH>(bkv, kC, D, GlobalOut{out + G1<D>::X, D, h, 1.f}, term(KMinorR{sUR, PH}, KMinorR{sdS, PH}, H));
+    mmt<4, MATH>(bkv, kC, D, GlobalOut{out + G1<D>::dE, D, h, -1.f}, term(KMinor{sdZ, PH}, KMinorR{sS, PH}, H));
     mmt<2, MATH, true>(bk, kC, kC, GlobalOut{out + G1<D>::dT, kC, h, -1.f}, term(KMinor{sdZ, PH}, KMinorR{sUR, PH}, H));
     // dv = dZ ⊙ w, dw = dZ ⊙ v (this half's columns; dw also over dR's tile for the row
     // sums of tied gates); Σ_j dS ⊙ S per key channel (tf32 mode: of the tf32-rounded S,
@@ -838,8 +858,11 @@ GDR2_HD void grad1_body(const Blk& bk, const P& p, long long cg, int hv, float* 
     bk.par_ld<4>(
         kC * H4,
         [&](int i) {
-          const int r = i / H4, d = j0 + (i % H4) * 4;
-          return r < cl.len ? VW{iv.at(r, d), iw.at(r, d)} : VW{splat(0.f), splat(0.f)};
+          const int r = i / H4, d = (i % H4) * 4;
+          if (r >= cl.len) return VW{splat(0.f), splat(0.f)};
+          if (vw_tile)  // (the rows past the chunk were not copied)
+            return VW{ld_in4(vw16, r * H + d, p.dtype, 1), ld_in4(vw16 + kC * H * 2, r * H + d, p.dtype, 1)};
+          return VW{iv.at(r, j0 + d), iw.at(r, j0 + d)};
         },
         [&](int i, const VW& x) {
           const int r = i / H4, j = (i % H4) * 4;
@@ -848,7 +871,7 @@ GDR2_HD void grad1_body(const Blk& bk, const P& p, long long cg, int hv, float* 
             odv.put4(r, j0 + j, mul4(dz, x.w));
             odw.put4(r, j0 + j, dw);
           }
-          st4(sdR + r * PH + j, dw);
+          if (p.tied) st4(sdR + r * PH + j, dw);  // (vw_tile is off for tied gates)
         });
     bk.par(D, [&](int d) {
       float s = 0.f;
