@@ -763,7 +763,10 @@ template <int D>
 struct Grad1Layout {
   static constexpr int PD = D + 4, PH = 68, H = 64;
   static constexpr int S = 0, dS = S + D * PH, Y = dS + D * PH, Kt = Y + kC * PD, UR = Kt + kC * PD, dR = UR + kC * PH,
-                       dO = dR + kC * PH, Aqk = dO + kC * PH, A = Aqk + kC * kPC, floats = A + kC * kPC;
+                       dO = dR + kC * PH, Aqk = dO + kC * PH, A = Aqk + kC * kPC,
+                       dO16 = A + kC * kPC,  // the next value half's dO rows as stored (16-bit: [kC][H])
+      floats = dO16 + kC * H / 2;
+  static_assert(floats * 4 <= kSmemOptIn, "grad-1 shared memory exceeds 227 KB");
 };
 
 template <int D, int MATH>
@@ -779,12 +782,22 @@ GDR2_HD void grad1_body(const Blk& bk, const P& p, long long cg, int hv, float* 
         *sdO = sm + L::dO, *sAqk = sm + L::Aqk, *sA = sm + L::A;
   const InRows iv = rows_v(p, cl, hv), iw = rows_w(p, cl, hv);
   const OutRows odv = out_rows(p, p.dv, cl, hv), odw = out_rows(p, p.tied ? BwdSink{} : p.dw, cl, hv);
-  // 16-bit v and w with 16-byte aligned rows (w per channel): each half's rows are copied
-  // as stored into dR's tile once dZ is formed (dR is dead then), in flight during the
-  // dKtail and dĒ products, instead of being loaded by the threads after dT (their latency
-  // exposed; cuda/NOTES.md backward v47). [2][kC][H] 16-bit elements: 16 KB of dR's 17 KB.
-  const bool vw_tile = p.rows16 && !p.tied;
+  // 16-bit v and w with 16-byte aligned rows: each half's rows (w's with channel gates;
+  // tied gates read β per row) are copied as stored into dR's tile once dZ is formed (dR is
+  // dead then), in flight during the dKtail and dĒ products, instead of being loaded by the
+  // threads after dT (their latency exposed; cuda/NOTES.md backward v47): [2][kC][H] 16-bit
+  // elements, 16 KB of dR's 17 KB. With dO's rows 16-byte aligned too, the next half's dO
+  // rows come the same way into their own 8 KB (v48), converted from there at its start.
+  const bool vw_tile = p.rows16, do_tile = p.do_rows16;
   static_assert(2 * kC * H * 2 <= kC * PH * 4, "v and w rows fit dR's tile");
+  const char* vw16 = reinterpret_cast<const char*>(sdR);
+  const char* do16 = reinterpret_cast<const char*>(sm + L::dO16);
+  // rows [0, len) of an input's columns c0 .. c0 + H − 1 as stored (16-bit, 16-byte aligned
+  // rows: H / 2 floats a row) to dst; rows past the chunk are not copied (never read)
+  auto copy_rows16 = [&](float* dst, const void* src, long long off, long long st) {
+    copy_tile(bk, dst, H / 2, reinterpret_cast<const float*>(static_cast<const char*>(src) + off * 2), st / 2, cl.len,
+              H / 2);
+  };
 
   copy_tile(bk, sY, L::PD, rec + Rec<D>::Y, D, kC, D);
   copy_tile(bk, sKt, L::PD, rec + Rec<D>::Kt, D, kC, D);
@@ -802,11 +815,14 @@ GDR2_HD void grad1_body(const Blk& bk, const P& p, long long cg, int hv, float* 
     copy_tile(bk, sS, PH, p.states + base * DD + j0, D, D, H);
     copy_tile(bk, sdS, PH, p.dstates + base * DD + j0, D, D, H);
     copy_tile(bk, sUR, PH, rec + Rec<D>::U + j0, D, kC, H);
+    // dO's rows: from global memory (the first half), or as copied during the previous half
+    const bool do_copied = do_tile && h > 0;
     bk.par_ld<8>(
         kC * H4,
         [&](int i) {
-          const int r = i / H4;
-          return r < cl.len ? in_do4(p, cl.bb, cl.t0 + r, hv, j0 + (i % H4) * 4) : splat(0.f);
+          const int r = i / H4, d = (i % H4) * 4;
+          if (r >= cl.len) return splat(0.f);
+          return do_copied ? ld_in4(do16, r * H + d, p.dtype, 1) : in_do4(p, cl.bb, cl.t0 + r, hv, j0 + d);
         },
         [&](int i, const F4& x) { st4(sdO + (i / H4) * PH + (i % H4) * 4, op_round4<MATH>(x)); });
     bk.sync();
@@ -830,27 +846,24 @@ GDR2_HD void grad1_body(const Blk& bk, const P& p, long long cg, int hv, float* 
     // dZ = Aᵀ dR over dO's tile (exact: also read elementwise for dv, dw)
     float* sdZ = sdO;
     mmt<4, MATH>(bk, kC, H, [&](int r, int j, float v) { sdZ[r * PH + j] = v; }, term(KMajorR{sA, kPC}, KMajor{sdR, PH}, kC));
-    // this half's v and w rows as stored (vw_tile), a 16-bit row of H elements copied as
-    // H / 2 floats; the barriers of the next two products leave them in flight (`keep`)
-    const char* vw16 = reinterpret_cast<const char*>(sdR);
+    // this half's v and w rows (vw_tile) and the next half's dO rows (do_tile) as stored;
+    // the barriers of the next two products leave them in flight (`keep`)
+    const bool do_next = do_tile && h + 1 < D / H;
     if (vw_tile) {
-      for (int x = 0; x < 2; ++x) {
-        const InRows& ir = x ? iw : iv;
-        copy_tile(bk, sdR + x * kC * H / 2, H / 2,
-                  reinterpret_cast<const float*>(static_cast<const char*>(ir.base) + (ir.off + j0) * 2), ir.st / 2,
-                  cl.len, H / 2);
-      }
-      bk.commit();
+      copy_rows16(sdR, iv.base, iv.off + j0, iv.st);
+      if (!p.tied) copy_rows16(sdR + kC * H / 2, iw.base, iw.off + j0, iw.st);
     }
+    if (do_next) copy_rows16(sm + L::dO16, p.d_o, act(p.sdo, cl.bb, cl.t0, hv) + j0 + H, p.sdo.t);
+    if (vw_tile || do_next) bk.commit();
     Blk bkv = bk;
-    bkv.keep = vw_tile ? 1 : 0;
+    bkv.keep = vw_tile || do_next ? 1 : 0;
     // dKtail = R dSᵀ, dĒ = −dZ Sᵀ; dT = −dZ Rᵀ below the diagonal (as dAqk: the strictly
     // upper part of the diagonal tiles is written, never read)
     mmt<4, MATH>(bkv, kC, D, GlobalOut{out + G1<D>::X, D, h, 1.f}, term(KMinorR{sUR, PH}, KMinorR{sdS, PH}, H));
     mmt<4, MATH>(bkv, kC, D, GlobalOut{out + G1<D>::dE, D, h, -1.f}, term(KMinor{sdZ, PH}, KMinorR{sS, PH}, H));
     mmt<2, MATH, true>(bk, kC, kC, GlobalOut{out + G1<D>::dT, kC, h, -1.f}, term(KMinor{sdZ, PH}, KMinorR{sUR, PH}, H));
-    // dv = dZ ⊙ w, dw = dZ ⊙ v (this half's columns; dw also over dR's tile for the row
-    // sums of tied gates); Σ_j dS ⊙ S per key channel (tf32 mode: of the tf32-rounded S,
+    // dv = dZ ⊙ w, dw = dZ ⊙ v (this half's columns; with tied gates dw over dZ's tile for
+    // its row sums); Σ_j dS ⊙ S per key channel (tf32 mode: of the tf32-rounded S,
     // dS the state passes stored)
     struct VW {
       F4 v, w;
@@ -860,9 +873,10 @@ GDR2_HD void grad1_body(const Blk& bk, const P& p, long long cg, int hv, float* 
         [&](int i) {
           const int r = i / H4, d = (i % H4) * 4;
           if (r >= cl.len) return VW{splat(0.f), splat(0.f)};
-          if (vw_tile)  // (the rows past the chunk were not copied)
-            return VW{ld_in4(vw16, r * H + d, p.dtype, 1), ld_in4(vw16 + kC * H * 2, r * H + d, p.dtype, 1)};
-          return VW{iv.at(r, j0 + d), iw.at(r, j0 + d)};
+          if (!vw_tile) return VW{iv.at(r, j0 + d), iw.at(r, j0 + d)};
+          // (the rows past the chunk were not copied)
+          return VW{ld_in4(vw16, r * H + d, p.dtype, 1),
+                    p.tied ? iw.at(r, j0 + d) : ld_in4(vw16 + kC * H * 2, r * H + d, p.dtype, 1)};
         },
         [&](int i, const VW& x) {
           const int r = i / H4, j = (i % H4) * 4;
@@ -871,7 +885,7 @@ GDR2_HD void grad1_body(const Blk& bk, const P& p, long long cg, int hv, float* 
             odv.put4(r, j0 + j, mul4(dz, x.w));
             odw.put4(r, j0 + j, dw);
           }
-          if (p.tied) st4(sdR + r * PH + j, dw);  // (vw_tile is off for tied gates)
+          if (p.tied) st4(sdZ + r * PH + j, dw);  // over this thread's own dZ elements
         });
     bk.par(D, [&](int d) {
       float s = 0.f;
@@ -881,7 +895,7 @@ GDR2_HD void grad1_body(const Blk& bk, const P& p, long long cg, int hv, float* 
     if (p.tied)
       bk.par(kC, [&](int r) {
         float s = 0.f;
-        for (int j = 0; j < H; ++j) s += sdR[r * PH + j];
+        for (int j = 0; j < H; ++j) s += sdZ[r * PH + j];
         acc(G1<D>::bw + r, s);
       });
   }
