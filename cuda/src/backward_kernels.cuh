@@ -764,7 +764,7 @@ struct Grad1Layout {
   static constexpr int PD = D + 4, PH = 68, H = 64;
   static constexpr int S = 0, dS = S + D * PH, Y = dS + D * PH, Kt = Y + kC * PD, UR = Kt + kC * PD, dR = UR + kC * PH,
                        dO = dR + kC * PH, Aqk = dO + kC * PH, A = Aqk + kC * kPC,
-                       dO16 = A + kC * kPC,  // the next value half's dO rows as stored (16-bit: [kC][H])
+                       dO16 = A + kC * kPC,  // a value half's dO rows as stored (16-bit: [kC][H])
       floats = dO16 + kC * H / 2;
   static_assert(floats * 4 <= kSmemOptIn, "grad-1 shared memory exceeds 227 KB");
 };
@@ -786,8 +786,10 @@ GDR2_HD void grad1_body(const Blk& bk, const P& p, long long cg, int hv, float* 
   // tied gates read β per row) are copied as stored into dR's tile once dZ is formed (dR is
   // dead then), in flight during the dKtail and dĒ products, instead of being loaded by the
   // threads after dT (their latency exposed; cuda/NOTES.md backward v47): [2][kC][H] 16-bit
-  // elements, 16 KB of dR's 17 KB. With dO's rows 16-byte aligned too, the next half's dO
-  // rows come the same way into their own 8 KB (v48), converted from there at its start.
+  // elements, 16 KB of dR's 17 KB. With dO's rows 16-byte aligned too, each half's dO rows
+  // come the same way into their own 8 KB and are converted from there at the half's start:
+  // the second half's copied during the first (v48), the first half's with the record's
+  // tiles, converted while the first half's S, dS, U tiles land (v51).
   const bool vw_tile = p.rows16, do_tile = p.do_rows16;
   static_assert(2 * kC * H * 2 <= kC * PH * 4, "v and w rows fit dR's tile");
   const char* vw16 = reinterpret_cast<const char*>(sdR);
@@ -803,6 +805,10 @@ GDR2_HD void grad1_body(const Blk& bk, const P& p, long long cg, int hv, float* 
   copy_tile(bk, sKt, L::PD, rec + Rec<D>::Kt, D, kC, D);
   copy_tile(bk, sAqk, kPC, rec + Rec<D>::Aqk, kC, kC, kC);
   copy_tile(bk, sA, kPC, rec + Rec<D>::A, kC, kC, kC);
+  if (do_tile) {
+    copy_rows16(sm + L::dO16, p.d_o, act(p.sdo, cl.bb, cl.t0, hv), p.sdo.t);
+    bk.commit();
+  }
   for (int h = 0; h < D / H; ++h) {
     const int j0 = H * h;
     // the second value half adds to the first half's stored partial sums
@@ -815,14 +821,20 @@ GDR2_HD void grad1_body(const Blk& bk, const P& p, long long cg, int hv, float* 
     copy_tile(bk, sS, PH, p.states + base * DD + j0, D, D, H);
     copy_tile(bk, sdS, PH, p.dstates + base * DD + j0, D, D, H);
     copy_tile(bk, sUR, PH, rec + Rec<D>::U + j0, D, kC, H);
-    // dO's rows: from global memory (the first half), or as copied during the previous half
-    const bool do_copied = do_tile && h > 0;
+    // dO's rows: as copied (do_tile; the first half's once the copies committed before S,
+    // dS, U have landed), else from global memory
+    if (do_tile && h == 0) {
+      bk.commit();
+      Blk first = bk;
+      first.keep = 1;
+      first.sync();
+    }
     bk.par_ld<8>(
         kC * H4,
         [&](int i) {
           const int r = i / H4, d = (i % H4) * 4;
           if (r >= cl.len) return splat(0.f);
-          return do_copied ? ld_in4(do16, r * H + d, p.dtype, 1) : in_do4(p, cl.bb, cl.t0 + r, hv, j0 + d);
+          return do_tile ? ld_in4(do16, r * H + d, p.dtype, 1) : in_do4(p, cl.bb, cl.t0 + r, hv, j0 + d);
         },
         [&](int i, const F4& x) { st4(sdO + (i / H4) * PH + (i % H4) * 4, op_round4<MATH>(x)); });
     bk.sync();
