@@ -1166,28 +1166,56 @@ GDR2_HD void apply_slice(const Blk& bk, const P& p, const ChunkLoc& cl, int hv, 
     F4 q, k, b, g;
   };
   const InRows iq = rows_q(p, cl, hv), ik = rows_k(p, cl, hv), ib_ = rows_b(p, cl, hv), ig = rows_g(p, cl, hv);
-  bk.par_ld<4>(
-      kC * K4,
-      [&](int i) {
-        const int r = i / K4, d = c0 + (i % K4) * 4;
-        if (r >= len) return QKBG{splat(0.f), splat(0.f), splat(0.f), splat(0.f)};
-        return QKBG{iq.at(r, d), ik.at(r, d), ib_.at(r, d), ig.at(r, d)};
-      },
-      [&](int i, const QKBG& x) {
-        const int o = (i / K4) * PB + (i % K4) * 4;
-        st4(sq + o, x.q);
-        st4(sk + o, x.k);
-        st4(sb + o, x.b);
-        st4(sG + o, x.g);
-      });
+  // 16-bit q k b (channel gates) and channel g with 16-byte aligned rows: copied as stored
+  // (cp.async, rows past the chunk not copied), q k b into the products' operand space (free
+  // until phase d) as [3][kC][KS] 16-bit, g into G; phase b converts them (v52: register
+  // loads here held 44 % of the applies' stall samples, cuda/NOTES.md backward item 14).
+  // Else loaded into registers, converted, zeros past the chunk.
+  const bool qkbg_tile = p.rows16 && !p.tied && !p.scalar_decay;
+  static_assert(3 * kC * KS / 2 <= L::rs - L::ops, "q k b rows as stored fit the operand space");
+  const char* raw = reinterpret_cast<const char*>(ops);
+  if (qkbg_tile) {
+    const InRows* in3[3] = {&iq, &ik, &ib_};
+    for (int x = 0; x < 3; ++x)
+      copy_tile(bk, ops + x * kC * KS / 2, KS / 2,
+                reinterpret_cast<const float*>(static_cast<const char*>(in3[x]->base) + (in3[x]->off + c0) * 2),
+                in3[x]->st / 2, len, KS / 2);
+    copy_tile(bk, sG, PB, static_cast<const float*>(ig.base) + ig.off + c0, ig.st, len, KS);
+  } else {
+    bk.par_ld<4>(
+        kC * K4,
+        [&](int i) {
+          const int r = i / K4, d = c0 + (i % K4) * 4;
+          if (r >= len) return QKBG{splat(0.f), splat(0.f), splat(0.f), splat(0.f)};
+          return QKBG{iq.at(r, d), ik.at(r, d), ib_.at(r, d), ig.at(r, d)};
+        },
+        [&](int i, const QKBG& x) {
+          const int o = (i / K4) * PB + (i % K4) * 4;
+          st4(sq + o, x.q);
+          st4(sk + o, x.k);
+          st4(sb + o, x.b);
+          st4(sG + o, x.g);
+        });
+  }
   if (first) prefetch_applies<D>(bk, p, cl, hv, g1);
   bk.sync();
   // b. cumulative sums of the log-decays as a blocked scan (item: 8-row segment × channel;
   //    chains of 8, not 64): sums within each segment. dT and dAqk below their 8×8
   //    diagonal blocks rounded as the products round them (op_round; the blocks stay exact
   //    for phase e, what lies above is never read); dAqk's diagonal to `diag`
+  //    With qkbg_tile, the rows as copied converted first (q times the scale, g to log2
+  //    units; zeros past the chunk).
   bk.par(NSEG * KS, [&](int i) {
     const int sg = i / KS, d = i % KS;
+    if (qkbg_tile)
+      for (int r = 8 * sg; r < 8 * sg + 8; ++r) {
+        const bool in = r < len;
+        const int o = r * KS + d;
+        sq[r * PB + d] = in ? ld_in(raw, o, p.dtype) * iq.mul : 0.f;
+        sk[r * PB + d] = in ? ld_in(raw + kC * KS * 2, o, p.dtype) : 0.f;
+        sb[r * PB + d] = in ? ld_in(raw + 2 * kC * KS * 2, o, p.dtype) : 0.f;
+        sG[r * PB + d] = in ? sG[r * PB + d] * ig.mul : 0.f;
+      }
     float s = 0.f;
     for (int r = 8 * sg; r < 8 * sg + 8; ++r) {
       s += sG[r * PB + d];

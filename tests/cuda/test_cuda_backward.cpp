@@ -475,6 +475,10 @@ TEST_CASE("cuda chunk backward given the forward's chunk states (small, for the 
   run_case<KDA, bf16>(c, {{Where::device, cuda::BackwardMath::tf32, true, cuda::ForwardPath::fused},
                           {Where::device, cuda::BackwardMath::tf32, true, cuda::ForwardPath::split},
                           {Where::device, cuda::BackwardMath::tf32, true, cuda::ForwardPath::split, false}});
+  // GDR-2's channel gates take other copy paths in grad-1 and the applies (w's rows, q k b g
+  // as stored); without chunk states as well (the tf32 state passes)
+  run_case<GDR2, bf16>(c, {{Where::device, cuda::BackwardMath::tf32, true, cuda::ForwardPath::fused},
+                           {Where::device, cuda::BackwardMath::tf32}});
 }
 
 TEST_CASE("cuda chunk backward given chunk states from the split forward at every value slice",
