@@ -312,6 +312,14 @@ GDR2_HD void copy_tile(const Blk& bk, float* dst, int dp, const float* src, long
   }
 }
 
+/// Rows [0, rows) of a 16-bit input as stored: n16 elements from element `off` of each row,
+/// rows `st` elements apart (off, st and n16 multiples of 8: 16-byte pieces), into dst as
+/// [rows][n16] — copy_tile's asynchronous copies of the same bytes seen as floats.
+GDR2_HD void copy_rows16(const Blk& bk, void* dst, const void* base, long long off, long long st, int rows, int n16) {
+  copy_tile(bk, static_cast<float*>(dst), n16 / 2,
+            reinterpret_cast<const float*>(static_cast<const char*>(base) + off * 2), st / 2, rows, n16 / 2);
+}
+
 /// Asks the L2 for the 128-byte line holding p (device_common's prefetch_l2: no registers,
 /// nothing to wait for), so that a later read finds it there. The host: nothing.
 GDR2_HD void prefetch_line(const void* p) {

@@ -794,11 +794,9 @@ GDR2_HD void grad1_body(const Blk& bk, const P& p, long long cg, int hv, float* 
   static_assert(2 * kC * H * 2 <= kC * PH * 4, "v and w rows fit dR's tile");
   const char* vw16 = reinterpret_cast<const char*>(sdR);
   const char* do16 = reinterpret_cast<const char*>(sm + L::dO16);
-  // rows [0, len) of an input's columns c0 .. c0 + H − 1 as stored (16-bit, 16-byte aligned
-  // rows: H / 2 floats a row) to dst; rows past the chunk are not copied (never read)
-  auto copy_rows16 = [&](float* dst, const void* src, long long off, long long st) {
-    copy_tile(bk, dst, H / 2, reinterpret_cast<const float*>(static_cast<const char*>(src) + off * 2), st / 2, cl.len,
-              H / 2);
+  // H columns of the chunk's rows as stored (rows past the chunk are not copied: never read)
+  auto copy_half = [&](float* dst, const void* base, long long off, long long st) {
+    copy_rows16(bk, dst, base, off, st, cl.len, H);
   };
 
   copy_tile(bk, sY, L::PD, rec + Rec<D>::Y, D, kC, D);
@@ -806,7 +804,7 @@ GDR2_HD void grad1_body(const Blk& bk, const P& p, long long cg, int hv, float* 
   copy_tile(bk, sAqk, kPC, rec + Rec<D>::Aqk, kC, kC, kC);
   copy_tile(bk, sA, kPC, rec + Rec<D>::A, kC, kC, kC);
   if (do_tile) {
-    copy_rows16(sm + L::dO16, p.d_o, act(p.sdo, cl.bb, cl.t0, hv), p.sdo.t);
+    copy_half(sm + L::dO16, p.d_o, act(p.sdo, cl.bb, cl.t0, hv), p.sdo.t);
     bk.commit();
   }
   for (int h = 0; h < D / H; ++h) {
@@ -862,10 +860,10 @@ GDR2_HD void grad1_body(const Blk& bk, const P& p, long long cg, int hv, float* 
     // the barriers of the next two products leave them in flight (`keep`)
     const bool do_next = do_tile && h + 1 < D / H;
     if (vw_tile) {
-      copy_rows16(sdR, iv.base, iv.off + j0, iv.st);
-      if (!p.tied) copy_rows16(sdR + kC * H / 2, iw.base, iw.off + j0, iw.st);
+      copy_half(sdR, iv.base, iv.off + j0, iv.st);
+      if (!p.tied) copy_half(sdR + kC * H / 2, iw.base, iw.off + j0, iw.st);
     }
-    if (do_next) copy_rows16(sm + L::dO16, p.d_o, act(p.sdo, cl.bb, cl.t0, hv) + j0 + H, p.sdo.t);
+    if (do_next) copy_half(sm + L::dO16, p.d_o, act(p.sdo, cl.bb, cl.t0, hv) + j0 + H, p.sdo.t);
     if (vw_tile || do_next) bk.commit();
     Blk bkv = bk;
     bkv.keep = vw_tile || do_next ? 1 : 0;
@@ -1175,11 +1173,9 @@ GDR2_HD void apply_slice(const Blk& bk, const P& p, const ChunkLoc& cl, int hv, 
   static_assert(3 * kC * KS / 2 <= L::rs - L::ops, "q k b rows as stored fit the operand space");
   const char* raw = reinterpret_cast<const char*>(ops);
   if (qkbg_tile) {
-    const InRows* in3[3] = {&iq, &ik, &ib_};
-    for (int x = 0; x < 3; ++x)
-      copy_tile(bk, ops + x * kC * KS / 2, KS / 2,
-                reinterpret_cast<const float*>(static_cast<const char*>(in3[x]->base) + (in3[x]->off + c0) * 2),
-                in3[x]->st / 2, len, KS / 2);
+    copy_rows16(bk, ops, iq.base, iq.off + c0, iq.st, len, KS);
+    copy_rows16(bk, ops + kC * KS / 2, ik.base, ik.off + c0, ik.st, len, KS);
+    copy_rows16(bk, ops + kC * KS, ib_.base, ib_.off + c0, ib_.st, len, KS);
     copy_tile(bk, sG, PB, static_cast<const float*>(ig.base) + ig.off + c0, ig.st, len, KS);
   } else {
     bk.par_ld<4>(
