@@ -91,7 +91,7 @@ cudaError_t launch_d(const BackwardParams& p_in, cudaStream_t st) {
   // (B=1 T=32768 H=16: one launch 3.1 ms against 2.3 + 1.1 ms one after the other;
   // cuda/NOTES.md backward item 13, v46)
   BackwardParams p = p_in;
-  const bool one_wave = 2LL * p.N * p.Hv * (D / p.vs) <= (p.num_sms > 0 ? p.num_sms : 132);
+  const bool one_wave = 2LL * p.N * p.Hv * (D / p.vs) <= p.num_sms;
   p.rev16 = MATH == kTf32 && p.dtype != 2 && p.rows16 && p.do_rows16 && p.stages >= 2 &&
                     (p.saved_states || !one_wave)
                 ? 1

@@ -249,7 +249,7 @@ cudaError_t launch_prep16_k(const BackwardParams& p, cudaStream_t st) {
   constexpr int smem = Prep<DECAY, GATES, Tin, D, true>::L::bytes + 16;  // + the record's f
   cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (e != cudaSuccess) return e;
-  const long long items = p.total_chunks * p.Hv, sms = p.num_sms > 0 ? p.num_sms : 132;
+  const long long items = p.total_chunks * p.Hv, sms = p.num_sms;
   ForwardParams fp = loader_params(p);
   fp.K = D;
   fp.V = D;

@@ -485,8 +485,9 @@ TEST_CASE("cuda chunk backward given chunk states from the split forward at ever
           "[cuda][backward][device]") {
   SKIP_WITHOUT_GPU();
   INFO("GDR2_TEST_SEED=" << base_seed());
-  // the split forward's state blocks stage the chunk states for a helper's bulk copies at
-  // value slices 16, 32, 64 (helper warps) and store them directly at 128 (none); each
+  // the split forward's state blocks stage the chunk states for the copier helpers'
+  // 16-byte stores at value slices 16, 32, 64 (helper warps) and store them directly at 128
+  // (none); each
   // slice overlapped and not (the state kernel alone: four (sequence, head) pairs keep the
   // state blocks within a quarter of the SMs at every slice, so both forms run); varlen
   auto c = make_cfg(21, 1, 0, 1, 2, 128, -1.0);

@@ -115,7 +115,7 @@ struct BackwardParams : InputViews {
   int vs = 0;            // value columns per state-pass block
   int stages = 5;        // stages to run (profiling)
   int saved_states = 0;  // 1: `states` are the forward's chunk states (no forward state pass)
-  int num_sms = 0;       // persistent grids (the 16-bit prep)
+  int num_sms = 0;       // the device's SMs (> 0: 132 when they cannot be read): grid sizes
   BwdSink dq, dk, dv, dg, db, dw, dbeta;
   float* ds0 = nullptr;
   long long ds0s[4] = {};
