@@ -14,6 +14,9 @@
 //                                     writes the chunk states for the backward
 //   BM_fwd_bwd/.../states:s           cuda::chunk_forward (automatic path) + chunk_backward;
 //                                     states:1 = the forward hands its chunk states over
+//   BM_backward_kda, BM_fwd_bwd_kda   BM_backward, BM_fwd_bwd for KDA (tied β, channel decay)
+//   BM_backward_gdn, BM_fwd_bwd_gdn   ... and for GDN (tied β, scalar decay)
+// Every case is GDR-2 (channel gates and decay) unless its name says otherwise.
 // Counters: GBps = fewest bytes (inputs read once, gradients written once) / median.
 #include <gdr2/cuda/backward.hpp>
 #include <gdr2/gdr2.hpp>
@@ -34,9 +37,9 @@ using bf16 = Eigen::bfloat16;
 
 namespace {
 
-/// One GDR-2 training problem on the device: inputs (element type X), dO, dS_T and
-/// every gradient.
-template <class X>
+/// One training problem of gate policy Policy on the device: inputs (element type X), dO,
+/// dS_T and every gradient the policy has.
+template <class Policy, class X>
 struct Setup {
   Index B, T, H, D = 128;
   std::vector<void*> owned;
@@ -64,13 +67,25 @@ struct Setup {
     p.q = make_view<const X>(rnd<X>(nt, -0.15, 0.15, 11), B, T, H, D);
     p.k = make_view<const X>(rnd<X>(nt, -0.15, 0.15, 12), B, T, H, D);
     p.v = make_view<const X>(rnd<X>(nt, -1.7, 1.7, 13), B, T, H, D);
-    p.b = make_view<const X>(rnd<X>(nt, 0.0, 1.0, 14), B, T, H, D);
-    p.w = make_view<const X>(rnd<X>(nt, 0.0, 1.0, 15), B, T, H, D);
-    p.g = make_view<const float>(rnd<float>(nt, -1.0, 0.0, 16), B, T, H, D);
+    const Index G = Policy::decay_width(D);
+    const std::size_t ng = std::size_t(B * T * H * G);
+    if constexpr (Policy::gates == Gates::tied) {
+      p.beta = make_view<const X>(rnd<X>(std::size_t(B * T * H), 0.0, 1.0, 14), B, T, H, Index(1));
+    } else {
+      p.b = make_view<const X>(rnd<X>(nt, 0.0, 1.0, 14), B, T, H, D);
+      p.w = make_view<const X>(rnd<X>(nt, 0.0, 1.0, 15), B, T, H, D);
+    }
+    p.g = make_view<const float>(rnd<float>(ng, -1.0, 0.0, 16), B, T, H, G);
     p.initial_state = make_view<const float>(rnd<float>(ns, -0.5, 0.5, 17), B, H, D, D);
     up.d_o = make_view<const X>(rnd<X>(nt, -1.0, 1.0, 18), B, T, H, D);
     up.d_final_state = make_view<const float>(rnd<float>(ns, -1.0, 1.0, 19), B, H, D, D);
-    for (View<float>* g : {&gr.dq, &gr.dk, &gr.dv, &gr.dg, &gr.db, &gr.dw}) *g = make_view(out<float>(nt), B, T, H, D);
+    for (View<float>* g : {&gr.dq, &gr.dk, &gr.dv}) *g = make_view(out<float>(nt), B, T, H, D);
+    gr.dg = make_view(out<float>(ng), B, T, H, G);
+    if constexpr (Policy::gates == Gates::tied) {
+      gr.dbeta = make_view(out<float>(std::size_t(B * T * H)), B, T, H, Index(1));
+    } else {
+      for (View<float>* g : {&gr.db, &gr.dw}) *g = make_view(out<float>(nt), B, T, H, D);
+    }
     gr.d_initial_state = make_view(out<float>(ns), B, H, D, D);
     o = out<X>(nt);
     sT = out<float>(ns);
@@ -78,44 +93,46 @@ struct Setup {
   ~Setup() {
     for (void* x : owned) cudaFree(x);
   }
-  /// fewest bytes of the backward: q k v b w dO (type X) and g read, six fp32 gradients
-  /// written, S_0 and dS_T read, dS_0 written
+  /// fewest bytes of the backward: q k v dO and the gates (type X) and g read, their fp32
+  /// gradients written, S_0 and dS_T read, dS_0 written
   double backward_bytes() const {
-    return double(B * T * H * D) * (6 * sizeof(X) + 4 + 6 * 4) + 3.0 * B * H * D * D * 4;
+    const double gates = Policy::gates == Gates::tied ? 1.0 / double(D) : 2.0,
+                 g = double(Policy::decay_width(D)) / double(D);
+    return double(B * T * H * D) * ((4 + gates) * sizeof(X) + 4 * g + (3 + gates + g) * 4) + 3.0 * B * H * D * D * 4;
   }
 };
 
 /// One setup per shape and type, kept for the whole run (filling 1.6 GB on the host is
 /// slow; all of them fit on the GPU together).
-template <class X>
-Setup<X>& setup(Index B, Index T, Index H) {
-  static std::vector<Setup<X>*> all;
-  for (Setup<X>* s : all)
+template <class Policy, class X>
+Setup<Policy, X>& setup(Index B, Index T, Index H) {
+  static std::vector<Setup<Policy, X>*> all;
+  for (Setup<Policy, X>* s : all)
     if (s->B == B && s->T == T && s->H == H) return *s;
-  all.push_back(new Setup<X>(B, T, H));
+  all.push_back(new Setup<Policy, X>(B, T, H));
   return *all.back();
 }
 
 /// Device buffer for the chunk states of su's problem, and the forward's options that
 /// write them (ChunkOptions::chunk_states).
-template <class X>
-cuda::ChunkOptions forward_with_states(Setup<X>& su) {
+template <class Policy, class X>
+cuda::ChunkOptions forward_with_states(Setup<Policy, X>& su) {
   cuda::ChunkOptions fo;
-  check(cuda::chunk_states_size<GDR2>(su.p, fo.chunk_states_bytes));
+  check(cuda::chunk_states_size<Policy>(su.p, fo.chunk_states_bytes));
   if (!su.chunk_states) su.chunk_states = su.template out<float>(fo.chunk_states_bytes / 4);
   fo.chunk_states = su.chunk_states;
   return fo;
 }
 
 /// The forward of su's problem on `s` (allocating its workspace once per call site).
-template <class X>
+template <class Policy, class X>
 struct Forward {
-  Setup<X>& su;
+  Setup<Policy, X>& su;
   cuda::ChunkOptions opt;
   std::size_t bytes = 0;
   void* ws = nullptr;
-  Forward(Setup<X>& su_, const cuda::ChunkOptions& o) : su(su_), opt(o) {
-    check(cuda::chunk_forward_workspace_size<GDR2>(su.p, bytes, opt));
+  Forward(Setup<Policy, X>& su_, const cuda::ChunkOptions& o) : su(su_), opt(o) {
+    check(cuda::chunk_forward_workspace_size<Policy>(su.p, bytes, opt));
     if (bytes) CK(cudaMalloc(&ws, bytes));
   }
   ~Forward() {
@@ -123,20 +140,20 @@ struct Forward {
   }
   void operator()(cudaStream_t s) const {
     const Outputs<X, float> out{make_view(su.o, su.B, su.T, su.H, su.D), make_view(su.sT, su.B, su.H, su.D, su.D)};
-    check(cuda::chunk_forward<GDR2>(su.p, out, {}, ws, bytes, s, opt));
+    check(cuda::chunk_forward<Policy>(su.p, out, {}, ws, bytes, s, opt));
   }
 };
 
-template <class X>
+template <class Policy, class X>
 void BM_backward_t(benchmark::State& state, int value_slice = 0, bool with_states = false) {
-  Setup<X>& su = setup<X>(state.range(0), state.range(1), state.range(2));
+  Setup<Policy, X>& su = setup<Policy, X>(state.range(0), state.range(1), state.range(2));
   cuda::BackwardOptions opt;
   opt.math = static_cast<cuda::BackwardMath>(state.range(3));
   opt.stages = int(state.range(4));
   opt.value_slice = value_slice;
   if constexpr (!std::is_same_v<X, float>) {
     if (with_states) {  // written once, before the timing
-      const Forward<X> fwd(su, forward_with_states(su));
+      const Forward<Policy, X> fwd(su, forward_with_states(su));
       fwd(nullptr);
       CK(cudaDeviceSynchronize());
       opt.chunk_states = fwd.opt.chunk_states;
@@ -144,12 +161,12 @@ void BM_backward_t(benchmark::State& state, int value_slice = 0, bool with_state
     }
   }
   std::size_t bytes = 0;
-  check(cuda::chunk_backward_workspace_size<GDR2>(su.p, bytes, opt));
+  check(cuda::chunk_backward_workspace_size<Policy>(su.p, bytes, opt));
   void* ws = nullptr;
   CK(cudaMalloc(&ws, bytes));
   cudaStream_t s;
   CK(cudaStreamCreate(&s));
-  auto run = [&] { check(cuda::chunk_backward<GDR2>(su.p, su.up, su.gr, {}, ws, bytes, s, opt)); };
+  auto run = [&] { check(cuda::chunk_backward<Policy>(su.p, su.up, su.gr, {}, ws, bytes, s, opt)); };
   for (int i = 0; i < 2; ++i) run();
   CK(cudaStreamSynchronize(s));
   Timer t;
@@ -163,18 +180,20 @@ void BM_backward_t(benchmark::State& state, int value_slice = 0, bool with_state
   CK(cudaStreamDestroy(s));
 }
 
-void BM_backward(benchmark::State& state) { BM_backward_t<bf16>(state); }
+void BM_backward(benchmark::State& state) { BM_backward_t<GDR2, bf16>(state); }
+void BM_backward_kda(benchmark::State& state) { BM_backward_t<KDA, bf16>(state); }
+void BM_backward_gdn(benchmark::State& state) { BM_backward_t<GDN, bf16>(state); }
 /// a value slice of the state passes other than the automatic one
-void BM_backward_vs(benchmark::State& state) { BM_backward_t<bf16>(state, int(state.range(5))); }
+void BM_backward_vs(benchmark::State& state) { BM_backward_t<GDR2, bf16>(state, int(state.range(5))); }
 /// fp32 inputs (math 3 = automatic: split tf32)
-void BM_backward_f32(benchmark::State& state) { BM_backward_t<float>(state); }
+void BM_backward_f32(benchmark::State& state) { BM_backward_t<GDR2, float>(state); }
 /// given the forward's chunk states (vs: value slice of the state pass, 0 = automatic)
-void BM_backward_states(benchmark::State& state) { BM_backward_t<bf16>(state, int(state.range(5)), true); }
+void BM_backward_states(benchmark::State& state) { BM_backward_t<GDR2, bf16>(state, int(state.range(5)), true); }
 
 /// The forward alone; with states:1 it also writes the chunk states.
 void BM_forward(benchmark::State& state) {
-  Setup<bf16>& su = setup<bf16>(state.range(0), state.range(1), state.range(2));
-  const Forward<bf16> fwd(su, state.range(3) ? forward_with_states(su) : cuda::ChunkOptions{});
+  Setup<GDR2, bf16>& su = setup<GDR2, bf16>(state.range(0), state.range(1), state.range(2));
+  const Forward<GDR2, bf16> fwd(su, state.range(3) ? forward_with_states(su) : cuda::ChunkOptions{});
   cudaStream_t s;
   CK(cudaStreamCreate(&s));
   auto run = [&] { fwd(s); };
@@ -187,23 +206,24 @@ void BM_forward(benchmark::State& state) {
   CK(cudaStreamDestroy(s));
 }
 
-void BM_fwd_bwd(benchmark::State& state) {
-  Setup<bf16>& su = setup<bf16>(state.range(0), state.range(1), state.range(2));
+template <class Policy>
+void BM_fwd_bwd_t(benchmark::State& state) {
+  Setup<Policy, bf16>& su = setup<Policy, bf16>(state.range(0), state.range(1), state.range(2));
   const bool states = state.range(4) != 0;
-  const Forward<bf16> fwd(su, states ? forward_with_states(su) : cuda::ChunkOptions{});
+  const Forward<Policy, bf16> fwd(su, states ? forward_with_states(su) : cuda::ChunkOptions{});
   cuda::BackwardOptions bopt;
   bopt.math = static_cast<cuda::BackwardMath>(state.range(3));
   bopt.chunk_states = fwd.opt.chunk_states;
   bopt.chunk_states_bytes = fwd.opt.chunk_states_bytes;
   std::size_t bbytes = 0;
-  check(cuda::chunk_backward_workspace_size<GDR2>(su.p, bbytes, bopt));
+  check(cuda::chunk_backward_workspace_size<Policy>(su.p, bbytes, bopt));
   void* bws = nullptr;
   CK(cudaMalloc(&bws, bbytes));
   cudaStream_t s;
   CK(cudaStreamCreate(&s));
   auto run = [&] {
     fwd(s);
-    check(cuda::chunk_backward<GDR2>(su.p, su.up, su.gr, {}, bws, bbytes, s, bopt));
+    check(cuda::chunk_backward<Policy>(su.p, su.up, su.gr, {}, bws, bbytes, s, bopt));
   };
   for (int i = 0; i < 2; ++i) run();
   CK(cudaStreamSynchronize(s));
@@ -216,6 +236,10 @@ void BM_fwd_bwd(benchmark::State& state) {
   CK(cudaFree(bws));
   CK(cudaStreamDestroy(s));
 }
+
+void BM_fwd_bwd(benchmark::State& state) { BM_fwd_bwd_t<GDR2>(state); }
+void BM_fwd_bwd_kda(benchmark::State& state) { BM_fwd_bwd_t<KDA>(state); }
+void BM_fwd_bwd_gdn(benchmark::State& state) { BM_fwd_bwd_t<GDN>(state); }
 
 }  // namespace
 
@@ -278,6 +302,43 @@ BENCHMARK(BM_fwd_bwd)
     ->Args({8, 4096, 16, 0, 0})
     ->Args({8, 4096, 16, 0, 1})
     ->Args({1, 32768, 16, 0, 0})
+    ->Args({1, 32768, 16, 0, 1})
+    ->UseManualTime()
+    ->Iterations(10)
+    ->Unit(benchmark::kMillisecond);
+
+// KDA and GDN: the stages of the chunk kernels (3 − 2: grad-1, 4 − 3: the applies) and
+// forward + backward with and without the chunk states
+BENCHMARK(BM_backward_kda)
+    ->ArgNames({"B", "T", "H", "math", "stages"})
+    ->Args({8, 4096, 16, 0, 2})
+    ->Args({8, 4096, 16, 0, 3})
+    ->Args({8, 4096, 16, 0, 4})
+    ->Args({8, 4096, 16, 0, 0})
+    ->UseManualTime()
+    ->Iterations(10)
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_backward_gdn)
+    ->ArgNames({"B", "T", "H", "math", "stages"})
+    ->Args({8, 4096, 16, 0, 2})
+    ->Args({8, 4096, 16, 0, 3})
+    ->Args({8, 4096, 16, 0, 4})
+    ->Args({8, 4096, 16, 0, 0})
+    ->UseManualTime()
+    ->Iterations(10)
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_fwd_bwd_kda)
+    ->ArgNames({"B", "T", "H", "math", "states"})
+    ->Args({8, 4096, 16, 0, 0})
+    ->Args({8, 4096, 16, 0, 1})
+    ->Args({1, 32768, 16, 0, 1})
+    ->UseManualTime()
+    ->Iterations(10)
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_fwd_bwd_gdn)
+    ->ArgNames({"B", "T", "H", "math", "states"})
+    ->Args({8, 4096, 16, 0, 0})
+    ->Args({8, 4096, 16, 0, 1})
     ->Args({1, 32768, 16, 0, 1})
     ->UseManualTime()
     ->Iterations(10)
