@@ -783,13 +783,13 @@ GDR2_HD void grad1_body(const Blk& bk, const P& p, long long cg, int hv, float* 
   const InRows iv = rows_v(p, cl, hv), iw = rows_w(p, cl, hv);
   const OutRows odv = out_rows(p, p.dv, cl, hv), odw = out_rows(p, p.tied ? BwdSink{} : p.dw, cl, hv);
   // 16-bit v and w with 16-byte aligned rows: each half's rows (w's with channel gates;
-  // tied gates read β per row) are copied as stored into dR's tile once dZ is formed (dR is
-  // dead then), in flight during the dKtail and dĒ products, instead of being loaded by the
-  // threads after dT (their latency exposed; cuda/NOTES.md backward v47): [2][kC][H] 16-bit
-  // elements, 16 KB of dR's 17 KB. With dO's rows 16-byte aligned too, each half's dO rows
-  // come the same way into their own 8 KB and are converted from there at the half's start:
-  // the second half's copied during the first (v48), the first half's with the record's
-  // tiles, converted while the first half's S, dS, U tiles land (v51).
+  // tied gates read β per row from A's padding, v54) are copied as stored into dR's tile
+  // once dZ is formed (dR is dead then), in flight during the dKtail and dĒ products, instead
+  // of being loaded by the threads after dT (their latency exposed; cuda/NOTES.md backward
+  // v47): [2][kC][H] 16-bit elements, 16 KB of dR's 17 KB. With dO's rows 16-byte aligned
+  // too, each half's dO rows come the same way into their own 8 KB and are converted from
+  // there at the half's start: the second half's copied during the first (v48), the first
+  // half's with the record's tiles, converted while the first half's S, dS, U tiles land (v51).
   const bool vw_tile = p.rows16, do_tile = p.do_rows16;
   static_assert(2 * kC * H * 2 <= kC * PH * 4, "v and w rows fit dR's tile");
   const char* vw16 = reinterpret_cast<const char*>(sdR);
@@ -819,6 +819,11 @@ GDR2_HD void grad1_body(const Blk& bk, const P& p, long long cg, int hv, float* 
     copy_tile(bk, sS, PH, p.states + base * DD + j0, D, D, H);
     copy_tile(bk, sdS, PH, p.dstates + base * DD + j0, D, D, H);
     copy_tile(bk, sUR, PH, rec + Rec<D>::U + j0, D, kC, H);
+    // tied gates with vw_tile: β per row into the padding columns of A's tile (column kC,
+    // never read by the products), loaded once the first half's copies are issued, so that
+    // its latency overlaps theirs; the vw phase reads it from there (v54)
+    if (h == 0 && vw_tile && p.tied)
+      for (int r = bk.tid; r < cl.len; r += bk.nthr) sA[r * kPC + kC] = iw.at(r, 0).x;
     // dO's rows: as copied (do_tile; the first half's once the copies committed before S,
     // dS, U have landed), else from global memory
     if (do_tile && h == 0) {
@@ -886,7 +891,7 @@ GDR2_HD void grad1_body(const Blk& bk, const P& p, long long cg, int hv, float* 
           if (!vw_tile) return VW{iv.at(r, j0 + d), iw.at(r, j0 + d)};
           // (the rows past the chunk were not copied)
           return VW{ld_in4(vw16, r * H + d, p.dtype, 1),
-                    p.tied ? iw.at(r, j0 + d) : ld_in4(vw16 + kC * H * 2, r * H + d, p.dtype, 1)};
+                    p.tied ? splat(sA[r * kPC + kC]) : ld_in4(vw16 + kC * H * 2, r * H + d, p.dtype, 1)};
         },
         [&](int i, const VW& x) {
           const int r = i / H4, j = (i % H4) * 4;
@@ -1164,19 +1169,28 @@ GDR2_HD void apply_slice(const Blk& bk, const P& p, const ChunkLoc& cl, int hv, 
     F4 q, k, b, g;
   };
   const InRows iq = rows_q(p, cl, hv), ik = rows_k(p, cl, hv), ib_ = rows_b(p, cl, hv), ig = rows_g(p, cl, hv);
-  // 16-bit q k b (channel gates) and channel g with 16-byte aligned rows: copied as stored
-  // (cp.async, rows past the chunk not copied), q k b into the products' operand space (free
-  // until phase d) as [3][kC][KS] 16-bit, g into G; phase b converts them (v52: register
-  // loads here held 44 % of the applies' stall samples, cuda/NOTES.md backward item 14).
-  // Else loaded into registers, converted, zeros past the chunk.
-  const bool qkbg_tile = p.rows16 && !p.tied && !p.scalar_decay;
-  static_assert(3 * kC * KS / 2 <= L::rs - L::ops, "q k b rows as stored fit the operand space");
+  // 16-bit inputs with 16-byte aligned rows: q, k (and b, g where they are per channel)
+  // copied as stored (cp.async, rows past the chunk not copied), q k b into the products'
+  // operand space (free until phase d) as [3][kC][KS] 16-bit, g into G; β (tied gates) and
+  // the scalar decay, one value per row, loaded by one thread per row into `rowv` after the
+  // copies are issued (their latency then overlaps the copies'). Phase b converts them all
+  // (v52: register loads here held 44 % of the applies' stall samples, cuda/NOTES.md
+  // backward item 14; v54: tied gates and scalar decay the same way). Else loaded into
+  // registers, converted, zeros past the chunk.
+  const bool qkbg_tile = p.rows16;
+  static_assert(3 * kC * KS / 2 + 2 * kC <= L::rs - L::ops, "q k b rows as stored and two row vectors fit");
   const char* raw = reinterpret_cast<const char*>(ops);
+  float* rowv = ops + 3 * kC * KS / 2;  // [0, kC): β per row; [kC, 2 kC): scalar g per row
   if (qkbg_tile) {
     copy_rows16(bk, ops, iq.base, iq.off + c0, iq.st, len, KS);
     copy_rows16(bk, ops + kC * KS / 2, ik.base, ik.off + c0, ik.st, len, KS);
-    copy_rows16(bk, ops + kC * KS, ib_.base, ib_.off + c0, ib_.st, len, KS);
-    copy_tile(bk, sG, PB, static_cast<const float*>(ig.base) + ig.off + c0, ig.st, len, KS);
+    if (!p.tied) copy_rows16(bk, ops + kC * KS, ib_.base, ib_.off + c0, ib_.st, len, KS);
+    if (!p.scalar_decay) copy_tile(bk, sG, PB, static_cast<const float*>(ig.base) + ig.off + c0, ig.st, len, KS);
+    if (p.tied || p.scalar_decay)
+      for (int r = bk.tid; r < len; r += bk.nthr) {
+        if (p.tied) rowv[r] = ib_.at(r, 0).x;
+        if (p.scalar_decay) rowv[kC + r] = ig.at(r, 0).x;
+      }
   } else {
     bk.par_ld<4>(
         kC * K4,
@@ -1200,7 +1214,7 @@ GDR2_HD void apply_slice(const Blk& bk, const P& p, const ChunkLoc& cl, int hv, 
   //    diagonal blocks rounded as the products round them (op_round; the blocks stay exact
   //    for phase e, what lies above is never read); dAqk's diagonal to `diag`
   //    With qkbg_tile, the rows as copied converted first (q times the scale, g to log2
-  //    units; zeros past the chunk).
+  //    units; β and the scalar decay from rowv; zeros past the chunk).
   bk.par(NSEG * KS, [&](int i) {
     const int sg = i / KS, d = i % KS;
     if (qkbg_tile)
@@ -1209,8 +1223,8 @@ GDR2_HD void apply_slice(const Blk& bk, const P& p, const ChunkLoc& cl, int hv, 
         const int o = r * KS + d;
         sq[r * PB + d] = in ? ld_in(raw, o, p.dtype) * iq.mul : 0.f;
         sk[r * PB + d] = in ? ld_in(raw + kC * KS * 2, o, p.dtype) : 0.f;
-        sb[r * PB + d] = in ? ld_in(raw + 2 * kC * KS * 2, o, p.dtype) : 0.f;
-        sG[r * PB + d] = in ? sG[r * PB + d] * ig.mul : 0.f;
+        sb[r * PB + d] = !in ? 0.f : p.tied ? rowv[r] : ld_in(raw + 2 * kC * KS * 2, o, p.dtype);
+        sG[r * PB + d] = !in ? 0.f : p.scalar_decay ? rowv[kC + r] : sG[r * PB + d] * ig.mul;
       }
     float s = 0.f;
     for (int r = 8 * sg; r < 8 * sg + 8; ++r) {

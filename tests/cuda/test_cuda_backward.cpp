@@ -479,6 +479,8 @@ TEST_CASE("cuda chunk backward given the forward's chunk states (small, for the 
   // as stored); without chunk states as well (the tf32 state passes)
   run_case<GDR2, bf16>(c, {{Where::device, cuda::BackwardMath::tf32, true, cuda::ForwardPath::fused},
                            {Where::device, cuda::BackwardMath::tf32}});
+  // GDN's scalar decay: one value per row, as β (the applies' row vector)
+  run_case<GDN, bf16>(c, {{Where::device, cuda::BackwardMath::tf32, true, cuda::ForwardPath::fused}});
 }
 
 TEST_CASE("cuda chunk backward given chunk states from the split forward at every value slice",
