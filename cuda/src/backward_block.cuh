@@ -91,6 +91,9 @@ GDR2_HD float half_bits_to_float(std::uint16_t h) {
   return bits_to_float(s | ((e + 112u) << 23) | (m << 13));
 }
 
+/// 2^e, exactly, for e in [−126, 127].
+GDR2_HD float pow2i(int e) { return bits_to_float(std::uint32_t(e + 127) << 23); }
+
 /// Element types of the inputs (q, k, v, b, w, β, dO): BackwardParams::dtype.
 enum InType : int { kBf16 = 0, kF16 = 1, kF32 = 2 };
 

@@ -173,6 +173,16 @@ struct G1 {
 
 constexpr int kPC = kC + 4;  // pitch of C×C fp32 tiles
 
+/// dS at the end of a chunk as the fp16 reverse pass stores it (p.rev16; backward_reverse16.cuh)
+/// in the chunk-head's fp32 [D][D] space of p.dstates (byte offsets): fp16 [D][D] values
+/// x = dS·2^{−E} (the largest |x| of 16 value columns in [½, 1]), then int E[D / 16] ≥ −120,
+/// one per 16 value columns: dS = x·2^{E}, exact in fp32 and in tf32 (10-bit significands).
+template <int D>
+struct DS16 {
+  static constexpr long long x = 0, e = 2LL * D * D;
+  static_assert(e + 4 * (D / 16) <= 4LL * D * D, "fp16 dS and its exponents fit the fp32 space");
+};
+
 // =============================================================================================
 // chunk offsets (varlen): chunk_offsets[n] = Σ_{m<n} ⌈L_m / 64⌉, one block of virtual threads
 // =============================================================================================
@@ -817,7 +827,17 @@ GDR2_HD void grad1_body(const Blk& bk, const P& p, long long cg, int hv, float* 
         out[i] = v;
     };
     copy_tile(bk, sS, PH, p.states + base * DD + j0, D, D, H);
-    copy_tile(bk, sdS, PH, p.dstates + base * DD + j0, D, D, H);
+    // dS: fp32 as stored, or (p.rev16) this half's fp16 columns and their four exponents into
+    // dR's tile (free until the dR product), converted into dS's tile once they land (v55)
+    const char* ds16 = reinterpret_cast<const char*>(p.dstates + base * DD);
+    const int* ds16e = reinterpret_cast<const int*>(sdR + D * H / 2);
+    static_assert(D * H * 2 + 16 <= kC * PH * 4, "a half's fp16 dS and its exponents fit dR's tile");
+    if (p.rev16) {
+      copy_rows16(bk, sdR, ds16, DS16<D>::x / 2 + j0, D, D, H);
+      copy_tile(bk, sdR + D * H / 2, 4, reinterpret_cast<const float*>(ds16 + DS16<D>::e) + j0 / 16, 4, 1, 4);
+    } else {
+      copy_tile(bk, sdS, PH, p.dstates + base * DD + j0, D, D, H);
+    }
     copy_tile(bk, sUR, PH, rec + Rec<D>::U + j0, D, kC, H);
     // tied gates with vw_tile: β per row into the padding columns of A's tile (column kC,
     // never read by the products), loaded once the first half's copies are issued, so that
@@ -841,6 +861,13 @@ GDR2_HD void grad1_body(const Blk& bk, const P& p, long long cg, int hv, float* 
         },
         [&](int i, const F4& x) { st4(sdO + (i / H4) * PH + (i % H4) * 4, op_round4<MATH>(x)); });
     bk.sync();
+    if (p.rev16)  // fp16 dS times 2^E of its 16 columns (exact)
+      bk.par(D * H4, [&](int i) {
+        const int kk = i / H4, j = (i % H4) * 4;
+        const float m = pow2i(ds16e[j / 16]);
+        const F4 x = ld_in4(sdR, kk * H + j, kF16, 1);
+        st4(sdS + kk * PH + j, {x.x * m, x.y * m, x.z * m, x.w * m});
+      });
     // side by side, 8 tiles of 16×32 each (3 operand loads per mma instead of 4 with 16×16
     // tiles: cuda/NOTES.md backward v12): R = U − Y S on warps 0–7 | dR = Aqkᵀ dO + Ktail dS
     // (= dU) on warps 8–15

@@ -13,7 +13,8 @@
 //   - each owner warp holds dS·2^{−E} and forms dO's operands as dO·2^{−E}, E renewed every
 //     step from the larger of max|dS| and max|dO| over its 16 columns (the columns'
 //     recurrences are independent), then moved by f_c.
-// dS_c goes out as fp32 (dS·2^{E}, tf32-rounded, as the other reverse pass stores it).
+// dS_c goes out in fp16 with a power-of-2 scale of its own per 16 columns (DS16: half the
+// bytes of fp32; grad-1 converts it exactly, cuda/NOTES.md backward v55).
 #pragma once
 
 #include "backward_prep16.cuh"
@@ -25,8 +26,9 @@ namespace bwd {
 
 /// Shared memory of the reverse16 kernel (bytes): two stages, each a record image (one bulk
 /// copy, 1024-aligned: swz128 tiles) then dO's rows [64][kRevCols] (cp.async, rows 16 bytes
-/// longer); the mbarriers; the [D][kRevCols] fp32 tile in which the owners stage dS_c for the
-/// helpers' stores (rows 16 bytes longer than its columns).
+/// longer); the mbarriers; the [D][kRevCols] fp16 tile in which the owners stage dS_c for the
+/// helpers' stores (rows 16 bytes longer than its columns: the four key rows of a warp's
+/// store land 72 banks apart, conflict-free).
 constexpr int kRevCols = 64;  ///< value columns per block: one warpgroup of owner warps
 constexpr int kRevThreads = 256;  ///< warps 0–3 own the columns, warps 4–7 copy and store
 template <int D>
@@ -36,7 +38,7 @@ struct Rev16Layout {
   static constexpr int stage_bytes = (rdo + kC * PV * 2 + 1023) / 1024 * 1024;
   static constexpr int bars = 2 * stage_bytes;
   static constexpr int cstage = bars + 64;
-  static constexpr int cpitch = kRevCols * 4 + 16;
+  static constexpr int cpitch = kRevCols * 2 + 16;
   static constexpr int bytes = cstage + D * cpitch;
   static_assert(bytes <= kSmemOptIn, "reverse16 shared memory exceeds 227 KB");
 };
@@ -49,7 +51,7 @@ __device__ __forceinline__ int cover_exponent(float m) {
 }
 
 /// The reverse pass of one (sequence n, value head hv, columns j0..j0+63) block: dS_T (or
-/// zeros) in, dS at the end of every chunk c out to p.dstates (fp32 [K][V] per chunk-head),
+/// zeros) in, dS at the end of every chunk c out to p.dstates (DS16 per chunk-head),
 /// dS at the sequence's start to p.ds0 when asked; records from the 16-bit prep (Rec16).
 template <int D, class Tin>
 __global__ void __launch_bounds__(kRevThreads, 1) reverse16_kernel(const BackwardParams p) {
@@ -104,14 +106,19 @@ __global__ void __launch_bounds__(kRevThreads, 1) reverse16_kernel(const Backwar
       if (htid < len) prefetch_l2(dO + act(p.sdo, sq.bb, t0 + htid, hv) + j0);
     }
   };
-  // helpers: dS at the end of chunk c (staged by the owners at step i) to dstates
-  constexpr int cps = kRevCols / 4;
+  // helpers: dS at the end of chunk c (staged by the owners at step i, fp16) to dstates, in
+  // 16-byte pieces: this thread's piece scc of rows sr0, sr0 + srs, ...
+  constexpr int cps = kRevCols * 2 / 16;
   const int scc = htid % cps, sr0 = htid / cps, srs = 128 / cps;
+  auto ds_base = [&](int c) {
+    return reinterpret_cast<char*>(p.dstates + ((sq.cg0 + c) * p.Hv + hv) * (long long)(D * D));
+  };
   auto store_ds = [&](int i) {
-    const int c = sq.nc - 1 - i;
     mbar_wait(bars + 2, i & 1);
-    store_staged_state<D>(p.dstates + ((sq.cg0 + c) * p.Hv + hv) * (long long)(D * D) + j0, sm + L::cstage, L::cpitch,
-                          scc, sr0, srs);
+    char* dst = ds_base(sq.nc - 1 - i) + DS16<D>::x + j0 * 2 + scc * 16;
+    const char* src = sm + L::cstage + scc * 16;
+    for (int kk = sr0; kk < D; kk += srs)
+      *reinterpret_cast<uint4*>(dst + kk * D * 2) = *reinterpret_cast<const uint4*>(src + kk * L::cpitch);
   };
 
   float dS[D / 8][4];
@@ -154,8 +161,6 @@ __global__ void __launch_bounds__(kRevThreads, 1) reverse16_kernel(const Backwar
     }
     mbar_wait(bars + (i & 1), (i >> 1) & 1);
     const char* st = sm + (i & 1) * L::stage_bytes;
-    stage_chunk_state<D>(dS, sm + L::cstage, L::cpitch, 16 * w, lane, ldexpf(1.f, E));
-    mbar_arrive(bars + 2);
     // dOᵀ (this warp's 16 columns × 64 tokens) as loaded, and the exponent renewed
     std::uint32_t o[4][4];
     const Tin* tO = reinterpret_cast<const Tin*>(st + L::rdo);
@@ -170,6 +175,30 @@ __global__ void __launch_bounds__(kRevThreads, 1) reverse16_kernel(const Backwar
       }
     }
     renew(m);
+    // dS_c staged in fp16 for grad-1 with an exponent of its own, Es (dS·2^{−E−Es}, the
+    // warp's largest |value| in [½, 1]), not E: E also covers dO, and a dS much smaller than
+    // dO would be subnormal in fp16 under it (fine for the update below, where the dO terms
+    // dominate, but not for grad-1's Σ dS ⊙ S); E + Es ≥ −120 keeps 2^{E+Es} a normal float
+    {
+      float ms = 0.f;
+#pragma unroll
+      for (int nt = 0; nt < D / 8; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) ms = fmaxf(ms, fabsf(dS[nt][e]));
+      ms = warp_max(ms);
+      const int Es = max(ms > 0.f ? cover_exponent(ms) : 0, -120 - E);
+      const float to = ldexpf(1.f, -Es);
+      const int g8 = lane >> 2, q4 = lane & 3;
+      char* tile = sm + L::cstage;
+#pragma unroll
+      for (int nt = 0; nt < D / 8; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e)
+          *reinterpret_cast<__half*>(tile + (8 * nt + 2 * q4 + (e & 1)) * L::cpitch +
+                                     (16 * w + g8 + 8 * (e >> 1)) * 2) = __float2half_rn(dS[nt][e] * to);
+      if (lane == 0) reinterpret_cast<int*>(ds_base(sq.nc - 1 - i) + DS16<D>::e)[(j0 + 16 * w) / 16] = E + Es;
+    }
+    mbar_arrive(bars + 2);
     const float inv = ldexpf(1.f, -E);
 #pragma unroll
     for (int ks = 0; ks < 4; ++ks)
