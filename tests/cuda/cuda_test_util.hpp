@@ -8,6 +8,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <utility>
 #include <vector>
@@ -40,11 +41,14 @@ inline bool have_gpu() {
     REQUIRE(e_ == cudaSuccess);                   \
   } while (0)
 
-/// The run's base seed: fresh per run, or GDR2_TEST_SEED to replay one.
+/// The run's base seed: fresh per run, or GDR2_TEST_SEED to replay one. Printed once, so
+/// that a run whose errors pass but stand out (an accuracy line) can be replayed too.
 inline std::uint64_t base_seed() {
   static const std::uint64_t s = [] {
-    if (const char* e = std::getenv("GDR2_TEST_SEED")) return std::uint64_t(std::strtoull(e, nullptr, 10));
-    return std::uint64_t(std::chrono::high_resolution_clock::now().time_since_epoch().count());
+    std::uint64_t v = std::uint64_t(std::chrono::high_resolution_clock::now().time_since_epoch().count());
+    if (const char* e = std::getenv("GDR2_TEST_SEED")) v = std::uint64_t(std::strtoull(e, nullptr, 10));
+    std::printf("[test-seed] GDR2_TEST_SEED=%llu\n", static_cast<unsigned long long>(v));
+    return v;
   }();
   return s;
 }
