@@ -307,42 +307,21 @@ BENCHMARK(BM_fwd_bwd)
     ->Iterations(10)
     ->Unit(benchmark::kMillisecond);
 
-// KDA and GDN: the stages of the chunk kernels (3 − 2: grad-1, 4 − 3: the applies) and
-// forward + backward with and without the chunk states
-BENCHMARK(BM_backward_kda)
-    ->ArgNames({"B", "T", "H", "math", "stages"})
-    ->Args({8, 4096, 16, 0, 2})
-    ->Args({8, 4096, 16, 0, 3})
-    ->Args({8, 4096, 16, 0, 4})
-    ->Args({8, 4096, 16, 0, 0})
-    ->UseManualTime()
-    ->Iterations(10)
-    ->Unit(benchmark::kMillisecond);
-BENCHMARK(BM_backward_gdn)
-    ->ArgNames({"B", "T", "H", "math", "stages"})
-    ->Args({8, 4096, 16, 0, 2})
-    ->Args({8, 4096, 16, 0, 3})
-    ->Args({8, 4096, 16, 0, 4})
-    ->Args({8, 4096, 16, 0, 0})
-    ->UseManualTime()
-    ->Iterations(10)
-    ->Unit(benchmark::kMillisecond);
-BENCHMARK(BM_fwd_bwd_kda)
-    ->ArgNames({"B", "T", "H", "math", "states"})
-    ->Args({8, 4096, 16, 0, 0})
-    ->Args({8, 4096, 16, 0, 1})
-    ->Args({1, 32768, 16, 0, 1})
-    ->UseManualTime()
-    ->Iterations(10)
-    ->Unit(benchmark::kMillisecond);
-BENCHMARK(BM_fwd_bwd_gdn)
-    ->ArgNames({"B", "T", "H", "math", "states"})
-    ->Args({8, 4096, 16, 0, 0})
-    ->Args({8, 4096, 16, 0, 1})
-    ->Args({1, 32768, 16, 0, 1})
-    ->UseManualTime()
-    ->Iterations(10)
-    ->Unit(benchmark::kMillisecond);
+// KDA and GDN: the stages of the chunk kernels at B=8 (3 − 2: grad-1, 4 − 3: the applies)
+// and forward + backward without and with the chunk states
+void tied_stages(benchmark::internal::Benchmark* b) {
+  b->ArgNames({"B", "T", "H", "math", "stages"});
+  for (int stages : {2, 3, 4, 0}) b->Args({8, 4096, 16, 0, stages});
+  b->UseManualTime()->Iterations(10)->Unit(benchmark::kMillisecond);
+}
+void tied_fwd_bwd(benchmark::internal::Benchmark* b) {
+  b->ArgNames({"B", "T", "H", "math", "states"})->Args({8, 4096, 16, 0, 0})->Args({8, 4096, 16, 0, 1});
+  b->Args({1, 32768, 16, 0, 1})->UseManualTime()->Iterations(10)->Unit(benchmark::kMillisecond);
+}
+BENCHMARK(BM_backward_kda)->Apply(tied_stages);
+BENCHMARK(BM_backward_gdn)->Apply(tied_stages);
+BENCHMARK(BM_fwd_bwd_kda)->Apply(tied_fwd_bwd);
+BENCHMARK(BM_fwd_bwd_gdn)->Apply(tied_fwd_bwd);
 
 int main(int argc, char** argv) {
   int n = 0;
