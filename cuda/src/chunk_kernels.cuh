@@ -998,14 +998,13 @@ __device__ __forceinline__ void save_chunk_state(const float (&S)[D / 8][4], flo
 }
 
 /// Training, split path with helper warps: this warp's 16 columns of Sᵀ (col0.. of the
-/// block's slice) times `mul`, rounded to tf32 as save_chunk_state rounds them, into a
-/// [K][vs] fp32 tile of `pitch` bytes per key row (vs·4 + 16: the lanes of one store hit 32
-/// distinct banks), which the copier helpers store to the chunk's [K][V] state. (Also the
-/// backward's fp16 reverse pass: dSᵀ and its scale.)
+/// block's slice), rounded to tf32 as save_chunk_state rounds them, into a [K][vs] fp32 tile
+/// of `pitch` bytes per key row (vs·4 + 16: the lanes of one store hit 32 distinct banks),
+/// which the copier helpers store to the chunk's [K][V] state.
 template <int D>
 __device__ __forceinline__ void stage_chunk_state(const float (&S)[D / 8][4], char* tile, int pitch, int col0,
-                                                  int lane, float mul = 1.f) {
-  state_tf32<D>(S, lane, mul,
+                                                  int lane) {
+  state_tf32<D>(S, lane, 1.f,
                 [&](int kk, int vv, float x) { *reinterpret_cast<float*>(tile + kk * pitch + (col0 + vv) * 4) = x; });
 }
 
