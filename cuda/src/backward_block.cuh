@@ -232,6 +232,42 @@ GDR2_HD void st4(float* p, const F4& v) {
 #endif
 }
 
+/// Row sums over COLS (a multiple of 16) columns, Σ_j x[r·pitch + j]·y[r·pitch + j] (x alone
+/// when y is null), for rows r < rows: put(r, sum), then a barrier. Four threads per row,
+/// COLS / 4 columns each (columns 4·q + 16·u + 0..3 for quarter q) in 16-byte loads —
+/// conflict-free for a pitch ≡ 4 (mod 32) floats: the eight rows of a quarter-warp's loads
+/// fall on eight groups of four banks — then the quarters added as (s0 + s1) + (s2 + s3), by
+/// two shuffles on the device (deterministic). Needs 4·rows ≤ threads, rows a multiple of 8.
+/// (Was one thread per row walking its columns: a chain of scalar loads with 4-way bank
+/// conflicts while ¾ of the block waited; cuda/NOTES.md backward v56.)
+template <int COLS, class Put>
+GDR2_HD void row_sums(const Blk& bk, const float* x, const float* y, int rows, int pitch, Put&& put) {
+  static_assert(COLS % 16 == 0, "four 4-column pieces per 16 columns");
+  auto quarter = [&](int r, int q) {
+    float s = 0.f;
+    GDR2_UNROLL
+    for (int u = 0; u < COLS / 16; ++u) {
+      const int o = r * pitch + 4 * q + 16 * u;
+      const F4 a = ld4(x + o), b = y ? ld4(y + o) : F4{1.f, 1.f, 1.f, 1.f};
+      s += a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w;
+    }
+    return s;
+  };
+#if defined(__CUDA_ARCH__)
+  const int i = bk.tid;
+  if (i < 4 * rows) {  // whole warps: rows is a multiple of 8
+    const int r = 8 * (i / 32) + i % 8, q = (i % 32) / 8;
+    float s = quarter(r, q);
+    s += __shfl_xor_sync(0xffffffffu, s, 8);
+    s += __shfl_xor_sync(0xffffffffu, s, 16);
+    if (q == 0) put(r, s);
+  }
+#else
+  for (int r = 0; r < rows; ++r) put(r, (quarter(r, 0) + quarter(r, 1)) + (quarter(r, 2) + quarter(r, 3)));
+#endif
+  bk.sync();
+}
+
 /// Four raw 16-bit patterns (one 8-byte access when aligned).
 struct U4 {
   std::uint16_t x, y, z, w;

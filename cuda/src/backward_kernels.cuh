@@ -929,17 +929,9 @@ GDR2_HD void grad1_body(const Blk& bk, const P& p, long long cg, int hv, float* 
           }
           if (p.tied) st4(sdZ + r * PH + j, dw);  // over this thread's own dZ elements
         });
-    bk.par(D, [&](int d) {
-      float s = 0.f;
-      for (int j = 0; j < H; ++j) s += sS[d * PH + j] * sdS[d * PH + j];
-      acc(G1<D>::rs + d, s);
-    });
-    if (p.tied)
-      bk.par(kC, [&](int r) {
-        float s = 0.f;
-        for (int j = 0; j < H; ++j) s += sdZ[r * PH + j];
-        acc(G1<D>::bw + r, s);
-      });
+    static_assert(PH % 32 == 4 && 4 * D <= kThreads, "row_sums' conditions");
+    row_sums<H>(bk, sS, sdS, D, PH, [&](int d, float s) { acc(G1<D>::rs + d, s); });
+    if (p.tied) row_sums<H>(bk, sdZ, nullptr, kC, PH, [&](int r, float s) { acc(G1<D>::bw + r, s); });
   }
 }
 
@@ -1414,16 +1406,11 @@ GDR2_HD void apply_slice(const Blk& bk, const P& p, const ChunkLoc& cl, int hv, 
     }
   });
   // h. tied / scalar gates: this slice's per-row sums of dg and db ⊙ k (4b adds the slices)
-  if (p.tied || p.scalar_decay)
-    bk.par(kC, [&](int r) {
-      float sg = 0.f, sbk = 0.f;
-      for (int d = 0; d < KS; ++d) {
-        sg += sBk[r * PS + d];
-        sbk += sQs[r * PS + d];
-      }
-      g1[G1<D>::tok + (2 * slice) * kC + r] = sg;
-      g1[G1<D>::tok + (2 * slice + 1) * kC + r] = sbk;
-    });
+  if (p.tied || p.scalar_decay) {
+    static_assert(PS % 32 == 4 && 4 * kC <= kApplyThreads, "row_sums' conditions");
+    row_sums<KS>(bk, sBk, nullptr, kC, PS, [&](int r, float s) { g1[G1<D>::tok + (2 * slice) * kC + r] = s; });
+    row_sums<KS>(bk, sQs, nullptr, kC, PS, [&](int r, float s) { g1[G1<D>::tok + (2 * slice + 1) * kC + r] = s; });
+  }
 }
 
 /// 4a. the applies of chunk-head (cg, hv): its key slices one after another in one block, so
