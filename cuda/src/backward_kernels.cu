@@ -109,19 +109,16 @@ cudaError_t launch_d(const BackwardParams& p_in, cudaStream_t st) {
       e = launch_with_smem(prep_kernel<D, MATH>, chunk_grid, PrepLayout<D>::floats * 4, st, p);
     if (e != cudaSuccess) return e;
   }
-  if (p.stages >= 2 && p.rev16) {
-    if (!p.saved_states) {  // the chunk states first: the forward role alone (blockIdx.y = 0)
+  if (p.stages >= 2) {
+    // the state kernel's roles (role = blockIdx.y + saved_states): forward S unless the
+    // forward's chunk states are given, reverse dS unless the fp16 reverse pass runs after it
+    const unsigned roles = (p.saved_states ? 0u : 1u) + (p.rev16 ? 0u : 1u);
+    if (roles) {
       const StateLayout<D> L(p.vs);
-      e = launch_with_smem(state_kernel<D, MATH>, dim3(unsigned(p.N * p.Hv * (D / p.vs)), 1u), L.floats * 4, st, p);
+      e = launch_with_smem(state_kernel<D, MATH>, dim3(unsigned(p.N * p.Hv * (D / p.vs)), roles), L.floats * 4, st, p);
       if (e != cudaSuccess) return e;
     }
-    if ((e = launch_reverse16<D>(p, st)) != cudaSuccess) return e;
-  } else if (p.stages >= 2) {
-    const StateLayout<D> L(p.vs);
-    // roles: forward S (unless the forward's chunk states are given) and reverse dS
-    const dim3 grid(unsigned(p.N * p.Hv * (D / p.vs)), p.saved_states ? 1u : 2u);
-    e = launch_with_smem(state_kernel<D, MATH>, grid, L.floats * 4, st, p);
-    if (e != cudaSuccess) return e;
+    if (p.rev16 && (e = launch_reverse16<D>(p, st)) != cudaSuccess) return e;
   }
   if (p.total_chunks > 0 && p.stages >= 3) {
     e = launch_with_smem(grad1_kernel<D, MATH>, chunk_grid, Grad1Layout<D>::floats * 4, st, p);

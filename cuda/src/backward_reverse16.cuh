@@ -115,10 +115,8 @@ __global__ void __launch_bounds__(kRevThreads, 1) reverse16_kernel(const Backwar
   };
   auto store_ds = [&](int i) {
     mbar_wait(bars + 2, i & 1);
-    char* dst = ds_base(sq.nc - 1 - i) + DS16<D>::x + j0 * 2 + scc * 16;
-    const char* src = sm + L::cstage + scc * 16;
-    for (int kk = sr0; kk < D; kk += srs)
-      *reinterpret_cast<uint4*>(dst + kk * D * 2) = *reinterpret_cast<const uint4*>(src + kk * L::cpitch);
+    store_staged_rows<D>(reinterpret_cast<__half*>(ds_base(sq.nc - 1 - i) + DS16<D>::x) + j0, sm + L::cstage, L::cpitch,
+                         scc, sr0, srs);
   };
 
   float dS[D / 8][4];
@@ -129,14 +127,18 @@ __global__ void __launch_bounds__(kRevThreads, 1) reverse16_kernel(const Backwar
 #pragma unroll
       for (int e = 0; e < 4; ++e) dS[nt][e] *= s;
   };
-  // E renewed to cover the larger of max|dS| and `other` over the warp (kept when both are 0)
-  auto renew = [&](float other) {
+  // this lane's largest |dS·2^{−E}|
+  auto lane_max = [&] {
     float ms = 0.f;
 #pragma unroll
     for (int nt = 0; nt < D / 8; ++nt)
 #pragma unroll
       for (int e = 0; e < 4; ++e) ms = fmaxf(ms, fabsf(dS[nt][e]));
-    const float m = warp_max(fmaxf(other, ms * ldexpf(1.f, E)));
+    return ms;
+  };
+  // E renewed to cover the larger of max|dS| and `other` over the warp (kept when both are 0)
+  auto renew = [&](float other) {
+    const float m = warp_max(fmaxf(other, lane_max() * ldexpf(1.f, E)));
     if (m > 0.f) {
       const int En = cover_exponent(m);
       if (En != E) {
@@ -180,22 +182,13 @@ __global__ void __launch_bounds__(kRevThreads, 1) reverse16_kernel(const Backwar
     // dO would be subnormal in fp16 under it (fine for the update below, where the dO terms
     // dominate, but not for grad-1's Σ dS ⊙ S); E + Es ≥ −120 keeps 2^{E+Es} a normal float
     {
-      float ms = 0.f;
-#pragma unroll
-      for (int nt = 0; nt < D / 8; ++nt)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) ms = fmaxf(ms, fabsf(dS[nt][e]));
-      ms = warp_max(ms);
+      const float ms = warp_max(lane_max());
       const int Es = max(ms > 0.f ? cover_exponent(ms) : 0, -120 - E);
       const float to = ldexpf(1.f, -Es);
-      const int g8 = lane >> 2, q4 = lane & 3;
       char* tile = sm + L::cstage;
-#pragma unroll
-      for (int nt = 0; nt < D / 8; ++nt)
-#pragma unroll
-        for (int e = 0; e < 4; ++e)
-          *reinterpret_cast<__half*>(tile + (8 * nt + 2 * q4 + (e & 1)) * L::cpitch +
-                                     (16 * w + g8 + 8 * (e >> 1)) * 2) = __float2half_rn(dS[nt][e] * to);
+      state_elems<D>(dS, lane, [&](int kk, int vv, float x) {
+        *reinterpret_cast<__half*>(tile + kk * L::cpitch + (16 * w + vv) * 2) = __float2half_rn(x * to);
+      });
       if (lane == 0) reinterpret_cast<int*>(ds_base(sq.nc - 1 - i) + DS16<D>::e)[(j0 + 16 * w) / 16] = E + Es;
     }
     mbar_arrive(bars + 2);

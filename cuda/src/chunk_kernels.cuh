@@ -957,19 +957,24 @@ struct TileOut {
 };
 
 /// Each of this warp's 16 rows of Sᵀ (accumulators: value column vv = 0..15 of the warp,
-/// key row kk) times `mul`, rounded to tf32 (cvt.rna, as the backward's tf32 products round
-/// their operands), as put(kk, vv, value).
+/// key row kk) as put(kk, vv, value): the one place that knows the accumulator layout.
 template <int D, class Put>
-__device__ __forceinline__ void state_tf32(const float (&S)[D / 8][4], int lane, float mul, Put&& put) {
+__device__ __forceinline__ void state_elems(const float (&S)[D / 8][4], int lane, Put&& put) {
   const int g8 = lane >> 2, q4 = lane & 3;
 #pragma unroll
   for (int nt = 0; nt < D / 8; ++nt)
 #pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      std::uint32_t r;
-      asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(S[nt][e] * mul));
-      put(8 * nt + 2 * q4 + (e & 1), g8 + 8 * (e >> 1), __uint_as_float(r));
-    }
+    for (int e = 0; e < 4; ++e) put(8 * nt + 2 * q4 + (e & 1), g8 + 8 * (e >> 1), S[nt][e]);
+}
+
+/// state_elems rounded to tf32 (cvt.rna, as the backward's tf32 products round their operands).
+template <int D, class Put>
+__device__ __forceinline__ void state_tf32(const float (&S)[D / 8][4], int lane, Put&& put) {
+  state_elems<D>(S, lane, [&](int kk, int vv, float x) {
+    std::uint32_t r;
+    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
+    put(kk, vv, __uint_as_float(r));
+  });
 }
 
 /// Sᵀ (this warp's 16 rows × D channels, accumulators) as fp16 A operands, k = channels.
@@ -994,7 +999,7 @@ template <int D>
 __device__ __forceinline__ void save_chunk_state(const float (&S)[D / 8][4], float* cs, long long row, int Hv, int hv,
                                                  int v0, int lane) {
   float* base = cs + (row * Hv + hv) * (long long)(D * D);
-  state_tf32<D>(S, lane, 1.f, [&](int kk, int vv, float x) { base[kk * D + v0 + vv] = x; });
+  state_tf32<D>(S, lane, [&](int kk, int vv, float x) { base[kk * D + v0 + vv] = x; });
 }
 
 /// Training, split path with helper warps: this warp's 16 columns of Sᵀ (col0.. of the
@@ -1004,19 +1009,21 @@ __device__ __forceinline__ void save_chunk_state(const float (&S)[D / 8][4], flo
 template <int D>
 __device__ __forceinline__ void stage_chunk_state(const float (&S)[D / 8][4], char* tile, int pitch, int col0,
                                                   int lane) {
-  state_tf32<D>(S, lane, 1.f,
+  state_tf32<D>(S, lane,
                 [&](int kk, int vv, float x) { *reinterpret_cast<float*>(tile + kk * pitch + (col0 + vv) * 4) = x; });
 }
 
-/// A tile staged by stage_chunk_state (`pitch` bytes per key row) to a [K][V] state whose
-/// row 0 begins at `dst` (the tile's first column), in 16-byte pieces: this thread's piece
-/// `piece` of rows r0, r0 + rs, ... (its share of the threads that store the tile).
-template <int D>
-__device__ __forceinline__ void store_staged_state(float* dst, const char* tile, int pitch, int piece, int r0, int rs) {
-  dst += 4 * piece;
+/// The D key rows of a staged tile (`pitch` bytes per row) to rows of D elements of type X
+/// whose row 0 begins at `dst` (the tile's first column), in 16-byte pieces: this thread's
+/// piece `piece` of rows r0, r0 + rs, ... (its share of the threads that store the tile). The
+/// forward's fp32 chunk states and the fp16 reverse pass's dS_c.
+template <int D, class X>
+__device__ __forceinline__ void store_staged_rows(X* dst, const char* tile, int pitch, int piece, int r0, int rs) {
+  constexpr int per = 16 / sizeof(X);  // elements per piece
+  dst += per * piece;
   tile += 16 * piece;
   for (int kk = r0; kk < D; kk += rs)
-    *reinterpret_cast<float4*>(dst + kk * D) = *reinterpret_cast<const float4*>(tile + kk * pitch);
+    *reinterpret_cast<uint4*>(dst + kk * D) = *reinterpret_cast<const uint4*>(tile + kk * pitch);
 }
 
 /// One chunk step of this warp's 16 value columns (K: a StepKind). With K::WG every product
@@ -1875,8 +1882,8 @@ __device__ void state_body(const ForwardParams& p, char* sm, int n, int hv, int 
   const int cps = Ls.vs / 4, scc = htid % cps, sr0 = htid / cps, srs = cthr / cps;
   auto store_states = [&](int c) {
     mbar_wait(bars + 6, c & 1);
-    store_staged_state<D>(p.chunk_states + ((cbase + c) * p.Hv + hv) * (long long)(D * D) + v0, sm + Ls.cstage,
-                          Ls.cpitch, scc, sr0, srs);
+    store_staged_rows<D>(p.chunk_states + ((cbase + c) * p.Hv + hv) * (long long)(D * D) + v0, sm + Ls.cstage,
+                         Ls.cpitch, scc, sr0, srs);
   };
   // helper role of chunk c: chunk c+1's inputs in, chunk c−1's output out (from stage
   // (c+1)&1's v tile without helper warps: first, then a barrier of the helpers)

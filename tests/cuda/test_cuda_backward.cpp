@@ -489,9 +489,9 @@ TEST_CASE("cuda chunk backward given chunk states from the split forward at ever
   INFO("GDR2_TEST_SEED=" << base_seed());
   // the split forward's state blocks stage the chunk states for the copier helpers'
   // 16-byte stores at value slices 16, 32, 64 (helper warps) and store them directly at 128
-  // (none); each
-  // slice overlapped and not (the state kernel alone: four (sequence, head) pairs keep the
-  // state blocks within a quarter of the SMs at every slice, so both forms run); varlen
+  // (none); each slice overlapped and not (the state kernel alone: four (sequence, head)
+  // pairs keep the state blocks within a quarter of the SMs at every slice, so both forms
+  // run); varlen
   auto c = make_cfg(21, 1, 0, 1, 2, 128, -1.0);
   c.seqlens = {75, 200};
   std::vector<Exec> execs;
