@@ -89,9 +89,10 @@ cudaError_t launch_d(const BackwardParams& p_in, cudaStream_t st) {
   // chunk states the state kernel then runs only its forward role before it — unless both
   // roles fit in one wave of the state kernel, whose two chains then run side by side
   // (B=1 T=32768 H=16: one launch 3.1 ms against 2.3 + 1.1 ms one after the other;
-  // cuda/NOTES.md backward item 13, v46)
+  // cuda/NOTES.md backward item 13, v46). There chunk_backward has the forward write the
+  // chunk states first (StateRecompute::automatic) whenever it can.
   BackwardParams p = p_in;
-  const bool one_wave = 2LL * p.N * p.Hv * (D / p.vs) <= p.num_sms;
+  const bool one_wave = bwd_roles_in_one_wave(p.N, p.Hv, D, p.vs, p.num_sms);
   p.rev16 = MATH == kTf32 && p.dtype != 2 && p.rows16 && p.do_rows16 && p.stages >= 2 &&
                     (p.saved_states || !one_wave)
                 ? 1

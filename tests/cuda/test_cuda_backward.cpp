@@ -217,15 +217,29 @@ struct Exec {
   cuda::ForwardPath path = cuda::ForwardPath::automatic;  // of the forward that writes them
   bool overlap = true;                                   // ChunkOptions::overlap of that forward
   int forward_vs = 0;                                    // ChunkOptions::value_slice of that forward
+  /// without given chunk states: what recomputes them (BackwardOptions::recompute_states)
+  cuda::StateRecompute recompute = cuda::StateRecompute::automatic;
 };
 
+/// A device execution in the tf32 mode without given chunk states, recomputing them by `r`.
+Exec recomputing(cuda::StateRecompute r) {
+  Exec e{Where::device, cuda::BackwardMath::tf32};
+  e.recompute = r;
+  return e;
+}
+
 /// The name an execution's accuracy lines carry: host (fp32 products), host32 (tf32
-/// emulated), device, dev+st (device, given the CUDA forward's chunk states).
+/// emulated), device, dev+st (device, given the CUDA forward's chunk states), dev+fw and
+/// dev+sp (device, the states recomputed by the forward / by the state kernel, as asked).
 const char* exec_name(const Exec& ex) {
   switch (ex.where) {
     case Where::host: return "host";
     case Where::host_tf32: return "host32";
-    default: return ex.forward_states ? "dev+st" : "device";
+    default:
+      if (ex.forward_states) return "dev+st";
+      if (ex.recompute == cuda::StateRecompute::forward) return "dev+fw";
+      if (ex.recompute == cuda::StateRecompute::state_pass) return "dev+sp";
+      return "device";
   }
 }
 
@@ -248,6 +262,7 @@ void run_case(const ProblemConfig& cfg, const std::vector<Exec>& execs, bool wit
     cuda::BackwardOptions opt;
     opt.math = ex.math;
     opt.value_slice = vslice;
+    opt.recompute_states = ex.recompute;
     std::vector<float> states;
     std::string line;
     if (ex.forward_states) {
@@ -301,16 +316,18 @@ const std::vector<Exec> kHostStates = {{Where::host, cuda::BackwardMath::tf32, t
 /// the host execution with the tf32 mode's products emulated, without and with chunk states
 const std::vector<Exec> kHostTf32 = {{Where::host_tf32, cuda::BackwardMath::tf32},
                                      {Where::host_tf32, cuda::BackwardMath::tf32, true}};
-/// 16-bit inputs on the device: the three product modes, then the chunk states written by
-/// the CUDA forward on its fused and split paths (the split path's state blocks with
-/// helper warps when overlapped, without them when not)
+/// 16-bit inputs on the device: the three product modes (tf32 with the chunk states
+/// recomputed automatically — by the forward at these few (sequence, head) pairs — and by
+/// the state kernel), then the chunk states written by the CUDA forward on its fused and
+/// split paths (the split path's state blocks with helper warps when overlapped, without
+/// them when not)
 const std::vector<Exec> kDevice = {{Where::device, cuda::BackwardMath::tf32},
+                                   recomputing(cuda::StateRecompute::state_pass),
                                    {Where::device, cuda::BackwardMath::tf32x3},
                                    {Where::device, cuda::BackwardMath::fp32},
                                    {Where::device, cuda::BackwardMath::tf32, true, cuda::ForwardPath::split},
                                    {Where::device, cuda::BackwardMath::tf32, true, cuda::ForwardPath::split, false},
                                    {Where::device, cuda::BackwardMath::tf32, true, cuda::ForwardPath::fused}};
-const std::vector<Exec> kDeviceTf32 = {{Where::device, cuda::BackwardMath::tf32}};
 /// fp32 inputs on the device: the default (split tf32) against the issue's 1e-3, and fp32
 const std::vector<Exec> kDeviceF32 = {{Where::device, cuda::BackwardMath::automatic},
                                       {Where::device, cuda::BackwardMath::fp32}};
@@ -440,10 +457,11 @@ TEST_CASE("cuda chunk backward: value slices, long sequence, strong decays", "[c
   SKIP_WITHOUT_GPU();
   INFO("GDR2_TEST_SEED=" << base_seed());
   auto c = make_cfg(6, 1, 2048 + 37, 2, 4, 128, -0.2);  // weak decay: dS carries over many chunks
-  // (16, 32: the reverse role's off-chain form; 64: pipelined inline; 128: one round trip)
+  // (16, 32: the reverse role's off-chain form; 64: pipelined inline; 128: one round trip;
+  // both roles of the state kernel: at 4 pairs the automatic choice is the forward)
   for (int vs : {16, 32, 64, 128}) {
     INFO("vs=" << vs);
-    run_case<GDR2, bf16>(c, kDeviceTf32, true, vs);
+    run_case<GDR2, bf16>(c, {recomputing(cuda::StateRecompute::state_pass)}, true, vs);
   }
   auto c2 = make_cfg(7, 2, 1024 + 5, 2, 2, 128, -20.0);
   INFO(describe(c2));
@@ -458,11 +476,15 @@ TEST_CASE("cuda chunk backward without chunk states: the reverse pass after or b
   // they fit in one wave (2 · pairs · D / vs blocks ≤ SMs); otherwise its forward role runs
   // alone and the fp16 reverse pass after it. 32 (sequence, head) pairs at value slice 16
   // need 512 blocks (more than any GPU's SMs: one after the other), at 128 64 blocks (side
-  // by side); strong decays (g ≥ −20) so that the fp16 records' scales matter
+  // by side; where the automatic choice has the forward write the states instead); strong
+  // decays (g ≥ −20) so that the fp16 records' scales matter
   auto c = make_cfg(41, 2, 190 + 3, 4, 16, 128, -20.0);
   for (int vs : {16, 128}) {
     INFO("vs=" << vs);
-    run_case<GDR2, bf16>(c, kDeviceTf32, true, vs);
+    run_case<GDR2, bf16>(c,
+                         {recomputing(cuda::StateRecompute::state_pass), recomputing(cuda::StateRecompute::automatic),
+                          recomputing(cuda::StateRecompute::forward)},
+                         true, vs);
   }
 }
 
@@ -476,9 +498,11 @@ TEST_CASE("cuda chunk backward given the forward's chunk states (small, for the 
                           {Where::device, cuda::BackwardMath::tf32, true, cuda::ForwardPath::split},
                           {Where::device, cuda::BackwardMath::tf32, true, cuda::ForwardPath::split, false}});
   // GDR-2's channel gates take other copy paths in grad-1 and the applies (w's rows, q k b g
-  // as stored); without chunk states as well (the tf32 state passes)
+  // as stored); without chunk states as well (the tf32 state passes, and the forward
+  // writing them into the workspace)
   run_case<GDR2, bf16>(c, {{Where::device, cuda::BackwardMath::tf32, true, cuda::ForwardPath::fused},
-                           {Where::device, cuda::BackwardMath::tf32}});
+                           recomputing(cuda::StateRecompute::state_pass),
+                           recomputing(cuda::StateRecompute::forward)});
   // GDN's scalar decay: one value per row, as β (the applies' row vector)
   run_case<GDN, bf16>(c, {{Where::device, cuda::BackwardMath::tf32, true, cuda::ForwardPath::fused}});
 }
@@ -690,5 +714,101 @@ TEST_CASE("cuda backward rejects bad arguments with clear statuses", "[cuda][bac
     cuda::BackwardOptions opt;
     opt.value_slice = 48;
     CHECK(cuda::chunk_backward_workspace_size<GDR2>(p, bytes, opt).code() == Code::invalid_argument);
+  }
+}
+
+// ---- planning (runs without a GPU) ------------------------------------------------------------
+/// The plan of a workspace-size query: no upstream gradients, no gradient views.
+template <class T>
+const GradOutputs<T>* const no_up = nullptr;
+const Gradients<float>* const no_grads = nullptr;
+
+/// A problem of B × T tokens, H heads, K = V = D whose tensors are only shapes (one aligned
+/// placeholder address: the plan never dereferences them).
+template <class Policy>
+Problem<bf16> shapes_only(Index B, Index T, Index H, Index D) {
+  const bf16* x = reinterpret_cast<const bf16*>(std::uintptr_t(256));
+  const float* y = reinterpret_cast<const float*>(std::uintptr_t(256));
+  auto v = [](auto* p, Index a, Index b, Index c, Index d) {
+    return View<std::remove_pointer_t<decltype(p)>>(p, {a, b, c, d}, contiguous_strides({a, b, c, d}));
+  };
+  Problem<bf16> p;
+  p.q = v(x, B, T, H, D), p.k = v(x, B, T, H, D), p.v = v(x, B, T, H, D);
+  p.g = v(y, B, T, H, Policy::decay_width(D));
+  if constexpr (Policy::gates == Gates::tied) {
+    p.beta = v(x, B, T, H, 1);
+  } else {
+    p.b = v(x, B, T, H, D), p.w = v(x, B, T, H, D);
+  }
+  p.initial_state = v(y, B, H, D, D);
+  return p;
+}
+
+template <class Policy>
+void check_state_recompute(Index B, Index T, Index H, Index D) {
+  INFO(Policy::name() << " B=" << B << " T=" << T << " H=" << H << " D=" << D);
+  const Problem<bf16> p = shapes_only<Policy>(B, T, H, D);
+  auto plan = [&](cuda::StateRecompute r, std::size_t& bytes, cuda::detail::BackwardParams& f) {
+    cuda::BackwardOptions opt;
+    opt.recompute_states = r;
+    cuda::detail::StateForward sf;
+    const Status st = cuda::detail::plan_backward<Policy>(p, no_up<bf16>, no_grads, opt, 132, f, bytes, sf);
+    INFO(st.to_string());
+    REQUIRE(st.ok());
+    return sf;
+  };
+  std::size_t auto_bytes = 0, fw_bytes = 0, sp_bytes = 0;
+  cuda::detail::BackwardParams f;
+  const cuda::detail::StateForward automatic = plan(cuda::StateRecompute::automatic, auto_bytes, f);
+  const cuda::detail::StateForward fw = plan(cuda::StateRecompute::forward, fw_bytes, f);
+  const cuda::detail::StateForward sp = plan(cuda::StateRecompute::state_pass, sp_bytes, f);
+  // automatic: the forward exactly where the state kernel's two roles would share a wave
+  CHECK(automatic.planned == cuda::detail::bwd_roles_in_one_wave(f.N, f.Hv, f.D, f.vs, 132));
+  CHECK(fw.planned);
+  CHECK(!sp.planned);
+  // the forward's o and workspace lie in the dS and grad-1 space: no extra workspace
+  CHECK(fw.offset + fw.o_bytes + fw.ws_bytes <= sp_bytes);
+  CHECK(fw_bytes == sp_bytes);
+  CHECK(auto_bytes == sp_bytes);
+}
+
+TEST_CASE("cuda backward: the forward recomputes the chunk states where the state kernel would be slow",
+          "[cuda][backward][validation]") {
+  // B=1 T=32768 H=16: 16 pairs, both state roles in one wave (128 blocks of 32 columns)
+  check_state_recompute<GDR2>(1, 32768, 16, 128);
+  // B=8 T=4096 H=16: 128 pairs, the state kernel's forward role (one 128-column block each)
+  check_state_recompute<GDR2>(8, 4096, 16, 128);
+  check_state_recompute<KDA>(2, 193, 16, 128);
+  check_state_recompute<GDN>(1, 100, 3, 64);
+  check_state_recompute<GDR2>(4, 1000, 2, 64);
+  {
+    std::size_t bytes = 0;
+    cuda::detail::BackwardParams f;
+    cuda::detail::StateForward sf;
+    cuda::BackwardOptions opt;
+    const Problem<bf16> p = shapes_only<GDR2>(1, 32768, 16, 128);
+    REQUIRE(cuda::detail::plan_backward<GDR2>(p, no_up<bf16>, no_grads, opt, 132, f, bytes, sf).ok());
+    CHECK(sf.planned);  // the shape of issue 6's second target
+    const Problem<bf16> p8 = shapes_only<GDR2>(8, 4096, 16, 128);
+    REQUIRE(cuda::detail::plan_backward<GDR2>(p8, no_up<bf16>, no_grads, opt, 132, f, bytes, sf).ok());
+    CHECK(!sf.planned);
+    // products other than tf32 read no tf32-rounded states: the state kernel
+    opt.math = cuda::BackwardMath::tf32x3;
+    opt.recompute_states = cuda::StateRecompute::forward;
+    REQUIRE(cuda::detail::plan_backward<GDR2>(p, no_up<bf16>, no_grads, opt, 132, f, bytes, sf).ok());
+    CHECK(!sf.planned);
+  }
+  {
+    // fp32 inputs: the forward takes 16-bit inputs only
+    auto c = make_cfg(61, 1, 70, 1, 2, 64, -1.0);
+    RandomProblem<GDR2, float> rp(c);
+    std::size_t bytes = 0;
+    cuda::detail::BackwardParams f;
+    cuda::detail::StateForward sf;
+    cuda::BackwardOptions opt;
+    opt.recompute_states = cuda::StateRecompute::forward;
+    opt.math = cuda::BackwardMath::tf32;
+    REQUIRE(cuda::detail::plan_backward<GDR2>(rp.problem(), no_up<float>, no_grads, opt, 132, f, bytes, sf).ok());
+    CHECK(!sf.planned);
   }
 }

@@ -27,7 +27,9 @@
 //
 // Recomputation strategy (nothing saved by the forward is needed; the forward's chunk
 // states, when it was asked to write them — ChunkOptions::chunk_states — replace the
-// forward role of stage 2):
+// forward role of stage 2; without them, at few (sequence, head) pairs, chunk_backward
+// runs chunk_forward first to write them into its workspace: BackwardOptions::
+// recompute_states):
 //   1. prep   (one block per 64-token chunk and value head, all chunks in parallel):
 //             cumulative decays; the anchored decay Grams T, Aqk (SPEC §5); A = (I+T)⁻¹
 //             in fp32 (16×16 diagonal inverses, block substitution); Y = A Ē, U = A Z,
@@ -39,7 +41,8 @@
 //             in one launch): the forward state pass S_c (start of every chunk) and the
 //             reverse pass dS_c (gradient at every chunk end; dS_0 of the first chunk is
 //             d_initial_state) — both only read records, so they run side by side.
-//             With BackwardOptions::chunk_states only the reverse pass runs.
+//             With chunk states (given, or written by the forward) only the reverse
+//             pass runs (16-bit inputs: on fp16 warpgroup MMAs, backward_reverse16.cuh).
 //   3. grad-1 (chunk-parallel): everything that touches S or dS, and the WY part:
 //             R = U − Y S, dR = Aqkᵀ dO + Ktail dS (= dU), dZ = Aᵀ dR, dO Sᵀ,
 //             dKtail = R dSᵀ, dĒ = −dZ Sᵀ (= Aᵀ dY), dT = −strict_lower(dZ Rᵀ), dAqk,
@@ -135,6 +138,15 @@ constexpr long long bwd_rec_floats(int D) { return 2LL * 64 * 64 + 4LL * 64 * D 
 /// grad-1's outputs + the per-row sums of grad-2's slices (cuda/src/backward_kernels.cuh G1)
 constexpr long long bwd_g1_floats(int D) { return 3LL * 64 * D + 2LL * 64 * 64 + D + 64 + 2LL * 64 * (D / 32); }
 
+/// Whether the state kernel's two roles (forward S_c and reverse dS_c), one block per
+/// (sequence, value head, slice of vs columns) each, fit side by side in one wave of `sms`
+/// SMs: the launcher then runs them in one launch instead of the forward role and the fp16
+/// reverse pass one after the other, and the plan has the forward (chunk_forward) write the
+/// chunk states instead (BackwardOptions::recompute_states).
+constexpr bool bwd_roles_in_one_wave(long long N, long long Hv, int D, int vs, int sms) {
+  return 2LL * N * Hv * (D / vs) <= sms;
+}
+
 /// Enqueue every backward kernel (device pointers in p) on `stream`.
 cudaError_t launch_backward(const BackwardParams& p, cudaStream_t stream);
 /// Run the same kernel bodies on the host, block after block (host pointers in p): with
@@ -166,6 +178,21 @@ enum class BackwardMath {
   automatic,  ///< the default: tf32 for bf16 / fp16 inputs, tf32x3 for fp32 inputs
 };
 
+/// Without BackwardOptions::chunk_states: what recomputes the chunk-start states S_c.
+enum class StateRecompute {
+  /// chunk_forward where the state kernel's two roles would share one wave (few (sequence,
+  /// head) pairs, e.g. B=1 T=32768 H=16: its state blocks walk every chunk one after the
+  /// other), the state kernel's forward role elsewhere (B=8 T=4096 H=16: 128 blocks that
+  /// cost less than the fused forward writing o and the states)
+  automatic,
+  /// chunk_forward (ChunkOptions::chunk_states into the workspace, its o into scratch
+  /// workspace) whenever it can run: 16-bit inputs with 16-byte aligned rows, tf32
+  /// products; else the state kernel
+  forward,
+  /// the backward's own state kernel (its forward role, on the records of stage 1)
+  state_pass,
+};
+
 /// Options of the CUDA chunk backward.
 struct BackwardOptions {
   /// Products of the backward. automatic (the default) = tf32 for bf16 / fp16 inputs
@@ -189,6 +216,9 @@ struct BackwardOptions {
   const float* chunk_states = nullptr;
   /// Bytes at chunk_states (checked against gdr2::cuda::chunk_states_size).
   std::size_t chunk_states_bytes = 0;
+  /// Without chunk_states: what recomputes them (StateRecompute; the same gradients within
+  /// the tf32 bound either way).
+  StateRecompute recompute_states = StateRecompute::automatic;
 };
 
 namespace detail {
@@ -202,11 +232,36 @@ constexpr bool bwd_policy_supported() {
 
 inline constexpr std::size_t bwd_align(std::size_t x) { return (x + 255) / 256 * 256; }
 
+/// The forward that chunk_backward runs before its own kernels to write the chunk-start
+/// states into the workspace's state space (BackwardOptions::recompute_states), when the
+/// plan chose it. Its o and its own workspace lie at `offset`, in the dS and grad-1 space,
+/// which nothing uses until that forward is done.
+struct StateForward {
+  bool planned = false;  // the shapes and options allow it; it runs if the rows are 16-byte aligned
+  std::size_t offset = 0, o_bytes = 0, ws_bytes = 0;
+};
+
+/// `p` with every given tensor at one aligned placeholder address: the forward's plan sees
+/// the shapes and strides alone (the workspace a backward needs must not depend on where
+/// the caller's tensors lie). Never dereferenced.
+template <class T>
+Problem<T> shapes_of(const Problem<T>& p) {
+  Problem<T> s = p;
+  auto place = [](auto& v) {
+    using E = std::remove_reference_t<decltype(*v.data)>;
+    if (v.given()) v.data = reinterpret_cast<E*>(std::uintptr_t(256));
+  };
+  place(s.q), place(s.k), place(s.v), place(s.b), place(s.w), place(s.beta), place(s.g);
+  place(s.initial_state);
+  return s;
+}
+
 /// Validate, then fill `bp` (everything but the workspace and device sequence pointers)
 /// and the workspace size. Reads host memory only.
 template <class Policy, class T>
 Status plan_backward(const Problem<T>& p, const GradOutputs<T>* up, const Gradients<float>* gr,
-                     const BackwardOptions& opt, int num_sms, BackwardParams& bp, std::size_t& ws_bytes) {
+                     const BackwardOptions& opt, int num_sms, BackwardParams& bp, std::size_t& ws_bytes,
+                     StateForward& sf) {
   if constexpr (!bwd_policy_supported<Policy>()) {
     return {Code::unsupported, std::string("the CUDA backward implements the gdr2, kda and gdn gate policies, not ") +
                                    Policy::name()};
@@ -367,6 +422,24 @@ Status plan_backward(const Problem<T>& p, const GradOutputs<T>* up, const Gradie
       sink(all.dw, D, f.dw);
       sink(all.dbeta, 1, f.dbeta);
     }
+    // the forward that recomputes the chunk states (StateRecompute): 16-bit inputs, tf32
+    // products, a state pass to replace; automatic where the state kernel's two roles would
+    // share one wave (cuda/NOTES.md, backward item 19)
+    sf = StateForward{};
+    if constexpr (!std::is_same_v<T, float>) {
+      const bool wanted = opt.recompute_states == StateRecompute::forward ||
+                          (opt.recompute_states == StateRecompute::automatic &&
+                           bwd_roles_in_one_wave(d.N, d.Hv, D, vs, num_sms));
+      std::size_t fws = 0;
+      if (!f.saved_states && f.math == 0 && f.stages >= 2 && wanted &&
+          chunk_forward_workspace_size<Policy>(shapes_of(p), fws).ok()) {
+        sf.planned = true;
+        sf.offset = dst;
+        sf.o_bytes = bwd_align(std::size_t(tokens) * std::size_t(f.Hv) * std::size_t(D) * sizeof(T));
+        sf.ws_bytes = fws;
+        off = std::max(off, dst + sf.o_bytes + fws);  // within the dS and grad-1 space in practice
+      }
+    }
     ws_bytes = off;
     return {};
   }
@@ -389,8 +462,9 @@ inline void bind_workspace(BackwardParams& f, char* ws, const void* cu_seqlens) 
 
 template <class Policy, class T>
 Status backward_common(const Problem<T>& p, const GradOutputs<T>& up, const Gradients<float>& gr,
-                       const BackwardOptions& opt, int sms, BackwardParams& f, std::size_t& need) {
-  GDR2_RETURN_IF_ERROR(plan_backward<Policy>(p, &up, &gr, opt, sms, f, need));
+                       const BackwardOptions& opt, int sms, BackwardParams& f, std::size_t& need,
+                       StateForward& sf) {
+  GDR2_RETURN_IF_ERROR(plan_backward<Policy>(p, &up, &gr, opt, sms, f, need, sf));
   f.d_o = up.d_o.data;
   f.sdo = strides3(up.d_o);
   f.dsT = up.d_final_state.data;
@@ -427,10 +501,11 @@ Status backward_common(const Problem<T>& p, const GradOutputs<T>& up, const Grad
 template <class Policy, class T>
 Status chunk_backward_workspace_size(const Problem<T>& p, std::size_t& bytes, const BackwardOptions& opt = {}) {
   detail::BackwardParams f;
+  detail::StateForward sf;
   const int sms = device_sm_count();
   return detail::plan_backward<Policy>(p, static_cast<const GradOutputs<T>*>(nullptr),
                                        static_cast<const Gradients<float>*>(nullptr), opt, sms > 0 ? sms : 132, f,
-                                       bytes);
+                                       bytes, sf);
 }
 
 /// Gate-aware chunkwise backward (SPEC §4) on `stream`: overwrites every gradient view
@@ -443,9 +518,10 @@ Status chunk_backward(const Problem<T>& p, const GradOutputs<T>& up, const Gradi
                       const DeviceSequences& dev, void* workspace, std::size_t workspace_bytes, cudaStream_t stream,
                       const BackwardOptions& opt = {}) {
   detail::BackwardParams f;
+  detail::StateForward sf;
   std::size_t need = 0;
   const int sms = device_sm_count();
-  GDR2_RETURN_IF_ERROR(detail::backward_common<Policy>(p, up, gr, opt, sms > 0 ? sms : 132, f, need));
+  GDR2_RETURN_IF_ERROR(detail::backward_common<Policy>(p, up, gr, opt, sms > 0 ? sms : 132, f, need, sf));
   if (p.cu_seqlens.given() && !dev.cu_seqlens)
     return {Code::invalid_argument, "cu_seqlens given: its device copy (DeviceSequences::cu_seqlens) is required"};
   if (!p.cu_seqlens.given() && dev.cu_seqlens)
@@ -457,6 +533,21 @@ Status chunk_backward(const Problem<T>& p, const GradOutputs<T>& up, const Gradi
   if (need > 0 && (!workspace || reinterpret_cast<std::uintptr_t>(workspace) % 256 != 0))
     return {Code::invalid_argument, "workspace must be a non-null, 256-byte aligned device pointer"};
   detail::bind_workspace(f, static_cast<char*>(workspace), dev.cu_seqlens);
+  if constexpr (!std::is_same_v<T, float>) {
+    if (sf.planned && f.rows16) {
+      // the forward writes the chunk states (its o and workspace in the dS and grad-1
+      // space, free until it is done); the kernels then read them as given ones
+      char* at = static_cast<char*>(workspace) + sf.offset;
+      const Outputs<T, float> scratch{View<T>(reinterpret_cast<T*>(at), p.v.shape, contiguous_strides(p.v.shape)), {}};
+      ChunkOptions fo;
+      fo.chunk_states = f.states;
+      fo.chunk_states_bytes = detail::chunk_states_bytes(f.total_chunks, f.Hv, f.D, f.D);
+      const Status st = chunk_forward<Policy>(p, scratch, {dev.cu_seqlens, nullptr}, at + sf.o_bytes, sf.ws_bytes,
+                                              stream, fo);
+      if (!st.ok()) return {st.code(), "gdr2::cuda::chunk_backward, recomputing the chunk states: " + st.message()};
+      f.saved_states = 1;
+    }
+  }
   const cudaError_t e = detail::launch_backward(f, stream);
   if (e != cudaSuccess)
     return {Code::device_error, std::string("gdr2::cuda::chunk_backward: ") + cudaGetErrorName(e) + " (" +
@@ -487,8 +578,9 @@ Status chunk_backward_on_host(const Problem<T>& p, const GradOutputs<T>& up, con
                               void* workspace, std::size_t workspace_bytes, const BackwardOptions& opt = {},
                               HostProducts products = HostProducts::fp32) {
   detail::BackwardParams f;
+  detail::StateForward sf;  // the host runs its own state pass (no forward here)
   std::size_t need = 0;
-  GDR2_RETURN_IF_ERROR(detail::backward_common<Policy>(p, up, gr, opt, 132, f, need));
+  GDR2_RETURN_IF_ERROR(detail::backward_common<Policy>(p, up, gr, opt, 132, f, need, sf));
   if (workspace_bytes < need || (need > 0 && !workspace))
     return {Code::invalid_argument, "workspace of " + std::to_string(workspace_bytes) + " bytes, " +
                                         std::to_string(need) + " needed"};
