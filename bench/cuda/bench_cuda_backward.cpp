@@ -10,6 +10,9 @@
 //   BM_backward_f32/...               the same with fp32 inputs (default math: split tf32)
 //   BM_backward_states/...            the same given the forward's chunk states (written once
 //                                     by chunk_forward before the timing)
+//   BM_backward_recompute/.../mode:r  without them, recomputed as asked (StateRecompute r:
+//                                     1 by chunk_forward, 2 by the state kernel; 0 = automatic
+//                                     is BM_backward)
 //   BM_forward/.../states:s           cuda::chunk_forward alone (automatic path); states:1 also
 //                                     writes the chunk states for the backward
 //   BM_fwd_bwd/.../states:s           cuda::chunk_forward (automatic path) + chunk_backward;
@@ -145,9 +148,11 @@ struct Forward {
 };
 
 template <class Policy, class X>
-void BM_backward_t(benchmark::State& state, int value_slice = 0, bool with_states = false) {
+void BM_backward_t(benchmark::State& state, int value_slice = 0, bool with_states = false,
+                   cuda::StateRecompute recompute = cuda::StateRecompute::automatic) {
   Setup<Policy, X>& su = setup<Policy, X>(state.range(0), state.range(1), state.range(2));
   cuda::BackwardOptions opt;
+  opt.recompute_states = recompute;
   opt.math = static_cast<cuda::BackwardMath>(state.range(3));
   opt.stages = int(state.range(4));
   opt.value_slice = value_slice;
@@ -189,6 +194,10 @@ void BM_backward_vs(benchmark::State& state) { BM_backward_t<GDR2, bf16>(state, 
 void BM_backward_f32(benchmark::State& state) { BM_backward_t<GDR2, float>(state); }
 /// given the forward's chunk states (vs: value slice of the state pass, 0 = automatic)
 void BM_backward_states(benchmark::State& state) { BM_backward_t<GDR2, bf16>(state, int(state.range(5)), true); }
+/// without them, recomputed by the forward (mode 1) or the state kernel (mode 2)
+void BM_backward_recompute(benchmark::State& state) {
+  BM_backward_t<GDR2, bf16>(state, 0, false, static_cast<cuda::StateRecompute>(state.range(5)));
+}
 
 /// The forward alone; with states:1 it also writes the chunk states.
 void BM_forward(benchmark::State& state) {
@@ -285,6 +294,19 @@ BENCHMARK(BM_backward_states)
     ->Args({1, 32768, 16, 0, 2, 0})
     ->Args({1, 32768, 16, 0, 2, 32})
     ->Args({1, 32768, 16, 0, 0, 0})
+    ->UseManualTime()
+    ->Iterations(10)
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_backward_recompute)
+    ->ArgNames({"B", "T", "H", "math", "stages", "mode"})
+    ->Args({8, 4096, 16, 0, 2, 1})
+    ->Args({8, 4096, 16, 0, 2, 2})
+    ->Args({8, 4096, 16, 0, 0, 1})
+    ->Args({8, 4096, 16, 0, 0, 2})
+    ->Args({1, 32768, 16, 0, 2, 1})
+    ->Args({1, 32768, 16, 0, 2, 2})
+    ->Args({1, 32768, 16, 0, 0, 1})
+    ->Args({1, 32768, 16, 0, 0, 2})
     ->UseManualTime()
     ->Iterations(10)
     ->Unit(benchmark::kMillisecond);
