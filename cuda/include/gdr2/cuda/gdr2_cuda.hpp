@@ -82,9 +82,9 @@ struct ChunkOptions {
   /// Σ_{m<n} ceil(T_m / 64) + j — every value rounded to tf32 (10-bit mantissa: what the
   /// backward's tf32 products read). States of sequences skipped by state_indices are
   /// left untouched. Null (the default): not written. Measured on an H100 (bench/RESULTS.md,
-  /// twelfth session): forward + backward −0.50 ms at B=8 T=4096 H=16 (fused forward
-  /// +0.10 ms) and −0.11 ms at B=1 T=32768 H=16 (the split forward's state blocks pay
-  /// ≈ +0.5 ms of what the backward saves; why: cuda/NOTES.md, backward v26 and v18).
+  /// twenty-fourth session): GDR-2 forward + backward 6.77 → 6.23 ms at B=8 T=4096 H=16
+  /// and 8.03–8.08 → 7.16–7.20 ms at B=1 T=32768 H=16 (where the backward without them
+  /// runs the forward again to write them: BackwardOptions::recompute_states).
   float* chunk_states = nullptr;
   /// Bytes at chunk_states (checked against chunk_states_size).
   std::size_t chunk_states_bytes = 0;
