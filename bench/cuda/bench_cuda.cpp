@@ -1,7 +1,9 @@
 // gdr2 CUDA benchmarks (H100 targets of issue 5). Every case times each iteration with
 // CUDA events around the call alone, reports the median over all iterations as the
 // counter `median_ms` (Google Benchmark's own Time column is the mean), and the rate
-// the median implies. Ceilings measured in the same run:
+// the median implies. The copy and the forward also report `queued_ms`: the same call
+// queued behind a memset, so that the events time the device's work without the host's
+// share of the call (`host_us`; bench_util.hpp's Timer). Ceilings measured in the same run:
 //   copy/1GiB      cudaMemcpyAsync device→device, bytes read + written per second
 //   gemm/bf16      cublasGemmEx 8192³ bf16 → fp32 accumulate, FLOP/s
 //   state_roundtrip  the decode's access pattern without its arithmetic: 256 × 16 fp32
@@ -40,10 +42,12 @@ void BM_copy(benchmark::State& state) {
   CK(cudaStreamCreate(&s));
   for (int i = 0; i < 3; ++i) CK(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice, s));
   Timer t;
-  for (auto _ : state) t.iteration(state, s, [&] { CK(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice, s)); });
+  auto copy = [&] { CK(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice, s)); };
+  for (auto _ : state) t.iteration(state, s, copy);
   const double med = t.median();
   state.counters["median_ms"] = med;
   state.counters["GBps"] = 2.0 * bytes / (med * 1e-3) / 1e9;
+  state.counters["queued_ms"] = t.queued_median(s, copy);
   CK(cudaFree(a));
   CK(cudaFree(b));
   CK(cudaStreamDestroy(s));
@@ -149,12 +153,15 @@ void forward_case(benchmark::State& state, bool states) {
   for (int i = 0; i < 3; ++i) check(cuda::chunk_forward<GDR2>(p, out, {}, ws, ws_bytes, s, opt));
   CK(cudaStreamSynchronize(s));
   Timer t;
-  for (auto _ : state) t.iteration(state, s, [&] { check(cuda::chunk_forward<GDR2>(p, out, {}, ws, ws_bytes, s, opt)); });
+  auto call = [&] { check(cuda::chunk_forward<GDR2>(p, out, {}, ws, ws_bytes, s, opt)); };
+  for (auto _ : state) t.iteration(state, s, call);
   CK(cudaGetLastError());
   const double med = t.median();
   // fewest bytes: q k v b w o in bf16, g in fp32, states in and out
   const double bytes = double(nt) * (6 * 2 + 4) + 2.0 * B * H * D * D * 4;
   state.counters["median_ms"] = med;
+  state.counters["queued_ms"] = t.queued_median(s, call);
+  state.counters["host_us"] = t.host_median_us();
   state.counters["GBps"] = bytes / (med * 1e-3) / 1e9;
   state.counters["workspace_MB"] = double(ws_bytes) / 1e6;
   for (void* x : {(void*)q, (void*)k, (void*)v, (void*)b, (void*)w, (void*)g, (void*)s0, (void*)o, (void*)sT, ws,

@@ -20,7 +20,9 @@
 //   BM_backward_kda, BM_fwd_bwd_kda   BM_backward, BM_fwd_bwd for KDA (tied β, channel decay)
 //   BM_backward_gdn, BM_fwd_bwd_gdn   ... and for GDN (tied β, scalar decay)
 // Every case is GDR-2 (channel gates and decay) unless its name says otherwise.
-// Counters: GBps = fewest bytes (inputs read once, gradients written once) / median.
+// Counters: GBps = fewest bytes (inputs read once, gradients written once) / median;
+// queued_ms = the median of 10 more calls each queued behind a memset (the device's work
+// without the host's share of the call, host_us; bench_util.hpp's Timer).
 #include <gdr2/cuda/backward.hpp>
 #include <gdr2/gdr2.hpp>
 
@@ -179,6 +181,8 @@ void BM_backward_t(benchmark::State& state, int value_slice = 0, bool with_state
   CK(cudaGetLastError());
   const double med = t.median();
   state.counters["median_ms"] = med;
+  state.counters["queued_ms"] = t.queued_median(s, run);
+  state.counters["host_us"] = t.host_median_us();
   state.counters["GBps"] = su.backward_bytes() / (med * 1e-3) / 1e9;
   state.counters["workspace_GB"] = double(bytes) / 1e9;
   CK(cudaFree(ws));
@@ -212,6 +216,8 @@ void BM_forward(benchmark::State& state) {
   for (auto _ : state) t.iteration(state, s, run);
   CK(cudaGetLastError());
   state.counters["median_ms"] = t.median();
+  state.counters["queued_ms"] = t.queued_median(s, run);
+  state.counters["host_us"] = t.host_median_us();
   CK(cudaStreamDestroy(s));
 }
 
@@ -241,6 +247,8 @@ void BM_fwd_bwd_t(benchmark::State& state) {
   CK(cudaGetLastError());
   const double med = t.median();
   state.counters["median_ms"] = med;
+  state.counters["queued_ms"] = t.queued_median(s, run);
+  state.counters["host_us"] = t.host_median_us();
   state.counters["workspace_GB"] = double(bbytes) / 1e9;
   CK(cudaFree(bws));
   CK(cudaStreamDestroy(s));
