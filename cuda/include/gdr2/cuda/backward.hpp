@@ -186,8 +186,8 @@ enum class StateRecompute {
   /// cost less than the fused forward writing o and the states)
   automatic,
   /// chunk_forward (ChunkOptions::chunk_states into the workspace, its o into scratch
-  /// workspace) whenever it can run: 16-bit inputs with 16-byte aligned rows, tf32
-  /// products; else the state kernel
+  /// workspace) whenever it can run: 16-bit inputs whose rows and dO's are 16-byte aligned
+  /// (what the fp16 reverse pass after it needs), tf32 products; else the state kernel
   forward,
   /// the backward's own state kernel (its forward role, on the records of stage 1)
   state_pass,
@@ -237,7 +237,7 @@ inline constexpr std::size_t bwd_align(std::size_t x) { return (x + 255) / 256 *
 /// plan chose it. Its o and its own workspace lie at `offset`, in the dS and grad-1 space,
 /// which nothing uses until that forward is done.
 struct StateForward {
-  bool planned = false;  // the shapes and options allow it; it runs if the rows are 16-byte aligned
+  bool planned = false;  // the shapes and options allow it; it runs if every row (dO's too) is 16-byte aligned
   std::size_t offset = 0, o_bytes = 0, ws_bytes = 0;
 };
 
@@ -534,7 +534,7 @@ Status chunk_backward(const Problem<T>& p, const GradOutputs<T>& up, const Gradi
     return {Code::invalid_argument, "workspace must be a non-null, 256-byte aligned device pointer"};
   detail::bind_workspace(f, static_cast<char*>(workspace), dev.cu_seqlens);
   if constexpr (!std::is_same_v<T, float>) {
-    if (sf.planned && f.rows16) {
+    if (sf.planned && f.do_rows16) {
       // the forward writes the chunk states (its o and workspace in the dS and grad-1
       // space, free until it is done); the kernels then read them as given ones
       char* at = static_cast<char*>(workspace) + sf.offset;
