@@ -34,6 +34,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <utility>
 #include <vector>
 
 using namespace gdr2;
@@ -305,19 +306,15 @@ BENCHMARK(BM_backward_states)
     ->UseManualTime()
     ->Iterations(10)
     ->Unit(benchmark::kMillisecond);
-BENCHMARK(BM_backward_recompute)
-    ->ArgNames({"B", "T", "H", "math", "stages", "mode"})
-    ->Args({8, 4096, 16, 0, 2, 1})
-    ->Args({8, 4096, 16, 0, 2, 2})
-    ->Args({8, 4096, 16, 0, 0, 1})
-    ->Args({8, 4096, 16, 0, 0, 2})
-    ->Args({1, 32768, 16, 0, 2, 1})
-    ->Args({1, 32768, 16, 0, 2, 2})
-    ->Args({1, 32768, 16, 0, 0, 1})
-    ->Args({1, 32768, 16, 0, 0, 2})
-    ->UseManualTime()
-    ->Iterations(10)
-    ->Unit(benchmark::kMillisecond);
+/// both recomputations (mode 1 forward, 2 state kernel) at both shapes, stages 1–2 and all
+void recompute_cases(benchmark::internal::Benchmark* b) {
+  b->ArgNames({"B", "T", "H", "math", "stages", "mode"});
+  for (const auto& [B, T] : {std::pair{8, 4096}, std::pair{1, 32768}})
+    for (int stages : {2, 0})
+      for (int mode : {1, 2}) b->Args({B, T, 16, 0, stages, mode});
+  b->UseManualTime()->Iterations(10)->Unit(benchmark::kMillisecond);
+}
+BENCHMARK(BM_backward_recompute)->Apply(recompute_cases);
 BENCHMARK(BM_forward)
     ->ArgNames({"B", "T", "H", "states"})
     ->Args({8, 4096, 16, 0})
