@@ -30,6 +30,14 @@ inline double median_of(std::vector<double> v) {
   return v.empty() ? 0 : v[v.size() / 2];
 }
 
+/// A 512 MB device scratch buffer for Timer::queued_median, allocated once per process.
+inline void* busy_buffer(std::size_t& bytes) {
+  static void* busy = nullptr;
+  bytes = std::size_t(512) << 20;
+  if (!busy) CK(cudaMalloc(&busy, bytes));
+  return busy;
+}
+
 /// CUDA-event time of each iteration's timed calls (ms), handed to Google Benchmark as
 /// manual time; median() over the iterations is what the reports use. The calls are issued
 /// on an idle stream, so that time includes the host's share of the call (validation,
@@ -71,12 +79,11 @@ struct Timer {
   /// the GPU's queue filled sees. The memset also leaves nothing of the inputs in L2.
   template <class F>
   double queued_median(cudaStream_t s, F&& f, int n = 10) {
-    static void* busy = nullptr;
-    constexpr std::size_t kBusy = std::size_t(512) << 20;
-    if (!busy) CK(cudaMalloc(&busy, kBusy));
+    std::size_t bytes = 0;
+    void* busy = busy_buffer(bytes);
     std::vector<double> q;
     for (int i = 0; i < n; ++i) {
-      CK(cudaMemsetAsync(busy, i & 0xFF, kBusy, s));
+      CK(cudaMemsetAsync(busy, i & 0xFF, bytes, s));
       CK(cudaEventRecord(a, s));
       f();
       CK(cudaEventRecord(b, s));

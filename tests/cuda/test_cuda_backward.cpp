@@ -744,26 +744,42 @@ Problem<bf16> shapes_only(Index B, Index T, Index H, Index D) {
   return p;
 }
 
+/// The plan of `p` under `opt` at 132 SMs (a workspace-size query): whether the forward
+/// recomputes the chunk states, and the workspace bytes.
+template <class Policy, class T>
+cuda::detail::StateForward plan_states(const Problem<T>& p, const cuda::BackwardOptions& opt, std::size_t& bytes,
+                                       cuda::detail::BackwardParams& f) {
+  cuda::detail::StateForward sf;
+  const Status st = cuda::detail::plan_backward<Policy>(p, no_up<T>, no_grads, opt, 132, f, bytes, sf);
+  INFO(st.to_string());
+  REQUIRE(st.ok());
+  return sf;
+}
+template <class Policy, class T>
+bool forward_planned(const Problem<T>& p, const cuda::BackwardOptions& opt) {
+  std::size_t bytes = 0;
+  cuda::detail::BackwardParams f;
+  return plan_states<Policy>(p, opt, bytes, f).planned;
+}
+
+/// At B × T tokens, H heads, K = V = D: StateRecompute::automatic picks the forward exactly
+/// when `auto_forward`; forward always, state_pass never; and the forward's o and workspace
+/// need no workspace beyond the state pass's.
 template <class Policy>
-void check_state_recompute(Index B, Index T, Index H, Index D) {
+void check_state_recompute(Index B, Index T, Index H, Index D, bool auto_forward) {
   INFO(Policy::name() << " B=" << B << " T=" << T << " H=" << H << " D=" << D);
   const Problem<bf16> p = shapes_only<Policy>(B, T, H, D);
-  auto plan = [&](cuda::StateRecompute r, std::size_t& bytes, cuda::detail::BackwardParams& f) {
+  auto plan = [&](cuda::StateRecompute r, std::size_t& bytes) {
     cuda::BackwardOptions opt;
     opt.recompute_states = r;
-    cuda::detail::StateForward sf;
-    const Status st = cuda::detail::plan_backward<Policy>(p, no_up<bf16>, no_grads, opt, 132, f, bytes, sf);
-    INFO(st.to_string());
-    REQUIRE(st.ok());
-    return sf;
+    cuda::detail::BackwardParams f;
+    return plan_states<Policy>(p, opt, bytes, f);
   };
   std::size_t auto_bytes = 0, fw_bytes = 0, sp_bytes = 0;
-  cuda::detail::BackwardParams f;
-  const cuda::detail::StateForward automatic = plan(cuda::StateRecompute::automatic, auto_bytes, f);
-  const cuda::detail::StateForward fw = plan(cuda::StateRecompute::forward, fw_bytes, f);
-  const cuda::detail::StateForward sp = plan(cuda::StateRecompute::state_pass, sp_bytes, f);
-  // automatic: the forward exactly where the state kernel's two roles would share a wave
-  CHECK(automatic.planned == cuda::detail::bwd_roles_in_one_wave(f.N, f.Hv, f.D, f.vs, 132));
+  const cuda::detail::StateForward automatic = plan(cuda::StateRecompute::automatic, auto_bytes);
+  const cuda::detail::StateForward fw = plan(cuda::StateRecompute::forward, fw_bytes);
+  const cuda::detail::StateForward sp = plan(cuda::StateRecompute::state_pass, sp_bytes);
+  CHECK(automatic.planned == auto_forward);
   CHECK(fw.planned);
   CHECK(!sp.planned);
   // the forward's o and workspace lie in the dS and grad-1 space: no extra workspace
@@ -774,41 +790,21 @@ void check_state_recompute(Index B, Index T, Index H, Index D) {
 
 TEST_CASE("cuda backward: the forward recomputes the chunk states where the state kernel would be slow",
           "[cuda][backward][validation]") {
-  // B=1 T=32768 H=16: 16 pairs, both state roles in one wave (128 blocks of 32 columns)
-  check_state_recompute<GDR2>(1, 32768, 16, 128);
+  // the state kernel's two roles share one wave (2 · pairs · D / vs ≤ 132 at the automatic
+  // slice): the forward; B=1 T=32768 H=16 (16 pairs, issue 6's second shape) is one of them
+  check_state_recompute<GDR2>(1, 32768, 16, 128, true);
+  check_state_recompute<KDA>(2, 193, 16, 128, true);
+  check_state_recompute<GDN>(1, 100, 3, 64, true);
+  check_state_recompute<GDR2>(4, 1000, 2, 64, true);
   // B=8 T=4096 H=16: 128 pairs, the state kernel's forward role (one 128-column block each)
-  check_state_recompute<GDR2>(8, 4096, 16, 128);
-  check_state_recompute<KDA>(2, 193, 16, 128);
-  check_state_recompute<GDN>(1, 100, 3, 64);
-  check_state_recompute<GDR2>(4, 1000, 2, 64);
-  {
-    std::size_t bytes = 0;
-    cuda::detail::BackwardParams f;
-    cuda::detail::StateForward sf;
-    cuda::BackwardOptions opt;
-    const Problem<bf16> p = shapes_only<GDR2>(1, 32768, 16, 128);
-    REQUIRE(cuda::detail::plan_backward<GDR2>(p, no_up<bf16>, no_grads, opt, 132, f, bytes, sf).ok());
-    CHECK(sf.planned);  // the shape of issue 6's second target
-    const Problem<bf16> p8 = shapes_only<GDR2>(8, 4096, 16, 128);
-    REQUIRE(cuda::detail::plan_backward<GDR2>(p8, no_up<bf16>, no_grads, opt, 132, f, bytes, sf).ok());
-    CHECK(!sf.planned);
-    // products other than tf32 read no tf32-rounded states: the state kernel
-    opt.math = cuda::BackwardMath::tf32x3;
-    opt.recompute_states = cuda::StateRecompute::forward;
-    REQUIRE(cuda::detail::plan_backward<GDR2>(p, no_up<bf16>, no_grads, opt, 132, f, bytes, sf).ok());
-    CHECK(!sf.planned);
-  }
-  {
-    // fp32 inputs: the forward takes 16-bit inputs only
-    auto c = make_cfg(61, 1, 70, 1, 2, 64, -1.0);
-    RandomProblem<GDR2, float> rp(c);
-    std::size_t bytes = 0;
-    cuda::detail::BackwardParams f;
-    cuda::detail::StateForward sf;
-    cuda::BackwardOptions opt;
-    opt.recompute_states = cuda::StateRecompute::forward;
-    opt.math = cuda::BackwardMath::tf32;
-    REQUIRE(cuda::detail::plan_backward<GDR2>(rp.problem(), no_up<float>, no_grads, opt, 132, f, bytes, sf).ok());
-    CHECK(!sf.planned);
-  }
+  check_state_recompute<GDR2>(8, 4096, 16, 128, false);
+  // products other than tf32 read no tf32-rounded states: the state kernel
+  cuda::BackwardOptions opt;
+  opt.math = cuda::BackwardMath::tf32x3;
+  opt.recompute_states = cuda::StateRecompute::forward;
+  CHECK(!forward_planned<GDR2>(shapes_only<GDR2>(1, 32768, 16, 128), opt));
+  // fp32 inputs: the forward takes 16-bit inputs only
+  RandomProblem<GDR2, float> rp(make_cfg(61, 1, 70, 1, 2, 64, -1.0));
+  opt.math = cuda::BackwardMath::tf32;
+  CHECK(!forward_planned<GDR2>(rp.problem(), opt));
 }
