@@ -171,6 +171,37 @@ struct G1 {
   static_assert(floats == bwd_g1_floats(D), "G1 layout and bwd_g1_floats disagree");
 };
 
+/// The fp16 record of one chunk-head for the fp16 reverse pass (p.rev16; bytes), written by
+/// the 16-bit prep: Qγ·2^{−f}, Ktail, Y·2^{−f} as [64][D] fp16 swz128 tiles, Aqk [64][64]
+/// fp16 swz128 (zero above the diagonal 16-blocks), γ_C·2^{−f} [D] fp32, then f (int32).
+template <int D>
+struct Rec16 {
+  static constexpr int tile = kC * D * 2;
+  static constexpr int qg = 0, kt = tile, y = 2 * tile, aqk = 3 * tile, gc = aqk + kC * kC * 2, f = gc + D * 4,
+                       bytes = f + 16;
+  /// in grad-1's workspace the records lie `stride` bytes apart, each on a 1024-byte boundary:
+  /// the reverse pass's one bulk copy per record then starts on a 128-byte line (v58c)
+  static constexpr int stride = (bytes + 1023) / 1024 * 1024;
+  static_assert(stride <= bwd_g1_floats(D) * 4, "an fp16 record fits grad-1's workspace of a chunk-head");
+  /// it also fits the fp32 record from its Qγ on (D = 128; not D = 64, by 16 bytes)
+  static constexpr bool fits_record = bytes <= 4 * (Rec<D>::floats - Rec<D>::Qg);
+};
+
+/// Whether the fp16 record lies in the fp32 record (rec16_at) and grad-1 reads Ktail and Y
+/// from it: given the chunk states no state kernel runs, so nothing else reads the fp32
+/// record's Qγ, Ktail, Y or γ_C, and the prep writes none of them (v58).
+template <int D>
+GDR2_HD bool rec16_in_record(const P& p) {
+  return p.rev16 && p.saved_states && Rec16<D>::fits_record;
+}
+/// Where the fp16 record of chunk-head `item` lies: in the fp32 record over its Qγ, Ktail
+/// (rec16_in_record), else in grad-1's workspace, free until grad-1 runs after the reverse pass.
+template <int D>
+GDR2_HD char* rec16_at(const P& p, long long item) {
+  return rec16_in_record<D>(p) ? reinterpret_cast<char*>(p.rec + item * Rec<D>::floats + Rec<D>::Qg)
+                               : reinterpret_cast<char*>(p.g1) + item * (long long)Rec16<D>::stride;
+}
+
 constexpr int kPC = kC + 4;  // pitch of C×C fp32 tiles
 
 /// dS at the end of a chunk as the fp16 reverse pass stores it (p.rev16; backward_reverse16.cuh)
@@ -809,8 +840,24 @@ GDR2_HD void grad1_body(const Blk& bk, const P& p, long long cg, int hv, float* 
     copy_rows16(bk, dst, base, off, st, cl.len, H);
   };
 
-  copy_tile(bk, sY, L::PD, rec + Rec<D>::Y, D, kC, D);
-  copy_tile(bk, sKt, L::PD, rec + Rec<D>::Kt, D, kC, D);
+  // Ktail and Y: fp32 as stored, or (rec16_in_record) the fp16 record's Ktail and Y·2^{−f}
+  // tiles as stored into dS's tile (free until the first half's dS is converted there),
+  // converted beside the first half's dO rows (v58)
+  const bool kty16 = rec16_in_record<D>(p);
+  const char* r16 = kty16 ? rec16_at<D>(p, base) : nullptr;
+  // Y's scale 2^f, loaded before the copies are issued: its latency overlaps theirs (a load
+  // at the conversion held every block ≈ 1 µs per chunk-head: v58 → v58b)
+  const int f16 = kty16 ? *reinterpret_cast<const int*>(r16 + Rec16<D>::f) : 0;
+  char* kty_stage = reinterpret_cast<char*>(sdS);
+  static_assert(Rec16<D>::y == Rec16<D>::kt + Rec16<D>::tile && 2 * Rec16<D>::tile <= D * PH * 4,
+                "the fp16 Ktail and Y are adjacent and fit dS's tile");
+  if (kty16) {
+    copy_tile(bk, reinterpret_cast<float*>(kty_stage), D / 2, reinterpret_cast<const float*>(r16 + Rec16<D>::kt), D / 2,
+              2 * kC, D / 2);
+  } else {
+    copy_tile(bk, sY, L::PD, rec + Rec<D>::Y, D, kC, D);
+    copy_tile(bk, sKt, L::PD, rec + Rec<D>::Kt, D, kC, D);
+  }
   copy_tile(bk, sAqk, kPC, rec + Rec<D>::Aqk, kC, kC, kC);
   copy_tile(bk, sA, kPC, rec + Rec<D>::A, kC, kC, kC);
   if (do_tile) {
@@ -851,6 +898,15 @@ GDR2_HD void grad1_body(const Blk& bk, const P& p, long long cg, int hv, float* 
       Blk first = bk;
       first.keep = 1;
       first.sync();
+    }
+    if (kty16 && h == 0) {  // fp16 Ktail, Y·2^{−f} → fp32 Ktail, Y (exact: tf32 values)
+      const float sy = pow2i(f16);
+      bk.par(2 * kC * (D / 4), [&](int i) {
+        const int m = i / (kC * (D / 4)), r = (i / (D / 4)) % kC, c = 4 * (i % (D / 4));
+        const F4 x = ld_in4(kty_stage + m * Rec16<D>::tile, swz128(r, c), kF16, 1);
+        const float f = m ? sy : 1.f;
+        st4((m ? sY : sKt) + r * L::PD + c, {x.x * f, x.y * f, x.z * f, x.w * f});
+      });
     }
     bk.par_ld<8>(
         kC * H4,

@@ -30,18 +30,6 @@ inline ForwardParams loader_params(const BackwardParams& b) {
   return f;
 }
 
-/// The fp16 record of one chunk-head for the reverse pass (bytes), written by the 16-bit
-/// prep into grad-1's workspace (free until grad-1 runs, after this pass): Qγ·2^{−f},
-/// Ktail, Y·2^{−f} as [64][D] fp16 swz128 tiles, Aqk [64][64] fp16 swz128 (zero above the
-/// diagonal 16-blocks), γ_C·2^{−f} [D] fp32, then f (int32).
-template <int D>
-struct Rec16 {
-  static constexpr int tile = kC * D * 2;
-  static constexpr int qg = 0, kt = tile, y = 2 * tile, aqk = 3 * tile, gc = aqk + kC * kC * 2, f = gc + D * 4,
-                       bytes = f + 16;
-  static_assert(bytes <= bwd_g1_floats(D) * 4, "the fp16 records live in grad-1's workspace");
-};
-
 template <int DECAY, int GATES, class Tin, int D>
 __global__ void __launch_bounds__(detail::kThreads, 1) prep16_kernel(const BackwardParams p, const __grid_constant__ ForwardParams fp) {
   using Pr = Prep<DECAY, GATES, Tin, D, true>;
@@ -89,7 +77,9 @@ __global__ void __launch_bounds__(detail::kThreads, 1) prep16_kernel(const Backw
     Pr::grams(sm, p.scale);
     // the fp16 reverse pass's record (p.rev16): f = ⌊log2 max_d γ_0⌋ (γ_0 = e_0, the largest
     // decay of the chunk; ≥ −126 so that 2^{−f} is a normal fp32) and the scale 2^{−f}
-    char* r16 = p.rev16 ? reinterpret_cast<char*>(p.g1) + it * (long long)R16::bytes : nullptr;
+    char* r16 = p.rev16 ? rec16_at<D>(p, it) : nullptr;
+    // (rec16_in_record: grad-1 reads Ktail and Y from the fp16 record, over the fp32 ones)
+    const bool fp32_kty = !rec16_in_record<D>(p);
     if (p.rev16) {
       if (w == 0) {
         const float* e = reinterpret_cast<const float*>(sm + L::rg);
@@ -150,7 +140,8 @@ __global__ void __launch_bounds__(detail::kThreads, 1) prep16_kernel(const Backw
       for (int rr = 15; rr >= 0; --rr) {
         const int r = 16 * j + rr;
         const float2 k2 = load2(k + r * PR + d), x = E2(r);
-        *reinterpret_cast<float2*>(rec + R::Kt + r * D + d) = make_float2(tf32_round(k2.x * Q.x), tf32_round(k2.y * Q.y));
+        if (fp32_kty)
+          *reinterpret_cast<float2*>(rec + R::Kt + r * D + d) = make_float2(tf32_round(k2.x * Q.x), tf32_round(k2.y * Q.y));
         if (r16)
           *reinterpret_cast<__half2*>(r16 + R16::kt + 2 * swz128(r, d)) = __floats2half2_rn(k2.x * Q.x, k2.y * Q.y);
         Q = make_float2(Q.x * x.x, Q.y * x.y);
@@ -232,7 +223,7 @@ __global__ void __launch_bounds__(detail::kThreads, 1) prep16_kernel(const Backw
     for (int i = tid; i < 2 * kC * D / 4; i += NT) {  // Y, U → record, 16-byte stores
       const int m = i / (kC * D / 4), r = (i / (D / 4)) % kC, c = 4 * (i % (D / 4));
       const float4 x = *reinterpret_cast<const float4*>((m ? sU : sY) + st_at(r, c));
-      *reinterpret_cast<float4*>(rec + (m ? R::U : R::Y) + r * D + c) = m ? x : round4(x);
+      if (m || fp32_kty) *reinterpret_cast<float4*>(rec + (m ? R::U : R::Y) + r * D + c) = m ? x : round4(x);
       if (!m && r16)
         *reinterpret_cast<uint2*>(r16 + R16::y + 2 * swz128(r, c)) =
             make_uint2(pack_half2(x.x * sc, x.y * sc), pack_half2(x.z * sc, x.w * sc));

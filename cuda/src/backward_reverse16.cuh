@@ -74,8 +74,7 @@ __global__ void __launch_bounds__(kRevThreads, 1) reverse16_kernel(const Backwar
     fence_proxy_async();
   }
   __syncthreads();
-  const char* recs = reinterpret_cast<const char*>(p.g1);
-  auto recp = [&](int c) { return recs + ((sq.cg0 + c) * p.Hv + hv) * (long long)R::bytes; };
+  auto recp = [&](int c) -> const char* { return rec16_at<D>(p, (sq.cg0 + c) * p.Hv + hv); };
   const Tin* dO = static_cast<const Tin*>(p.d_o);
   // helpers: piece hcc (16 bytes) of dO rows hr0, hr0 + hrs, ...
   constexpr int cpr = kRevCols * 2 / 16;

@@ -85,7 +85,7 @@ __device__ __forceinline__ int lcol_bn(int l) { return ((l >> 3) & 1) * 8; }
 /// Element offset of (row r, column c) in a [rows][C] 16-bit tile stored as C/64 atoms of
 /// [rows][64] (128-byte rows, atoms rows·64 elements apart; here rows = 64), 16-byte pieces
 /// at position (c/8 mod 8) XOR (r mod 8) within the row. The tile must be 1024-byte aligned.
-__device__ __forceinline__ int swz128(int r, int c) {
+__host__ __device__ __forceinline__ int swz128(int r, int c) {
   return (c >> 6) * (64 * 64) + r * 64 + ((((c >> 3) & 7) ^ (r & 7)) << 3) + (c & 7);
 }
 

@@ -111,7 +111,7 @@ struct BackwardParams : InputViews {
                          //    the tf32 prep runs on the forward's fp16 Prep (tile copies)
   int do_rows16 = 0;     // 1: rows16, and dO's rows start 16-byte aligned too
   int rev16 = 0;         // set by the launcher: the reverse state pass on fp16 warpgroup MMAs, its
-                         //    records written by the 16-bit prep into grad-1's (still free) space
+                         //    records written by the 16-bit prep (where: rec16_at, backward_kernels.cuh)
   int scalar_decay = 0;  // g is one value per token and head (GDN)
   int tied = 0;          // b = w = β (KDA, GDN)
   int math = 0;          // 0 tf32, 1 split tf32, 2 fp32
