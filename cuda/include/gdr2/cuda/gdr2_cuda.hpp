@@ -82,8 +82,8 @@ struct ChunkOptions {
   /// Σ_{m<n} ceil(T_m / 64) + j — every value rounded to tf32 (10-bit mantissa: what the
   /// backward's tf32 products read). States of sequences skipped by state_indices are
   /// left untouched. Null (the default): not written. Measured on an H100 (bench/RESULTS.md,
-  /// twenty-fourth session): GDR-2 forward + backward 6.77 → 6.23 ms at B=8 T=4096 H=16
-  /// and 8.03–8.08 → 7.16–7.20 ms at B=1 T=32768 H=16 (where the backward without them
+  /// twenty-fifth session): GDR-2 forward + backward 6.77 → 6.20 ms at B=8 T=4096 H=16
+  /// and 8.05 → 7.15–7.17 ms at B=1 T=32768 H=16 (where the backward without them
   /// runs the forward again to write them: BackwardOptions::recompute_states).
   float* chunk_states = nullptr;
   /// Bytes at chunk_states (checked against chunk_states_size).
