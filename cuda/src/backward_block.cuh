@@ -240,9 +240,14 @@ GDR2_HD void st4(float* p, const F4& v) {
 /// two shuffles on the device (deterministic). Needs 4·rows ≤ threads, rows a multiple of 8.
 /// (Was one thread per row walking its columns: a chain of scalar loads with 4-way bank
 /// conflicts while ¾ of the block waited; cuda/NOTES.md backward v56.)
-template <int COLS, class Put>
-GDR2_HD void row_sums(const Blk& bk, const float* x, const float* y, int rows, int pitch, Put&& put) {
+GDR2_HD float tf32_round(float x);  // (below)
+
+/// ROUND_X: each element of x is also rounded to tf32 in place once read (every element is
+/// read by exactly one thread), so the sums see x as stored and later products its tf32 value.
+template <int COLS, bool ROUND_X = false, class X, class Put>
+GDR2_HD void row_sums(const Blk& bk, X* x, const float* y, int rows, int pitch, Put&& put) {
   static_assert(COLS % 16 == 0, "four 4-column pieces per 16 columns");
+  static_assert(!ROUND_X || !std::is_const_v<X>, "rounding x in place needs a writable tile");
   auto quarter = [&](int r, int q) {
     float s = 0.f;
     GDR2_UNROLL
@@ -250,6 +255,7 @@ GDR2_HD void row_sums(const Blk& bk, const float* x, const float* y, int rows, i
       const int o = r * pitch + 4 * q + 16 * u;
       const F4 a = ld4(x + o), b = y ? ld4(y + o) : F4{1.f, 1.f, 1.f, 1.f};
       s += a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w;
+      if constexpr (ROUND_X) st4(x + o, {tf32_round(a.x), tf32_round(a.y), tf32_round(a.z), tf32_round(a.w)});
     }
     return s;
   };

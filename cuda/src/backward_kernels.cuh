@@ -752,7 +752,7 @@ GDR2_HD void state_body(const Blk& bk, const P& p, int pair, int slice, int role
       const long long base = (sq.cg0 + c) * p.Hv + hv;
       bq.par(D * VS / 4, [&](int i) {  // ends waiting for group A of chunk c
         const int kk = i / (VS / 4), j = (i % (VS / 4)) * 4;
-        st4(p.states + base * DD + kk * D + j0 + j, op_round4<MATH>(ld4(sS + kk * PS + j)));
+        st4(p.states + base * DD + kk * D + j0 + j, ld4(sS + kk * PS + j));  // fp32: grad-1 rounds
       });
       if (c == sq.nc - 1) break;
       const bool next = c + 1 < sq.nc - 1;  // chunk c+1 has a step (tiles) too
@@ -899,7 +899,9 @@ GDR2_HD void grad1_body(const Blk& bk, const P& p, long long cg, int hv, float* 
       first.keep = 1;
       first.sync();
     }
-    if (kty16 && h == 0) {  // fp16 Ktail, Y·2^{−f} → fp32 Ktail, Y (exact: tf32 values)
+    // fp16 Ktail, Y·2^{−f} → fp32 Ktail, Y (exact: tf32 values). kty16 implies do_tile (rev16
+    // needs dO's rows 16-byte aligned), so `first` above has waited for their copies.
+    if (kty16 && h == 0) {
       const float sy = pow2i(f16);
       bk.par(2 * kC * (D / 4), [&](int i) {
         const int m = i / (kC * (D / 4)), r = (i / (D / 4)) % kC, c = 4 * (i % (D / 4));
@@ -924,6 +926,12 @@ GDR2_HD void grad1_body(const Blk& bk, const P& p, long long cg, int hv, float* 
         const F4 x = ld_in4(sdR, kk * H + j, kF16, 1);
         st4(sdS + kk * PH + j, {x.x * m, x.y * m, x.z * m, x.w * m});
       });
+    // Σ_j dS ⊙ S per key channel (tf32 mode: of the fp32 states as stored and the tf32 dS the
+    // reverse pass stored), then S rounded to tf32 in place for the products below: summed over
+    // K × V entries that largely cancel, the states' own tf32 rounding was GDN dg's largest
+    // error (cuda/NOTES.md backward item 23). row_sums ends with a barrier.
+    static_assert(PH % 32 == 4 && 4 * D <= kThreads, "row_sums' conditions");
+    row_sums<H, MATH == kTf32>(bk, sS, sdS, D, PH, [&](int d, float s) { acc(G1<D>::rs + d, s); });
     // side by side, 8 tiles of 16×32 each (3 operand loads per mma instead of 4 with 16×16
     // tiles: cuda/NOTES.md backward v12): R = U − Y S on warps 0–7 | dR = Aqkᵀ dO + Ktail dS
     // (= dU) on warps 8–15
@@ -961,8 +969,7 @@ GDR2_HD void grad1_body(const Blk& bk, const P& p, long long cg, int hv, float* 
     mmt<4, MATH>(bkv, kC, D, GlobalOut{out + G1<D>::dE, D, h, -1.f}, term(KMinor{sdZ, PH}, KMinorR{sS, PH}, H));
     mmt<2, MATH, true>(bk, kC, kC, GlobalOut{out + G1<D>::dT, kC, h, -1.f}, term(KMinor{sdZ, PH}, KMinorR{sUR, PH}, H));
     // dv = dZ ⊙ w, dw = dZ ⊙ v (this half's columns; with tied gates dw over dZ's tile for
-    // its row sums); Σ_j dS ⊙ S per key channel (tf32 mode: of the tf32-rounded S,
-    // dS the state passes stored)
+    // its row sums)
     struct VW {
       F4 v, w;
     };
@@ -985,9 +992,12 @@ GDR2_HD void grad1_body(const Blk& bk, const P& p, long long cg, int hv, float* 
           }
           if (p.tied) st4(sdZ + r * PH + j, dw);  // over this thread's own dZ elements
         });
-    static_assert(PH % 32 == 4 && 4 * D <= kThreads, "row_sums' conditions");
-    row_sums<H>(bk, sS, sdS, D, PH, [&](int d, float s) { acc(G1<D>::rs + d, s); });
-    if (p.tied) row_sums<H>(bk, sdZ, nullptr, kC, PH, [&](int r, float s) { acc(G1<D>::bw + r, s); });
+    if (p.tied) {
+      static_assert(4 * kC <= kThreads, "row_sums' conditions");
+      row_sums<H>(bk, sdZ, nullptr, kC, PH, [&](int r, float s) { acc(G1<D>::bw + r, s); });
+    } else {
+      bk.sync();  // (the vw phase's reads of dZ's tile before the next half rewrites it)
+    }
   }
 }
 

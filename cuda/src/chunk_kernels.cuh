@@ -967,16 +967,6 @@ __device__ __forceinline__ void state_elems(const float (&S)[D / 8][4], int lane
     for (int e = 0; e < 4; ++e) put(8 * nt + 2 * q4 + (e & 1), g8 + 8 * (e >> 1), S[nt][e]);
 }
 
-/// state_elems rounded to tf32 (cvt.rna, as the backward's tf32 products round their operands).
-template <int D, class Put>
-__device__ __forceinline__ void state_tf32(const float (&S)[D / 8][4], int lane, Put&& put) {
-  state_elems<D>(S, lane, [&](int kk, int vv, float x) {
-    std::uint32_t r;
-    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
-    put(kk, vv, __uint_as_float(r));
-  });
-}
-
 /// Sᵀ (this warp's 16 rows × D channels, accumulators) as fp16 A operands, k = channels.
 template <int D>
 __device__ __forceinline__ void pack_state_a(std::uint32_t (&sa)[D / 16][4], const float (&S)[D / 8][4]) {
@@ -991,26 +981,26 @@ __device__ __forceinline__ void pack_state_a(std::uint32_t (&sa)[D / 16][4], con
 
 /// Training (ForwardParams::chunk_states): this warp's 16 rows of Sᵀ — the state at the
 /// start of the chunk at row `row`, value columns v0..v0+15 — into the [K][V] state of
-/// (row, hv), rounded to tf32 (cvt.rna, as the backward's tf32 products round their
-/// operands). For a fixed register the warp writes four key rows × 8 consecutive value
+/// (row, hv), in fp32 as the state pass holds it (the backward rounds it for its tf32 products
+/// itself, after summing dS ⊙ S over it: cuda/NOTES.md backward item 23). For a fixed register the warp writes four key rows × 8 consecutive value
 /// columns: whole 32-byte sectors. (Staging through shared memory into 512-byte pieces
 /// measured no faster: cuda/NOTES.md, backward v26.)
 template <int D>
 __device__ __forceinline__ void save_chunk_state(const float (&S)[D / 8][4], float* cs, long long row, int Hv, int hv,
                                                  int v0, int lane) {
   float* base = cs + (row * Hv + hv) * (long long)(D * D);
-  state_tf32<D>(S, lane, [&](int kk, int vv, float x) { base[kk * D + v0 + vv] = x; });
+  state_elems<D>(S, lane, [&](int kk, int vv, float x) { base[kk * D + v0 + vv] = x; });
 }
 
 /// Training, split path with helper warps: this warp's 16 columns of Sᵀ (col0.. of the
-/// block's slice), rounded to tf32 as save_chunk_state rounds them, into a [K][vs] fp32 tile
+/// block's slice), in fp32 as save_chunk_state stores them, into a [K][vs] fp32 tile
 /// of `pitch` bytes per key row (vs·4 + 16: the lanes of one store hit 32 distinct banks),
 /// which the copier helpers store to the chunk's [K][V] state.
 template <int D>
 __device__ __forceinline__ void stage_chunk_state(const float (&S)[D / 8][4], char* tile, int pitch, int col0,
                                                   int lane) {
-  state_tf32<D>(S, lane,
-                [&](int kk, int vv, float x) { *reinterpret_cast<float*>(tile + kk * pitch + (col0 + vv) * 4) = x; });
+  state_elems<D>(S, lane,
+                 [&](int kk, int vv, float x) { *reinterpret_cast<float*>(tile + kk * pitch + (col0 + vv) * 4) = x; });
 }
 
 /// The D key rows of a staged tile (`pitch` bytes per row) to rows of D elements of type X

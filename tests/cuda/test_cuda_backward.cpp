@@ -273,7 +273,7 @@ void run_case(const ProblemConfig& cfg, const std::vector<Exec>& execs, bool wit
       const std::vector<float> given = states;
       execute<Policy>(rp, hp, up, ex.where, opt, got, &states, ex.path, ex.overlap, ex.forward_vs);
       if (on_host(ex.where)) CHECK(states == given);  // read, never written (no forward state pass)
-      // the forward's states (tf32-rounded): within the forward's final-state bound (issue 5)
+      // the forward's states (fp32): within the forward's final-state bound (issue 5)
       const std::array<Index, 4> sh = rs.states.shape();
       Tensor<float> gs(sh[0], sh[1], sh[2], sh[3]);
       REQUIRE(std::size_t(gs.size()) == states.size());
@@ -399,6 +399,22 @@ TEMPLATE_TEST_CASE("cuda backward (host execution, tf32 products emulated) is wi
   run_case<TestType, f16>(c1, kHostTf32);
   auto c2 = make_cfg(15, 2, 77, 2, 4, 64, -2.0);
   run_case<TestType, bf16>(c2, kHostTf32, true, 32);
+}
+
+TEST_CASE("cuda backward (host execution, tf32 products emulated): GDN's dg on its worst known draw",
+          "[cuda][backward][host]") {
+  // One draw of the device policy case's packed varlen problem (GDR2_TEST_SEED=44, cfg4:
+  // GDN, g >= -5, K = V = 128, lengths 1, 64, 0, 250, 37, 129) with the largest gradient
+  // error seen so far: dg 4.60e-3 on an H100 and 4.58e-3 in this emulation, against the
+  // bound of 5e-3, while the states were stored rounded to tf32; 1.99e-3 since grad-1 sums
+  // dS ⊙ S over the fp32 states and rounds them only for its products (1.98e-3 given the
+  // exact states). GDN's dg sums, per token, terms over all K × V state entries that
+  // largely cancel (cuda/NOTES.md backward item 23). Fixed here so that a change that
+  // widens this tail again fails without a GPU, where fresh draws might not hit it.
+  auto c = make_cfg(4, 1, 0, 1, 2, 128, -5.0);
+  c.seed = 8709371129873690744ull;
+  c.seqlens = {1, 64, 0, 250, 37, 129};
+  run_case<GDN, bf16>(c, kHostTf32);
 }
 
 TEST_CASE("cuda backward (host execution): value slices of the state passes", "[cuda][backward][host]") {
@@ -798,7 +814,7 @@ TEST_CASE("cuda backward: the forward recomputes the chunk states where the stat
   check_state_recompute<GDR2>(4, 1000, 2, 64, true);
   // B=8 T=4096 H=16: 128 pairs, the state kernel's forward role (one 128-column block each)
   check_state_recompute<GDR2>(8, 4096, 16, 128, false);
-  // products other than tf32 read no tf32-rounded states: the state kernel
+  // products other than tf32 read no forward-written states: the state kernel
   cuda::BackwardOptions opt;
   opt.math = cuda::BackwardMath::tf32x3;
   opt.recompute_states = cuda::StateRecompute::forward;

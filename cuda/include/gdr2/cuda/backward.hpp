@@ -55,9 +55,10 @@
 //   5. reduce (only when some gradient has fewer heads than Hv): fixed-order head sums.
 // With tf32 products (BackwardOptions::math), what is read only as a product operand —
 // the record's Qγ, Ktail, A, Y — is stored rounded to tf32 once by its producer instead of
-// at every read (cvt.rna is idempotent: the same products); so are the stored S_c and dS_c,
-// whose one other use, grad-1's Σ dS⊙S (a row dot product), then sees the tf32 values
-// that the products see.
+// at every read (cvt.rna is idempotent: the same products); so is the stored dS_c. The
+// stored S_c is not: grad-1 sums dS⊙S per key channel (a row dot product) over the fp32
+// states first and rounds its S tile in place for the products after (GDN's scalar dg adds
+// these sums over all channels, where they largely cancel: cuda/NOTES.md backward item 23).
 // Workspace (fp32, per chunk-head of 64 tokens, K = V = D): record 2·64² + 4·64·D + D,
 // states and dstates 2·D², grad-1/grad-2 buffers 3·64·D + 2·64² + D + 64 + 4·D floats —
 // 429 KB at D = 128, 364 KB when the chunk states are given (D² fewer) — plus per-value-head
@@ -209,10 +210,10 @@ struct BackwardOptions {
   /// gradients are then incomplete. 0 = all (the default).
   int stages = 0;
   /// The chunk-start states the forward wrote for this problem (ChunkOptions::
-  /// chunk_states: device, fp32 [C, Hv, K, V], tf32-rounded, 16-byte aligned):
-  /// the backward then reads them instead of running its forward state pass, and needs
-  /// D²·4 bytes less workspace per chunk-head. tf32 products only (they are tf32
-  /// values); null (the default): the backward computes the states itself.
+  /// chunk_states: device, fp32 [C, Hv, K, V], 16-byte aligned): the backward then
+  /// reads them instead of running its forward state pass, and needs D²·4 bytes less
+  /// workspace per chunk-head. tf32 products only (the forward computes them to the tf32
+  /// mode's precision); null (the default): the backward computes the states itself.
   const float* chunk_states = nullptr;
   /// Bytes at chunk_states (checked against gdr2::cuda::chunk_states_size).
   std::size_t chunk_states_bytes = 0;
@@ -334,8 +335,8 @@ Status plan_backward(const Problem<T>& p, const GradOutputs<T>* up, const Gradie
     if (opt.chunk_states) {
       if (f.math != 0)
         return {Code::invalid_argument,
-                "chunk_states are tf32-rounded: they need BackwardOptions::math = tf32 (the automatic choice for "
-                "bfloat16 / float16 inputs)"};
+                "chunk_states carry the forward's tf32-mode precision: they need BackwardOptions::math = tf32 (the "
+                "automatic choice for bfloat16 / float16 inputs)"};
       f.saved_states = 1;
     }
 

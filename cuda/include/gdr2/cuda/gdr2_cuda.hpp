@@ -79,9 +79,9 @@ struct ChunkOptions {
   /// chunk_backward (BackwardOptions::chunk_states), which then skips its own forward
   /// state pass. Device memory of chunk_states_size() bytes, 16-byte aligned: fp32
   /// [C, Hv, K, V] — C = Σ_n ceil(T_n / 64) states, chunk j of sequence n at row
-  /// Σ_{m<n} ceil(T_m / 64) + j — every value rounded to tf32 (10-bit mantissa: what the
-  /// backward's tf32 products read). States of sequences skipped by state_indices are
-  /// left untouched. Null (the default): not written. Measured on an H100 (bench/RESULTS.md,
+  /// Σ_{m<n} ceil(T_m / 64) + j — in fp32 as the forward's state pass holds them (the
+  /// backward rounds them to tf32 for its products after summing dS ⊙ S over them).
+  /// States of sequences skipped by state_indices are left untouched. Null (the default): not written. Measured on an H100 (bench/RESULTS.md,
   /// twenty-fifth session): GDR-2 forward + backward 6.77 → 6.20 ms at B=8 T=4096 H=16
   /// and 8.05 → 7.15–7.17 ms at B=1 T=32768 H=16 (where the backward without them
   /// runs the forward again to write them: BackwardOptions::recompute_states).
