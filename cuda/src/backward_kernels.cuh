@@ -996,7 +996,7 @@ GDR2_HD void grad1_body(const Blk& bk, const P& p, long long cg, int hv, float* 
       static_assert(4 * kC <= kThreads, "row_sums' conditions");
       row_sums<H>(bk, sdZ, nullptr, kC, PH, [&](int r, float s) { acc(G1<D>::bw + r, s); });
     } else {
-      bk.sync();  // (the vw phase's reads of dZ's tile before the next half rewrites it)
+      bk.sync();  // the vw phase's reads of dZ's and dR's tiles, before the next half's copies
     }
   }
 }

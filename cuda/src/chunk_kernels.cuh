@@ -981,9 +981,10 @@ __device__ __forceinline__ void pack_state_a(std::uint32_t (&sa)[D / 16][4], con
 
 /// Training (ForwardParams::chunk_states): this warp's 16 rows of Sᵀ — the state at the
 /// start of the chunk at row `row`, value columns v0..v0+15 — into the [K][V] state of
-/// (row, hv), in fp32 as the state pass holds it (the backward rounds it for its tf32 products
-/// itself, after summing dS ⊙ S over it: cuda/NOTES.md backward item 23). For a fixed register the warp writes four key rows × 8 consecutive value
-/// columns: whole 32-byte sectors. (Staging through shared memory into 512-byte pieces
+/// (row, hv), in fp32 as the state pass holds it (the backward rounds it for its tf32
+/// products itself, after summing dS ⊙ S over it: cuda/NOTES.md backward item 23). For a
+/// fixed register the warp writes four key rows × 8 consecutive value columns: whole
+/// 32-byte sectors. (Staging through shared memory into 512-byte pieces
 /// measured no faster: cuda/NOTES.md, backward v26.)
 template <int D>
 __device__ __forceinline__ void save_chunk_state(const float (&S)[D / 8][4], float* cs, long long row, int Hv, int hv,
