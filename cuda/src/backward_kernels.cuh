@@ -992,11 +992,14 @@ GDR2_HD void grad1_body(const Blk& bk, const P& p, long long cg, int hv, float* 
           }
           if (p.tied) st4(sdZ + r * PH + j, dw);  // over this thread's own dZ elements
         });
+    // par_ld ends without a barrier: this one orders the vw phase's writes of dw over dZ's
+    // tile (tied gates) before the row sums read them in other threads' rows, and its reads of
+    // dZ's and dR's tiles before the next half's copies. (Until 42ff9e0 the Σ dS ⊙ S sums
+    // between the two held that barrier; moving them left a race no host test can see.)
+    bk.sync();
     if (p.tied) {
       static_assert(4 * kC <= kThreads, "row_sums' conditions");
       row_sums<H>(bk, sdZ, nullptr, kC, PH, [&](int r, float s) { acc(G1<D>::bw + r, s); });
-    } else {
-      bk.sync();  // the vw phase's reads of dZ's and dR's tiles, before the next half's copies
     }
   }
 }
