@@ -152,13 +152,14 @@ struct Forward {
 
 template <class Policy, class X>
 void BM_backward_t(benchmark::State& state, int value_slice = 0, bool with_states = false,
-                   cuda::StateRecompute recompute = cuda::StateRecompute::automatic) {
+                   cuda::StateRecompute recompute = cuda::StateRecompute::automatic, bool overlap = true) {
   Setup<Policy, X>& su = setup<Policy, X>(state.range(0), state.range(1), state.range(2));
   cuda::BackwardOptions opt;
   opt.recompute_states = recompute;
   opt.math = static_cast<cuda::BackwardMath>(state.range(3));
   opt.stages = int(state.range(4));
   opt.value_slice = value_slice;
+  opt.overlap = overlap;
   if constexpr (!std::is_same_v<X, float>) {
     if (with_states) {  // written once, before the timing
       const Forward<Policy, X> fwd(su, forward_with_states(su));
@@ -199,6 +200,11 @@ void BM_backward_vs(benchmark::State& state) { BM_backward_t<GDR2, bf16>(state, 
 void BM_backward_f32(benchmark::State& state) { BM_backward_t<GDR2, float>(state); }
 /// given the forward's chunk states (vs: value slice of the state pass, 0 = automatic)
 void BM_backward_states(benchmark::State& state) { BM_backward_t<GDR2, bf16>(state, int(state.range(5)), true); }
+/// given them, the reverse pass beside the prep (overlap 1, the automatic choice at B=1) or
+/// after it (0)
+void BM_backward_beside(benchmark::State& state) {
+  BM_backward_t<GDR2, bf16>(state, 0, true, cuda::StateRecompute::automatic, state.range(5) != 0);
+}
 /// without them, recomputed by the forward (mode 1) or the state kernel (mode 2)
 void BM_backward_recompute(benchmark::State& state) {
   BM_backward_t<GDR2, bf16>(state, 0, false, static_cast<cuda::StateRecompute>(state.range(5)));
@@ -303,6 +309,15 @@ BENCHMARK(BM_backward_states)
     ->Args({1, 32768, 16, 0, 2, 0})
     ->Args({1, 32768, 16, 0, 2, 32})
     ->Args({1, 32768, 16, 0, 0, 0})
+    ->UseManualTime()
+    ->Iterations(10)
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_backward_beside)
+    ->ArgNames({"B", "T", "H", "math", "stages", "overlap"})
+    ->Args({1, 32768, 16, 0, 2, 0})
+    ->Args({1, 32768, 16, 0, 2, 1})
+    ->Args({1, 32768, 16, 0, 0, 0})
+    ->Args({1, 32768, 16, 0, 0, 1})
     ->UseManualTime()
     ->Iterations(10)
     ->Unit(benchmark::kMillisecond);

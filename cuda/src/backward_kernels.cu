@@ -97,6 +97,9 @@ cudaError_t launch_d(const BackwardParams& p_in, cudaStream_t st) {
                     (p.saved_states || !one_wave)
                 ? 1
                 : 0;
+  // few (sequence, head) pairs with the chunk states in hand: the fp16 reverse pass beside
+  // the 16-bit prep in one launch (B=1 T=32768 H=16; cuda/NOTES.md backward item 24)
+  const bool beside = p.overlap && p.rev16 && p.saved_states && p.total_chunks > 0;
   if (p.chunk_offsets) {
     offsets_kernel<<<1, kThreads, kThreads * 4, st>>>(p);
     if ((e = cudaGetLastError()) != cudaSuccess) return e;
@@ -104,7 +107,9 @@ cudaError_t launch_d(const BackwardParams& p_in, cudaStream_t st) {
   const dim3 chunk_grid(unsigned(p.total_chunks), unsigned(p.Hv));
   if (p.total_chunks > 0 && p.stages >= 1) {
     // 16-bit inputs with tf32 products: the forward's fp16 Prep (backward_prep16.cuh)
-    if (MATH == kTf32 && p.dtype != 2 && p.rows16)
+    if (beside)
+      e = launch_prep_reverse16<D>(p, st);
+    else if (MATH == kTf32 && p.dtype != 2 && p.rows16)
       e = launch_prep16<D>(p, st);
     else
       e = launch_with_smem(prep_kernel<D, MATH>, chunk_grid, PrepLayout<D>::floats * 4, st, p);
@@ -119,7 +124,7 @@ cudaError_t launch_d(const BackwardParams& p_in, cudaStream_t st) {
       e = launch_with_smem(state_kernel<D, MATH>, dim3(unsigned(p.N * p.Hv * (D / p.vs)), roles), L.floats * 4, st, p);
       if (e != cudaSuccess) return e;
     }
-    if (p.rev16 && (e = launch_reverse16<D>(p, st)) != cudaSuccess) return e;
+    if (p.rev16 && !beside && (e = launch_reverse16<D>(p, st)) != cudaSuccess) return e;
   }
   if (p.total_chunks > 0 && p.stages >= 3) {
     e = launch_with_smem(grad1_kernel<D, MATH>, chunk_grid, Grad1Layout<D>::floats * 4, st, p);

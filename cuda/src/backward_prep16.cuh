@@ -18,6 +18,8 @@
 #include "chunk_kernels.cuh"
 #include "tile_maps.hpp"
 
+#include <type_traits>
+
 namespace gdr2 {
 namespace cuda {
 namespace detail {
@@ -30,20 +32,40 @@ inline ForwardParams loader_params(const BackwardParams& b) {
   return f;
 }
 
+/// Shared memory of the 16-bit prep (bytes): the forward's Prep map, then the item's f.
 template <int DECAY, int GATES, class Tin, int D>
-__global__ void __launch_bounds__(detail::kThreads, 1) prep16_kernel(const BackwardParams p, const __grid_constant__ ForwardParams fp) {
+constexpr int prep16_smem() {
+  return Prep<DECAY, GATES, Tin, D, true>::L::bytes + 16;
+}
+
+/// The 16-bit prep of one persistent block (detail::kThreads threads, `sm`: prep16_smem
+/// bytes): items k = first, first + stride, ... of the total_chunks · Hv (chunk, value head)
+/// items, item k itself — or, given `flags` (the overlapped launch), item items − 1 − k, so
+/// that each sequence's records come last chunk first, each published (flag 1, release)
+/// once written, for the reverse pass's blocks that wait on them (reverse16_body).
+template <int DECAY, int GATES, class Tin, int D>
+__device__ void prep16_body(const BackwardParams& p, const ForwardParams& fp, char* sm, long long first,
+                            long long stride, int* flags) {
   using Pr = Prep<DECAY, GATES, Tin, D, true>;
   using L = typename Pr::L;
   using R = Rec<D>;
   using R16 = Rec16<D>;
   constexpr int PR = L::PR, PF = L::PF, NT = detail::kThreads;
-  extern __shared__ __align__(1024) char sm[];
   int& s_f = *reinterpret_cast<int*>(sm + L::bytes);  // the item's f (Rec16), past the Prep's map
   GDR2_BWD_MARK(true);  // (profiling builds: the whole persistent block is one phase)
   const int tid = threadIdx.x, w = tid >> 5, lane = tid & 31, g8 = lane >> 2, q4 = lane & 3;
   const long long items = p.total_chunks * p.Hv;
+  auto item_of = [&](long long k) { return flags ? items - 1 - k : k; };
+  // thread 0, after a barrier that follows every thread's stores of record r: r published
+  // (the release is cumulative over the stores the barrier ordered before it)
+  auto publish = [&](long long r) {
+    __threadfence();
+    asm volatile("st.release.gpu.global.b32 [%0], %1;\n" ::"l"(flags + r), "r"(1) : "memory");
+  };
+  long long prev = -1;  // the record written last, not yet published
   ChunkLoader<DECAY, GATES, Tin, D, true> ld;
-  auto issue_a = [&](long long it) {
+  auto issue_a = [&](long long k) {
+    const long long it = item_of(k);
     const ChunkLoc cl = chunk_loc(p, it / p.Hv);
     ld.issue_a(fp, sm, cl.bb, cl.t0, cl.len, int(it % p.Hv));
     cp_async_commit();
@@ -65,14 +87,16 @@ __global__ void __launch_bounds__(detail::kThreads, 1) prep16_kernel(const Backw
             make_float2(acc[nt][2 * h], acc[nt][2 * h + 1]);
   };
   ld.init(fp, sm);
-  if (blockIdx.x < items) issue_a(blockIdx.x);
+  if (first < items) issue_a(first);
 #pragma unroll 1
-  for (long long it = blockIdx.x; it < items; it += gridDim.x) {
+  for (long long k = first; k < items; k += stride) {
+    const long long it = item_of(k);
     const ChunkLoc cl = chunk_loc(p, it / p.Hv);
     const int hv = int(it % p.Hv);
     float* rec = p.rec + it * R::floats;
     ld.wait_a(sm, cl.len);
     __syncthreads();
+    if (flags && tid == 0 && prev >= 0) publish(prev);
     Pr::gstep(sm, p.scale);
     Pr::grams(sm, p.scale);
     // the fp16 reverse pass's record (p.rev16): f = ⌊log2 max_d γ_0⌋ (γ_0 = e_0, the largest
@@ -150,8 +174,8 @@ __global__ void __launch_bounds__(detail::kThreads, 1) prep16_kernel(const Backw
     __syncthreads();  // q, k, b, g read: the next item's copies may land
     ld.issue_b(fp, sm, cl.bb, cl.t0, cl.len, hv);  // v, w over the dead quadrant operands
     cp_async_commit();
-    if (it + gridDim.x < items)
-      issue_a(it + gridDim.x);  // over the dead q, k, b, g
+    if (k + stride < items)
+      issue_a(k + stride);  // over the dead q, k, b, g
     else
       cp_async_commit();
     Pr::template solve<false>(sm);
@@ -229,36 +253,64 @@ __global__ void __launch_bounds__(detail::kThreads, 1) prep16_kernel(const Backw
             make_uint2(pack_half2(x.x * sc, x.y * sc), pack_half2(x.z * sc, x.w * sc));
     }
     // (the next item's first barrier orders these reads before its writes)
+    prev = it;
+  }
+  if (flags) {
+    __syncthreads();
+    if (tid == 0 && prev >= 0) publish(prev);
   }
   cp_async_wait<0>();
   GDR2_BWD_MARK(false);
 }
 
 template <int DECAY, int GATES, class Tin, int D>
-cudaError_t launch_prep16_k(const BackwardParams& p, cudaStream_t st) {
-  auto kern = prep16_kernel<DECAY, GATES, Tin, D>;
-  constexpr int smem = Prep<DECAY, GATES, Tin, D, true>::L::bytes + 16;  // + the record's f
-  cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-  if (e != cudaSuccess) return e;
-  const long long items = p.total_chunks * p.Hv, sms = p.num_sms;
+__global__ void __launch_bounds__(detail::kThreads, 1) prep16_kernel(const BackwardParams p, const __grid_constant__ ForwardParams fp) {
+  extern __shared__ __align__(1024) char sm[];
+  prep16_body<DECAY, GATES, Tin, D>(p, fp, sm, blockIdx.x, gridDim.x, nullptr);
+}
+
+/// The forward loader's parameters for the 16-bit prep (tensor maps where it can use them).
+template <int DECAY, int GATES, int D>
+ForwardParams prep16_params(const BackwardParams& p) {
   ForwardParams fp = loader_params(p);
   fp.K = D;
   fp.V = D;
   encode_input_maps(fp, GATES == 0, DECAY == 0);  // input tiles by tensor maps when possible
-  kern<<<unsigned(items < sms ? items : sms), detail::kThreads, smem, st>>>(p, fp);
+  return fp;
+}
+
+template <int DECAY, int GATES, class Tin, int D>
+cudaError_t launch_prep16_k(const BackwardParams& p, cudaStream_t st) {
+  auto kern = prep16_kernel<DECAY, GATES, Tin, D>;
+  constexpr int smem = prep16_smem<DECAY, GATES, Tin, D>();
+  cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  if (e != cudaSuccess) return e;
+  const long long items = p.total_chunks * p.Hv, sms = p.num_sms;
+  kern<<<unsigned(items < sms ? items : sms), detail::kThreads, smem, st>>>(p, prep16_params<DECAY, GATES, D>(p));
   return cudaGetLastError();
 }
 
-/// The 16-bit prep of one head width: dtype (bf16, fp16) × gate policy (as BackwardParams).
-template <int D>
-cudaError_t launch_prep16(const BackwardParams& p, cudaStream_t st) {
+/// launch(decay, gates, tin) for the kernels of the 16-bit prep this problem needs: the
+/// gate policy's DECAY and GATES (as BackwardParams) as std::integral_constant, and a value
+/// of the input type (bf16, fp16).
+template <class Launch>
+cudaError_t by_prep16_kind(const BackwardParams& p, Launch&& launch) {
+  using I0 = std::integral_constant<int, 0>;
+  using I1 = std::integral_constant<int, 1>;
   auto by_policy = [&](auto tin) {
-    using Tin = decltype(tin);
-    if (p.scalar_decay) return launch_prep16_k<1, 1, Tin, D>(p, st);
-    if (p.tied) return launch_prep16_k<0, 1, Tin, D>(p, st);
-    return launch_prep16_k<0, 0, Tin, D>(p, st);
+    if (p.scalar_decay) return launch(I1{}, I1{}, tin);
+    if (p.tied) return launch(I0{}, I1{}, tin);
+    return launch(I0{}, I0{}, tin);
   };
   return p.dtype == 0 ? by_policy(__nv_bfloat16{}) : by_policy(__half{});
+}
+
+/// The 16-bit prep of one head width.
+template <int D>
+cudaError_t launch_prep16(const BackwardParams& p, cudaStream_t st) {
+  return by_prep16_kind(p, [&](auto decay, auto gates, auto tin) {
+    return launch_prep16_k<decltype(decay)::value, decltype(gates)::value, decltype(tin), D>(p, st);
+  });
 }
 
 }  // namespace bwd

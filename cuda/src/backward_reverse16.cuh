@@ -29,7 +29,7 @@ namespace bwd {
 /// longer); the mbarriers; the [D][kRevCols] fp16 tile in which the owners stage dS_c for the
 /// helpers' stores (rows 16 bytes longer than its columns: the four key rows of a warp's
 /// store land 72 banks apart, conflict-free).
-constexpr int kRevCols = 64;  ///< value columns per block: one warpgroup of owner warps
+constexpr int kRevCols = kBwdRevCols;  ///< value columns per block: one warpgroup of owner warps
 constexpr int kRevThreads = 256;  ///< warps 0–3 own the columns, warps 4–7 copy and store
 template <int D>
 struct Rev16Layout {
@@ -37,6 +37,7 @@ struct Rev16Layout {
   static constexpr int rdo = (Rec16<D>::bytes + 127) / 128 * 128;
   static constexpr int stage_bytes = (rdo + kC * PV * 2 + 1023) / 1024 * 1024;
   static constexpr int bars = 2 * stage_bytes;
+  static constexpr int stuck = bars + 32;  // int: a record never published (overlapped launch)
   static constexpr int cstage = bars + 64;
   static constexpr int cpitch = kRevCols * 2 + 16;
   static constexpr int bytes = cstage + D * cpitch;
@@ -50,27 +51,31 @@ __device__ __forceinline__ int cover_exponent(float m) {
   return e < -100 ? -100 : (e > 100 ? 100 : e);
 }
 
-/// The reverse pass of one (sequence n, value head hv, columns j0..j0+63) block: dS_T (or
-/// zeros) in, dS at the end of every chunk c out to p.dstates (DS16 per chunk-head),
-/// dS at the sequence's start to p.ds0 when asked; records from the 16-bit prep (Rec16).
+/// The reverse pass of one (sequence n, value head hv, columns j0..j0+63) block, `block` =
+/// (n·Hv + hv)·D/64 + j0/64, kRevThreads threads, `sm`: Rev16Layout bytes: dS_T (or zeros)
+/// in, dS at the end of every chunk c out to p.dstates (DS16 per chunk-head), dS at the
+/// sequence's start to p.ds0 when asked; records from the 16-bit prep (Rec16) — given
+/// `flags` (the overlapped launch), each copied once its flag says it is published
+/// (prep16_body); the block ends the kernel with an error if one never is.
 template <int D, class Tin>
-__global__ void __launch_bounds__(kRevThreads, 1) reverse16_kernel(const BackwardParams p) {
+__device__ void reverse16_body(const BackwardParams& p, char* sm, int block, const int* flags) {
   using L = Rev16Layout<D>;
   using R = Rec16<D>;
   constexpr int PV = L::PV;
-  extern __shared__ __align__(1024) char sm[];
   const int tid = threadIdx.x, w = warp_index_uniform(), lane = tid & 31;
   constexpr int ns = D / kRevCols;
-  const int pair = int(blockIdx.x) / ns, j0 = (int(blockIdx.x) % ns) * kRevCols;
+  const int pair = block / ns, j0 = (block % ns) * kRevCols;
   const int n = pair / p.Hv, hv = pair % p.Hv;
   const SeqLoc sq = seq_loc(p, n);
   const bool owner = w < 4;
   const int htid = tid - 128;  // helper thread index (helpers only)
   std::uint64_t* bars = reinterpret_cast<std::uint64_t*>(sm + L::bars);
+  int& stuck = *reinterpret_cast<int*>(sm + L::stuck);
   if (tid == 0) {
     mbar_init(bars, 1 + 128);  // a stage: its record's bytes and the helpers' dO rows
     mbar_init(bars + 1, 1 + 128);
     mbar_init(bars + 2, 128);  // dS_c staged by the owners
+    stuck = 0;
     fence_proxy_async();
   }
   __syncthreads();
@@ -88,8 +93,13 @@ __global__ void __launch_bounds__(kRevThreads, 1) reverse16_kernel(const Backwar
     const int c = sq.nc - 1 - i;
     char* st = sm + (i & 1) * L::stage_bytes;
     if (htid == 0) {
-      mbar_expect_tx(bars + (i & 1), R::bytes);
-      bulk_g2s(st, recp(c), R::bytes, bars + (i & 1));
+      // (the flag's acquire round trip runs beside the owners' step i − 1)
+      if (flags && !wait_published(flags + (sq.cg0 + c) * p.Hv + hv)) {
+        stuck = 1;  // the stage never fills: the next barrier ends the kernel
+      } else {
+        mbar_expect_tx(bars + (i & 1), R::bytes);
+        bulk_g2s(st, recp(c), R::bytes, bars + (i & 1));
+      }
     }
     int t0, len;
     chunk_rows(c, t0, len);
@@ -154,7 +164,11 @@ __global__ void __launch_bounds__(kRevThreads, 1) reverse16_kernel(const Backwar
   }
 #pragma unroll 1
   for (int i = 0; i < sq.nc; ++i) {
-    __syncthreads();  // stage (i+1)&1 and the dS tile are free
+    // stage (i+1)&1 and the dS tile are free; a record that never came fails loudly, not hangs
+    if (!flags)
+      __syncthreads();
+    else if (__syncthreads_or(stuck))
+      trap_out_of_line();
     if (!owner) {
       if (i + 1 < sq.nc) issue(i + 1);
       store_ds(i);
@@ -238,6 +252,51 @@ __global__ void __launch_bounds__(kRevThreads, 1) reverse16_kernel(const Backwar
     store_state<D>(dS, p.ds0, p.ds0s, n, hv, j0 + 16 * w, lane);
   }
   cp_async_wait<0>();
+}
+
+template <int D, class Tin>
+__global__ void __launch_bounds__(kRevThreads, 1) reverse16_kernel(const BackwardParams p) {
+  extern __shared__ __align__(1024) char sm[];
+  reverse16_body<D, Tin>(p, sm, int(blockIdx.x), nullptr);
+}
+
+/// The overlapped launch (BackwardParams::overlap, bwd_reverse_beside_prep): blocks below
+/// N·Hv·D/64 run the reverse pass, the others the 16-bit prep, persistently, publishing
+/// each record through p.flags (zeroed before the launch). At most one block per SM and
+/// the prep blocks never wait, so every wait is on work that is running or will run.
+template <int DECAY, int GATES, class Tin, int D>
+__global__ void __launch_bounds__(kRevThreads, 1) prep_reverse16_kernel(const BackwardParams p,
+                                                                          const __grid_constant__ ForwardParams fp) {
+  static_assert(kRevThreads == detail::kThreads, "one block size for both roles");
+  extern __shared__ __align__(1024) char sm[];
+  const int nrev = p.N * p.Hv * (D / kRevCols), b = int(blockIdx.x);
+  if (b < nrev)
+    reverse16_body<D, Tin>(p, sm, b, p.flags);
+  else
+    prep16_body<DECAY, GATES, Tin, D>(p, fp, sm, b - nrev, gridDim.x - nrev, p.flags);
+}
+
+/// Enqueue the overlapped launch (flags zeroed first) for one gate policy and dtype.
+template <int DECAY, int GATES, class Tin, int D>
+cudaError_t launch_prep_reverse16_k(const BackwardParams& p, cudaStream_t st) {
+  const long long items = p.total_chunks * p.Hv;
+  cudaError_t e = cudaMemsetAsync(p.flags, 0, std::size_t(items) * sizeof(int), st);
+  if (e != cudaSuccess) return e;
+  auto kern = prep_reverse16_kernel<DECAY, GATES, Tin, D>;
+  constexpr int sp = prep16_smem<DECAY, GATES, Tin, D>(), sr = Rev16Layout<D>::bytes;
+  constexpr int smem = sp > sr ? sp : sr;
+  if ((e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem)) != cudaSuccess) return e;
+  const long long nrev = (long long)p.N * p.Hv * (D / kRevCols), nprep = p.num_sms - nrev;
+  kern<<<unsigned(nrev + (items < nprep ? items : nprep)), kRevThreads, smem, st>>>(p, prep16_params<DECAY, GATES, D>(p));
+  return cudaGetLastError();
+}
+
+/// The overlapped launch of one head width.
+template <int D>
+cudaError_t launch_prep_reverse16(const BackwardParams& p, cudaStream_t st) {
+  return by_prep16_kind(p, [&](auto decay, auto gates, auto tin) {
+    return launch_prep_reverse16_k<decltype(decay)::value, decltype(gates)::value, decltype(tin), D>(p, st);
+  });
 }
 
 }  // namespace bwd

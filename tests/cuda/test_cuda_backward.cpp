@@ -219,6 +219,8 @@ struct Exec {
   int forward_vs = 0;                                    // ChunkOptions::value_slice of that forward
   /// without given chunk states: what recomputes them (BackwardOptions::recompute_states)
   cuda::StateRecompute recompute = cuda::StateRecompute::automatic;
+  /// BackwardOptions::overlap: the fp16 reverse pass beside the 16-bit prep where it can
+  bool backward_overlap = true;
 };
 
 /// A device execution in the tf32 mode without given chunk states, recomputing them by `r`.
@@ -230,13 +232,14 @@ Exec recomputing(cuda::StateRecompute r) {
 
 /// The name an execution's accuracy lines carry: host (fp32 products), host32 (tf32
 /// emulated), device, dev+st (device, given the CUDA forward's chunk states), dev+fw and
-/// dev+sp (device, the states recomputed by the forward / by the state kernel, as asked).
+/// dev+sp (device, the states recomputed by the forward / by the state kernel, as asked);
+/// dev+sq: given the forward's chunk states, the reverse pass after the prep, not beside it.
 const char* exec_name(const Exec& ex) {
   switch (ex.where) {
     case Where::host: return "host";
     case Where::host_tf32: return "host32";
     default:
-      if (ex.forward_states) return "dev+st";
+      if (ex.forward_states) return ex.backward_overlap ? "dev+st" : "dev+sq";
       if (ex.recompute == cuda::StateRecompute::forward) return "dev+fw";
       if (ex.recompute == cuda::StateRecompute::state_pass) return "dev+sp";
       return "device";
@@ -263,6 +266,7 @@ void run_case(const ProblemConfig& cfg, const std::vector<Exec>& execs, bool wit
     opt.math = ex.math;
     opt.value_slice = vslice;
     opt.recompute_states = ex.recompute;
+    opt.overlap = ex.backward_overlap;
     std::vector<float> states;
     std::string line;
     if (ex.forward_states) {
@@ -320,14 +324,17 @@ const std::vector<Exec> kHostTf32 = {{Where::host_tf32, cuda::BackwardMath::tf32
 /// recomputed automatically — by the forward at these few (sequence, head) pairs — and by
 /// the state kernel), then the chunk states written by the CUDA forward on its fused and
 /// split paths (the split path's state blocks with helper warps when overlapped, without
-/// them when not)
+/// them when not); at these few (sequence, head) pairs the reverse pass runs beside the
+/// prep given chunk states, so the fused forward's states once more with it after the prep
 const std::vector<Exec> kDevice = {{Where::device, cuda::BackwardMath::tf32},
                                    recomputing(cuda::StateRecompute::state_pass),
                                    {Where::device, cuda::BackwardMath::tf32x3},
                                    {Where::device, cuda::BackwardMath::fp32},
                                    {Where::device, cuda::BackwardMath::tf32, true, cuda::ForwardPath::split},
                                    {Where::device, cuda::BackwardMath::tf32, true, cuda::ForwardPath::split, false},
-                                   {Where::device, cuda::BackwardMath::tf32, true, cuda::ForwardPath::fused}};
+                                   {Where::device, cuda::BackwardMath::tf32, true, cuda::ForwardPath::fused},
+                                   {Where::device, cuda::BackwardMath::tf32, true, cuda::ForwardPath::fused, true, 0,
+                                    cuda::StateRecompute::automatic, false}};
 /// fp32 inputs on the device: the default (split tf32) against the issue's 1e-3, and fp32
 const std::vector<Exec> kDeviceF32 = {{Where::device, cuda::BackwardMath::automatic},
                                       {Where::device, cuda::BackwardMath::fp32}};
@@ -510,9 +517,12 @@ TEST_CASE("cuda chunk backward given the forward's chunk states (small, for the 
   INFO("GDR2_TEST_SEED=" << base_seed());
   auto c = make_cfg(14, 1, 0, 1, 2, 128, -1.0);
   c.seqlens = {70, 0, 64, 9};  // varlen: the fused path sums the chunk rows of earlier sequences
+  // (the reverse pass beside the prep, the automatic choice at these few pairs, and after it)
   run_case<KDA, bf16>(c, {{Where::device, cuda::BackwardMath::tf32, true, cuda::ForwardPath::fused},
                           {Where::device, cuda::BackwardMath::tf32, true, cuda::ForwardPath::split},
-                          {Where::device, cuda::BackwardMath::tf32, true, cuda::ForwardPath::split, false}});
+                          {Where::device, cuda::BackwardMath::tf32, true, cuda::ForwardPath::split, false},
+                          {Where::device, cuda::BackwardMath::tf32, true, cuda::ForwardPath::fused, true, 0,
+                           cuda::StateRecompute::automatic, false}});
   // GDR-2's channel gates take other copy paths in grad-1 and the applies (w's rows, q k b g
   // as stored); without chunk states as well (the tf32 state passes, and the forward
   // writing them into the workspace)
@@ -539,6 +549,40 @@ TEST_CASE("cuda chunk backward given chunk states from the split forward at ever
     for (bool overlap : {true, false})
       execs.push_back({Where::device, cuda::BackwardMath::tf32, true, cuda::ForwardPath::split, overlap, vs});
   run_case<GDR2, bf16>(c, execs);
+}
+
+TEST_CASE("cuda chunk backward: the reverse pass beside the prep gives the gradients of the one after it, bit for bit",
+          "[cuda][backward][device]") {
+  SKIP_WITHOUT_GPU();
+  INFO("GDR2_TEST_SEED=" << base_seed());
+  // BackwardOptions::overlap only changes when each record is written and read, never what
+  // is computed: the same bits. Varlen with an empty and a one-token sequence (the prep
+  // walks the items last first across sequences), K = V = 64 and 128, each policy
+  auto check = [](auto policy, Index D, std::vector<Index> lengths) {
+    using Policy = decltype(policy);
+    auto c = make_cfg(51, 1, 0, 1, 3, D, -3.0);
+    c.seqlens = lengths;
+    INFO(Policy::name() << " " << describe(c));
+    RandomProblem<Policy, bf16> rp(c);
+    const Problem<bf16> hp = rp.problem();
+    RandomUpstream<bf16> up(hp, c.seed + 7);
+    GradientBuffers<float> got[2];
+    for (int ov = 0; ov < 2; ++ov) {
+      cuda::BackwardOptions opt;
+      opt.overlap = ov == 1;
+      std::vector<float> states;  // written by the CUDA forward (fused path) each time
+      execute<Policy>(rp, hp, up, Where::device, opt, got[ov], &states, cuda::ForwardPath::fused);
+    }
+    auto a = got[0].all(), b = got[1].all();
+    for (std::size_t i = 0; i < a.size(); ++i) {
+      INFO(a[i].first);
+      REQUIRE(a[i].second->size() == b[i].second->size());
+      CHECK(std::memcmp(a[i].second->data(), b[i].second->data(), std::size_t(a[i].second->size()) * 4) == 0);
+    }
+  };
+  check(GDR2{}, 128, {300, 0, 1, 129});
+  check(KDA{}, 64, {65, 190, 0});
+  check(GDN{}, 128, {1, 257});
 }
 
 TEST_CASE("cuda chunk backward with loss-scaled and tiny upstream gradients", "[cuda][backward][device]") {
@@ -823,4 +867,23 @@ TEST_CASE("cuda backward: the forward recomputes the chunk states where the stat
   RandomProblem<GDR2, float> rp(make_cfg(61, 1, 70, 1, 2, 64, -1.0));
   opt.math = cuda::BackwardMath::tf32;
   CHECK(!forward_planned<GDR2>(rp.problem(), opt));
+}
+
+TEST_CASE("cuda backward: the reverse pass runs beside the prep at few (sequence, head) pairs",
+          "[cuda][backward][validation]") {
+  // at most a quarter of the SMs for its blocks (N · Hv · D / 64 ≤ 132 / 4)
+  auto overlap = [](Index B, Index T, Index H, Index D, bool asked) {
+    const Problem<bf16> p = shapes_only<GDR2>(B, T, H, D);
+    cuda::BackwardOptions opt;
+    opt.overlap = asked;
+    std::size_t bytes = 0;
+    cuda::detail::BackwardParams f;
+    plan_states<GDR2>(p, opt, bytes, f);
+    return f.overlap == 1;
+  };
+  CHECK(overlap(1, 32768, 16, 128, true));   // issue 6's B=1 shape: 32 blocks
+  CHECK(!overlap(1, 32768, 16, 128, false));  // unless asked not to
+  CHECK(overlap(2, 1000, 16, 64, true));     // 32 blocks at D = 64
+  CHECK(!overlap(2, 16384, 16, 128, true));  // 64 blocks
+  CHECK(!overlap(8, 4096, 16, 128, true));   // issue 6's B=8 shape: 256 blocks
 }

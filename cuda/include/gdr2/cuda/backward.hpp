@@ -42,7 +42,10 @@
 //             reverse pass dS_c (gradient at every chunk end; dS_0 of the first chunk is
 //             d_initial_state) — both only read records, so they run side by side.
 //             With chunk states (given, or written by the forward) only the reverse
-//             pass runs (16-bit inputs: on fp16 warpgroup MMAs, backward_reverse16.cuh).
+//             pass runs (16-bit inputs: on fp16 warpgroup MMAs, backward_reverse16.cuh);
+//             at few (sequence, head) pairs in the same launch as stage 1, beside it
+//             (BackwardOptions::overlap: the prep writes records last chunk first and
+//             publishes each through a flag in the workspace).
 //   3. grad-1 (chunk-parallel): everything that touches S or dS, and the WY part:
 //             R = U − Y S, dR = Aqkᵀ dO + Ktail dS (= dU), dZ = Aᵀ dR, dO Sᵀ,
 //             dKtail = R dSᵀ, dĒ = −dZ Sᵀ (= Aᵀ dY), dT = −strict_lower(dZ Rᵀ), dAqk,
@@ -61,8 +64,9 @@
 // these sums over all channels, where they largely cancel: cuda/NOTES.md backward item 23).
 // Workspace (fp32, per chunk-head of 64 tokens, K = V = D): record 2·64² + 4·64·D + D,
 // states and dstates 2·D², grad-1/grad-2 buffers 3·64·D + 2·64² + D + 64 + 4·D floats —
-// 429 KB at D = 128, 364 KB when the chunk states are given (D² fewer) — plus per-value-head
-// gradient buffers when a head reduction is needed. See
+// 429 KB at D = 128, 364 KB when the chunk states are given (D² fewer) — plus a 4-byte
+// record flag per chunk-head and per-value-head gradient buffers when a head reduction is
+// needed. See
 // chunk_backward_workspace_size; cuda/NOTES.md "Backward" for the measured figures.
 #pragma once
 
@@ -119,6 +123,8 @@ struct BackwardParams : InputViews {
   int vs = 0;            // value columns per state-pass block
   int stages = 5;        // stages to run (profiling)
   int saved_states = 0;  // 1: `states` are the forward's chunk states (no forward state pass)
+  int overlap = 0;       // 1: the fp16 reverse pass may run beside the 16-bit prep in one launch
+                         //    (bwd_reverse_beside_prep; the launcher decides, as for rev16)
   int num_sms = 0;       // the device's SMs (> 0: 132 when they cannot be read): grid sizes
   BwdSink dq, dk, dv, dg, db, dw, dbeta;
   float* ds0 = nullptr;
@@ -132,6 +138,7 @@ struct BackwardParams : InputViews {
   float* states = nullptr;
   float* dstates = nullptr;
   float* g1 = nullptr;
+  int* flags = nullptr;  // [total_chunks · Hv] the overlapped launch's record flags (0 before it)
 };
 
 /// Floats of one record / one grad-1 block output, per chunk-head (K = V = D).
@@ -146,6 +153,18 @@ constexpr long long bwd_g1_floats(int D) { return 3LL * 64 * D + 2LL * 64 * 64 +
 /// chunk states instead (BackwardOptions::recompute_states).
 constexpr bool bwd_roles_in_one_wave(long long N, long long Hv, int D, int vs, int sms) {
   return 2LL * N * Hv * (D / vs) <= sms;
+}
+
+/// Value columns per block of the fp16 reverse state pass (backward_reverse16.cuh).
+constexpr int kBwdRevCols = 64;
+
+/// Whether the fp16 reverse pass — one block per (sequence, value head, kBwdRevCols columns),
+/// each walking its sequence's chunks one after the other — runs beside the 16-bit prep in
+/// one launch: when its blocks take at most a quarter of the `sms` SMs (B=1 T=32768 H=16:
+/// 32 of 132), so that the prep on the others loses less than the reverse pass's time
+/// (cuda/NOTES.md backward item 24).
+constexpr bool bwd_reverse_beside_prep(long long N, long long Hv, int D, int sms) {
+  return 4LL * N * Hv * (D / kBwdRevCols) <= sms;
 }
 
 /// Enqueue every backward kernel (device pointers in p) on `stream`.
@@ -220,6 +239,12 @@ struct BackwardOptions {
   /// Without chunk_states: what recomputes them (StateRecompute; the same gradients within
   /// the tf32 bound either way).
   StateRecompute recompute_states = StateRecompute::automatic;
+  /// With few (sequence, head) pairs (bwd_reverse_beside_prep: B=1 T=32768 H=16), 16-bit
+  /// inputs and the chunk states in hand (given, or recomputed by the forward): run the
+  /// fp16 reverse state pass beside the 16-bit prep in one launch, the prep writing each
+  /// sequence's records last chunk first and publishing them through flags in the
+  /// workspace. false: the two one after the other (the same gradients, bit for bit).
+  bool overlap = true;
 };
 
 namespace detail {
@@ -340,9 +365,11 @@ Status plan_backward(const Problem<T>& p, const GradOutputs<T>* up, const Gradie
       f.saved_states = 1;
     }
 
-    // workspace: [offsets][records][states (unless saved)][dstates][grad-1][head buffers]
+    // workspace: [offsets][flags][records][states (unless saved)][dstates][grad-1][head buffers]
     const std::size_t ch = std::size_t(total) * std::size_t(d.Hv);
     std::size_t off = p.cu_seqlens.given() ? bwd_align(std::size_t(d.N + 1) * 4) : 0;
+    const std::size_t flags = off;
+    off += bwd_align(ch * 4);
     const std::size_t rec = off;
     off += bwd_align(ch * std::size_t(bwd_rec_floats(D)) * 4);
     const std::size_t st = off;
@@ -357,6 +384,8 @@ Status plan_backward(const Problem<T>& p, const GradOutputs<T>* up, const Gradie
     f.states = f.saved_states ? const_cast<float*>(opt.chunk_states) : reinterpret_cast<float*>(st);
     f.dstates = reinterpret_cast<float*>(dst);
     f.g1 = reinterpret_cast<float*>(g1);
+    f.flags = reinterpret_cast<int*>(flags);
+    f.overlap = opt.overlap && bwd_reverse_beside_prep(d.N, d.Hv, D, num_sms) ? 1 : 0;
 
     // gradient sinks: direct when the tensor has Hv heads, else a per-value-head buffer
     // (workspace: aligned, so only direct sinks can turn the vector stores off)
@@ -455,6 +484,7 @@ inline void bind_workspace(BackwardParams& f, char* ws, const void* cu_seqlens) 
   if (!f.saved_states) f.states = reinterpret_cast<float*>(at(f.states));
   f.dstates = reinterpret_cast<float*>(at(f.dstates));
   f.g1 = reinterpret_cast<float*>(at(f.g1));
+  f.flags = reinterpret_cast<int*>(at(f.flags));
   BwdSink* sinks[] = {&f.dq, &f.dk, &f.dv, &f.dg, &f.db, &f.dw, &f.dbeta};
   for (BwdSink* s : sinks)
     if (s->staged) s->p = reinterpret_cast<float*>(at(s->p));
