@@ -82,8 +82,8 @@ struct ChunkOptions {
   /// Σ_{m<n} ceil(T_m / 64) + j — in fp32 as the forward's state pass holds them (the
   /// backward rounds them to tf32 for its products after summing dS ⊙ S over them).
   /// States of sequences skipped by state_indices are left untouched. Null (the default): not written. Measured on an H100 (bench/RESULTS.md,
-  /// twenty-sixth session): GDR-2 forward + backward 6.92–6.97 → 6.25–6.31 ms at B=8 T=4096
-  /// H=16 and 7.50–7.58 → 6.64–6.69 ms at B=1 T=32768 H=16 (where the backward without them
+  /// twenty-sixth session): GDR-2 forward + backward 6.92–6.94 → 6.25 ms at B=8 T=4096
+  /// H=16 and 7.53–7.58 → 6.63–6.64 ms at B=1 T=32768 H=16 (where the backward without them
   /// runs the forward again to write them: BackwardOptions::recompute_states).
   float* chunk_states = nullptr;
   /// Bytes at chunk_states (checked against chunk_states_size).
