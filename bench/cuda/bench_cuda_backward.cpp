@@ -312,15 +312,14 @@ BENCHMARK(BM_backward_states)
     ->UseManualTime()
     ->Iterations(10)
     ->Unit(benchmark::kMillisecond);
-BENCHMARK(BM_backward_beside)
-    ->ArgNames({"B", "T", "H", "math", "stages", "overlap"})
-    ->Args({1, 32768, 16, 0, 2, 0})
-    ->Args({1, 32768, 16, 0, 2, 1})
-    ->Args({1, 32768, 16, 0, 0, 0})
-    ->Args({1, 32768, 16, 0, 0, 1})
-    ->UseManualTime()
-    ->Iterations(10)
-    ->Unit(benchmark::kMillisecond);
+/// the reverse pass after (0) and beside (1) the prep at B=1, stages 1–2 and all
+void beside_cases(benchmark::internal::Benchmark* b) {
+  b->ArgNames({"B", "T", "H", "math", "stages", "overlap"});
+  for (int stages : {2, 0})
+    for (int overlap : {0, 1}) b->Args({1, 32768, 16, 0, stages, overlap});
+  b->UseManualTime()->Iterations(10)->Unit(benchmark::kMillisecond);
+}
+BENCHMARK(BM_backward_beside)->Apply(beside_cases);
 /// both recomputations (mode 1 forward, 2 state kernel) at both shapes, stages 1–2 and all
 void recompute_cases(benchmark::internal::Benchmark* b) {
   b->ArgNames({"B", "T", "H", "math", "stages", "mode"});
