@@ -41,7 +41,7 @@ constexpr int prep16_smem() {
 /// The 16-bit prep of one persistent block (detail::kThreads threads, `sm`: prep16_smem
 /// bytes): items k = first, first + stride, ... of the total_chunks · Hv (chunk, value head)
 /// items, item k itself — or, given `flags` (the overlapped launch), item items − 1 − k, so
-/// that each sequence's records come last chunk first, each published (flag 1, release)
+/// that each sequence's records come last chunk first, each published (publish_flag)
 /// once written, for the reverse pass's blocks that wait on them (reverse16_body).
 template <int DECAY, int GATES, class Tin, int D>
 __device__ void prep16_body(const BackwardParams& p, const ForwardParams& fp, char* sm, long long first,
@@ -56,12 +56,7 @@ __device__ void prep16_body(const BackwardParams& p, const ForwardParams& fp, ch
   const int tid = threadIdx.x, w = tid >> 5, lane = tid & 31, g8 = lane >> 2, q4 = lane & 3;
   const long long items = p.total_chunks * p.Hv;
   auto item_of = [&](long long k) { return flags ? items - 1 - k : k; };
-  // thread 0, after a barrier that follows every thread's stores of record r: r published
-  // (the release is cumulative over the stores the barrier ordered before it)
-  auto publish = [&](long long r) {
-    __threadfence();
-    asm volatile("st.release.gpu.global.b32 [%0], %1;\n" ::"l"(flags + r), "r"(1) : "memory");
-  };
+  // (thread 0 publishes a record after a barrier that follows every thread's stores of it)
   long long prev = -1;  // the record written last, not yet published
   ChunkLoader<DECAY, GATES, Tin, D, true> ld;
   auto issue_a = [&](long long k) {
@@ -96,7 +91,7 @@ __device__ void prep16_body(const BackwardParams& p, const ForwardParams& fp, ch
     float* rec = p.rec + it * R::floats;
     ld.wait_a(sm, cl.len);
     __syncthreads();
-    if (flags && tid == 0 && prev >= 0) publish(prev);
+    if (flags && tid == 0 && prev >= 0) publish_flag(flags + prev);
     Pr::gstep(sm, p.scale);
     Pr::grams(sm, p.scale);
     // the fp16 reverse pass's record (p.rev16): f = ⌊log2 max_d γ_0⌋ (γ_0 = e_0, the largest
@@ -257,7 +252,7 @@ __device__ void prep16_body(const BackwardParams& p, const ForwardParams& fp, ch
   }
   if (flags) {
     __syncthreads();
-    if (tid == 0 && prev >= 0) publish(prev);
+    if (tid == 0 && prev >= 0) publish_flag(flags + prev);
   }
   cp_async_wait<0>();
   GDR2_BWD_MARK(false);

@@ -1502,6 +1502,14 @@ constexpr int kPrepLead = 16;
 /// (relaxed) once they have issued its copy.
 enum : int { kPublished = 1, kTaken = 2 };
 
+/// A record's flag set to kPublished (release at GPU scope, after a fence: cumulative over
+/// every write this thread has observed, e.g. the block's stores ordered before a barrier).
+/// Records read through the async proxy need their readers' fence (wait_published).
+__device__ __forceinline__ void publish_flag(int* flag) {
+  __threadfence();
+  asm volatile("st.release.gpu.global.b32 [%0], %1;\n" ::"l"(flag), "r"(int(kPublished)) : "memory");
+}
+
 /// Overlapped split path: the flag a prep item `r` waits on before it starts — that of the
 /// record kPrepLead chunks earlier of the same sequence and head, which the state blocks set
 /// to kTaken when they copy it — or null when the item is among its sequence's first kPrepLead.
@@ -1568,8 +1576,7 @@ __device__ void prep_body(const ForwardParams& p, char* sm, long long first, lon
   auto publish = [&](long long r) {
     bulk_wait();
     fence_proxy_async_global();
-    __threadfence();
-    asm volatile("st.release.gpu.global.b32 [%0], %1;\n" ::"l"(flags + r), "r"(int(kPublished)) : "memory");
+    publish_flag(flags + r);
   };
   // advance to the first item that is not skipped
   while (it < items) {
