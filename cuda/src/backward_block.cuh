@@ -13,7 +13,9 @@
 // No state lives in a thread across two such steps (everything shared is in shared
 // memory), so the same body runs unchanged on the host with one "thread" that executes
 // every i in order (`tid = 0, nthr = 1`, barriers are no-ops). That host execution is
-// how the kernels' logic is tested on machines without a GPU (see run_backward_host).
+// how the kernels' logic is tested on machines without a GPU (see run_backward_host);
+// HostBlockThreads (host_threads.hpp) runs the block's threads one by one between barriers
+// instead, to find missing barriers.
 //
 // Device products use mma.sync m16n8k8 with tf32 operands (fp32 accumulation), or
 // three such products per step (split tf32: a = a_hi + a_lo, dropping a_lo·b_lo) for
@@ -33,6 +35,7 @@
 #else
 #define GDR2_HD inline
 #endif
+#include "host_threads.hpp"  // the host's emulation of a block's threads one by one
 
 // Loop unrolling in code that is also compiled for the host (where g++ has no such pragma).
 #if defined(__CUDA_ARCH__)
@@ -141,7 +144,8 @@ __device__ __forceinline__ void gdr2_bwd_mark(bool entry) {
 #define GDR2_BWD_MARK(entry)
 #endif
 
-/// A thread block (or its host emulation: tid = 0, nthr = 1).
+/// A thread block, or its host emulation: one thread standing for the block (tid = 0,
+/// nthr = 1), or each of its threads in turn between barriers (HostBlockThreads).
 struct Blk {
   int tid, nthr;
   /// 1: barriers leave this thread's newest committed copy group in flight (software
@@ -158,12 +162,16 @@ struct Blk {
       asm volatile("cp.async.wait_all;\n" ::: "memory");
     __syncthreads();
     GDR2_BWD_MARK(false);
+#else
+    if (HostBlockThreads* h = HostBlockThreads::current()) h->barrier(keep);
 #endif
   }
   /// Close the group of this thread's copies issued since the last commit.
   GDR2_HD void commit() const {
 #if defined(__CUDA_ARCH__)
     asm volatile("cp.async.commit_group;\n" ::: "memory");
+#else
+    if (HostBlockThreads* h = HostBlockThreads::current()) h->commit();
 #endif
   }
   /// f(i) for every i in [0, n) over the block's threads, then a barrier.
@@ -194,19 +202,24 @@ struct Blk {
 
 /// The threads of warps [w0, w1) as a block of their own (`g`), for products that run side
 /// by side on disjoint warps (SYNC = false inside: a group never waits at a barrier of its
-/// own); false for the other threads. The host (one thread standing for the block) is in
-/// every group and runs them one after another.
+/// own); false for the other threads. One host thread standing for the block is in every
+/// group and runs them one after another.
 GDR2_HD bool warp_group(const Blk& bk, int w0, int w1, Blk& g) {
-#if defined(__CUDA_ARCH__)
+#if !defined(__CUDA_ARCH__)
+  if (bk.nthr == 1) {
+    g = bk;
+    return true;
+  }
+#endif
   const int w = bk.tid >> 5;
   if (w < w0 || w >= w1) return false;
   g = Blk{bk.tid - 32 * w0, 32 * (w1 - w0), bk.keep};
-#else
-  (void)w0, (void)w1;
-  g = bk;
-#endif
   return true;
 }
+
+/// Host code standing for a whole block's (or warp group's) threads runs on its thread 0
+/// (HostBlockThreads; the one thread of Blk{0, 1} is thread 0).
+GDR2_HD bool host_lead(const Blk& bk) { return bk.tid == 0; }
 
 /// 16-byte vector of floats (host: plain struct, copied bytewise).
 struct F4 {
@@ -269,7 +282,8 @@ GDR2_HD void row_sums(const Blk& bk, X* x, const float* y, int rows, int pitch, 
     if (q == 0) put(r, s);
   }
 #else
-  for (int r = 0; r < rows; ++r) put(r, (quarter(r, 0) + quarter(r, 1)) + (quarter(r, 2) + quarter(r, 3)));
+  if (host_lead(bk))
+    for (int r = 0; r < rows; ++r) put(r, (quarter(r, 0) + quarter(r, 1)) + (quarter(r, 2) + quarter(r, 3)));
 #endif
   bk.sync();
 }
@@ -323,7 +337,10 @@ GDR2_HD void copy_raw4(Raw4* dst, const void* base, long long off, int dt) {
   else
     asm volatile("cp.async.ca.shared.global [%0], [%1], 8;\n" ::"r"(sa), "l"(src) : "memory");
 #else
-  std::memcpy(dst->w, src, std::size_t(bytes));
+  if (HostBlockThreads* h = HostBlockThreads::current())
+    h->copy(dst->w, src, std::size_t(bytes));
+  else
+    std::memcpy(dst->w, src, std::size_t(bytes));
 #endif
 }
 /// The four elements of r as floats (dt: the input type).
@@ -352,7 +369,10 @@ GDR2_HD void copy_tile(const Blk& bk, float* dst, int dp, const float* src, long
     const unsigned sa = unsigned(__cvta_generic_to_shared(d));
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(sa), "l"(s) : "memory");
 #else
-    std::memcpy(d, s, 16);
+    if (HostBlockThreads* h = HostBlockThreads::current())
+      h->copy(d, s, 16);
+    else
+      std::memcpy(d, s, 16);
 #endif
   }
 }
@@ -575,7 +595,7 @@ GDR2_HD void mm(const Blk& bk, int M, int N, int KD, FA&& fa, FB&& fb, FO&& fo) 
     mm_out<NT>(c, m0, n0, lane, fo);
   }
 #else
-  host_tiles<NT, LOWER>(M, N, fo, [&](int m, int n) {
+  if (host_lead(bk)) host_tiles<NT, LOWER>(M, N, fo, [&](int m, int n) {
     float s = 0.f;
     for (int k = 0; k < KD; ++k) s += host_product<MATH>(fa(m, k), fb(k, n));
     return s;
@@ -775,7 +795,7 @@ GDR2_HD void mmt(const Blk& bk, int M, int N, FO&& fo, const Ts&... terms) {
     mm_out<NT>(c, m0, n0, lane, fo);
   }
 #else
-  host_tiles<NT, LOWER>(M, N, fo, [&](int m, int n) {
+  if (host_lead(bk)) host_tiles<NT, LOWER>(M, N, fo, [&](int m, int n) {
     float s = 0.f;
     auto add = [&](const auto& tm) {
       for (int k = 0; k < tm.K; ++k) {

@@ -3,6 +3,8 @@
 #include "backward_reverse16.cuh"  // (includes backward_prep16.cuh, backward_kernels.cuh)
 
 #include <algorithm>
+#include <memory>
+#include <string>
 #include <vector>
 
 namespace gdr2 {
@@ -156,29 +158,46 @@ cudaError_t launch_m(const BackwardParams& p, cudaStream_t st) {
 }
 
 template <int D, int MATH>
-void run_host_d(const BackwardParams& p) {
-  const Blk bk{0, 1};
+std::string run_host_d(const BackwardParams& p, int threads) {
   const StateLayout<D> L(p.vs);
   const int floats = std::max({PrepLayout<D>::floats, L.floats, Grad1Layout<D>::floats, ApplyLayout::floats,
                                kThreads});
   std::vector<float> smem(std::size_t(floats) + 4);
   float* sm = smem.data();
-  if (p.chunk_offsets) offsets_body(bk, p, sm);
+  // each block as one thread (threads 0), or its threads one by one between barriers in
+  // ascending (1) or descending (2) order, as many as its launch has (launch_d)
+  std::unique_ptr<HostBlockThreads> emu[2];
+  if (threads) {
+    emu[0] = std::make_unique<HostBlockThreads>(kThreads, threads == 2);
+    emu[1] = std::make_unique<HostBlockThreads>(kApplyThreads, threads == 2);
+  }
+  std::string err;
+  auto run = [&](const char* kernel, int nthr, auto&& body) {
+    if (!err.empty()) return;
+    if (!threads) return body(Blk{0, 1});
+    HostBlockThreads& ht = *emu[nthr == kThreads ? 0 : 1];
+    if (!ht.run([&](int tid) { body(Blk{tid, nthr}); })) err = std::string(kernel) + ": " + ht.error();
+  };
+  if (p.chunk_offsets) run("offsets", kThreads, [&](const Blk& bk) { offsets_body(bk, p, sm); });
   for (long long cg = 0; cg < p.total_chunks; ++cg)
-    for (int hv = 0; hv < p.Hv; ++hv) prep_body<D, MATH>(bk, p, cg, hv, sm);
+    for (int hv = 0; hv < p.Hv; ++hv) run("prep", kThreads, [&](const Blk& bk) { prep_body<D, MATH>(bk, p, cg, hv, sm); });
   for (int role = p.saved_states; role < 2; ++role)
     for (int pair = 0; pair < p.N * p.Hv; ++pair)
-      for (int sl = 0; sl < D / p.vs; ++sl) state_body<D, MATH>(bk, p, pair, sl, role, sm);
+      for (int sl = 0; sl < D / p.vs; ++sl)
+        run("state", kThreads, [&](const Blk& bk) { state_body<D, MATH>(bk, p, pair, sl, role, sm); });
   for (long long cg = 0; cg < p.total_chunks; ++cg)
-    for (int hv = 0; hv < p.Hv; ++hv) grad1_body<D, MATH>(bk, p, cg, hv, sm);
+    for (int hv = 0; hv < p.Hv; ++hv) run("grad1", kThreads, [&](const Blk& bk) { grad1_body<D, MATH>(bk, p, cg, hv, sm); });
   for (long long cg = 0; cg < p.total_chunks; ++cg)
-    for (int hv = 0; hv < p.Hv; ++hv) apply_body<D, MATH>(bk, p, cg, hv, sm);
+    for (int hv = 0; hv < p.Hv; ++hv)
+      run("apply", kApplyThreads, [&](const Blk& bk) { apply_body<D, MATH>(bk, p, cg, hv, sm); });
+  if (!err.empty()) return err;
   if (p.tied || p.scalar_decay)
     for (long long i = 0; i < p.total_chunks * p.Hv * kC; ++i) token_elem<D>(p, i);
   for (int r = 0; r < p.nred; ++r) {
     const long long count = reduce_count(p, p.red[r]);
     for (long long i = 0; i < count; ++i) reduce_elem(p, p.red[r], i);
   }
+  return {};
 }
 
 }  // namespace bwd
@@ -187,13 +206,12 @@ cudaError_t launch_backward(const BackwardParams& p, cudaStream_t stream) {
   return p.D == 128 ? bwd::launch_m<128>(p, stream) : bwd::launch_m<64>(p, stream);
 }
 
-void run_backward_host(const BackwardParams& p, bool emulate_tf32) {
+std::string run_backward_host(const BackwardParams& p, bool emulate_tf32, int threads) {
   // the host forms tf32 products only when asked to emulate them (mm / mmt's host path)
   const bool tf32 = emulate_tf32 && p.math == bwd::kTf32;
   if (p.D == 128)
-    tf32 ? bwd::run_host_d<128, bwd::kTf32>(p) : bwd::run_host_d<128, bwd::kFp32>(p);
-  else
-    tf32 ? bwd::run_host_d<64, bwd::kTf32>(p) : bwd::run_host_d<64, bwd::kFp32>(p);
+    return tf32 ? bwd::run_host_d<128, bwd::kTf32>(p, threads) : bwd::run_host_d<128, bwd::kFp32>(p, threads);
+  return tf32 ? bwd::run_host_d<64, bwd::kTf32>(p, threads) : bwd::run_host_d<64, bwd::kFp32>(p, threads);
 }
 
 }  // namespace detail

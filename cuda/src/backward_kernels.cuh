@@ -647,7 +647,7 @@ GDR2_HD void state_reverse_inline(const Blk& bk, const P& p, const SeqLoc& sq, i
       if (i < kC * V4) st4(sdO + (i / V4) * PV + (i % V4) * 4, op_round4<MATH>(ahead[u]));
     }
 #else
-    for (int i = 0; i < kC * V4; ++i) st4(sdO + (i / V4) * PV + (i % V4) * 4, op_round4<MATH>(dO_item(ahead_c, i)));
+    for (int i = bk.tid; i < kC * V4; i += bk.nthr) st4(sdO + (i / V4) * PV + (i % V4) * 4, op_round4<MATH>(dO_item(ahead_c, i)));
 #endif
   };
   if (pipe && sq.nc > 0) {
@@ -1172,7 +1172,7 @@ GDR2_HD void apply_anchored(const Blk& bk, float* sm, int c0) {
   }
 #else
   // the same sums element by element, in the device's order of blocks and moves
-  for (int m0 = 0; m0 < kC; m0 += 16) {
+  for (int m0 = 0; m0 < kC && host_lead(bk); m0 += 16) {
     const int nb = m0 / 8;
     for (int m = 0; m < 16; ++m)
       for (int cl = 0; cl < H::W; ++cl) {

@@ -19,6 +19,7 @@ enum class Code {
   non_finite,        ///< NaN or Inf found in an input while `check_finite` was set
   unsupported,       ///< a valid request this engine does not implement (e.g. chunk size)
   device_error,      ///< a CUDA runtime / cuBLAS call failed (CUDA backend only)
+  internal_error,    ///< a self-check of the library's kernels failed: a bug to report
 };
 
 inline const char* to_string(Code c) {
@@ -28,6 +29,7 @@ inline const char* to_string(Code c) {
     case Code::non_finite: return "non-finite input";
     case Code::unsupported: return "unsupported";
     case Code::device_error: return "device error";
+    case Code::internal_error: return "internal error";
   }
   return "unknown";
 }

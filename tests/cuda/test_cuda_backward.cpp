@@ -470,6 +470,87 @@ TEST_CASE("cuda backward (host execution): misaligned rows take the scalar loads
   }
 }
 
+// ---- missing barriers, found on the host ------------------------------------------------------
+/// The backward of one problem on the host with each block's threads run one by one between
+/// barriers, in ascending and in descending order (testing::HostThreads), against the run
+/// with one thread per block: a missing barrier (a read of another thread's write, or of an
+/// asynchronous copy, before the barrier that publishes it) makes one of the two orders read
+/// stale data. The results must be the same bits: every element is computed by the same
+/// thread's same operations in every order (add_partial adds onto a partial its own thread
+/// stored), so only a stale read can change one. (The 42ff9e0 race planted back — grad-1's
+/// barrier before the tied row sums removed — fails it with dβ 0.83–1.6 in ascending order,
+/// as the H100 showed 0.1–0.8; keeping two copy groups in flight instead of one fails db and
+/// dS_0 by 2e-2–0.16.)
+template <class Policy, class T>
+void thread_orders_case(const ProblemConfig& cfg, cuda::testing::HostProducts products, bool given_states,
+                        int vslice) {
+  using cuda::testing::HostThreads;
+  RandomProblem<Policy, T> rp(cfg);
+  const Problem<T> hp = rp.problem();
+  RandomUpstream<T> up(hp, cfg.seed + 99, true);
+  cuda::BackwardOptions opt;
+  opt.math = cuda::BackwardMath::tf32;
+  opt.value_slice = vslice;
+  std::vector<float> states;
+  if (given_states) {
+    const auto rs = reference_chunk_states<Policy>(hp);
+    REQUIRE(rs.status.ok());
+    states.assign(rs.states.data(), rs.states.data() + rs.states.size());
+    opt.chunk_states = states.data();
+    opt.chunk_states_bytes = states.size() * 4;
+  }
+  std::size_t bytes = 0;
+  {
+    const Status st = cuda::chunk_backward_workspace_size<Policy>(hp, bytes, opt);
+    INFO(st.to_string());
+    REQUIRE(st.ok());
+  }
+  auto run = [&](HostThreads threads, GradientBuffers<float>& out) {
+    out = GradientBuffers<float>(hp);
+    out.fill(std::numeric_limits<float>::quiet_NaN());
+    // the workspace poisoned too: a tile read before it is written is NaN in every order
+    std::vector<float> ws(bytes / 4 + 1, std::numeric_limits<float>::quiet_NaN());
+    const Status st = cuda::testing::chunk_backward_on_host<Policy>(hp, up.grad_outputs(), out.views(), ws.data(),
+                                                                    bytes, opt, products, threads);
+    INFO(st.to_string());
+    REQUIRE(st.ok());
+  };
+  GradientBuffers<float> one, asc, desc;
+  run(HostThreads::one, one);
+  run(HostThreads::ascending, asc);
+  run(HostThreads::descending, desc);
+  auto o = one.all(), a = asc.all(), d = desc.all();
+  for (std::size_t i = 0; i < o.size(); ++i) {
+    if (o[i].second->empty()) continue;
+    const auto ref = o[i].second->view();
+    const double ea = rel_error(a[i].second->view(), ref), ed = rel_error(d[i].second->view(), ref);
+    INFO(o[i].first << ": ascending " << ea << ", descending " << ed << " from one thread per block");
+    CHECK(ea == 0);  // NaN (a poisoned tile read stale) fails too
+    CHECK(ed == 0);
+  }
+}
+
+TEMPLATE_TEST_CASE("cuda backward (host execution): the threads of a block one by one between barriers agree",
+                   "[cuda][backward][host][barriers]", GDR2, KDA, GDN) {
+  INFO("GDR2_TEST_SEED=" << base_seed());
+  using cuda::testing::HostProducts;
+  // packed varlen (the offsets kernel, a sequence of two chunks, an empty one), grouped
+  // heads; the tf32 mode's operand path without and with given chunk states, fp32 products
+  auto c = make_cfg(16, 1, 0, 1, 2, 64, -3.0);
+  c.seqlens = {37, 0, 100};
+  thread_orders_case<TestType, bf16>(c, HostProducts::as_device, false, 32);
+  thread_orders_case<TestType, bf16>(c, HostProducts::as_device, true, 64);
+  thread_orders_case<TestType, bf16>(c, HostProducts::fp32, false, 0);
+  // the state passes' 16-column slices (the reverse role's off-chain form)
+  thread_orders_case<TestType, bf16>(c, HostProducts::as_device, false, 16);
+  // K = V = 128, gates per key head, fp32 inputs (the other loaders)
+  auto c2 = make_cfg(17, 1, 70, 2, 2, 128, -3.0);
+  c2.gates_per_key_head = true;
+  thread_orders_case<TestType, float>(c2, HostProducts::as_device, false, 0);
+  // 128-column slices (one round trip) given chunk states
+  thread_orders_case<TestType, bf16>(c2, HostProducts::as_device, true, 128);
+}
+
 // ---- device ----------------------------------------------------------------------------------
 TEMPLATE_TEST_CASE("cuda chunk backward matches the fp64 BPTT", "[cuda][backward][device]", GDR2, KDA, GDN) {
   SKIP_WITHOUT_GPU();

@@ -76,6 +76,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 
 namespace gdr2 {
 namespace cuda {
@@ -171,8 +172,10 @@ constexpr bool bwd_reverse_beside_prep(long long N, long long Hv, int D, int sms
 cudaError_t launch_backward(const BackwardParams& p, cudaStream_t stream);
 /// Run the same kernel bodies on the host, block after block (host pointers in p): with
 /// fp32 products, or, when `emulate_tf32` and p.math is tf32, with the tf32 mode's products
-/// (testing::HostProducts).
-void run_backward_host(const BackwardParams& p, bool emulate_tf32);
+/// (testing::HostProducts); each block as one thread (`threads` 0), or its threads one after
+/// another between barriers in ascending (1) or descending (2) order (testing::HostThreads).
+/// Returns an empty string, or what went wrong (threads at different barriers).
+std::string run_backward_host(const BackwardParams& p, bool emulate_tf32, int threads = 0);
 
 }  // namespace detail
 }  // namespace cuda
@@ -600,6 +603,21 @@ enum class HostProducts {
   as_device
 };
 
+/// How chunk_backward_on_host runs a block's threads.
+enum class HostThreads {
+  /// one host thread stands for the whole block: every write of a phase precedes every
+  /// later read, whatever the barriers say (the fast default)
+  one,
+  /// each of the block's threads in turn, from one barrier to the next — thread 0, 1, …
+  /// (`ascending`) or the last thread first (`descending`) — with asynchronous tile copies
+  /// landing at their thread's next barrier, as on the device: a read of another thread's
+  /// write (or of a copy) with no barrier between them sees the old value in one of the two
+  /// orders, so the two runs differ from `one`'s (a missing barrier found without a GPU).
+  /// About 10× slower than `one`.
+  ascending,
+  descending
+};
+
 /// The CUDA backward's kernel bodies executed on the HOST, block after block: same
 /// arguments as chunk_backward but every View (and the workspace, sized by
 /// chunk_backward_workspace_size) in host memory; Problem::cu_seqlens serves as both
@@ -607,7 +625,7 @@ enum class HostProducts {
 template <class Policy, class T>
 Status chunk_backward_on_host(const Problem<T>& p, const GradOutputs<T>& up, const Gradients<float>& gr,
                               void* workspace, std::size_t workspace_bytes, const BackwardOptions& opt = {},
-                              HostProducts products = HostProducts::fp32) {
+                              HostProducts products = HostProducts::fp32, HostThreads threads = HostThreads::one) {
   detail::BackwardParams f;
   detail::StateForward sf;  // the host runs its own state pass (no forward here)
   std::size_t need = 0;
@@ -616,7 +634,8 @@ Status chunk_backward_on_host(const Problem<T>& p, const GradOutputs<T>& up, con
     return {Code::invalid_argument, "workspace of " + std::to_string(workspace_bytes) + " bytes, " +
                                         std::to_string(need) + " needed"};
   detail::bind_workspace(f, static_cast<char*>(workspace), p.cu_seqlens.data);
-  detail::run_backward_host(f, products == HostProducts::as_device);
+  const std::string e = detail::run_backward_host(f, products == HostProducts::as_device, int(threads));
+  if (!e.empty()) return {Code::internal_error, "gdr2::cuda::testing::chunk_backward_on_host: " + e};
   return {};
 }
 
