@@ -752,7 +752,9 @@ GDR2_HD void state_body(const Blk& bk, const P& p, int pair, int slice, int role
       const long long base = (sq.cg0 + c) * p.Hv + hv;
       bq.par(D * VS / 4, [&](int i) {  // ends waiting for group A of chunk c
         const int kk = i / (VS / 4), j = (i % (VS / 4)) * 4;
-        st4(p.states + base * DD + kk * D + j0 + j, ld4(sS + kk * PS + j));  // fp32: grad-1 rounds
+        const F4 x = ld4(sS + kk * PS + j);  // (fp32 nearly as held: grad-1 rounds for its products)
+        st4(p.states + base * DD + kk * D + j0 + j,
+            {state_store_round(x.x), state_store_round(x.y), state_store_round(x.z), state_store_round(x.w)});
       });
       if (c == sq.nc - 1) break;
       const bool next = c + 1 < sq.nc - 1;  // chunk c+1 has a step (tiles) too
