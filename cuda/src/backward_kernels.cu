@@ -180,13 +180,15 @@ std::string run_host_d(const BackwardParams& p, int threads) {
   };
   if (p.chunk_offsets) run("offsets", kThreads, [&](const Blk& bk) { offsets_body(bk, p, sm); });
   for (long long cg = 0; cg < p.total_chunks; ++cg)
-    for (int hv = 0; hv < p.Hv; ++hv) run("prep", kThreads, [&](const Blk& bk) { prep_body<D, MATH>(bk, p, cg, hv, sm); });
+    for (int hv = 0; hv < p.Hv; ++hv)
+      run("prep", kThreads, [&](const Blk& bk) { prep_body<D, MATH>(bk, p, cg, hv, sm); });
   for (int role = p.saved_states; role < 2; ++role)
     for (int pair = 0; pair < p.N * p.Hv; ++pair)
       for (int sl = 0; sl < D / p.vs; ++sl)
         run("state", kThreads, [&](const Blk& bk) { state_body<D, MATH>(bk, p, pair, sl, role, sm); });
   for (long long cg = 0; cg < p.total_chunks; ++cg)
-    for (int hv = 0; hv < p.Hv; ++hv) run("grad1", kThreads, [&](const Blk& bk) { grad1_body<D, MATH>(bk, p, cg, hv, sm); });
+    for (int hv = 0; hv < p.Hv; ++hv)
+      run("grad1", kThreads, [&](const Blk& bk) { grad1_body<D, MATH>(bk, p, cg, hv, sm); });
   for (long long cg = 0; cg < p.total_chunks; ++cg)
     for (int hv = 0; hv < p.Hv; ++hv)
       run("apply", kApplyThreads, [&](const Blk& bk) { apply_body<D, MATH>(bk, p, cg, hv, sm); });

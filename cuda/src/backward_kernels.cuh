@@ -647,7 +647,8 @@ GDR2_HD void state_reverse_inline(const Blk& bk, const P& p, const SeqLoc& sq, i
       if (i < kC * V4) st4(sdO + (i / V4) * PV + (i % V4) * 4, op_round4<MATH>(ahead[u]));
     }
 #else
-    for (int i = bk.tid; i < kC * V4; i += bk.nthr) st4(sdO + (i / V4) * PV + (i % V4) * 4, op_round4<MATH>(dO_item(ahead_c, i)));
+    for (int i = bk.tid; i < kC * V4; i += bk.nthr)
+      st4(sdO + (i / V4) * PV + (i % V4) * 4, op_round4<MATH>(dO_item(ahead_c, i)));
 #endif
   };
   if (pipe && sq.nc > 0) {
