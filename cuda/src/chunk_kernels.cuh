@@ -990,7 +990,7 @@ template <int D>
 __device__ __forceinline__ void save_chunk_state(const float (&S)[D / 8][4], float* cs, long long row, int Hv, int hv,
                                                  int v0, int lane) {
   float* base = cs + (row * Hv + hv) * (long long)(D * D);
-  state_elems<D>(S, lane, [&](int kk, int vv, float x) { base[kk * D + v0 + vv] = state_store_round(x); });
+  state_elems<D>(S, lane, [&](int kk, int vv, float x) { base[kk * D + v0 + vv] = x; });
 }
 
 /// Training, split path with helper warps: this warp's 16 columns of Sᵀ (col0.. of the
@@ -1000,9 +1000,8 @@ __device__ __forceinline__ void save_chunk_state(const float (&S)[D / 8][4], flo
 template <int D>
 __device__ __forceinline__ void stage_chunk_state(const float (&S)[D / 8][4], char* tile, int pitch, int col0,
                                                   int lane) {
-  state_elems<D>(S, lane, [&](int kk, int vv, float x) {
-    *reinterpret_cast<float*>(tile + kk * pitch + (col0 + vv) * 4) = state_store_round(x);
-  });
+  state_elems<D>(S, lane,
+                 [&](int kk, int vv, float x) { *reinterpret_cast<float*>(tile + kk * pitch + (col0 + vv) * 4) = x; });
 }
 
 /// The D key rows of a staged tile (`pitch` bytes per row) to rows of D elements of type X

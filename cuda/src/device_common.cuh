@@ -91,11 +91,12 @@ __host__ __device__ __forceinline__ int swz128(int r, int c) {
 }
 
 // ---- the chunk states as stored for the backward -----------------------------------------
-/// Explicit mantissa bits a chunk state keeps where it is stored for the backward
-/// (ChunkOptions::chunk_states, the backward's own forward state pass). Fewer than fp32's 23
-/// make the backward's stages 1–2 ≈ 0.07 ms faster at B=8 T=4096 H=16 (H100; 13 bits as fast
-/// as 16), why is not known; grad-1 rounds the states to tf32 (10 bits) for its products and
-/// sums Σ dS ⊙ S over them as stored (cuda/NOTES.md backward items 23, 25).
+/// Explicit mantissa bits a chunk state keeps where the backward's own forward state pass
+/// stores it. Fewer than fp32's 23 make the backward's stages 1–2 ≈ 0.07 ms faster at B=8
+/// T=4096 H=16 (H100; 13 bits as fast as 16), why is not known; grad-1 rounds the states to
+/// tf32 (10 bits) for its products and sums Σ dS ⊙ S over them as stored (cuda/NOTES.md
+/// backward items 23, 25). The forward's chunk states (ChunkOptions::chunk_states) stay
+/// plain fp32: rounding them cost its B=1 state step ≈ 0.09 ms and bought nothing (item 28).
 constexpr int kStateBits = 16;
 /// x rounded to kStateBits explicit mantissa bits (to nearest, ties away from zero; relative
 /// error ≤ 2^−17), as a chunk state is stored.

@@ -79,10 +79,8 @@ struct ChunkOptions {
   /// chunk_backward (BackwardOptions::chunk_states), which then skips its own forward
   /// state pass. Device memory of chunk_states_size() bytes, 16-byte aligned: fp32
   /// [C, Hv, K, V] — C = Σ_n ceil(T_n / 64) states, chunk j of sequence n at row
-  /// Σ_{m<n} ceil(T_m / 64) + j — fp32 values holding 16 explicit mantissa bits: the forward
-  /// state pass's fp32 states rounded to nearest (relative error ≤ 2^−17; the backward rounds
-  /// them to tf32 for its products after summing dS ⊙ S over them, and the 16 bits store
-  /// faster than 23: cuda/NOTES.md backward item 25).
+  /// Σ_{m<n} ceil(T_m / 64) + j — in fp32 as the forward's state pass holds them (the
+  /// backward rounds them to tf32 for its products after summing dS ⊙ S over them).
   /// States of sequences skipped by state_indices are left untouched. Null (the default): not
   /// written. Measured on an H100 (bench/RESULTS.md, twenty-sixth session): GDR-2 forward +
   /// backward 6.92–6.94 → 6.25 ms at B=8 T=4096 H=16 and 7.53–7.58 → 6.63–6.64 ms at B=1
