@@ -468,17 +468,28 @@ __device__ __forceinline__ void mma_split(float (&c)[4], const std::uint32_t (&a
 }
 #endif
 
+/// x rounded to BITS explicit mantissa bits (of fp32's 23), to nearest with ties away from
+/// zero (relative error ≤ 2^−(BITS+1)); Inf and NaN unchanged.
+template <int BITS>
+GDR2_HD float round_mantissa(float x) {
+  static_assert(BITS > 0 && BITS < 23, "fewer explicit mantissa bits than fp32's 23");
+  std::uint32_t u;
+#if defined(__CUDA_ARCH__)
+  u = __float_as_uint(x);
+#else
+  std::memcpy(&u, &x, 4);
+#endif
+  if ((u & 0x7f800000u) != 0x7f800000u) u = (u + (1u << (22 - BITS))) & ~((1u << (23 - BITS)) - 1u);
+  return bits_to_float(u);
+}
+
 /// x rounded to tf32 as a tf32 product rounds its operands (cvt.rna: to nearest, ties away
 /// from zero), as a float.
 GDR2_HD float tf32_round(float x) {
 #if defined(__CUDA_ARCH__)
   return __uint_as_float(tf32_bits(x));
 #else
-  std::uint32_t u;
-  std::memcpy(&u, &x, 4);
-  if ((u & 0x7f800000u) != 0x7f800000u) u = (u + 0x1000u) & 0xffffe000u;
-  std::memcpy(&x, &u, 4);
-  return x;
+  return round_mantissa<10>(x);
 #endif
 }
 /// A value that is only ever read as a product operand, as its producer stores it: rounded

@@ -705,6 +705,14 @@ GDR2_HD void state_reverse_inline(const Blk& bk, const P& p, const SeqLoc& sq, i
   }
 }
 
+/// Explicit mantissa bits a chunk state keeps where the state kernel's forward role stores it
+/// for grad-1, which rounds it to tf32 (10 bits) for its products and sums Σ dS ⊙ S over it as
+/// stored (more than tf32 needed there: cuda/NOTES.md backward item 23). Fewer than fp32's 23
+/// make stages 1–2 ≈ 0.07 ms faster at B=8 T=4096 H=16 (H100; 13 bits as fast as 16; why is
+/// not known: items 25, 27). The forward's chunk states (ChunkOptions::chunk_states) stay
+/// plain fp32: rounding them cost its B=1 state step ≈ 0.09 ms and bought nothing (item 28).
+constexpr int kStateBits = 16;
+
 template <int D, int MATH>
 GDR2_HD void state_body(const Blk& bk, const P& p, int pair, int slice, int role, float* sm) {
   // (slices of one sequence-head are neighbours in the grid: they read the same records)
@@ -753,9 +761,11 @@ GDR2_HD void state_body(const Blk& bk, const P& p, int pair, int slice, int role
       const long long base = (sq.cg0 + c) * p.Hv + hv;
       bq.par(D * VS / 4, [&](int i) {  // ends waiting for group A of chunk c
         const int kk = i / (VS / 4), j = (i % (VS / 4)) * 4;
-        const F4 x = ld4(sS + kk * PS + j);  // (fp32 nearly as held: grad-1 rounds for its products)
+        // with kStateBits mantissa bits (grad-1 rounds them to tf32 for its products)
+        const F4 x = ld4(sS + kk * PS + j);
         st4(p.states + base * DD + kk * D + j0 + j,
-            {state_store_round(x.x), state_store_round(x.y), state_store_round(x.z), state_store_round(x.w)});
+            {round_mantissa<kStateBits>(x.x), round_mantissa<kStateBits>(x.y), round_mantissa<kStateBits>(x.z),
+             round_mantissa<kStateBits>(x.w)});
       });
       if (c == sq.nc - 1) break;
       const bool next = c + 1 < sq.nc - 1;  // chunk c+1 has a step (tiles) too

@@ -5,7 +5,6 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cstdint>
-#include <cstring>
 
 namespace gdr2 {
 namespace cuda {
@@ -88,34 +87,6 @@ __device__ __forceinline__ int lcol_bn(int l) { return ((l >> 3) & 1) * 8; }
 /// at position (c/8 mod 8) XOR (r mod 8) within the row. The tile must be 1024-byte aligned.
 __host__ __device__ __forceinline__ int swz128(int r, int c) {
   return (c >> 6) * (64 * 64) + r * 64 + ((((c >> 3) & 7) ^ (r & 7)) << 3) + (c & 7);
-}
-
-// ---- the chunk states as stored for the backward -----------------------------------------
-/// Explicit mantissa bits a chunk state keeps where the backward's own forward state pass
-/// stores it. Fewer than fp32's 23 make the backward's stages 1–2 ≈ 0.07 ms faster at B=8
-/// T=4096 H=16 (H100; 13 bits as fast as 16), why is not known; grad-1 rounds the states to
-/// tf32 (10 bits) for its products and sums Σ dS ⊙ S over them as stored (cuda/NOTES.md
-/// backward items 23, 25). The forward's chunk states (ChunkOptions::chunk_states) stay
-/// plain fp32: rounding them cost its B=1 state step ≈ 0.09 ms and bought nothing (item 28).
-constexpr int kStateBits = 16;
-/// x rounded to kStateBits explicit mantissa bits (to nearest, ties away from zero; relative
-/// error ≤ 2^−17), as a chunk state is stored.
-__host__ __device__ __forceinline__ float state_store_round(float x) {
-  constexpr std::uint32_t drop = 23 - kStateBits, half = drop ? 1u << (drop - 1) : 0u;
-  constexpr std::uint32_t mask = ~((1u << drop) - 1u);
-#if defined(__CUDA_ARCH__)
-  std::uint32_t u = __float_as_uint(x);
-#else
-  std::uint32_t u;
-  std::memcpy(&u, &x, 4);
-#endif
-  if ((u & 0x7f800000u) != 0x7f800000u) u = (u + half) & mask;
-#if defined(__CUDA_ARCH__)
-  return __uint_as_float(u);
-#else
-  std::memcpy(&x, &u, 4);
-  return x;
-#endif
 }
 
 // ---- mbarrier + bulk copies (TMA: 1-D, tensor map) ---------------------------------
