@@ -107,7 +107,8 @@ struct Result {
 template <class Policy, class T>
 void execute(const RandomProblem<Policy, T>& rp, const Problem<T>& hp, const RandomUpstream<T>& up, Where where,
              cuda::BackwardOptions opt, GradientBuffers<float>& out, std::vector<float>* states = nullptr,
-             cuda::ForwardPath path = cuda::ForwardPath::automatic, bool overlap = true, int forward_vs = 0) {
+             cuda::ForwardPath path = cuda::ForwardPath::automatic, bool overlap = true, int forward_vs = 0,
+             cuda::testing::HostThreads threads = cuda::testing::HostThreads::one) {
   if (on_host(where) && states) {
     opt.chunk_states = states->data();
     opt.chunk_states_bytes = states->size() * 4;
@@ -121,10 +122,12 @@ void execute(const RandomProblem<Policy, T>& rp, const Problem<T>& hp, const Ran
     REQUIRE(st.ok());
   }
   if (on_host(where)) {
-    std::vector<double> ws(bytes / sizeof(double) + 1);
+    // the workspace poisoned too (NaN): a tile read before it is written shows
+    std::vector<float> ws(bytes / 4 + 1, std::numeric_limits<float>::quiet_NaN());
     const Status st = cuda::testing::chunk_backward_on_host<Policy>(
         hp, up.grad_outputs(), out.views(), ws.data(), bytes, opt,
-        where == Where::host_tf32 ? cuda::testing::HostProducts::as_device : cuda::testing::HostProducts::fp32);
+        where == Where::host_tf32 ? cuda::testing::HostProducts::as_device : cuda::testing::HostProducts::fp32,
+        threads);
     INFO(st.to_string());
     REQUIRE(st.ok());
     return;
@@ -482,8 +485,7 @@ TEST_CASE("cuda backward (host execution): misaligned rows take the scalar loads
 /// as the H100 showed 0.1–0.8; keeping two copy groups in flight instead of one fails db and
 /// dS_0 by 2e-2–0.16.)
 template <class Policy, class T>
-void thread_orders_case(const ProblemConfig& cfg, cuda::testing::HostProducts products, bool given_states,
-                        int vslice) {
+void thread_orders_case(const ProblemConfig& cfg, Where where, bool given_states, int vslice) {
   using cuda::testing::HostThreads;
   RandomProblem<Policy, T> rp(cfg);
   const Problem<T> hp = rp.problem();
@@ -496,30 +498,13 @@ void thread_orders_case(const ProblemConfig& cfg, cuda::testing::HostProducts pr
     const auto rs = reference_chunk_states<Policy>(hp);
     REQUIRE(rs.status.ok());
     states.assign(rs.states.data(), rs.states.data() + rs.states.size());
-    opt.chunk_states = states.data();
-    opt.chunk_states_bytes = states.size() * 4;
   }
-  std::size_t bytes = 0;
-  {
-    const Status st = cuda::chunk_backward_workspace_size<Policy>(hp, bytes, opt);
-    INFO(st.to_string());
-    REQUIRE(st.ok());
-  }
-  auto run = [&](HostThreads threads, GradientBuffers<float>& out) {
-    out = GradientBuffers<float>(hp);
-    out.fill(std::numeric_limits<float>::quiet_NaN());
-    // the workspace poisoned too: a tile read before it is written is NaN in every order
-    std::vector<float> ws(bytes / 4 + 1, std::numeric_limits<float>::quiet_NaN());
-    const Status st = cuda::testing::chunk_backward_on_host<Policy>(hp, up.grad_outputs(), out.views(), ws.data(),
-                                                                    bytes, opt, products, threads);
-    INFO(st.to_string());
-    REQUIRE(st.ok());
-  };
-  GradientBuffers<float> one, asc, desc;
-  run(HostThreads::one, one);
-  run(HostThreads::ascending, asc);
-  run(HostThreads::descending, desc);
-  auto o = one.all(), a = asc.all(), d = desc.all();
+  GradientBuffers<float> got[3];
+  const HostThreads orders[3] = {HostThreads::one, HostThreads::ascending, HostThreads::descending};
+  for (int i = 0; i < 3; ++i)
+    execute<Policy>(rp, hp, up, where, opt, got[i], given_states ? &states : nullptr, cuda::ForwardPath::automatic,
+                    true, 0, orders[i]);
+  auto o = got[0].all(), a = got[1].all(), d = got[2].all();
   for (std::size_t i = 0; i < o.size(); ++i) {
     if (o[i].second->empty()) continue;
     const auto ref = o[i].second->view();
@@ -533,22 +518,21 @@ void thread_orders_case(const ProblemConfig& cfg, cuda::testing::HostProducts pr
 TEMPLATE_TEST_CASE("cuda backward (host execution): the threads of a block one by one between barriers agree",
                    "[cuda][backward][host][barriers]", GDR2, KDA, GDN) {
   INFO("GDR2_TEST_SEED=" << base_seed());
-  using cuda::testing::HostProducts;
   // packed varlen (the offsets kernel, a sequence of two chunks, an empty one), grouped
   // heads; the tf32 mode's operand path without and with given chunk states, fp32 products
   auto c = make_cfg(16, 1, 0, 1, 2, 64, -3.0);
   c.seqlens = {37, 0, 100};
-  thread_orders_case<TestType, bf16>(c, HostProducts::as_device, false, 32);
-  thread_orders_case<TestType, bf16>(c, HostProducts::as_device, true, 64);
-  thread_orders_case<TestType, bf16>(c, HostProducts::fp32, false, 0);
+  thread_orders_case<TestType, bf16>(c, Where::host_tf32, false, 32);
+  thread_orders_case<TestType, bf16>(c, Where::host_tf32, true, 64);
+  thread_orders_case<TestType, bf16>(c, Where::host, false, 0);
   // the state passes' 16-column slices (the reverse role's off-chain form)
-  thread_orders_case<TestType, bf16>(c, HostProducts::as_device, false, 16);
+  thread_orders_case<TestType, bf16>(c, Where::host_tf32, false, 16);
   // K = V = 128, gates per key head, fp32 inputs (the other loaders)
   auto c2 = make_cfg(17, 1, 70, 2, 2, 128, -3.0);
   c2.gates_per_key_head = true;
-  thread_orders_case<TestType, float>(c2, HostProducts::as_device, false, 0);
+  thread_orders_case<TestType, float>(c2, Where::host_tf32, false, 0);
   // 128-column slices (one round trip) given chunk states
-  thread_orders_case<TestType, bf16>(c2, HostProducts::as_device, true, 128);
+  thread_orders_case<TestType, bf16>(c2, Where::host_tf32, true, 128);
 }
 
 // ---- device ----------------------------------------------------------------------------------
