@@ -12,8 +12,8 @@
 //           default for fp32 inputs) and fp32.
 // Inputs: bf16, fp16 and fp32 (every case family has an fp32 twin), and one host case with
 // misaligned rows (the scalar-load path of ld_in4).
-// Each run poisons every gradient output (NaN) first; rel_error returns NaN when any
-// element was left unwritten, which fails every bound. Per-gradient bounds (see bound()):
+// Each run poisons every gradient output (NaN) first, and the host runs their workspace too;
+// rel_error returns NaN when any element was left unwritten, which fails every bound. Per-gradient bounds (see bound()):
 // the 5e-3 for tf32 products with bf16/fp16 inputs and 1e-3 for fp32 inputs with
 // the default products; 1e-4 for the fp32-accurate executions (host, device fp32 and split
 // tf32), the bound the CPU fp32 chunk backward meets.
