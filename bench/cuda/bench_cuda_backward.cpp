@@ -17,6 +17,8 @@
 //                                     writes the chunk states for the backward
 //   BM_fwd_bwd/.../states:s           cuda::chunk_forward (automatic path) + chunk_backward;
 //                                     states:1 = the forward hands its chunk states over
+//   BM_fwd_bwd16/.../states:s         the same with the gradients in bf16 (Gradients<bf16>),
+//                                     as the Python ecosystem's kernels return them
 //   BM_backward_kda, BM_fwd_bwd_kda   BM_backward, BM_fwd_bwd for KDA (tied β, channel decay)
 //   BM_backward_gdn, BM_fwd_bwd_gdn   ... and for GDN (tied β, scalar decay)
 // Every case is GDR-2 (channel gates and decay) unless its name says otherwise.
@@ -34,6 +36,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -52,6 +55,7 @@ struct Setup {
   Problem<X> p;
   GradOutputs<X> up;
   Gradients<float> gr;
+  Gradients<X> gr16;  // the same gradients as X (16-bit X only)
   X* o = nullptr;
   float* sT = nullptr;
   float* chunk_states = nullptr;  // allocated by the first case that asks for them
@@ -93,6 +97,16 @@ struct Setup {
       for (View<float>* g : {&gr.db, &gr.dw}) *g = make_view(out<float>(nt), B, T, H, D);
     }
     gr.d_initial_state = make_view(out<float>(ns), B, H, D, D);
+    if constexpr (!std::is_same_v<X, float>) {
+      for (View<X>* g : {&gr16.dq, &gr16.dk, &gr16.dv}) *g = make_view(out<X>(nt), B, T, H, D);
+      gr16.dg = make_view(out<X>(ng), B, T, H, G);
+      if constexpr (Policy::gates == Gates::tied) {
+        gr16.dbeta = make_view(out<X>(std::size_t(B * T * H)), B, T, H, Index(1));
+      } else {
+        for (View<X>* g : {&gr16.db, &gr16.dw}) *g = make_view(out<X>(nt), B, T, H, D);
+      }
+      gr16.d_initial_state = make_view(out<X>(ns), B, H, D, D);
+    }
     o = out<X>(nt);
     sT = out<float>(ns);
   }
@@ -228,7 +242,7 @@ void BM_forward(benchmark::State& state) {
   CK(cudaStreamDestroy(s));
 }
 
-template <class Policy>
+template <class Policy, bool GRAD16 = false>
 void BM_fwd_bwd_t(benchmark::State& state) {
   Setup<Policy, bf16>& su = setup<Policy, bf16>(state.range(0), state.range(1), state.range(2));
   const bool states = state.range(4) != 0;
@@ -245,7 +259,10 @@ void BM_fwd_bwd_t(benchmark::State& state) {
   CK(cudaStreamCreate(&s));
   auto run = [&] {
     fwd(s);
-    check(cuda::chunk_backward<Policy>(su.p, su.up, su.gr, {}, bws, bbytes, s, bopt));
+    if constexpr (GRAD16)
+      check(cuda::chunk_backward<Policy>(su.p, su.up, su.gr16, {}, bws, bbytes, s, bopt));
+    else
+      check(cuda::chunk_backward<Policy>(su.p, su.up, su.gr, {}, bws, bbytes, s, bopt));
   };
   for (int i = 0; i < 2; ++i) run();
   CK(cudaStreamSynchronize(s));
@@ -262,6 +279,7 @@ void BM_fwd_bwd_t(benchmark::State& state) {
 }
 
 void BM_fwd_bwd(benchmark::State& state) { BM_fwd_bwd_t<GDR2>(state); }
+void BM_fwd_bwd16(benchmark::State& state) { BM_fwd_bwd_t<GDR2, true>(state); }
 void BM_fwd_bwd_kda(benchmark::State& state) { BM_fwd_bwd_t<KDA>(state); }
 void BM_fwd_bwd_gdn(benchmark::State& state) { BM_fwd_bwd_t<GDN>(state); }
 
@@ -338,15 +356,14 @@ BENCHMARK(BM_forward)
     ->UseManualTime()
     ->Iterations(10)
     ->Unit(benchmark::kMillisecond);
-BENCHMARK(BM_fwd_bwd)
-    ->ArgNames({"B", "T", "H", "math", "states"})
-    ->Args({8, 4096, 16, 0, 0})
-    ->Args({8, 4096, 16, 0, 1})
-    ->Args({1, 32768, 16, 0, 0})
-    ->Args({1, 32768, 16, 0, 1})
-    ->UseManualTime()
-    ->Iterations(10)
-    ->Unit(benchmark::kMillisecond);
+void fwd_bwd_cases(benchmark::internal::Benchmark* b) {
+  b->ArgNames({"B", "T", "H", "math", "states"});
+  for (const auto& [B, T] : {std::pair{8, 4096}, std::pair{1, 32768}})
+    for (int states : {0, 1}) b->Args({B, T, 16, 0, states});
+  b->UseManualTime()->Iterations(10)->Unit(benchmark::kMillisecond);
+}
+BENCHMARK(BM_fwd_bwd)->Apply(fwd_bwd_cases);
+BENCHMARK(BM_fwd_bwd16)->Apply(fwd_bwd_cases);
 
 // KDA and GDN: the stages of the chunk kernels at B=8 (3 − 2: grad-1, 4 − 3: the applies)
 // and forward + backward without and with the chunk states

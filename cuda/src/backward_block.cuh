@@ -320,6 +320,38 @@ GDR2_HD F4 ld_in4(const void* base, long long off, int dt, int vec) {
   return {cvt16(u.x, dt), cvt16(u.y, dt), cvt16(u.z, dt), cvt16(u.w, dt)};
 }
 
+/// v as the 16-bit pattern of dt (kBf16 or kF16), rounded to nearest even (cvt.rn).
+GDR2_HD std::uint16_t to_bits16(float v, int dt) {
+  return dt == kF16 ? __half_as_ushort(__float2half_rn(v)) : __bfloat16_as_ushort(__float2bfloat16_rn(v));
+}
+/// One gradient element v stored as type dt (InType: fp32, or rounded to bf16 / fp16) at
+/// element `off` of `base`: the one scalar storer of every gradient.
+GDR2_HD void st_out(void* base, long long off, int dt, float v) {
+  if (dt == kF32)
+    static_cast<float*>(base)[off] = v;
+  else
+    static_cast<std::uint16_t*>(base)[off] = to_bits16(v, dt);
+}
+/// Four consecutive gradient elements from element `off` (4-element aligned: `vec`): one
+/// 16-byte (fp32) or 8-byte (16-bit types) store when `vec`: the one vector storer.
+GDR2_HD void st_out4(void* base, long long off, int dt, int vec, const F4& v) {
+  if (!vec) {
+    st_out(base, off, dt, v.x), st_out(base, off + 1, dt, v.y);
+    st_out(base, off + 2, dt, v.z), st_out(base, off + 3, dt, v.w);
+  } else if (dt == kF32) {
+    st4(static_cast<float*>(base) + off, v);
+  } else {
+    const std::uint32_t lo = to_bits16(v.x, dt) | std::uint32_t(to_bits16(v.y, dt)) << 16,
+                        hi = to_bits16(v.z, dt) | std::uint32_t(to_bits16(v.w, dt)) << 16;
+#if defined(__CUDA_ARCH__)
+    *reinterpret_cast<uint2*>(static_cast<std::uint16_t*>(base) + off) = make_uint2(lo, hi);
+#else
+    const std::uint32_t w[2] = {lo, hi};
+    std::memcpy(static_cast<std::uint16_t*>(base) + off, w, 8);
+#endif
+  }
+}
+
 /// Four consecutive input elements as stored (fp32: 16 bytes; 16-bit inputs: the first
 /// 8), in shared memory: copy_raw4 fills it asynchronously, cvt_in4 converts it.
 struct alignas(16) Raw4 {

@@ -79,8 +79,8 @@ cudaError_t launch_reverse16(const BackwardParams& p, cudaStream_t st) {
                       : launch_with_smem(reverse16_kernel<D, __half>, grid, smem, st, p, kRevThreads);
 }
 
-long long reduce_count(const BackwardParams& p, const BwdReduce& r) {
-  return (long long)p.B * p.T * r.heads * r.width;
+long long reduce_count(const BackwardParams&, const BwdReduce& r) {
+  return r.rows * r.cols * r.heads * r.width;
 }
 
 template <int D, int MATH>

@@ -129,31 +129,27 @@ GDR2_HD InRows rows_g(const P& p, const ChunkLoc& c, int hv) {
   return {p.g, act(p.sg, c.bb, c.t0, ghead(hv, p.hg_g, p.Hv)), p.sg.t, kF32, p.vec, p.scalar_decay, kLog2e};
 }
 
-/// One gradient's rows of a chunk-head (value head hv): element (r, i) at row0 + r·st + i;
-/// nothing when the gradient is not asked for.
+static_assert(kOutBf16 == kBf16 && kOutF16 == kF16 && kOutF32 == kF32, "gradient and input type codes agree");
+
+/// One gradient's rows of a chunk-head (value head hv): element (r, i) at element r·st + i
+/// from row0, of type dt (BwdSink::dt: fp32 or a 16-bit type); nothing when the gradient
+/// is not asked for.
 struct OutRows {
-  float* row0;
+  void* row0;
   long long st;
-  int vec;
+  int vec, dt;
   GDR2_HD void put(int r, int i, float v) const {
-    if (row0) row0[r * st + i] = v;
+    if (row0) st_out(row0, r * st + i, dt, v);
   }
-  /// four consecutive channels (a 16-byte store when BackwardParams::vec_out)
+  /// four consecutive channels (one store when BackwardParams::vec_out)
   GDR2_HD void put4(int r, int i, const F4& v) const {
-    if (!row0) return;
-    float* o = row0 + r * st + i;
-    if (vec) {
-      st4(o, v);
-    } else {
-      o[0] = v.x;
-      o[1] = v.y;
-      o[2] = v.z;
-      o[3] = v.w;
-    }
+    if (row0) st_out4(row0, r * st + i, dt, vec, v);
   }
 };
 GDR2_HD OutRows out_rows(const P& p, const BwdSink& s, const ChunkLoc& c, int hv) {
-  return {s.p ? s.p + (long long)c.bb * s.sb + (long long)c.t0 * s.st + (long long)hv * s.sh : nullptr, s.st, p.vec_out};
+  const long long off = (long long)c.bb * s.sb + (long long)c.t0 * s.st + (long long)hv * s.sh;
+  void* row0 = s.p ? static_cast<char*>(s.p) + off * (s.dt == kF32 ? 4 : 2) : nullptr;
+  return {row0, s.st, p.vec_out, s.dt};
 }
 
 // ---- record layout (fp32, row-major, per chunk-head) ---------------------------------------
@@ -1523,18 +1519,19 @@ GDR2_HD void token_elem(const P& p, long long item) {
 }
 
 // =============================================================================================
-// 5. head sums: dst[b, t, h, x] = Σ_{i < ratio} src[b, t, h·ratio + i, x], in order
+// 5. head sums: dst[b, t, h, x] = Σ_{i < ratio} src[b, t, h·ratio + i, x], in order (and,
+//    with 16-bit gradients, dS_0 converted the same way with ratio 1)
 // =============================================================================================
-GDR2_HD void reduce_elem(const P& p, const BwdReduce& r, long long idx) {
+GDR2_HD void reduce_elem(const P&, const BwdReduce& r, long long idx) {
   const int x = int(idx % r.width);
   const long long rest = idx / r.width;
   const int h = int(rest % r.heads);
-  const long long bt = rest / r.heads;  // b·T + t
-  const int t = int(bt % p.T), b = int(bt / p.T);
-  const float* src = r.src + (bt * p.Hv + (long long)h * r.ratio) * r.width + x;
+  const long long bt = rest / r.heads;  // b·cols + t
+  const long long t = bt % r.cols, b = bt / r.cols;
+  const float* src = r.src + (bt * r.heads * r.ratio + (long long)h * r.ratio) * r.width + x;
   float s = 0.f;
   for (int i = 0; i < r.ratio; ++i) s += src[(long long)i * r.width];
-  r.dst[(long long)b * r.sb + (long long)t * r.st + (long long)h * r.sh + x] = s;
+  st_out(r.dst, b * r.sb + t * r.st + (long long)h * r.sh + x * r.sx, r.dt, s);
 }
 
 }  // namespace bwd

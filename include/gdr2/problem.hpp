@@ -344,9 +344,10 @@ Status validate_outputs(const Outputs<TO, Acc>& out, const Dims& d) {
   return {};
 }
 
-/// Validate upstream gradients and gradient outputs of a backward call.
-template <class Policy, class T>
-Status validate_gradients(const GradOutputs<T>& up, const Gradients<accum_t<T>>& gr, const Problem<T>& p,
+/// Validate upstream gradients and gradient outputs of a backward call (gradients of
+/// any element type G: the CPU engines write accum_t<T>, the CUDA backward fp32 or T).
+template <class Policy, class T, class G>
+Status validate_gradients(const GradOutputs<T>& up, const Gradients<G>& gr, const Problem<T>& p,
                           const Options& opt, const Dims& d) {
   if (d.state_indices) return {Code::unsupported, "backward does not take state_indices (a state pool)"};
   if (!up.d_o.given()) return {Code::invalid_argument, "d_o (dL/do) is required"};

@@ -62,8 +62,9 @@ enum class Where { host, host_tf32, device };
 bool on_host(Where w) { return w != Where::device; }
 
 /// Gradients from the eight views in GradientBuffers::all() order.
-Gradients<float> gradients_of(const std::vector<View<float>>& v) {
-  Gradients<float> g;
+template <class G>
+Gradients<G> gradients_of(const std::vector<View<G>>& v) {
+  Gradients<G> g;
   g.dq = v[0];
   g.dk = v[1];
   g.dv = v[2];
@@ -100,21 +101,22 @@ struct Result {
   GradientBuffers<float> g;
 };
 
-/// Run the backward of problem `hp` (host views of rp) where asked; results into `out`.
-/// Chunk states (BackwardOptions::chunk_states): on the host, `states` are given to the
-/// backward; on the device, with `forward_states`, the CUDA forward writes them first
-/// (ChunkOptions::chunk_states) and they are returned in `states`.
-template <class Policy, class T>
+/// Run the backward of problem `hp` (host views of rp) where asked; results into `out`
+/// (gradients as G: float, or T for 16-bit inputs). Chunk states (BackwardOptions::
+/// chunk_states): on the host, `states` are given to the backward; on the device, with
+/// `forward_states`, the CUDA forward writes them first (ChunkOptions::chunk_states) and
+/// they are returned in `states`.
+template <class Policy, class T, class G>
 void execute(const RandomProblem<Policy, T>& rp, const Problem<T>& hp, const RandomUpstream<T>& up, Where where,
-             cuda::BackwardOptions opt, GradientBuffers<float>& out, std::vector<float>* states = nullptr,
+             cuda::BackwardOptions opt, GradientBuffers<G>& out, std::vector<float>* states = nullptr,
              cuda::ForwardPath path = cuda::ForwardPath::automatic, bool overlap = true, int forward_vs = 0,
              cuda::testing::HostThreads threads = cuda::testing::HostThreads::one) {
   if (on_host(where) && states) {
     opt.chunk_states = states->data();
     opt.chunk_states_bytes = states->size() * 4;
   }
-  out = GradientBuffers<float>(hp);
-  out.fill(std::numeric_limits<float>::quiet_NaN());
+  out = GradientBuffers<G>(hp);
+  out.fill(std::numeric_limits<G>::quiet_NaN());
   std::size_t bytes = 0;
   {
     const Status st = cuda::chunk_backward_workspace_size<Policy>(hp, bytes, opt);
@@ -155,14 +157,14 @@ void execute(const RandomProblem<Policy, T>& rp, const Problem<T>& hp, const Ran
     dev.cu_seqlens = cu.p;
   }
   GradOutputs<T> dup{dview(d_o, up.d_o), dview(dsT, up.d_final_state)};
-  std::vector<DBuf<float>> bufs;
-  std::vector<View<float>> views;
+  std::vector<DBuf<G>> bufs;
+  std::vector<View<G>> views;
   for (auto& [name, t] : out.all()) {
     bufs.emplace_back(std::size_t(t->size()));
-    if (t->size()) CUDA_OK(cudaMemset(bufs.back().p, 0xFF, std::size_t(t->size()) * 4));  // NaN
-    views.push_back(t->size() ? View<float>(bufs.back().p, t->shape(), contiguous_strides(t->shape())) : View<float>());
+    if (t->size()) CUDA_OK(cudaMemset(bufs.back().p, 0xFF, std::size_t(t->size()) * sizeof(G)));  // NaN
+    views.push_back(t->size() ? View<G>(bufs.back().p, t->shape(), contiguous_strides(t->shape())) : View<G>());
   }
-  const Gradients<float> dg = gradients_of(views);
+  const Gradients<G> dg = gradients_of(views);
   cudaStream_t s;
   CUDA_OK(cudaStreamCreate(&s));
   DBuf<float> cs;
@@ -427,6 +429,48 @@ TEST_CASE("cuda backward (host execution, tf32 products emulated): GDN's dg on i
   run_case<GDN, bf16>(c, kHostTf32);
 }
 
+TEST_CASE("cuda backward (host execution, tf32 products emulated): dβ summed over value heads on its worst known draw",
+          "[cuda][backward][host]") {
+  // One draw of the tf32-emulated case above (GDR2_TEST_SEED=1796601142389849337, c1: fp16,
+  // g >= -20, gates per key head, K = V = 128, T = 131) on which KDA's dβ reaches 6.2e-3 and
+  // GDN's 7.8e-3, over the issue's 5e-3 (one draw in ~70 seeds tried; the worst of the others
+  // 1.8e-3). The error sits on the last token: its dβ per key head is the sum of two value
+  // heads' parts of ±3–13 (the random dS_T, of norm 128 per head, enters them undecayed) that
+  // cancel to −0.99 and −0.35, and each part carries the tf32 operands' ≈ 2^−11 relative
+  // error. With every product in fp32 (and dS_T stored unrounded) the same kernels give
+  // 1.7e-6: the kernels' logic is right and tf32 is the limit on such cancellations
+  // (cuda/NOTES.md backward item 32). Pinned so that a change that widens it fails, with the
+  // bound at 1e-2 for dβ; every other gradient of the draw keeps the issue's 5e-3.
+  auto c = make_cfg(14, 1, 131, 2, 4, 128, -20.0);
+  c.seed = 1796601142389849337ull ^ (14 * 0x9E3779B97F4A7C15ull);
+  c.gates_per_key_head = true;
+  for (const bool kda : {true, false}) {
+    RandomProblem<KDA, f16> rk(c);
+    RandomProblem<GDN, f16> rg(c);
+    GradientBuffers<float> got;
+    cuda::BackwardOptions opt;
+    opt.math = cuda::BackwardMath::tf32;
+    RandomUpstream<f16> up(kda ? rk.problem() : rg.problem(), c.seed + 99, true);
+    const auto ref = kda ? reference_backward<KDA>(rk.problem(), up.grad_outputs())
+                         : reference_backward<GDN>(rg.problem(), up.grad_outputs());
+    REQUIRE(ref.status.ok());
+    if (kda)
+      execute<KDA>(rk, rk.problem(), up, Where::host_tf32, opt, got);
+    else
+      execute<GDN>(rg, rg.problem(), up, Where::host_tf32, opt, got);
+    auto outs = got.all();
+    auto refs = const_cast<GradientBuffers<double>&>(ref.grads).all();
+    for (std::size_t i = 0; i < outs.size(); ++i) {
+      if (outs[i].second->empty()) continue;
+      const double e = rel_error(outs[i].second->view(), refs[i].second->view());
+      const bool dbeta = std::string(outs[i].first) == "dbeta";
+      INFO((kda ? "KDA " : "GDN ") << outs[i].first << " relative error " << e);
+      CHECK(e <= (dbeta ? 1e-2 : 5e-3));
+      if (dbeta) CHECK(e > 5e-3);  // still the draw it was pinned for
+    }
+  }
+}
+
 TEST_CASE("cuda backward (host execution): value slices of the state passes", "[cuda][backward][host]") {
   INFO("GDR2_TEST_SEED=" << base_seed());
   auto c = make_cfg(5, 1, 150, 1, 1, 128, -1.0);
@@ -470,6 +514,120 @@ TEST_CASE("cuda backward (host execution): misaligned rows take the scalar loads
     const double e = rel_error(outs[i].second->view(), refs[i].second->view());
     INFO(outs[i].first << " relative error " << e);
     CHECK(e <= 1e-4);  // fp32 host execution, as the aligned cases
+  }
+}
+
+// ---- 16-bit gradients -------------------------------------------------------------------------
+/// Gradients<T> (T = the 16-bit input type) against Gradients<float> of the same execution:
+/// every kernel computes in fp32 and rounds at its stores (head sums and dS_0 after their fp32
+/// sums), so each 16-bit gradient must be its fp32 twin rounded to nearest even, bit for bit
+/// (the device kernels are deterministic). Returns the worst relative error of the 16-bit
+/// gradients against the fp64 BPTT, which the issue's bound applies to as well.
+template <class Policy, class T>
+double gradients16_case(const ProblemConfig& cfg, const Exec& ex, int vslice = 0) {
+  static_assert(!std::is_same_v<T, float>, "16-bit inputs");
+  RandomProblem<Policy, T> rp(cfg);
+  const Problem<T> hp = rp.problem();
+  RandomUpstream<T> up(hp, cfg.seed + 99, true);
+  cuda::BackwardOptions opt;
+  opt.math = ex.math;
+  opt.value_slice = vslice;
+  opt.recompute_states = ex.recompute;
+  std::vector<float> s32, s16;
+  if (ex.forward_states && on_host(ex.where)) {
+    const auto rs = reference_chunk_states<Policy>(hp);
+    REQUIRE(rs.status.ok());
+    s32.assign(rs.states.data(), rs.states.data() + rs.states.size());
+    s16 = s32;
+  }
+  GradientBuffers<float> g32;
+  GradientBuffers<T> g16;
+  execute<Policy>(rp, hp, up, ex.where, opt, g32, ex.forward_states ? &s32 : nullptr, ex.path);
+  execute<Policy>(rp, hp, up, ex.where, opt, g16, ex.forward_states ? &s16 : nullptr, ex.path);
+  const auto ref = reference_backward<Policy>(hp, up.grad_outputs());
+  REQUIRE(ref.status.ok());
+  auto a = g32.all();
+  auto b = g16.all();
+  auto refs = const_cast<GradientBuffers<double>&>(ref.grads).all();
+  double worst = 0;
+  std::string line;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    REQUIRE(a[i].second->size() == b[i].second->size());
+    if (a[i].second->empty()) continue;
+    Index differ = 0, first = -1;
+    for (Index j = 0; j < a[i].second->size(); ++j) {
+      const T want = T((*a[i].second)[j]);
+      const T got = (*b[i].second)[j];
+      std::uint16_t wb, gb;
+      std::memcpy(&wb, &want, 2);
+      std::memcpy(&gb, &got, 2);
+      if (wb != gb && first < 0) first = j;
+      differ += wb != gb;
+    }
+    INFO(a[i].first << ": " << differ << " elements are not the fp32 gradient rounded (first at " << first << ")");
+    CHECK(differ == 0);  // an unwritten (NaN) element counts too
+    Tensor<float> wide(b[i].second->shape()[0], b[i].second->shape()[1], b[i].second->shape()[2],
+                       b[i].second->shape()[3]);
+    for (Index j = 0; j < wide.size(); ++j) wide[j] = float((*b[i].second)[j]);
+    const double e = rel_error(wide.view(), refs[i].second->view());
+    char buf[64];
+    std::snprintf(buf, sizeof buf, " %s %.2e", a[i].first, e);
+    line += buf;
+    worst = std::max(worst, e);
+  }
+  std::printf("[bwd-accuracy16] %-6s %-4s %-8s %-6s %-44s%s\n", exec_name(ex), Policy::name(), dtype_name<T>(),
+              math_name(ex.math), describe(cfg).c_str(), line.c_str());
+  return worst;
+}
+
+TEMPLATE_TEST_CASE("cuda backward (host execution): 16-bit gradients are the fp32 gradients rounded",
+                   "[cuda][backward][host]", GDR2, KDA, GDN) {
+  INFO("GDR2_TEST_SEED=" << base_seed());
+  // grouped value heads and gates per key head (dq, dk, db / dβ, dg through the head sums),
+  // odd T, dS_0 converted; fp16 and bf16; packed varlen given chunk states at K = V = 128
+  auto c1 = make_cfg(18, 2, 77, 2, 4, 64, -3.0);
+  c1.gates_per_key_head = true;
+  // (rounding to nearest moves each element by at most the type's unit roundoff, 2^−11 for
+  // fp16 and 2^−8 for bf16, relative to its fp32 value, which is within the host's fp32 bound
+  // of the fp64 one)
+  CHECK(gradients16_case<TestType, f16>(c1, Exec{Where::host, cuda::BackwardMath::fp32}) <= 0x1p-11 + 1e-4);
+  auto c2 = make_cfg(19, 1, 0, 1, 1, 128, -5.0);
+  c2.seqlens = {1, 64, 0, 99};
+  CHECK(gradients16_case<TestType, bf16>(c2, Exec{Where::host, cuda::BackwardMath::tf32, true}) <= 0x1p-8 + 1e-4);
+}
+
+TEST_CASE("cuda backward (host execution): 16-bit gradients with misaligned rows take the scalar stores",
+          "[cuda][backward][host]") {
+  INFO("GDR2_TEST_SEED=" << base_seed());
+  auto c = make_cfg(20, 1, 45, 1, 2, 64, -3.0);
+  RandomProblem<GDR2, bf16> rp(c);
+  const Problem<bf16> hp = rp.problem();
+  RandomUpstream<bf16> up(hp, c.seed + 99, true);
+  std::size_t bytes = 0;
+  REQUIRE(cuda::chunk_backward_workspace_size<GDR2>(hp, bytes).ok());
+  std::vector<double> ws(bytes / sizeof(double) + 1);
+  GradientBuffers<float> g32(hp);
+  REQUIRE(cuda::testing::chunk_backward_on_host<GDR2>(hp, up.grad_outputs(), g32.views(), ws.data(), bytes).ok());
+  // dk one element past an 8-byte boundary: BackwardParams::vec_out = 0 for this call
+  GradientBuffers<bf16> g16(hp);
+  g16.fill(std::numeric_limits<bf16>::quiet_NaN());
+  std::vector<bf16> dkbuf(std::size_t(g16.dk.size()) + 1, std::numeric_limits<bf16>::quiet_NaN());
+  Gradients<bf16> views = g16.views();
+  views.dk = View<bf16>(dkbuf.data() + 1, g16.dk.shape(), contiguous_strides(g16.dk.shape()));
+  const Status st = cuda::testing::chunk_backward_on_host<GDR2>(hp, up.grad_outputs(), views, ws.data(), bytes);
+  INFO(st.to_string());
+  REQUIRE(st.ok());
+  std::copy(dkbuf.begin() + 1, dkbuf.end(), g16.dk.data());
+  auto a = g32.all();
+  auto b = g16.all();
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    Index differ = 0;
+    for (Index j = 0; j < a[i].second->size(); ++j) {
+      const bf16 want = bf16((*a[i].second)[j]), got = (*b[i].second)[j];
+      differ += std::memcmp(&want, &got, 2) != 0;
+    }
+    INFO(a[i].first << ": " << differ << " elements are not the fp32 gradient rounded");
+    CHECK(differ == 0);
   }
 }
 
@@ -539,6 +697,24 @@ TEMPLATE_TEST_CASE("cuda backward (host execution): the threads of a block one b
 TEMPLATE_TEST_CASE("cuda chunk backward matches the fp64 BPTT", "[cuda][backward][device]", GDR2, KDA, GDN) {
   SKIP_WITHOUT_GPU();
   policy_cases<TestType>(kDevice, kDeviceF32, /*large=*/true);
+}
+
+TEMPLATE_TEST_CASE("cuda chunk backward: 16-bit gradients are the fp32 gradients rounded", "[cuda][backward][device]",
+                   GDR2, KDA, GDN) {
+  SKIP_WITHOUT_GPU();
+  INFO("GDR2_TEST_SEED=" << base_seed());
+  // grouped heads (head sums), gates per key head, odd T; the tf32 mode with the states
+  // recomputed, then given the fused forward's chunk states (the fp16 records' path)
+  auto c1 = make_cfg(21, 2, 301, 2, 4, 128, -3.0);
+  c1.gates_per_key_head = true;
+  CHECK(gradients16_case<TestType, bf16>(c1, Exec{Where::device, cuda::BackwardMath::tf32}) <= 5e-3);
+  CHECK(gradients16_case<TestType, bf16>(
+            c1, Exec{Where::device, cuda::BackwardMath::tf32, true, cuda::ForwardPath::fused}) <= 5e-3);
+  // packed varlen, fp16, the split forward's chunk states
+  auto c2 = make_cfg(22, 1, 0, 1, 2, 128, -5.0);
+  c2.seqlens = {1, 64, 0, 250, 37, 129};
+  CHECK(gradients16_case<TestType, f16>(
+            c2, Exec{Where::device, cuda::BackwardMath::tf32, true, cuda::ForwardPath::split}) <= 5e-3);
 }
 
 TEST_CASE("cuda chunk backward: value slices, long sequence, strong decays", "[cuda][backward][device]") {
@@ -799,6 +975,27 @@ TEST_CASE("cuda backward rejects bad arguments with clear statuses", "[cuda][bac
     const Status st = cuda::chunk_backward<GDR2>(p, up.grad_outputs(), gr, {}, nullptr, bytes, nullptr);
     CHECK(st.code() == Code::invalid_argument);
     CHECK(st.message().find("dq has shape") != std::string::npos);
+  }
+  SECTION("gradients as float32 or as the inputs' 16-bit type, not another") {
+    GradientBuffers<f16> gh(p);  // fp16 gradients of bf16 inputs
+    Status st = cuda::chunk_backward<GDR2>(p, up.grad_outputs(), gh.views(), {}, nullptr, bytes, nullptr);
+    CHECK(st.code() == Code::unsupported);
+    CHECK(st.message().find("not float16") != std::string::npos);
+    RandomProblem<GDR2, float> r2(c);
+    const Problem<float> p2 = r2.problem();
+    RandomUpstream<float> u2(p2, 5);
+    GradientBuffers<bf16> gb2(p2);  // bf16 gradients of fp32 inputs
+    st = cuda::chunk_backward<GDR2>(p2, u2.grad_outputs(), gb2.views(), {}, nullptr, bytes, nullptr);
+    CHECK(st.code() == Code::unsupported);
+    CHECK(st.message().find("inputs' type (float32)") != std::string::npos);
+    // bf16 gradients of bf16 inputs: the shared shape validation applies to them too
+    GradientBuffers<bf16> g16(p);
+    Tensor<bf16> bad(1, 40, 1, 64);
+    Gradients<bf16> gr = g16.views();
+    gr.dk = bad.view();
+    st = cuda::chunk_backward<GDR2>(p, up.grad_outputs(), gr, {}, nullptr, bytes, nullptr);
+    CHECK(st.code() == Code::invalid_argument);
+    CHECK(st.message().find("dk has shape") != std::string::npos);
   }
   SECTION("chunk states: tf32 products only, big enough, aligned") {
     std::size_t sb = 0;

@@ -11,8 +11,10 @@
 // enqueued, Code::device_error if a launch fails.
 //
 // Contract (as the CPU chunk_backward): dL/do in `up.d_o` (type T), optionally dL/dS_T
-// in `up.d_final_state` (fp32). Every gradient view given in `gr` (fp32) is
-// overwritten: dq, dk [B,T,Hk,K] summed over the value heads of each group; dv
+// in `up.d_final_state` (fp32). Every gradient view given in `gr` — Gradients<float>, or
+// Gradients<T> for 16-bit inputs: each gradient the fp32 one rounded to nearest even, bit
+// for bit, with half the bytes stored — is overwritten: dq, dk [B,T,Hk,K] summed over the
+// value heads of each group (in fp32, rounded once); dv
 // [B,T,Hv,V]; dg (channel [.., K] or scalar [.., 1]), db, dw or dbeta with the shape of
 // their gate tensor (per key or per value head; tied gates give dβ = Σdb + Σdw, a scalar
 // decay dg = Σ_i dg_i, and gate heads shared by several value heads are summed);
@@ -55,7 +57,8 @@
 //             on operands anchored at block boundaries, the 8×8 diagonal blocks exactly),
 //             dq dk db, dG and its reverse cumulative sum; then the per-token sums of the
 //             tied/scalar gates over the slices, in order.
-//   5. reduce (only when some gradient has fewer heads than Hv): fixed-order head sums.
+//   5. reduce (only when some gradient has fewer heads than Hv, or dS_0 is 16-bit):
+//             fixed-order head sums; dS_0's conversion.
 // With tf32 products (BackwardOptions::math), what is read only as a product operand —
 // the record's Qγ, Ktail, A, Y — is stored rounded to tf32 once by its producer instead of
 // at every read (cvt.rna is idempotent: the same products); so is the stored dS_c. The
@@ -65,8 +68,9 @@
 // Workspace (fp32, per chunk-head of 64 tokens, K = V = D): record 2·64² + 4·64·D + D,
 // states and dstates 2·D², grad-1/grad-2 buffers 3·64·D + 2·64² + D + 64 + 4·D floats —
 // 429 KB at D = 128, 364 KB when the chunk states are given (D² fewer) — plus a 4-byte
-// record flag per chunk-head and per-value-head gradient buffers when a head reduction is
-// needed. See
+// record flag per chunk-head, per-value-head gradient buffers when a head reduction is
+// needed and, for 16-bit inputs, an fp32 dS_0 (N·Hv·D² floats) that 16-bit gradients are
+// converted from. See
 // chunk_backward_workspace_size; cuda/NOTES.md "Backward" for the measured figures.
 #pragma once
 
@@ -82,20 +86,31 @@ namespace gdr2 {
 namespace cuda {
 namespace detail {
 
-/// Where a kernel writes one gradient: [B, T, H, W] fp32 addressed with value head hv
-/// (either the caller's tensor when it has Hv heads, or a per-value-head buffer).
+/// Element types of stored gradients (BwdSink::dt, BwdReduce::dt): the values of the
+/// kernels' input types (bf16 0, IEEE half 1, fp32 2).
+enum BwdOutType : int { kOutBf16 = 0, kOutF16 = 1, kOutF32 = 2 };
+
+/// Where a kernel writes one gradient: [B, T, H, W] addressed with value head hv (either
+/// the caller's tensor when it has Hv heads, or a per-value-head fp32 buffer), elements of
+/// type dt (16-bit ones rounded to nearest even from the fp32 values).
 struct BwdSink {
-  float* p = nullptr;
-  long long sb = 0, st = 0, sh = 0;
+  void* p = nullptr;
+  long long sb = 0, st = 0, sh = 0;  // element strides
+  int dt = kOutF32;
   int staged = 0;  // p is a workspace offset until bind_workspace
 };
 
-/// A fixed-order head sum dst[b, t, h, :] = Σ_{i < ratio} src[b, t, h·ratio + i, :].
+/// A fixed-order sum dst[b, t, h, x] = Σ_{i < ratio} src[b, t, h·ratio + i, x] over the
+/// fp32 buffer src [rows, cols, heads·ratio, width] (contiguous), stored as dt: the head sums
+/// of gradients with fewer heads than Hv (rows B, cols T), and with 16-bit gradients the
+/// conversion of dS_0 (rows N, cols Hv, heads K, width V, ratio 1).
 struct BwdReduce {
-  const float* src = nullptr;  // [B, T, Hv, width] contiguous
-  float* dst = nullptr;
-  long long sb = 0, st = 0, sh = 0;
+  const float* src = nullptr;
+  void* dst = nullptr;
+  long long sb = 0, st = 0, sh = 0, sx = 1;  // dst element strides
+  long long rows = 0, cols = 0;
   int width = 0, heads = 0, ratio = 1;
+  int dt = kOutF32;
 };
 
 /// Plain-old-data launch parameters of the backward kernels.
@@ -128,9 +143,10 @@ struct BackwardParams : InputViews {
                          //    (bwd_reverse_beside_prep; the launcher decides, as for rev16)
   int num_sms = 0;       // the device's SMs (> 0: 132 when they cannot be read): grid sizes
   BwdSink dq, dk, dv, dg, db, dw, dbeta;
-  float* ds0 = nullptr;
-  long long ds0s[4] = {};
-  BwdReduce red[6];
+  float* ds0 = nullptr;  // fp32 dS_0: the caller's, or (ds0_staged) a workspace buffer that a
+  long long ds0s[4] = {};  // BwdReduce converts into the caller's 16-bit tensor
+  int ds0_staged = 0;
+  BwdReduce red[7];
   int nred = 0;
   long long total_chunks = 0;
   int chunks_per_seq = 0;
@@ -285,10 +301,26 @@ Problem<T> shapes_of(const Problem<T>& p) {
   return s;
 }
 
+/// The BwdOutType of gradients stored as G.
+template <class G>
+constexpr int bwd_out_type() {
+  return std::is_same_v<G, Eigen::bfloat16> ? kOutBf16 : std::is_same_v<G, Eigen::half> ? kOutF16 : kOutF32;
+}
+/// A gradient or input element type's name, for messages.
+template <class E>
+const char* bwd_type_name() {
+  return std::is_same_v<E, Eigen::bfloat16> ? "bfloat16"
+         : std::is_same_v<E, Eigen::half>   ? "float16"
+         : std::is_same_v<E, float>         ? "float32"
+         : std::is_same_v<E, double>        ? "float64"
+                                            : "another type";
+}
+
 /// Validate, then fill `bp` (everything but the workspace and device sequence pointers)
-/// and the workspace size. Reads host memory only.
-template <class Policy, class T>
-Status plan_backward(const Problem<T>& p, const GradOutputs<T>* up, const Gradients<float>* gr,
+/// and the workspace size. Reads host memory only. Without gradients (`gr` null: the size
+/// query) the workspace has room for every gradient either type G could ask for.
+template <class Policy, class T, class G>
+Status plan_backward(const Problem<T>& p, const GradOutputs<T>* up, const Gradients<G>* gr,
                      const BackwardOptions& opt, int num_sms, BackwardParams& bp, std::size_t& ws_bytes,
                      StateForward& sf) {
   if constexpr (!bwd_policy_supported<Policy>()) {
@@ -297,6 +329,9 @@ Status plan_backward(const Problem<T>& p, const GradOutputs<T>* up, const Gradie
   } else if constexpr (!std::is_same_v<T, Eigen::bfloat16> && !std::is_same_v<T, Eigen::half> &&
                        !std::is_same_v<T, float>) {
     return {Code::unsupported, "the CUDA backward takes bfloat16, float16 or float32 inputs"};
+  } else if constexpr (!std::is_same_v<G, float> && !std::is_same_v<G, T>) {
+    return {Code::unsupported, std::string("the CUDA backward writes its gradients as float32 or as the inputs' type (") +
+                                   bwd_type_name<T>() + "), not " + bwd_type_name<G>()};
   } else {
     Dims d;
     Options o;  // chunk size 64; no host scan of device data
@@ -390,11 +425,35 @@ Status plan_backward(const Problem<T>& p, const GradOutputs<T>* up, const Gradie
     f.flags = reinterpret_cast<int*>(flags);
     f.overlap = opt.overlap && bwd_reverse_beside_prep(d.N, d.Hv, D, num_sms) ? 1 : 0;
 
-    // gradient sinks: direct when the tensor has Hv heads, else a per-value-head buffer
-    // (workspace: aligned, so only direct sinks can turn the vector stores off)
+    // gradient sinks: direct when the tensor has Hv heads, else a per-value-head fp32 buffer
+    // (workspace: aligned, so only direct sinks can turn the vector stores off: four
+    // elements per store, 16 bytes of fp32 or 8 of a 16-bit type)
     const long long tokens = (long long)d.B * d.T;
     f.vec_out = 1;
-    auto sink = [&](const View<float>& out, int width, BwdSink& s) {
+    // dS_0 as a 16-bit type: the kernels write fp32 into the workspace, a BwdReduce converts
+    auto stage_ds0 = [&](void* dst, const std::array<Index, 4>& stride, int dt) {
+      BwdReduce& r = f.red[f.nred++];
+      r.src = reinterpret_cast<const float*>(off);  // placeholder offset
+      r.dst = dst;
+      r.sb = stride[0];
+      r.st = stride[1];
+      r.sh = stride[2];
+      r.sx = stride[3];
+      r.rows = d.N;
+      r.cols = f.Hv;
+      r.heads = D;
+      r.width = D;
+      r.dt = dt;
+      f.ds0 = reinterpret_cast<float*>(off);  // placeholder offset
+      f.ds0s[0] = (long long)f.Hv * D * D;
+      f.ds0s[1] = (long long)D * D;
+      f.ds0s[2] = D;
+      f.ds0s[3] = 1;
+      f.ds0_staged = 1;
+      off += bwd_align(std::size_t(d.N) * std::size_t(f.Hv) * std::size_t(D) * std::size_t(D) * 4);
+    };
+    auto sink = [&](const auto& out, int width, BwdSink& s) {
+      using E = std::remove_const_t<std::remove_pointer_t<decltype(out.data)>>;
       if (!out.given()) return;
       const int heads = int(out.shape[2]);
       if (heads == f.Hv) {
@@ -402,8 +461,9 @@ Status plan_backward(const Problem<T>& p, const GradOutputs<T>* up, const Gradie
         s.sb = out.stride[0];
         s.st = out.stride[1];
         s.sh = out.stride[2];
-        if (width > 1 && (reinterpret_cast<std::uintptr_t>(out.data) % 16 != 0 || s.sb % 4 != 0 || s.st % 4 != 0 ||
-                          s.sh % 4 != 0))
+        s.dt = bwd_out_type<E>();
+        if (width > 1 && (reinterpret_cast<std::uintptr_t>(out.data) % (4 * sizeof(E)) != 0 || s.sb % 4 != 0 ||
+                          s.st % 4 != 0 || s.sh % 4 != 0))
           f.vec_out = 0;
         return;
       }
@@ -413,9 +473,12 @@ Status plan_backward(const Problem<T>& p, const GradOutputs<T>* up, const Gradie
       r.sb = out.stride[0];
       r.st = out.stride[1];
       r.sh = out.stride[2];
+      r.rows = d.B;
+      r.cols = d.T;
       r.width = width;
       r.heads = heads;
       r.ratio = f.Hv / heads;
+      r.dt = bwd_out_type<E>();
       s.p = reinterpret_cast<float*>(off);  // placeholder offset
       s.staged = 1;
       s.st = (long long)f.Hv * width;
@@ -431,8 +494,12 @@ Status plan_backward(const Problem<T>& p, const GradOutputs<T>* up, const Gradie
       sink(gr->db, D, f.db);
       sink(gr->dw, D, f.dw);
       sink(gr->dbeta, 1, f.dbeta);
-      f.ds0 = gr->d_initial_state.data;
-      for (int i = 0; i < 4; ++i) f.ds0s[i] = gr->d_initial_state.stride[i];
+      if constexpr (std::is_same_v<G, float>) {
+        f.ds0 = gr->d_initial_state.data;
+        for (int i = 0; i < 4; ++i) f.ds0s[i] = gr->d_initial_state.stride[i];
+      } else if (gr->d_initial_state.given()) {
+        stage_ds0(gr->d_initial_state.data, gr->d_initial_state.stride, bwd_out_type<G>());
+      }
     } else {
       // size query: room for every head buffer this problem could need
       Gradients<float> all;
@@ -454,6 +521,7 @@ Status plan_backward(const Problem<T>& p, const GradOutputs<T>* up, const Gradie
       sink(all.db, D, f.db);
       sink(all.dw, D, f.dw);
       sink(all.dbeta, 1, f.dbeta);
+      if constexpr (!std::is_same_v<T, float>) stage_ds0(nullptr, {0, 0, 0, 0}, kOutF32);  // 16-bit dS_0's room
     }
     // the forward that recomputes the chunk states (StateRecompute): 16-bit inputs, tf32
     // products, a state pass to replace; automatic where the state kernel's two roles would
@@ -488,14 +556,15 @@ inline void bind_workspace(BackwardParams& f, char* ws, const void* cu_seqlens) 
   f.dstates = reinterpret_cast<float*>(at(f.dstates));
   f.g1 = reinterpret_cast<float*>(at(f.g1));
   f.flags = reinterpret_cast<int*>(at(f.flags));
+  if (f.ds0_staged) f.ds0 = reinterpret_cast<float*>(at(f.ds0));
   BwdSink* sinks[] = {&f.dq, &f.dk, &f.dv, &f.dg, &f.db, &f.dw, &f.dbeta};
   for (BwdSink* s : sinks)
-    if (s->staged) s->p = reinterpret_cast<float*>(at(s->p));
+    if (s->staged) s->p = at(s->p);
   for (int r = 0; r < f.nred; ++r) f.red[r].src = reinterpret_cast<const float*>(at(f.red[r].src));
 }
 
-template <class Policy, class T>
-Status backward_common(const Problem<T>& p, const GradOutputs<T>& up, const Gradients<float>& gr,
+template <class Policy, class T, class G>
+Status backward_common(const Problem<T>& p, const GradOutputs<T>& up, const Gradients<G>& gr,
                        const BackwardOptions& opt, int sms, BackwardParams& f, std::size_t& need,
                        StateForward& sf) {
   GDR2_RETURN_IF_ERROR(plan_backward<Policy>(p, &up, &gr, opt, sms, f, need, sf));
@@ -543,12 +612,13 @@ Status chunk_backward_workspace_size(const Problem<T>& p, std::size_t& bytes, co
 }
 
 /// Gate-aware chunkwise backward (SPEC §4) on `stream`: overwrites every gradient view
-/// given in `gr` (device, fp32), see the contract at the top of this header.
+/// given in `gr` (device; G = float, or G = T for bfloat16 / float16 inputs: the same
+/// gradients rounded to T), see the contract at the top of this header.
 /// `workspace`: device memory of at least chunk_backward_workspace_size bytes, 256-byte
 /// aligned. The problem's forward need not have been run: the backward recomputes what
 /// it needs from the inputs.
-template <class Policy, class T>
-Status chunk_backward(const Problem<T>& p, const GradOutputs<T>& up, const Gradients<float>& gr,
+template <class Policy, class T, class G>
+Status chunk_backward(const Problem<T>& p, const GradOutputs<T>& up, const Gradients<G>& gr,
                       const DeviceSequences& dev, void* workspace, std::size_t workspace_bytes, cudaStream_t stream,
                       const BackwardOptions& opt = {}) {
   detail::BackwardParams f;
@@ -622,8 +692,8 @@ enum class HostThreads {
 /// arguments as chunk_backward but every View (and the workspace, sized by
 /// chunk_backward_workspace_size) in host memory; Problem::cu_seqlens serves as both
 /// copies. For testing the kernels on machines without a GPU; slow.
-template <class Policy, class T>
-Status chunk_backward_on_host(const Problem<T>& p, const GradOutputs<T>& up, const Gradients<float>& gr,
+template <class Policy, class T, class G>
+Status chunk_backward_on_host(const Problem<T>& p, const GradOutputs<T>& up, const Gradients<G>& gr,
                               void* workspace, std::size_t workspace_bytes, const BackwardOptions& opt = {},
                               HostProducts products = HostProducts::fp32, HostThreads threads = HostThreads::one) {
   detail::BackwardParams f;
