@@ -89,24 +89,20 @@ struct Setup {
     p.initial_state = make_view<const float>(rnd<float>(ns, -0.5, 0.5, 17), B, H, D, D);
     up.d_o = make_view<const X>(rnd<X>(nt, -1.0, 1.0, 18), B, T, H, D);
     up.d_final_state = make_view<const float>(rnd<float>(ns, -1.0, 1.0, 19), B, H, D, D);
-    for (View<float>* g : {&gr.dq, &gr.dk, &gr.dv}) *g = make_view(out<float>(nt), B, T, H, D);
-    gr.dg = make_view(out<float>(ng), B, T, H, G);
-    if constexpr (Policy::gates == Gates::tied) {
-      gr.dbeta = make_view(out<float>(std::size_t(B * T * H)), B, T, H, Index(1));
-    } else {
-      for (View<float>* g : {&gr.db, &gr.dw}) *g = make_view(out<float>(nt), B, T, H, D);
-    }
-    gr.d_initial_state = make_view(out<float>(ns), B, H, D, D);
-    if constexpr (!std::is_same_v<X, float>) {
-      for (View<X>* g : {&gr16.dq, &gr16.dk, &gr16.dv}) *g = make_view(out<X>(nt), B, T, H, D);
-      gr16.dg = make_view(out<X>(ng), B, T, H, G);
+    // every gradient the policy has, as element type E
+    auto gradients = [&](auto& gr_e) {
+      using E = std::remove_reference_t<decltype(*gr_e.dq.data)>;
+      for (View<E>* g : {&gr_e.dq, &gr_e.dk, &gr_e.dv}) *g = make_view(out<E>(nt), B, T, H, D);
+      gr_e.dg = make_view(out<E>(ng), B, T, H, G);
       if constexpr (Policy::gates == Gates::tied) {
-        gr16.dbeta = make_view(out<X>(std::size_t(B * T * H)), B, T, H, Index(1));
+        gr_e.dbeta = make_view(out<E>(std::size_t(B * T * H)), B, T, H, Index(1));
       } else {
-        for (View<X>* g : {&gr16.db, &gr16.dw}) *g = make_view(out<X>(nt), B, T, H, D);
+        for (View<E>* g : {&gr_e.db, &gr_e.dw}) *g = make_view(out<E>(nt), B, T, H, D);
       }
-      gr16.d_initial_state = make_view(out<X>(ns), B, H, D, D);
-    }
+      gr_e.d_initial_state = make_view(out<E>(ns), B, H, D, D);
+    };
+    gradients(gr);
+    if constexpr (!std::is_same_v<X, float>) gradients(gr16);
     o = out<X>(nt);
     sT = out<float>(ns);
   }
