@@ -37,6 +37,11 @@
 #endif
 #include "host_threads.hpp"  // the host's emulation of a block's threads one by one
 
+#ifndef GDR2_CUDA_BACKWARD_PARAMS_ONLY
+#define GDR2_CUDA_BACKWARD_PARAMS_ONLY
+#endif
+#include <gdr2/cuda/backward.hpp>  // InType: the element types of inputs and gradients
+
 // Loop unrolling in code that is also compiled for the host (where g++ has no such pragma).
 #if defined(__CUDA_ARCH__)
 #define GDR2_UNROLL _Pragma("unroll")
@@ -96,9 +101,6 @@ GDR2_HD float half_bits_to_float(std::uint16_t h) {
 
 /// 2^e, exactly, for e in [−126, 127].
 GDR2_HD float pow2i(int e) { return bits_to_float(std::uint32_t(e + 127) << 23); }
-
-/// Element types of the inputs (q, k, v, b, w, β, dO): BackwardParams::dtype.
-enum InType : int { kBf16 = 0, kF16 = 1, kF32 = 2 };
 
 /// A 16-bit input pattern (bf16 or IEEE half) as float.
 GDR2_HD float cvt16(std::uint16_t u, int dt) {

@@ -50,7 +50,7 @@ __global__ void __launch_bounds__(kThreads) token_kernel(BackwardParams p, long 
 }
 __global__ void __launch_bounds__(kThreads) reduce_kernel(BackwardParams p, int which, long long count) {
   for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < count; i += (long long)gridDim.x * blockDim.x)
-    reduce_elem(p, p.red[which], i);
+    reduce_elem(p.red[which], i);
 }
 
 #undef GDR2_BWD_BLOCK
@@ -79,7 +79,7 @@ cudaError_t launch_reverse16(const BackwardParams& p, cudaStream_t st) {
                       : launch_with_smem(reverse16_kernel<D, __half>, grid, smem, st, p, kRevThreads);
 }
 
-long long reduce_count(const BackwardParams&, const BwdReduce& r) {
+long long reduce_count(const BwdReduce& r) {
   return r.rows * r.cols * r.heads * r.width;
 }
 
@@ -142,7 +142,7 @@ cudaError_t launch_d(const BackwardParams& p_in, cudaStream_t st) {
     }
   }
   for (int r = 0; r < p.nred && p.stages >= 5; ++r) {
-    const long long count = reduce_count(p, p.red[r]);
+    const long long count = reduce_count(p.red[r]);
     if (count == 0) continue;
     reduce_kernel<<<elem_blocks(count), kThreads, 0, st>>>(p, r, count);
     if ((e = cudaGetLastError()) != cudaSuccess) return e;
@@ -196,8 +196,8 @@ std::string run_host_d(const BackwardParams& p, int threads) {
   if (p.tied || p.scalar_decay)
     for (long long i = 0; i < p.total_chunks * p.Hv * kC; ++i) token_elem<D>(p, i);
   for (int r = 0; r < p.nred; ++r) {
-    const long long count = reduce_count(p, p.red[r]);
-    for (long long i = 0; i < count; ++i) reduce_elem(p, p.red[r], i);
+    const long long count = reduce_count(p.red[r]);
+    for (long long i = 0; i < count; ++i) reduce_elem(p.red[r], i);
   }
   return {};
 }

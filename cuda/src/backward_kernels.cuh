@@ -129,8 +129,6 @@ GDR2_HD InRows rows_g(const P& p, const ChunkLoc& c, int hv) {
   return {p.g, act(p.sg, c.bb, c.t0, ghead(hv, p.hg_g, p.Hv)), p.sg.t, kF32, p.vec, p.scalar_decay, kLog2e};
 }
 
-static_assert(kOutBf16 == kBf16 && kOutF16 == kF16 && kOutF32 == kF32, "gradient and input type codes agree");
-
 /// One gradient's rows of a chunk-head (value head hv): element (r, i) at element r·st + i
 /// from row0, of type dt (BwdSink::dt: fp32 or a 16-bit type); nothing when the gradient
 /// is not asked for.
@@ -1522,7 +1520,7 @@ GDR2_HD void token_elem(const P& p, long long item) {
 // 5. head sums: dst[b, t, h, x] = Σ_{i < ratio} src[b, t, h·ratio + i, x], in order (and,
 //    with 16-bit gradients, dS_0 converted the same way with ratio 1)
 // =============================================================================================
-GDR2_HD void reduce_elem(const P&, const BwdReduce& r, long long idx) {
+GDR2_HD void reduce_elem(const BwdReduce& r, long long idx) {
   const int x = int(idx % r.width);
   const long long rest = idx / r.width;
   const int h = int(rest % r.heads);

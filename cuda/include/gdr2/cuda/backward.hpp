@@ -86,9 +86,9 @@ namespace gdr2 {
 namespace cuda {
 namespace detail {
 
-/// Element types of stored gradients (BwdSink::dt, BwdReduce::dt): the values of the
-/// kernels' input types (bf16 0, IEEE half 1, fp32 2).
-enum BwdOutType : int { kOutBf16 = 0, kOutF16 = 1, kOutF32 = 2 };
+/// Element types of the inputs (q, k, v, b, w, β, dO: BackwardParams::dtype) and of the
+/// stored gradients (BwdSink::dt, BwdReduce::dt).
+enum InType : int { kBf16 = 0, kF16 = 1, kF32 = 2 };
 
 /// Where a kernel writes one gradient: [B, T, H, W] addressed with value head hv (either
 /// the caller's tensor when it has Hv heads, or a per-value-head fp32 buffer), elements of
@@ -96,7 +96,7 @@ enum BwdOutType : int { kOutBf16 = 0, kOutF16 = 1, kOutF32 = 2 };
 struct BwdSink {
   void* p = nullptr;
   long long sb = 0, st = 0, sh = 0;  // element strides
-  int dt = kOutF32;
+  int dt = kF32;
   int staged = 0;  // p is a workspace offset until bind_workspace
 };
 
@@ -110,7 +110,7 @@ struct BwdReduce {
   long long sb = 0, st = 0, sh = 0, sx = 1;  // dst element strides
   long long rows = 0, cols = 0;
   int width = 0, heads = 0, ratio = 1;
-  int dt = kOutF32;
+  int dt = kF32;
 };
 
 /// Plain-old-data launch parameters of the backward kernels.
@@ -125,7 +125,7 @@ struct BackwardParams : InputViews {
   const void* cu_seqlens = nullptr;
   int cu_wide = 0;
   int D = 0;
-  int dtype = 0;         // inputs q k v b w β dO: 0 bfloat16, 1 IEEE half, 2 fp32
+  int dtype = 0;         // inputs q k v b w β dO (InType)
   int vec = 0;           // 1: every input row and g start on a 4-element boundary (vector loads)
   int vec_out = 0;       // 1: every per-channel gradient row starts 16-byte aligned (vector stores)
   int rows16 = 0;        // 1: 16-bit inputs whose per-channel rows (and g's) start 16-byte aligned:
@@ -301,19 +301,10 @@ Problem<T> shapes_of(const Problem<T>& p) {
   return s;
 }
 
-/// The BwdOutType of gradients stored as G.
-template <class G>
-constexpr int bwd_out_type() {
-  return std::is_same_v<G, Eigen::bfloat16> ? kOutBf16 : std::is_same_v<G, Eigen::half> ? kOutF16 : kOutF32;
-}
-/// A gradient or input element type's name, for messages.
+/// The InType of inputs or gradients stored as E.
 template <class E>
-const char* bwd_type_name() {
-  return std::is_same_v<E, Eigen::bfloat16> ? "bfloat16"
-         : std::is_same_v<E, Eigen::half>   ? "float16"
-         : std::is_same_v<E, float>         ? "float32"
-         : std::is_same_v<E, double>        ? "float64"
-                                            : "another type";
+constexpr int bwd_in_type() {
+  return std::is_same_v<E, Eigen::bfloat16> ? kBf16 : std::is_same_v<E, Eigen::half> ? kF16 : kF32;
 }
 
 /// Validate, then fill `bp` (everything but the workspace and device sequence pointers)
@@ -331,7 +322,7 @@ Status plan_backward(const Problem<T>& p, const GradOutputs<T>* up, const Gradie
     return {Code::unsupported, "the CUDA backward takes bfloat16, float16 or float32 inputs"};
   } else if constexpr (!std::is_same_v<G, float> && !std::is_same_v<G, T>) {
     return {Code::unsupported, std::string("the CUDA backward writes its gradients as float32 or as the inputs' type (") +
-                                   bwd_type_name<T>() + "), not " + bwd_type_name<G>()};
+                                   dtype_name<T>() + "), not " + dtype_name<G>()};
   } else {
     Dims d;
     Options o;  // chunk size 64; no host scan of device data
@@ -372,7 +363,7 @@ Status plan_backward(const Problem<T>& p, const GradOutputs<T>* up, const Gradie
     for (int i = 0; i < 4; ++i) f.s0s[i] = p.initial_state.stride[i];
     f.cu_wide = p.cu_seqlens.wide ? 1 : 0;
     f.D = D;
-    f.dtype = std::is_same_v<T, float> ? 2 : std::is_same_v<T, Eigen::half> ? 1 : 0;
+    f.dtype = bwd_in_type<T>();
     f.scalar_decay = Policy::decay == Decay::scalar ? 1 : 0;
     f.tied = Policy::gates == Gates::tied ? 1 : 0;
     const BackwardMath math = opt.math != BackwardMath::automatic  ? opt.math
@@ -461,7 +452,7 @@ Status plan_backward(const Problem<T>& p, const GradOutputs<T>* up, const Gradie
         s.sb = out.stride[0];
         s.st = out.stride[1];
         s.sh = out.stride[2];
-        s.dt = bwd_out_type<E>();
+        s.dt = bwd_in_type<E>();
         if (width > 1 && (reinterpret_cast<std::uintptr_t>(out.data) % (4 * sizeof(E)) != 0 || s.sb % 4 != 0 ||
                           s.st % 4 != 0 || s.sh % 4 != 0))
           f.vec_out = 0;
@@ -478,7 +469,7 @@ Status plan_backward(const Problem<T>& p, const GradOutputs<T>* up, const Gradie
       r.width = width;
       r.heads = heads;
       r.ratio = f.Hv / heads;
-      r.dt = bwd_out_type<E>();
+      r.dt = bwd_in_type<E>();
       s.p = reinterpret_cast<float*>(off);  // placeholder offset
       s.staged = 1;
       s.st = (long long)f.Hv * width;
@@ -498,7 +489,7 @@ Status plan_backward(const Problem<T>& p, const GradOutputs<T>* up, const Gradie
         f.ds0 = gr->d_initial_state.data;
         for (int i = 0; i < 4; ++i) f.ds0s[i] = gr->d_initial_state.stride[i];
       } else if (gr->d_initial_state.given()) {
-        stage_ds0(gr->d_initial_state.data, gr->d_initial_state.stride, bwd_out_type<G>());
+        stage_ds0(gr->d_initial_state.data, gr->d_initial_state.stride, bwd_in_type<G>());
       }
     } else {
       // size query: room for every head buffer this problem could need
@@ -521,7 +512,7 @@ Status plan_backward(const Problem<T>& p, const GradOutputs<T>* up, const Gradie
       sink(all.db, D, f.db);
       sink(all.dw, D, f.dw);
       sink(all.dbeta, 1, f.dbeta);
-      if constexpr (!std::is_same_v<T, float>) stage_ds0(nullptr, {0, 0, 0, 0}, kOutF32);  // 16-bit dS_0's room
+      if constexpr (!std::is_same_v<T, float>) stage_ds0(nullptr, {0, 0, 0, 0}, kF32);  // 16-bit dS_0's room
     }
     // the forward that recomputes the chunk states (StateRecompute): 16-bit inputs, tf32
     // products, a state pass to replace; automatic where the state kernel's two roles would
