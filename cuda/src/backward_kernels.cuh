@@ -817,12 +817,23 @@ struct Grad1Layout {
   static_assert(floats * 4 <= kSmemOptIn, "grad-1 shared memory exceeds 227 KB");
 };
 
+/// Whether chunk cl is the last of its sequence and an upstream dS_T is given. grad-1 then
+/// reads dS_T as given (fp32) instead of the reverse pass's rounded copy and, in the tf32 mode,
+/// runs its products split-tf32: dS_T enters this chunk's tokens undecayed, and per-token sums
+/// of its terms can cancel far below their parts (dβ over value heads sharing β), where tf32's
+/// 2^−11 would show (cuda/NOTES.md backward item 33).
+GDR2_HD bool exact_tail(const P& p, const ChunkLoc& cl) { return p.dsT && cl.c == seq_loc(p, cl.n).nc - 1; }
+
 template <int D, int MATH>
 GDR2_HD void grad1_body(const Blk& bk, const P& p, long long cg, int hv, float* sm) {
   static_assert(kThreads == 512, "R and dR below run side by side on two halves of 16 warps");
   using L = Grad1Layout<D>;
   constexpr int PH = L::PH, H = L::H, H4 = H / 4;
   const ChunkLoc cl = chunk_loc(p, cg);
+  const bool tail = exact_tail(p, cl);
+  if constexpr (MATH == kTf32) {
+    if (tail) return grad1_body<D, kTf32x3>(bk, p, cg, hv, sm);
+  }
   const long long base = cg * p.Hv + hv, DD = (long long)D * D;
   const float* rec = p.rec + base * Rec<D>::floats;
   float* out = p.g1 + base * G1<D>::floats;
@@ -886,7 +897,9 @@ GDR2_HD void grad1_body(const Blk& bk, const P& p, long long cg, int hv, float* 
     const char* ds16 = reinterpret_cast<const char*>(p.dstates + base * DD);
     const int* ds16e = reinterpret_cast<const int*>(sdR + D * H / 2);
     static_assert(D * H * 2 + 16 <= kC * PH * 4, "a half's fp16 dS and its exponents fit dR's tile");
-    if (p.rev16) {
+    if (tail) {
+      // (dS_T itself, loaded once dO's rows are in: see below)
+    } else if (p.rev16) {
       copy_rows16(bk, sdR, ds16, DS16<D>::x / 2 + j0, D, D, H);
       copy_tile(bk, sdR + D * H / 2, 4, reinterpret_cast<const float*>(ds16 + DS16<D>::e) + j0 / 16, 4, 1, 4);
     } else {
@@ -926,7 +939,12 @@ GDR2_HD void grad1_body(const Blk& bk, const P& p, long long cg, int hv, float* 
         },
         [&](int i, const F4& x) { st4(sdO + (i / H4) * PH + (i % H4) * 4, op_round4<MATH>(x)); });
     bk.sync();
-    if (p.rev16)  // fp16 dS times 2^E of its 16 columns (exact)
+    if (tail)  // this half's columns of dS_T as given (dS's tile is free: Ktail, Y converted)
+      bk.par(D * H, [&](int i) {
+        const int kk = i / H, j = i % H;
+        sdS[kk * PH + j] = p.dsT[cl.n * p.dsTs[0] + hv * p.dsTs[1] + kk * p.dsTs[2] + (j0 + j) * p.dsTs[3]];
+      });
+    else if (p.rev16)  // fp16 dS times 2^E of its 16 columns (exact)
       bk.par(D * H4, [&](int i) {
         const int kk = i / H4, j = (i % H4) * 4;
         const float m = pow2i(ds16e[j / 16]);
