@@ -36,7 +36,7 @@ __global__ void __launch_bounds__(kThreads, 1) state_kernel(BackwardParams p) {
 template <int D, int MATH>
 __global__ void __launch_bounds__(kThreads, 1) grad1_kernel(BackwardParams p) {
   GDR2_BWD_BLOCK
-  grad1_body<D, MATH>(bk, p, (long long)blockIdx.x, int(blockIdx.y), sm);
+  grad1_body<D, MATH>(bk, p, grad1_chunk(p, blockIdx.x), int(blockIdx.y), sm);
 }
 template <int D, int MATH>
 __global__ void __launch_bounds__(kApplyThreads, 2) apply_kernel(BackwardParams p) {
@@ -188,7 +188,7 @@ std::string run_host_d(const BackwardParams& p, int threads) {
         run("state", kThreads, [&](const Blk& bk) { state_body<D, MATH>(bk, p, pair, sl, role, sm); });
   for (long long cg = 0; cg < p.total_chunks; ++cg)
     for (int hv = 0; hv < p.Hv; ++hv)
-      run("grad1", kThreads, [&](const Blk& bk) { grad1_body<D, MATH>(bk, p, cg, hv, sm); });
+      run("grad1", kThreads, [&](const Blk& bk) { grad1_body<D, MATH>(bk, p, grad1_chunk(p, cg), hv, sm); });
   for (long long cg = 0; cg < p.total_chunks; ++cg)
     for (int hv = 0; hv < p.Hv; ++hv)
       run("apply", kApplyThreads, [&](const Blk& bk) { apply_body<D, MATH>(bk, p, cg, hv, sm); });

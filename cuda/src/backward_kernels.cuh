@@ -824,6 +824,17 @@ struct Grad1Layout {
 /// 2^−11 would show (cuda/NOTES.md backward item 33).
 GDR2_HD bool exact_tail(const P& p, const ChunkLoc& cl) { return p.dsT && cl.c == seq_loc(p, cl.n).nc - 1; }
 
+/// The chunk that grad-1's block x of a value head works on. With dS_T given, each sequence's
+/// chunks are rotated by one so that its last chunk — exact_tail's, about twice as long —
+/// comes first, among the other sequences' first chunks, and never at the grid's end, where
+/// its extra time would add to the kernel's whole (cuda/NOTES.md backward item 33).
+GDR2_HD long long grad1_chunk(const P& p, long long x) {
+  if (!p.dsT) return x;
+  const ChunkLoc cl = chunk_loc(p, x);
+  const SeqLoc s = seq_loc(p, cl.n);
+  return s.cg0 + (cl.c + s.nc - 1) % s.nc;
+}
+
 template <int D, int MATH>
 GDR2_HD void grad1_body(const Blk& bk, const P& p, long long cg, int hv, float* sm) {
   static_assert(kThreads == 512, "R and dR below run side by side on two halves of 16 warps");
