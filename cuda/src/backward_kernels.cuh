@@ -950,12 +950,19 @@ GDR2_HD void grad1_body(const Blk& bk, const P& p, long long cg, int hv, float* 
         },
         [&](int i, const F4& x) { st4(sdO + (i / H4) * PH + (i % H4) * 4, op_round4<MATH>(x)); });
     bk.sync();
-    if (tail)  // this half's columns of dS_T as given (dS's tile is free: Ktail, Y converted)
-      bk.par(D * H, [&](int i) {
-        const int kk = i / H, j = i % H;
-        sdS[kk * PH + j] = p.dsT[cl.n * p.dsTs[0] + hv * p.dsTs[1] + kk * p.dsTs[2] + (j0 + j) * p.dsTs[3]];
-      });
-    else if (p.rev16)  // fp16 dS times 2^E of its 16 columns (exact)
+    if (tail) {  // this half's columns of dS_T as given (dS's tile is free: Ktail, Y converted),
+      // every thread's loads in flight at once (one after another they cost ≈ 16 round trips)
+      const float* ds = p.dsT + cl.n * p.dsTs[0] + hv * p.dsTs[1] + j0 * p.dsTs[3];
+      const long long s2 = p.dsTs[2], s3 = p.dsTs[3];
+      bk.par_ld<D * H4 / kThreads>(
+          D * H4,
+          [&](int i) {
+            const float* x = ds + (i / H4) * s2 + (i % H4) * 4 * s3;
+            return F4{x[0], x[s3], x[2 * s3], x[3 * s3]};
+          },
+          [&](int i, const F4& x) { st4(sdS + (i / H4) * PH + (i % H4) * 4, x); });
+      bk.sync();
+    } else if (p.rev16)  // fp16 dS times 2^E of its 16 columns (exact)
       bk.par(D * H4, [&](int i) {
         const int kk = i / H4, j = (i % H4) * 4;
         const float m = pow2i(ds16e[j / 16]);
