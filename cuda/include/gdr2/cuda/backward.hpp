@@ -211,7 +211,10 @@ namespace cuda {
 
 /// Arithmetic of the block matrix products of the backward.
 enum class BackwardMath {
-  tf32,       ///< tensor cores, tf32 operands (10-bit mantissa), fp32 accumulation
+  /// tensor cores, tf32 operands (10-bit mantissa), fp32 accumulation; when dL/dS_T is given,
+  /// each sequence's last chunk in split tf32 with dS_T as given (its undecayed terms can cancel
+  /// below tf32's precision: cuda/NOTES.md backward item 33)
+  tf32,
   tf32x3,     ///< tensor cores, split tf32 operands (three products): about fp32 accuracy
   fp32,       ///< CUDA-core fp32 FMAs (slowest; a reference for the other two)
   automatic,  ///< the default: tf32 for bf16 / fp16 inputs, tf32x3 for fp32 inputs
