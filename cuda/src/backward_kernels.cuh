@@ -45,9 +45,10 @@ GDR2_HD SeqLoc seq_loc(const P& p, int n) {
   return {n, 0, p.T, (long long)n * p.chunks_per_seq, p.chunks_per_seq};
 }
 
-/// Where global chunk cg lies: sequence, batch row, first token, valid rows.
+/// Where global chunk cg lies: sequence, chunk within it, batch row, first token, valid rows,
+/// the sequence's chunk count.
 struct ChunkLoc {
-  int n, c, bb, t0, len;
+  int n, c, bb, t0, len, nc;
 };
 GDR2_HD ChunkLoc chunk_loc(const P& p, long long cg) {
   int n, c;
@@ -69,7 +70,7 @@ GDR2_HD ChunkLoc chunk_loc(const P& p, long long cg) {
   const SeqLoc s = seq_loc(p, n);
   const int t0 = s.bos + kC * c;
   const int len = s.eos - t0 < kC ? s.eos - t0 : kC;
-  return {n, c, s.bb, t0, len};
+  return {n, c, s.bb, t0, len, s.nc};
 }
 
 GDR2_HD long long act(const Strides3& s, int bb, int t, int h) {
@@ -822,7 +823,7 @@ struct Grad1Layout {
 /// runs its products split-tf32: dS_T enters this chunk's tokens undecayed, and per-token sums
 /// of its terms can cancel far below their parts (dβ over value heads sharing β), where tf32's
 /// 2^−11 would show (cuda/NOTES.md backward item 33).
-GDR2_HD bool exact_tail(const P& p, const ChunkLoc& cl) { return p.dsT && cl.c == seq_loc(p, cl.n).nc - 1; }
+GDR2_HD bool exact_tail(const P& p, const ChunkLoc& cl) { return p.dsT && cl.c == cl.nc - 1; }
 
 /// The chunk that grad-1's block x of a value head works on. With dS_T given, each sequence's
 /// chunks are rotated by one so that its last chunk — exact_tail's, several times as long
@@ -832,8 +833,7 @@ GDR2_HD bool exact_tail(const P& p, const ChunkLoc& cl) { return p.dsT && cl.c =
 GDR2_HD long long grad1_chunk(const P& p, long long x) {
   if (!p.dsT) return x;
   const ChunkLoc cl = chunk_loc(p, x);
-  const SeqLoc s = seq_loc(p, cl.n);
-  return s.cg0 + (cl.c + s.nc - 1) % s.nc;
+  return x - cl.c + (cl.c + cl.nc - 1) % cl.nc;
 }
 
 template <int D, int MATH>
