@@ -483,20 +483,22 @@ __device__ __forceinline__ void mma_tf32(float (&c)[4], std::uint32_t a0, std::u
 }
 
 /// An operand element as the tf32 products take it: hi = x rounded to tf32 (as stored when
-/// ROUNDED: its producer rounded it, tf32 mode only), lo = the rest (split tf32 only).
-template <int MATH, bool ROUNDED = false>
+/// ROUNDED: its producer rounded it, tf32 mode only), lo = the rest (split tf32 only, and not
+/// for an EXACT operand: a tf32 value, whose rest is zero).
+template <int MATH, bool ROUNDED = false, bool EXACT = false>
 __device__ __forceinline__ void tf32_split(float x, std::uint32_t& hi, std::uint32_t& lo) {
-  hi = ROUNDED && MATH == kTf32 ? __float_as_uint(x) : tf32_bits(x);
-  if (MATH == kTf32x3) lo = tf32_bits(x - __uint_as_float(hi));
+  hi = (ROUNDED && MATH == kTf32) || EXACT ? __float_as_uint(x) : tf32_bits(x);
+  if (MATH == kTf32x3 && !EXACT) lo = tf32_bits(x - __uint_as_float(hi));
 }
-/// c += A·B for split fragments (tf32_split): one mma, or three for split tf32 (a_lo·b_lo
-/// dropped).
-template <int MATH>
+/// c += A·B for split fragments (tf32_split): one mma, or up to three for split tf32 (a_lo·b_lo
+/// dropped, and a_lo·b_hi or a_hi·b_lo where EXACT_A or EXACT_B says that rest is zero: the
+/// sum is bit for bit the same without those products, which would add exact zeros).
+template <int MATH, bool EXACT_A = false, bool EXACT_B = false>
 __device__ __forceinline__ void mma_split(float (&c)[4], const std::uint32_t (&ah)[4], const std::uint32_t (&al)[4],
                                           std::uint32_t bh0, std::uint32_t bh1, std::uint32_t bl0, std::uint32_t bl1) {
   if (MATH == kTf32x3) {
-    mma_tf32(c, al[0], al[1], al[2], al[3], bh0, bh1);
-    mma_tf32(c, ah[0], ah[1], ah[2], ah[3], bl0, bl1);
+    if (!EXACT_A) mma_tf32(c, al[0], al[1], al[2], al[3], bh0, bh1);
+    if (!EXACT_B) mma_tf32(c, ah[0], ah[1], ah[2], ah[3], bl0, bl1);
   }
   mma_tf32(c, ah[0], ah[1], ah[2], ah[3], bh0, bh1);
 }
@@ -562,10 +564,14 @@ __device__ __forceinline__ void mm_out(const float (&c)[NT][4], int m0, int n0, 
 
 #if !defined(__CUDA_ARCH__)
 /// One term of a host product: a·b in fp32, of the tf32-rounded operands in the tf32 mode
-/// (run_backward_host's emulation; split tf32 and fp32 as fp32).
-template <int MATH>
+/// (run_backward_host's emulation; split tf32 and fp32 as fp32, except that split tf32 takes
+/// an EXACT operand's tf32 part alone, as the device does: a view wrongly marked exact shows
+/// in the host tests as the error it would cause).
+template <int MATH, bool EXACT_A = false, bool EXACT_B = false>
 inline float host_product(float a, float b) {
-  return MATH == kTf32 ? tf32_round(a) * tf32_round(b) : a * b;
+  if (MATH == kTf32) return tf32_round(a) * tf32_round(b);
+  if (MATH == kTf32x3) return (EXACT_A ? tf32_round(a) : a) * (EXACT_B ? tf32_round(b) : b);
+  return a * b;
 }
 
 /// The host execution of a block product (mm, mmt): every computed 16 × 8·NT tile of the
@@ -677,10 +683,11 @@ GDR2_HD void mm_auto(const Blk& bk, int M, int N, int KD, FA&& fa, FB&& fb, FO&&
 /// of B), k the contraction index — at p[i·ld + k] (KMinor: k along a tile row; its fragments
 /// are read by ldmatrix, so p and ld are multiples of 4 floats) or at p[k·ld + i] (KMajor).
 /// ROUNDED: its producer stored it through op_round, so in the tf32 mode it is read without
-/// a cvt.
-template <bool KMAJOR, bool ROUNDED = false>
+/// a cvt. EXACT: every element is a tf32 value in every mode (a record part a tf32-mode prep
+/// stored rounded, read by a split-tf32 body), so split tf32 takes one product fewer with it.
+template <bool KMAJOR, bool ROUNDED = false, bool EXACT = false>
 struct View {
-  static constexpr bool kmajor = KMAJOR, rounded = ROUNDED;
+  static constexpr bool kmajor = KMAJOR, rounded = ROUNDED, exact = EXACT;
   const float* p;
   int ld;
   GDR2_HD float at(int i, int k) const { return KMAJOR ? p[k * ld + i] : p[i * ld + k]; }
@@ -785,16 +792,16 @@ __device__ __forceinline__ void mmt_term(float (&c)[NT][4], const Term<VA, VB>& 
     std::uint32_t ah[4], al[4];
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
-      tf32_split<MATH, VA::rounded>(a[i], ah[i], al[i]);
-      if (MATH == kTf32x3) al[i] ^= sign;
+      tf32_split<MATH, VA::rounded, VA::exact>(a[i], ah[i], al[i]);
+      if (MATH == kTf32x3 && !VA::exact) al[i] ^= sign;
       ah[i] ^= sign;
     }
 #pragma unroll
     for (int j = 0; j < NT; ++j) {
       std::uint32_t bh0, bh1, bl0, bl1;
-      tf32_split<MATH, VB::rounded>(b[j][0], bh0, bl0);
-      tf32_split<MATH, VB::rounded>(b[j][1], bh1, bl1);
-      mma_split<MATH>(c[j], ah, al, bh0, bh1, bl0, bl1);
+      tf32_split<MATH, VB::rounded, VB::exact>(b[j][0], bh0, bl0);
+      tf32_split<MATH, VB::rounded, VB::exact>(b[j][1], bh1, bl1);
+      mma_split<MATH, VA::exact, VB::exact>(c[j], ah, al, bh0, bh1, bl0, bl1);
     }
   }
 }
@@ -844,7 +851,8 @@ GDR2_HD void mmt(const Blk& bk, int M, int N, FO&& fo, const Ts&... terms) {
     float s = 0.f;
     auto add = [&](const auto& tm) {
       for (int k = 0; k < tm.K; ++k) {
-        const float v = host_product<MATH>(tm.a.at(m, k), tm.b.at(n, k));
+        using T = std::decay_t<decltype(tm)>;
+        const float v = host_product<MATH, decltype(T::a)::exact, decltype(T::b)::exact>(tm.a.at(m, k), tm.b.at(n, k));
         s += tm.neg ? -v : v;
       }
     };
