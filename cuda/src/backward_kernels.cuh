@@ -820,16 +820,16 @@ struct Grad1Layout {
 
 /// Whether chunk cl is the last of its sequence and an upstream dS_T is given. grad-1 then
 /// reads dS_T as given (fp32) instead of the reverse pass's rounded copy and, in the tf32 mode,
-/// runs its products split-tf32: dS_T enters this chunk's tokens undecayed, and per-token sums
-/// of its terms can cancel far below their parts (dβ over value heads sharing β), where tf32's
-/// 2^−11 would show (cuda/NOTES.md backward item 33).
+/// runs the three products that carry it split-tf32 on dS_T's side: dS_T enters this chunk's
+/// tokens undecayed, and per-token sums of its terms can cancel far below their parts (dβ over
+/// value heads sharing β), where tf32's 2^−11 would show (cuda/NOTES.md backward items 33, 34).
 GDR2_HD bool exact_tail(const P& p, const ChunkLoc& cl) { return p.dsT && cl.c == cl.nc - 1; }
 
 /// The chunk that grad-1's block x of a value head works on. With dS_T given, each sequence's
-/// chunks are rotated by one so that its last chunk — exact_tail's, several times as long
-/// (≈ 150 µs against ≈ 35 on an H100 as first built) — comes first, among the other sequences'
-/// first chunks, and never at the grid's end, where its extra time would add to the kernel's
-/// whole (cuda/NOTES.md backward item 33).
+/// chunks are rotated by one so that its last chunk — exact_tail's, the longer (≈ 150 µs
+/// against ≈ 35 on an H100 while it ran a whole split-tf32 body) — comes first, among the
+/// other sequences' first chunks, and never at the grid's end, where its extra time would add
+/// to the kernel's whole (cuda/NOTES.md backward items 33, 34).
 GDR2_HD long long grad1_chunk(const P& p, long long x) {
   if (!p.dsT) return x;
   const ChunkLoc cl = chunk_loc(p, x);
@@ -843,9 +843,15 @@ GDR2_HD void grad1_body(const Blk& bk, const P& p, long long cg, int hv, float* 
   constexpr int PH = L::PH, H = L::H, H4 = H / 4;
   const ChunkLoc cl = chunk_loc(p, cg);
   const bool tail = exact_tail(p, cl);
-  if constexpr (MATH == kTf32) {
-    if (tail) return grad1_body<D, kTf32x3>(bk, p, cg, hv, sm);
-  }
+  // The tf32 mode's exact tail: the products with a dS_T term — dR's Ktail dS_T, dKtail =
+  // R dS_Tᵀ, dZ = Aᵀ dR — run split-tf32 with dS_T and dR as they are; their other operands
+  // (the record parts, which the tf32-mode preps store rounded, and R) are tf32 values, EXACT,
+  // so each takes two products where a full split takes three. Every other product is as in
+  // any other chunk: the host study of item 34 found the pinned dβ draw needs only dS_T and
+  // dR unrounded (cuda/NOTES.md backward item 34).
+  const bool split = MATH == kTf32 && tail;
+  using ExMinor = View<false, true, true>;
+  using ExMajor = View<true, true, true>;
   const long long base = cg * p.Hv + hv, DD = (long long)D * D;
   const float* rec = p.rec + base * Rec<D>::floats;
   float* out = p.g1 + base * G1<D>::floats;
@@ -984,10 +990,15 @@ GDR2_HD void grad1_body(const Blk& bk, const P& p, long long cg, int hv, float* 
       mmt<4, MATH, false, false>(
           g, kC, H, [&](int r, int j, float v) { sUR[r * PH + j] = op_round<MATH>(sUR[r * PH + j] - v); },
           term(KMinorR{sY, L::PD}, KMajorR{sS, PH}, D));
-    if (warp_group(bk, 8, 16, g))
-      mmt<4, MATH, false, false>(
-          g, kC, H, [&](int r, int j, float v) { sdR[r * PH + j] = v; }, term(KMajorR{sAqk, kPC}, KMajorR{sdO, PH}, kC),
-          term(KMinorR{sKt, L::PD}, KMajorR{sdS, PH}, D));
+    if (warp_group(bk, 8, 16, g)) {
+      auto to_dR = [&](int r, int j, float v) { sdR[r * PH + j] = v; };
+      if (split)
+        mmt<4, kTf32x3, false, false>(g, kC, H, to_dR, term(ExMajor{sAqk, kPC}, ExMajor{sdO, PH}, kC),
+                                      term(ExMinor{sKt, L::PD}, KMajor{sdS, PH}, D));
+      else
+        mmt<4, MATH, false, false>(g, kC, H, to_dR, term(KMajorR{sAqk, kPC}, KMajorR{sdO, PH}, kC),
+                                   term(KMinorR{sKt, L::PD}, KMajorR{sdS, PH}, D));
+    }
     bk.sync();
     // dO Sᵀ; dAqk = dO Rᵀ on and below the diagonal (partial sums over the value halves;
     // the strictly upper part of the diagonal tiles is written too: the applies never read it)
@@ -995,7 +1006,11 @@ GDR2_HD void grad1_body(const Blk& bk, const P& p, long long cg, int hv, float* 
     mmt<2, MATH, true>(bk, kC, kC, GlobalOut{out + G1<D>::dAqk, kC, h, 1.f}, term(KMinorR{sdO, PH}, KMinorR{sUR, PH}, H));
     // dZ = Aᵀ dR over dO's tile (exact: also read elementwise for dv, dw)
     float* sdZ = sdO;
-    mmt<4, MATH>(bk, kC, H, [&](int r, int j, float v) { sdZ[r * PH + j] = v; }, term(KMajorR{sA, kPC}, KMajor{sdR, PH}, kC));
+    auto to_dZ = [&](int r, int j, float v) { sdZ[r * PH + j] = v; };
+    if (split)
+      mmt<4, kTf32x3>(bk, kC, H, to_dZ, term(ExMajor{sA, kPC}, KMajor{sdR, PH}, kC));
+    else
+      mmt<4, MATH>(bk, kC, H, to_dZ, term(KMajorR{sA, kPC}, KMajor{sdR, PH}, kC));
     // this half's v and w rows (vw_tile) and the next half's dO rows (do_tile) as stored;
     // the barriers of the next two products leave them in flight (`keep`)
     const bool do_next = do_tile && h + 1 < D / H;
@@ -1009,7 +1024,10 @@ GDR2_HD void grad1_body(const Blk& bk, const P& p, long long cg, int hv, float* 
     bkv.keep = vw_tile || do_next ? 1 : 0;
     // dKtail = R dSᵀ, dĒ = −dZ Sᵀ; dT = −dZ Rᵀ below the diagonal (as dAqk: the strictly
     // upper part of the diagonal tiles is written, never read)
-    mmt<4, MATH>(bkv, kC, D, GlobalOut{out + G1<D>::X, D, h, 1.f}, term(KMinorR{sUR, PH}, KMinorR{sdS, PH}, H));
+    if (split)
+      mmt<4, kTf32x3>(bkv, kC, D, GlobalOut{out + G1<D>::X, D, h, 1.f}, term(ExMinor{sUR, PH}, KMinor{sdS, PH}, H));
+    else
+      mmt<4, MATH>(bkv, kC, D, GlobalOut{out + G1<D>::X, D, h, 1.f}, term(KMinorR{sUR, PH}, KMinorR{sdS, PH}, H));
     mmt<4, MATH>(bkv, kC, D, GlobalOut{out + G1<D>::dE, D, h, -1.f}, term(KMinor{sdZ, PH}, KMinorR{sS, PH}, H));
     mmt<2, MATH, true>(bk, kC, kC, GlobalOut{out + G1<D>::dT, kC, h, -1.f}, term(KMinor{sdZ, PH}, KMinorR{sUR, PH}, H));
     // dv = dZ ⊙ w, dw = dZ ⊙ v (this half's columns; with tied gates dw over dZ's tile for
