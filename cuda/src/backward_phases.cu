@@ -3,8 +3,8 @@
 // after every barrier; prints the cycles of each barrier-to-barrier phase of grad-1 (with
 // the WY part) and the applies, the per-chunk step of the state passes and the whole
 // persistent prep block (one phase), for one GDR-2 problem B=1 T=2048 H=16 K=V=128 bf16
-// (GDR2_VS=n: value slice n of the state passes). The applies blocks share their SM with
-// one other block: their phases include its share.
+// (GDR2_VS=n: value slice n of the state passes; GDR2_DST=1: with an upstream dS_T). The
+// applies blocks share their SM with one other block: their phases include its share.
 //
 //   nvcc -O3 -std=c++17 --expt-relaxed-constexpr -gencode=arch=compute_90a,code=sm_90a \
 //        -DGDR2_BWD_PHASES -Icuda/include -Iinclude -isystem /usr/include/eigen3 \
@@ -42,6 +42,10 @@ int main() {
     cudaMalloc(&x, nt * 4);
     *g = make_view(x, B, T, H, D);
   }
+  // GDR2_DST=1: an upstream dS_T too, so that grad-1's block (0, 0) is a sequence's last
+  // chunk run exactly (the tf32 mode's split-tf32 tail: cuda/NOTES.md backward item 33)
+  if (const char* e = std::getenv("GDR2_DST"); e && std::atoi(e))
+    up.d_final_state = make_view<const float>(dev_random<float>(std::size_t(B * H * D * D), -1.f, 1.f, 8), B, H, D, D);
   cuda::BackwardOptions opt;  // GDR2_VS=n: value slice of the state passes (default automatic)
   if (const char* vs = std::getenv("GDR2_VS")) opt.value_slice = std::atoi(vs);
   std::size_t bytes = 0;
