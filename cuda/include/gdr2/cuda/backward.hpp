@@ -212,8 +212,9 @@ namespace cuda {
 /// Arithmetic of the block matrix products of the backward.
 enum class BackwardMath {
   /// tensor cores, tf32 operands (10-bit mantissa), fp32 accumulation; when dL/dS_T is given,
-  /// each sequence's last chunk in split tf32 with dS_T as given (its undecayed terms can cancel
-  /// below tf32's precision: cuda/NOTES.md backward item 33)
+  /// each sequence's last chunk reads dS_T as given and runs the three products that carry it
+  /// in split tf32 on its side (its undecayed terms can cancel below tf32's precision:
+  /// cuda/NOTES.md backward items 33, 34)
   tf32,
   tf32x3,     ///< tensor cores, split tf32 operands (three products): about fp32 accuracy
   fp32,       ///< CUDA-core fp32 FMAs (slowest; a reference for the other two)
