@@ -683,8 +683,9 @@ GDR2_HD void mm_auto(const Blk& bk, int M, int N, int KD, FA&& fa, FB&& fb, FO&&
 /// of B), k the contraction index — at p[i·ld + k] (KMinor: k along a tile row; its fragments
 /// are read by ldmatrix, so p and ld are multiples of 4 floats) or at p[k·ld + i] (KMajor).
 /// ROUNDED: its producer stored it through op_round, so in the tf32 mode it is read without
-/// a cvt. EXACT: every element is a tf32 value in every mode (a record part a tf32-mode prep
-/// stored rounded, read by a split-tf32 body), so split tf32 takes one product fewer with it.
+/// a cvt. EXACT: every element is a tf32 value (a record part the tf32-mode preps stored
+/// rounded, or a tile the tf32 body stored through op_round), so split tf32 takes one product
+/// fewer with it (grad-1's exact tail).
 template <bool KMAJOR, bool ROUNDED = false, bool EXACT = false>
 struct View {
   static constexpr bool kmajor = KMAJOR, rounded = ROUNDED, exact = EXACT;

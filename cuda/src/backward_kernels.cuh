@@ -848,7 +848,8 @@ GDR2_HD void grad1_body(const Blk& bk, const P& p, long long cg, int hv, float* 
   // (the record parts, which the tf32-mode preps store rounded, and R) are tf32 values, EXACT,
   // so each takes two products where a full split takes three. Every other product is as in
   // any other chunk: the host study of item 34 found the pinned dβ draw needs only dS_T and
-  // dR unrounded (cuda/NOTES.md backward item 34).
+  // dR unrounded (cuda/NOTES.md backward item 34). In the other modes `split` is false and
+  // its products (whose EXACT views would not hold there) are dead code.
   const bool split = MATH == kTf32 && tail;
   using ExMinor = View<false, true, true>;
   using ExMajor = View<true, true, true>;

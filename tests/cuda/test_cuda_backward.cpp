@@ -436,8 +436,8 @@ TEST_CASE("cuda backward (host execution, tf32 products emulated): GDN's dg on i
 /// 1.8e-3). The error sat on the last token: its dβ per key head is the sum of two value heads'
 /// parts of ±3–13 (the random dS_T, of norm 128 per head, enters them undecayed) that cancel to
 /// −0.99 and −0.35, and each part carried the tf32 operands' ≈ 2^−11 relative error. Since then
-/// the last chunk's grad-1 reads dS_T as given and runs split-tf32 (cuda/NOTES.md backward
-/// items 32, 33).
+/// the last chunk's grad-1 reads dS_T as given and runs the products that carry it split-tf32
+/// (cuda/NOTES.md backward items 32–34).
 ProblemConfig worst_dbeta_draw() {
   auto c = make_cfg(14, 1, 131, 2, 4, 128, -20.0);
   c.seed = 1796601142389849337ull ^ (14 * 0x9E3779B97F4A7C15ull);
