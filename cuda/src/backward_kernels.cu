@@ -33,10 +33,26 @@ __global__ void __launch_bounds__(kThreads, 1) state_kernel(BackwardParams p) {
   const int ns = p.D / p.vs;
   state_body<D, MATH>(bk, p, int(blockIdx.x) / ns, int(blockIdx.x) % ns, int(blockIdx.y) + p.saved_states, sm);
 }
+/// grad-1, block (chunk, value head), exact tails (grad1_tail_kernel's) skipped. Every block
+/// lets the tail launch start at once: the last wave leaves SMs free for it.
 template <int D, int MATH>
 __global__ void __launch_bounds__(kThreads, 1) grad1_kernel(BackwardParams p) {
   GDR2_BWD_BLOCK
-  grad1_body<D, MATH>(bk, p, grad1_chunk(p, blockIdx.x), int(blockIdx.y), sm);
+  grid_launch_dependents();
+  const long long cg = blockIdx.x;
+  if (exact_tail(p, chunk_loc(p, cg))) return;
+  grad1_body<D, MATH, false>(bk, p, cg, int(blockIdx.y), sm);
+}
+/// grad-1 of the exact tails, block (sequence, value head), launched after grad1_kernel with
+/// programmatic stream serialization: its inputs were complete before grad1_kernel started,
+/// and its blocks run beside grad1_kernel's last wave. Each waits for grad1_kernel before it
+/// exits, so that the launches after it find both complete (cuda/NOTES.md backward item 35).
+template <int D, int MATH>
+__global__ void __launch_bounds__(kThreads, 1) grad1_tail_kernel(BackwardParams p) {
+  GDR2_BWD_BLOCK
+  const long long cg = tail_chunk(p, int(blockIdx.x));
+  if (cg >= 0) grad1_body<D, MATH, true>(bk, p, cg, int(blockIdx.y), sm);
+  grid_dependency_wait();
 }
 template <int D, int MATH>
 __global__ void __launch_bounds__(kApplyThreads, 2) apply_kernel(BackwardParams p) {
@@ -60,13 +76,30 @@ unsigned elem_blocks(long long count) {
   return unsigned(std::min<long long>((count + kThreads - 1) / kThreads, 65536));
 }
 
+/// Launch kernel(p) on st with `smem` bytes of dynamic shared memory. `early`: with
+/// programmatic stream serialization, so that it may start once every block of the kernel
+/// before it has started or called grid_launch_dependents (it must then not read that
+/// kernel's outputs before grid_dependency_wait).
 template <class K>
 cudaError_t launch_with_smem(K kernel, dim3 grid, int smem, cudaStream_t st, const BackwardParams& p,
-                             int threads = kThreads) {
+                             int threads = kThreads, bool early = false) {
   cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (e != cudaSuccess) return e;
-  kernel<<<grid, threads, smem, st>>>(p);
-  return cudaGetLastError();
+  if (!early) {
+    kernel<<<grid, threads, smem, st>>>(p);
+    return cudaGetLastError();
+  }
+  cudaLaunchAttribute attr[1] = {};
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = dim3(unsigned(threads));
+  cfg.dynamicSmemBytes = std::size_t(smem);
+  cfg.stream = st;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  return cudaLaunchKernelEx(&cfg, kernel, p);
 }
 
 /// The reverse pass on fp16 warpgroup MMAs (backward_reverse16.cuh): a block per (sequence,
@@ -131,6 +164,11 @@ cudaError_t launch_d(const BackwardParams& p_in, cudaStream_t st) {
   if (p.total_chunks > 0 && p.stages >= 3) {
     e = launch_with_smem(grad1_kernel<D, MATH>, chunk_grid, Grad1Layout<D>::floats * 4, st, p);
     if (e != cudaSuccess) return e;
+    if (p.dsT) {  // the exact tails, beside grad1_kernel's last wave
+      e = launch_with_smem(grad1_tail_kernel<D, MATH>, dim3(unsigned(p.N), unsigned(p.Hv)),
+                           Grad1Layout<D>::floats * 4, st, p, kThreads, true);
+      if (e != cudaSuccess) return e;
+    }
   }
   if (p.total_chunks > 0 && p.stages >= 4) {
     e = launch_with_smem(apply_kernel<D, MATH>, chunk_grid, ApplyLayout::floats * 4, st, p, kApplyThreads);
@@ -188,7 +226,12 @@ std::string run_host_d(const BackwardParams& p, int threads) {
         run("state", kThreads, [&](const Blk& bk) { state_body<D, MATH>(bk, p, pair, sl, role, sm); });
   for (long long cg = 0; cg < p.total_chunks; ++cg)
     for (int hv = 0; hv < p.Hv; ++hv)
-      run("grad1", kThreads, [&](const Blk& bk) { grad1_body<D, MATH>(bk, p, grad1_chunk(p, cg), hv, sm); });
+      run("grad1", kThreads, [&](const Blk& bk) {
+        if (exact_tail(p, chunk_loc(p, cg)))
+          grad1_body<D, MATH, true>(bk, p, cg, hv, sm);
+        else
+          grad1_body<D, MATH, false>(bk, p, cg, hv, sm);
+      });
   for (long long cg = 0; cg < p.total_chunks; ++cg)
     for (int hv = 0; hv < p.Hv; ++hv)
       run("apply", kApplyThreads, [&](const Blk& bk) { apply_body<D, MATH>(bk, p, cg, hv, sm); });

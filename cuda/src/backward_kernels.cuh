@@ -825,24 +825,24 @@ struct Grad1Layout {
 /// value heads sharing β), where tf32's 2^−11 would show (cuda/NOTES.md backward items 33, 34).
 GDR2_HD bool exact_tail(const P& p, const ChunkLoc& cl) { return p.dsT && cl.c == cl.nc - 1; }
 
-/// The chunk that grad-1's block x of a value head works on. With dS_T given, each sequence's
-/// chunks are rotated by one so that its last chunk — exact_tail's, the longer (≈ 150 µs
-/// against ≈ 35 on an H100 while it ran a whole split-tf32 body) — comes first, among the
-/// other sequences' first chunks, and never at the grid's end, where its extra time would add
-/// to the kernel's whole (cuda/NOTES.md backward items 33, 34).
-GDR2_HD long long grad1_chunk(const P& p, long long x) {
-  if (!p.dsT) return x;
-  const ChunkLoc cl = chunk_loc(p, x);
-  return x - cl.c + (cl.c + cl.nc - 1) % cl.nc;
+/// The chunk an exact tail block of grad-1 works on: sequence n's last, or −1 where there is
+/// none (an empty sequence, or no dS_T). Those chunks run in their own launch after the main
+/// one, which skips them, so that the main kernel's code has no tail in it (cuda/NOTES.md
+/// backward item 35).
+GDR2_HD long long tail_chunk(const P& p, int n) {
+  const SeqLoc s = seq_loc(p, n);
+  return p.dsT && s.nc > 0 ? s.cg0 + s.nc - 1 : -1;
 }
 
-template <int D, int MATH>
+/// grad-1 of chunk-head (cg, hv); TAIL: the chunk is an exact tail (exact_tail), a separate
+/// instantiation so that the other chunks' code holds none of the tail's.
+template <int D, int MATH, bool TAIL>
 GDR2_HD void grad1_body(const Blk& bk, const P& p, long long cg, int hv, float* sm) {
   static_assert(kThreads == 512, "R and dR below run side by side on two halves of 16 warps");
   using L = Grad1Layout<D>;
   constexpr int PH = L::PH, H = L::H, H4 = H / 4;
   const ChunkLoc cl = chunk_loc(p, cg);
-  const bool tail = exact_tail(p, cl);
+  constexpr bool tail = TAIL;
   // The tf32 mode's exact tail: the products with a dS_T term — dR's Ktail dS_T, dKtail =
   // R dS_Tᵀ, dZ = Aᵀ dR — run split-tf32 with dS_T and dR as they are; their other operands
   // (the record parts, which the tf32-mode preps store rounded, and R) are tf32 values, EXACT,
@@ -850,7 +850,7 @@ GDR2_HD void grad1_body(const Blk& bk, const P& p, long long cg, int hv, float* 
   // any other chunk: the host study of item 34 found the pinned dβ draw needs only dS_T and
   // dR unrounded (cuda/NOTES.md backward item 34). In the other modes `split` is false and
   // its products (whose EXACT views would not hold there) are dead code.
-  const bool split = MATH == kTf32 && tail;
+  constexpr bool split = MATH == kTf32 && tail;
   using ExMinor = View<false, true, true>;
   using ExMajor = View<true, true, true>;
   const long long base = cg * p.Hv + hv, DD = (long long)D * D;
@@ -916,7 +916,7 @@ GDR2_HD void grad1_body(const Blk& bk, const P& p, long long cg, int hv, float* 
     const char* ds16 = reinterpret_cast<const char*>(p.dstates + base * DD);
     const int* ds16e = reinterpret_cast<const int*>(sdR + D * H / 2);
     static_assert(D * H * 2 + 16 <= kC * PH * 4, "a half's fp16 dS and its exponents fit dR's tile");
-    if (tail) {
+    if constexpr (tail) {
       // (dS_T itself, loaded once dO's rows are in: see below)
     } else if (p.rev16) {
       copy_rows16(bk, sdR, ds16, DS16<D>::x / 2 + j0, D, D, H);
@@ -958,7 +958,7 @@ GDR2_HD void grad1_body(const Blk& bk, const P& p, long long cg, int hv, float* 
         },
         [&](int i, const F4& x) { st4(sdO + (i / H4) * PH + (i % H4) * 4, op_round4<MATH>(x)); });
     bk.sync();
-    if (tail) {  // this half's columns of dS_T as given (dS's tile is free: Ktail, Y converted),
+    if constexpr (tail) {  // this half's columns of dS_T as given (dS's tile is free: Ktail, Y converted),
       // every thread's loads in flight at once (one after another they cost ≈ 16 round trips)
       const float* ds = p.dsT + cl.n * p.dsTs[0] + hv * p.dsTs[1] + j0 * p.dsTs[3];
       const long long s2 = p.dsTs[2], s3 = p.dsTs[3];
@@ -993,7 +993,7 @@ GDR2_HD void grad1_body(const Blk& bk, const P& p, long long cg, int hv, float* 
           term(KMinorR{sY, L::PD}, KMajorR{sS, PH}, D));
     if (warp_group(bk, 8, 16, g)) {
       auto to_dR = [&](int r, int j, float v) { sdR[r * PH + j] = v; };
-      if (split)
+      if constexpr (split)
         mmt<4, kTf32x3, false, false>(g, kC, H, to_dR, term(ExMajor{sAqk, kPC}, ExMajor{sdO, PH}, kC),
                                       term(ExMinor{sKt, L::PD}, KMajor{sdS, PH}, D));
       else
@@ -1008,7 +1008,7 @@ GDR2_HD void grad1_body(const Blk& bk, const P& p, long long cg, int hv, float* 
     // dZ = Aᵀ dR over dO's tile (exact: also read elementwise for dv, dw)
     float* sdZ = sdO;
     auto to_dZ = [&](int r, int j, float v) { sdZ[r * PH + j] = v; };
-    if (split)
+    if constexpr (split)
       mmt<4, kTf32x3>(bk, kC, H, to_dZ, term(ExMajor{sA, kPC}, KMajor{sdR, PH}, kC));
     else
       mmt<4, MATH>(bk, kC, H, to_dZ, term(KMajorR{sA, kPC}, KMajor{sdR, PH}, kC));
@@ -1025,7 +1025,7 @@ GDR2_HD void grad1_body(const Blk& bk, const P& p, long long cg, int hv, float* 
     bkv.keep = vw_tile || do_next ? 1 : 0;
     // dKtail = R dSᵀ, dĒ = −dZ Sᵀ; dT = −dZ Rᵀ below the diagonal (as dAqk: the strictly
     // upper part of the diagonal tiles is written, never read)
-    if (split)
+    if constexpr (split)
       mmt<4, kTf32x3>(bkv, kC, D, GlobalOut{out + G1<D>::X, D, h, 1.f}, term(ExMinor{sUR, PH}, KMinor{sdS, PH}, H));
     else
       mmt<4, MATH>(bkv, kC, D, GlobalOut{out + G1<D>::X, D, h, 1.f}, term(KMinorR{sUR, PH}, KMinorR{sdS, PH}, H));
