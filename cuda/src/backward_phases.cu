@@ -3,7 +3,8 @@
 // after every barrier; prints the cycles of each barrier-to-barrier phase of grad-1 (with
 // the WY part) and the applies, the per-chunk step of the state passes and the whole
 // persistent prep block (one phase), for one GDR-2 problem B=1 T=2048 H=16 K=V=128 bf16
-// (GDR2_VS=n: value slice n of the state passes; GDR2_DST=1: with an upstream dS_T). The
+// (GDR2_VS=n: value slice n of the state passes; GDR2_DST=1: with an upstream dS_T, whose
+// exact tails grad1_tail_kernel runs: its block (0, 0) is traced after grad-1's). The
 // applies blocks share their SM with one other block: their phases include its share.
 //
 //   nvcc -O3 -std=c++17 --expt-relaxed-constexpr -gencode=arch=compute_90a,code=sm_90a \
@@ -62,7 +63,11 @@ int main() {
   cudaMemcpyFromSymbol(cnt, cuda::detail::bwd::gdr2_bwd_nclk, sizeof cnt);
   std::vector<long long> all(2 * 8192);
   cudaMemcpyFromSymbol(all.data(), cuda::detail::bwd::gdr2_bwd_clk, all.size() * 8);
-  const char* names[] = {"prep", "states", "grad1", "apply", "reduce"};
+  // the traced kernels in launch order: this problem's preps and reverse pass are the 16-bit
+  // kernels (untraced) and the forward gives the chunk states, so grad-1, its exact tails'
+  // launch (an upstream dS_T only), the applies
+  const bool dst = up.d_final_state.given();
+  const char* names[] = {"grad1", dst ? "tails" : "apply", "apply"};
   for (int tr = 0; tr < 2; ++tr) {
     const int n = cnt[tr] < 8192 ? cnt[tr] : 8192;
     const long long* c = all.data() + tr * 8192;
