@@ -52,6 +52,9 @@
 //             R = U − Y S, dR = Aqkᵀ dO + Ktail dS (= dU), dZ = Aᵀ dR, dO Sᵀ,
 //             dKtail = R dSᵀ, dĒ = −dZ Sᵀ (= Aᵀ dY), dT = −strict_lower(dZ Rᵀ), dAqk,
 //             dv = dZ ⊙ w, dw = dZ ⊙ v, Σ dS⊙S — summed over two value halves.
+//             With dL/dS_T given, each sequence's last chunk reads dS_T exactly (the
+//             products that carry it in split tf32 on its side) in a launch of its own,
+//             whose blocks start on the SMs the main launch's last wave leaves free.
 //   4. grad-2 (chunk-parallel, two kernels): per chunk-head, its slices of 32 key channels
 //             in turn: the decayed applies (pairs of distinct 8-token blocks as products
 //             on operands anchored at block boundaries, the 8×8 diagonal blocks exactly),
