@@ -730,8 +730,8 @@ __device__ __forceinline__ void ldsm_x2(unsigned addr, std::uint32_t& r0, std::u
 /// pitch ≡ 4 (mod 16) — with k = t, t + 4 they need a pitch ≡ 8 (mod 32), as for a KMajor
 /// B after a KMinor A. KMinor B fragments: ldmatrix (order t, t+4), or one 8-byte load
 /// (order 2t, 2t+1).
-template <int NT, int MATH, class VA, class VB>
-__device__ __forceinline__ void mmt_term(float (&c)[NT][4], const Term<VA, VB>& tm, int m0, int n0, int lane) {
+template <int MT, int NT, int MATH, class VA, class VB>
+__device__ __forceinline__ void mmt_term(float (&c)[MT][NT][4], const Term<VA, VB>& tm, int m0, int n0, int lane) {
   const int g = lane >> 2, t = lane & 3;
   constexpr bool PAIR = VA::kmajor;
   const int k1 = PAIR ? 2 * t : t, k2 = PAIR ? 2 * t + 1 : t + 4;
@@ -746,18 +746,21 @@ __device__ __forceinline__ void mmt_term(float (&c)[NT][4], const Term<VA, VB>& 
   const std::uint32_t sign = tm.neg ? 0x80000000u : 0u;
 #pragma unroll 2
   for (int k0 = 0; k0 < tm.K; k0 += 8) {
-    float a[4];
-    if constexpr (VA::kmajor) {
-      const float *r1 = pa + (k0 + k1) * la + m0 + g, *r2 = pa + (k0 + k2) * la + m0 + g;
-      a[0] = r1[0];
-      a[1] = r1[8];
-      a[2] = r2[0];
-      a[3] = r2[8];
-    } else {
-      std::uint32_t r[4];
-      ldsm_x4(sa + 4u * unsigned(k0), r);
+    float a[MT][4];
 #pragma unroll
-      for (int i = 0; i < 4; ++i) a[i] = __uint_as_float(r[i]);
+    for (int mt = 0; mt < MT; ++mt) {
+      if constexpr (VA::kmajor) {
+        const float *r1 = pa + (k0 + k1) * la + m0 + 16 * mt + g, *r2 = pa + (k0 + k2) * la + m0 + 16 * mt + g;
+        a[mt][0] = r1[0];
+        a[mt][1] = r1[8];
+        a[mt][2] = r2[0];
+        a[mt][3] = r2[8];
+      } else {
+        std::uint32_t r[4];
+        ldsm_x4(sa + 4u * unsigned(k0 + 16 * mt * la), r);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) a[mt][i] = __uint_as_float(r[i]);
+      }
     }
     float b[NT][2];
     if constexpr (VB::kmajor) {
@@ -790,19 +793,22 @@ __device__ __forceinline__ void mmt_term(float (&c)[NT][4], const Term<VA, VB>& 
         b[j + 1][1] = __uint_as_float(r[3]);
       }
     }
-    std::uint32_t ah[4], al[4];
+    std::uint32_t ah[MT][4], al[MT][4];
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      tf32_split<MATH, VA::rounded, VA::exact>(a[i], ah[i], al[i]);
-      if (MATH == kTf32x3 && !VA::exact) al[i] ^= sign;
-      ah[i] ^= sign;
-    }
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        tf32_split<MATH, VA::rounded, VA::exact>(a[mt][i], ah[mt][i], al[mt][i]);
+        if (MATH == kTf32x3 && !VA::exact) al[mt][i] ^= sign;
+        ah[mt][i] ^= sign;
+      }
 #pragma unroll
     for (int j = 0; j < NT; ++j) {
       std::uint32_t bh0, bh1, bl0, bl1;
       tf32_split<MATH, VB::rounded, VB::exact>(b[j][0], bh0, bl0);
       tf32_split<MATH, VB::rounded, VB::exact>(b[j][1], bh1, bl1);
-      mma_split<MATH, VA::exact, VB::exact>(c[j], ah, al, bh0, bh1, bl0, bl1);
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) mma_split<MATH, VA::exact, VB::exact>(c[mt][j], ah[mt], al[mt], bh0, bh1, bl0, bl1);
     }
   }
 }
@@ -830,22 +836,29 @@ __device__ __forceinline__ void mmt_term_fp32(float (&c)[NT][4], const Term<VA, 
 /// fo(m, n, Σ_terms ±Σ_k A(m, k)·B(k, n)), the terms in their order, for every (m, n) of
 /// every computed tile, then a barrier (not with SYNC = false); LOWER as in mm. Tiles of
 /// 16 × 8·NT go round-robin to the warps. The host computes it in fp32, term by term.
-template <int NT, int MATH, bool LOWER = false, bool SYNC = true, class FO, class... Ts>
-GDR2_HD void mmt(const Blk& bk, int M, int N, FO&& fo, const Ts&... terms) {
+/// MT: tiles of 16·MT rows per warp (tf32 modes), the A fragments of MT row blocks against each
+/// B fragment: 2 operand words per mma at MT = 2, NT = 4 instead of 3 (cuda/NOTES.md backward
+/// item 39); every element's sum in the same order as at MT = 1.
+template <int MT, int NT, int MATH, bool LOWER = false, bool SYNC = true, class FO, class... Ts>
+GDR2_HD void mmt_tiles(const Blk& bk, int M, int N, FO&& fo, const Ts&... terms) {
+  static_assert(MT == 1 || (MATH != kFp32 && !LOWER), "row blocks per tile: tf32 modes, full products");
 #if defined(__CUDA_ARCH__)
-  const int tn = N / (8 * NT), tiles = (M / 16) * tn;
+  const int tn = N / (8 * NT), tiles = (M / (16 * MT)) * tn;
   const int warp = bk.tid >> 5, lane = bk.tid & 31, nw = bk.nthr >> 5;
   for (int tile = warp; tile < tiles; tile += nw) {
-    const int m0 = (tile / tn) * 16, n0 = (tile % tn) * 8 * NT;
+    const int m0 = (tile / tn) * 16 * MT, n0 = (tile % tn) * 8 * NT;
     if (LOWER && n0 > m0 + 15) continue;
-    float c[NT][4];
+    float c[MT][NT][4];
 #pragma unroll
-    for (int j = 0; j < NT; ++j) c[j][0] = c[j][1] = c[j][2] = c[j][3] = 0.f;
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int j = 0; j < NT; ++j) c[mt][j][0] = c[mt][j][1] = c[mt][j][2] = c[mt][j][3] = 0.f;
     if constexpr (MATH == kFp32)
-      (mmt_term_fp32<NT>(c, terms, m0, n0, lane), ...);
+      (mmt_term_fp32<NT>(c[0], terms, m0, n0, lane), ...);
     else
-      (mmt_term<NT, MATH>(c, terms, m0, n0, lane), ...);
-    mm_out<NT>(c, m0, n0, lane, fo);
+      (mmt_term<MT, NT, MATH>(c, terms, m0, n0, lane), ...);
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) mm_out<NT>(c[mt], m0 + 16 * mt, n0, lane, fo);
   }
 #else
   if (host_lead(bk)) host_tiles<NT, LOWER>(M, N, fo, [&](int m, int n) {
@@ -862,6 +875,11 @@ GDR2_HD void mmt(const Blk& bk, int M, int N, FO&& fo, const Ts&... terms) {
   });
 #endif
   if (SYNC) bk.sync();
+}
+/// mmt_tiles with one row block per tile.
+template <int NT, int MATH, bool LOWER = false, bool SYNC = true, class FO, class... Ts>
+GDR2_HD void mmt(const Blk& bk, int M, int N, FO&& fo, const Ts&... terms) {
+  mmt_tiles<1, NT, MATH, LOWER, SYNC>(bk, M, N, static_cast<FO&&>(fo), terms...);
 }
 
 /// mmt with mm_auto's choice of tile width (SYNC as in mmt).

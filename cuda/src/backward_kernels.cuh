@@ -983,12 +983,14 @@ GDR2_HD void grad1_body(const Blk& bk, const P& p, long long cg, int hv, float* 
     // error (cuda/NOTES.md backward item 23). row_sums ends with a barrier.
     static_assert(PH % 32 == 4 && 4 * D <= kThreads, "row_sums' conditions");
     row_sums<H, MATH == kTf32>(bk, sS, sdS, D, PH, [&](int d, float s) { acc(G1<D>::rs + d, s); });
-    // side by side, 8 tiles of 16×32 each (3 operand loads per mma instead of 4 with 16×16
-    // tiles: cuda/NOTES.md backward v12): R = U − Y S on warps 0–7 | dR = Aqkᵀ dO + Ktail dS
-    // (= dU) on warps 8–15
+    // side by side, 4 tiles of 32×32 each (2 operand loads per mma instead of 3 with 16×32
+    // tiles, 4 with 16×16: cuda/NOTES.md backward v12, item 39; the phase is bound by what the
+    // warps move, not by their chains: item 38): R = U − Y S on warps 0–7 | dR = Aqkᵀ dO +
+    // Ktail dS (= dU) on warps 8–15
+    constexpr int RMT = MATH == kFp32 ? 1 : 2;
     Blk g;
     if (warp_group(bk, 0, 8, g))
-      mmt<4, MATH, false, false>(
+      mmt_tiles<RMT, 4, MATH, false, false>(
           g, kC, H, [&](int r, int j, float v) { sUR[r * PH + j] = op_round<MATH>(sUR[r * PH + j] - v); },
           term(KMinorR{sY, L::PD}, KMajorR{sS, PH}, D));
     if (warp_group(bk, 8, 16, g)) {
@@ -997,8 +999,8 @@ GDR2_HD void grad1_body(const Blk& bk, const P& p, long long cg, int hv, float* 
         mmt<4, kTf32x3, false, false>(g, kC, H, to_dR, term(ExMajor{sAqk, kPC}, ExMajor{sdO, PH}, kC),
                                       term(ExMinor{sKt, L::PD}, KMajor{sdS, PH}, D));
       else
-        mmt<4, MATH, false, false>(g, kC, H, to_dR, term(KMajorR{sAqk, kPC}, KMajorR{sdO, PH}, kC),
-                                   term(KMinorR{sKt, L::PD}, KMajorR{sdS, PH}, D));
+        mmt_tiles<RMT, 4, MATH, false, false>(g, kC, H, to_dR, term(KMajorR{sAqk, kPC}, KMajorR{sdO, PH}, kC),
+                                              term(KMinorR{sKt, L::PD}, KMajorR{sdS, PH}, D));
     }
     bk.sync();
     // dO Sᵀ; dAqk = dO Rᵀ on and below the diagonal (partial sums over the value halves;
