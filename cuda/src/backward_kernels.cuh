@@ -1004,8 +1004,9 @@ GDR2_HD void grad1_body(const Blk& bk, const P& p, long long cg, int hv, float* 
     }
     bk.sync();
     // dO Sᵀ; dAqk = dO Rᵀ on and below the diagonal (partial sums over the value halves;
-    // the strictly upper part of the diagonal tiles is written too: the applies never read it)
-    mmt<4, MATH>(bk, kC, D, GlobalOut{out + G1<D>::dQ, D, h, 1.f}, term(KMinorR{sdO, PH}, KMinorR{sS, PH}, H));
+    // the strictly upper part of the diagonal tiles is written too: the applies never read it).
+    // The full products on 32-row warp tiles as R | dR (cuda/NOTES.md backward item 40)
+    mmt_tiles<RMT, 4, MATH>(bk, kC, D, GlobalOut{out + G1<D>::dQ, D, h, 1.f}, term(KMinorR{sdO, PH}, KMinorR{sS, PH}, H));
     mmt<2, MATH, true>(bk, kC, kC, GlobalOut{out + G1<D>::dAqk, kC, h, 1.f}, term(KMinorR{sdO, PH}, KMinorR{sUR, PH}, H));
     // dZ = Aᵀ dR over dO's tile (exact: also read elementwise for dv, dw)
     float* sdZ = sdO;
@@ -1013,7 +1014,7 @@ GDR2_HD void grad1_body(const Blk& bk, const P& p, long long cg, int hv, float* 
     if constexpr (split)
       mmt<4, kTf32x3>(bk, kC, H, to_dZ, term(ExMajor{sA, kPC}, KMajor{sdR, PH}, kC));
     else
-      mmt<4, MATH>(bk, kC, H, to_dZ, term(KMajorR{sA, kPC}, KMajor{sdR, PH}, kC));
+      mmt_tiles<RMT, 4, MATH>(bk, kC, H, to_dZ, term(KMajorR{sA, kPC}, KMajor{sdR, PH}, kC));
     // this half's v and w rows (vw_tile) and the next half's dO rows (do_tile) as stored;
     // the barriers of the next two products leave them in flight (`keep`)
     const bool do_next = do_tile && h + 1 < D / H;
@@ -1030,8 +1031,8 @@ GDR2_HD void grad1_body(const Blk& bk, const P& p, long long cg, int hv, float* 
     if constexpr (split)
       mmt<4, kTf32x3>(bkv, kC, D, GlobalOut{out + G1<D>::X, D, h, 1.f}, term(ExMinor{sUR, PH}, KMinor{sdS, PH}, H));
     else
-      mmt<4, MATH>(bkv, kC, D, GlobalOut{out + G1<D>::X, D, h, 1.f}, term(KMinorR{sUR, PH}, KMinorR{sdS, PH}, H));
-    mmt<4, MATH>(bkv, kC, D, GlobalOut{out + G1<D>::dE, D, h, -1.f}, term(KMinor{sdZ, PH}, KMinorR{sS, PH}, H));
+      mmt_tiles<RMT, 4, MATH>(bkv, kC, D, GlobalOut{out + G1<D>::X, D, h, 1.f}, term(KMinorR{sUR, PH}, KMinorR{sdS, PH}, H));
+    mmt_tiles<RMT, 4, MATH>(bkv, kC, D, GlobalOut{out + G1<D>::dE, D, h, -1.f}, term(KMinor{sdZ, PH}, KMinorR{sS, PH}, H));
     mmt<2, MATH, true>(bk, kC, kC, GlobalOut{out + G1<D>::dT, kC, h, -1.f}, term(KMinor{sdZ, PH}, KMinorR{sUR, PH}, H));
     // dv = dZ ⊙ w, dw = dZ ⊙ v (this half's columns; with tied gates dw over dZ's tile for
     // its row sums)
