@@ -832,7 +832,7 @@ __device__ __forceinline__ void mmt_term_fp32(float (&c)[NT][4], const Term<VA, 
 }
 #endif
 
-/// Block tile product over an M×N output (M a multiple of 16, N of 8·NT, every K of 8):
+/// Block tile product over an M×N output (M a multiple of 16·MT, N of 8·NT, every K of 8):
 /// fo(m, n, Σ_terms ±Σ_k A(m, k)·B(k, n)), the terms in their order, for every (m, n) of
 /// every computed tile, then a barrier (not with SYNC = false); LOWER as in mm. Tiles of
 /// 16 × 8·NT go round-robin to the warps. The host computes it in fp32, term by term.

@@ -40,6 +40,11 @@ __device__ __forceinline__ void cp_async_wait() {
 
 /// Hint: the line holding p into L2.
 __device__ __forceinline__ void prefetch_l2(const void* p) { asm volatile("prefetch.global.L2 [%0];\n" ::"l"(p)); }
+/// Hint: `bytes` (a multiple of 16) from p (16-byte aligned) into L2, by the copy engine.
+__device__ __forceinline__ void prefetch_l2_bulk(const void* p, std::uint32_t bytes) {
+  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(p), "r"(bytes) : "memory");
+}
+
 // ---- programmatic dependent launch (sm_90) -------------------------------------------
 /// Lets the kernel launched after this one with programmatic stream serialization start once
 /// every block of this grid has executed this (or exited); nothing is made visible by it.
@@ -47,11 +52,6 @@ __device__ __forceinline__ void grid_launch_dependents() { asm volatile("griddep
 /// Waits until the grids this one programmatically depends on have completed and their memory
 /// operations are visible to it; returns at once in a grid launched without that dependency.
 __device__ __forceinline__ void grid_dependency_wait() { asm volatile("griddepcontrol.wait;\n" ::: "memory"); }
-
-/// Hint: `bytes` (a multiple of 16) from p (16-byte aligned) into L2, by the copy engine.
-__device__ __forceinline__ void prefetch_l2_bulk(const void* p, std::uint32_t bytes) {
-  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(p), "r"(bytes) : "memory");
-}
 
 // ---- ldmatrix -------------------------------------------------------------------
 __device__ __forceinline__ void ldsm_x4(std::uint32_t (&r)[4], const void* p) {
