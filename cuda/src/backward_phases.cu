@@ -43,8 +43,9 @@ int main() {
     cudaMalloc(&x, nt * 4);
     *g = make_view(x, B, T, H, D);
   }
-  // GDR2_DST=1: an upstream dS_T too, so that grad-1's block (0, 0) is a sequence's last
-  // chunk run exactly (the tf32 mode's exact tail: cuda/NOTES.md backward items 33, 34)
+  // GDR2_DST=1: an upstream dS_T too, so that each sequence's last chunk runs exactly in
+  // grad1_tail_kernel, whose block (0, 0) is traced after grad-1's (the tf32 mode's exact
+  // tail: cuda/NOTES.md backward items 33–35)
   if (const char* e = std::getenv("GDR2_DST"); e && std::atoi(e))
     up.d_final_state = make_view<const float>(dev_random<float>(std::size_t(B * H * D * D), -1.f, 1.f, 8), B, H, D, D);
   cuda::BackwardOptions opt;  // GDR2_VS=n: value slice of the state passes (default automatic)
