@@ -1003,11 +1003,19 @@ GDR2_HD void grad1_body(const Blk& bk, const P& p, long long cg, int hv, float* 
                                               term(KMinorR{sKt, L::PD}, KMajorR{sdS, PH}, D));
     }
     bk.sync();
-    // dO Sᵀ; dAqk = dO Rᵀ on and below the diagonal (partial sums over the value halves;
-    // the strictly upper part of the diagonal tiles is written too: the applies never read it).
-    // The full products on 32-row warp tiles as R | dR (cuda/NOTES.md backward item 40)
-    mmt_tiles<RMT, 4, MATH>(bk, kC, D, GlobalOut{out + G1<D>::dQ, D, h, 1.f}, term(KMinorR{sdO, PH}, KMinorR{sS, PH}, H));
-    mmt<2, MATH, true>(bk, kC, kC, GlobalOut{out + G1<D>::dAqk, kC, h, 1.f}, term(KMinorR{sdO, PH}, KMinorR{sUR, PH}, H));
+    // side by side: dO Sᵀ on warps 0–7 | dAqk = dO Rᵀ on and below the diagonal on warps 8–15
+    // (partial sums over the value halves; the strictly upper part of the diagonal tiles is
+    // written too: the applies never read it). The full products on 32-row warp tiles as
+    // R | dR (cuda/NOTES.md backward item 40); one phase for both (item 41). A group's warps
+    // take the same tiles in both halves, so the second half's reductions add onto partial
+    // sums their own threads stored.
+    if (warp_group(bk, 0, 8, g))
+      mmt_tiles<RMT, 4, MATH, false, false>(g, kC, D, GlobalOut{out + G1<D>::dQ, D, h, 1.f},
+                                            term(KMinorR{sdO, PH}, KMinorR{sS, PH}, H));
+    if (warp_group(bk, 8, 16, g))
+      mmt<2, MATH, true, false>(g, kC, kC, GlobalOut{out + G1<D>::dAqk, kC, h, 1.f},
+                                term(KMinorR{sdO, PH}, KMinorR{sUR, PH}, H));
+    bk.sync();
     // dZ = Aᵀ dR over dO's tile (exact: also read elementwise for dv, dw)
     float* sdZ = sdO;
     auto to_dZ = [&](int r, int j, float v) { sdZ[r * PH + j] = v; };
@@ -1015,8 +1023,8 @@ GDR2_HD void grad1_body(const Blk& bk, const P& p, long long cg, int hv, float* 
       mmt<4, kTf32x3>(bk, kC, H, to_dZ, term(ExMajor{sA, kPC}, KMajor{sdR, PH}, kC));
     else
       mmt_tiles<RMT, 4, MATH>(bk, kC, H, to_dZ, term(KMajorR{sA, kPC}, KMajor{sdR, PH}, kC));
-    // this half's v and w rows (vw_tile) and the next half's dO rows (do_tile) as stored;
-    // the barriers of the next two products leave them in flight (`keep`)
+    // this half's v and w rows (vw_tile) and the next half's dO rows (do_tile) as stored, in
+    // flight during the next phase's products
     const bool do_next = do_tile && h + 1 < D / H;
     if (vw_tile) {
       copy_half(sdR, iv.base, iv.off + j0, iv.st);
@@ -1024,16 +1032,25 @@ GDR2_HD void grad1_body(const Blk& bk, const P& p, long long cg, int hv, float* 
     }
     if (do_next) copy_half(sm + L::dO16, p.d_o, act(p.sdo, cl.bb, cl.t0, hv) + j0 + H, p.sdo.t);
     if (vw_tile || do_next) bk.commit();
-    Blk bkv = bk;
-    bkv.keep = vw_tile || do_next ? 1 : 0;
-    // dKtail = R dSᵀ, dĒ = −dZ Sᵀ; dT = −dZ Rᵀ below the diagonal (as dAqk: the strictly
-    // upper part of the diagonal tiles is written, never read)
-    if constexpr (split)
-      mmt<4, kTf32x3>(bkv, kC, D, GlobalOut{out + G1<D>::X, D, h, 1.f}, term(ExMinor{sUR, PH}, KMinor{sdS, PH}, H));
-    else
-      mmt_tiles<RMT, 4, MATH>(bkv, kC, D, GlobalOut{out + G1<D>::X, D, h, 1.f}, term(KMinorR{sUR, PH}, KMinorR{sdS, PH}, H));
-    mmt_tiles<RMT, 4, MATH>(bkv, kC, D, GlobalOut{out + G1<D>::dE, D, h, -1.f}, term(KMinor{sdZ, PH}, KMinorR{sS, PH}, H));
-    mmt<2, MATH, true>(bk, kC, kC, GlobalOut{out + G1<D>::dT, kC, h, -1.f}, term(KMinor{sdZ, PH}, KMinorR{sUR, PH}, H));
+    // side by side in one phase (item 41): dKtail = R dSᵀ on warps 0–7 | dĒ = −dZ Sᵀ, then
+    // dT = −dZ Rᵀ below the diagonal (as dAqk: the strictly upper part of the diagonal tiles is
+    // written, never read) on warps 8–15. Its barrier waits for the copies above too: the vw
+    // phase reads v and w.
+    if (warp_group(bk, 0, 8, g)) {
+      if constexpr (split)
+        mmt<4, kTf32x3, false, false>(g, kC, D, GlobalOut{out + G1<D>::X, D, h, 1.f},
+                                      term(ExMinor{sUR, PH}, KMinor{sdS, PH}, H));
+      else
+        mmt_tiles<RMT, 4, MATH, false, false>(g, kC, D, GlobalOut{out + G1<D>::X, D, h, 1.f},
+                                              term(KMinorR{sUR, PH}, KMinorR{sdS, PH}, H));
+    }
+    if (warp_group(bk, 8, 16, g)) {
+      mmt_tiles<RMT, 4, MATH, false, false>(g, kC, D, GlobalOut{out + G1<D>::dE, D, h, -1.f},
+                                            term(KMinor{sdZ, PH}, KMinorR{sS, PH}, H));
+      mmt<2, MATH, true, false>(g, kC, kC, GlobalOut{out + G1<D>::dT, kC, h, -1.f},
+                                term(KMinor{sdZ, PH}, KMinorR{sUR, PH}, H));
+    }
+    bk.sync();
     // dv = dZ ⊙ w, dw = dZ ⊙ v (this half's columns; with tied gates dw over dZ's tile for
     // its row sums)
     struct VW {
