@@ -838,7 +838,7 @@ GDR2_HD long long tail_chunk(const P& p, int n) {
 /// instantiation so that the other chunks' code holds none of the tail's.
 template <int D, int MATH, bool TAIL>
 GDR2_HD void grad1_body(const Blk& bk, const P& p, long long cg, int hv, float* sm) {
-  static_assert(kThreads == 512, "R and dR below run side by side on two halves of 16 warps");
+  static_assert(kThreads == 512, "the products below run in pairs on two halves of 16 warps");
   using L = Grad1Layout<D>;
   constexpr int PH = L::PH, H = L::H, H4 = H / 4;
   const ChunkLoc cl = chunk_loc(p, cg);
