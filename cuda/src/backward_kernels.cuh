@@ -940,14 +940,16 @@ GDR2_HD void grad1_body(const Blk& bk, const P& p, long long cg, int hv, float* 
     }
     // fp16 Ktail, Y·2^{−f} → fp32 Ktail, Y (exact: tf32 values). kty16 implies do_tile (rev16
     // needs dO's rows 16-byte aligned), so `first` above has waited for their copies.
+    // (no barrier of its own: the dO rows' conversion below, which touches neither tile, shares
+    // its phase; cuda/NOTES.md backward item 44)
     if (kty16 && h == 0) {
       const float sy = pow2i(f16);
-      bk.par(2 * kC * (D / 4), [&](int i) {
+      for (int i = bk.tid; i < 2 * kC * (D / 4); i += bk.nthr) {
         const int m = i / (kC * (D / 4)), r = (i / (D / 4)) % kC, c = 4 * (i % (D / 4));
         const F4 x = ld_in4(kty_stage + m * Rec16<D>::tile, swz128(r, c), kF16, 1);
         const float f = m ? sy : 1.f;
         st4((m ? sY : sKt) + r * L::PD + c, {x.x * f, x.y * f, x.z * f, x.w * f});
-      });
+      }
     }
     bk.par_ld<8>(
         kC * H4,
