@@ -1382,23 +1382,46 @@ GDR2_HD void apply_slice(const Blk& bk, const P& p, const ChunkLoc& cl, int hv, 
   }
   if (first) prefetch_applies<D>(bk, p, cl, hv, g1);
   bk.sync();
+  // a'. With qkbg_tile, the rows as copied converted (q times the scale, g to log2 units; β
+  //    and the scalar decay from rowv; zeros past the chunk), eight channels of one row per
+  //    item: two 8-byte loads, two 16-byte stores. (Was done in b's items, one channel and
+  //    eight rows each: scalar 2-byte loads, ≈ 4× the instructions — 8 % of the applies'
+  //    instructions, cuda/NOTES.md backward item 48.)
+  if (qkbg_tile) {
+    constexpr int K8 = KS / 8;
+    bk.par(4 * kC * K8, [&](int i) {
+      const int m = i / (kC * K8), r = (i / K8) % kC, c = 8 * (i % K8);
+      float* dst = (m == 0 ? sq : m == 1 ? sk : m == 2 ? sb : sG) + r * PB + c;
+      F4 lo = splat(0.f), hi = lo;
+      if (r < len) {
+        if (m == 3) {  // g: copied as fp32 into G (or the scalar decay per row)
+          const float mul = ig.mul;
+          lo = p.scalar_decay ? splat(rowv[kC + r]) : ld4(dst);
+          hi = p.scalar_decay ? lo : ld4(dst + 4);
+          if (!p.scalar_decay)
+            lo = {lo.x * mul, lo.y * mul, lo.z * mul, lo.w * mul}, hi = {hi.x * mul, hi.y * mul, hi.z * mul, hi.w * mul};
+        } else if (m == 2 && p.tied) {
+          lo = hi = splat(rowv[r]);
+        } else {
+          const char* src = raw + m * kC * KS * 2;
+          lo = ld_in4(src, r * KS + c, p.dtype, 1);
+          hi = ld_in4(src, r * KS + c + 4, p.dtype, 1);
+          if (m == 0) {
+            const float mul = iq.mul;
+            lo = {lo.x * mul, lo.y * mul, lo.z * mul, lo.w * mul}, hi = {hi.x * mul, hi.y * mul, hi.z * mul, hi.w * mul};
+          }
+        }
+      }
+      st4(dst, lo);
+      st4(dst + 4, hi);
+    });
+  }
   // b. cumulative sums of the log-decays as a blocked scan (item: 8-row segment × channel;
   //    chains of 8, not 64): sums within each segment. dT and dAqk below their 8×8
   //    diagonal blocks rounded as the products round them (op_round; the blocks stay exact
   //    for phase e, what lies above is never read); dAqk's diagonal to `diag`
-  //    With qkbg_tile, the rows as copied converted first (q times the scale, g to log2
-  //    units; β and the scalar decay from rowv; zeros past the chunk).
   bk.par(NSEG * KS, [&](int i) {
     const int sg = i / KS, d = i % KS;
-    if (qkbg_tile)
-      for (int r = 8 * sg; r < 8 * sg + 8; ++r) {
-        const bool in = r < len;
-        const int o = r * KS + d;
-        sq[r * PB + d] = in ? ld_in(raw, o, p.dtype) * iq.mul : 0.f;
-        sk[r * PB + d] = in ? ld_in(raw + kC * KS * 2, o, p.dtype) : 0.f;
-        sb[r * PB + d] = !in ? 0.f : p.tied ? rowv[r] : ld_in(raw + 2 * kC * KS * 2, o, p.dtype);
-        sG[r * PB + d] = !in ? 0.f : p.scalar_decay ? rowv[kC + r] : sG[r * PB + d] * ig.mul;
-      }
     float s = 0.f;
     for (int r = 8 * sg; r < 8 * sg + 8; ++r) {
       s += sG[r * PB + d];
