@@ -1389,32 +1389,40 @@ GDR2_HD void apply_slice(const Blk& bk, const P& p, const ChunkLoc& cl, int hv, 
   //    instructions, cuda/NOTES.md backward item 48.)
   if (qkbg_tile) {
     constexpr int K8 = KS / 8;
-    bk.par(4 * kC * K8, [&](int i) {
-      const int m = i / (kC * K8), r = (i / K8) % kC, c = 8 * (i % K8);
-      float* dst = (m == 0 ? sq : m == 1 ? sk : m == 2 ? sb : sG) + r * PB + c;
-      F4 lo = splat(0.f), hi = lo;
-      if (r < len) {
-        if (m == 3) {  // g: copied as fp32 into G (or the scalar decay per row)
-          const float mul = ig.mul;
-          lo = p.scalar_decay ? splat(rowv[kC + r]) : ld4(dst);
-          hi = p.scalar_decay ? lo : ld4(dst + 4);
-          if (!p.scalar_decay)
-            lo = {lo.x * mul, lo.y * mul, lo.z * mul, lo.w * mul}, hi = {hi.x * mul, hi.y * mul, hi.z * mul, hi.w * mul};
-        } else if (m == 2 && p.tied) {
-          lo = hi = splat(rowv[r]);
-        } else {
-          const char* src = raw + m * kC * KS * 2;
-          lo = ld_in4(src, r * KS + c, p.dtype, 1);
-          hi = ld_in4(src, r * KS + c + 4, p.dtype, 1);
-          if (m == 0) {
-            const float mul = iq.mul;
-            lo = {lo.x * mul, lo.y * mul, lo.z * mul, lo.w * mul}, hi = {hi.x * mul, hi.y * mul, hi.z * mul, hi.w * mul};
+    // the pass for one 16-bit type DT (a compile-time constant: no type test per element)
+    auto convert = [&](auto dt_tag) {
+      constexpr int DT = decltype(dt_tag)::value;
+      bk.par(4 * kC * K8, [&](int i) {
+        const int m = i / (kC * K8), r = (i / K8) % kC, c = 8 * (i % K8);
+        float* dst = (m == 0 ? sq : m == 1 ? sk : m == 2 ? sb : sG) + r * PB + c;
+        F4 lo = splat(0.f), hi = lo;
+        if (r < len) {
+          if (m == 3) {  // g: copied as fp32 into G (or the scalar decay per row)
+            const float mul = ig.mul;
+            lo = p.scalar_decay ? splat(rowv[kC + r]) : ld4(dst);
+            hi = p.scalar_decay ? lo : ld4(dst + 4);
+            if (!p.scalar_decay)
+              lo = {lo.x * mul, lo.y * mul, lo.z * mul, lo.w * mul}, hi = {hi.x * mul, hi.y * mul, hi.z * mul, hi.w * mul};
+          } else if (m == 2 && p.tied) {
+            lo = hi = splat(rowv[r]);
+          } else {
+            const char* src = raw + m * kC * KS * 2;
+            lo = ld_in4(src, r * KS + c, DT, 1);
+            hi = ld_in4(src, r * KS + c + 4, DT, 1);
+            if (m == 0) {
+              const float mul = iq.mul;
+              lo = {lo.x * mul, lo.y * mul, lo.z * mul, lo.w * mul}, hi = {hi.x * mul, hi.y * mul, hi.z * mul, hi.w * mul};
+            }
           }
         }
-      }
-      st4(dst, lo);
-      st4(dst + 4, hi);
-    });
+        st4(dst, lo);
+        st4(dst + 4, hi);
+      });
+    };
+    if (p.dtype == kF16)
+      convert(std::integral_constant<int, kF16>{});
+    else
+      convert(std::integral_constant<int, kBf16>{});
   }
   // b. cumulative sums of the log-decays as a blocked scan (item: 8-row segment × channel;
   //    chains of 8, not 64): sums within each segment. dT and dAqk below their 8×8
