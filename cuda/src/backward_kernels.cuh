@@ -1346,7 +1346,7 @@ GDR2_HD void apply_slice(const Blk& bk, const P& p, const ChunkLoc& cl, int hv, 
   // copied as stored (cp.async, rows past the chunk not copied), q k b into the products'
   // operand space (free until phase d) as [3][kC][KS] 16-bit, g into G; β (tied gates) and
   // the scalar decay, one value per row, loaded by one thread per row into `rowv` after the
-  // copies are issued (their latency then overlaps the copies'). Phase b converts them all
+  // copies are issued (their latency then overlaps the copies'). Phase a' converts them all
   // (v52: register loads here held 44 % of the applies' stall samples, cuda/NOTES.md
   // backward item 14; v54: tied gates and scalar decay the same way). Else loaded into
   // registers, converted, zeros past the chunk.
@@ -1398,21 +1398,16 @@ GDR2_HD void apply_slice(const Blk& bk, const P& p, const ChunkLoc& cl, int hv, 
         F4 lo = splat(0.f), hi = lo;
         if (r < len) {
           if (m == 3) {  // g: copied as fp32 into G (or the scalar decay per row)
-            const float mul = ig.mul;
             lo = p.scalar_decay ? splat(rowv[kC + r]) : ld4(dst);
             hi = p.scalar_decay ? lo : ld4(dst + 4);
-            if (!p.scalar_decay)
-              lo = {lo.x * mul, lo.y * mul, lo.z * mul, lo.w * mul}, hi = {hi.x * mul, hi.y * mul, hi.z * mul, hi.w * mul};
+            if (!p.scalar_decay) lo = mul4(lo, splat(ig.mul)), hi = mul4(hi, splat(ig.mul));
           } else if (m == 2 && p.tied) {
             lo = hi = splat(rowv[r]);
           } else {
             const char* src = raw + m * kC * KS * 2;
             lo = ld_in4(src, r * KS + c, DT, 1);
             hi = ld_in4(src, r * KS + c + 4, DT, 1);
-            if (m == 0) {
-              const float mul = iq.mul;
-              lo = {lo.x * mul, lo.y * mul, lo.z * mul, lo.w * mul}, hi = {hi.x * mul, hi.y * mul, hi.z * mul, hi.w * mul};
-            }
+            if (m == 0) lo = mul4(lo, splat(iq.mul)), hi = mul4(hi, splat(iq.mul));
           }
         }
         st4(dst, lo);
