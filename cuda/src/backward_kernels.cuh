@@ -1397,10 +1397,10 @@ GDR2_HD void apply_slice(const Blk& bk, const P& p, const ChunkLoc& cl, int hv, 
         float* dst = (m == 0 ? sq : m == 1 ? sk : m == 2 ? sb : sG) + r * PB + c;
         F4 lo = splat(0.f), hi = lo;
         if (r < len) {
-          if (m == 3) {  // g: copied as fp32 into G (or the scalar decay per row)
-            lo = p.scalar_decay ? splat(rowv[kC + r]) : ld4(dst);
-            hi = p.scalar_decay ? lo : ld4(dst + 4);
-            if (!p.scalar_decay) lo = mul4(lo, splat(ig.mul)), hi = mul4(hi, splat(ig.mul));
+          if (m == 3 && p.scalar_decay) {  // g: the scalar decay per row
+            lo = hi = splat(rowv[kC + r]);
+          } else if (m == 3) {  // g: copied as fp32 into G
+            lo = mul4(ld4(dst), splat(ig.mul)), hi = mul4(ld4(dst + 4), splat(ig.mul));
           } else if (m == 2 && p.tied) {
             lo = hi = splat(rowv[r]);
           } else {
