@@ -1299,18 +1299,24 @@ GDR2_HD void apply_anchored(const Blk& bk, float* sm, int c0) {
 template <int D>
 GDR2_HD void prefetch_applies(const Blk& bk, const P& p, const ChunkLoc& cl, int hv, const float* g1) {
   constexpr int NL = D * 4 / 128 + 1;  // lines of a row of ≤ D fp32 values at any alignment
-  const InRows in[4] = {rows_q(p, cl, hv), rows_k(p, cl, hv), rows_b(p, cl, hv), rows_g(p, cl, hv)};
-  for (int i = bk.tid; i < 4 * kC * NL; i += bk.nthr) {
-    const int x = i / (kC * NL), r = (i / NL) % kC, l = i % NL;
-    const InRows& ir = in[x];
-    if (r >= cl.len) continue;
+  // one input at a time: an array of the four InRows indexed by the item lived in local
+  // memory (the applies' 160-byte stack frame; cuda/NOTES.md backward item 49)
+  auto rows = [&](const InRows& ir) {
     const int es = ir.dt == kF32 ? 4 : 2;
-    const char* row = static_cast<const char*>(ir.base) + (ir.off + r * ir.st) * es;
-    const std::uintptr_t first = reinterpret_cast<std::uintptr_t>(row) & ~std::uintptr_t(127),
-                         end = reinterpret_cast<std::uintptr_t>(row) + (ir.one ? 1 : D) * es;
-    const std::uintptr_t line = first + 128 * std::uintptr_t(l);
-    if (line < end) prefetch_line(reinterpret_cast<const void*>(line));
-  }
+    for (int i = bk.tid; i < kC * NL; i += bk.nthr) {
+      const int r = i / NL, l = i % NL;
+      if (r >= cl.len) continue;
+      const char* row = static_cast<const char*>(ir.base) + (ir.off + r * ir.st) * es;
+      const std::uintptr_t first = reinterpret_cast<std::uintptr_t>(row) & ~std::uintptr_t(127),
+                           end = reinterpret_cast<std::uintptr_t>(row) + (ir.one ? 1 : D) * es;
+      const std::uintptr_t line = first + 128 * std::uintptr_t(l);
+      if (line < end) prefetch_line(reinterpret_cast<const void*>(line));
+    }
+  };
+  rows(rows_q(p, cl, hv));
+  rows(rows_k(p, cl, hv));
+  rows(rows_b(p, cl, hv));
+  rows(rows_g(p, cl, hv));
   for (int i = bk.tid; i < 3 * kC * D / 32; i += bk.nthr) prefetch_line(g1 + G1<D>::dQ + 32 * i);
 }
 
