@@ -77,6 +77,16 @@ GDR2_HD float ex2n(float x) {
 #endif
 }
 
+/// a·b rounded on its own (never contracted into an FMA with a later add): for a product
+/// that earlier code stored before summing, so that the sums stay bit for bit.
+GDR2_HD float mul_rn(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fmul_rn(a, b);
+#else
+  return a * b;
+#endif
+}
+
 GDR2_HD float bits_to_float(std::uint32_t u) {
 #if defined(__CUDA_ARCH__)
   return __uint_as_float(u);

@@ -1388,26 +1388,22 @@ GDR2_HD void apply_slice(const Blk& bk, const P& p, const ChunkLoc& cl, int hv, 
   }
   if (first) prefetch_applies<D>(bk, p, cl, hv, g1);
   bk.sync();
-  // a'. With qkbg_tile, the rows as copied converted (q times the scale, g to log2 units; β
-  //    and the scalar decay from rowv; zeros past the chunk), eight channels of one row per
-  //    item: two 8-byte loads, two 16-byte stores. (Was done in b's items, one channel and
-  //    eight rows each, by scalar 2-byte loads: −0.05 to −0.09 ms at B=8, cuda/NOTES.md
-  //    backward item 48.)
+  // a'. With qkbg_tile, the q, k, b rows as copied converted (q times the scale; β from rowv;
+  //    zeros past the chunk), eight channels of one row per item: two 8-byte loads, two
+  //    16-byte stores. (Was done in b's items, one channel and eight rows each, by scalar
+  //    2-byte loads: −0.05 to −0.09 ms at B=8, cuda/NOTES.md backward item 48.) NO barrier:
+  //    b touches none of these tiles and converts g itself (item 50), so both share a phase.
   if (qkbg_tile) {
     constexpr int K8 = KS / 8;
     // the pass for one 16-bit type DT (a compile-time constant: no type test per element)
     auto convert = [&](auto dt_tag) {
       constexpr int DT = decltype(dt_tag)::value;
-      bk.par(4 * kC * K8, [&](int i) {
+      for (int i = bk.tid; i < 3 * kC * K8; i += bk.nthr) {
         const int m = i / (kC * K8), r = (i / K8) % kC, c = 8 * (i % K8);
-        float* dst = (m == 0 ? sq : m == 1 ? sk : m == 2 ? sb : sG) + r * PB + c;
+        float* dst = (m == 0 ? sq : m == 1 ? sk : sb) + r * PB + c;
         F4 lo = splat(0.f), hi = lo;
         if (r < len) {
-          if (m == 3 && p.scalar_decay) {  // g: the scalar decay per row
-            lo = hi = splat(rowv[kC + r]);
-          } else if (m == 3) {  // g: copied as fp32 into G
-            lo = mul4(ld4(dst), splat(ig.mul)), hi = mul4(ld4(dst + 4), splat(ig.mul));
-          } else if (m == 2 && p.tied) {
+          if (m == 2 && p.tied) {
             lo = hi = splat(rowv[r]);
           } else {
             const char* src = raw + m * kC * KS * 2;
@@ -1418,7 +1414,7 @@ GDR2_HD void apply_slice(const Blk& bk, const P& p, const ChunkLoc& cl, int hv, 
         }
         st4(dst, lo);
         st4(dst + 4, hi);
-      });
+      }
     };
     if (p.dtype == kF16)
       convert(std::integral_constant<int, kF16>{});
@@ -1426,14 +1422,18 @@ GDR2_HD void apply_slice(const Blk& bk, const P& p, const ChunkLoc& cl, int hv, 
       convert(std::integral_constant<int, kBf16>{});
   }
   // b. cumulative sums of the log-decays as a blocked scan (item: 8-row segment × channel;
-  //    chains of 8, not 64): sums within each segment. dT and dAqk below their 8×8
-  //    diagonal blocks rounded as the products round them (op_round; the blocks stay exact
-  //    for phase e, what lies above is never read); dAqk's diagonal to `diag`
+  //    chains of 8, not 64): sums within each segment, of g in log2 units (with qkbg_tile
+  //    converted here: G as copied times log2 e, or the scalar decay from rowv; zeros past
+  //    the chunk). dT and dAqk below their 8×8 diagonal blocks rounded as the products round
+  //    them (op_round; the blocks stay exact for phase e, what lies above is never read);
+  //    dAqk's diagonal to `diag`
+  const bool g_copied = qkbg_tile && !p.scalar_decay, g_rowv = qkbg_tile && p.scalar_decay;
   bk.par(NSEG * KS, [&](int i) {
     const int sg = i / KS, d = i % KS;
     float s = 0.f;
     for (int r = 8 * sg; r < 8 * sg + 8; ++r) {
-      s += sG[r * PB + d];
+      const float x = g_rowv ? rowv[kC + r] : g_copied ? mul_rn(sG[r * PB + d], ig.mul) : sG[r * PB + d];
+      s += (qkbg_tile && r >= len) ? 0.f : x;
       sG[r * PB + d] = s;
     }
     seg[sg * KS + d] = s;
