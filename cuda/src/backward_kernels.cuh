@@ -1427,13 +1427,14 @@ GDR2_HD void apply_slice(const Blk& bk, const P& p, const ChunkLoc& cl, int hv, 
   //    the chunk). dT and dAqk below their 8×8 diagonal blocks rounded as the products round
   //    them (op_round; the blocks stay exact for phase e, what lies above is never read);
   //    dAqk's diagonal to `diag`
-  const bool g_copied = qkbg_tile && !p.scalar_decay, g_rowv = qkbg_tile && p.scalar_decay;
   bk.par(NSEG * KS, [&](int i) {
     const int sg = i / KS, d = i % KS;
     float s = 0.f;
     for (int r = 8 * sg; r < 8 * sg + 8; ++r) {
-      const float x = g_rowv ? rowv[kC + r] : g_copied ? mul_rn(sG[r * PB + d], ig.mul) : sG[r * PB + d];
-      s += (qkbg_tile && r >= len) ? 0.f : x;
+      s += !qkbg_tile        ? sG[r * PB + d]  // converted by phase a's loads
+           : r >= len        ? 0.f
+           : p.scalar_decay  ? rowv[kC + r]
+                             : mul_rn(sG[r * PB + d], ig.mul);
       sG[r * PB + d] = s;
     }
     seg[sg * KS + d] = s;
