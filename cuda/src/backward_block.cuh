@@ -478,11 +478,6 @@ struct GlobalOut {
 };
 
 #if defined(__CUDA_ARCH__)
-__device__ __forceinline__ std::uint32_t tf32_bits(float x) {
-  std::uint32_t r;
-  asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
-  return r;
-}
 __device__ __forceinline__ void mma_tf32(float (&c)[4], std::uint32_t a0, std::uint32_t a1, std::uint32_t a2,
                                          std::uint32_t a3, std::uint32_t b0, std::uint32_t b1) {
   asm volatile(

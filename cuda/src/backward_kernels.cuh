@@ -18,6 +18,7 @@
 #include <gdr2/cuda/backward.hpp>
 
 #include "backward_block.cuh"
+#include "backward_record.hpp"
 
 namespace gdr2 {
 namespace cuda {
@@ -151,12 +152,7 @@ GDR2_HD OutRows out_rows(const P& p, const BwdSink& s, const ChunkLoc& c, int hv
   return {row0, s.st, p.vec_out, s.dt};
 }
 
-// ---- record layout (fp32, row-major, per chunk-head) ---------------------------------------
-template <int D>
-struct Rec {
-  static constexpr long long A = 0, Aqk = kC * kC, Y = 2 * kC * kC, U = Y + kC * D, Qg = U + kC * D, Kt = Qg + kC * D,
-                             gC = Kt + kC * D, floats = gC + D;
-};
+// ---- record layouts: backward_record.hpp -------------------------------------------------
 /// grad-1's outputs per chunk-head (fp32): dO Sᵀ, dKtail, dĒ, dT, dAqk, Σ dS⊙S per key
 /// channel, Σ dw per row (tied gates); then the applies' per-row sums per key slice.
 template <int D>
@@ -166,21 +162,9 @@ struct G1 {
   static_assert(floats == bwd_g1_floats(D), "G1 layout and bwd_g1_floats disagree");
 };
 
-/// The fp16 record of one chunk-head for the fp16 reverse pass (p.rev16; bytes), written by
-/// the 16-bit prep: Qγ·2^{−f}, Ktail, Y·2^{−f} as [64][D] fp16 swz128 tiles, Aqk [64][64]
-/// fp16 swz128 (zero above the diagonal 16-blocks), γ_C·2^{−f} [D] fp32, then f (int32).
-template <int D>
-struct Rec16 {
-  static constexpr int tile = kC * D * 2;
-  static constexpr int qg = 0, kt = tile, y = 2 * tile, aqk = 3 * tile, gc = aqk + kC * kC * 2, f = gc + D * 4,
-                       bytes = f + 16;
-  /// in grad-1's workspace the records lie `stride` bytes apart, each on a 1024-byte boundary:
-  /// the reverse pass's one bulk copy per record then starts on a 128-byte line (v58c)
-  static constexpr int stride = (bytes + 1023) / 1024 * 1024;
-  static_assert(stride <= bwd_g1_floats(D) * 4, "an fp16 record fits grad-1's workspace of a chunk-head");
-  /// it also fits the fp32 record from its Qγ on (D = 128; not D = 64, by 16 bytes)
-  static constexpr bool fits_record = bytes <= 4 * (Rec<D>::floats - Rec<D>::Qg);
-};
+static_assert(Rec16<128>::stride <= bwd_g1_floats(128) * 4 && Rec16<64>::stride <= bwd_g1_floats(64) * 4,
+              "an fp16 record fits grad-1's workspace of a chunk-head");
+static_assert(Rec<128>::C == kC && Rec16<128>::C == kC, "the records' chunk length");
 
 /// Whether the fp16 record lies in the fp32 record (rec16_at) and grad-1 reads Ktail and Y
 /// from it: given the chunk states no state kernel runs, so nothing else reads the fp32

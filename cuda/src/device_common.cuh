@@ -313,6 +313,14 @@ struct In16<__half> {
   __device__ static __forceinline__ std::uint32_t pack2(float a, float b) { return pack_half2(a, b); }
 };
 
+/// x rounded to tf32 as a tf32 product rounds its operands (cvt.rna: to nearest, ties away
+/// from zero), as the bits of an fp32 value.
+__device__ __forceinline__ std::uint32_t tf32_bits(float x) {
+  std::uint32_t r;
+  asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
+  return r;
+}
+
 /// Two consecutive 16-bit values (4-byte aligned) as floats.
 template <class T>
 __device__ __forceinline__ float2 load2(const T* p) {
