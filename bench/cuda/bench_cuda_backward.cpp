@@ -59,6 +59,7 @@ struct Setup {
   X* o = nullptr;
   float* sT = nullptr;
   float* chunk_states = nullptr;  // allocated by the first case that asks for them
+  void* records = nullptr;        // the backward records, likewise
   template <class Y>
   Y* rnd(std::size_t n, double lo, double hi, std::uint64_t seed) {
     Y* x = device_random<Y>(n, lo, hi, seed);
@@ -130,14 +131,27 @@ Setup<Policy, X>& setup(Index B, Index T, Index H) {
 }
 
 /// Device buffer for the chunk states of su's problem, and the forward's options that
-/// write them (ChunkOptions::chunk_states).
+/// write them (ChunkOptions::chunk_states); with `records`, the backward records too
+/// (ChunkOptions::backward_records).
 template <class Policy, class X>
-cuda::ChunkOptions forward_with_states(Setup<Policy, X>& su) {
+cuda::ChunkOptions forward_with_states(Setup<Policy, X>& su, bool records = false) {
   cuda::ChunkOptions fo;
   check(cuda::chunk_states_size<Policy>(su.p, fo.chunk_states_bytes));
   if (!su.chunk_states) su.chunk_states = su.template out<float>(fo.chunk_states_bytes / 4);
   fo.chunk_states = su.chunk_states;
+  if (records) {
+    check(cuda::backward_records_size<Policy>(su.p, fo.backward_records_bytes));
+    if (!su.records) su.records = su.template out<char>(fo.backward_records_bytes);
+    fo.backward_records = su.records;
+  }
   return fo;
+}
+/// The backward's options given what the forward `fo` wrote.
+void given(cuda::BackwardOptions& opt, const cuda::ChunkOptions& fo) {
+  opt.chunk_states = fo.chunk_states;
+  opt.chunk_states_bytes = fo.chunk_states_bytes;
+  opt.backward_records = fo.backward_records;
+  opt.backward_records_bytes = fo.backward_records_bytes;
 }
 
 /// The forward of su's problem on `s` (allocating its workspace once per call site).
@@ -162,7 +176,8 @@ struct Forward {
 
 template <class Policy, class X>
 void BM_backward_t(benchmark::State& state, int value_slice = 0, bool with_states = false,
-                   cuda::StateRecompute recompute = cuda::StateRecompute::automatic, bool overlap = true) {
+                   cuda::StateRecompute recompute = cuda::StateRecompute::automatic, bool overlap = true,
+                   bool records = false) {
   Setup<Policy, X>& su = setup<Policy, X>(state.range(0), state.range(1), state.range(2));
   cuda::BackwardOptions opt;
   opt.recompute_states = recompute;
@@ -172,11 +187,10 @@ void BM_backward_t(benchmark::State& state, int value_slice = 0, bool with_state
   opt.overlap = overlap;
   if constexpr (!std::is_same_v<X, float>) {
     if (with_states) {  // written once, before the timing
-      const Forward<Policy, X> fwd(su, forward_with_states(su));
+      const Forward<Policy, X> fwd(su, forward_with_states(su, records));
       fwd(nullptr);
       CK(cudaDeviceSynchronize());
-      opt.chunk_states = fwd.opt.chunk_states;
-      opt.chunk_states_bytes = fwd.opt.chunk_states_bytes;
+      given(opt, fwd.opt);
     }
   }
   std::size_t bytes = 0;
@@ -210,6 +224,10 @@ void BM_backward_vs(benchmark::State& state) { BM_backward_t<GDR2, bf16>(state, 
 void BM_backward_f32(benchmark::State& state) { BM_backward_t<GDR2, float>(state); }
 /// given the forward's chunk states (vs: value slice of the state pass, 0 = automatic)
 void BM_backward_states(benchmark::State& state) { BM_backward_t<GDR2, bf16>(state, int(state.range(5)), true); }
+/// given them and the backward records the forward wrote (its fused path at B=8)
+void BM_backward_records(benchmark::State& state) {
+  BM_backward_t<GDR2, bf16>(state, 0, true, cuda::StateRecompute::automatic, true, true);
+}
 /// given them, the reverse pass beside the prep (overlap 1, the automatic choice at B=1) or
 /// after it (0)
 void BM_backward_beside(benchmark::State& state) {
@@ -220,10 +238,11 @@ void BM_backward_recompute(benchmark::State& state) {
   BM_backward_t<GDR2, bf16>(state, 0, false, static_cast<cuda::StateRecompute>(state.range(5)));
 }
 
-/// The forward alone; with states:1 it also writes the chunk states.
+/// The forward alone; with states:1 it also writes the chunk states, with states:2 the
+/// backward records too.
 void BM_forward(benchmark::State& state) {
   Setup<GDR2, bf16>& su = setup<GDR2, bf16>(state.range(0), state.range(1), state.range(2));
-  const Forward<GDR2, bf16> fwd(su, state.range(3) ? forward_with_states(su) : cuda::ChunkOptions{});
+  const Forward<GDR2, bf16> fwd(su, state.range(3) ? forward_with_states(su, state.range(3) == 2) : cuda::ChunkOptions{});
   cudaStream_t s;
   CK(cudaStreamCreate(&s));
   auto run = [&] { fwd(s); };
@@ -241,12 +260,12 @@ void BM_forward(benchmark::State& state) {
 template <class Policy, bool GRAD16 = false>
 void BM_fwd_bwd_t(benchmark::State& state) {
   Setup<Policy, bf16>& su = setup<Policy, bf16>(state.range(0), state.range(1), state.range(2));
+  // states: 0 none, 1 the chunk states, 2 the chunk states and the backward records
   const bool states = state.range(4) != 0;
-  const Forward<Policy, bf16> fwd(su, states ? forward_with_states(su) : cuda::ChunkOptions{});
+  const Forward<Policy, bf16> fwd(su, states ? forward_with_states(su, state.range(4) == 2) : cuda::ChunkOptions{});
   cuda::BackwardOptions bopt;
   bopt.math = static_cast<cuda::BackwardMath>(state.range(3));
-  bopt.chunk_states = fwd.opt.chunk_states;
-  bopt.chunk_states_bytes = fwd.opt.chunk_states_bytes;
+  given(bopt, fwd.opt);
   std::size_t bbytes = 0;
   check(cuda::chunk_backward_workspace_size<Policy>(su.p, bbytes, bopt));
   void* bws = nullptr;
@@ -327,6 +346,14 @@ BENCHMARK(BM_backward_states)
     ->Iterations(10)
     ->Unit(benchmark::kMillisecond);
 /// the reverse pass after (0) and beside (1) the prep at B=1, stages 1–2 and all
+BENCHMARK(BM_backward_records)
+    ->ArgNames({"B", "T", "H", "math", "stages"})
+    ->Args({8, 4096, 16, 0, 1})
+    ->Args({8, 4096, 16, 0, 2})
+    ->Args({8, 4096, 16, 0, 0})
+    ->UseManualTime()
+    ->Iterations(10)
+    ->Unit(benchmark::kMillisecond);
 void beside_cases(benchmark::internal::Benchmark* b) {
   b->ArgNames({"B", "T", "H", "math", "stages", "overlap"});
   for (int stages : {2, 0})
@@ -347,6 +374,7 @@ BENCHMARK(BM_forward)
     ->ArgNames({"B", "T", "H", "states"})
     ->Args({8, 4096, 16, 0})
     ->Args({8, 4096, 16, 1})
+    ->Args({8, 4096, 16, 2})
     ->Args({1, 32768, 16, 0})
     ->Args({1, 32768, 16, 1})
     ->UseManualTime()
@@ -355,7 +383,7 @@ BENCHMARK(BM_forward)
 void fwd_bwd_cases(benchmark::internal::Benchmark* b) {
   b->ArgNames({"B", "T", "H", "math", "states"});
   for (const auto& [B, T] : {std::pair{8, 4096}, std::pair{1, 32768}})
-    for (int states : {0, 1}) b->Args({B, T, 16, 0, states});
+    for (int states : {0, 1, 2}) b->Args({B, T, 16, 0, states});
   b->UseManualTime()->Iterations(10)->Unit(benchmark::kMillisecond);
 }
 BENCHMARK(BM_fwd_bwd)->Apply(fwd_bwd_cases);
@@ -370,6 +398,7 @@ void tied_stages(benchmark::internal::Benchmark* b) {
 }
 void tied_fwd_bwd(benchmark::internal::Benchmark* b) {
   b->ArgNames({"B", "T", "H", "math", "states"})->Args({8, 4096, 16, 0, 0})->Args({8, 4096, 16, 0, 1});
+  b->Args({8, 4096, 16, 0, 2});
   b->Args({1, 32768, 16, 0, 1})->UseManualTime()->Iterations(10)->Unit(benchmark::kMillisecond);
 }
 BENCHMARK(BM_backward_kda)->Apply(tied_stages);

@@ -1,6 +1,7 @@
 // gdr2 CUDA backend — host side: validation (host memory only), planning, dispatch.
 #include <gdr2/cuda/gdr2_cuda.hpp>
 
+#include "backward_record.hpp"
 #include "params.hpp"
 #include "tile_maps.hpp"
 
@@ -83,7 +84,12 @@ struct Plan {
   detail::Path path = detail::Path::fused;
   std::size_t records_bytes = 0, offsets_bytes = 0, flags_bytes = 0, workspace_bytes = 0;
   std::size_t chunk_states_bytes = 0;  // ChunkOptions::chunk_states
+  std::size_t backward_records_bytes = 0;  // ChunkOptions::backward_records
 };
+
+static_assert(detail::bwd::Rec<128>::floats == detail::bwd_rec_floats(128) &&
+                  detail::bwd::Rec<64>::floats == detail::bwd_rec_floats(64),
+              "the backward record's layout and its public size agree");
 
 constexpr std::size_t align256(std::size_t x) { return (x + 255) / 256 * 256; }
 
@@ -133,6 +139,7 @@ Status plan_forward(const Problem<T>& p, const Outputs<T, float>* out, const Chu
     }
     f.total_chunks = total;
     plan.chunk_states_bytes = detail::chunk_states_bytes(total, d.Hv, d.K, d.V);
+    plan.backward_records_bytes = detail::backward_records_bytes(total, d.Hv, int(d.K));
     const int sms = device_sm_count();
     f.num_sms = sms > 0 ? sms : 132;
 
@@ -141,7 +148,7 @@ Status plan_forward(const Problem<T>& p, const Outputs<T, float>* out, const Chu
                                                          : detail::Path::automatic;
     const long long heads = (long long)d.N * d.Hv;
     if (path == detail::Path::automatic)
-      path = heads * 4 >= 3LL * f.num_sms ? detail::Path::fused : detail::Path::split;
+      path = detail::forward_fused_automatic(heads, f.num_sms) ? detail::Path::fused : detail::Path::split;
     plan.path = path;
     if (path == detail::Path::split) {
       int vs = int(d.V);
@@ -212,6 +219,14 @@ Status chunk_states_size(const Problem<T>& p, std::size_t& bytes) {
 }
 
 template <class Policy, class T>
+Status backward_records_size(const Problem<T>& p, std::size_t& bytes) {
+  Plan plan;
+  GDR2_RETURN_IF_ERROR(plan_forward<Policy>(p, static_cast<const Outputs<T, float>*>(nullptr), ChunkOptions{}, plan));
+  bytes = plan.backward_records_bytes;
+  return {};
+}
+
+template <class Policy, class T>
 Status chunk_forward(const Problem<T>& p, const Outputs<T, float>& out, const DeviceSequences& dev, void* workspace,
                      std::size_t workspace_bytes, cudaStream_t stream, const ChunkOptions& opt) {
   Plan plan;
@@ -232,8 +247,21 @@ Status chunk_forward(const Problem<T>& p, const Outputs<T, float>& out, const De
   if (plan.workspace_bytes > 0 && (!workspace || reinterpret_cast<std::uintptr_t>(workspace) % 256 != 0))
     return {Code::invalid_argument, "workspace must be a non-null, 256-byte aligned device pointer"};
   GDR2_RETURN_IF_ERROR(detail::check_chunk_states(opt.chunk_states, opt.chunk_states_bytes, plan.chunk_states_bytes));
+  GDR2_RETURN_IF_ERROR(detail::check_backward_records(opt.backward_records, opt.backward_records_bytes,
+                                                      plan.backward_records_bytes, opt.chunk_states != nullptr));
   ForwardParams& f = plan.f;
   f.chunk_states = opt.chunk_states;
+  if (opt.backward_records) {
+    // the fused kernel writes the records and sets the flag after them to 1; elsewhere the
+    // flag says 0 and the backward fills the records itself
+    int* written = reinterpret_cast<int*>(static_cast<char*>(opt.backward_records) + plan.backward_records_bytes - 256);
+    if (plan.path == detail::Path::fused && f.K == 128 && !p.state_indices) {
+      f.bwd_rec = static_cast<char*>(opt.backward_records);
+      f.bwd_rec_written = written;
+    } else if (const cudaError_t e = cudaMemsetAsync(written, 0, sizeof(int), stream); e != cudaSuccess) {
+      return device_error("gdr2::cuda::chunk_forward", e);
+    }
+  }
   f.cu_seqlens = dev.cu_seqlens;
   f.cu_wide = p.cu_seqlens.wide ? 1 : 0;
   f.state_indices = dev.state_indices;
@@ -315,6 +343,7 @@ Status decode(const Problem<T>& p, const Outputs<T, float>& out, const std::int3
   template Status chunk_forward_workspace_size<POLICY, TYPE>(const Problem<TYPE>&, std::size_t&,                \
                                                             const ChunkOptions&);                              \
   template Status chunk_states_size<POLICY, TYPE>(const Problem<TYPE>&, std::size_t&);                         \
+  template Status backward_records_size<POLICY, TYPE>(const Problem<TYPE>&, std::size_t&);                     \
   template Status chunk_forward<POLICY, TYPE>(const Problem<TYPE>&, const Outputs<TYPE, float>&,                \
                                               const DeviceSequences&, void*, std::size_t, cudaStream_t,          \
                                               const ChunkOptions&);                                            \

@@ -135,6 +135,13 @@ cudaError_t launch_d(const BackwardParams& p_in, cudaStream_t st) {
   // few (sequence, head) pairs with the chunk states in hand: the fp16 reverse pass beside
   // the 16-bit prep in one launch (B=1 T=32768 H=16; cuda/NOTES.md backward item 24)
   const bool beside = p.overlap && p.rev16 && p.saved_states && p.total_chunks > 0;
+  // records the forward may have written (BackwardOptions::backward_records) are the 16-bit
+  // prep's with the fp16 records inside them; any other first stage writes its own over
+  // them, so they are marked as not the forward's any more
+  if (p.rec_written && !rec16_in_record<D>(p)) {
+    if ((e = cudaMemsetAsync(p.rec_written, 0, sizeof(int), st)) != cudaSuccess) return e;
+    p.rec_written = nullptr;
+  }
   if (p.chunk_offsets) {
     offsets_kernel<<<1, kThreads, kThreads * 4, st>>>(p);
     if ((e = cudaGetLastError()) != cudaSuccess) return e;

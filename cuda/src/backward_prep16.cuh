@@ -56,6 +56,12 @@ __device__ void prep16_body(const BackwardParams& p, const ForwardParams& fp, ch
   const int tid = threadIdx.x, w = tid >> 5, lane = tid & 31, g8 = lane >> 2, q4 = lane & 3;
   const long long items = p.total_chunks * p.Hv;
   auto item_of = [&](long long k) { return flags ? items - 1 - k : k; };
+  if (p.rec_written && *p.rec_written == 1) {  // the fused forward wrote every record (BwdRecordOut)
+    if (flags && tid == 0)
+      for (long long k = first; k < items; k += stride) publish_flag(flags + item_of(k));
+    GDR2_BWD_MARK(false);
+    return;
+  }
   // (thread 0 publishes a record after a barrier that follows every thread's stores of it)
   long long prev = -1;  // the record written last, not yet published
   ChunkLoader<DECAY, GATES, Tin, D, true> ld;

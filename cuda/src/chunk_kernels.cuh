@@ -34,6 +34,7 @@
 #pragma once
 
 #include "device_common.cuh"
+#include "backward_record.hpp"
 #include "params.hpp"
 
 namespace gdr2 {
@@ -534,12 +535,16 @@ struct Prep {
   struct NoHook {
     __device__ void operator()(int) const {}
   };
+  /// y()'s optional second sink: (row, column, two fp32 values of Y) before their fp16 store.
+  struct NoYOut {
+    __device__ void operator()(int, int, float, float) const {}
+  };
   /// FENCE: the transformed Qγ, Ktail are final when `idle` runs and may be read by a bulk
   /// copy it issues (every thread fences its generic writes to them before that barrier).
-  template <bool FENCE = false, class Idle = NoHook>
-  static __device__ void solve_and_y(char* sm, const Idle& idle = Idle{}) {
+  template <bool FENCE = false, class Idle = NoHook, class YOut = NoYOut>
+  static __device__ void solve_and_y(char* sm, const Idle& idle = Idle{}, const YOut& yout = YOut{}) {
     solve<true, FENCE>(sm, idle);
-    y(sm);
+    y(sm, yout);
   }
 
   /// A = (I + T)^-1 into a32 (fp32) and a16 (fp16: lower and diagonal blocks); with
@@ -729,8 +734,10 @@ struct Prep {
   }
 
   /// Y = A Ē in place of BkFin (fp16), Ē = BkFin·γ_a formed in the product: each row
-  /// block's partial product scaled by its γ_a. Ends synchronised.
-  static __device__ void y(char* sm) {
+  /// block's partial product scaled by its γ_a; `yout` sees every fp32 pair before its fp16
+  /// store. Ends synchronised.
+  template <class YOut = NoYOut>
+  static __device__ void y(char* sm, const YOut& yout = YOut{}) {
     const int w = threadIdx.x >> 5, lane = threadIdx.x & 31, mt = w >> 1, nh = w & 1;
     __half* he = reinterpret_cast<__half*>(sm + L::he);
     float acc[D / 16][4] = {};
@@ -744,6 +751,7 @@ struct Prep {
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         const int row = 16 * mt + g8 + 8 * h;
+        yout(row, col, acc[nt][2 * h], acc[nt][2 * h + 1]);
         *reinterpret_cast<__half2*>(he + hx(row, col)) = __floats2half2_rn(acc[nt][2 * h], acc[nt][2 * h + 1]);
       }
     }
@@ -1021,8 +1029,15 @@ __device__ __forceinline__ void store_staged_rows(X* dst, const char* tile, int 
 /// is a warpgroup MMA, its operand tiles read once per warpgroup, in four groups: Uᵀ = Zᵀ Aᵀ;
 /// Oᵀ = S0ᵀ Qγᵀ and Rᵀ = Uᵀ − S0ᵀ Yᵀ; Oᵀ += Rᵀ Aqkᵀ; the S update, in flight while Oᵀ is staged
 /// (why in this order: cuda/NOTES.md, v9 and forward item 14).
-template <class Tin, int D, class K, class Sink>
-__device__ __forceinline__ void state_step(float (&S)[D / 8][4], const StepInputs& in, const Sink& sink, int lane) {
+/// state_step's optional sink of Uᵀ = Zᵀ Aᵀ (this warp's 16 value columns × 64 tokens, in
+/// the accumulator layout of Rᵀ), called once it is complete.
+struct NoUOut {
+  __device__ void operator()(const float (&)[8][4], int) const {}
+};
+
+template <class Tin, int D, class K, class Sink, class UOut = NoUOut>
+__device__ __forceinline__ void state_step(float (&S)[D / 8][4], const StepInputs& in, const Sink& sink, int lane,
+                                           const UOut& uout = UOut{}) {
   float R[8][4];
   float O[8][4];
   std::uint32_t z[4][4], rf[4][4];
@@ -1040,6 +1055,7 @@ __device__ __forceinline__ void state_step(float (&S)[D / 8][4], const StepInput
     in.wait_rest();
     wgmma_wait_all();
     wgmma_fence_operands(R);
+    uout(R, lane);
     // S0ᵀ as fp16 A operands (k = channels); registers read by the MMAs until the wait
     std::uint32_t sa[D / 16][4];
     pack_state_a<D>(sa, S);
@@ -1080,6 +1096,7 @@ __device__ __forceinline__ void state_step(float (&S)[D / 8][4], const StepInput
       O[nt][0] = O[nt][1] = O[nt][2] = O[nt][3] = 0.f;
     }
     step_tri(R, z, in.A, lane);  // Uᵀ
+    uout(R, lane);
     in.wait_rest();
     // Rᵀ −= S0ᵀ Yᵀ ;  Oᵀ = S0ᵀ Qγᵀ
 #pragma unroll
@@ -1338,15 +1355,138 @@ struct ChunkLoader {
 };
 
 // =====================================================================================
+// The backward's records from the fused forward (ForwardParams::bwd_rec).
+// =====================================================================================
+/// What the backward's 16-bit prep (backward_prep16.cuh) writes for one chunk-head — the fp32
+/// record's A (tf32-rounded), Aqk and U = A Z, and inside it the fp16 record (Qγ·2^{−f},
+/// Ktail, Y·2^{−f}, Aqk, γ_C·2^{−f}, f: bwd::Rec16) — written by the fused forward from the
+/// same Prep tiles, each part where the chunk step holds its inputs: rows() after the Grams
+/// (the raw q, k and e = 2^g), y() inside Prep::y (Y's fp32 accumulators), tiles() after the
+/// solve (A, Aqk, γ_C), u() inside the state step (Uᵀ's accumulators). The values are the
+/// prep's but for the rounding of Y (its Ē anchored at the row before each 16-row block,
+/// the prep's at the block's first row) and of U (warpgroup MMAs, the prep's mma.sync sums):
+/// the same products of the same fp16 operands class. K = V = 128 only (Rec16::fits_record).
+template <int DECAY, int GATES, class Tin, int D>
+struct BwdRecordOut {
+  using P = Prep<DECAY, GATES, Tin, D, true>;
+  using L = typename P::L;
+  using R = bwd::Rec<D>;
+  using R16 = bwd::Rec16<D>;
+  float* rec = nullptr;  // this chunk-head's fp32 record
+  char* r16 = nullptr;   // its fp16 record (over the fp32 record's Qγ, Ktail)
+  int f = 0;             // ⌊log2 max_d γ_0⌋, ≥ −126
+  float sc = 1.f;        // 2^{−f}
+
+  __device__ BwdRecordOut(const ForwardParams& p, long long item)
+      : rec(reinterpret_cast<float*>(p.bwd_rec) + item * R::floats), r16(reinterpret_cast<char*>(rec + R::Qg)) {}
+
+  /// f from the chunk's first-token decays (every warp alike: no barrier), then Qγ·2^{−f}
+  /// and Ktail from the raw q, k and e = 2^g (after the G-step; before the next chunk's
+  /// copies land over them): a thread per (channel pair, 16-row block), as the G-step.
+  __device__ void rows(const char* sm, float scale) {
+    const int tid = threadIdx.x, lane = tid & 31;
+    const float* e = reinterpret_cast<const float*>(sm + L::rg);
+    float m = 0.f;
+    if (DECAY == 0)
+      for (int d = lane; d < D; d += 32) m = fmaxf(m, e[d]);
+    else
+      m = e[0];
+    m = warp_max(m);
+    int ex = 0;
+    frexpf(m, &ex);
+    f = m > 0.f && ex - 1 > -126 ? ex - 1 : -126;
+    sc = ldexpf(1.f, -f);
+    if (tid >= 4 * (D / 2)) return;
+    const int j = tid / (D / 2), d = 2 * (tid % (D / 2));
+    const Tin* q = reinterpret_cast<const Tin*>(sm + L::rq);
+    const Tin* k = reinterpret_cast<const Tin*>(sm + L::rk);
+    auto E2 = [&](int r) {
+      return DECAY == 0 ? *reinterpret_cast<const float2*>(e + r * D + d) : make_float2(e[r], e[r]);
+    };
+    char* sm_ = const_cast<char*>(sm);
+    const float2 ga = *reinterpret_cast<const float2*>(P::ga(sm_) + j * D + d), e0 = E2(16 * j);
+    const float2 gf = make_float2(ga.x * e0.x, ga.y * e0.y);  // γ of the block's first row
+    const float2 qg = make_float2(scale * gf.x, scale * gf.y);
+    float2 Pr = make_float2(1.f, 1.f);
+#pragma unroll 4
+    for (int rr = 0; rr < 16; ++rr) {
+      const int r = 16 * j + rr;
+      if (rr) {
+        const float2 x = E2(r);
+        Pr = make_float2(Pr.x * x.x, Pr.y * x.y);
+      }
+      const float2 q2 = load2(q + r * L::PR + d);
+      const float2 qv = make_float2(q2.x * qg.x * Pr.x, q2.y * qg.y * Pr.y);
+      *reinterpret_cast<__half2*>(r16 + R16::qg + 2 * swz128(r, d)) = __floats2half2_rn(qv.x * sc, qv.y * sc);
+    }
+    float2 Q = *reinterpret_cast<const float2*>(P::tf(sm_) + j * D + d);  // 2^{G_C − G_r}, r from the block's end
+#pragma unroll 4
+    for (int rr = 15; rr >= 0; --rr) {
+      const int r = 16 * j + rr;
+      const float2 k2 = load2(k + r * L::PR + d), x = E2(r);
+      *reinterpret_cast<__half2*>(r16 + R16::kt + 2 * swz128(r, d)) = __floats2half2_rn(k2.x * Q.x, k2.y * Q.y);
+      Q = make_float2(Q.x * x.x, Q.y * x.y);
+    }
+  }
+  /// Y·2^{−f} of (row, col..col+1) from Y's fp32 accumulators (Prep::y's second sink).
+  __device__ void y(int row, int col, float a, float b) const {
+    *reinterpret_cast<__half2*>(r16 + R16::y + 2 * swz128(row, col)) = __floats2half2_rn(a * sc, b * sc);
+  }
+  /// A (fp32, tf32-rounded) and Aqk (fp32, and fp16 into the fp16 record), zero above the
+  /// diagonal 16-blocks; γ_C·2^{−f} and f (after the solve: a32, aqk16, γ_C final).
+  __device__ void tiles(const char* sm) const {
+    const float* a32 = reinterpret_cast<const float*>(sm + L::a32);
+    const __half* aqk = reinterpret_cast<const __half*>(sm + L::aqk16);
+    auto round = [](float x) { return __uint_as_float(tf32_bits(x)); };
+    for (int i = threadIdx.x; i < 2 * kC * kC / 4; i += blockDim.x) {
+      const int m = i / (kC * kC / 4), r = (i / (kC / 4)) % kC, c = 4 * (i % (kC / 4));
+      float4 x = make_float4(0.f, 0.f, 0.f, 0.f);
+      if ((c >> 4) <= (r >> 4)) {
+        if (m) {
+          x = load4(aqk + P::ax(r, c));
+        } else {
+          x = *reinterpret_cast<const float4*>(a32 + r * L::PF + c);
+          x = make_float4(round(x.x), round(x.y), round(x.z), round(x.w));
+        }
+      }
+      *reinterpret_cast<float4*>(rec + (m ? R::Aqk : R::A) + r * kC + c) = x;
+      if (m)
+        *reinterpret_cast<uint2*>(r16 + R16::aqk + 2 * swz128(r, c)) =
+            make_uint2(pack_half2(x.x, x.y), pack_half2(x.z, x.w));
+    }
+    const float* gc = P::gc(const_cast<char*>(sm));
+    for (int i = threadIdx.x; i < D / 4; i += blockDim.x) {
+      const float4 g = reinterpret_cast<const float4*>(gc)[i];
+      reinterpret_cast<float4*>(r16 + R16::gc)[i] = make_float4(g.x * sc, g.y * sc, g.z * sc, g.w * sc);
+    }
+    if (threadIdx.x == 0) *reinterpret_cast<int*>(r16 + R16::f) = f;
+  }
+  /// U = A Z (fp32, [64 tokens][D]) from this owner warp's Uᵀ accumulators (value columns
+  /// 16w.., the state step's layout: row g8 (+8), tokens 8·nt + 2·q4 (+1)).
+  __device__ void u(const float (&U)[8][4], int lane) const {
+    const int w = threadIdx.x >> 5, g8 = lane >> 2, q4 = lane & 3;
+    float* dst = rec + R::U + 16 * w + g8;
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) dst[(8 * nt + 2 * q4 + (i & 1)) * D + 8 * (i >> 1)] = U[nt][i];
+  }
+};
+
+// =====================================================================================
 // Fused kernel: one block per (sequence, value head).
 // =====================================================================================
-template <int DECAY, int GATES, class Tin, int D>
+/// RECORDS: the backward's records too (ForwardParams::bwd_rec; K = V = 128): an instance of
+/// its own, so that the forward without them runs the code it ran before them.
+template <int DECAY, int GATES, class Tin, int D, bool RECORDS>
 __global__ void __launch_bounds__(kThreads, 1) fused_forward_kernel(const __grid_constant__ ForwardParams p) {
   using P = Prep<DECAY, GATES, Tin, D, true>;
   using L = typename P::L;
   extern __shared__ __align__(1024) char sm[];
   const int n = blockIdx.x / p.Hv, hv = blockIdx.x % p.Hv;
   const int slot = seq_slot(p, n);
+  static_assert(!RECORDS || bwd::Rec16<D>::fits_record, "the backward's records need K = V = 128");
+  if (RECORDS && blockIdx.x == 0 && threadIdx.x == 0) *p.bwd_rec_written = 1;
   if (slot < 0) return;
   GDR2_FWD_SPAN(0);
   const SeqSpan sp = seq_span(p, n);
@@ -1389,6 +1529,11 @@ __global__ void __launch_bounds__(kThreads, 1) fused_forward_kernel(const __grid
     GDR2_FWD_MARK(c == 0 ? -1 : 0);
     P::gstep(sm, p.scale);
     P::grams(sm, p.scale);
+    BwdRecordOut<DECAY, GATES, Tin, D> ro(p, RECORDS ? (cbase + c) * p.Hv + hv : 0);
+    if constexpr (RECORDS) {
+      ro.rows(sm, p.scale);
+      __syncthreads();  // q, k, e read before the next chunk's copies are issued over them
+    }
     ld.issue_b(p, sm, sp.batch, t0, len, hv, false);
     cp_async_commit();
     const int t1 = t0 + kC;
@@ -1397,12 +1542,18 @@ __global__ void __launch_bounds__(kThreads, 1) fused_forward_kernel(const __grid
     // with tensor maps, v, w of this chunk and q, k, b, g of the next are issued by the two
     // warps the solve leaves idle (from thread 0 they held the inverse phase ≈ 1 K cycles
     // per chunk: cuda/NOTES.md forward v14)
-    P::solve_and_y(sm, [&](int iw) {
-      if (ld.tma && lane == 0) {
-        if (iw == 6) ld.tma_b(p, sm, sp.batch, t0, hv);
-        if (iw == 7 && c + 1 < nch) ld.tma_a(p, sm, sp.batch, t1, hv);
-      }
-    });
+    P::solve_and_y(
+        sm,
+        [&](int iw) {
+          if (ld.tma && lane == 0) {
+            if (iw == 6) ld.tma_b(p, sm, sp.batch, t0, hv);
+            if (iw == 7 && c + 1 < nch) ld.tma_a(p, sm, sp.batch, t1, hv);
+          }
+        },
+        [&](int row, int col, float a, float b) {
+          if constexpr (RECORDS) ro.y(row, col, a, b);
+        });
+    if constexpr (RECORDS) ro.tiles(sm);
     ld.wait_b(sm, len);
     fence_proxy_async();  // the operand tiles' generic writes, before the warpgroup MMAs read them
     __syncthreads();
@@ -1411,7 +1562,10 @@ __global__ void __launch_bounds__(kThreads, 1) fused_forward_kernel(const __grid
       Tin* out = const_cast<Tin*>(row_ptr<Tin>(p.o, p.so, sp.batch, t0, hv)) + 16 * w;
       using K = StepKind<TileLayout::swz128, TileLayout::swz128, true, GATES == 1>;
       if (p.chunk_states) save_chunk_state<D>(S, p.chunk_states, cbase + c, p.Hv, hv, 16 * w, lane);
-      state_step<Tin, D, K>(S, in, WarpOut<Tin>{reinterpret_cast<char*>(stage), out, p.so.t, len}, lane);
+      state_step<Tin, D, K>(S, in, WarpOut<Tin>{reinterpret_cast<char*>(stage), out, p.so.t, len}, lane,
+                            [&](const float(&U)[8][4], int ln) {
+                              if constexpr (RECORDS) ro.u(U, ln);
+                            });
     }
     __syncthreads();
     GDR2_FWD_MARK(13);

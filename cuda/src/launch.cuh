@@ -17,7 +17,9 @@ template <int DECAY, int GATES, class Tin, int D>
 cudaError_t launch_forward_d(const ForwardParams& p, Path path, cudaStream_t st) {
   cudaError_t e;
   if (path == Path::fused) {
-    auto kern = fused_forward_kernel<DECAY, GATES, Tin, D>;
+    auto kern = fused_forward_kernel<DECAY, GATES, Tin, D, false>;
+    if constexpr (bwd::Rec16<D>::fits_record)
+      if (p.bwd_rec) kern = fused_forward_kernel<DECAY, GATES, Tin, D, true>;
     constexpr int smem = PrepLayout<D, DECAY == 0, GATES == 0, true>::bytes;
     if ((e = allow_smem(kern, smem)) != cudaSuccess) return e;
     kern<<<p.N * p.Hv, kThreads, smem, st>>>(p);

@@ -48,6 +48,12 @@ struct ForwardParams : InputViews {
   // chunked engine, training: the state at the start of every chunk, [C, Hv, K, V] fp32
   // (tf32-rounded), chunk j of sequence n at row chunk_base(n) + j; or null
   float* chunk_states = nullptr;
+  // chunked engine, training, fused path (K = V = 128): the backward's chunk records
+  // (ChunkOptions::backward_records; layout backward_record.hpp), chunk-head (c, hv) at
+  // record c·Hv + hv, c numbered as the chunk states; `bwd_rec_written` set to 1 once
+  // launched (the backward then skips its prep), or null
+  char* bwd_rec = nullptr;
+  int* bwd_rec_written = nullptr;
   // chunked engine: q, k, b (channel gates), g (channel decay), v and w (channel gates)
   // tiles copied by tensor maps (TMA) when tma = 1, else by cp.async; maps are kernel
   // parameters (__grid_constant__). v, w land in the 128-byte swizzle (swz128).

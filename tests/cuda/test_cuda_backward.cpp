@@ -110,7 +110,7 @@ template <class Policy, class T, class G>
 void execute(const RandomProblem<Policy, T>& rp, const Problem<T>& hp, const RandomUpstream<T>& up, Where where,
              cuda::BackwardOptions opt, GradientBuffers<G>& out, std::vector<float>* states = nullptr,
              cuda::ForwardPath path = cuda::ForwardPath::automatic, bool overlap = true, int forward_vs = 0,
-             cuda::testing::HostThreads threads = cuda::testing::HostThreads::one) {
+             cuda::testing::HostThreads threads = cuda::testing::HostThreads::one, bool records = false) {
   if (on_host(where) && states) {
     opt.chunk_states = states->data();
     opt.chunk_states_bytes = states->size() * 4;
@@ -168,6 +168,7 @@ void execute(const RandomProblem<Policy, T>& rp, const Problem<T>& hp, const Ran
   cudaStream_t s;
   CUDA_OK(cudaStreamCreate(&s));
   DBuf<float> cs;
+  DBuf<char> rb;  // the backward records (ChunkOptions::backward_records), poisoned (NaN)
   if constexpr (!std::is_same_v<T, float>) {
     if (states) {  // the forward writes the chunk states (NaN first: every row must be written)
       std::size_t sbytes = 0, fbytes = 0;
@@ -180,6 +181,14 @@ void execute(const RandomProblem<Policy, T>& rp, const Problem<T>& hp, const Ran
       fo.value_slice = forward_vs;
       fo.chunk_states = cs.p;
       fo.chunk_states_bytes = sbytes;
+      std::size_t rbytes = 0;
+      if (records) {
+        REQUIRE(cuda::backward_records_size<Policy>(dp, rbytes).ok());
+        rb = DBuf<char>(rbytes);
+        CUDA_OK(cudaMemset(rb.p, 0xFF, rbytes));
+        fo.backward_records = rb.p;
+        fo.backward_records_bytes = rbytes;
+      }
       REQUIRE(cuda::chunk_forward_workspace_size<Policy>(dp, fbytes, fo).ok());
       DBuf<char> fws(fbytes);
       DBuf<T> o(std::size_t(rp.v.size()));
@@ -192,6 +201,16 @@ void execute(const RandomProblem<Policy, T>& rp, const Problem<T>& hp, const Ran
       cs.download(states->data());
       opt.chunk_states = cs.p;
       opt.chunk_states_bytes = sbytes;
+      if (records) {
+        // the fused path at K = V = 128 writes them (then every NaN of the poison must be
+        // gone from what the backward reads: its prep does not run), any other leaves them
+        int written = -1;
+        CUDA_OK(cudaMemcpy(&written, rb.p + rbytes - 256, sizeof written, cudaMemcpyDeviceToHost));
+        if (path != cuda::ForwardPath::automatic)
+          CHECK(written == (path == cuda::ForwardPath::fused && hp.k.shape[3] == 128 ? 1 : 0));
+        opt.backward_records = rb.p;
+        opt.backward_records_bytes = rbytes;
+      }
     }
   }
   {
@@ -226,7 +245,17 @@ struct Exec {
   cuda::StateRecompute recompute = cuda::StateRecompute::automatic;
   /// BackwardOptions::overlap: the fp16 reverse pass beside the 16-bit prep where it can
   bool backward_overlap = true;
+  /// with the chunk states: the forward writes the backward's records too
+  /// (ChunkOptions::backward_records, BackwardOptions::backward_records)
+  bool forward_records = false;
 };
+
+/// A device execution given the chunk states and the backward records of the forward on `path`.
+Exec with_records(cuda::ForwardPath path) {
+  Exec e{Where::device, cuda::BackwardMath::tf32, true, path};
+  e.forward_records = true;
+  return e;
+}
 
 /// A device execution in the tf32 mode without given chunk states, recomputing them by `r`.
 Exec recomputing(cuda::StateRecompute r) {
@@ -244,6 +273,7 @@ const char* exec_name(const Exec& ex) {
     case Where::host: return "host";
     case Where::host_tf32: return "host32";
     default:
+      if (ex.forward_records) return "dev+rc";
       if (ex.forward_states) return ex.backward_overlap ? "dev+st" : "dev+sq";
       if (ex.recompute == cuda::StateRecompute::forward) return "dev+fw";
       if (ex.recompute == cuda::StateRecompute::state_pass) return "dev+sp";
@@ -280,7 +310,8 @@ void run_case(const ProblemConfig& cfg, const std::vector<Exec>& execs, bool wit
       if (on_host(ex.where))  // the fp64 states in fp32: the backward's logic, not their rounding
         states.assign(rs.states.data(), rs.states.data() + rs.states.size());
       const std::vector<float> given = states;
-      execute<Policy>(rp, hp, up, ex.where, opt, got, &states, ex.path, ex.overlap, ex.forward_vs);
+      execute<Policy>(rp, hp, up, ex.where, opt, got, &states, ex.path, ex.overlap, ex.forward_vs,
+                      cuda::testing::HostThreads::one, ex.forward_records);
       if (on_host(ex.where)) CHECK(states == given);  // read, never written (no forward state pass)
       // the forward's states (fp32): within the forward's final-state bound (issue 5)
       const std::array<Index, 4> sh = rs.states.shape();
@@ -339,7 +370,9 @@ const std::vector<Exec> kDevice = {{Where::device, cuda::BackwardMath::tf32},
                                    {Where::device, cuda::BackwardMath::tf32, true, cuda::ForwardPath::split, false},
                                    {Where::device, cuda::BackwardMath::tf32, true, cuda::ForwardPath::fused},
                                    {Where::device, cuda::BackwardMath::tf32, true, cuda::ForwardPath::fused, true, 0,
-                                    cuda::StateRecompute::automatic, false}};
+                                    cuda::StateRecompute::automatic, false},
+                                   with_records(cuda::ForwardPath::fused),
+                                   with_records(cuda::ForwardPath::split)};
 /// fp32 inputs on the device: the default (split tf32) against the issue's 1e-3, and fp32
 const std::vector<Exec> kDeviceF32 = {{Where::device, cuda::BackwardMath::automatic},
                                       {Where::device, cuda::BackwardMath::fp32}};
@@ -981,6 +1014,52 @@ TEST_CASE("cuda backward rejects bad arguments with clear statuses", "[cuda][bac
     CHECK(st.code() == Code::invalid_argument);
     CHECK(st.message().find("dk has shape") != std::string::npos);
   }
+  SECTION("backward records: with chunk states, big enough, aligned") {
+    std::size_t sb = 0, rbytes = 0;
+    REQUIRE(cuda::chunk_states_size<GDR2>(p, sb).ok());
+    REQUIRE(cuda::backward_records_size<GDR2>(p, rbytes).ok());
+    // one chunk-head's record (2·64² + 4·64·128 + 128 floats), then the 256-byte flag tail
+    CHECK(rbytes == (std::size_t(2 * 64 * 64 + 4 * 64 * 128 + 128) * 4 + 255) / 256 * 256 + 256);
+    std::vector<float> cs(sb / 4);
+    std::vector<double> rec(rbytes / 8 + 64);  // 8-byte aligned; offset to 256 below
+    char* r = reinterpret_cast<char*>(rec.data());
+    r += (256 - reinterpret_cast<std::uintptr_t>(r) % 256) % 256;
+    cuda::BackwardOptions opt;
+    opt.backward_records = r;
+    opt.backward_records_bytes = rbytes;
+    Status st = cuda::chunk_backward_workspace_size<GDR2>(p, bytes, opt);
+    CHECK(st.code() == Code::invalid_argument);
+    CHECK(st.message().find("need chunk_states") != std::string::npos);
+    opt.chunk_states = cs.data();
+    opt.chunk_states_bytes = sb;
+    std::size_t with_records = 0, without = 0;
+    CHECK(cuda::chunk_backward_workspace_size<GDR2>(p, with_records, opt).ok());
+    opt.backward_records_bytes = rbytes - 256;
+    st = cuda::chunk_backward_workspace_size<GDR2>(p, bytes, opt);
+    CHECK(st.code() == Code::invalid_argument);
+    CHECK(st.message().find("backward_records_size") != std::string::npos);
+    opt.backward_records = r + 16;
+    opt.backward_records_bytes = rbytes;
+    st = cuda::chunk_backward_workspace_size<GDR2>(p, bytes, opt);
+    CHECK(st.code() == Code::invalid_argument);
+    CHECK(st.message().find("256-byte aligned") != std::string::npos);
+    opt.backward_records = nullptr;
+    st = cuda::chunk_backward_workspace_size<GDR2>(p, bytes, opt);
+    CHECK(st.code() == Code::invalid_argument);
+    CHECK(st.message().find("without backward_records") != std::string::npos);
+    opt.backward_records_bytes = 0;
+    CHECK(cuda::chunk_backward_workspace_size<GDR2>(p, without, opt).ok());
+    CHECK(without >= with_records + std::size_t(cuda::detail::bwd_rec_floats(128)) * 4);  // the records are the caller's
+    // the forward checks the same
+    cuda::ChunkOptions fo;
+    fo.path = cuda::ForwardPath::fused;  // no workspace
+    fo.backward_records = r;
+    fo.backward_records_bytes = rbytes;
+    Tensor<bf16> o(1, 40, 1, 128);
+    st = cuda::chunk_forward<GDR2>(p, Outputs<bf16, float>{o.view(), {}}, {}, nullptr, 0, nullptr, fo);
+    CHECK(st.code() == Code::invalid_argument);
+    CHECK(st.message().find("need chunk_states") != std::string::npos);
+  }
   SECTION("chunk states: tf32 products only, big enough, aligned") {
     std::size_t sb = 0;
     REQUIRE(cuda::chunk_states_size<GDR2>(p, sb).ok());
@@ -1102,8 +1181,13 @@ TEST_CASE("cuda backward: the forward recomputes the chunk states where the stat
   check_state_recompute<KDA>(2, 193, 16, 128, true);
   check_state_recompute<GDN>(1, 100, 3, 64, true);
   check_state_recompute<GDR2>(4, 1000, 2, 64, true);
-  // B=8 T=4096 H=16: 128 pairs, the state kernel's forward role (one 128-column block each)
-  check_state_recompute<GDR2>(8, 4096, 16, 128, false);
+  // B=8 T=4096 H=16: 128 pairs, the forward's fused path, which writes the backward's
+  // records too (K = V = 128; cuda/NOTES.md backward item 57); at K = V = 64 (no records)
+  // and at 80 pairs (the forward's split path) the state kernel's forward role
+  check_state_recompute<GDR2>(8, 4096, 16, 128, true);
+  check_state_recompute<KDA>(8, 512, 16, 128, true);
+  check_state_recompute<GDR2>(8, 4096, 16, 64, false);
+  check_state_recompute<GDR2>(5, 300, 16, 128, false);
   // products other than tf32 read no forward-written states: the state kernel
   cuda::BackwardOptions opt;
   opt.math = cuda::BackwardMath::tf32x3;

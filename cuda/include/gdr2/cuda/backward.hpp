@@ -159,10 +159,15 @@ struct BackwardParams : InputViews {
   float* dstates = nullptr;
   float* g1 = nullptr;
   int* flags = nullptr;  // [total_chunks · Hv] the overlapped launch's record flags (0 before it)
+  // BackwardOptions::backward_records (or the forward a backward runs, StateForward): where
+  // the fp16 records lie in the records (rec16_in_record) the 16-bit prep skips its work when
+  // *rec_written is 1 (the fused forward wrote them); elsewhere the launch clears it, as its
+  // first stage writes other records over them; null: the records are always the prep's
+  int* rec_written = nullptr;
+  int rec_given = 0;
 };
 
-/// Floats of one record / one grad-1 block output, per chunk-head (K = V = D).
-constexpr long long bwd_rec_floats(int D) { return 2LL * 64 * 64 + 4LL * 64 * D + D; }
+/// Floats of one grad-1 block output per chunk-head (K = V = D; one record: bwd_rec_floats).
 /// grad-1's outputs + the per-row sums of grad-2's slices (cuda/src/backward_kernels.cuh G1)
 constexpr long long bwd_g1_floats(int D) { return 3LL * 64 * D + 2LL * 64 * 64 + D + 64 + 2LL * 64 * (D / 32); }
 
@@ -228,12 +233,14 @@ enum class BackwardMath {
 enum class StateRecompute {
   /// chunk_forward where the state kernel's two roles would share one wave (few (sequence,
   /// head) pairs, e.g. B=1 T=32768 H=16: its state blocks walk every chunk one after the
-  /// other), the state kernel's forward role elsewhere (B=8 T=4096 H=16: 128 blocks that
-  /// cost less than the fused forward writing o and the states)
+  /// other) or where its fused path writes the backward's records too (K = V = 128 and
+  /// enough pairs, e.g. B=8 T=4096 H=16: the backward's first stage is then skipped), the
+  /// state kernel's forward role elsewhere
   automatic,
-  /// chunk_forward (ChunkOptions::chunk_states into the workspace, its o into scratch
-  /// workspace) whenever it can run: 16-bit inputs whose rows and dO's are 16-byte aligned
-  /// (what the fp16 reverse pass after it needs), tf32 products; else the state kernel
+  /// chunk_forward (ChunkOptions::chunk_states and backward_records into the workspace, its
+  /// o into scratch workspace) whenever it can run: 16-bit inputs whose rows and dO's are
+  /// 16-byte aligned (what the fp16 reverse pass after it needs), tf32 products; else the
+  /// state kernel
   forward,
   /// the backward's own state kernel (its forward role, on the records of stage 1)
   state_pass,
@@ -262,6 +269,15 @@ struct BackwardOptions {
   const float* chunk_states = nullptr;
   /// Bytes at chunk_states (checked against gdr2::cuda::chunk_states_size).
   std::size_t chunk_states_bytes = 0;
+  /// With chunk_states: the records the forward wrote for this problem (ChunkOptions::
+  /// backward_records: device, backward_records_size() bytes, 256-byte aligned). Where the
+  /// forward wrote them (its fused path at K = V = 128) and this backward would compute the
+  /// same ones (16-bit inputs, tf32 products, 16-byte aligned rows), its first stage is
+  /// skipped; elsewhere the backward computes them into this buffer (which its workspace then
+  /// does not hold). Null (the default): the backward computes them in its workspace.
+  void* backward_records = nullptr;
+  /// Bytes at backward_records (checked against gdr2::cuda::backward_records_size).
+  std::size_t backward_records_bytes = 0;
   /// Without chunk_states: what recomputes them (StateRecompute; the same gradients within
   /// the tf32 bound either way).
   StateRecompute recompute_states = StateRecompute::automatic;
@@ -400,14 +416,20 @@ Status plan_backward(const Problem<T>& p, const GradOutputs<T>* up, const Gradie
                 "automatic choice for bfloat16 / float16 inputs)"};
       f.saved_states = 1;
     }
+    const std::size_t rec_need = backward_records_bytes(total, d.Hv, D);
+    GDR2_RETURN_IF_ERROR(check_backward_records(opt.backward_records, opt.backward_records_bytes, rec_need,
+                                                opt.chunk_states != nullptr));
+    f.rec_given = opt.backward_records ? 1 : 0;
 
-    // workspace: [offsets][flags][records][states (unless saved)][dstates][grad-1][head buffers]
+    // workspace: [offsets][flags][records (unless given)][states (unless saved)][dstates][grad-1][head buffers]
     const std::size_t ch = std::size_t(total) * std::size_t(d.Hv);
     std::size_t off = p.cu_seqlens.given() ? bwd_align(std::size_t(d.N + 1) * 4) : 0;
     const std::size_t flags = off;
     off += bwd_align(ch * 4);
     const std::size_t rec = off;
-    off += bwd_align(ch * std::size_t(bwd_rec_floats(D)) * 4);
+    // (with the flag tail of ChunkOptions::backward_records: a forward run by this backward
+    // may write them, StateForward)
+    if (!f.rec_given) off += backward_records_bytes(total, d.Hv, D);
     const std::size_t st = off;
     if (!f.saved_states) off += bwd_align(ch * std::size_t(D) * D * 4);
     const std::size_t dst = off;
@@ -416,7 +438,12 @@ Status plan_backward(const Problem<T>& p, const GradOutputs<T>* up, const Gradie
     off += bwd_align(ch * std::size_t(bwd_g1_floats(D)) * 4);
     // Placeholders (offsets into the workspace, turned into pointers by bind_workspace).
     f.chunk_offsets = p.cu_seqlens.given() ? reinterpret_cast<int*>(std::uintptr_t(1)) : nullptr;
-    f.rec = reinterpret_cast<float*>(rec);
+    if (f.rec_given) {
+      f.rec = static_cast<float*>(opt.backward_records);
+      f.rec_written = reinterpret_cast<int*>(static_cast<char*>(opt.backward_records) + rec_need - 256);
+    } else {
+      f.rec = reinterpret_cast<float*>(rec);
+    }
     f.states = f.saved_states ? const_cast<float*>(opt.chunk_states) : reinterpret_cast<float*>(st);
     f.dstates = reinterpret_cast<float*>(dst);
     f.g1 = reinterpret_cast<float*>(g1);
@@ -523,12 +550,14 @@ Status plan_backward(const Problem<T>& p, const GradOutputs<T>* up, const Gradie
     }
     // the forward that recomputes the chunk states (StateRecompute): 16-bit inputs, tf32
     // products, a state pass to replace; automatic where the state kernel's two roles would
-    // share one wave (cuda/NOTES.md, backward item 19)
+    // share one wave (cuda/NOTES.md, backward item 19) or where the forward's fused path
+    // writes the records too (item 57)
     sf = StateForward{};
     if constexpr (!std::is_same_v<T, float>) {
       const bool wanted = opt.recompute_states == StateRecompute::forward ||
                           (opt.recompute_states == StateRecompute::automatic &&
-                           bwd_roles_in_one_wave(d.N, d.Hv, D, vs, num_sms));
+                           (bwd_roles_in_one_wave(d.N, d.Hv, D, vs, num_sms) ||
+                            (D == 128 && forward_fused_automatic((long long)d.N * d.Hv, num_sms))));
       std::size_t fws = 0;
       if (!f.saved_states && f.math == 0 && f.stages >= 2 && wanted &&
           chunk_forward_workspace_size<Policy>(shapes_of(p), fws).ok()) {
@@ -549,7 +578,7 @@ inline void bind_workspace(BackwardParams& f, char* ws, const void* cu_seqlens) 
   auto at = [&](const void* off) { return ws + reinterpret_cast<std::uintptr_t>(off); };
   f.cu_seqlens = cu_seqlens;
   if (f.chunk_offsets) f.chunk_offsets = reinterpret_cast<int*>(ws);
-  f.rec = reinterpret_cast<float*>(at(f.rec));
+  if (!f.rec_given) f.rec = reinterpret_cast<float*>(at(f.rec));
   if (!f.saved_states) f.states = reinterpret_cast<float*>(at(f.states));
   f.dstates = reinterpret_cast<float*>(at(f.dstates));
   f.g1 = reinterpret_cast<float*>(at(f.g1));
@@ -644,6 +673,10 @@ Status chunk_backward(const Problem<T>& p, const GradOutputs<T>& up, const Gradi
       ChunkOptions fo;
       fo.chunk_states = f.states;
       fo.chunk_states_bytes = detail::chunk_states_bytes(f.total_chunks, f.Hv, f.D, f.D);
+      // and the records into the workspace's (the flag after them says whether it did)
+      fo.backward_records = f.rec;
+      fo.backward_records_bytes = detail::backward_records_bytes(f.total_chunks, f.Hv, f.D);
+      f.rec_written = reinterpret_cast<int*>(reinterpret_cast<char*>(f.rec) + fo.backward_records_bytes - 256);
       const Status st = chunk_forward<Policy>(p, scratch, {dev.cu_seqlens, nullptr}, at + sf.o_bytes, sf.ws_bytes,
                                               stream, fo);
       if (!st.ok()) return {st.code(), "gdr2::cuda::chunk_backward, recomputing the chunk states: " + st.message()};

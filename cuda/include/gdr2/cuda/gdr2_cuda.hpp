@@ -89,12 +89,50 @@ struct ChunkOptions {
   float* chunk_states = nullptr;
   /// Bytes at chunk_states (checked against chunk_states_size).
   std::size_t chunk_states_bytes = 0;
+  /// Training, with chunk_states: where to also write what chunk_backward's first stage
+  /// (its chunk records: the solved WY factors, U = A (w ⊙ v) and the decayed operand tiles
+  /// of every chunk-head) would compute from the same inputs, so that the backward given
+  /// them (BackwardOptions::backward_records) skips that stage. The fused path writes them
+  /// (K = V = 128, 16-bit inputs); any other path or shape only marks the buffer as not
+  /// written, and the backward then fills it itself. Device memory of
+  /// backward_records_size() bytes, 256-byte aligned; null (the default): not written.
+  void* backward_records = nullptr;
+  /// Bytes at backward_records (checked against backward_records_size).
+  std::size_t backward_records_bytes = 0;
 };
 
 namespace detail {
 /// Bytes of `chunks` chunk-start states of Hv heads, K×V fp32 each (the chunk-state layout).
 inline std::size_t chunk_states_bytes(long long chunks, long long Hv, long long K, long long V) {
   return std::size_t(chunks) * std::size_t(Hv) * std::size_t(K) * std::size_t(V) * 4;
+}
+/// Whether chunk_forward's automatic path (ForwardPath::automatic) is the fused one for
+/// `pairs` (sequence, value head) pairs on `sms` SMs: one block per pair, so when they fill
+/// at least three quarters of the SMs.
+constexpr bool forward_fused_automatic(long long pairs, int sms) { return pairs * 4 >= 3LL * sms; }
+/// Floats of one backward chunk record (K = V = D; the layout: cuda/src/backward_record.hpp).
+constexpr long long bwd_rec_floats(int D) { return 2LL * 64 * 64 + 4LL * 64 * D + D; }
+/// Bytes of the backward records of `chunks` chunks of Hv heads (ChunkOptions::
+/// backward_records): the records, then a 256-byte tail whose first int says whether the
+/// forward wrote them (1) or left them to the backward (0).
+inline std::size_t backward_records_bytes(long long chunks, long long Hv, int D) {
+  return (std::size_t(chunks) * std::size_t(Hv) * std::size_t(bwd_rec_floats(D)) * 4 + 255) / 256 * 256 + 256;
+}
+/// The one check of a backward_records argument, forward and backward: absent, or given with
+/// its size and 256-byte aligned, together with the chunk states it belongs to.
+inline Status check_backward_records(const void* data, std::size_t bytes, std::size_t need, bool chunk_states) {
+  if (!data) {
+    if (bytes != 0) return {Code::invalid_argument, "backward_records_bytes given without backward_records"};
+    return {};
+  }
+  if (!chunk_states)
+    return {Code::invalid_argument, "backward_records need chunk_states too (the backward reads both)"};
+  if (reinterpret_cast<std::uintptr_t>(data) % 256 != 0)
+    return {Code::invalid_argument, "backward_records must be 256-byte aligned"};
+  if (bytes < need)
+    return {Code::invalid_argument, "backward_records of " + std::to_string(bytes) + " bytes, " +
+                                        std::to_string(need) + " needed (backward_records_size)"};
+  return {};
 }
 /// The one check of a chunk_states argument, forward and backward: absent, or given with
 /// its size, 16-byte aligned and at least `need` bytes.
@@ -116,6 +154,12 @@ inline Status check_chunk_states(const void* data, std::size_t bytes, std::size_
 /// Σ_n ceil(T_n / 64) · Hv · K · V · 4. Reads only host memory.
 template <class Policy, class T>
 Status chunk_states_size(const Problem<T>& p, std::size_t& bytes);
+
+/// Bytes of the backward records of a problem (ChunkOptions::backward_records,
+/// BackwardOptions::backward_records): ≈ 160 KB per chunk of 64 tokens and value head at
+/// K = V = 128. Reads only host memory.
+template <class Policy, class T>
+Status backward_records_size(const Problem<T>& p, std::size_t& bytes);
 
 /// Workspace bytes `chunk_forward` needs for this problem and options (0 for the fused
 /// path). Reads only host memory (shapes, the host copy of cu_seqlens).
