@@ -107,16 +107,8 @@ __device__ void prep16_body(const BackwardParams& p, const ForwardParams& fp, ch
     const bool fp32_kty = !rec16_in_record<D>(p);
     if (p.rev16) {
       if (w == 0) {
-        const float* e = reinterpret_cast<const float*>(sm + L::rg);
-        float m = 0.f;
-        if (DECAY == 0)
-          for (int d = lane; d < D; d += 32) m = fmaxf(m, e[d]);
-        else
-          m = e[0];
-        m = warp_max(m);
-        int ex = 0;
-        frexpf(m, &ex);
-        if (lane == 0) s_f = m > 0.f && ex - 1 > -126 ? ex - 1 : -126;
+        const int fw = record_exponent<DECAY, D>(reinterpret_cast<const float*>(sm + L::rg), lane);
+        if (lane == 0) s_f = fw;
       }
       __syncthreads();
     }

@@ -1366,6 +1366,22 @@ struct ChunkLoader {
 /// prep's but for the rounding of Y (its Ē anchored at the row before each 16-row block,
 /// the prep's at the block's first row) and of U (warpgroup MMAs, the prep's mma.sync sums):
 /// the same products of the same fp16 operands class. K = V = 128 only (Rec16::fits_record).
+/// The fp16 record's exponent f = ⌊log2 max_d γ_0⌋ of a chunk (bwd::Rec16), from the decays
+/// e = 2^g of its first token (channel-wise: e[0..D), scalar: e[0]), ≥ −126 so that 2^{−f}
+/// is a normal fp32: every lane of the calling warp gets it.
+template <int DECAY, int D>
+__device__ __forceinline__ int record_exponent(const float* e, int lane) {
+  float m = 0.f;
+  if (DECAY == 0)
+    for (int d = lane; d < D; d += 32) m = fmaxf(m, e[d]);
+  else
+    m = e[0];
+  m = warp_max(m);
+  int ex = 0;
+  frexpf(m, &ex);
+  return m > 0.f && ex - 1 > -126 ? ex - 1 : -126;
+}
+
 template <int DECAY, int GATES, class Tin, int D>
 struct BwdRecordOut {
   using P = Prep<DECAY, GATES, Tin, D, true>;
@@ -1386,15 +1402,7 @@ struct BwdRecordOut {
   __device__ void rows(const char* sm, float scale) {
     const int tid = threadIdx.x, lane = tid & 31;
     const float* e = reinterpret_cast<const float*>(sm + L::rg);
-    float m = 0.f;
-    if (DECAY == 0)
-      for (int d = lane; d < D; d += 32) m = fmaxf(m, e[d]);
-    else
-      m = e[0];
-    m = warp_max(m);
-    int ex = 0;
-    frexpf(m, &ex);
-    f = m > 0.f && ex - 1 > -126 ? ex - 1 : -126;
+    f = record_exponent<DECAY, D>(e, lane);
     sc = ldexpf(1.f, -f);
     if (tid >= 4 * (D / 2)) return;
     const int j = tid / (D / 2), d = 2 * (tid % (D / 2));

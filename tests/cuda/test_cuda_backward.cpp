@@ -769,6 +769,19 @@ TEST_CASE("cuda chunk backward without chunk states: the reverse pass after or b
   }
 }
 
+TEST_CASE("cuda chunk backward without chunk states where the forward writes the records",
+          "[cuda][backward][device]") {
+  SKIP_WITHOUT_GPU();
+  INFO("GDR2_TEST_SEED=" << base_seed());
+  // 4 × 32 = 128 (sequence, head) pairs at K = V = 128: the forward's fused path, so the
+  // automatic recompute runs it with the backward's records into the workspace (the prep is
+  // skipped); against the state kernel's forward role and the prep
+  auto c = make_cfg(43, 4, 64 + 3, 8, 32, 128, -5.0);
+  for (const auto& run : {&run_case<GDR2, bf16>, &run_case<KDA, bf16>})
+    run(c, {recomputing(cuda::StateRecompute::automatic), recomputing(cuda::StateRecompute::state_pass)}, true, 0,
+        1.0);
+}
+
 TEST_CASE("cuda chunk backward given the forward's chunk states (small, for the sanitizers)",
           "[cuda][backward][device][sanitize]") {
   SKIP_WITHOUT_GPU();
@@ -777,6 +790,7 @@ TEST_CASE("cuda chunk backward given the forward's chunk states (small, for the 
   c.seqlens = {70, 0, 64, 9};  // varlen: the fused path sums the chunk rows of earlier sequences
   // (the reverse pass beside the prep, the automatic choice at these few pairs, and after it)
   run_case<KDA, bf16>(c, {{Where::device, cuda::BackwardMath::tf32, true, cuda::ForwardPath::fused},
+                          with_records(cuda::ForwardPath::fused),
                           {Where::device, cuda::BackwardMath::tf32, true, cuda::ForwardPath::split},
                           {Where::device, cuda::BackwardMath::tf32, true, cuda::ForwardPath::split, false},
                           {Where::device, cuda::BackwardMath::tf32, true, cuda::ForwardPath::fused, true, 0,
@@ -785,7 +799,7 @@ TEST_CASE("cuda chunk backward given the forward's chunk states (small, for the 
   // as stored); without chunk states as well (the tf32 state passes, and the forward
   // writing them into the workspace)
   run_case<GDR2, bf16>(c, {{Where::device, cuda::BackwardMath::tf32, true, cuda::ForwardPath::fused},
-                           recomputing(cuda::StateRecompute::state_pass),
+                           with_records(cuda::ForwardPath::fused), recomputing(cuda::StateRecompute::state_pass),
                            recomputing(cuda::StateRecompute::forward)});
   // GDN's scalar decay: one value per row, as β (the applies' row vector)
   run_case<GDN, bf16>(c, {{Where::device, cuda::BackwardMath::tf32, true, cuda::ForwardPath::fused}});

@@ -167,8 +167,8 @@ struct BackwardParams : InputViews {
   int rec_given = 0;
 };
 
-/// Floats of one grad-1 block output per chunk-head (K = V = D; one record: bwd_rec_floats).
-/// grad-1's outputs + the per-row sums of grad-2's slices (cuda/src/backward_kernels.cuh G1)
+/// Floats of grad-1's outputs + the per-row sums of grad-2's slices per chunk-head (K = V = D;
+/// cuda/src/backward_kernels.cuh G1; one record: bwd_rec_floats in gdr2_cuda.hpp)
 constexpr long long bwd_g1_floats(int D) { return 3LL * 64 * D + 2LL * 64 * 64 + D + 64 + 2LL * 64 * (D / 32); }
 
 /// Whether the state kernel's two roles (forward S_c and reverse dS_c), one block per
