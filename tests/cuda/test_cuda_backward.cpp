@@ -778,7 +778,9 @@ TEST_CASE("cuda chunk backward without chunk states where the forward writes the
   // skipped); against the state kernel's forward role and the prep
   auto c = make_cfg(43, 4, 64 + 3, 8, 32, 128, -5.0);
   for (const auto& run : {&run_case<GDR2, bf16>, &run_case<KDA, bf16>})
-    run(c, {recomputing(cuda::StateRecompute::automatic), recomputing(cuda::StateRecompute::state_pass)}, true, 0,
+    run(c, {recomputing(cuda::StateRecompute::automatic), recomputing(cuda::StateRecompute::forward),
+            recomputing(cuda::StateRecompute::state_pass)},
+        true, 0,
         1.0);
 }
 
