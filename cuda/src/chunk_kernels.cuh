@@ -1025,16 +1025,16 @@ __device__ __forceinline__ void store_staged_rows(X* dst, const char* tile, int 
     *reinterpret_cast<uint4*>(dst + kk * D) = *reinterpret_cast<const uint4*>(tile + kk * pitch);
 }
 
-/// One chunk step of this warp's 16 value columns (K: a StepKind). With K::WG every product
-/// is a warpgroup MMA, its operand tiles read once per warpgroup, in four groups: Uᵀ = Zᵀ Aᵀ;
-/// Oᵀ = S0ᵀ Qγᵀ and Rᵀ = Uᵀ − S0ᵀ Yᵀ; Oᵀ += Rᵀ Aqkᵀ; the S update, in flight while Oᵀ is staged
-/// (why in this order: cuda/NOTES.md, v9 and forward item 14).
 /// state_step's optional sink of Uᵀ = Zᵀ Aᵀ (this warp's 16 value columns × 64 tokens, in
 /// the accumulator layout of Rᵀ), called once it is complete.
 struct NoUOut {
   __device__ void operator()(const float (&)[8][4], int) const {}
 };
 
+/// One chunk step of this warp's 16 value columns (K: a StepKind). With K::WG every product
+/// is a warpgroup MMA, its operand tiles read once per warpgroup, in four groups: Uᵀ = Zᵀ Aᵀ;
+/// Oᵀ = S0ᵀ Qγᵀ and Rᵀ = Uᵀ − S0ᵀ Yᵀ; Oᵀ += Rᵀ Aqkᵀ; the S update, in flight while Oᵀ is staged
+/// (why in this order: cuda/NOTES.md, v9 and forward item 14).
 template <class Tin, int D, class K, class Sink, class UOut = NoUOut>
 __device__ __forceinline__ void state_step(float (&S)[D / 8][4], const StepInputs& in, const Sink& sink, int lane,
                                            const UOut& uout = UOut{}) {
@@ -1357,15 +1357,6 @@ struct ChunkLoader {
 // =====================================================================================
 // The backward's records from the fused forward (ForwardParams::bwd_rec).
 // =====================================================================================
-/// What the backward's 16-bit prep (backward_prep16.cuh) writes for one chunk-head — the fp32
-/// record's A (tf32-rounded), Aqk and U = A Z, and inside it the fp16 record (Qγ·2^{−f},
-/// Ktail, Y·2^{−f}, Aqk, γ_C·2^{−f}, f: bwd::Rec16) — written by the fused forward from the
-/// same Prep tiles, each part where the chunk step holds its inputs: rows() after the Grams
-/// (the raw q, k and e = 2^g), y() inside Prep::y (Y's fp32 accumulators), tiles() after the
-/// solve (A, Aqk, γ_C), u() inside the state step (Uᵀ's accumulators). The values are the
-/// prep's but for the rounding of Y (its Ē anchored at the row before each 16-row block,
-/// the prep's at the block's first row) and of U (warpgroup MMAs, the prep's mma.sync sums):
-/// the same products of the same fp16 operands class. K = V = 128 only (Rec16::fits_record).
 /// The fp16 record's exponent f = ⌊log2 max_d γ_0⌋ of a chunk (bwd::Rec16), from the decays
 /// e = 2^g of its first token (channel-wise: e[0..D), scalar: e[0]), ≥ −126 so that 2^{−f}
 /// is a normal fp32: every lane of the calling warp gets it.
@@ -1382,6 +1373,15 @@ __device__ __forceinline__ int record_exponent(const float* e, int lane) {
   return m > 0.f && ex - 1 > -126 ? ex - 1 : -126;
 }
 
+/// What the backward's 16-bit prep (backward_prep16.cuh) writes for one chunk-head — the fp32
+/// record's A (tf32-rounded), Aqk and U = A Z, and inside it the fp16 record (Qγ·2^{−f},
+/// Ktail, Y·2^{−f}, Aqk, γ_C·2^{−f}, f: bwd::Rec16) — written by the fused forward from the
+/// same Prep tiles, each part where the chunk step holds its inputs: rows() after the Grams
+/// (the raw q, k and e = 2^g), y() inside Prep::y (Y's fp32 accumulators), tiles() after the
+/// solve (A, Aqk, γ_C), u() inside the state step (Uᵀ's accumulators). The values are the
+/// prep's but for the rounding of Y (its Ē anchored at the row before each 16-row block,
+/// the prep's at the block's first row) and of U (warpgroup MMAs, the prep's mma.sync sums):
+/// the same products of the same fp16 operands class. K = V = 128 only (Rec16::fits_record).
 template <int DECAY, int GATES, class Tin, int D>
 struct BwdRecordOut {
   using P = Prep<DECAY, GATES, Tin, D, true>;

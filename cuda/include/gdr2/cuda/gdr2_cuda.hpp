@@ -93,7 +93,7 @@ struct ChunkOptions {
   /// (its chunk records: the solved WY factors, U = A (w ⊙ v) and the decayed operand tiles
   /// of every chunk-head) would compute from the same inputs, so that the backward given
   /// them (BackwardOptions::backward_records) skips that stage. The fused path writes them
-  /// (K = V = 128, 16-bit inputs); any other path or shape only marks the buffer as not
+  /// (K = V = 128, no state_indices); any other path or shape only marks the buffer as not
   /// written, and the backward then fills it itself. Device memory of
   /// backward_records_size() bytes, 256-byte aligned; null (the default): not written.
   void* backward_records = nullptr;
