@@ -774,8 +774,8 @@ TEST_CASE("cuda chunk backward without chunk states where the forward writes the
   SKIP_WITHOUT_GPU();
   INFO("GDR2_TEST_SEED=" << base_seed());
   // 4 × 32 = 128 (sequence, head) pairs at K = V = 128: the forward's fused path, so the
-  // recompute by the forward writes the backward's records into the workspace too (the prep
-  // is skipped); against the state kernel's forward role and the prep
+  // automatic recompute runs it with the backward's records into the workspace (the prep is
+  // skipped); against the state kernel's forward role and the prep
   auto c = make_cfg(43, 4, 64 + 3, 8, 32, 128, -5.0);
   for (const auto& run : {&run_case<GDR2, bf16>, &run_case<KDA, bf16>})
     run(c, {recomputing(cuda::StateRecompute::automatic), recomputing(cuda::StateRecompute::forward),
@@ -1197,8 +1197,13 @@ TEST_CASE("cuda backward: the forward recomputes the chunk states where the stat
   check_state_recompute<KDA>(2, 193, 16, 128, true);
   check_state_recompute<GDN>(1, 100, 3, 64, true);
   check_state_recompute<GDR2>(4, 1000, 2, 64, true);
-  // B=8 T=4096 H=16: 128 pairs, the state kernel's forward role (one 128-column block each)
-  check_state_recompute<GDR2>(8, 4096, 16, 128, false);
+  // B=8 T=4096 H=16: 128 pairs, the forward's fused path, which writes the backward's
+  // records too (K = V = 128; cuda/NOTES.md backward item 57); at K = V = 64 (no records)
+  // and at 80 pairs (the forward's split path) the state kernel's forward role
+  check_state_recompute<GDR2>(8, 4096, 16, 128, true);
+  check_state_recompute<KDA>(8, 512, 16, 128, true);
+  check_state_recompute<GDR2>(8, 4096, 16, 64, false);
+  check_state_recompute<GDR2>(5, 300, 16, 128, false);
   // products other than tf32 read no forward-written states: the state kernel
   cuda::BackwardOptions opt;
   opt.math = cuda::BackwardMath::tf32x3;

@@ -233,8 +233,9 @@ enum class BackwardMath {
 enum class StateRecompute {
   /// chunk_forward where the state kernel's two roles would share one wave (few (sequence,
   /// head) pairs, e.g. B=1 T=32768 H=16: its state blocks walk every chunk one after the
-  /// other), the state kernel's forward role elsewhere (B=8 T=4096 H=16: 128 blocks that
-  /// cost less than the fused forward writing o and the states)
+  /// other) or where its fused path writes the backward's records too (K = V = 128 and
+  /// enough pairs, e.g. B=8 T=4096 H=16: the backward's first stage is then skipped), the
+  /// state kernel's forward role elsewhere
   automatic,
   /// chunk_forward (ChunkOptions::chunk_states and backward_records into the workspace, its
   /// o into scratch workspace) whenever it can run: 16-bit inputs whose rows and dO's are
@@ -549,13 +550,14 @@ Status plan_backward(const Problem<T>& p, const GradOutputs<T>* up, const Gradie
     }
     // the forward that recomputes the chunk states (StateRecompute): 16-bit inputs, tf32
     // products, a state pass to replace; automatic where the state kernel's two roles would
-    // share one wave (cuda/NOTES.md, backward item 19); not yet where the forward's fused
-    // path would write the records too (item 57: not measured on a device)
+    // share one wave (cuda/NOTES.md, backward item 19) or where the forward's fused path
+    // writes the records too (item 57)
     sf = StateForward{};
     if constexpr (!std::is_same_v<T, float>) {
       const bool wanted = opt.recompute_states == StateRecompute::forward ||
                           (opt.recompute_states == StateRecompute::automatic &&
-                           bwd_roles_in_one_wave(d.N, d.Hv, D, vs, num_sms));
+                           (bwd_roles_in_one_wave(d.N, d.Hv, D, vs, num_sms) ||
+                            (D == 128 && forward_fused_automatic((long long)d.N * d.Hv, num_sms))));
       std::size_t fws = 0;
       if (!f.saved_states && f.math == 0 && f.stages >= 2 && wanted &&
           chunk_forward_workspace_size<Policy>(shapes_of(p), fws).ok()) {
