@@ -872,15 +872,23 @@ GDR2_HD void grad1_body(const Blk& bk, const P& p, long long cg, int hv, float* 
   char* kty_stage = reinterpret_cast<char*>(sdS);
   static_assert(Rec16<D>::y == Rec16<D>::kt + Rec16<D>::tile && 2 * Rec16<D>::tile <= D * PH * 4,
                 "the fp16 Ktail and Y are adjacent and fit dS's tile");
+  // A and Aqk: fp32 as stored, or (rec16_in_record) the fp32 record's fp16 A and the fp16
+  // record's Aqk as stored into dO's tile (free until the first half's dO rows are converted
+  // there), converted beside Ktail and Y (v110: cuda/NOTES.md backward item 58)
+  char* a_stage = reinterpret_cast<char*>(sdO);
+  static_assert(2 * kC * kC * 2 <= kC * PH * 4, "the fp16 A and Aqk fit dO's tile");
   if (kty16) {
     copy_tile(bk, reinterpret_cast<float*>(kty_stage), D / 2, reinterpret_cast<const float*>(r16 + Rec16<D>::kt), D / 2,
               2 * kC, D / 2);
+    copy_tile(bk, reinterpret_cast<float*>(a_stage), kC / 2, rec + Rec<D>::A16, kC / 2, kC, kC / 2);
+    copy_tile(bk, reinterpret_cast<float*>(a_stage + kC * kC * 2), kC / 2,
+              reinterpret_cast<const float*>(r16 + Rec16<D>::aqk), kC / 2, kC, kC / 2);
   } else {
     copy_tile(bk, sY, L::PD, rec + Rec<D>::Y, D, kC, D);
     copy_tile(bk, sKt, L::PD, rec + Rec<D>::Kt, D, kC, D);
+    copy_tile(bk, sAqk, kPC, rec + Rec<D>::Aqk, kC, kC, kC);
+    copy_tile(bk, sA, kPC, rec + Rec<D>::A, kC, kC, kC);
   }
-  copy_tile(bk, sAqk, kPC, rec + Rec<D>::Aqk, kC, kC, kC);
-  copy_tile(bk, sA, kPC, rec + Rec<D>::A, kC, kC, kC);
   if (do_tile) {
     copy_half(sm + L::dO16, p.d_o, act(p.sdo, cl.bb, cl.t0, hv), p.sdo.t);
     bk.commit();
@@ -922,10 +930,11 @@ GDR2_HD void grad1_body(const Blk& bk, const P& p, long long cg, int hv, float* 
       first.keep = 1;
       first.sync();
     }
-    // fp16 Ktail, Y·2^{−f} → fp32 Ktail, Y (exact: tf32 values). kty16 implies do_tile (rev16
-    // needs dO's rows 16-byte aligned), so `first` above has waited for their copies.
-    // (no barrier of its own: the dO rows' conversion below, which touches neither tile, shares
-    // its phase; cuda/NOTES.md backward item 44)
+    // fp16 Ktail, Y·2^{−f}, A, Aqk → fp32 (exact: tf32 values). kty16 implies do_tile (rev16
+    // needs dO's rows 16-byte aligned), so `first` above has waited for their copies. Its
+    // barrier orders the reads of A and Aqk in dO's tile before the dO rows' conversion there
+    // (until v110 the two shared a phase: cuda/NOTES.md backward item 44), and leaves S, dS, U
+    // in flight as `first` did.
     if (kty16 && h == 0) {
       const float sy = pow2i(f16);
       for (int i = bk.tid; i < 2 * kC * (D / 4); i += bk.nthr) {
@@ -934,6 +943,13 @@ GDR2_HD void grad1_body(const Blk& bk, const P& p, long long cg, int hv, float* 
         const float f = m ? sy : 1.f;
         st4((m ? sY : sKt) + r * L::PD + c, {x.x * f, x.y * f, x.z * f, x.w * f});
       }
+      for (int i = bk.tid; i < 2 * kC * (kC / 4); i += bk.nthr) {
+        const int m = i / (kC * (kC / 4)), r = (i / (kC / 4)) % kC, c = 4 * (i % (kC / 4));
+        st4((m ? sAqk : sA) + r * kPC + c, ld_in4(a_stage + m * kC * kC * 2, swz128(r, c), kF16, 1));
+      }
+      Blk converted = bk;
+      converted.keep = 1;
+      converted.sync();
     }
     bk.par_ld<8>(
         kC * H4,

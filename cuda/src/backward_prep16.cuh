@@ -9,9 +9,11 @@
 //
 // Precision: the products take fp16 operands (an 11-bit significand, as tf32) with fp32
 // accumulation, Aqk comes from an fp16 tile (every later stage rounds it to a tf32
-// operand anyway), A is the fp32 solve. What carries the absolute decays γ = 2^G (Qγ,
-// Ktail, Y) is kept in fp32 range (fp16 would flush the first rows of a strongly decayed
-// chunk, and with them dS_0). Device only: the host execution (CI) runs bwd::prep_body.
+// operand anyway), A is the fp32 solve (or, where the fp16 record lies in the fp32 one and
+// grad-1 reads it, the fp16 solve's image: store_record_tiles). What carries the absolute
+// decays γ = 2^G (Qγ, Ktail, Y) is kept in fp32 range (fp16 would flush the first rows of a
+// strongly decayed chunk, and with them dS_0). Device only: the host execution (CI) runs
+// bwd::prep_body.
 #pragma once
 
 #include "backward_kernels.cuh"
@@ -172,28 +174,8 @@ __device__ void prep16_body(const BackwardParams& p, const ForwardParams& fp, ch
     else
       cp_async_commit();
     Pr::template solve<false>(sm);
-    // A (fp32), Aqk (fp16 → fp32), zero above the diagonal 16-blocks; γ_C
-    {
-      const float* a32 = reinterpret_cast<const float*>(sm + L::a32);
-      const __half* aqk = reinterpret_cast<const __half*>(sm + L::aqk16);
-      for (int i = tid; i < 2 * kC * kC / 4; i += NT) {
-        const int m = i / (kC * kC / 4), r = (i / (kC / 4)) % kC, c = 4 * (i % (kC / 4));
-        float4 x = make_float4(0.f, 0.f, 0.f, 0.f);
-        if ((c >> 4) <= (r >> 4)) x = m ? load4(aqk + Pr::ax(r, c)) : round4(*reinterpret_cast<const float4*>(a32 + r * PF + c));
-        *reinterpret_cast<float4*>(rec + (m ? R::Aqk : R::A) + r * kC + c) = x;
-        if (m && r16)
-          *reinterpret_cast<uint2*>(r16 + R16::aqk + 2 * swz128(r, c)) =
-              make_uint2(pack_half2(x.x, x.y), pack_half2(x.z, x.w));
-      }
-      for (int i = tid; i < D / 4; i += NT) {
-        const float4 g = reinterpret_cast<const float4*>(Pr::gc(sm))[i];
-        if (r16)
-          reinterpret_cast<float4*>(r16 + R16::gc)[i] = make_float4(g.x * sc, g.y * sc, g.z * sc, g.w * sc);
-        else
-          reinterpret_cast<float4*>(rec + R::gC)[i] = g;
-      }
-      if (r16 && tid == 0) *reinterpret_cast<int*>(r16 + R16::f) = fi;
-    }
+    // A, Aqk, γ_C, f (chunk_kernels.cuh: the fused forward's store loop)
+    store_record_tiles<Pr, D>(sm, rec, r16, !fp32_kty, sc, fi);
     float* sY = reinterpret_cast<float*>(sm + L::hq);   // [64][D] over QFin, KFo (2 dead fp16 tiles)
     float* sU = reinterpret_cast<float*>(sm + L::t32);  // [64][D] over T, A (2 [64][PF] fp32 tiles, A
                                                         // read above: ordered by the barrier after Y)

@@ -11,12 +11,15 @@ namespace bwd {
 
 /// One chunk-head's fp32 record (floats, row-major; K = V = D, 64-token chunks): A and Aqk
 /// [64][64], Y and U [64][D], Qγ and Ktail [64][D], γ_C [D]. With the fp16 record inside it
-/// (rec16_in_record) the Qγ, Ktail, Y and γ_C slots are not written.
+/// (rec16_in_record) the Qγ, Ktail, Y, γ_C and Aqk slots are not written (grad-1 reads the
+/// fp16 record's), and the A slot's first 8 KB hold A as fp16 (A16: [64][64] swz128, zero
+/// above the diagonal 16-blocks, as the fp16 record's Aqk).
 template <int D>
 struct Rec {
   static constexpr long long C = 64;
   static constexpr long long A = 0, Aqk = C * C, Y = 2 * C * C, U = Y + C * D, Qg = U + C * D, Kt = Qg + C * D,
                              gC = Kt + C * D, floats = gC + D;
+  static constexpr long long A16 = A;  // (floats; 2·C·C fp16 values)
 };
 
 /// The fp16 record of one chunk-head for the fp16 reverse pass (bytes): Qγ·2^{−f}, Ktail,

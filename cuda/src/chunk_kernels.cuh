@@ -1373,8 +1373,65 @@ __device__ __forceinline__ int record_exponent(const float* e, int lane) {
   return m > 0.f && ex - 1 > -126 ? ex - 1 : -126;
 }
 
+/// The solved tiles of one chunk-head into the backward's records, after the solve (Prep's
+/// a32, a16, aqk16 and γ_C final; no barrier): the one store loop of the fused forward
+/// (BwdRecordOut::tiles) and the backward's 16-bit prep. Entries above the diagonal 16-blocks
+/// are stored as zeros.
+///   in_record (the fp16 record r16 lies in the fp32 record rec, bwd::rec16_in_record: grad-1
+///     reads it): A as an fp16 image in the fp32 record's A slot (bwd::Rec::A16) and Aqk into
+///     the fp16 record alone — fp16 and tf32 carry the same significand, so both are exact
+///     tf32 operands (cuda/NOTES.md backward item 58);
+///   else A (fp32, tf32-rounded from a32) and Aqk (fp32) into the fp32 record, Aqk also into
+///     r16 when given.
+/// With r16: γ_C·sc and f into it (sc = 2^{−f}); without: γ_C (fp32) into the fp32 record.
+template <class Pr, int D>
+__device__ void store_record_tiles(const char* sm, float* rec, char* r16, bool in_record, float sc, int f) {
+  using L = typename Pr::L;
+  using R = bwd::Rec<D>;
+  using R16 = bwd::Rec16<D>;
+  const __half* a16 = reinterpret_cast<const __half*>(sm + L::a16);
+  const __half* aqk = reinterpret_cast<const __half*>(sm + L::aqk16);
+  if (in_record) {  // 16-byte pieces of 8 columns (a 16-block's half: wholly zero or not)
+    for (int i = threadIdx.x; i < 2 * kC * kC / 8; i += blockDim.x) {
+      const int m = i / (kC * kC / 8), r = (i / (kC / 8)) % kC, c = 8 * (i % (kC / 8));
+      uint4 x = make_uint4(0u, 0u, 0u, 0u);
+      if ((c >> 4) <= (r >> 4)) x = *reinterpret_cast<const uint4*>((m ? aqk : a16) + Pr::ax(r, c));
+      char* dst = m ? r16 + R16::aqk : reinterpret_cast<char*>(rec + R::A16);
+      *reinterpret_cast<uint4*>(dst + 2 * swz128(r, c)) = x;
+    }
+  } else {
+    const float* a32 = reinterpret_cast<const float*>(sm + L::a32);
+    auto round = [](float x) { return __uint_as_float(tf32_bits(x)); };
+    for (int i = threadIdx.x; i < 2 * kC * kC / 4; i += blockDim.x) {
+      const int m = i / (kC * kC / 4), r = (i / (kC / 4)) % kC, c = 4 * (i % (kC / 4));
+      float4 x = make_float4(0.f, 0.f, 0.f, 0.f);
+      if ((c >> 4) <= (r >> 4)) {
+        if (m) {
+          x = load4(aqk + Pr::ax(r, c));
+        } else {
+          x = *reinterpret_cast<const float4*>(a32 + r * L::PF + c);
+          x = make_float4(round(x.x), round(x.y), round(x.z), round(x.w));
+        }
+      }
+      *reinterpret_cast<float4*>(rec + (m ? R::Aqk : R::A) + r * kC + c) = x;
+      if (m && r16)
+        *reinterpret_cast<uint2*>(r16 + R16::aqk + 2 * swz128(r, c)) =
+            make_uint2(pack_half2(x.x, x.y), pack_half2(x.z, x.w));
+    }
+  }
+  const float* gc = Pr::gc(const_cast<char*>(sm));
+  for (int i = threadIdx.x; i < D / 4; i += blockDim.x) {
+    const float4 g = reinterpret_cast<const float4*>(gc)[i];
+    if (r16)
+      reinterpret_cast<float4*>(r16 + R16::gc)[i] = make_float4(g.x * sc, g.y * sc, g.z * sc, g.w * sc);
+    else
+      reinterpret_cast<float4*>(rec + R::gC)[i] = g;
+  }
+  if (r16 && threadIdx.x == 0) *reinterpret_cast<int*>(r16 + R16::f) = f;
+}
+
 /// What the backward's 16-bit prep (backward_prep16.cuh) writes for one chunk-head — the fp32
-/// record's A (tf32-rounded), Aqk and U = A Z, and inside it the fp16 record (Qγ·2^{−f},
+/// record's A (fp16 image) and U = A Z, and inside it the fp16 record (Qγ·2^{−f},
 /// Ktail, Y·2^{−f}, Aqk, γ_C·2^{−f}, f: bwd::Rec16) — written by the fused forward from the
 /// same Prep tiles, each part where the chunk step holds its inputs: rows() after the Grams
 /// (the raw q, k and e = 2^g), y() inside Prep::y (Y's fp32 accumulators), tiles() after the
@@ -1440,35 +1497,9 @@ struct BwdRecordOut {
   __device__ void y(int row, int col, float a, float b) const {
     *reinterpret_cast<__half2*>(r16 + R16::y + 2 * swz128(row, col)) = __floats2half2_rn(a * sc, b * sc);
   }
-  /// A (fp32, tf32-rounded) and Aqk (fp32, and fp16 into the fp16 record), zero above the
-  /// diagonal 16-blocks; γ_C·2^{−f} and f (after the solve: a32, aqk16, γ_C final).
-  __device__ void tiles(const char* sm) const {
-    const float* a32 = reinterpret_cast<const float*>(sm + L::a32);
-    const __half* aqk = reinterpret_cast<const __half*>(sm + L::aqk16);
-    auto round = [](float x) { return __uint_as_float(tf32_bits(x)); };
-    for (int i = threadIdx.x; i < 2 * kC * kC / 4; i += blockDim.x) {
-      const int m = i / (kC * kC / 4), r = (i / (kC / 4)) % kC, c = 4 * (i % (kC / 4));
-      float4 x = make_float4(0.f, 0.f, 0.f, 0.f);
-      if ((c >> 4) <= (r >> 4)) {
-        if (m) {
-          x = load4(aqk + P::ax(r, c));
-        } else {
-          x = *reinterpret_cast<const float4*>(a32 + r * L::PF + c);
-          x = make_float4(round(x.x), round(x.y), round(x.z), round(x.w));
-        }
-      }
-      *reinterpret_cast<float4*>(rec + (m ? R::Aqk : R::A) + r * kC + c) = x;
-      if (m)
-        *reinterpret_cast<uint2*>(r16 + R16::aqk + 2 * swz128(r, c)) =
-            make_uint2(pack_half2(x.x, x.y), pack_half2(x.z, x.w));
-    }
-    const float* gc = P::gc(const_cast<char*>(sm));
-    for (int i = threadIdx.x; i < D / 4; i += blockDim.x) {
-      const float4 g = reinterpret_cast<const float4*>(gc)[i];
-      reinterpret_cast<float4*>(r16 + R16::gc)[i] = make_float4(g.x * sc, g.y * sc, g.z * sc, g.w * sc);
-    }
-    if (threadIdx.x == 0) *reinterpret_cast<int*>(r16 + R16::f) = f;
-  }
+  /// A and Aqk (fp16: the fp16 record lies in the fp32 one), γ_C·2^{−f} and f (after the
+  /// solve: a16, aqk16, γ_C final).
+  __device__ void tiles(const char* sm) const { store_record_tiles<P, D>(sm, rec, r16, true, sc, f); }
   /// U = A Z (fp32, [64 tokens][D]) from this owner warp's Uᵀ accumulators (value columns
   /// 16w.., the state step's layout: row g8 (+8), tokens 8·nt + 2·q4 (+1)).
   __device__ void u(const float (&U)[8][4], int lane) const {
