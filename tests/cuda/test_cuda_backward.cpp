@@ -780,8 +780,7 @@ TEST_CASE("cuda chunk backward without chunk states where the forward writes the
   for (const auto& run : {&run_case<GDR2, bf16>, &run_case<KDA, bf16>})
     run(c, {recomputing(cuda::StateRecompute::automatic), recomputing(cuda::StateRecompute::forward),
             recomputing(cuda::StateRecompute::state_pass)},
-        true, 0,
-        1.0);
+        true, 0, 1.0);
 }
 
 TEST_CASE("cuda chunk backward given the forward's chunk states (small, for the sanitizers)",
