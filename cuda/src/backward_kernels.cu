@@ -41,7 +41,11 @@ __global__ void __launch_bounds__(kThreads, 1) grad1_kernel(BackwardParams p) {
   grid_launch_dependents();
   const long long cg = blockIdx.x;
   if (exact_tail(p, chunk_loc(p, cg))) return;
-  grad1_body<D, MATH, false>(bk, p, cg, int(blockIdx.y), sm);
+  // (records that may be the fused forward's: their own instance, FWD_REC)
+  if (MATH == kTf32 && p.rec_written)
+    grad1_body<D, MATH, false, MATH == kTf32>(bk, p, cg, int(blockIdx.y), sm);
+  else
+    grad1_body<D, MATH, false>(bk, p, cg, int(blockIdx.y), sm);
 }
 /// grad-1 of the exact tails, block (sequence, value head), launched after grad1_kernel with
 /// programmatic stream serialization: its inputs were complete before grad1_kernel started,
@@ -51,7 +55,12 @@ template <int D, int MATH>
 __global__ void __launch_bounds__(kThreads, 1) grad1_tail_kernel(BackwardParams p) {
   GDR2_BWD_BLOCK
   const long long cg = tail_chunk(p, int(blockIdx.x));
-  if (cg >= 0) grad1_body<D, MATH, true>(bk, p, cg, int(blockIdx.y), sm);
+  if (cg >= 0) {
+    if (MATH == kTf32 && p.rec_written)
+      grad1_body<D, MATH, true, MATH == kTf32>(bk, p, cg, int(blockIdx.y), sm);
+    else
+      grad1_body<D, MATH, true>(bk, p, cg, int(blockIdx.y), sm);
+  }
   grid_dependency_wait();
 }
 template <int D, int MATH>

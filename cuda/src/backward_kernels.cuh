@@ -819,8 +819,11 @@ GDR2_HD long long tail_chunk(const P& p, int n) {
 }
 
 /// grad-1 of chunk-head (cg, hv); TAIL: the chunk is an exact tail (exact_tail), a separate
-/// instantiation so that the other chunks' code holds none of the tail's.
-template <int D, int MATH, bool TAIL>
+/// instantiation so that the other chunks' code holds none of the tail's. FWD_REC: the records
+/// may be the fused forward's (BackwardParams::rec_written given, tf32 mode), whose flag then
+/// says whether R comes with them — an instantiation of its own too, so that the body without
+/// records from a forward is the code it was before (cuda/NOTES.md backward item 59).
+template <int D, int MATH, bool TAIL, bool FWD_REC = false>
 GDR2_HD void grad1_body(const Blk& bk, const P& p, long long cg, int hv, float* sm) {
   static_assert(kThreads == 512, "the products below run in pairs on two halves of 16 warps");
   using L = Grad1Layout<D>;
@@ -869,6 +872,11 @@ GDR2_HD void grad1_body(const Blk& bk, const P& p, long long cg, int hv, float* 
   // Y's scale 2^f, loaded before the copies are issued: its latency overlaps theirs (a load
   // at the conversion held every block ≈ 1 µs per chunk-head: v58 → v58b)
   const int f16 = kty16 ? *reinterpret_cast<const int*>(r16 + Rec16<D>::f) : 0;
+  // R = U − Y S_c as given: the fused forward wrote the records (their flag is 1) and stored
+  // the R its state step formed in U's slot (BwdRecordOut::r), so this block neither copies Y
+  // nor forms R (v111: cuda/NOTES.md backward item 59). The flag is read before the copies
+  // are issued and first needed after those of the fp16 tiles: its latency overlaps theirs.
+  const int rflag_v = FWD_REC && kty16 ? *p.rec_written : 0;
   char* kty_stage = reinterpret_cast<char*>(sdS);
   static_assert(Rec16<D>::y == Rec16<D>::kt + Rec16<D>::tile && 2 * Rec16<D>::tile <= D * PH * 4,
                 "the fp16 Ktail and Y are adjacent and fit dS's tile");
@@ -877,12 +885,18 @@ GDR2_HD void grad1_body(const Blk& bk, const P& p, long long cg, int hv, float* 
   // there), converted beside Ktail and Y (v110: cuda/NOTES.md backward item 58)
   char* a_stage = reinterpret_cast<char*>(sdO);
   static_assert(2 * kC * kC * 2 <= kC * PH * 4, "the fp16 A and Aqk fit dO's tile");
+  bool r_given = false;
   if (kty16) {
+    // Ktail (and Y with it where R is not given)
     copy_tile(bk, reinterpret_cast<float*>(kty_stage), D / 2, reinterpret_cast<const float*>(r16 + Rec16<D>::kt), D / 2,
-              2 * kC, D / 2);
+              FWD_REC ? kC : 2 * kC, D / 2);
     copy_tile(bk, reinterpret_cast<float*>(a_stage), kC / 2, rec + Rec<D>::A16, kC / 2, kC, kC / 2);
     copy_tile(bk, reinterpret_cast<float*>(a_stage + kC * kC * 2), kC / 2,
               reinterpret_cast<const float*>(r16 + Rec16<D>::aqk), kC / 2, kC, kC / 2);
+    r_given = FWD_REC && rflag_v == 1;
+    if (FWD_REC && !r_given)
+      copy_tile(bk, reinterpret_cast<float*>(kty_stage + Rec16<D>::tile), D / 2,
+                reinterpret_cast<const float*>(r16 + Rec16<D>::y), D / 2, kC, D / 2);
   } else {
     copy_tile(bk, sY, L::PD, rec + Rec<D>::Y, D, kC, D);
     copy_tile(bk, sKt, L::PD, rec + Rec<D>::Kt, D, kC, D);
@@ -937,7 +951,7 @@ GDR2_HD void grad1_body(const Blk& bk, const P& p, long long cg, int hv, float* 
     // in flight as `first` did.
     if (kty16 && h == 0) {
       const float sy = pow2i(f16);
-      for (int i = bk.tid; i < 2 * kC * (D / 4); i += bk.nthr) {
+      for (int i = bk.tid; i < (r_given ? 1 : 2) * kC * (D / 4); i += bk.nthr) {
         const int m = i / (kC * (D / 4)), r = (i / (D / 4)) % kC, c = 4 * (i % (D / 4));
         const F4 x = ld_in4(kty_stage + m * Rec16<D>::tile, swz128(r, c), kF16, 1);
         const float f = m ? sy : 1.f;
@@ -989,20 +1003,26 @@ GDR2_HD void grad1_body(const Blk& bk, const P& p, long long cg, int hv, float* 
     // tiles, 4 with 16×16: cuda/NOTES.md backward v12, item 39; the phase is bound by what the
     // warps move, not by their chains: item 38): R = U − Y S on warps 0–7 | dR = Aqkᵀ dO +
     // Ktail dS (= dU) on warps 8–15
+    // (R given: dR alone, its tiles and their bytes as beside R: the phase moves 60 % of them)
     constexpr int RMT = MATH == kFp32 ? 1 : 2;
+    auto to_dR = [&](int r, int j, float v) { sdR[r * PH + j] = v; };
     Blk g;
-    if (warp_group(bk, 0, 8, g))
-      mmt_tiles<RMT, 4, MATH, false, false>(
-          g, kC, H, [&](int r, int j, float v) { sUR[r * PH + j] = op_round<MATH>(sUR[r * PH + j] - v); },
-          term(KMinorR{sY, L::PD}, KMajorR{sS, PH}, D));
-    if (warp_group(bk, 8, 16, g)) {
-      auto to_dR = [&](int r, int j, float v) { sdR[r * PH + j] = v; };
-      if constexpr (split)
-        mmt<4, kTf32x3, false, false>(g, kC, H, to_dR, term(ExMajor{sAqk, kPC}, ExMajor{sdO, PH}, kC),
-                                      term(ExMinor{sKt, L::PD}, KMajor{sdS, PH}, D));
-      else
-        mmt_tiles<RMT, 4, MATH, false, false>(g, kC, H, to_dR, term(KMajorR{sAqk, kPC}, KMajorR{sdO, PH}, kC),
-                                              term(KMinorR{sKt, L::PD}, KMajorR{sdS, PH}, D));
+    if (!split && r_given) {
+      mmt_tiles<RMT, 4, MATH, false, false>(bk, kC, H, to_dR, term(KMajorR{sAqk, kPC}, KMajorR{sdO, PH}, kC),
+                                            term(KMinorR{sKt, L::PD}, KMajorR{sdS, PH}, D));
+    } else {
+      if (!r_given && warp_group(bk, 0, 8, g))
+        mmt_tiles<RMT, 4, MATH, false, false>(
+            g, kC, H, [&](int r, int j, float v) { sUR[r * PH + j] = op_round<MATH>(sUR[r * PH + j] - v); },
+            term(KMinorR{sY, L::PD}, KMajorR{sS, PH}, D));
+      if (warp_group(bk, 8, 16, g)) {
+        if constexpr (split)
+          mmt<4, kTf32x3, false, false>(g, kC, H, to_dR, term(ExMajor{sAqk, kPC}, ExMajor{sdO, PH}, kC),
+                                        term(ExMinor{sKt, L::PD}, KMajor{sdS, PH}, D));
+        else
+          mmt_tiles<RMT, 4, MATH, false, false>(g, kC, H, to_dR, term(KMajorR{sAqk, kPC}, KMajorR{sdO, PH}, kC),
+                                                term(KMinorR{sKt, L::PD}, KMajorR{sdS, PH}, D));
+      }
     }
     bk.sync();
     // side by side: dO Sᵀ on warps 0–7 | dAqk = dO Rᵀ on and below the diagonal on warps 8–15

@@ -13,7 +13,9 @@ namespace bwd {
 /// [64][64], Y and U [64][D], Qγ and Ktail [64][D], γ_C [D]. With the fp16 record inside it
 /// (rec16_in_record) the Qγ, Ktail, Y, γ_C and Aqk slots are not written (grad-1 reads the
 /// fp16 record's), and the A slot's first 8 KB hold A as fp16 (A16: [64][64] swz128, zero
-/// above the diagonal 16-blocks, as the fp16 record's Aqk).
+/// above the diagonal 16-blocks, as the fp16 record's Aqk). Where the fused forward wrote the
+/// records (the flag after them is 1: BackwardParams::rec_written), U's slot holds R = U − Y S_c
+/// (tf32-rounded), the chunk's R as the forward's state step formed it.
 template <int D>
 struct Rec {
   static constexpr long long C = 64;

@@ -1025,9 +1025,9 @@ __device__ __forceinline__ void store_staged_rows(X* dst, const char* tile, int 
     *reinterpret_cast<uint4*>(dst + kk * D) = *reinterpret_cast<const uint4*>(tile + kk * pitch);
 }
 
-/// state_step's optional sink of Uᵀ = Zᵀ Aᵀ (this warp's 16 value columns × 64 tokens, in
-/// the accumulator layout of Rᵀ), called once it is complete.
-struct NoUOut {
+/// state_step's optional sink of Rᵀ = Uᵀ − S0ᵀ Yᵀ (this warp's 16 value columns × 64 tokens,
+/// in its accumulator layout), called once it is complete, before Oᵀ and S read it.
+struct NoROut {
   __device__ void operator()(const float (&)[8][4], int) const {}
 };
 
@@ -1035,9 +1035,9 @@ struct NoUOut {
 /// is a warpgroup MMA, its operand tiles read once per warpgroup, in four groups: Uᵀ = Zᵀ Aᵀ;
 /// Oᵀ = S0ᵀ Qγᵀ and Rᵀ = Uᵀ − S0ᵀ Yᵀ; Oᵀ += Rᵀ Aqkᵀ; the S update, in flight while Oᵀ is staged
 /// (why in this order: cuda/NOTES.md, v9 and forward item 14).
-template <class Tin, int D, class K, class Sink, class UOut = NoUOut>
+template <class Tin, int D, class K, class Sink, class ROut = NoROut>
 __device__ __forceinline__ void state_step(float (&S)[D / 8][4], const StepInputs& in, const Sink& sink, int lane,
-                                           const UOut& uout = UOut{}) {
+                                           const ROut& rout = ROut{}) {
   float R[8][4];
   float O[8][4];
   std::uint32_t z[4][4], rf[4][4];
@@ -1055,7 +1055,6 @@ __device__ __forceinline__ void state_step(float (&S)[D / 8][4], const StepInput
     in.wait_rest();
     wgmma_wait_all();
     wgmma_fence_operands(R);
-    uout(R, lane);
     // S0ᵀ as fp16 A operands (k = channels); registers read by the MMAs until the wait
     std::uint32_t sa[D / 16][4];
     pack_state_a<D>(sa, S);
@@ -1070,6 +1069,7 @@ __device__ __forceinline__ void state_step(float (&S)[D / 8][4], const StepInput
     wgmma_wait_all();
     wgmma_fence_operands(O);
     wgmma_fence_operands(R);
+    rout(R, lane);
     GDR2_STEP_STAMP(5);
     // Oᵀ += Rᵀ Aqkᵀ, then Sᵀ ← Sᵀ Diag(γ_C) + Rᵀ Ktail (in flight while Oᵀ is staged)
     pack_r(rf, R);
@@ -1096,7 +1096,6 @@ __device__ __forceinline__ void state_step(float (&S)[D / 8][4], const StepInput
       O[nt][0] = O[nt][1] = O[nt][2] = O[nt][3] = 0.f;
     }
     step_tri(R, z, in.A, lane);  // Uᵀ
-    uout(R, lane);
     in.wait_rest();
     // Rᵀ −= S0ᵀ Yᵀ ;  Oᵀ = S0ᵀ Qγᵀ
 #pragma unroll
@@ -1119,6 +1118,7 @@ __device__ __forceinline__ void state_step(float (&S)[D / 8][4], const StepInput
         mma16816(O[2 * np + 1], a, b[2], b[3]);
       }
     }
+    rout(R, lane);
     pack_r(rf, R);
     step_tri(O, rf, in.Aqk, lane);  // Oᵀ += Rᵀ Aqkᵀ
     // Sᵀ ← Sᵀ Diag(γ_C) + Rᵀ Ktail
@@ -1435,10 +1435,12 @@ __device__ void store_record_tiles(const char* sm, float* rec, char* r16, bool i
 /// Ktail, Y·2^{−f}, Aqk, γ_C·2^{−f}, f: bwd::Rec16) — written by the fused forward from the
 /// same Prep tiles, each part where the chunk step holds its inputs: rows() after the Grams
 /// (the raw q, k and e = 2^g), y() inside Prep::y (Y's fp32 accumulators), tiles() after the
-/// solve (A, Aqk, γ_C), u() inside the state step (Uᵀ's accumulators). The values are the
-/// prep's but for the rounding of Y (its Ē anchored at the row before each 16-row block,
-/// the prep's at the block's first row) and of U (warpgroup MMAs, the prep's mma.sync sums):
-/// the same products of the same fp16 operands class. K = V = 128 only (Rec16::fits_record).
+/// solve (A, Aqk, γ_C), r() inside the state step — which stores R = U − Y S_c in U's slot
+/// instead of U: grad-1 then takes R as given (the record's flag, rec_written = 1, says so).
+/// The values are the prep's but for the rounding of Y (its Ē anchored at the row before each
+/// 16-row block, the prep's at the block's first row) and of R (warpgroup MMAs on fp16 S_c
+/// and Y, where grad-1 forms U − Y S_c from tf32 operands): the same products of the same
+/// 11-bit operands class. K = V = 128 only (Rec16::fits_record).
 template <int DECAY, int GATES, class Tin, int D>
 struct BwdRecordOut {
   using P = Prep<DECAY, GATES, Tin, D, true>;
@@ -1500,15 +1502,18 @@ struct BwdRecordOut {
   /// A and Aqk (fp16: the fp16 record lies in the fp32 one), γ_C·2^{−f} and f (after the
   /// solve: a16, aqk16, γ_C final).
   __device__ void tiles(const char* sm) const { store_record_tiles<P, D>(sm, rec, r16, true, sc, f); }
-  /// U = A Z (fp32, [64 tokens][D]) from this owner warp's Uᵀ accumulators (value columns
-  /// 16w.., the state step's layout: row g8 (+8), tokens 8·nt + 2·q4 (+1)).
-  __device__ void u(const float (&U)[8][4], int lane) const {
+  /// R = U − Y S_c (fp32 rounded to tf32, [64 tokens][D], in the U slot: Rec::U) from this
+  /// owner warp's Rᵀ accumulators (value columns 16w.., the state step's layout: row g8 (+8),
+  /// tokens 8·nt + 2·q4 (+1)) — the R this forward's o and state update used, so grad-1 need
+  /// not form it again (cuda/NOTES.md backward item 59).
+  __device__ void r(const float (&Rt)[8][4], int lane) const {
     const int w = threadIdx.x >> 5, g8 = lane >> 2, q4 = lane & 3;
     float* dst = rec + R::U + 16 * w + g8;
 #pragma unroll
     for (int nt = 0; nt < 8; ++nt)
 #pragma unroll
-      for (int i = 0; i < 4; ++i) dst[(8 * nt + 2 * q4 + (i & 1)) * D + 8 * (i >> 1)] = U[nt][i];
+      for (int i = 0; i < 4; ++i)
+        dst[(8 * nt + 2 * q4 + (i & 1)) * D + 8 * (i >> 1)] = __uint_as_float(tf32_bits(Rt[nt][i]));
   }
 };
 
@@ -1602,8 +1607,8 @@ __global__ void __launch_bounds__(kThreads, 1) fused_forward_kernel(const __grid
       using K = StepKind<TileLayout::swz128, TileLayout::swz128, true, GATES == 1>;
       if (p.chunk_states) save_chunk_state<D>(S, p.chunk_states, cbase + c, p.Hv, hv, 16 * w, lane);
       state_step<Tin, D, K>(S, in, WarpOut<Tin>{reinterpret_cast<char*>(stage), out, p.so.t, len}, lane,
-                            [&](const float(&U)[8][4], int ln) {
-                              if constexpr (RECORDS) ro.u(U, ln);
+                            [&](const float(&Rt)[8][4], int ln) {
+                              if constexpr (RECORDS) ro.r(Rt, ln);
                             });
     }
     __syncthreads();

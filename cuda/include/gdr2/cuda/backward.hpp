@@ -161,8 +161,9 @@ struct BackwardParams : InputViews {
   int* flags = nullptr;  // [total_chunks · Hv] the overlapped launch's record flags (0 before it)
   // BackwardOptions::backward_records (or the forward a backward runs, StateForward): where
   // the fp16 records lie in the records (rec16_in_record) the 16-bit prep skips its work when
-  // *rec_written is 1 (the fused forward wrote them); elsewhere the launch clears it, as its
-  // first stage writes other records over them; null: the records are always the prep's
+  // *rec_written is 1 (the fused forward wrote them, with R = U − Y S_c in U's slot, which
+  // grad-1 then takes as given); elsewhere the launch clears it, as its first stage writes
+  // other records over them; null: the records are always the prep's
   int* rec_written = nullptr;
   int rec_given = 0;
 };
