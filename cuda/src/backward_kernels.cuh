@@ -894,7 +894,9 @@ GDR2_HD void grad1_body(const Blk& bk, const P& p, long long cg, int hv, float* 
     copy_tile(bk, reinterpret_cast<float*>(a_stage + kC * kC * 2), kC / 2,
               reinterpret_cast<const float*>(r16 + Rec16<D>::aqk), kC / 2, kC, kC / 2);
     r_given = FWD_REC && rflag_v == 1;
-    if (FWD_REC && !r_given)
+    if (r_given)  // R's fp16 image (both value halves) into Y's tile, unused then
+      copy_tile(bk, sY, kC / 2, rec + Rec<D>::R16, kC / 2, D, kC / 2);
+    else if (FWD_REC)
       copy_tile(bk, reinterpret_cast<float*>(kty_stage + Rec16<D>::tile), D / 2,
                 reinterpret_cast<const float*>(r16 + Rec16<D>::y), D / 2, kC, D / 2);
   } else {
@@ -930,7 +932,7 @@ GDR2_HD void grad1_body(const Blk& bk, const P& p, long long cg, int hv, float* 
     } else {
       copy_tile(bk, sdS, PH, p.dstates + base * DD + j0, D, D, H);
     }
-    copy_tile(bk, sUR, PH, rec + Rec<D>::U + j0, D, kC, H);
+    if (!r_given) copy_tile(bk, sUR, PH, rec + Rec<D>::U + j0, D, kC, H);
     // tied gates with vw_tile: β per row into the padding columns of A's tile (column kC,
     // never read by the products), loaded once the first half's copies are issued, so that
     // its latency overlaps theirs; the vw phase reads it from there (v54)
@@ -974,6 +976,14 @@ GDR2_HD void grad1_body(const Blk& bk, const P& p, long long cg, int hv, float* 
         },
         [&](int i, const F4& x) { st4(sdO + (i / H4) * PH + (i % H4) * 4, op_round4<MATH>(x)); });
     bk.sync();
+    // R given: this half's columns from its fp16 image (value v's row of 64 tokens) into R's
+    // tile, [token][column] (fp16: exact tf32 values); read after the next phase's barrier
+    if (r_given)
+      for (int i = bk.tid; i < H * (kC / 4); i += bk.nthr) {
+        const int j = i % H, t = 4 * (i / H);
+        const F4 x = ld_in4(sY, swz128(j0 + j, t), kF16, 1);
+        sUR[t * PH + j] = x.x, sUR[(t + 1) * PH + j] = x.y, sUR[(t + 2) * PH + j] = x.z, sUR[(t + 3) * PH + j] = x.w;
+      }
     if constexpr (tail) {  // this half's columns of dS_T as given (dS's tile is free: Ktail, Y converted),
       // every thread's loads in flight at once (one after another they cost ≈ 16 round trips)
       const float* ds = p.dsT + cl.n * p.dsTs[0] + hv * p.dsTs[1] + j0 * p.dsTs[3];

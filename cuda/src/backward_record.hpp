@@ -15,13 +15,15 @@ namespace bwd {
 /// fp16 record's), and the A slot's first 8 KB hold A as fp16 (A16: [64][64] swz128, zero
 /// above the diagonal 16-blocks, as the fp16 record's Aqk). Where the fused forward wrote the
 /// records (the flag after them is 1: BackwardParams::rec_written), U's slot holds R = U − Y S_c
-/// (tf32-rounded), the chunk's R as the forward's state step formed it.
+/// instead, the chunk's R as the forward's state step formed and used it: Rᵀ as an fp16 [D][64]
+/// swz128 image (R16: its first 16 KB; value v's 64 tokens are row v).
 template <int D>
 struct Rec {
   static constexpr long long C = 64;
   static constexpr long long A = 0, Aqk = C * C, Y = 2 * C * C, U = Y + C * D, Qg = U + C * D, Kt = Qg + C * D,
                              gC = Kt + C * D, floats = gC + D;
   static constexpr long long A16 = A;  // (floats; 2·C·C fp16 values)
+  static constexpr long long R16 = U;  // (floats; D·C fp16 values)
 };
 
 /// The fp16 record of one chunk-head for the fp16 reverse pass (bytes): Qγ·2^{−f}, Ktail,

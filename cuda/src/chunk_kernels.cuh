@@ -1502,18 +1502,20 @@ struct BwdRecordOut {
   /// A and Aqk (fp16: the fp16 record lies in the fp32 one), γ_C·2^{−f} and f (after the
   /// solve: a16, aqk16, γ_C final).
   __device__ void tiles(const char* sm) const { store_record_tiles<P, D>(sm, rec, r16, true, sc, f); }
-  /// R = U − Y S_c (fp32 rounded to tf32, [64 tokens][D], in the U slot: Rec::U) from this
-  /// owner warp's Rᵀ accumulators (value columns 16w.., the state step's layout: row g8 (+8),
-  /// tokens 8·nt + 2·q4 (+1)) — the R this forward's o and state update used, so grad-1 need
-  /// not form it again (cuda/NOTES.md backward item 59).
+  /// R = U − Y S_c into U's slot as the fp16 image of Rᵀ (Rec::R16) from this owner warp's
+  /// Rᵀ accumulators (value columns 16w.., the state step's layout: row g8 (+8), tokens
+  /// 8·nt + 2·q4 (+1)), rounded to fp16 as the state step's pack_r rounds them for o and the
+  /// state update — so grad-1 need not form R again (cuda/NOTES.md backward item 59).
   __device__ void r(const float (&Rt)[8][4], int lane) const {
     const int w = threadIdx.x >> 5, g8 = lane >> 2, q4 = lane & 3;
-    float* dst = rec + R::U + 16 * w + g8;
+    char* img = reinterpret_cast<char*>(rec + R::R16);
 #pragma unroll
     for (int nt = 0; nt < 8; ++nt)
 #pragma unroll
-      for (int i = 0; i < 4; ++i)
-        dst[(8 * nt + 2 * q4 + (i & 1)) * D + 8 * (i >> 1)] = __uint_as_float(tf32_bits(Rt[nt][i]));
+      for (int h = 0; h < 2; ++h) {
+        const int v = 16 * w + g8 + 8 * h, t = 8 * nt + 2 * q4;
+        *reinterpret_cast<std::uint32_t*>(img + 2 * swz128(v, t)) = pack_half2(Rt[nt][2 * h], Rt[nt][2 * h + 1]);
+      }
   }
 };
 
