@@ -822,7 +822,9 @@ GDR2_HD long long tail_chunk(const P& p, int n) {
 /// instantiation so that the other chunks' code holds none of the tail's. FWD_REC: the records
 /// may be the fused forward's (BackwardParams::rec_written given, tf32 mode), whose flag then
 /// says whether R comes with them — an instantiation of its own too, so that the body without
-/// records from a forward is the code it was before (cuda/NOTES.md backward item 59).
+/// records from a forward is the code it was before. (Both bodies in one kernel, as
+/// grad1_kernel has them, measured 0.02–0.05 ms slower without such records than before:
+/// cuda/NOTES.md backward item 59, and its patch v112b for two kernels.)
 template <int D, int MATH, bool TAIL, bool FWD_REC = false>
 GDR2_HD void grad1_body(const Blk& bk, const P& p, long long cg, int hv, float* sm) {
   static_assert(kThreads == 512, "the products below run in pairs on two halves of 16 warps");
